@@ -1,0 +1,39 @@
+/*
+ * blas.c - the one place that names BLAS symbols.
+ *
+ * The default build links scipy-openblas32 from PyPI, whose symbols carry a
+ * `scipy_` prefix (setup.py passes -DBLAS_SYMBOL_PREFIX=scipy_ and that wheel's
+ * cblas.h already declares the prefixed names). A system OpenBLAS (no prefix)
+ * is selected at build time with VGGTL_BLAS=system.
+ */
+#include "vgg_internal.h"
+
+#include <cblas.h>
+
+#define VGG_CAT_(a, b) a##b
+#define VGG_CAT(a, b) VGG_CAT_(a, b)
+#ifdef BLAS_SYMBOL_PREFIX
+#define VGG_BLAS(name) VGG_CAT(BLAS_SYMBOL_PREFIX, name)
+#else
+#define VGG_BLAS(name) name
+#endif
+
+/* OpenBLAS extensions, declared here so that a cblas.h without them still builds. */
+void VGG_BLAS(openblas_set_num_threads)(int num_threads);
+char *VGG_BLAS(openblas_get_config)(void);
+
+void vgg_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+               const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
+               size_t ldc) {
+    VGG_BLAS(cblas_sgemm)(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                          trans_b ? CblasTrans : CblasNoTrans, (blasint)m, (blasint)n,
+                          (blasint)k, alpha, a, (blasint)lda, b, (blasint)ldb, beta, c,
+                          (blasint)ldc);
+}
+
+void vgg_blas_set_num_threads(int n) { VGG_BLAS(openblas_set_num_threads)(n); }
+
+const char *vgg_blas_info(void) {
+    const char *s = VGG_BLAS(openblas_get_config)();
+    return s ? s : "OpenBLAS";
+}

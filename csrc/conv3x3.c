@@ -1,0 +1,97 @@
+/*
+ * conv3x3.c - 3x3 convolution, stride 1, 'same' zero padding, NHWC.
+ *
+ * Forward as im2col + sgemm (darknet, ggml), done a chunk of output pixels at a
+ * time so the column buffer stays a few MB (a whole-layer im2col would be 9x the
+ * input: 110 MiB per image for block1_conv2) and sits in cache when sgemm packs it:
+ *   col (rows, 9*Cin)      <- the 3x3 neighbourhoods of `rows` output pixels
+ *   out (rows, Cout)       <- col @ kernel (9*Cin, Cout)      [one sgemm]
+ *   out                    <- relu(out + bias)                [while hot]
+ * The HWIO kernel is that (9*Cin, Cout) matrix as it is stored, so no repacking.
+ * Memory: the caller owns out, x, kernel, bias and the workspace (the column
+ * buffer, vgg_conv3x3_workspace_floats(cin) floats).
+ */
+#include "vgg_internal.h"
+
+/* Target size of the column buffer: large enough that sgemm's M is in the
+ * thousands for the wide early layers, small enough to stay in L3. */
+#define COL_TARGET_FLOATS ((size_t)1 << 21) /* 8 MiB */
+
+static size_t chunk_rows(size_t cin) {
+    size_t k = 9 * cin;
+    size_t rows = COL_TARGET_FLOATS / k;
+    if (rows < 64) rows = 64;
+    return rows;
+}
+
+size_t vgg_conv3x3_workspace_floats(size_t cin) { return chunk_rows(cin) * 9 * cin; }
+
+/* col (r1-r0, 9*cin) <- neighbourhoods of flat output pixels r0..r1-1. */
+static void im2col_rows(float *col, const float *x, size_t r0, size_t r1, size_t h, size_t w,
+                        size_t cin) {
+    const size_t k = 9 * cin;
+    VGG_OMP_FOR
+    for (size_t r = r0; r < r1; r++) {
+        const size_t img = r / (h * w);
+        const size_t rem = r % (h * w);
+        const size_t y = rem / w, xx = rem % w;
+        const float *x_img = x + img * h * w * cin;
+        float *col_r = col + (r - r0) * k;
+        for (size_t dy = 0; dy < 3; dy++) {
+            /* input row y + dy - 1, skipping the zero padding rows */
+            const int in_y = (int)y + (int)dy - 1;
+            for (size_t dx = 0; dx < 3; dx++) {
+                const int in_x = (int)xx + (int)dx - 1;
+                float *dst = col_r + (dy * 3 + dx) * cin;
+                if (in_y < 0 || in_y >= (int)h || in_x < 0 || in_x >= (int)w) {
+                    for (size_t c = 0; c < cin; c++) dst[c] = 0.0f;
+                } else {
+                    const float *src = x_img + ((size_t)in_y * w + (size_t)in_x) * cin;
+                    for (size_t c = 0; c < cin; c++) dst[c] = src[c];
+                }
+            }
+        }
+    }
+}
+
+static void bias_act_rows(float *out, const float *bias, int relu, size_t rows, size_t cout) {
+    VGG_OMP_FOR
+    for (size_t r = 0; r < rows; r++) {
+        float *o = out + r * cout;
+        if (relu) {
+            for (size_t c = 0; c < cout; c++) {
+                const float v = o[c] + bias[c];
+                o[c] = v > 0.0f ? v : 0.0f;
+            }
+        } else {
+            for (size_t c = 0; c < cout; c++) o[c] += bias[c];
+        }
+    }
+}
+
+int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const float *bias,
+                        int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
+                        float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
+                        void *abort_ctx) {
+    VGG_CHECK(out && x && kernel && bias && workspace, VGG_ERR_ARG);
+    VGG_CHECK(h >= 1 && w >= 1 && cin >= 1 && cout >= 1, VGG_ERR_SHAPE);
+    VGG_CHECK(9 * cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM, VGG_ERR_SHAPE);
+    if (n == 0) return VGG_OK;
+    size_t hw, total;
+    VGG_CHECK(vgg_mul_ok(h, w, &hw) && vgg_mul_ok(hw, n, &total), VGG_ERR_SHAPE);
+
+    const size_t k = 9 * cin;
+    size_t rows = workspace_floats / k;
+    VGG_CHECK(rows >= 1, VGG_ERR_NOMEM);
+    if (rows > chunk_rows(cin)) rows = chunk_rows(cin);
+
+    for (size_t r0 = 0; r0 < total; r0 += rows) {
+        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
+        const size_t r1 = r0 + rows < total ? r0 + rows : total;
+        im2col_rows(workspace, x, r0, r1, h, w, cin);
+        vgg_sgemm(0, 0, r1 - r0, cout, k, 1.0f, workspace, k, kernel, cout, 0.0f,
+                  out + r0 * cout, cout);
+        bias_act_rows(out + r0 * cout, bias, relu, r1 - r0, cout);
+    }
+    return VGG_OK;
+}

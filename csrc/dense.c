@@ -1,0 +1,21 @@
+/*
+ * dense.c - fully connected layer: out (N,Out) = act(x (N,In) @ W (In,Out) + b).
+ * The bias is broadcast into out first so one sgemm with beta = 1 adds the
+ * product to it; the activation then runs in place.
+ */
+#include "vgg_internal.h"
+
+int vgg_dense_forward(float *out, const float *x, const float *kernel, const float *bias,
+                      int activation, size_t n, size_t in, size_t outdim) {
+    VGG_CHECK(out && x && kernel && bias, VGG_ERR_ARG);
+    VGG_CHECK(in >= 1 && outdim >= 1, VGG_ERR_SHAPE);
+    VGG_CHECK(n <= VGG_BLAS_MAX_DIM && in <= VGG_BLAS_MAX_DIM && outdim <= VGG_BLAS_MAX_DIM,
+              VGG_ERR_SHAPE);
+    VGG_CHECK(activation >= VGG_ACT_LINEAR && activation <= VGG_ACT_SIGMOID, VGG_ERR_ARG);
+    if (n == 0) return VGG_OK;
+    VGG_OMP_FOR
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < outdim; j++) out[i * outdim + j] = bias[j];
+    vgg_sgemm(0, 0, n, outdim, in, 1.0f, x, in, kernel, outdim, 1.0f, out, outdim);
+    return vgg_activation_forward(out, activation, n, outdim);
+}

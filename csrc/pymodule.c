@@ -1,0 +1,693 @@
+/*
+ * pymodule.c - the CPython / NumPy glue of vggtl._core: the only file that
+ * includes Python.h.
+ *
+ * Each py_<name> parses its arguments, checks every array (dtype, ndim, shape,
+ * C-contiguous, aligned, native byte order, writeable for outputs) and raises
+ * TypeError / ValueError naming the argument, what was expected and what came;
+ * allocates outputs with the GIL held; calls the core with the GIL released;
+ * maps the status to an exception. No loops over data, no maths. Conversions
+ * (dtype, contiguity) are the Python package's job: nothing is cast here.
+ *
+ * Ctrl-C: long calls pass the core an abort callback that, at most every
+ * 100 ms, takes the GIL back and runs PyErr_CheckSignals(); a pending
+ * KeyboardInterrupt makes the core stop between chunks and the call raise it.
+ */
+#define PY_SSIZE_T_CLEAN
+#define NPY_NO_DEPRECATED_API NPY_2_0_API_VERSION
+#include <Python.h>
+#include <numpy/arrayobject.h>
+
+#include <time.h>
+
+#include "vgg.h"
+
+/* ------------------------------------------------------------------------ */
+/* errors and checks                                                        */
+
+static PyObject *raise_status(int st, const char *what) {
+    switch (st) {
+    case VGG_ERR_ARG:
+    case VGG_ERR_SHAPE:
+        PyErr_Format(PyExc_ValueError, "%s: %s", what, vgg_status_str(st));
+        break;
+    case VGG_ERR_NOMEM:
+        PyErr_Format(PyExc_MemoryError, "%s: %s", what, vgg_status_str(st));
+        break;
+    case VGG_ERR_CANCELLED:
+        if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+        break;
+    default:
+        PyErr_Format(PyExc_RuntimeError, "%s: %s", what, vgg_status_str(st));
+    }
+    return NULL;
+}
+
+static const char *dtype_name(PyArrayObject *a) {
+    static char buf[32];
+    PyArray_Descr *d = PyArray_DESCR(a);
+    PyOS_snprintf(buf, sizeof buf, "%c%d", d->kind, (int)PyDataType_ELSIZE(d));
+    return buf;
+}
+
+/* Checks obj is an ndarray of one of the type numbers (terminated by -1), of
+ * ndim dims (ndim < 0: any), C-contiguous, aligned, native order, and
+ * writeable if asked. Returns a borrowed pointer or NULL with an exception. */
+static PyArrayObject *check_array(PyObject *obj, const char *name, const int *types, int ndim,
+                                  int writeable) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    int ok = 0;
+    for (const int *t = types; *t >= 0; t++) ok |= PyArray_TYPE(a) == *t;
+    if (!ok || !PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected dtype %s (native byte order), got %s",
+                     name, types[0] == NPY_FLOAT32 && types[1] < 0 ? "float32" : "uint8, float32 or float64",
+                     dtype_name(a));
+        return NULL;
+    }
+    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %d dimensions, got %d", name, ndim,
+                     PyArray_NDIM(a));
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous, aligned array", name);
+        return NULL;
+    }
+    if (writeable && !PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a writeable array", name);
+        return NULL;
+    }
+    return a;
+}
+
+static const int F32_ONLY[] = {NPY_FLOAT32, -1};
+static const int IMAGE_TYPES[] = {NPY_UINT8, NPY_FLOAT32, NPY_FLOAT64, -1};
+
+static int core_dtype(PyArrayObject *a) {
+    switch (PyArray_TYPE(a)) {
+    case NPY_UINT8: return VGG_U8;
+    case NPY_FLOAT32: return VGG_F32;
+    default: return VGG_F64;
+    }
+}
+
+static size_t dim(PyArrayObject *a, int i) { return (size_t)PyArray_DIM(a, i); }
+
+static int check_dim(PyArrayObject *a, const char *name, int i, size_t expected) {
+    if (dim(a, i) != expected) {
+        PyErr_Format(PyExc_ValueError, "%s: expected size %zu on axis %d, got %zu", name,
+                     expected, i, dim(a, i));
+        return -1;
+    }
+    return 0;
+}
+
+/* Allocates a float32 C-contiguous array, or checks the given `out` has exactly
+ * that shape (then returns a new reference to it). */
+static PyArrayObject *make_output(PyObject *out, int ndim, npy_intp *shape) {
+    if (out == NULL || out == Py_None) {
+        return (PyArrayObject *)PyArray_EMPTY(ndim, shape, NPY_FLOAT32, 0);
+    }
+    PyArrayObject *a = check_array(out, "out", F32_ONLY, ndim, 1);
+    if (!a) return NULL;
+    for (int i = 0; i < ndim; i++)
+        if (check_dim(a, "out", i, (size_t)shape[i])) return NULL;
+    Py_INCREF(a);
+    return a;
+}
+
+/* ------------------------------------------------------------------------ */
+/* releasing the GIL, with Ctrl-C                                           */
+
+typedef struct {
+    PyThreadState *ts;
+    double last;
+} abort_state;
+
+static double monotonic_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Called by the core from the thread that released the GIL (between chunks). */
+static int py_abort_cb(void *ctx) {
+    abort_state *s = (abort_state *)ctx;
+    const double now = monotonic_s();
+    if (now - s->last < 0.1) return 0;
+    s->last = now;
+    PyEval_RestoreThread(s->ts);
+    const int r = PyErr_CheckSignals();
+    s->ts = PyEval_SaveThread();
+    return r != 0;
+}
+
+#define RELEASE_GIL(s)              \
+    abort_state s = {NULL, 0.0};    \
+    s.last = monotonic_s();         \
+    s.ts = PyEval_SaveThread()
+#define ACQUIRE_GIL(s) PyEval_RestoreThread(s.ts)
+
+/* ------------------------------------------------------------------------ */
+/* threads and build info                                                   */
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > 4096) {
+        PyErr_Format(PyExc_ValueError, "n: expected an integer in [1, 4096], got %ld", n);
+        return NULL;
+    }
+    vgg_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyLong_FromLong(vgg_get_num_threads());
+}
+
+static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return Py_BuildValue("{s:O,s:s}", "openmp", vgg_have_openmp() ? Py_True : Py_False,
+                         "blas", vgg_blas_info());
+}
+
+/* ------------------------------------------------------------------------ */
+/* layers                                                                   */
+
+static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "kernel", "bias", "relu", "out", NULL};
+    PyObject *xo, *ko, *bo, *outo = NULL;
+    int relu = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pO", kwlist, &xo, &ko, &bo, &relu, &outo))
+        return NULL;
+    PyArrayObject *x = check_array(xo, "x", F32_ONLY, 4, 0);
+    PyArrayObject *k = x ? check_array(ko, "kernel", F32_ONLY, 4, 0) : NULL;
+    PyArrayObject *b = k ? check_array(bo, "bias", F32_ONLY, 1, 0) : NULL;
+    if (!b) return NULL;
+    const size_t n = dim(x, 0), h = dim(x, 1), w = dim(x, 2), cin = dim(x, 3), cout = dim(k, 3);
+    if (check_dim(k, "kernel", 0, 3) || check_dim(k, "kernel", 1, 3) ||
+        check_dim(k, "kernel", 2, cin) || check_dim(b, "bias", 0, cout))
+        return NULL;
+    if (h == 0 || w == 0 || cin == 0 || cout == 0) {
+        PyErr_SetString(PyExc_ValueError, "x, kernel: expected non-empty H, W, Cin and Cout");
+        return NULL;
+    }
+    npy_intp shape[4] = {(npy_intp)n, (npy_intp)h, (npy_intp)w, (npy_intp)cout};
+    PyArrayObject *out = make_output(outo, 4, shape);
+    if (!out) return NULL;
+    const size_t wsn = vgg_conv3x3_workspace_floats(cin);
+    float *ws = PyMem_RawMalloc(wsn * sizeof(float));
+    if (!ws) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    RELEASE_GIL(s);
+    int st = vgg_conv3x3_forward(PyArray_DATA(out), PyArray_DATA(x), PyArray_DATA(k),
+                                 PyArray_DATA(b), relu, n, h, w, cin, cout, ws, wsn,
+                                 py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    PyMem_RawFree(ws);
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        return raise_status(st, "conv3x3_forward");
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_maxpool2x2_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", NULL};
+    PyObject *xo;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &xo)) return NULL;
+    PyArrayObject *x = check_array(xo, "x", F32_ONLY, 4, 0);
+    if (!x) return NULL;
+    const size_t n = dim(x, 0), h = dim(x, 1), w = dim(x, 2), c = dim(x, 3);
+    if (h < 2 || w < 2 || c < 1) {
+        PyErr_Format(PyExc_ValueError, "x: expected H >= 2, W >= 2 and C >= 1, got shape "
+                     "(%zu, %zu, %zu, %zu)", n, h, w, c);
+        return NULL;
+    }
+    npy_intp shape[4] = {(npy_intp)n, (npy_intp)(h / 2), (npy_intp)(w / 2), (npy_intp)c};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(4, shape, NPY_FLOAT32, 0);
+    if (!out) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_maxpool2x2_forward(PyArray_DATA(out), PyArray_DATA(x), n, h, w, c);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        return raise_status(st, "maxpool2x2_forward");
+    }
+    return (PyObject *)out;
+}
+
+static int parse_pooling(const char *s, int *mode) {
+    if (strcmp(s, "avg") == 0) *mode = VGG_POOL_AVG;
+    else if (strcmp(s, "max") == 0) *mode = VGG_POOL_MAX;
+    else {
+        PyErr_Format(PyExc_ValueError, "mode: expected 'avg' or 'max', got '%s'", s);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_global_pool_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "mode", NULL};
+    PyObject *xo;
+    const char *modes;
+    int mode;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os", kwlist, &xo, &modes)) return NULL;
+    if (parse_pooling(modes, &mode)) return NULL;
+    PyArrayObject *x = check_array(xo, "x", F32_ONLY, 4, 0);
+    if (!x) return NULL;
+    const size_t n = dim(x, 0), h = dim(x, 1), w = dim(x, 2), c = dim(x, 3);
+    if (h < 1 || w < 1 || c < 1) {
+        PyErr_SetString(PyExc_ValueError, "x: expected H, W and C >= 1");
+        return NULL;
+    }
+    npy_intp shape[2] = {(npy_intp)n, (npy_intp)c};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(2, shape, NPY_FLOAT32, 0);
+    if (!out) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_global_pool_forward(PyArray_DATA(out), PyArray_DATA(x), mode, n, h, w, c);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        return raise_status(st, "global_pool_forward");
+    }
+    return (PyObject *)out;
+}
+
+static int parse_activation(const char *s, int *act) {
+    if (strcmp(s, "linear") == 0) *act = VGG_ACT_LINEAR;
+    else if (strcmp(s, "relu") == 0) *act = VGG_ACT_RELU;
+    else if (strcmp(s, "softmax") == 0) *act = VGG_ACT_SOFTMAX;
+    else if (strcmp(s, "sigmoid") == 0) *act = VGG_ACT_SIGMOID;
+    else {
+        PyErr_Format(PyExc_ValueError,
+                     "activation: expected 'linear', 'relu', 'softmax' or 'sigmoid', got '%s'", s);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_activation_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "activation", NULL};
+    PyObject *xo;
+    const char *acts;
+    int act;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os", kwlist, &xo, &acts)) return NULL;
+    if (parse_activation(acts, &act)) return NULL;
+    PyArrayObject *x = check_array(xo, "x", F32_ONLY, 2, 0);
+    if (!x) return NULL;
+    if (act == VGG_ACT_SOFTMAX && dim(x, 1) == 0) {
+        PyErr_SetString(PyExc_ValueError, "x: softmax needs at least one column");
+        return NULL;
+    }
+    PyArrayObject *out = (PyArrayObject *)PyArray_NewCopy(x, NPY_CORDER);
+    if (!out) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_activation_forward(PyArray_DATA(out), act, dim(x, 0), dim(x, 1));
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        return raise_status(st, "activation_forward");
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_dense_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "kernel", "bias", "activation", NULL};
+    PyObject *xo, *ko, *bo;
+    const char *acts = "linear";
+    int act;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|s", kwlist, &xo, &ko, &bo, &acts))
+        return NULL;
+    if (parse_activation(acts, &act)) return NULL;
+    PyArrayObject *x = check_array(xo, "x", F32_ONLY, 2, 0);
+    PyArrayObject *k = x ? check_array(ko, "kernel", F32_ONLY, 2, 0) : NULL;
+    PyArrayObject *b = k ? check_array(bo, "bias", F32_ONLY, 1, 0) : NULL;
+    if (!b) return NULL;
+    const size_t n = dim(x, 0), in = dim(x, 1), outdim = dim(k, 1);
+    if (check_dim(k, "kernel", 0, in) || check_dim(b, "bias", 0, outdim)) return NULL;
+    if (in == 0 || outdim == 0) {
+        PyErr_SetString(PyExc_ValueError, "kernel: expected non-empty input and output sizes");
+        return NULL;
+    }
+    npy_intp shape[2] = {(npy_intp)n, (npy_intp)outdim};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(2, shape, NPY_FLOAT32, 0);
+    if (!out) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_dense_forward(PyArray_DATA(out), PyArray_DATA(x), PyArray_DATA(k), PyArray_DATA(b),
+                           act, n, in, outdim);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        return raise_status(st, "dense_forward");
+    }
+    return (PyObject *)out;
+}
+
+/* three floats from a Python sequence */
+static int parse_float3(PyObject *o, const char *name, float v[3]) {
+    PyObject *seq = PySequence_Fast(o, "");
+    if (!seq || PySequence_Fast_GET_SIZE(seq) != 3) {
+        Py_XDECREF(seq);
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s: expected a sequence of 3 floats", name);
+        return -1;
+    }
+    for (int i = 0; i < 3; i++) {
+        double d = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (d == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        v[i] = (float)d;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+static PyObject *py_input_convert(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "scale", "shift", "reverse_channels", NULL};
+    PyObject *xo, *so, *sho;
+    int rev = 0;
+    float scale[3], shift[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|p", kwlist, &xo, &so, &sho, &rev))
+        return NULL;
+    if (parse_float3(so, "scale", scale) || parse_float3(sho, "shift", shift)) return NULL;
+    PyArrayObject *x = check_array(xo, "x", IMAGE_TYPES, 4, 0);
+    if (!x) return NULL;
+    const size_t c = dim(x, 3);
+    if (c != 1 && c != 3) {
+        PyErr_Format(PyExc_ValueError, "x: expected 1 or 3 channels, got %zu", c);
+        return NULL;
+    }
+    npy_intp shape[4] = {PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2), 3};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(4, shape, NPY_FLOAT32, 0);
+    if (!out) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_input_convert(PyArray_DATA(out), PyArray_DATA(x), core_dtype(x), dim(x, 0),
+                           dim(x, 1), dim(x, 2), c, scale, shift, rev);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        return raise_status(st, "input_convert");
+    }
+    return (PyObject *)out;
+}
+
+/* ------------------------------------------------------------------------ */
+/* the VGG16 network                                                        */
+
+static PyObject *py_vgg16_layers(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    PyObject *t = PyTuple_New(VGG16_NUM_LAYERS);
+    if (!t) return NULL;
+    static const char *kinds[] = {"conv", "pool", "flatten", "dense"};
+    for (int l = 0; l < VGG16_NUM_LAYERS; l++) {
+        PyObject *e = Py_BuildValue("(ssn)", vgg16_layer_name(l), kinds[vgg16_layer_kind(l)],
+                                    (Py_ssize_t)vgg16_layer_units(l));
+        if (!e) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, l, e);
+    }
+    return t;
+}
+
+static int parse_config(vgg16_config *cfg, int stop, int pooling, PyObject *so, PyObject *sho,
+                        int rev) {
+    if (stop < 0 || stop >= VGG16_NUM_LAYERS) {
+        PyErr_Format(PyExc_ValueError, "stop_layer: expected an index in [0, %d), got %d",
+                     VGG16_NUM_LAYERS, stop);
+        return -1;
+    }
+    if (pooling < VGG_POOL_NONE || pooling > VGG_POOL_MAX ||
+        (pooling != VGG_POOL_NONE && stop >= VGG16_FLATTEN)) {
+        PyErr_Format(PyExc_ValueError, "pooling: expected 0 (none), 1 (avg) or 2 (max) on a "
+                     "conv or pool layer, got %d", pooling);
+        return -1;
+    }
+    cfg->stop_layer = stop;
+    cfg->pooling = pooling;
+    cfg->reverse_channels = rev;
+    if (so == NULL) {
+        for (int i = 0; i < 3; i++) {
+            cfg->scale[i] = 1.0f;
+            cfg->shift[i] = 0.0f;
+        }
+        return 0;
+    }
+    return (parse_float3(so, "scale", cfg->scale) || parse_float3(sho, "shift", cfg->shift)) ? -1 : 0;
+}
+
+static PyObject *py_vgg16_output_shape(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"stop_layer", "pooling", "classes", "h", "w", NULL};
+    int stop, pooling;
+    Py_ssize_t classes, h, w;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn", kwlist, &stop, &pooling, &classes, &h, &w))
+        return NULL;
+    vgg16_config cfg;
+    if (parse_config(&cfg, stop, pooling, NULL, NULL, 0)) return NULL;
+    if (classes < 0 || h < 0 || w < 0) {
+        PyErr_SetString(PyExc_ValueError, "classes, h, w: expected non-negative sizes");
+        return NULL;
+    }
+    size_t oh, ow, oc;
+    int st = vgg16_output_shape(&oh, &ow, &oc, &cfg, (size_t)classes, (size_t)h, (size_t)w);
+    if (st != VGG_OK) {
+        PyErr_Format(PyExc_ValueError, "input of %zd x %zd: too small for layer '%s' (every "
+                     "pool needs at least 2 rows and columns; the top needs %d x %d)", h, w,
+                     vgg16_layer_name(stop), VGG16_TOP_SIZE, VGG16_TOP_SIZE);
+        return NULL;
+    }
+    return Py_BuildValue("(nnn)", (Py_ssize_t)oh, (Py_ssize_t)ow, (Py_ssize_t)oc);
+}
+
+static PyObject *py_vgg16_workspace_floats(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", NULL};
+    int stop, pooling;
+    Py_ssize_t batch, h, w;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn", kwlist, &stop, &pooling, &batch, &h, &w))
+        return NULL;
+    vgg16_config cfg;
+    if (parse_config(&cfg, stop, pooling, NULL, NULL, 0)) return NULL;
+    if (batch < 1 || h < 1 || w < 1) {
+        PyErr_SetString(PyExc_ValueError, "batch, h, w: expected sizes >= 1");
+        return NULL;
+    }
+    size_t n = vgg16_workspace_floats(&cfg, (size_t)batch, (size_t)h, (size_t)w);
+    if (n == 0) {
+        PyErr_Format(PyExc_ValueError, "input of %zd x %zd: too small for layer '%s'", h, w,
+                     vgg16_layer_name(stop));
+        return NULL;
+    }
+    return PyLong_FromSize_t(n);
+}
+
+/* Expected shape of parameter i of the flat list [k1, b1, ..., k13, b13, fc1 k, fc1 b,
+ * fc2 k, fc2 b, predictions k, predictions b]; dims[] gets 4 or fewer sizes. */
+static int param_shape(int i, size_t classes, size_t dims[4], const char **layer) {
+    static const size_t conv_in[VGG16_NUM_CONV] = {3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512};
+    static const size_t conv_out[VGG16_NUM_CONV] = {64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512};
+    static const int conv_layer[VGG16_NUM_CONV] = {0, 1, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16};
+    static const size_t dense_in[VGG16_NUM_DENSE] = {25088, 4096, 4096};
+    const int p = i / 2, is_bias = i % 2;
+    if (p < VGG16_NUM_CONV) {
+        *layer = vgg16_layer_name(conv_layer[p]);
+        if (is_bias) {
+            dims[0] = conv_out[p];
+            return 1;
+        }
+        dims[0] = 3; dims[1] = 3; dims[2] = conv_in[p]; dims[3] = conv_out[p];
+        return 4;
+    }
+    const int d = p - VGG16_NUM_CONV;
+    const size_t units = d == 2 ? classes : 4096;
+    *layer = vgg16_layer_name(VGG16_FC1 + d);
+    if (is_bias) {
+        dims[0] = units;
+        return 1;
+    }
+    dims[0] = dense_in[d];
+    dims[1] = units;
+    return 2;
+}
+
+static PyObject *py_vgg16_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "params", "stop_layer", "pooling", "scale", "shift",
+                             "reverse_channels", "workspace", "out", NULL};
+    PyObject *xo, *po, *so, *sho, *wso, *outo = NULL, *seq = NULL, *result = NULL;
+    PyArrayObject *out = NULL;
+    int stop, pooling, rev;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiOOpO|O", kwlist, &xo, &po, &stop, &pooling,
+                                     &so, &sho, &rev, &wso, &outo))
+        return NULL;
+    vgg16_config cfg;
+    if (parse_config(&cfg, stop, pooling, so, sho, rev)) return NULL;
+    PyArrayObject *x = check_array(xo, "x", IMAGE_TYPES, 4, 0);
+    PyArrayObject *ws = x ? check_array(wso, "workspace", F32_ONLY, 1, 1) : NULL;
+    if (!ws) return NULL;
+    const size_t n = dim(x, 0), h = dim(x, 1), w = dim(x, 2), cin = dim(x, 3);
+    if (cin != 1 && cin != 3) {
+        PyErr_Format(PyExc_ValueError, "x: expected 1 or 3 channels, got %zu", cin);
+        return NULL;
+    }
+
+    seq = PySequence_Fast(po, "params: expected a sequence of arrays");
+    if (!seq) return NULL;
+    const Py_ssize_t np_ = PySequence_Fast_GET_SIZE(seq);
+    const int need_top = stop >= VGG16_FC1;
+    const Py_ssize_t expected = 2 * (VGG16_NUM_CONV + (need_top ? VGG16_NUM_DENSE : 0));
+    if (np_ < expected || (np_ != 2 * VGG16_NUM_CONV && np_ != 2 * (VGG16_NUM_CONV + VGG16_NUM_DENSE))) {
+        PyErr_Format(PyExc_ValueError, "params: expected %zd arrays for layer '%s', got %zd",
+                     expected, vgg16_layer_name(stop), np_);
+        goto done;
+    }
+    vgg16_weights wt;
+    memset(&wt, 0, sizeof wt);
+    size_t classes = 0;
+    if (np_ > 2 * VGG16_NUM_CONV) {
+        PyObject *pk = PySequence_Fast_GET_ITEM(seq, np_ - 2);
+        if (PyArray_Check(pk) && PyArray_NDIM((PyArrayObject *)pk) == 2)
+            classes = (size_t)PyArray_DIM((PyArrayObject *)pk, 1);
+    }
+    for (Py_ssize_t i = 0; i < np_; i++) {
+        size_t dims[4];
+        const char *lname;
+        const int nd = param_shape((int)i, classes, dims, &lname);
+        char name[64];
+        PyOS_snprintf(name, sizeof name, "params[%zd] (%s %s)", i, lname, i % 2 ? "bias" : "kernel");
+        PyArrayObject *a = check_array(PySequence_Fast_GET_ITEM(seq, i), name, F32_ONLY, nd, 0);
+        if (!a) goto done;
+        for (int d = 0; d < nd; d++)
+            if (check_dim(a, name, d, dims[d])) goto done;
+        const int p = (int)i / 2;
+        const float *ptr = PyArray_DATA(a);
+        if (p < VGG16_NUM_CONV) {
+            if (i % 2) wt.conv_bias[p] = ptr; else wt.conv_kernel[p] = ptr;
+        } else {
+            if (i % 2) wt.dense_bias[p - VGG16_NUM_CONV] = ptr; else wt.dense_kernel[p - VGG16_NUM_CONV] = ptr;
+        }
+    }
+    wt.classes = classes;
+
+    size_t oh, ow, oc;
+    if (vgg16_output_shape(&oh, &ow, &oc, &cfg, classes, h, w) != VGG_OK) {
+        PyErr_Format(PyExc_ValueError, "x: an image of %zu x %zu is too small for layer '%s' "
+                     "(every pool needs at least 2 rows and columns; the top needs %d x %d)",
+                     h, w, vgg16_layer_name(stop), VGG16_TOP_SIZE, VGG16_TOP_SIZE);
+        goto done;
+    }
+    npy_intp shape4[4] = {(npy_intp)n, (npy_intp)oh, (npy_intp)ow, (npy_intp)oc};
+    npy_intp shape2[2] = {(npy_intp)n, (npy_intp)oc};
+    const int flat_out = stop >= VGG16_FLATTEN || pooling != VGG_POOL_NONE;
+    out = flat_out ? make_output(outo, 2, shape2) : make_output(outo, 4, shape4);
+    if (!out) goto done;
+
+    if (n > 0) {
+        const size_t need = vgg16_workspace_floats(&cfg, 1, h, w);
+        if (dim(ws, 0) < need) {
+            PyErr_Format(PyExc_ValueError, "workspace: expected at least %zu floats for one "
+                         "image of %zu x %zu, got %zu", need, h, w, dim(ws, 0));
+            goto done;
+        }
+        RELEASE_GIL(s);
+        int st = vgg16_forward(PyArray_DATA(out), PyArray_DATA(x), core_dtype(x), n, h, w, cin,
+                               &wt, &cfg, PyArray_DATA(ws), dim(ws, 0), py_abort_cb, &s);
+        ACQUIRE_GIL(s);
+        if (st != VGG_OK) {
+            raise_status(st, "vgg16_forward");
+            goto done;
+        }
+    }
+    result = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(out);
+    Py_XDECREF(seq);
+    return result;
+}
+
+/* ------------------------------------------------------------------------ */
+/* module                                                                   */
+
+#define KW (PyCFunction)(void (*)(void))
+
+static PyMethodDef methods[] = {
+    {"set_num_threads", py_set_num_threads, METH_O,
+     "set_num_threads(n)\n\nThreads for OpenMP regions and BLAS (one knob for both)."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
+    {"build_info", py_build_info, METH_NOARGS, "build_info() -> dict(openmp, blas)"},
+    {"conv3x3_forward", KW py_conv3x3_forward, METH_VARARGS | METH_KEYWORDS,
+     "conv3x3_forward(x (N,H,W,Cin) f32, kernel (3,3,Cin,Cout) f32, bias (Cout,) f32, "
+     "relu=True, out=None) -> (N,H,W,Cout)\n\nStride 1, 'same' zero padding."},
+    {"maxpool2x2_forward", KW py_maxpool2x2_forward, METH_VARARGS | METH_KEYWORDS,
+     "maxpool2x2_forward(x (N,H,W,C) f32) -> (N,H//2,W//2,C)"},
+    {"global_pool_forward", KW py_global_pool_forward, METH_VARARGS | METH_KEYWORDS,
+     "global_pool_forward(x (N,H,W,C) f32, mode 'avg'|'max') -> (N,C)"},
+    {"activation_forward", KW py_activation_forward, METH_VARARGS | METH_KEYWORDS,
+     "activation_forward(x (N,D) f32, activation) -> (N,D), a new array"},
+    {"dense_forward", KW py_dense_forward, METH_VARARGS | METH_KEYWORDS,
+     "dense_forward(x (N,In) f32, kernel (In,Out) f32, bias (Out,) f32, activation='linear') "
+     "-> (N,Out)"},
+    {"input_convert", KW py_input_convert, METH_VARARGS | METH_KEYWORDS,
+     "input_convert(x (N,H,W,1|3) u8/f32/f64, scale[3], shift[3], reverse_channels=False) "
+     "-> (N,H,W,3) f32"},
+    {"vgg16_layers", py_vgg16_layers, METH_NOARGS,
+     "vgg16_layers() -> tuple of (name, kind, units) in Keras's order"},
+    {"vgg16_output_shape", KW py_vgg16_output_shape, METH_VARARGS | METH_KEYWORDS,
+     "vgg16_output_shape(stop_layer, pooling, classes, h, w) -> (oh, ow, oc)"},
+    {"vgg16_workspace_floats", KW py_vgg16_workspace_floats, METH_VARARGS | METH_KEYWORDS,
+     "vgg16_workspace_floats(stop_layer, pooling, batch, h, w) -> int"},
+    {"vgg16_forward", KW py_vgg16_forward, METH_VARARGS | METH_KEYWORDS,
+     "vgg16_forward(x, params, stop_layer, pooling, scale, shift, reverse_channels, "
+     "workspace, out=None) -> features"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_core",
+    "vggtl's C core (private): VGG16 layers and network, NHWC float32.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    import_array();
+    (void)vgg_get_num_threads(); /* initialise the thread count once, at import */
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    if (PyModule_AddIntConstant(m, "POOL_NONE", VGG_POOL_NONE) ||
+        PyModule_AddIntConstant(m, "POOL_AVG", VGG_POOL_AVG) ||
+        PyModule_AddIntConstant(m, "POOL_MAX", VGG_POOL_MAX)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,50 @@
+/*
+ * threads.c - the single owner of the core's thread count.
+ *
+ * OpenMP regions use vgg_get_num_threads() through num_threads() clauses (so the
+ * count holds whichever Python thread calls in), and the same count is handed to
+ * BLAS, which runs its own threads from serial code only: the two pools never run
+ * at once, so the machine is never oversubscribed.
+ */
+#include "vgg_internal.h"
+
+static int g_num_threads = 0; /* 0: not yet initialised */
+
+static int default_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+void vgg_set_num_threads(int n) {
+    if (n < 1) n = 1;
+    g_num_threads = n;
+    vgg_blas_set_num_threads(n);
+}
+
+int vgg_get_num_threads(void) {
+    if (g_num_threads == 0) vgg_set_num_threads(default_threads());
+    return g_num_threads;
+}
+
+int vgg_have_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+const char *vgg_status_str(int status) {
+    switch (status) {
+    case VGG_OK: return "ok";
+    case VGG_ERR_ARG: return "invalid argument";
+    case VGG_ERR_SHAPE: return "inconsistent shapes";
+    case VGG_ERR_NOMEM: return "workspace too small";
+    case VGG_ERR_INTERNAL: return "internal error (a bug in vggtl)";
+    case VGG_ERR_CANCELLED: return "cancelled";
+    default: return "unknown status";
+    }
+}

@@ -1,0 +1,188 @@
+/*
+ * vgg.h - the public C API of the vggtl core.
+ *
+ * The core computes the VGG16 network (Simonyan & Zisserman, configuration D,
+ * with Keras's layer names) on the CPU: 3x3 'same' convolutions, 2x2 max-pooling,
+ * dense layers, softmax, plus the input conversion that turns the tutorial's
+ * uint8 / float images into the network's float32 input.
+ *
+ * Conventions (they hold for every function below):
+ *   - Activations are NHWC float32, C-contiguous: x[((n*H + y)*W + x)*C + c].
+ *   - Conv kernels are HWIO float32, (3, 3, Cin, Cout), exactly Keras's layout;
+ *     read as a (9*Cin) x Cout row-major matrix whose row index is
+ *     (dy*3 + dx)*Cin + cin. Dense kernels are (in, out) row-major, as Keras.
+ *   - Sizes are size_t. Every function returns VGG_OK or a VGG_ERR_* code and
+ *     never prints, exits or aborts; vgg_status_str() names a code.
+ *   - The caller owns every buffer. Kernels never allocate; scratch space is a
+ *     `workspace` argument whose size (in floats) a *_workspace_floats() query
+ *     returns. Outputs are overwritten, never accumulated into.
+ *   - Threads: kernels run OpenMP regions with vgg_get_num_threads() threads and
+ *     call BLAS (sgemm) only from serial code, where BLAS uses its own threads.
+ *     Nothing here touches global state other than the thread count.
+ *   - Long functions take an optional abort callback, polled from the calling
+ *     thread between chunks of work (never inside a parallel region). When it
+ *     returns non-zero the function stops and returns VGG_ERR_CANCELLED; the
+ *     output is then incomplete.
+ */
+#ifndef VGG_H
+#define VGG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* status codes                                                              */
+
+enum vgg_status {
+    VGG_OK = 0,
+    VGG_ERR_ARG = 1,       /* an argument is out of its domain (NULL, 0, unknown enum) */
+    VGG_ERR_SHAPE = 2,     /* sizes are inconsistent with each other or the network */
+    VGG_ERR_NOMEM = 3,     /* workspace too small */
+    VGG_ERR_INTERNAL = 4,  /* a broken invariant: a bug in vggtl */
+    VGG_ERR_CANCELLED = 5  /* the abort callback asked to stop */
+};
+
+const char *vgg_status_str(int status);
+
+/* Returns non-zero to ask a long computation to stop. */
+typedef int (*vgg_abort_fn)(void *ctx);
+
+/* ------------------------------------------------------------------------ */
+/* threads (threads.c)                                                        */
+
+/* Sets the threads used by OpenMP regions and by BLAS; n < 1 means 1.
+ * Default: omp_get_max_threads() (so OMP_NUM_THREADS applies), 1 without OpenMP. */
+void vgg_set_num_threads(int n);
+int vgg_get_num_threads(void);
+/* Non-zero if the core was compiled with OpenMP. */
+int vgg_have_openmp(void);
+/* A static string describing the BLAS (e.g. OpenBLAS's config string). */
+const char *vgg_blas_info(void);
+
+/* ------------------------------------------------------------------------ */
+/* input conversion (input.c)                                                */
+
+enum vgg_dtype { VGG_U8 = 0, VGG_F32 = 1, VGG_F64 = 2 };
+
+/* out (N,H,W,3) float32  <-  x (N,H,W,cin) of dtype `dtype`, cin 1 or 3.
+ *   out[..., c] = x[..., src(c)] * scale[c] + shift[c]
+ * where src(c) = 0 when cin == 1 (grey repeated to 3 channels), 2 - c when
+ * reverse_channels (RGB -> BGR, as Keras's "caffe" preprocessing), else c.
+ * scale/shift are indexed by the *output* channel. Threads: OpenMP over pixels. */
+int vgg_input_convert(float *out, const void *x, int dtype, size_t n, size_t h, size_t w,
+                      size_t cin, const float scale[3], const float shift[3],
+                      int reverse_channels);
+
+/* ------------------------------------------------------------------------ */
+/* layers                                                                    */
+
+/* conv3x3.c: out (N,H,W,Cout) = act(conv(x (N,H,W,Cin), kernel (3,3,Cin,Cout)) + bias)
+ * with stride 1 and 'same' zero padding; act is ReLU when relu != 0, else identity.
+ * Implementation: im2col of a chunk of output rows into the workspace, one sgemm
+ * per chunk, then bias and ReLU on the chunk while it is in cache.
+ * workspace: vgg_conv3x3_workspace_floats(cin) floats (independent of N, H, W). */
+size_t vgg_conv3x3_workspace_floats(size_t cin);
+int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const float *bias,
+                        int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
+                        float *workspace, size_t workspace_floats,
+                        vgg_abort_fn abort_cb, void *abort_ctx);
+
+/* maxpool2x2.c: out (N,H/2,W/2,C) = max over 2x2 windows of x (N,H,W,C), stride 2,
+ * 'valid' padding: odd H or W drop the last row / column (floor, as Keras).
+ * NaN propagates. H and W must be >= 2. */
+int vgg_maxpool2x2_forward(float *out, const float *x, size_t n, size_t h, size_t w, size_t c);
+
+/* global_pool.c: out (N,C) = mean (mode VGG_POOL_AVG) or max (VGG_POOL_MAX)
+ * of x (N,H,W,C) over H and W. */
+enum vgg_pooling { VGG_POOL_NONE = 0, VGG_POOL_AVG = 1, VGG_POOL_MAX = 2 };
+int vgg_global_pool_forward(float *out, const float *x, int mode, size_t n, size_t h,
+                            size_t w, size_t c);
+
+/* activations.c */
+enum vgg_activation { VGG_ACT_LINEAR = 0, VGG_ACT_RELU = 1, VGG_ACT_SOFTMAX = 2,
+                      VGG_ACT_SIGMOID = 3 };
+/* In place on x (rows, cols): linear, relu, sigmoid elementwise; softmax per row
+ * (max-subtracted, so exp never overflows). */
+int vgg_activation_forward(float *x, int activation, size_t rows, size_t cols);
+
+/* dense.c: out (N,Out) = act(x (N,In) @ kernel (In,Out) + bias (Out)). One sgemm. */
+int vgg_dense_forward(float *out, const float *x, const float *kernel, const float *bias,
+                      int activation, size_t n, size_t in, size_t outdim);
+
+/* ------------------------------------------------------------------------ */
+/* the VGG16 network (vgg16.c)                                                */
+
+/* Layer indices, in Keras's order; names from vgg16_layer_name(). */
+enum vgg16_layer {
+    VGG16_BLOCK1_CONV1 = 0, VGG16_BLOCK1_CONV2, VGG16_BLOCK1_POOL,
+    VGG16_BLOCK2_CONV1, VGG16_BLOCK2_CONV2, VGG16_BLOCK2_POOL,
+    VGG16_BLOCK3_CONV1, VGG16_BLOCK3_CONV2, VGG16_BLOCK3_CONV3, VGG16_BLOCK3_POOL,
+    VGG16_BLOCK4_CONV1, VGG16_BLOCK4_CONV2, VGG16_BLOCK4_CONV3, VGG16_BLOCK4_POOL,
+    VGG16_BLOCK5_CONV1, VGG16_BLOCK5_CONV2, VGG16_BLOCK5_CONV3, VGG16_BLOCK5_POOL,
+    VGG16_FLATTEN, VGG16_FC1, VGG16_FC2, VGG16_PREDICTIONS,
+    VGG16_NUM_LAYERS
+};
+enum vgg16_kind { VGG16_KIND_CONV = 0, VGG16_KIND_POOL = 1, VGG16_KIND_FLATTEN = 2,
+                  VGG16_KIND_DENSE = 3 };
+#define VGG16_NUM_CONV 13
+#define VGG16_NUM_DENSE 3
+#define VGG16_MIN_SIZE 32   /* Keras's min_size for VGG16 */
+#define VGG16_TOP_SIZE 224  /* the top (fc1) expects 7x7x512 = 25088 inputs */
+
+const char *vgg16_layer_name(int layer);   /* NULL when out of range */
+int vgg16_layer_kind(int layer);           /* -1 when out of range */
+/* Output channels of a conv/pool layer, units of a dense layer (predictions:
+ * 0, it is set by the weights), 0 for flatten / out of range. */
+size_t vgg16_layer_units(int layer);
+
+/* Borrowed weight pointers (the caller keeps them alive during a call).
+ * conv_kernel[i]: (3,3,Cin_i,Cout_i) HWIO; conv_bias[i]: (Cout_i).
+ * dense_kernel[0] fc1 (25088,4096), [1] fc2 (4096,4096), [2] predictions
+ * (4096, classes); dense_bias likewise. Dense pointers are read only when the
+ * network runs past VGG16_FLATTEN. */
+typedef struct {
+    const float *conv_kernel[VGG16_NUM_CONV];
+    const float *conv_bias[VGG16_NUM_CONV];
+    const float *dense_kernel[VGG16_NUM_DENSE];
+    const float *dense_bias[VGG16_NUM_DENSE];
+    size_t classes;
+} vgg16_weights;
+
+/* What the network computes: the input conversion, the layer to stop after
+ * (inclusive), and a global pooling applied to that layer's output (only for a
+ * conv or pool layer; VGG_POOL_NONE otherwise). */
+typedef struct {
+    float scale[3], shift[3];  /* as vgg_input_convert */
+    int reverse_channels;
+    int stop_layer;            /* enum vgg16_layer */
+    int pooling;               /* enum vgg_pooling */
+} vgg16_config;
+
+/* Output shape of the network for an input of h x w: writes oh, ow, oc (a dense
+ * output or a global pool has oh = ow = 1). VGG_ERR_SHAPE if the input is too
+ * small for the stop layer (every pool needs >= 2 rows and columns) or, past
+ * flatten, not 224 x 224. */
+int vgg16_output_shape(size_t *oh, size_t *ow, size_t *oc, const vgg16_config *cfg,
+                       size_t classes, size_t h, size_t w);
+
+/* Floats of workspace to run up to `batch` images of h x w at once. The
+ * forward pass splits any N into passes of at most the number of images that
+ * fit the workspace it is given, so memory does not grow with N. */
+size_t vgg16_workspace_floats(const vgg16_config *cfg, size_t batch, size_t h, size_t w);
+
+/* out (N, oh, ow, oc) (see vgg16_output_shape) <- x (N,H,W,cin) of `dtype`.
+ * Runs passes of as many images as fit `workspace` (at least one must fit:
+ * otherwise VGG_ERR_NOMEM). */
+int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size_t w,
+                  size_t cin, const vgg16_weights *weights, const vgg16_config *cfg,
+                  float *workspace, size_t workspace_floats,
+                  vgg_abort_fn abort_cb, void *abort_ctx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VGG_H */

@@ -1,0 +1,240 @@
+/*
+ * vgg16.c - the VGG16 network (configuration D) with Keras's layer names.
+ *
+ * The forward pass runs layer after layer over a pass of several images, ping-
+ * ponging between two activation buffers in the caller's workspace; the last
+ * layer computed writes straight into the caller's output. Any N is split into
+ * passes of as many images as fit the workspace, so memory is set by the
+ * workspace, never by N. Weights are borrowed (vgg16_weights) for one call.
+ *
+ * Workspace layout (floats): [ act A | act B | conv column buffer ], each act
+ * buffer holding the largest activation of a pass up to the stop layer.
+ */
+#include "vgg_internal.h"
+
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int kind;
+    size_t units; /* conv/pool: channels out; dense: units (0: set by weights) */
+    int param;    /* conv: index into conv_kernel; dense: index into dense_kernel */
+} layer_def;
+
+static const layer_def LAYERS[VGG16_NUM_LAYERS] = {
+    {"block1_conv1", VGG16_KIND_CONV, 64, 0},   {"block1_conv2", VGG16_KIND_CONV, 64, 1},
+    {"block1_pool", VGG16_KIND_POOL, 64, -1},   {"block2_conv1", VGG16_KIND_CONV, 128, 2},
+    {"block2_conv2", VGG16_KIND_CONV, 128, 3},  {"block2_pool", VGG16_KIND_POOL, 128, -1},
+    {"block3_conv1", VGG16_KIND_CONV, 256, 4},  {"block3_conv2", VGG16_KIND_CONV, 256, 5},
+    {"block3_conv3", VGG16_KIND_CONV, 256, 6},  {"block3_pool", VGG16_KIND_POOL, 256, -1},
+    {"block4_conv1", VGG16_KIND_CONV, 512, 7},  {"block4_conv2", VGG16_KIND_CONV, 512, 8},
+    {"block4_conv3", VGG16_KIND_CONV, 512, 9},  {"block4_pool", VGG16_KIND_POOL, 512, -1},
+    {"block5_conv1", VGG16_KIND_CONV, 512, 10}, {"block5_conv2", VGG16_KIND_CONV, 512, 11},
+    {"block5_conv3", VGG16_KIND_CONV, 512, 12}, {"block5_pool", VGG16_KIND_POOL, 512, -1},
+    {"flatten", VGG16_KIND_FLATTEN, 0, -1},     {"fc1", VGG16_KIND_DENSE, 4096, 0},
+    {"fc2", VGG16_KIND_DENSE, 4096, 1},         {"predictions", VGG16_KIND_DENSE, 0, 2},
+};
+
+const char *vgg16_layer_name(int layer) {
+    return (layer >= 0 && layer < VGG16_NUM_LAYERS) ? LAYERS[layer].name : NULL;
+}
+
+int vgg16_layer_kind(int layer) {
+    return (layer >= 0 && layer < VGG16_NUM_LAYERS) ? LAYERS[layer].kind : -1;
+}
+
+size_t vgg16_layer_units(int layer) {
+    return (layer >= 0 && layer < VGG16_NUM_LAYERS) ? LAYERS[layer].units : 0;
+}
+
+/* Shape after each layer up to cfg->stop_layer, for one image. Fills per-layer
+ * h/w/c when the arrays are given; reports the largest activation and the
+ * largest conv input depth. */
+typedef struct {
+    size_t oh, ow, oc;   /* output of the network (after pooling) */
+    size_t max_act;      /* floats, one image, input included */
+    size_t max_cin;      /* deepest conv input, for the column buffer; 0: no conv */
+} net_plan;
+
+static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, size_t w) {
+    VGG_CHECK(cfg && p, VGG_ERR_ARG);
+    VGG_CHECK(cfg->stop_layer >= 0 && cfg->stop_layer < VGG16_NUM_LAYERS, VGG_ERR_ARG);
+    VGG_CHECK(cfg->pooling >= VGG_POOL_NONE && cfg->pooling <= VGG_POOL_MAX, VGG_ERR_ARG);
+    VGG_CHECK(h >= 1 && w >= 1, VGG_ERR_SHAPE);
+    const int stop = cfg->stop_layer;
+    if (stop >= VGG16_FLATTEN) {
+        VGG_CHECK(cfg->pooling == VGG_POOL_NONE, VGG_ERR_ARG);
+        VGG_CHECK(h == VGG16_TOP_SIZE && w == VGG16_TOP_SIZE, VGG_ERR_SHAPE);
+    }
+    if (stop == VGG16_PREDICTIONS) VGG_CHECK(classes >= 1, VGG_ERR_ARG);
+    size_t ch = 3, flat = 0;
+    VGG_CHECK(vgg_mul_ok(h, w, &p->max_act) && vgg_mul_ok(p->max_act, 3, &p->max_act),
+              VGG_ERR_SHAPE);
+    p->max_cin = 0;
+    for (int l = 0; l <= stop; l++) {
+        size_t a = 0;
+        switch (LAYERS[l].kind) {
+        case VGG16_KIND_CONV:
+            if (ch > p->max_cin) p->max_cin = ch;
+            ch = LAYERS[l].units;
+            break;
+        case VGG16_KIND_POOL:
+            VGG_CHECK(h >= 2 && w >= 2, VGG_ERR_SHAPE);
+            h /= 2;
+            w /= 2;
+            break;
+        case VGG16_KIND_FLATTEN:
+            flat = h * w * ch;
+            break;
+        case VGG16_KIND_DENSE:
+            flat = LAYERS[l].units ? LAYERS[l].units : classes;
+            break;
+        default:
+            return VGG_ERR_INTERNAL;
+        }
+        if (l < VGG16_FLATTEN) {
+            VGG_CHECK(vgg_mul_ok(h * w, ch, &a), VGG_ERR_SHAPE);
+        } else {
+            a = flat;
+        }
+        if (a > p->max_act) p->max_act = a;
+    }
+    if (stop >= VGG16_FLATTEN) {
+        p->oh = p->ow = 1;
+        p->oc = flat;
+    } else if (cfg->pooling != VGG_POOL_NONE) {
+        p->oh = p->ow = 1;
+        p->oc = ch;
+    } else {
+        p->oh = h;
+        p->ow = w;
+        p->oc = ch;
+    }
+    return VGG_OK;
+}
+
+int vgg16_output_shape(size_t *oh, size_t *ow, size_t *oc, const vgg16_config *cfg,
+                       size_t classes, size_t h, size_t w) {
+    VGG_CHECK(oh && ow && oc, VGG_ERR_ARG);
+    net_plan p;
+    int st = plan(&p, cfg, classes, h, w);
+    if (st != VGG_OK) return st;
+    *oh = p.oh;
+    *ow = p.ow;
+    *oc = p.oc;
+    return VGG_OK;
+}
+
+static size_t col_floats(const net_plan *p) {
+    return p->max_cin ? vgg_conv3x3_workspace_floats(p->max_cin) : 0;
+}
+
+size_t vgg16_workspace_floats(const vgg16_config *cfg, size_t batch, size_t h, size_t w) {
+    net_plan p;
+    /* classes only changes the tiny predictions buffer; 4096 bounds it for
+     * ImageNet and any head a user gives below that */
+    if (plan(&p, cfg, 4096, h, w) != VGG_OK) return 0;
+    size_t acts;
+    if (!vgg_mul_ok(p.max_act, batch, &acts) || !vgg_mul_ok(acts, 2, &acts)) return 0;
+    return acts + col_floats(&p);
+}
+
+/* One pass of m images: x (m,h,w,cin) -> out (m, oh, ow, oc). */
+static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h, size_t w,
+                        size_t cin, const vgg16_weights *wt, const vgg16_config *cfg,
+                        const net_plan *p, float *act_a, float *act_b, float *col,
+                        size_t col_n, vgg_abort_fn abort_cb, void *abort_ctx) {
+    const int stop = cfg->stop_layer;
+    int st = vgg_input_convert(act_a, x, dtype, m, h, w, cin, cfg->scale, cfg->shift,
+                               cfg->reverse_channels);
+    if (st != VGG_OK) return st;
+    float *cur = act_a, *other = act_b;
+    size_t ch = 3, flat = 0;
+    for (int l = 0; l <= stop; l++) {
+        const int last = (l == stop);
+        /* the last layer writes into out, unless a global pool follows it */
+        float *dst = (last && cfg->pooling == VGG_POOL_NONE) ? out : other;
+        const layer_def *L = &LAYERS[l];
+        switch (L->kind) {
+        case VGG16_KIND_CONV:
+            st = vgg_conv3x3_forward(dst, cur, wt->conv_kernel[L->param],
+                                     wt->conv_bias[L->param], 1, m, h, w, ch, L->units, col,
+                                     col_n, abort_cb, abort_ctx);
+            ch = L->units;
+            break;
+        case VGG16_KIND_POOL:
+            st = vgg_maxpool2x2_forward(dst, cur, m, h, w, ch);
+            h /= 2;
+            w /= 2;
+            break;
+        case VGG16_KIND_FLATTEN:
+            /* NHWC is already (m, h*w*c) in Keras's flatten order */
+            flat = h * w * ch;
+            if (last) memcpy(dst, cur, m * flat * sizeof(float));
+            else dst = cur;
+            break;
+        case VGG16_KIND_DENSE: {
+            const size_t units = L->units ? L->units : wt->classes;
+            const int act = (l == VGG16_PREDICTIONS) ? VGG_ACT_SOFTMAX : VGG_ACT_RELU;
+            VGG_CHECK(wt->dense_kernel[L->param] && wt->dense_bias[L->param], VGG_ERR_ARG);
+            if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
+            st = vgg_dense_forward(dst, cur, wt->dense_kernel[L->param],
+                                   wt->dense_bias[L->param], act, m, flat, units);
+            flat = units;
+            break;
+        }
+        default:
+            return VGG_ERR_INTERNAL;
+        }
+        if (st != VGG_OK) return st;
+        if (dst != cur) {
+            other = cur;
+            cur = dst;
+        }
+    }
+    if (cfg->pooling != VGG_POOL_NONE) {
+        st = vgg_global_pool_forward(out, cur, cfg->pooling, m, h, w, ch);
+        if (st != VGG_OK) return st;
+    }
+    (void)p;
+    return VGG_OK;
+}
+
+int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size_t w,
+                  size_t cin, const vgg16_weights *weights, const vgg16_config *cfg,
+                  float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
+                  void *abort_ctx) {
+    VGG_CHECK(out && x && weights && cfg && workspace, VGG_ERR_ARG);
+    VGG_CHECK(cin == 1 || cin == 3, VGG_ERR_SHAPE);
+    VGG_CHECK(dtype == VGG_U8 || dtype == VGG_F32 || dtype == VGG_F64, VGG_ERR_ARG);
+    net_plan p;
+    int st = plan(&p, cfg, weights->classes, h, w);
+    if (st != VGG_OK) return st;
+    for (int l = 0; l <= cfg->stop_layer && l < VGG16_FLATTEN; l++) {
+        if (LAYERS[l].kind == VGG16_KIND_CONV)
+            VGG_CHECK(weights->conv_kernel[LAYERS[l].param] && weights->conv_bias[LAYERS[l].param],
+                      VGG_ERR_ARG);
+    }
+    if (n == 0) return VGG_OK;
+
+    const size_t col_n = col_floats(&p);
+    VGG_CHECK(workspace_floats > col_n, VGG_ERR_NOMEM);
+    size_t per_pass = (workspace_floats - col_n) / (2 * p.max_act);
+    VGG_CHECK(per_pass >= 1, VGG_ERR_NOMEM);
+    if (per_pass > n) per_pass = n;
+    float *act_a = workspace;
+    float *act_b = workspace + per_pass * p.max_act;
+    float *col = workspace + 2 * per_pass * p.max_act;
+
+    const size_t esize = dtype == VGG_U8 ? 1 : (dtype == VGG_F32 ? 4 : 8);
+    const size_t in_per_image = h * w * cin * esize;
+    const size_t out_per_image = p.oh * p.ow * p.oc;
+    for (size_t i0 = 0; i0 < n; i0 += per_pass) {
+        const size_t m = (n - i0) < per_pass ? (n - i0) : per_pass;
+        st = forward_pass(out + i0 * out_per_image, (const char *)x + i0 * in_per_image, dtype,
+                          m, h, w, cin, weights, cfg, &p, act_a, act_b, col, col_n, abort_cb,
+                          abort_ctx);
+        if (st != VGG_OK) return st;
+    }
+    return VGG_OK;
+}

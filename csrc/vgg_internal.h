@@ -1,0 +1,48 @@
+/*
+ * vgg_internal.h - private helpers shared by the core's .c files.
+ */
+#ifndef VGG_INTERNAL_H
+#define VGG_INTERNAL_H
+
+#include "vgg.h"
+
+/* OpenMP pragmas collapse to nothing without OpenMP; num_threads follows the
+ * one knob, vgg_set_num_threads. */
+#ifdef _OPENMP
+#include <omp.h>
+#define VGG_PRAGMA(x) _Pragma(#x)
+#define VGG_OMP_FOR VGG_PRAGMA(omp parallel for schedule(static) num_threads(vgg_get_num_threads()))
+#define VGG_OMP_FOR_COLLAPSE2                                                        \
+    VGG_PRAGMA(omp parallel for collapse(2) schedule(static) num_threads(vgg_get_num_threads()))
+#else
+#define VGG_OMP_FOR
+#define VGG_OMP_FOR_COLLAPSE2
+#endif
+
+/* Returns status from the enclosing function when cond is false. */
+#define VGG_CHECK(cond, status) \
+    do {                        \
+        if (!(cond)) return (status); \
+    } while (0)
+
+/* a*b with overflow detection: returns 0 when it would overflow size_t. */
+static inline int vgg_mul_ok(size_t a, size_t b, size_t *r) {
+    if (a != 0 && b > (size_t)-1 / a) return 0;
+    *r = a * b;
+    return 1;
+}
+
+/* Polls the abort callback (NULL: never abort). */
+static inline int vgg_should_abort(vgg_abort_fn cb, void *ctx) { return cb != NULL && cb(ctx) != 0; }
+
+/* blas.c: row-major C (m,n) = alpha * A (m,k) @ B (k,n) + beta * C, with leading
+ * dimensions lda/ldb/ldc; trans_a / trans_b read A / B transposed (A then is
+ * stored (k,m), B (n,k)). Called from serial code only (see vgg.h). Sizes must
+ * fit a BLAS int; callers split larger products. */
+#define VGG_BLAS_MAX_DIM 2147483647u
+void vgg_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+               const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
+               size_t ldc);
+void vgg_blas_set_num_threads(int n);
+
+#endif /* VGG_INTERNAL_H */

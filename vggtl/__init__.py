@@ -1,0 +1,48 @@
+"""vggtl: VGG16 transfer learning on the CPU, computed in C.
+
+    >>> import numpy as np, vggtl
+    >>> base = vggtl.VGG16(weights=None, include_top=False)
+    >>> X = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    >>> base.predict(X).shape
+    (2, 1, 1, 512)
+"""
+# The C core is linked against scipy-openblas32; importing that package loads the
+# library into the process (RTLD_GLOBAL) so the extension finds it by soname.
+import scipy_openblas32 as _scipy_openblas32  # noqa: F401
+
+from . import _core
+from .vgg16 import VGG16, LAYER_NAMES, preprocess_input
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VGG16",
+    "LAYER_NAMES",
+    "preprocess_input",
+    "set_num_threads",
+    "get_num_threads",
+    "info",
+    "__version__",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Set the threads vggtl uses (OpenMP kernels and BLAS share this one count).
+
+    The default is OpenMP's (``OMP_NUM_THREADS`` when set, else the number of cores).
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int >= 1, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The threads vggtl uses (see :func:`set_num_threads`)."""
+    return _core.get_num_threads()
+
+
+def info() -> dict:
+    """Version, threads and the build: OpenMP, the BLAS and its configuration."""
+    b = _core.build_info()
+    return {"version": __version__, "threads": get_num_threads(), "openmp": b["openmp"],
+            "blas": b["blas"]}

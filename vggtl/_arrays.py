@@ -1,0 +1,58 @@
+"""Validation of user images and their per-batch hand-off to the C core.
+
+The C core reads uint8, float32 and float64 NHWC images with 1 or 3 channels as
+they are; everything else about a user's X is settled here, one batch at a time,
+so a whole data set is never copied or converted at once.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# dtypes the core reads directly; other real numbers are converted per batch
+CORE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_images(X, name: str = "X") -> np.ndarray:
+    """Return X as an N x H x W x C array (C in 1, 3) without copying its data.
+
+    Accepts N x H x W (grayscale without a channel axis) and N x H x W x 1|3, of
+    any real dtype except bool; lists of arrays of one shape are stacked.
+    """
+    if isinstance(X, (list, tuple)):
+        if len(X) == 0:
+            raise ValueError(f"{name}: expected images, got an empty {type(X).__name__}")
+        try:
+            X = np.stack([np.asarray(x) for x in X])
+        except ValueError as e:
+            raise ValueError(f"{name}: expected a list of arrays of one shape ({e})") from None
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array of images (N, H, W, C), "
+                        f"got {type(X).__name__}")
+    kind = X.dtype.kind
+    if kind not in "uif":
+        raise TypeError(f"{name}: expected real-valued pixels (uint8 or float), got dtype "
+                        f"{X.dtype}")
+    if X.ndim == 3:
+        X = X[..., None]
+    if X.ndim != 4:
+        raise ValueError(f"{name}: expected 4 dimensions (N, H, W, C) or 3 (N, H, W) for "
+                         f"grayscale, got shape {X.shape}")
+    if X.shape[3] not in (1, 3):
+        raise ValueError(f"{name}: expected 1 or 3 channels (last axis), got shape {X.shape}")
+    return X
+
+
+def batch_for_core(xb: np.ndarray) -> np.ndarray:
+    """One batch as the core reads it: C-contiguous, native order, u8/f32/f64."""
+    if xb.dtype not in CORE_DTYPES:
+        xb = xb.astype(np.float32)
+    elif not xb.dtype.isnative:
+        xb = xb.astype(xb.dtype.newbyteorder("="))
+    return np.ascontiguousarray(xb)
+
+
+def check_finite_batch(xb: np.ndarray, name: str, start: int) -> None:
+    """Raise if a float batch holds NaN or infinity (they would poison features)."""
+    if xb.dtype.kind == "f" and not np.isfinite(xb).all():
+        bad = start + int(np.flatnonzero(~np.isfinite(xb).reshape(len(xb), -1).all(axis=1))[0])
+        raise ValueError(f"{name}: image {bad} contains NaN or infinite values")

@@ -1,0 +1,318 @@
+"""VGG16 (configuration D) with Keras's layer names, computed by the C core.
+
+    base = vggtl.VGG16(weights=None, include_top=False, input_shape=(224, 224, 3))
+    F = base.predict(X, batch_size=32)                 # (N, 7, 7, 512) float32
+    F4 = base.predict(X, layer="block4_pool")           # (N, 14, 14, 512)
+
+Weights are kept as Keras stores them: conv kernels HWIO (3, 3, in, out), dense
+kernels (in, out), float32. ``get_weights()`` returns ``{layer: (kernel, bias)}``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_images, batch_for_core, check_finite_batch
+
+_LAYERS = _core.vgg16_layers()  # ((name, kind, units), ...) in Keras's order
+LAYER_NAMES: Tuple[str, ...] = tuple(name for name, _, _ in _LAYERS)
+_INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
+CONV_LAYERS: Tuple[str, ...] = tuple(n for n, kind, _ in _LAYERS if kind == "conv")
+DENSE_LAYERS: Tuple[str, ...] = ("fc1", "fc2", "predictions")
+BASE_OUTPUT = "block5_pool"
+MIN_SIZE = 32   # Keras's min_size for VGG16
+TOP_SIZE = 224  # the top's fc1 expects 7 x 7 x 512 inputs
+
+# Input preprocessing as an affine map per output channel (x * scale + shift),
+# with the channel order reversal Keras's "caffe" mode does (RGB -> BGR).
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+PREPROCESS_MODES = ("caffe", "torch", "scale", None)
+
+# Scratch memory for the network's activations, per predict call. The core runs
+# as many images at a time as fit, so this, not batch_size, bounds memory.
+_WORKSPACE_BYTES = 256 << 20
+
+
+def _preprocess_params(mode):
+    """(scale[3], shift[3], reverse_channels) for a preprocessing mode."""
+    if mode is None:
+        return (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), False
+    if mode == "caffe":  # RGB 0-255 -> BGR minus the ImageNet mean (Keras vgg16)
+        return (1.0, 1.0, 1.0), tuple(-m for m in _CAFFE_MEAN_BGR), True
+    if mode == "torch":  # x/255, minus mean, over std (torchvision)
+        scale = tuple(1.0 / (255.0 * s) for s in _TORCH_STD)
+        shift = tuple(-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD))
+        return scale, shift, False
+    if mode == "scale":  # x/255, what the tutorial does
+        return (1 / 255.0,) * 3, (0.0, 0.0, 0.0), False
+    raise ValueError(f"preprocess: expected one of {PREPROCESS_MODES}, got {mode!r}")
+
+
+def preprocess_input(x, mode: Optional[str] = "caffe") -> np.ndarray:
+    """Keras's ``vgg16.preprocess_input`` (mode "caffe") and friends, as a function.
+
+    Takes N x H x W x 1|3 (or N x H x W) images, uint8 or float, RGB 0-255 (or 0-1
+    for "scale"-free modes as the user has them), and returns float32 N x H x W x 3.
+    Unlike Keras it never modifies ``x`` in place.
+    """
+    X = as_images(x, "x")
+    scale, shift, rev = _preprocess_params(mode)
+    return _core.input_convert(batch_for_core(X), scale, shift, rev)
+
+
+def _glorot_uniform(rng: np.random.Generator, shape, fan_in: int, fan_out: int) -> np.ndarray:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    w = rng.random(shape, dtype=np.float32)
+    w *= np.float32(2 * limit)
+    w -= np.float32(limit)
+    return w
+
+
+def _expected_shapes(classes: int, include_top: bool) -> Dict[str, Tuple[tuple, tuple]]:
+    shapes = {}
+    cin = 3
+    for name, kind, units in _LAYERS:
+        if kind == "conv":
+            shapes[name] = ((3, 3, cin, units), (units,))
+            cin = units
+    if include_top:
+        shapes["fc1"] = ((7 * 7 * 512, 4096), (4096,))
+        shapes["fc2"] = ((4096, 4096), (4096,))
+        shapes["predictions"] = ((4096, classes), (classes,))
+    return shapes
+
+
+class VGG16:
+    """The VGG16 network, Keras's names and semantics, computed in C.
+
+    Parameters
+    ----------
+    weights : None or dict
+        None: Glorot-uniform kernels and zero biases, as Keras initialises them,
+        drawn from ``seed``. A dict ``{layer_name: (kernel, bias)}`` in the form
+        :meth:`get_weights` returns (Keras layouts) sets them.
+    include_top : bool
+        Add flatten, fc1, fc2 and the ``classes``-way softmax; input must then be
+        224 x 224.
+    input_shape : (H, W, C) or None
+        The image size the model expects (C is 1 or 3; 1 is repeated to 3
+        channels). None accepts any size of at least 32 x 32.
+    pooling : None, "avg" or "max"
+        Without the top, global pooling of the base's output (N, 512).
+    classes : int
+        Units of the top's softmax (``include_top=True`` only).
+    preprocess : None, "caffe", "torch" or "scale"
+        Applied to every image inside the core, per batch: "caffe" is Keras's
+        ``vgg16.preprocess_input`` (RGB -> BGR, minus the ImageNet mean), "torch"
+        torchvision's, "scale" divides by 255 (the tutorial's ``X/255.0``).
+    seed : int or None
+        Seed of the initialisation when ``weights=None``.
+    """
+
+    def __init__(self, weights=None, include_top: bool = False,
+                 input_shape: Optional[Tuple[int, int, int]] = None,
+                 pooling: Optional[str] = None, classes: int = 1000,
+                 preprocess: Optional[str] = None, seed: Optional[int] = 0):
+        if pooling not in (None, "avg", "max"):
+            raise ValueError(f"pooling: expected None, 'avg' or 'max', got {pooling!r}")
+        if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
+            raise ValueError(f"classes: expected an int >= 1, got {classes!r}")
+        self.include_top = bool(include_top)
+        self.pooling = pooling if not self.include_top else None
+        self.classes = int(classes)
+        self.input_shape = self._check_input_shape(input_shape)
+        _preprocess_params(preprocess)  # validates the mode
+        self.preprocess = preprocess
+        self._workspace = np.empty(0, dtype=np.float32)
+        self._weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        if weights is None:
+            self._init_weights(seed)
+        elif isinstance(weights, Mapping):
+            self.set_weights(weights)
+        elif isinstance(weights, str) and weights == "imagenet":
+            raise ValueError("weights: 'imagenet' needs the pretrained weight files, which "
+                             "this version cannot read yet; use weights=None or a dict")
+        else:
+            raise TypeError(f"weights: expected None or a dict {{layer: (kernel, bias)}}, "
+                            f"got {type(weights).__name__}")
+
+    # -- construction ---------------------------------------------------------
+    def _check_input_shape(self, input_shape):
+        if input_shape is None:
+            return (TOP_SIZE, TOP_SIZE, 3) if self.include_top else None
+        try:
+            h, w, c = (int(v) for v in input_shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"input_shape: expected (height, width, channels), got "
+                             f"{input_shape!r}") from None
+        if c not in (1, 3):
+            raise ValueError(f"input_shape: expected 1 or 3 channels, got {c}")
+        if self.include_top and (h, w) != (TOP_SIZE, TOP_SIZE):
+            raise ValueError(f"input_shape: include_top=True needs {TOP_SIZE} x {TOP_SIZE} "
+                             f"images, got {h} x {w}")
+        if h < MIN_SIZE or w < MIN_SIZE:
+            raise ValueError(f"input_shape: height and width must be at least {MIN_SIZE}, "
+                             f"got {h} x {w}")
+        return (h, w, c)
+
+    @property
+    def layer_names(self) -> Tuple[str, ...]:
+        """Names of the layers this model has, in order (Keras's names)."""
+        last = "predictions" if self.include_top else BASE_OUTPUT
+        return LAYER_NAMES[: _INDEX[last] + 1]
+
+    def _init_weights(self, seed):
+        rng = np.random.default_rng(seed)
+        for name, (kshape, bshape) in _expected_shapes(self.classes, self.include_top).items():
+            if len(kshape) == 4:
+                fan_in, fan_out = 9 * kshape[2], 9 * kshape[3]
+            else:
+                fan_in, fan_out = kshape
+            self._weights[name] = (_glorot_uniform(rng, kshape, fan_in, fan_out),
+                                   np.zeros(bshape, dtype=np.float32))
+
+    def set_weights(self, weights: Mapping) -> None:
+        """Set all weights from ``{layer: (kernel, bias)}`` (Keras layouts).
+
+        Every layer of the model must be present with exactly its shapes; nothing
+        changes unless all of them are valid.
+        """
+        if not isinstance(weights, Mapping):
+            raise TypeError(f"weights: expected a dict {{layer: (kernel, bias)}}, "
+                            f"got {type(weights).__name__}")
+        expected = _expected_shapes(self.classes, self.include_top)
+        if self.include_top and "predictions" in weights:
+            try:
+                classes = int(np.shape(weights["predictions"][1])[0])
+                expected = _expected_shapes(classes, True)
+            except (TypeError, IndexError, KeyError):
+                pass
+        new = {}
+        for name, (kshape, bshape) in expected.items():
+            if name not in weights:
+                raise ValueError(f"weights: layer '{name}' is missing (expected kernel "
+                                 f"{kshape} and bias {bshape})")
+            pair = weights[name]
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"weights['{name}']: expected a (kernel, bias) pair")
+            arrays = []
+            for what, arr, shape in (("kernel", pair[0], kshape), ("bias", pair[1], bshape)):
+                a = np.asarray(arr)
+                if a.dtype.kind not in "fiu":
+                    raise TypeError(f"weights['{name}'] {what}: expected real numbers, "
+                                    f"got dtype {a.dtype}")
+                if a.shape != shape:
+                    raise ValueError(f"weights['{name}'] {what}: expected shape {shape}, "
+                                     f"got {a.shape}")
+                a = np.array(a, dtype=np.float32, order="C", copy=True)
+                if not np.isfinite(a).all():
+                    raise ValueError(f"weights['{name}'] {what}: contains NaN or infinity")
+                arrays.append(a)
+            new[name] = (arrays[0], arrays[1])
+        if self.include_top:
+            self.classes = new["predictions"][1].shape[0]
+        self._weights = new
+
+    def get_weights(self) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """``{layer: (kernel, bias)}`` in Keras layouts (HWIO / (in, out)); copies."""
+        return {k: (w.copy(), b.copy()) for k, (w, b) in self._weights.items()}
+
+    def count_params(self) -> int:
+        return int(sum(w.size + b.size for w, b in self._weights.values()))
+
+    # -- inference ------------------------------------------------------------
+    def _params(self, top: bool):
+        names = CONV_LAYERS + (DENSE_LAYERS if top else ())
+        out = []
+        for n in names:
+            out.extend(self._weights[n])
+        return out
+
+    def _resolve_layer(self, layer):
+        if layer is None:
+            return _INDEX["predictions" if self.include_top else BASE_OUTPUT], self.pooling
+        if not isinstance(layer, str):
+            raise TypeError(f"layer: expected a layer name, got {type(layer).__name__}")
+        if layer not in _INDEX:
+            raise ValueError(f"layer: unknown layer '{layer}'; expected one of "
+                             f"{', '.join(self.layer_names)}")
+        if layer not in self.layer_names:
+            raise ValueError(f"layer: '{layer}' is part of the top, which this model does not "
+                             f"have (include_top=False)")
+        return _INDEX[layer], None
+
+    def output_shape(self, layer: Optional[str] = None, input_shape=None) -> tuple:
+        """Shape of one image's output (without N) at ``layer`` for ``input_shape``."""
+        stop, pooling = self._resolve_layer(layer)
+        h, w = (input_shape or self.input_shape or (None, None))[:2]
+        if h is None:
+            raise ValueError("input_shape: needed when the model has no fixed input_shape")
+        oh, ow, oc = _core.vgg16_output_shape(stop, _pool_code(pooling), self.classes, h, w)
+        if stop >= _INDEX["flatten"] or pooling is not None:
+            return (oc,)
+        return (oh, ow, oc)
+
+    def predict(self, X, batch_size: int = 32, layer: Optional[str] = None) -> np.ndarray:
+        """Features of X (N x H x W x 1|3 or N x H x W, uint8 or float) at ``layer``.
+
+        ``layer=None`` is the model's output (block5_pool, pooled if ``pooling`` is
+        set, or the softmax with the top). Returns float32: (N, h, w, c) for conv
+        and pool layers, (N, units) past flatten or with pooling. X is read one
+        batch at a time and never copied as a whole; the GIL is released while the
+        core computes and Ctrl-C stops it within about a second.
+        """
+        X = as_images(X)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        n, h, w, c = X.shape
+        self._check_image_size(h, w, c)
+        stop, pooling = self._resolve_layer(layer)
+        pool = _pool_code(pooling)
+        oh, ow, oc = _core.vgg16_output_shape(stop, pool, self.classes, h, w)
+        flat = stop >= _INDEX["flatten"] or pooling is not None
+        out = np.empty((n, oc) if flat else (n, oh, ow, oc), dtype=np.float32)
+        if n == 0:
+            return out
+        per_image = _core.vgg16_workspace_floats(stop, pool, 1, h, w)
+        fit = max(1, _WORKSPACE_BYTES // (4 * per_image))
+        ws = self._get_workspace(_core.vgg16_workspace_floats(stop, pool, min(fit, batch_size, n), h, w))
+        params = self._params(stop >= _INDEX["fc1"])
+        scale, shift, rev = _preprocess_params(self.preprocess)
+        for i in range(0, n, batch_size):
+            xb = batch_for_core(X[i:i + batch_size])
+            check_finite_batch(xb, "X", i)
+            _core.vgg16_forward(xb, params, stop, pool, scale, shift, rev, ws,
+                                out=out[i:i + batch_size])
+        return out
+
+    def _check_image_size(self, h, w, c):
+        if self.input_shape is not None:
+            eh, ew, _ = self.input_shape
+            if (h, w) != (eh, ew):
+                raise ValueError(f"X: expected images of {eh} x {ew} (the model's input_shape), "
+                                 f"got {h} x {w}")
+        if h < MIN_SIZE or w < MIN_SIZE:
+            hint = " (for a single image of shape (H, W, C), pass x[None])" if c in (1, 3) and \
+                min(h, w) <= 3 else ""
+            raise ValueError(f"X: images must be at least {MIN_SIZE} x {MIN_SIZE}, got "
+                             f"{h} x {w}{hint}")
+
+    def _get_workspace(self, floats: int) -> np.ndarray:
+        if self._workspace.size < floats or self._workspace.size > 2 * floats:
+            self._workspace = np.empty(floats, dtype=np.float32)
+        return self._workspace
+
+    def __repr__(self):
+        return (f"VGG16(include_top={self.include_top}, input_shape={self.input_shape}, "
+                f"pooling={self.pooling!r}, preprocess={self.preprocess!r}, "
+                f"params={self.count_params():,})")
+
+
+def _pool_code(pooling):
+    return {None: _core.POOL_NONE, "avg": _core.POOL_AVG, "max": _core.POOL_MAX}[pooling]
