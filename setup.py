@@ -8,6 +8,8 @@ Environment variables (all optional):
   VGGTL_NO_OPENMP=1   build without OpenMP (kernels run on one thread; BLAS still threads).
   VGGTL_NATIVE=1      add -march=native (local builds only; never in a wheel).
   VGGTL_DEBUG=1       -O0 -g, asserts on.
+  VGGTL_WERROR=1      compiler warnings are errors (CI sets it).
+  VGGTL_SANITIZE=address,undefined   build with sanitizers (see .ci/).
 """
 import os
 import shlex
@@ -86,6 +88,8 @@ class BuildExt(build_ext):
 
 inc, libdirs, libs, macros, link_args = blas_config()
 opt = ["-O0", "-g"] if env_flag("VGGTL_DEBUG") else ["-O3", "-DNDEBUG"]
+if env_flag("VGGTL_WERROR"):
+    opt.append("-Werror")
 if env_flag("VGGTL_NATIVE"):
     opt.append("-march=native")
 sanitize = os.environ.get("VGGTL_SANITIZE", "").strip()

@@ -37,3 +37,38 @@ const char *vgg_blas_info(void) {
     const char *s = VGG_BLAS(openblas_get_config)();
     return s ? s : "OpenBLAS";
 }
+
+/* Blocks of at least this many rows / columns, so tiny products stay whole. */
+#define MIN_BLOCK 16
+
+void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+                        const float *a, size_t lda, const float *b, size_t ldb, float beta,
+                        float *c, size_t ldc) {
+    size_t nth = (size_t)vgg_get_num_threads();
+    const int by_rows = m >= n;
+    const size_t len = by_rows ? m : n;
+    if (nth > len / MIN_BLOCK) nth = len / MIN_BLOCK;
+    if (nth <= 1) {
+        vgg_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    /* blocks of a multiple of 16 so each thread's edge matches the microkernel */
+    size_t block = (len + nth - 1) / nth;
+    block = (block + 15) / 16 * 16;
+    const size_t nblocks = (len + block - 1) / block;
+    VGG_OMP_FOR
+    for (size_t i = 0; i < nblocks; i++) {
+        const size_t s0 = i * block, s1 = s0 + block < len ? s0 + block : len;
+        if (by_rows) {
+            /* rows s0..s1 of A (of A^T: columns) and of C */
+            const float *ai = trans_a ? a + s0 : a + s0 * lda;
+            vgg_sgemm(trans_a, trans_b, s1 - s0, n, k, alpha, ai, lda, b, ldb, beta,
+                      c + s0 * ldc, ldc);
+        } else {
+            /* columns s0..s1 of B (of B^T: rows) and of C */
+            const float *bi = trans_b ? b + s0 * ldb : b + s0;
+            vgg_sgemm(trans_a, trans_b, m, s1 - s0, k, alpha, a, lda, bi, ldb, beta, c + s0,
+                      ldc);
+        }
+    }
+}

@@ -2,35 +2,39 @@
  * conv3x3.c - 3x3 convolution, stride 1, 'same' zero padding, NHWC.
  *
  * Forward as im2col + sgemm (darknet, ggml), done a chunk of output pixels at a
- * time so the column buffer stays a few MB (a whole-layer im2col would be 9x the
+ * time so the column buffer stays small (a whole-layer im2col would be 9x the
  * input: 110 MiB per image for block1_conv2) and sits in cache when sgemm packs it:
  *   col (rows, 9*Cin)      <- the 3x3 neighbourhoods of `rows` output pixels
  *   out (rows, Cout)       <- col @ kernel (9*Cin, Cout)      [one sgemm]
  *   out                    <- relu(out + bias)                [while hot]
  * The HWIO kernel is that (9*Cin, Cout) matrix as it is stored, so no repacking.
  * Memory: the caller owns out, x, kernel, bias and the workspace (the column
- * buffer, vgg_conv3x3_workspace_floats(cin) floats).
+ * buffers, one per thread: vgg_conv3x3_workspace_floats(cin) floats).
  */
 #include "vgg_internal.h"
 
-/* Target size of the column buffer: large enough that sgemm's M is in the
- * thousands for the wide early layers, small enough to stay in L3. */
-#define COL_TARGET_FLOATS ((size_t)1 << 21) /* 8 MiB */
+#include <string.h>
+
+/* Rows per chunk: each thread packs its own chunk of output pixels into its own
+ * column buffer (kept near L2 size: 1 MiB per core on the target machines) and
+ * runs a single-threaded sgemm on it, so the phases of a chunk never wait on
+ * the other thread and the buffer is still in cache when sgemm packs it. */
+#define COL_TARGET_FLOATS ((size_t)1 << 18) /* 512 KiB per thread */
+#define MIN_CHUNK_ROWS 256
 
 static size_t chunk_rows(size_t cin) {
-    size_t k = 9 * cin;
-    size_t rows = COL_TARGET_FLOATS / k;
-    if (rows < 64) rows = 64;
-    return rows;
+    size_t rows = COL_TARGET_FLOATS / (9 * cin);
+    return rows < MIN_CHUNK_ROWS ? MIN_CHUNK_ROWS : rows;
 }
 
-size_t vgg_conv3x3_workspace_floats(size_t cin) { return chunk_rows(cin) * 9 * cin; }
+size_t vgg_conv3x3_workspace_floats(size_t cin) {
+    return chunk_rows(cin) * 9 * cin * (size_t)vgg_get_num_threads();
+}
 
 /* col (r1-r0, 9*cin) <- neighbourhoods of flat output pixels r0..r1-1. */
 static void im2col_rows(float *col, const float *x, size_t r0, size_t r1, size_t h, size_t w,
                         size_t cin) {
     const size_t k = 9 * cin;
-    VGG_OMP_FOR
     for (size_t r = r0; r < r1; r++) {
         const size_t img = r / (h * w);
         const size_t rem = r % (h * w);
@@ -38,16 +42,15 @@ static void im2col_rows(float *col, const float *x, size_t r0, size_t r1, size_t
         const float *x_img = x + img * h * w * cin;
         float *col_r = col + (r - r0) * k;
         for (size_t dy = 0; dy < 3; dy++) {
-            /* input row y + dy - 1, skipping the zero padding rows */
             const int in_y = (int)y + (int)dy - 1;
             for (size_t dx = 0; dx < 3; dx++) {
                 const int in_x = (int)xx + (int)dx - 1;
                 float *dst = col_r + (dy * 3 + dx) * cin;
                 if (in_y < 0 || in_y >= (int)h || in_x < 0 || in_x >= (int)w) {
-                    for (size_t c = 0; c < cin; c++) dst[c] = 0.0f;
+                    memset(dst, 0, cin * sizeof(float)); /* zero padding */
                 } else {
-                    const float *src = x_img + ((size_t)in_y * w + (size_t)in_x) * cin;
-                    for (size_t c = 0; c < cin; c++) dst[c] = src[c];
+                    memcpy(dst, x_img + ((size_t)in_y * w + (size_t)in_x) * cin,
+                           cin * sizeof(float));
                 }
             }
         }
@@ -55,7 +58,6 @@ static void im2col_rows(float *col, const float *x, size_t r0, size_t r1, size_t
 }
 
 static void bias_act_rows(float *out, const float *bias, int relu, size_t rows, size_t cout) {
-    VGG_OMP_FOR
     for (size_t r = 0; r < rows; r++) {
         float *o = out + r * cout;
         if (relu) {
@@ -69,6 +71,10 @@ static void bias_act_rows(float *out, const float *bias, int relu, size_t rows, 
     }
 }
 
+/* Chunks per thread between two polls of the abort callback: enough work that
+ * the barrier is negligible, little enough that Ctrl-C answers fast. */
+#define CHUNKS_PER_POLL 8
+
 int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const float *bias,
                         int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
                         float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
@@ -81,17 +87,32 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
     VGG_CHECK(vgg_mul_ok(h, w, &hw) && vgg_mul_ok(hw, n, &total), VGG_ERR_SHAPE);
 
     const size_t k = 9 * cin;
-    size_t rows = workspace_floats / k;
+    const size_t nth = (size_t)vgg_get_num_threads();
+    /* rows per chunk: what the workspace allows for nth buffers, at most the target */
+    size_t rows = workspace_floats / (k * nth);
     VGG_CHECK(rows >= 1, VGG_ERR_NOMEM);
     if (rows > chunk_rows(cin)) rows = chunk_rows(cin);
+    const size_t nchunks = (total + rows - 1) / rows;
+    const size_t per_poll = nth * CHUNKS_PER_POLL;
 
-    for (size_t r0 = 0; r0 < total; r0 += rows) {
+    for (size_t c0 = 0; c0 < nchunks; c0 += per_poll) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
-        const size_t r1 = r0 + rows < total ? r0 + rows : total;
-        im2col_rows(workspace, x, r0, r1, h, w, cin);
-        vgg_sgemm(0, 0, r1 - r0, cout, k, 1.0f, workspace, k, kernel, cout, 0.0f,
-                  out + r0 * cout, cout);
-        bias_act_rows(out + r0 * cout, bias, relu, r1 - r0, cout);
+        const size_t c1 = c0 + per_poll < nchunks ? c0 + per_poll : nchunks;
+        VGG_OMP_FOR
+        for (size_t ci = c0; ci < c1; ci++) {
+#ifdef _OPENMP
+            float *col = workspace + (size_t)omp_get_thread_num() * rows * k;
+#else
+            float *col = workspace;
+#endif
+            const size_t r0 = ci * rows;
+            const size_t r1 = r0 + rows < total ? r0 + rows : total;
+            im2col_rows(col, x, r0, r1, h, w, cin);
+            /* single-threaded BLAS inside the OpenMP region (see threads.c) */
+            vgg_sgemm(0, 0, r1 - r0, cout, k, 1.0f, col, k, kernel, cout, 0.0f,
+                      out + r0 * cout, cout);
+            bias_act_rows(out + r0 * cout, bias, relu, r1 - r0, cout);
+        }
     }
     return VGG_OK;
 }

@@ -1,6 +1,6 @@
 /*
  * dense.c - fully connected layer: out (N,Out) = act(x (N,In) @ W (In,Out) + b).
- * The bias is broadcast into out first so one sgemm with beta = 1 adds the
+ * The bias is broadcast into out first so the sgemm with beta = 1 adds the
  * product to it; the activation then runs in place.
  */
 #include "vgg_internal.h"
@@ -16,6 +16,6 @@ int vgg_dense_forward(float *out, const float *x, const float *kernel, const flo
     VGG_OMP_FOR
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < outdim; j++) out[i * outdim + j] = bias[j];
-    vgg_sgemm(0, 0, n, outdim, in, 1.0f, x, in, kernel, outdim, 1.0f, out, outdim);
+    vgg_sgemm_parallel(0, 0, n, outdim, in, 1.0f, x, in, kernel, outdim, 1.0f, out, outdim);
     return vgg_activation_forward(out, activation, n, outdim);
 }

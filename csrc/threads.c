@@ -1,10 +1,12 @@
 /*
  * threads.c - the single owner of the core's thread count.
  *
- * OpenMP regions use vgg_get_num_threads() through num_threads() clauses (so the
- * count holds whichever Python thread calls in), and the same count is handed to
- * BLAS, which runs its own threads from serial code only: the two pools never run
- * at once, so the machine is never oversubscribed.
+ * OpenMP owns the threads: every parallel region uses vgg_get_num_threads()
+ * through a num_threads() clause (so the count holds whichever Python thread
+ * calls in), and BLAS is kept single-threaded and called inside those regions on
+ * disjoint blocks (vgg_sgemm_parallel, conv3x3.c). Measured on the 2-core
+ * machine: letting a pthreads OpenBLAS and OpenMP take turns ran 2 threads slower
+ * than 1 (the idle pool spins while the other works); one owner fixes that.
  */
 #include "vgg_internal.h"
 
@@ -21,7 +23,7 @@ static int default_threads(void) {
 void vgg_set_num_threads(int n) {
     if (n < 1) n = 1;
     g_num_threads = n;
-    vgg_blas_set_num_threads(n);
+    vgg_blas_set_num_threads(1);
 }
 
 int vgg_get_num_threads(void) {

@@ -16,11 +16,12 @@
  *   - The caller owns every buffer. Kernels never allocate; scratch space is a
  *     `workspace` argument whose size (in floats) a *_workspace_floats() query
  *     returns. Outputs are overwritten, never accumulated into.
- *   - Threads: kernels run OpenMP regions with vgg_get_num_threads() threads and
- *     call BLAS (sgemm) only from serial code, where BLAS uses its own threads.
- *     Nothing here touches global state other than the thread count.
+ *   - Threads: OpenMP is the one owner. Kernels run OpenMP regions with
+ *     vgg_get_num_threads() threads; BLAS is single-threaded and each thread
+ *     calls it on its own block. Nothing here touches global state other than
+ *     the thread count.
  *   - Long functions take an optional abort callback, polled from the calling
- *     thread between chunks of work (never inside a parallel region). When it
+ *     thread between groups of chunks (outside parallel regions). When it
  *     returns non-zero the function stops and returns VGG_ERR_CANCELLED; the
  *     output is then incomplete.
  */
@@ -54,7 +55,8 @@ typedef int (*vgg_abort_fn)(void *ctx);
 /* ------------------------------------------------------------------------ */
 /* threads (threads.c)                                                        */
 
-/* Sets the threads used by OpenMP regions and by BLAS; n < 1 means 1.
+/* Sets the threads of the core's OpenMP regions (BLAS stays single-threaded
+ * inside them); n < 1 means 1.
  * Default: omp_get_max_threads() (so OMP_NUM_THREADS applies), 1 without OpenMP. */
 void vgg_set_num_threads(int n);
 int vgg_get_num_threads(void);
@@ -82,9 +84,10 @@ int vgg_input_convert(float *out, const void *x, int dtype, size_t n, size_t h, 
 
 /* conv3x3.c: out (N,H,W,Cout) = act(conv(x (N,H,W,Cin), kernel (3,3,Cin,Cout)) + bias)
  * with stride 1 and 'same' zero padding; act is ReLU when relu != 0, else identity.
- * Implementation: im2col of a chunk of output rows into the workspace, one sgemm
- * per chunk, then bias and ReLU on the chunk while it is in cache.
- * workspace: vgg_conv3x3_workspace_floats(cin) floats (independent of N, H, W). */
+ * Implementation: each thread takes chunks of output pixels: im2col into its own
+ * column buffer, one sgemm, then bias and ReLU while the chunk is in cache.
+ * workspace: vgg_conv3x3_workspace_floats(cin) floats (one buffer per thread at
+ * the current thread count; independent of N, H, W; less works, slower). */
 size_t vgg_conv3x3_workspace_floats(size_t cin);
 int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const float *bias,
                         int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
@@ -109,7 +112,8 @@ enum vgg_activation { VGG_ACT_LINEAR = 0, VGG_ACT_RELU = 1, VGG_ACT_SOFTMAX = 2,
  * (max-subtracted, so exp never overflows). */
 int vgg_activation_forward(float *x, int activation, size_t rows, size_t cols);
 
-/* dense.c: out (N,Out) = act(x (N,In) @ kernel (In,Out) + bias (Out)). One sgemm. */
+/* dense.c: out (N,Out) = act(x (N,In) @ kernel (In,Out) + bias (Out)). The
+ * product is split by output columns (or rows, for tall x) across threads. */
 int vgg_dense_forward(float *out, const float *x, const float *kernel, const float *bias,
                       int activation, size_t n, size_t in, size_t outdim);
 

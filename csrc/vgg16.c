@@ -142,7 +142,7 @@ size_t vgg16_workspace_floats(const vgg16_config *cfg, size_t batch, size_t h, s
 /* One pass of m images: x (m,h,w,cin) -> out (m, oh, ow, oc). */
 static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h, size_t w,
                         size_t cin, const vgg16_weights *wt, const vgg16_config *cfg,
-                        const net_plan *p, float *act_a, float *act_b, float *col,
+                        float *act_a, float *act_b, float *col,
                         size_t col_n, vgg_abort_fn abort_cb, void *abort_ctx) {
     const int stop = cfg->stop_layer;
     int st = vgg_input_convert(act_a, x, dtype, m, h, w, cin, cfg->scale, cfg->shift,
@@ -196,7 +196,6 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
         st = vgg_global_pool_forward(out, cur, cfg->pooling, m, h, w, ch);
         if (st != VGG_OK) return st;
     }
-    (void)p;
     return VGG_OK;
 }
 
@@ -232,7 +231,7 @@ int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size
     for (size_t i0 = 0; i0 < n; i0 += per_pass) {
         const size_t m = (n - i0) < per_pass ? (n - i0) : per_pass;
         st = forward_pass(out + i0 * out_per_image, (const char *)x + i0 * in_per_image, dtype,
-                          m, h, w, cin, weights, cfg, &p, act_a, act_b, col, col_n, abort_cb,
+                          m, h, w, cin, weights, cfg, act_a, act_b, col, col_n, abort_cb,
                           abort_ctx);
         if (st != VGG_OK) return st;
     }

@@ -37,12 +37,18 @@ static inline int vgg_should_abort(vgg_abort_fn cb, void *ctx) { return cb != NU
 
 /* blas.c: row-major C (m,n) = alpha * A (m,k) @ B (k,n) + beta * C, with leading
  * dimensions lda/ldb/ldc; trans_a / trans_b read A / B transposed (A then is
- * stored (k,m), B (n,k)). Called from serial code only (see vgg.h). Sizes must
- * fit a BLAS int; callers split larger products. */
+ * stored (k,m), B (n,k)). Single-threaded: safe inside OpenMP regions. Sizes
+ * must fit a BLAS int; callers split larger products. */
 #define VGG_BLAS_MAX_DIM 2147483647u
 void vgg_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
                const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
                size_t ldc);
 void vgg_blas_set_num_threads(int n);
+/* The same product split across the core's threads: by rows of C when m is the
+ * larger side, else by columns; each block is one single-threaded sgemm.
+ * Call from serial code. */
+void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
+                        const float *a, size_t lda, const float *b, size_t ldb, float beta,
+                        float *c, size_t ldc);
 
 #endif /* VGG_INTERNAL_H */

@@ -10,7 +10,11 @@
 # library into the process (RTLD_GLOBAL) so the extension finds it by soname.
 import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 
-from . import _core
+try:
+    from . import _core
+except ImportError as e:  # a source checkout whose extension was never built
+    raise ImportError(f"vggtl's C extension is not built ({e}); install with "
+                      "`pip install -e .` (or `pip install .` and run outside the source tree)") from None
 from .vgg16 import VGG16, LAYER_NAMES, preprocess_input
 
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ kernels (in, out), float32. ``get_weights()`` returns ``{layer: (kernel, bias)}`
 from __future__ import annotations
 
 import math
+import threading
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -129,6 +130,7 @@ class VGG16:
         _preprocess_params(preprocess)  # validates the mode
         self.preprocess = preprocess
         self._workspace = np.empty(0, dtype=np.float32)
+        self._lock = threading.Lock()
         self._weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
         if weights is None:
             self._init_weights(seed)
@@ -281,14 +283,18 @@ class VGG16:
             return out
         per_image = _core.vgg16_workspace_floats(stop, pool, 1, h, w)
         fit = max(1, _WORKSPACE_BYTES // (4 * per_image))
-        ws = self._get_workspace(_core.vgg16_workspace_floats(stop, pool, min(fit, batch_size, n), h, w))
         params = self._params(stop >= _INDEX["fc1"])
         scale, shift, rev = _preprocess_params(self.preprocess)
-        for i in range(0, n, batch_size):
-            xb = batch_for_core(X[i:i + batch_size])
-            check_finite_batch(xb, "X", i)
-            _core.vgg16_forward(xb, params, stop, pool, scale, shift, rev, ws,
-                                out=out[i:i + batch_size])
+        # the workspace is reused across calls; the lock keeps two threads
+        # predicting with one model from sharing it at the same time
+        with self._lock:
+            ws = self._get_workspace(
+                _core.vgg16_workspace_floats(stop, pool, min(fit, batch_size, n), h, w))
+            for i in range(0, n, batch_size):
+                xb = batch_for_core(X[i:i + batch_size])
+                check_finite_batch(xb, "X", i)
+                _core.vgg16_forward(xb, params, stop, pool, scale, shift, rev, ws,
+                                    out=out[i:i + batch_size])
         return out
 
     def _check_image_size(self, h, w, c):

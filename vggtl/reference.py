@@ -1,0 +1,155 @@
+"""Slow, readable NumPy versions of every vggtl kernel: the test oracle.
+
+Like bottleneck's ``slow/``: each function says in a few lines of NumPy what the
+C core computes, in float64 internally, and returns float32. Layouts are the
+core's: activations NHWC, conv kernels HWIO (3, 3, Cin, Cout), dense kernels
+(in, out). Nothing here is fast, and nothing here is used by ``vggtl.VGG16``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Keras's VGG16 (configuration D): (name, kind) in order.
+LAYERS = (
+    ("block1_conv1", "conv"), ("block1_conv2", "conv"), ("block1_pool", "pool"),
+    ("block2_conv1", "conv"), ("block2_conv2", "conv"), ("block2_pool", "pool"),
+    ("block3_conv1", "conv"), ("block3_conv2", "conv"), ("block3_conv3", "conv"),
+    ("block3_pool", "pool"),
+    ("block4_conv1", "conv"), ("block4_conv2", "conv"), ("block4_conv3", "conv"),
+    ("block4_pool", "pool"),
+    ("block5_conv1", "conv"), ("block5_conv2", "conv"), ("block5_conv3", "conv"),
+    ("block5_pool", "pool"),
+    ("flatten", "flatten"), ("fc1", "dense"), ("fc2", "dense"), ("predictions", "dense"),
+)
+
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def relu(x):
+    return np.maximum(_f64(x), 0.0).astype(np.float32)
+
+
+def sigmoid(x):
+    x = _f64(x)
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def softmax(x):
+    """Row-wise softmax of x (N, D), max-subtracted so exp never overflows."""
+    x = _f64(x)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+_ACTIVATIONS = {"linear": lambda x: _f64(x).astype(np.float32), "relu": relu,
+                "softmax": softmax, "sigmoid": sigmoid}
+
+
+def conv3x3(x, kernel, bias, relu=True):
+    """x (N,H,W,Cin), kernel (3,3,Cin,Cout), bias (Cout,) -> (N,H,W,Cout).
+
+    Stride 1, 'same' zero padding: out[n,y,x] = sum over the 9 taps (dy, dx) of
+    xpad[n, y+dy, x+dx, :] @ kernel[dy, dx] (cross-correlation, as Keras and torch).
+    """
+    x, kernel, bias = _f64(x), _f64(kernel), _f64(bias)
+    n, h, w, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((n, h, w, kernel.shape[3]))
+    for dy in range(3):
+        for dx in range(3):
+            out += np.tensordot(xp[:, dy:dy + h, dx:dx + w, :], kernel[dy, dx], axes=([3], [0]))
+    out += bias
+    if relu:
+        out = np.maximum(out, 0.0)
+    return out.astype(np.float32)
+
+
+def maxpool2x2(x):
+    """2x2 max-pooling, stride 2, 'valid': odd H or W drop the last row / column."""
+    x = _f64(x)
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(n, h // 2, 2, w // 2, 2, c)
+    return x.max(axis=(2, 4)).astype(np.float32)
+
+
+def global_pool(x, mode):
+    """x (N,H,W,C) -> (N,C): mean ('avg') or max ('max') over H and W."""
+    x = _f64(x)
+    if mode == "avg":
+        return x.mean(axis=(1, 2)).astype(np.float32)
+    if mode == "max":
+        return x.max(axis=(1, 2)).astype(np.float32)
+    raise ValueError(f"mode: expected 'avg' or 'max', got {mode!r}")
+
+
+def dense(x, kernel, bias, activation="linear"):
+    """act(x (N,In) @ kernel (In,Out) + bias (Out,))."""
+    y = _f64(x) @ _f64(kernel) + _f64(bias)
+    return _ACTIVATIONS[activation](y)
+
+
+def input_convert(x, scale, shift, reverse_channels=False):
+    """x (N,H,W,1|3) -> (N,H,W,3): out[..., c] = x[..., src(c)] * scale[c] + shift[c],
+    src(c) = 0 for one channel (grey repeated), 2 - c when reversing, else c."""
+    x = _f64(x)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    elif reverse_channels:
+        x = x[..., ::-1]
+    return (x * _f64(scale) + _f64(shift)).astype(np.float32)
+
+
+def preprocess(x, mode):
+    """Keras's imagenet_utils.preprocess_input (mode 'caffe' or 'torch'), 'scale' (x/255)
+    or None (unchanged); x (N,H,W,1|3) RGB, grey is repeated to 3 channels first."""
+    x = _f64(x)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    if mode is None:
+        y = x
+    elif mode == "caffe":  # RGB -> BGR, then subtract the ImageNet mean (BGR order)
+        y = x[..., ::-1] - _f64(CAFFE_MEAN_BGR)
+    elif mode == "torch":
+        y = (x / 255.0 - _f64(TORCH_MEAN)) / _f64(TORCH_STD)
+    elif mode == "scale":
+        y = x / 255.0
+    else:
+        raise ValueError(f"mode: unknown {mode!r}")
+    return y.astype(np.float32)
+
+
+_preprocess = preprocess  # vgg16_forward's argument of the same name shadows it
+
+
+def vgg16_forward(x, weights, layer=None, include_top=False, pooling=None, preprocess=None):
+    """The VGG16 network on x (N,H,W,1|3), walking Keras's layer list.
+
+    weights: {name: (kernel, bias)} in Keras layouts. layer: stop after this layer
+    (None: block5_pool, or predictions with include_top). pooling ('avg'/'max')
+    applies to the output only when layer is None and include_top is False.
+    """
+    if layer is None:
+        layer = "predictions" if include_top else "block5_pool"
+    else:
+        pooling = None
+    a = _preprocess(x, preprocess)
+    for name, kind in LAYERS:
+        if kind == "conv":
+            a = conv3x3(a, *weights[name], relu=True)
+        elif kind == "pool":
+            a = maxpool2x2(a)
+        elif kind == "flatten":
+            a = a.reshape(len(a), -1)  # NHWC order, as Keras's Flatten
+        else:
+            a = dense(a, *weights[name], activation="softmax" if name == "predictions" else "relu")
+        if name == layer:
+            break
+    if pooling is not None:
+        a = global_pool(a, pooling)
+    return a
