@@ -19,3 +19,23 @@ int vgg_dense_forward(float *out, const float *x, const float *kernel, const flo
     vgg_sgemm_parallel(0, 0, n, outdim, in, 1.0f, x, in, kernel, outdim, 1.0f, out, outdim);
     return vgg_activation_forward(out, activation, n, outdim);
 }
+
+int vgg_dense_backward(float *dx, float *dw, float *db, const float *dz, const float *x,
+                       const float *kernel, size_t n, size_t in, size_t outdim) {
+    VGG_CHECK(dw && db && dz && x && kernel, VGG_ERR_ARG);
+    VGG_CHECK(n >= 1 && in >= 1 && outdim >= 1, VGG_ERR_SHAPE);
+    VGG_CHECK(n <= VGG_BLAS_MAX_DIM && in <= VGG_BLAS_MAX_DIM && outdim <= VGG_BLAS_MAX_DIM,
+              VGG_ERR_SHAPE);
+    /* dW (in, out) = x^T (in, n) @ dz (n, out) */
+    vgg_sgemm_parallel(1, 0, in, outdim, n, 1.0f, x, in, dz, outdim, 0.0f, dw, outdim);
+    /* db = column sums of dz; each thread owns a slice of columns */
+    VGG_OMP_FOR
+    for (size_t j = 0; j < outdim; j++) {
+        float s = 0.0f;
+        for (size_t i = 0; i < n; i++) s += dz[i * outdim + j];
+        db[j] = s;
+    }
+    /* dx (n, in) = dz (n, out) @ W^T (out, in) */
+    if (dx) vgg_sgemm_parallel(0, 1, n, in, outdim, 1.0f, dz, outdim, kernel, outdim, 0.0f, dx, in);
+    return VGG_OK;
+}

@@ -64,9 +64,16 @@ static PyArrayObject *check_array(PyObject *obj, const char *name, const int *ty
     int ok = 0;
     for (const int *t = types; *t >= 0; t++) ok |= PyArray_TYPE(a) == *t;
     if (!ok || !PyArray_ISNOTSWAPPED(a)) {
+        char expected[64] = "";
+        for (const int *t = types; *t >= 0; t++) {
+            const char *tn = *t == NPY_UINT8 ? "uint8" : *t == NPY_FLOAT16 ? "float16"
+                           : *t == NPY_FLOAT32 ? "float32" : *t == NPY_FLOAT64 ? "float64"
+                           : *t == NPY_INT32 ? "int32" : *t == NPY_INT64 ? "int64" : "?";
+            const size_t len = strlen(expected);
+            PyOS_snprintf(expected + len, sizeof expected - len, "%s%s", len ? " or " : "", tn);
+        }
         PyErr_Format(PyExc_TypeError, "%s: expected dtype %s (native byte order), got %s",
-                     name, types[0] == NPY_FLOAT32 && types[1] < 0 ? "float32" : "uint8, float32 or float64",
-                     dtype_name(a));
+                     name, expected, dtype_name(a));
         return NULL;
     }
     if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
@@ -418,6 +425,64 @@ static PyObject *py_input_convert(PyObject *self, PyObject *args, PyObject *kw) 
 }
 
 /* ------------------------------------------------------------------------ */
+/* resizing                                                                 */
+
+static PyObject *py_resize(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "h", "w", NULL};
+    static const int types[] = {NPY_UINT8, NPY_FLOAT32, -1};
+    PyObject *xo;
+    Py_ssize_t oh, ow;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onn", kwlist, &xo, &oh, &ow)) return NULL;
+    /* check_array's message lists float64, which the resize does not take */
+    if (PyArray_Check(xo) && PyArray_TYPE((PyArrayObject *)xo) != NPY_UINT8 &&
+        PyArray_TYPE((PyArrayObject *)xo) != NPY_FLOAT32) {
+        PyErr_Format(PyExc_TypeError, "x: expected dtype uint8 or float32, got %s",
+                     dtype_name((PyArrayObject *)xo));
+        return NULL;
+    }
+    PyArrayObject *x = check_array(xo, "x", types, 4, 0);
+    if (!x) return NULL;
+    const size_t n = dim(x, 0), h = dim(x, 1), w = dim(x, 2), c = dim(x, 3);
+    if (oh < 1 || ow < 1) {
+        PyErr_Format(PyExc_ValueError, "h, w: expected output sizes >= 1, got (%zd, %zd)", oh,
+                     ow);
+        return NULL;
+    }
+    if (h < 1 || w < 1 || c < 1) {
+        PyErr_Format(PyExc_ValueError, "x: expected H, W and C >= 1, got shape "
+                     "(%zu, %zu, %zu, %zu)", n, h, w, c);
+        return NULL;
+    }
+    const size_t wsn = vgg_resize_workspace_floats(h, w, c, (size_t)oh, (size_t)ow);
+    if (wsn == 0 || wsn > (size_t)PY_SSIZE_T_MAX / sizeof(float)) {
+        PyErr_Format(PyExc_ValueError, "x, h, w: sizes too large to resize (%zu, %zu, %zu) "
+                     "to (%zd, %zd)", h, w, c, oh, ow);
+        return NULL;
+    }
+    npy_intp shape[4] = {(npy_intp)n, (npy_intp)oh, (npy_intp)ow, (npy_intp)c};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(4, shape, PyArray_TYPE(x), 0);
+    if (!out) return NULL;
+    float *ws = PyMem_RawMalloc(wsn * sizeof(float));
+    if (!ws) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    const int dtype = PyArray_TYPE(x) == NPY_UINT8 ? VGG_U8 : VGG_F32;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_resize_bilinear(PyArray_DATA(out), PyArray_DATA(x), dtype, n, h, w, c,
+                             (size_t)oh, (size_t)ow, ws, wsn);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(ws);
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        return raise_status(st, "resize");
+    }
+    return (PyObject *)out;
+}
+
+/* ------------------------------------------------------------------------ */
 /* the VGG16 network                                                        */
 
 static PyObject *py_vgg16_layers(PyObject *self, PyObject *noargs) {
@@ -636,6 +701,513 @@ done:
 }
 
 /* ------------------------------------------------------------------------ */
+/* training: backward kernels, losses, optimizers, the head                 */
+
+static PyObject *py_dense_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"dz", "x", "kernel", "need_dx", NULL};
+    PyObject *dzo, *xo, *ko;
+    int need_dx = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|p", kwlist, &dzo, &xo, &ko, &need_dx))
+        return NULL;
+    PyArrayObject *dz = check_array(dzo, "dz", F32_ONLY, 2, 0);
+    PyArrayObject *x = dz ? check_array(xo, "x", F32_ONLY, 2, 0) : NULL;
+    PyArrayObject *k = x ? check_array(ko, "kernel", F32_ONLY, 2, 0) : NULL;
+    if (!k) return NULL;
+    const size_t n = dim(x, 0), in = dim(x, 1), outdim = dim(k, 1);
+    if (check_dim(k, "kernel", 0, in) || check_dim(dz, "dz", 0, n) || check_dim(dz, "dz", 1, outdim))
+        return NULL;
+    if (n == 0 || in == 0 || outdim == 0) {
+        PyErr_SetString(PyExc_ValueError, "dz, x, kernel: expected non-empty arrays");
+        return NULL;
+    }
+    npy_intp sdx[2] = {(npy_intp)n, (npy_intp)in}, sdw[2] = {(npy_intp)in, (npy_intp)outdim},
+             sdb[1] = {(npy_intp)outdim};
+    PyArrayObject *dx = need_dx ? (PyArrayObject *)PyArray_EMPTY(2, sdx, NPY_FLOAT32, 0) : NULL;
+    PyArrayObject *dw = (PyArrayObject *)PyArray_EMPTY(2, sdw, NPY_FLOAT32, 0);
+    PyArrayObject *db = (PyArrayObject *)PyArray_EMPTY(1, sdb, NPY_FLOAT32, 0);
+    PyObject *result = NULL;
+    if ((need_dx && !dx) || !dw || !db) goto done;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_dense_backward(dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw), PyArray_DATA(db),
+                            PyArray_DATA(dz), PyArray_DATA(x), PyArray_DATA(k), n, in, outdim);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        raise_status(st, "dense_backward");
+        goto done;
+    }
+    result = Py_BuildValue("(OOO)", dx ? (PyObject *)dx : Py_None, dw, db);
+done:
+    Py_XDECREF(dx);
+    Py_XDECREF(dw);
+    Py_XDECREF(db);
+    return result;
+}
+
+static PyObject *py_activation_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"dy", "y", "activation", NULL};
+    PyObject *dyo, *yo;
+    const char *acts;
+    int act;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOs", kwlist, &dyo, &yo, &acts)) return NULL;
+    if (parse_activation(acts, &act)) return NULL;
+    PyArrayObject *dy = check_array(dyo, "dy", F32_ONLY, 2, 0);
+    PyArrayObject *y = dy ? check_array(yo, "y", F32_ONLY, 2, 0) : NULL;
+    if (!y) return NULL;
+    if (check_dim(y, "y", 0, dim(dy, 0)) || check_dim(y, "y", 1, dim(dy, 1))) return NULL;
+    PyArrayObject *dz = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(dy), NPY_FLOAT32, 0);
+    if (!dz) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_activation_backward(PyArray_DATA(dz), PyArray_DATA(dy), PyArray_DATA(y), act,
+                                 dim(dy, 0), dim(dy, 1));
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        Py_DECREF(dz);
+        return raise_status(st, "activation_backward");
+    }
+    return (PyObject *)dz;
+}
+
+static int parse_rate(double rate) {
+    if (!(rate >= 0.0 && rate < 1.0)) {
+        PyErr_Format(PyExc_ValueError, "rate: expected 0 <= rate < 1, got %g", rate);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_dropout(PyObject *args, PyObject *kw, int backward) {
+    static char *kwlist[] = {"x", "rate", "seed", "stream", NULL};
+    PyObject *xo;
+    double rate;
+    unsigned long long seed, stream;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OdKK", kwlist, &xo, &rate, &seed, &stream))
+        return NULL;
+    if (parse_rate(rate)) return NULL;
+    PyArrayObject *x = check_array(xo, "x", F32_ONLY, -1, 0);
+    if (!x) return NULL;
+    PyArrayObject *y = (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(x), PyArray_DIMS(x), NPY_FLOAT32, 0);
+    if (!y) return NULL;
+    const size_t count = (size_t)PyArray_SIZE(x);
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = backward ? vgg_dropout_backward(PyArray_DATA(y), PyArray_DATA(x), (float)rate, seed, stream, count)
+                  : vgg_dropout_forward(PyArray_DATA(y), PyArray_DATA(x), (float)rate, seed, stream, count);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        Py_DECREF(y);
+        return raise_status(st, "dropout");
+    }
+    return (PyObject *)y;
+}
+
+static PyObject *py_dropout_forward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return py_dropout(args, kw, 0);
+}
+
+static PyObject *py_dropout_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    return py_dropout(args, kw, 1);
+}
+
+static const int I32_ONLY[] = {NPY_INT32, -1};
+
+/* Targets of a loss: (n, c) float32 for BCE / CCE, (n,) int32 for sparse; sample
+ * weights (n,) float32 or None. Borrowed pointers into *t. */
+static int parse_targets(vgg_targets *t, int loss, PyObject *to, PyObject *swo, size_t n,
+                         size_t c) {
+    memset(t, 0, sizeof *t);
+    if (loss < VGG_LOSS_BCE || loss > VGG_LOSS_SPARSE_CCE) {
+        PyErr_Format(PyExc_ValueError, "loss: expected 0 (binary), 1 (categorical) or 2 "
+                     "(sparse categorical crossentropy), got %d", loss);
+        return -1;
+    }
+    t->loss = loss;
+    if (loss == VGG_LOSS_SPARSE_CCE) {
+        PyArrayObject *a = check_array(to, "y", I32_ONLY, 1, 0);
+        if (!a || check_dim(a, "y", 0, n)) return -1;
+        const int32_t *lab = PyArray_DATA(a);
+        for (size_t i = 0; i < n; i++)
+            if (lab[i] < 0 || (size_t)lab[i] >= c) {
+                PyErr_Format(PyExc_ValueError, "y: label %d at index %zu is outside [0, %zu)",
+                             (int)lab[i], i, c);
+                return -1;
+            }
+        t->labels = lab;
+    } else {
+        PyArrayObject *a = check_array(to, "y", F32_ONLY, 2, 0);
+        if (!a || check_dim(a, "y", 0, n) || check_dim(a, "y", 1, c)) return -1;
+        t->targets = PyArray_DATA(a);
+    }
+    if (swo && swo != Py_None) {
+        PyArrayObject *a = check_array(swo, "sample_weight", F32_ONLY, 1, 0);
+        if (!a || check_dim(a, "sample_weight", 0, n)) return -1;
+        t->sample_weight = PyArray_DATA(a);
+    }
+    return 0;
+}
+
+static PyObject *py_loss_forward_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"yhat", "y", "loss", "sample_weight", NULL};
+    PyObject *yho, *to, *swo = NULL;
+    int loss;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|O", kwlist, &yho, &to, &loss, &swo))
+        return NULL;
+    PyArrayObject *yh = check_array(yho, "yhat", F32_ONLY, 2, 0);
+    if (!yh) return NULL;
+    const size_t n = dim(yh, 0), c = dim(yh, 1);
+    if (n == 0 || c == 0) {
+        PyErr_SetString(PyExc_ValueError, "yhat: expected a non-empty (n, c) array");
+        return NULL;
+    }
+    vgg_targets t;
+    if (parse_targets(&t, loss, to, swo, n, c)) return NULL;
+    PyArrayObject *d = (PyArrayObject *)PyArray_EMPTY(2, PyArray_DIMS(yh), NPY_FLOAT32, 0);
+    npy_intp sn[1] = {(npy_intp)n};
+    PyArrayObject *per = (PyArrayObject *)PyArray_EMPTY(1, sn, NPY_FLOAT32, 0);
+    if (!d || !per) {
+        Py_XDECREF(d);
+        Py_XDECREF(per);
+        return NULL;
+    }
+    double value;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_loss_forward_backward(&value, PyArray_DATA(d), PyArray_DATA(per), PyArray_DATA(yh),
+                                   t.targets, t.labels, t.sample_weight, loss, n, c);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        Py_DECREF(d);
+        Py_DECREF(per);
+        return raise_status(st, "loss_forward_backward");
+    }
+    PyObject *r = Py_BuildValue("(dOO)", value, d, per);
+    Py_DECREF(d);
+    Py_DECREF(per);
+    return r;
+}
+
+/* (kind, learning_rate, decay, beta_1, beta_2, epsilon, momentum, nesterov, rho) */
+static int parse_optimizer(PyObject *o, vgg_optimizer *opt) {
+    memset(opt, 0, sizeof *opt);
+    if (!PyArg_ParseTuple(o, "iddddddpd;optimizer: expected (kind, learning_rate, decay, beta_1, "
+                             "beta_2, epsilon, momentum, nesterov, rho)",
+                          &opt->kind, &opt->learning_rate, &opt->decay, &opt->beta_1, &opt->beta_2,
+                          &opt->epsilon, &opt->momentum, &opt->nesterov, &opt->rho))
+        return -1;
+    if (opt->kind < VGG_OPT_SGD || opt->kind > VGG_OPT_RMSPROP) {
+        PyErr_Format(PyExc_ValueError, "optimizer: unknown kind %d", opt->kind);
+        return -1;
+    }
+    if (!(opt->learning_rate > 0.0) || !(opt->decay >= 0.0) || !(opt->momentum >= 0.0)) {
+        PyErr_Format(PyExc_ValueError, "optimizer: expected learning_rate > 0, decay >= 0 and "
+                     "momentum >= 0, got %g, %g, %g", opt->learning_rate, opt->decay, opt->momentum);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_optimizer_step(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"param", "grad", "slot0", "slot1", "optimizer", "iterations", NULL};
+    PyObject *po, *go, *s0o, *s1o, *oo;
+    long long it;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOL", kwlist, &po, &go, &s0o, &s1o, &oo, &it))
+        return NULL;
+    vgg_optimizer opt;
+    if (parse_optimizer(oo, &opt)) return NULL;
+    if (it < 0) {
+        PyErr_SetString(PyExc_ValueError, "iterations: expected >= 0");
+        return NULL;
+    }
+    PyArrayObject *p = check_array(po, "param", F32_ONLY, -1, 1);
+    PyArrayObject *g = p ? check_array(go, "grad", F32_ONLY, -1, 0) : NULL;
+    if (!g) return NULL;
+    const size_t count = (size_t)PyArray_SIZE(p);
+    if ((size_t)PyArray_SIZE(g) != count) {
+        PyErr_SetString(PyExc_ValueError, "grad: expected as many elements as param");
+        return NULL;
+    }
+    float *slot[2] = {NULL, NULL};
+    PyObject *so[2] = {s0o, s1o};
+    const int nslots = vgg_optimizer_slots(&opt);
+    for (int i = 0; i < nslots; i++) {
+        PyArrayObject *s = check_array(so[i], i ? "slot1" : "slot0", F32_ONLY, -1, 1);
+        if (!s) return NULL;
+        if ((size_t)PyArray_SIZE(s) != count) {
+            PyErr_Format(PyExc_ValueError, "slot%d: expected as many elements as param", i);
+            return NULL;
+        }
+        slot[i] = PyArray_DATA(s);
+    }
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_optimizer_step(PyArray_DATA(p), PyArray_DATA(g), slot[0], slot[1], count, &opt,
+                            (int64_t)it);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) return raise_status(st, "optimizer_step");
+    Py_RETURN_NONE;
+}
+
+/* A head spec: (input_mode, h, w, c, layers) with layers a sequence of
+ * ("dense", units, activation, kernel, bias, slots) or ("dropout", rate); slots
+ * is a sequence of 4 float32 arrays or None (kernel slot0, slot1, bias slot0,
+ * slot1). Arrays are borrowed: the spec object must outlive the call. */
+static int parse_head(PyObject *spec, vgg_head *h, int nslots) {
+    memset(h, 0, sizeof *h);
+    PyObject *layers;
+    Py_ssize_t hh, ww, cc;
+    if (!PyArg_ParseTuple(spec, "innnO;head: expected (input_mode, h, w, c, layers)", &h->input,
+                          &hh, &ww, &cc, &layers))
+        return -1;
+    if (h->input < VGG_HEAD_FLATTEN || h->input > VGG_HEAD_GMP || hh < 1 || ww < 1 || cc < 1) {
+        PyErr_SetString(PyExc_ValueError, "head: expected input_mode 0..2 and sizes >= 1");
+        return -1;
+    }
+    h->h = (size_t)hh;
+    h->w = (size_t)ww;
+    h->c = (size_t)cc;
+    if (!PyTuple_Check(layers) && !PyList_Check(layers)) {
+        PyErr_SetString(PyExc_TypeError, "head: layers must be a list or tuple");
+        return -1;
+    }
+    const Py_ssize_t nl = PySequence_Size(layers);
+    if (nl < 1 || nl > VGG_HEAD_MAX_LAYERS) {
+        PyErr_Format(PyExc_ValueError, "head: expected 1 to %d layers, got %zd", VGG_HEAD_MAX_LAYERS, nl);
+        return -1;
+    }
+    h->n_layers = (size_t)nl;
+    size_t width = h->input == VGG_HEAD_FLATTEN ? h->h * h->w * h->c : h->c;
+    for (Py_ssize_t l = 0; l < nl; l++) {
+        PyObject *e = PySequence_Fast_GET_ITEM(layers, l); /* list/tuple: borrowed */
+        vgg_head_layer *L = &h->layers[l];
+        char name[48];
+        PyOS_snprintf(name, sizeof name, "head layer %zd", l);
+        if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 2 || !PyUnicode_Check(PyTuple_GET_ITEM(e, 0))) {
+            PyErr_Format(PyExc_TypeError, "%s: expected a ('dense', ...) or ('dropout', rate) tuple", name);
+            return -1;
+        }
+        const char *kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(e, 0));
+        if (!kind) return -1;
+        if (strcmp(kind, "dropout") == 0) {
+            double rate = PyFloat_AsDouble(PyTuple_GET_ITEM(e, 1));
+            if (rate == -1.0 && PyErr_Occurred()) return -1;
+            if (parse_rate(rate)) return -1;
+            L->kind = VGG_HEAD_DROPOUT;
+            L->rate = (float)rate;
+            continue;
+        }
+        PyObject *ko, *bo, *so;
+        Py_ssize_t units;
+        const char *acts;
+        if (strcmp(kind, "dense") != 0 ||
+            !PyArg_ParseTuple(e, "snsOOO", &kind, &units, &acts, &ko, &bo, &so)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s: expected ('dense', units, activation, kernel, bias, "
+                         "slots) or ('dropout', rate)", name);
+            return -1;
+        }
+        L->kind = VGG_HEAD_DENSE;
+        if (units < 1 || parse_activation(acts, &L->activation)) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: units must be >= 1", name);
+            return -1;
+        }
+        L->units = (size_t)units;
+        PyArrayObject *k = check_array(ko, "kernel", F32_ONLY, 2, 1);
+        PyArrayObject *b = k ? check_array(bo, "bias", F32_ONLY, 1, 1) : NULL;
+        if (!b) return -1;
+        if (dim(k, 0) != width || dim(k, 1) != L->units || dim(b, 0) != L->units) {
+            PyErr_Format(PyExc_ValueError, "%s: expected kernel (%zu, %zu) and bias (%zu,), got "
+                         "(%zu, %zu) and (%zu,)", name, width, L->units, L->units, dim(k, 0),
+                         dim(k, 1), dim(b, 0));
+            return -1;
+        }
+        L->kernel = PyArray_DATA(k);
+        L->bias = PyArray_DATA(b);
+        if (nslots > 0) {
+            if (!PyTuple_Check(so) || PyTuple_GET_SIZE(so) != 4) {
+                PyErr_Format(PyExc_ValueError, "%s: expected 4 optimizer slots", name);
+                return -1;
+            }
+            for (int s = 0; s < 4; s++) {
+                if ((s % 2) >= nslots) continue;
+                PyArrayObject *a = check_array(PyTuple_GET_ITEM(so, s), "slot", F32_ONLY, -1, 1);
+                if (!a) return -1;
+                if ((size_t)PyArray_SIZE(a) != (s < 2 ? width * L->units : L->units)) {
+                    PyErr_Format(PyExc_ValueError, "%s: optimizer slot %d has the wrong size", name, s);
+                    return -1;
+                }
+                L->slots[s] = PyArray_DATA(a);
+            }
+        }
+        width = L->units;
+    }
+    if (h->layers[nl - 1].kind != VGG_HEAD_DENSE) {
+        PyErr_SetString(PyExc_ValueError, "head: the last layer must be dense (it gives the output)");
+        return -1;
+    }
+    return 0;
+}
+
+static const int FEATURE_TYPES[] = {NPY_FLOAT32, NPY_FLOAT16, -1};
+
+/* Features (n, ...) float32 / float16 whose per-sample size matches the head. */
+static PyArrayObject *check_features(PyObject *xo, const vgg_head *h) {
+    PyArrayObject *x = check_array(xo, "x", FEATURE_TYPES, -1, 0);
+    if (!x) return NULL;
+    size_t per = 1;
+    for (int i = 1; i < PyArray_NDIM(x); i++) per *= dim(x, i);
+    if (PyArray_NDIM(x) < 2 || per != h->h * h->w * h->c) {
+        PyErr_Format(PyExc_ValueError, "x: expected (n, ...) features of %zu values per sample "
+                     "(%zu x %zu x %zu), got %d dimensions of %zu", h->h * h->w * h->c, h->h,
+                     h->w, h->c, PyArray_NDIM(x), per);
+        return NULL;
+    }
+    return x;
+}
+
+static int feature_dtype(PyArrayObject *x) { return PyArray_TYPE(x) == NPY_FLOAT16 ? VGG_F16 : VGG_F32; }
+
+static PyObject *py_head_workspace_floats(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"head", "batch", NULL};
+    PyObject *spec;
+    Py_ssize_t batch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "On", kwlist, &spec, &batch)) return NULL;
+    vgg_head h;
+    if (parse_head(spec, &h, 0)) return NULL;
+    const size_t n = batch >= 1 ? vgg_head_workspace_floats(&h, (size_t)batch) : 0;
+    if (n == 0) {
+        PyErr_Format(PyExc_ValueError, "batch: expected >= 1 for a valid head, got %zd", batch);
+        return NULL;
+    }
+    return PyLong_FromSize_t(n);
+}
+
+static PyArrayObject *check_head_workspace(PyObject *wso, const vgg_head *h, size_t batch) {
+    PyArrayObject *ws = check_array(wso, "workspace", F32_ONLY, 1, 1);
+    if (!ws) return NULL;
+    const size_t need = vgg_head_workspace_floats(h, batch);
+    if (need == 0 || dim(ws, 0) < need) {
+        PyErr_Format(PyExc_ValueError, "workspace: expected at least %zu floats, got %zu", need,
+                     dim(ws, 0));
+        return NULL;
+    }
+    return ws;
+}
+
+static PyObject *py_head_predict(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "head", "batch", "workspace", NULL};
+    PyObject *xo, *spec, *wso;
+    Py_ssize_t batch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOnO", kwlist, &xo, &spec, &batch, &wso)) return NULL;
+    vgg_head h;
+    if (parse_head(spec, &h, 0)) return NULL;
+    if (batch < 1) {
+        PyErr_Format(PyExc_ValueError, "batch: expected >= 1, got %zd", batch);
+        return NULL;
+    }
+    PyArrayObject *x = check_features(xo, &h);
+    PyArrayObject *ws = x ? check_head_workspace(wso, &h, (size_t)batch) : NULL;
+    if (!ws) return NULL;
+    const size_t n = dim(x, 0), units = vgg_head_output_size(&h);
+    npy_intp shape[2] = {(npy_intp)n, (npy_intp)units};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(2, shape, NPY_FLOAT32, 0);
+    if (!out) return NULL;
+    RELEASE_GIL(s);
+    int st = vgg_head_predict(PyArray_DATA(out), PyArray_DATA(x), feature_dtype(x), n, &h,
+                              (size_t)batch, PyArray_DATA(ws), dim(ws, 0), py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        return raise_status(st, "head_predict");
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_head_evaluate(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "head", "loss", "y", "sample_weight", "batch", "workspace", NULL};
+    PyObject *xo, *spec, *yo, *swo, *wso;
+    int loss;
+    Py_ssize_t batch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOOnO", kwlist, &xo, &spec, &loss, &yo, &swo,
+                                     &batch, &wso))
+        return NULL;
+    vgg_head h;
+    if (parse_head(spec, &h, 0)) return NULL;
+    if (batch < 1) {
+        PyErr_Format(PyExc_ValueError, "batch: expected >= 1, got %zd", batch);
+        return NULL;
+    }
+    PyArrayObject *x = check_features(xo, &h);
+    PyArrayObject *ws = x ? check_head_workspace(wso, &h, (size_t)batch) : NULL;
+    if (!ws) return NULL;
+    vgg_targets t;
+    if (parse_targets(&t, loss, yo, swo, dim(x, 0), vgg_head_output_size(&h))) return NULL;
+    vgg_fit_stats stats;
+    RELEASE_GIL(s);
+    int st = vgg_head_evaluate(&stats, PyArray_DATA(x), feature_dtype(x), dim(x, 0), &h, &t,
+                               (size_t)batch, PyArray_DATA(ws), dim(ws, 0), py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    if (st != VGG_OK) return raise_status(st, "head_evaluate");
+    return Py_BuildValue("(ddn)", stats.loss_sum, stats.correct, (Py_ssize_t)stats.seen);
+}
+
+static PyObject *py_head_fit_epoch(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "head", "optimizer", "iterations", "loss", "y", "sample_weight",
+                             "batch", "shuffle", "seed", "epoch", "order", "workspace", NULL};
+    PyObject *xo, *spec, *oo, *yo, *swo, *ordo, *wso;
+    long long iterations;
+    int loss, shuffle;
+    Py_ssize_t batch;
+    unsigned long long seed, epoch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLiOOnpKKOO", kwlist, &xo, &spec, &oo,
+                                     &iterations, &loss, &yo, &swo, &batch, &shuffle, &seed,
+                                     &epoch, &ordo, &wso))
+        return NULL;
+    vgg_optimizer opt;
+    if (parse_optimizer(oo, &opt)) return NULL;
+    vgg_head h;
+    if (parse_head(spec, &h, vgg_optimizer_slots(&opt))) return NULL;
+    if (batch < 1 || iterations < 0) {
+        PyErr_Format(PyExc_ValueError, "batch, iterations: expected >= 1 and >= 0, got %zd, %lld",
+                     batch, iterations);
+        return NULL;
+    }
+    PyArrayObject *x = check_features(xo, &h);
+    PyArrayObject *ws = x ? check_head_workspace(wso, &h, (size_t)batch) : NULL;
+    static const int I64_ONLY[] = {NPY_INT64, -1};
+    PyArrayObject *order = ws ? check_array(ordo, "order", I64_ONLY, 1, 1) : NULL;
+    if (!order || check_dim(order, "order", 0, dim(x, 0))) return NULL;
+    vgg_targets t;
+    if (parse_targets(&t, loss, yo, swo, dim(x, 0), vgg_head_output_size(&h))) return NULL;
+    vgg_fit_stats stats;
+    int64_t it = (int64_t)iterations;
+    RELEASE_GIL(s);
+    int st = vgg_head_fit_epoch(&stats, &h, &opt, &it, PyArray_DATA(x), feature_dtype(x),
+                                dim(x, 0), &t, (size_t)batch, shuffle, seed, epoch,
+                                PyArray_DATA(order), PyArray_DATA(ws), dim(ws, 0), py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    if (st == VGG_ERR_NONFINITE) {
+        PyErr_Format(PyExc_FloatingPointError, "the loss became NaN or infinite at update %lld "
+                     "(batch %zu of the epoch): lower the learning rate or check the inputs",
+                     (long long)it, stats.batches + 1);
+        return NULL;
+    }
+    if (st != VGG_OK) return raise_status(st, "head_fit_epoch");
+    return Py_BuildValue("(ddnnL)", stats.loss_sum, stats.correct, (Py_ssize_t)stats.seen,
+                         (Py_ssize_t)stats.batches, (long long)it);
+}
+
+/* ------------------------------------------------------------------------ */
 /* module                                                                   */
 
 #define KW (PyCFunction)(void (*)(void))
@@ -660,6 +1232,8 @@ static PyMethodDef methods[] = {
     {"input_convert", KW py_input_convert, METH_VARARGS | METH_KEYWORDS,
      "input_convert(x (N,H,W,1|3) u8/f32/f64, scale[3], shift[3], reverse_channels=False) "
      "-> (N,H,W,3) f32"},
+    {"resize", KW py_resize, METH_VARARGS | METH_KEYWORDS,
+     "resize(x (N,H,W,C) u8/f32, h, w) -> (N,h,w,C) of x's dtype, bilinear as Pillow's"},
     {"vgg16_layers", py_vgg16_layers, METH_NOARGS,
      "vgg16_layers() -> tuple of (name, kind, units) in Keras's order"},
     {"vgg16_output_shape", KW py_vgg16_output_shape, METH_VARARGS | METH_KEYWORDS,
@@ -669,6 +1243,27 @@ static PyMethodDef methods[] = {
     {"vgg16_forward", KW py_vgg16_forward, METH_VARARGS | METH_KEYWORDS,
      "vgg16_forward(x, params, stop_layer, pooling, scale, shift, reverse_channels, "
      "workspace, out=None) -> features"},
+    {"dense_backward", KW py_dense_backward, METH_VARARGS | METH_KEYWORDS,
+     "dense_backward(dz (N,Out), x (N,In), kernel (In,Out), need_dx=True) -> (dx|None, dw, db)"},
+    {"activation_backward", KW py_activation_backward, METH_VARARGS | METH_KEYWORDS,
+     "activation_backward(dy (N,D), y (N,D) saved output, activation) -> dz"},
+    {"dropout_forward", KW py_dropout_forward, METH_VARARGS | METH_KEYWORDS,
+     "dropout_forward(x f32, rate, seed, stream) -> y (inverted dropout, counter-based mask)"},
+    {"dropout_backward", KW py_dropout_backward, METH_VARARGS | METH_KEYWORDS,
+     "dropout_backward(dy f32, rate, seed, stream) -> dx"},
+    {"loss_forward_backward", KW py_loss_forward_backward, METH_VARARGS | METH_KEYWORDS,
+     "loss_forward_backward(yhat (N,C), y, loss 0|1|2, sample_weight=None) -> (loss, dyhat, per_sample)"},
+    {"optimizer_step", KW py_optimizer_step, METH_VARARGS | METH_KEYWORDS,
+     "optimizer_step(param, grad, slot0, slot1, optimizer tuple, iterations) -> None (in place)"},
+    {"head_workspace_floats", KW py_head_workspace_floats, METH_VARARGS | METH_KEYWORDS,
+     "head_workspace_floats(head, batch) -> int"},
+    {"head_predict", KW py_head_predict, METH_VARARGS | METH_KEYWORDS,
+     "head_predict(x, head, batch, workspace) -> (N, units)"},
+    {"head_evaluate", KW py_head_evaluate, METH_VARARGS | METH_KEYWORDS,
+     "head_evaluate(x, head, loss, y, sample_weight, batch, workspace) -> (loss_sum, correct, seen)"},
+    {"head_fit_epoch", KW py_head_fit_epoch, METH_VARARGS | METH_KEYWORDS,
+     "head_fit_epoch(x, head, optimizer, iterations, loss, y, sample_weight, batch, shuffle, seed, "
+     "epoch, order, workspace) -> (loss_sum, correct, seen, batches, iterations)"},
     {NULL, NULL, 0, NULL},
 };
 

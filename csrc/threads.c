@@ -47,6 +47,7 @@ const char *vgg_status_str(int status) {
     case VGG_ERR_NOMEM: return "workspace too small";
     case VGG_ERR_INTERNAL: return "internal error (a bug in vggtl)";
     case VGG_ERR_CANCELLED: return "cancelled";
+    case VGG_ERR_NONFINITE: return "a value became NaN or infinite";
     default: return "unknown status";
     }
 }

@@ -44,7 +44,8 @@ enum vgg_status {
     VGG_ERR_SHAPE = 2,     /* sizes are inconsistent with each other or the network */
     VGG_ERR_NOMEM = 3,     /* workspace too small */
     VGG_ERR_INTERNAL = 4,  /* a broken invariant: a bug in vggtl */
-    VGG_ERR_CANCELLED = 5  /* the abort callback asked to stop */
+    VGG_ERR_CANCELLED = 5, /* the abort callback asked to stop */
+    VGG_ERR_NONFINITE = 6  /* a loss or value became NaN or infinite */
 };
 
 const char *vgg_status_str(int status);
@@ -68,7 +69,7 @@ const char *vgg_blas_info(void);
 /* ------------------------------------------------------------------------ */
 /* input conversion (input.c)                                                */
 
-enum vgg_dtype { VGG_U8 = 0, VGG_F32 = 1, VGG_F64 = 2 };
+enum vgg_dtype { VGG_U8 = 0, VGG_F32 = 1, VGG_F64 = 2, VGG_F16 = 3 };
 
 /* out (N,H,W,3) float32  <-  x (N,H,W,cin) of dtype `dtype`, cin 1 or 3.
  *   out[..., c] = x[..., src(c)] * scale[c] + shift[c]
@@ -116,6 +117,33 @@ int vgg_activation_forward(float *x, int activation, size_t rows, size_t cols);
  * product is split by output columns (or rows, for tall x) across threads. */
 int vgg_dense_forward(float *out, const float *x, const float *kernel, const float *bias,
                       int activation, size_t n, size_t in, size_t outdim);
+
+/* ------------------------------------------------------------------------ */
+/* resizing (resize.c)                                                        */
+
+/* Floats of workspace for vgg_resize_bilinear of (h, w, c) images to (oh, ow):
+ * the windows and weights of both axes plus one buffer per thread at the current
+ * thread count (one image filtered horizontally, h*ow*c floats, and 2*ow*c more).
+ * 0 when a size is 0 or the count overflows. */
+size_t vgg_resize_workspace_floats(size_t h, size_t w, size_t c, size_t oh, size_t ow);
+
+/* out (N,OH,OW,C) <- x (N,H,W,C), both of `dtype` (VGG_U8 or VGG_F32), resized
+ * bilinearly as Pillow's Image.resize(size, BILINEAR): pixel centres aligned
+ * (output o sits at input (o + 0.5) * in/out), a triangle filter of support 1
+ * that is stretched by in/out when shrinking (antialiasing), weights
+ * renormalised at the borders. Any C >= 1.
+ * uint8: Pillow's fixed-point arithmetic, horizontal pass first, intermediate
+ * rounded: Pillow's result to the bit, or within +-1 where Pillow 13 runs the
+ * vertical pass first; float32: computed in double, not clamped, NaN propagates.
+ * Reads x, overwrites out.
+ * workspace: vgg_resize_workspace_floats() floats, 8-byte aligned (as malloc's);
+ * less still works on fewer threads as long as the weights and one buffer fit,
+ * else VGG_ERR_NOMEM. VGG_ERR_ARG for NULL, a misaligned workspace or another
+ * dtype; VGG_ERR_SHAPE for a zero size or an overflowing one; N = 0 does nothing.
+ * Threads: OpenMP over images. */
+int vgg_resize_bilinear(void *out, const void *x, int dtype, size_t n, size_t h, size_t w,
+                        size_t c, size_t oh, size_t ow, float *workspace,
+                        size_t workspace_floats);
 
 /* ------------------------------------------------------------------------ */
 /* the VGG16 network (vgg16.c)                                                */
@@ -185,6 +213,150 @@ int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size
                   size_t cin, const vgg16_weights *weights, const vgg16_config *cfg,
                   float *workspace, size_t workspace_floats,
                   vgg_abort_fn abort_cb, void *abort_ctx);
+
+/* ------------------------------------------------------------------------ */
+/* backward passes and losses (dense.c, activations.c, dropout.c, losses.c)  */
+
+/* dense.c: gradients of out = x @ kernel + bias, given dz = dL/d(out) before
+ * the activation (n, out). Overwrites dw (in, out) and db (out); dx (n, in) is
+ * overwritten when not NULL. */
+int vgg_dense_backward(float *dx, float *dw, float *db, const float *dz, const float *x,
+                       const float *kernel, size_t n, size_t in, size_t outdim);
+
+/* activations.c: dz = dy * f'(.) where y = f(z) is the saved output (rows, cols);
+ * softmax uses its Jacobian row by row: dz = y * (dy - <dy, y>). dz may be dy. */
+int vgg_activation_backward(float *dz, const float *dy, const float *y, int activation,
+                            size_t rows, size_t cols);
+
+/* dropout.c: inverted dropout (Keras): y = x * keep / (1 - rate), keep drawn
+ * with probability 1 - rate from (seed, stream, index) - a pure function, so
+ * backward recomputes the mask and the result is the same on any thread count.
+ * y may be x; dx may be dy. 0 <= rate < 1. */
+int vgg_dropout_forward(float *y, const float *x, float rate, uint64_t seed, uint64_t stream,
+                        size_t count);
+int vgg_dropout_backward(float *dx, const float *dy, float rate, uint64_t seed,
+                         uint64_t stream, size_t count);
+
+/* losses.c: Keras's losses on probabilities (keras/src/backend/numpy/nn.py),
+ * epsilon 1e-7:
+ *   BCE:  p = clip(yhat, e, 1-e); l_i = mean_k -(y ln p + (1-y) ln(1-p))
+ *   CCE:  q = yhat / sum(yhat); p = clip(q, e, 1-e); l_i = -sum_k y ln p
+ *   SPARSE_CCE: CCE with y the one-hot row of labels[i]
+ * loss = sum_i w_i l_i / n (Keras's "sum_over_batch_size"; w_i = 1 without
+ * sample weights). dyhat (n, c) gets d loss / d yhat (clip passes gradient only
+ * inside [e, 1-e], as torch.clamp). targets (n, c) float for BCE / CCE; labels
+ * (n) int32 in [0, c) for SPARSE_CCE. per_sample (n) gets l_i when not NULL. */
+enum vgg_loss { VGG_LOSS_BCE = 0, VGG_LOSS_CCE = 1, VGG_LOSS_SPARSE_CCE = 2 };
+int vgg_loss_forward_backward(double *loss, float *dyhat, float *per_sample, const float *yhat,
+                              const float *targets, const int32_t *labels,
+                              const float *sample_weight, int kind, size_t n, size_t c);
+
+/* ------------------------------------------------------------------------ */
+/* optimizers (optim.c)                                                       */
+
+/* Keras 3 update rules (keras/src/optimizers/{sgd,adam,rmsprop}.py) with the
+ * legacy `decay`: lr_t = learning_rate / (1 + decay * iterations), where
+ * iterations counts the updates already done (0 for the first).
+ *   SGD:     m = momentum*m - lr*g; p += m (nesterov: p += momentum*m - lr*g);
+ *            momentum 0: p -= lr*g
+ *   Adam:    t = it+1; a = lr*sqrt(1-b2^t)/(1-b1^t); m += (g-m)(1-b1);
+ *            v += (g^2-v)(1-b2); p -= a*m/(sqrt(v)+eps)
+ *   RMSprop: v = rho*v + (1-rho)*g^2; inc = lr*g/sqrt(v+eps);
+ *            momentum > 0: m = momentum*m + inc; p -= m;  else p -= inc
+ * slot0 / slot1: the state the rule needs (SGD: slot0 momentum buffer when
+ * momentum > 0; Adam: m, v; RMSprop: v, and slot1 the momentum buffer when
+ * momentum > 0), each `count` floats, zero at the start. */
+enum vgg_optimizer_kind { VGG_OPT_SGD = 0, VGG_OPT_ADAM = 1, VGG_OPT_RMSPROP = 2 };
+typedef struct {
+    int kind;
+    double learning_rate, decay;
+    double beta_1, beta_2, epsilon; /* Adam (epsilon also RMSprop) */
+    double momentum;                /* SGD, RMSprop */
+    int nesterov;                   /* SGD */
+    double rho;                     /* RMSprop */
+} vgg_optimizer;
+
+int vgg_optimizer_step(float *param, const float *grad, float *slot0, float *slot1, size_t count,
+                       const vgg_optimizer *opt, int64_t iterations);
+/* Slots a parameter needs under this optimizer: 0, 1 or 2. */
+int vgg_optimizer_slots(const vgg_optimizer *opt);
+
+/* ------------------------------------------------------------------------ */
+/* the classification head (head.c)                                           */
+
+/* A head is an input reduction of the per-sample feature map (h, w, c) -
+ * flatten, global average or global max pooling - then a stack of dense and
+ * dropout layers. Parameters and optimizer slots are borrowed; training
+ * updates kernel, bias and slots in place. */
+enum vgg_head_input { VGG_HEAD_FLATTEN = 0, VGG_HEAD_GAP = 1, VGG_HEAD_GMP = 2 };
+enum vgg_head_kind { VGG_HEAD_DENSE = 0, VGG_HEAD_DROPOUT = 1 };
+#define VGG_HEAD_MAX_LAYERS 32
+
+typedef struct {
+    int kind;           /* enum vgg_head_kind */
+    size_t units;       /* dense: output units; dropout: ignored (same as input) */
+    int activation;     /* dense: enum vgg_activation */
+    float rate;         /* dropout */
+    float *kernel;      /* dense (in, units) */
+    float *bias;        /* dense (units) */
+    float *slots[4];    /* optimizer state: kernel slot0, slot1, bias slot0, slot1 */
+} vgg_head_layer;
+
+typedef struct {
+    int input;          /* enum vgg_head_input */
+    size_t h, w, c;     /* per-sample feature map */
+    size_t n_layers;
+    vgg_head_layer layers[VGG_HEAD_MAX_LAYERS];
+} vgg_head;
+
+/* Input size after the reduction, and output size; 0 when the head is invalid. */
+size_t vgg_head_input_size(const vgg_head *head);
+size_t vgg_head_output_size(const vgg_head *head);
+/* Floats of workspace to train on batches of `batch` samples (inference needs
+ * less; the same size serves both). 0 when the head is invalid. */
+size_t vgg_head_workspace_floats(const vgg_head *head, size_t batch);
+
+/* Inference (dropout off): out (n, units) <- x (n, h, w, c) of dtype VGG_F32 or
+ * VGG_F16, in batches of `batch`. */
+int vgg_head_predict(float *out, const void *x, int dtype, size_t n, const vgg_head *head,
+                     size_t batch, float *workspace, size_t workspace_floats,
+                     vgg_abort_fn abort_cb, void *abort_ctx);
+
+/* Targets of a fit or evaluation: targets (n, units) float for BCE / CCE,
+ * labels (n) int32 for SPARSE_CCE; sample_weight (n) or NULL. */
+typedef struct {
+    int loss;                 /* enum vgg_loss */
+    const float *targets;
+    const int32_t *labels;
+    const float *sample_weight;
+} vgg_targets;
+
+/* Sums over the samples seen: the loss (sample weights applied) and the number
+ * correct (accuracy: units == 1 -> yhat > 0.5 vs target > 0.5; SPARSE -> argmax
+ * vs label; else argmax vs argmax of the target row, as Keras 3 picks). */
+typedef struct {
+    double loss_sum;
+    double correct;
+    size_t seen;
+    size_t batches;
+} vgg_fit_stats;
+
+/* Loss and accuracy without updating anything (dropout off). */
+int vgg_head_evaluate(vgg_fit_stats *stats, const void *x, int dtype, size_t n,
+                      const vgg_head *head, const vgg_targets *t, size_t batch,
+                      float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
+                      void *abort_ctx);
+
+/* One epoch: order <- a permutation of 0..n-1 from (seed, epoch) when shuffle,
+ * else identity; then per batch of `batch` samples in that order: forward with
+ * dropout (masks from (seed, iteration)), loss, backward, one optimizer step,
+ * *iterations += 1. order (n) is the caller's scratch. Stops with
+ * VGG_ERR_NONFINITE before updating when a batch loss is NaN or infinite. */
+int vgg_head_fit_epoch(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer *opt,
+                       int64_t *iterations, const void *x, int dtype, size_t n,
+                       const vgg_targets *t, size_t batch, int shuffle, uint64_t seed,
+                       uint64_t epoch, int64_t *order, float *workspace,
+                       size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,8 @@
 
 #include "vgg.h"
 
+#include <string.h>
+
 /* OpenMP pragmas collapse to nothing without OpenMP; num_threads follows the
  * one knob, vgg_set_num_threads. */
 #ifdef _OPENMP
@@ -14,9 +16,12 @@
 #define VGG_OMP_FOR VGG_PRAGMA(omp parallel for schedule(static) num_threads(vgg_get_num_threads()))
 #define VGG_OMP_FOR_COLLAPSE2                                                        \
     VGG_PRAGMA(omp parallel for collapse(2) schedule(static) num_threads(vgg_get_num_threads()))
+#define VGG_OMP_FOR_REDUCE_SUM(v) \
+    VGG_PRAGMA(omp parallel for schedule(static) reduction(+ : v) num_threads(vgg_get_num_threads()))
 #else
 #define VGG_OMP_FOR
 #define VGG_OMP_FOR_COLLAPSE2
+#define VGG_OMP_FOR_REDUCE_SUM(v)
 #endif
 
 /* Returns status from the enclosing function when cond is false. */
@@ -50,5 +55,35 @@ void vgg_blas_set_num_threads(int n);
 void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
                         const float *a, size_t lda, const float *b, size_t ldb, float beta,
                         float *c, size_t ldc);
+
+/* rng.c: counter-based random numbers (pure functions of their arguments). */
+uint64_t vgg_rng_mix(uint64_t z);
+float vgg_rng_uniform(uint64_t seed, uint64_t stream, uint64_t index); /* [0, 1) */
+void vgg_rng_permutation(int64_t *order, size_t n, uint64_t seed, uint64_t stream);
+
+/* IEEE half -> float (the cache may store features as float16). */
+static inline float vgg_half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while ((mant & 0x400u) == 0) {
+                mant <<= 1;
+                exp--;
+            }
+            bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+        }
+    } else if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (mant << 13); /* inf / NaN */
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
 
 #endif /* VGG_INTERNAL_H */

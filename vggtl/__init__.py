@@ -16,6 +16,13 @@ except ImportError as e:  # a source checkout whose extension was never built
     raise ImportError(f"vggtl's C extension is not built ({e}); install with "
                       "`pip install -e .` (or `pip install .` and run outside the source tree)") from None
 from .vgg16 import VGG16, LAYER_NAMES, preprocess_input
+from .weights import load_weights, save_weights, WeightsError
+from . import data
+from .layers import Dense, Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D
+from .optim import SGD, Adam, RMSprop
+from .callbacks import Callback, EarlyStopping, History
+from .model import TransferModel, load_model
+from .data import LabelEncoder, load_pickle, load_pickles, resize, train_test_split
 
 __version__ = "0.1.0"
 
@@ -23,6 +30,28 @@ __all__ = [
     "VGG16",
     "LAYER_NAMES",
     "preprocess_input",
+    "load_weights",
+    "save_weights",
+    "WeightsError",
+    "data",
+    "load_pickle",
+    "load_pickles",
+    "LabelEncoder",
+    "train_test_split",
+    "resize",
+    "TransferModel",
+    "load_model",
+    "Flatten",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "Dense",
+    "Dropout",
+    "SGD",
+    "Adam",
+    "RMSprop",
+    "Callback",
+    "EarlyStopping",
+    "History",
     "set_num_threads",
     "get_num_threads",
     "info",
@@ -31,7 +60,7 @@ __all__ = [
 
 
 def set_num_threads(n: int) -> None:
-    """Set the threads vggtl uses (OpenMP kernels and BLAS share this one count).
+    """Set the threads vggtl uses (OpenMP owns them; BLAS runs single-threaded inside).
 
     The default is OpenMP's (``OMP_NUM_THREADS`` when set, else the number of cores).
     """

@@ -51,6 +51,11 @@ _ACTIVATIONS = {"linear": lambda x: _f64(x).astype(np.float32), "relu": relu,
                 "softmax": softmax, "sigmoid": sigmoid}
 
 
+def activation(x, name):
+    """The activation `name` ('linear', 'relu', 'softmax', 'sigmoid') of x (N, D)."""
+    return _ACTIVATIONS[name](x)
+
+
 def conv3x3(x, kernel, bias, relu=True):
     """x (N,H,W,Cin), kernel (3,3,Cin,Cout), bias (Cout,) -> (N,H,W,Cout).
 
@@ -90,8 +95,7 @@ def global_pool(x, mode):
 
 def dense(x, kernel, bias, activation="linear"):
     """act(x (N,In) @ kernel (In,Out) + bias (Out,))."""
-    y = _f64(x) @ _f64(kernel) + _f64(bias)
-    return _ACTIVATIONS[activation](y)
+    return _ACTIVATIONS[activation](_f64(x) @ _f64(kernel) + _f64(bias))
 
 
 def input_convert(x, scale, shift, reverse_channels=False):

@@ -16,6 +16,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from . import _core
+from . import weights as _weights
 from ._arrays import as_images, batch_for_core, check_finite_batch
 
 _LAYERS = _core.vgg16_layers()  # ((name, kind, units), ...) in Keras's order
@@ -93,9 +94,13 @@ class VGG16:
 
     Parameters
     ----------
-    weights : None or dict
-        None: Glorot-uniform kernels and zero biases, as Keras initialises them,
-        drawn from ``seed``. A dict ``{layer_name: (kernel, bias)}`` in the form
+    weights : "imagenet", None, dict or path
+        "imagenet" (the default, as in Keras): the pretrained weights, found in
+        ``$VGGTL_WEIGHTS``, Keras's, PyTorch's or vggtl's cache, else downloaded
+        (see :mod:`vggtl.weights`). A path: a Keras ``.h5`` / ``.weights.h5`` /
+        ``.keras``, a torchvision ``.pth`` or a safetensors file. None:
+        Glorot-uniform kernels and zero biases, as Keras initialises them, drawn
+        from ``seed``. A dict ``{layer_name: (kernel, bias)}`` in the form
         :meth:`get_weights` returns (Keras layouts) sets them.
     include_top : bool
         Add flatten, fc1, fc2 and the ``classes``-way softmax; input must then be
@@ -107,18 +112,21 @@ class VGG16:
         Without the top, global pooling of the base's output (N, 512).
     classes : int
         Units of the top's softmax (``include_top=True`` only).
-    preprocess : None, "caffe", "torch" or "scale"
-        Applied to every image inside the core, per batch: "caffe" is Keras's
+    preprocess : "auto", None, "caffe", "torch" or "scale"
+        "auto" (the default): what the weights were trained with, "caffe" for
+        Keras's files, "torch" for torchvision's, a vggtl file's recorded mode,
+        None for ``weights=None`` or a plain dict. Applied to every image inside
+        the core, per batch: "caffe" is Keras's
         ``vgg16.preprocess_input`` (RGB -> BGR, minus the ImageNet mean), "torch"
         torchvision's, "scale" divides by 255 (the tutorial's ``X/255.0``).
     seed : int or None
         Seed of the initialisation when ``weights=None``.
     """
 
-    def __init__(self, weights=None, include_top: bool = False,
+    def __init__(self, weights="imagenet", include_top: bool = False,
                  input_shape: Optional[Tuple[int, int, int]] = None,
                  pooling: Optional[str] = None, classes: int = 1000,
-                 preprocess: Optional[str] = None, seed: Optional[int] = 0):
+                 preprocess: Optional[str] = "auto", seed: Optional[int] = 0):
         if pooling not in (None, "avg", "max"):
             raise ValueError(f"pooling: expected None, 'avg' or 'max', got {pooling!r}")
         if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
@@ -127,21 +135,19 @@ class VGG16:
         self.pooling = pooling if not self.include_top else None
         self.classes = int(classes)
         self.input_shape = self._check_input_shape(input_shape)
-        _preprocess_params(preprocess)  # validates the mode
-        self.preprocess = preprocess
+        if preprocess != "auto":
+            _preprocess_params(preprocess)  # validates the mode before any file is read
         self._workspace = np.empty(0, dtype=np.float32)
         self._lock = threading.Lock()
         self._weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
-        if weights is None:
+        # "imagenet", a path, a dict or None -> (dict or None, the weights' preprocessing)
+        loaded, wanted = _weights.resolve_weights(weights, include_top=self.include_top)
+        self.preprocess = wanted if preprocess == "auto" else preprocess
+        _preprocess_params(self.preprocess)
+        if loaded is None:
             self._init_weights(seed)
-        elif isinstance(weights, Mapping):
-            self.set_weights(weights)
-        elif isinstance(weights, str) and weights == "imagenet":
-            raise ValueError("weights: 'imagenet' needs the pretrained weight files, which "
-                             "this version cannot read yet; use weights=None or a dict")
         else:
-            raise TypeError(f"weights: expected None or a dict {{layer: (kernel, bias)}}, "
-                            f"got {type(weights).__name__}")
+            self.set_weights(loaded)
 
     # -- construction ---------------------------------------------------------
     def _check_input_shape(self, input_shape):
@@ -223,6 +229,11 @@ class VGG16:
     def get_weights(self) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """``{layer: (kernel, bias)}`` in Keras layouts (HWIO / (in, out)); copies."""
         return {k: (w.copy(), b.copy()) for k, (w, b) in self._weights.items()}
+
+    def save_weights(self, path) -> None:
+        """Write the weights to ``path`` as safetensors (vggtl's format), atomically,
+        with the preprocessing mode, so ``VGG16(weights=path)`` restores both."""
+        _weights.save_weights(self._weights, path, preprocess=self.preprocess)
 
     def count_params(self) -> int:
         return int(sum(w.size + b.size for w, b in self._weights.values()))

@@ -1,0 +1,380 @@
+/*
+ * head.c - the classification head trained on cached features: an input
+ * reduction (flatten / global average / global max pooling of each sample's
+ * feature map), then dense and dropout layers, a Keras loss and an optimizer
+ * step per batch. A whole epoch (shuffle, batches, forward, backward, update,
+ * loss and accuracy) is one call, so Python releases the GIL once per epoch.
+ *
+ * Memory: parameters and optimizer slots are the caller's (vgg_head borrows
+ * them and updates them in place); everything else lives in the caller's
+ * workspace, laid out for a batch of B samples as
+ *   [ input B*D0 | act_0 B*w_0 | ... | act_{L-1} | grad A B*wmax | grad B B*wmax
+ *     | targets B*C | labels B | weights B | dW_l, db_l for each dense layer ]
+ * where w_l is layer l's output width. Nothing is allocated here.
+ */
+#include "vgg_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- shapes -------------------------------------------------------------- */
+
+static size_t input_width(const vgg_head *h) {
+    size_t hw;
+    if (!vgg_mul_ok(h->h, h->w, &hw)) return 0;
+    if (h->input == VGG_HEAD_FLATTEN) {
+        size_t d;
+        return vgg_mul_ok(hw, h->c, &d) ? d : 0;
+    }
+    return h->c;
+}
+
+/* Output width of each layer; returns 0 when the head is invalid. */
+static int layer_widths(const vgg_head *h, size_t *widths) {
+    if (!h || h->n_layers < 1 || h->n_layers > VGG_HEAD_MAX_LAYERS) return 0;
+    if (h->input < VGG_HEAD_FLATTEN || h->input > VGG_HEAD_GMP) return 0;
+    if (h->h < 1 || h->w < 1 || h->c < 1) return 0;
+    size_t width = input_width(h);
+    if (width == 0) return 0;
+    for (size_t l = 0; l < h->n_layers; l++) {
+        const vgg_head_layer *L = &h->layers[l];
+        if (L->kind == VGG_HEAD_DENSE) {
+            if (L->units < 1 || !L->kernel || !L->bias) return 0;
+            if (L->activation < VGG_ACT_LINEAR || L->activation > VGG_ACT_SIGMOID) return 0;
+            width = L->units;
+        } else if (L->kind == VGG_HEAD_DROPOUT) {
+            if (!(L->rate >= 0.0f && L->rate < 1.0f)) return 0;
+        } else {
+            return 0;
+        }
+        widths[l] = width;
+    }
+    /* the output is a dense layer's */
+    return h->layers[h->n_layers - 1].kind == VGG_HEAD_DENSE;
+}
+
+size_t vgg_head_input_size(const vgg_head *head) {
+    size_t widths[VGG_HEAD_MAX_LAYERS];
+    return layer_widths(head, widths) ? input_width(head) : 0;
+}
+
+size_t vgg_head_output_size(const vgg_head *head) {
+    size_t widths[VGG_HEAD_MAX_LAYERS];
+    return layer_widths(head, widths) ? widths[head->n_layers - 1] : 0;
+}
+
+typedef struct {
+    float *input, *act[VGG_HEAD_MAX_LAYERS], *grad_a, *grad_b, *targets, *weights;
+    int32_t *labels;
+    float *dw[VGG_HEAD_MAX_LAYERS], *db[VGG_HEAD_MAX_LAYERS];
+    const float *out_of[VGG_HEAD_MAX_LAYERS]; /* what layer l output in the last forward */
+    size_t widths[VGG_HEAD_MAX_LAYERS], d0, out, batch;
+} head_plan;
+
+/* Lays the workspace out for batches of `batch`; returns floats needed, 0 if invalid.
+ * With ws == NULL only counts. */
+static size_t plan_workspace(head_plan *p, const vgg_head *h, size_t batch, float *ws) {
+    memset(p, 0, sizeof *p);
+    if (batch < 1 || !layer_widths(h, p->widths)) return 0;
+    p->d0 = input_width(h);
+    p->out = p->widths[h->n_layers - 1];
+    p->batch = batch;
+    size_t off = 0, wmax = 1, prev = p->d0;
+#define TAKE(ptr, count)                                          \
+    do {                                                          \
+        size_t cnt_;                                              \
+        if (!vgg_mul_ok((count), 1, &cnt_) || off + cnt_ < off) return 0; \
+        if (ws) (ptr) = ws + off;                                 \
+        off += cnt_;                                              \
+    } while (0)
+    size_t bd;
+    if (!vgg_mul_ok(batch, p->d0, &bd)) return 0;
+    TAKE(p->input, bd);
+    for (size_t l = 0; l < h->n_layers; l++) {
+        if (!vgg_mul_ok(batch, p->widths[l], &bd)) return 0;
+        TAKE(p->act[l], bd);
+        if (p->widths[l] > wmax) wmax = p->widths[l];
+    }
+    if (!vgg_mul_ok(batch, wmax, &bd)) return 0;
+    TAKE(p->grad_a, bd);
+    TAKE(p->grad_b, bd);
+    if (!vgg_mul_ok(batch, p->out, &bd)) return 0;
+    TAKE(p->targets, bd);
+    float *labels_f = NULL;
+    TAKE(labels_f, batch); /* int32 and float have the same size */
+    p->labels = (int32_t *)labels_f;
+    TAKE(p->weights, batch);
+    for (size_t l = 0; l < h->n_layers; l++) {
+        if (h->layers[l].kind == VGG_HEAD_DENSE) {
+            size_t kw;
+            if (!vgg_mul_ok(prev, h->layers[l].units, &kw)) return 0;
+            TAKE(p->dw[l], kw);
+            TAKE(p->db[l], h->layers[l].units);
+        }
+        prev = p->widths[l];
+    }
+#undef TAKE
+    return off;
+}
+
+size_t vgg_head_workspace_floats(const vgg_head *head, size_t batch) {
+    head_plan p;
+    return plan_workspace(&p, head, batch, NULL);
+}
+
+/* ---- batches --------------------------------------------------------------- */
+
+static inline float load(const void *x, int dtype, size_t i) {
+    return dtype == VGG_F32 ? ((const float *)x)[i] : vgg_half_to_float(((const uint16_t *)x)[i]);
+}
+
+/* input (m, D0) <- reduction of samples order[0..m) (identity when order is NULL,
+ * starting at `first`) of x (n, h, w, c). */
+static void gather(float *input, const void *x, int dtype, const vgg_head *h,
+                   const int64_t *order, size_t first, size_t m) {
+    const size_t hw = h->h * h->w, c = h->c, per = hw * c;
+    VGG_OMP_FOR
+    for (size_t i = 0; i < m; i++) {
+        const size_t s = order ? (size_t)order[first + i] : first + i;
+        const size_t base = s * per;
+        float *dst = input + i * (h->input == VGG_HEAD_FLATTEN ? per : c);
+        if (h->input == VGG_HEAD_FLATTEN) {
+            if (dtype == VGG_F32) memcpy(dst, (const float *)x + base, per * sizeof(float));
+            else for (size_t j = 0; j < per; j++) dst[j] = load(x, dtype, base + j);
+        } else if (h->input == VGG_HEAD_GAP) {
+            for (size_t ch = 0; ch < c; ch++) {
+                double sum = 0.0;
+                for (size_t p = 0; p < hw; p++) sum += load(x, dtype, base + p * c + ch);
+                dst[ch] = (float)(sum / (double)hw);
+            }
+        } else {
+            for (size_t ch = 0; ch < c; ch++) {
+                float mx = load(x, dtype, base + ch);
+                for (size_t p = 1; p < hw; p++) {
+                    const float v = load(x, dtype, base + p * c + ch);
+                    if (v > mx || v != v) mx = v;
+                }
+                dst[ch] = mx;
+            }
+        }
+    }
+}
+
+static void gather_targets(head_plan *p, const vgg_targets *t, const int64_t *order, size_t first,
+                           size_t m) {
+    for (size_t i = 0; i < m; i++) {
+        const size_t s = order ? (size_t)order[first + i] : first + i;
+        if (t->loss == VGG_LOSS_SPARSE_CCE) p->labels[i] = t->labels[s];
+        else memcpy(p->targets + i * p->out, t->targets + s * p->out, p->out * sizeof(float));
+        p->weights[i] = t->sample_weight ? t->sample_weight[s] : 1.0f;
+    }
+}
+
+/* Forward through the layers; dropout only when training. Returns the output
+ * activation (m, out) or NULL on error (status in *st). */
+static const float *forward(const vgg_head *h, head_plan *p, size_t m, int training,
+                            uint64_t seed, int64_t iteration, int *st) {
+    const float *cur = p->input;
+    size_t width = p->d0;
+    for (size_t l = 0; l < h->n_layers; l++) {
+        const vgg_head_layer *L = &h->layers[l];
+        if (L->kind == VGG_HEAD_DENSE) {
+            *st = vgg_dense_forward(p->act[l], cur, L->kernel, L->bias, L->activation, m, width,
+                                    L->units);
+            cur = p->act[l];
+            width = L->units;
+        } else if (training && L->rate > 0.0f) {
+            /* a distinct stream per (update, layer) */
+            *st = vgg_dropout_forward(p->act[l], cur, L->rate, seed,
+                                      (uint64_t)iteration * VGG_HEAD_MAX_LAYERS + l, m * width);
+            cur = p->act[l];
+        } else {
+            *st = VGG_OK; /* inference: dropout is the identity */
+        }
+        if (*st != VGG_OK) return NULL;
+        p->out_of[l] = cur; /* act[l], or the input itself for a skipped dropout */
+    }
+    return cur;
+}
+
+static size_t count_correct(const float *yhat, const head_plan *p, int loss, size_t m) {
+    const size_t c = p->out;
+    size_t correct = 0;
+    for (size_t i = 0; i < m; i++) {
+        const float *yh = yhat + i * c;
+        if (c == 1) {
+            const float y = loss == VGG_LOSS_SPARSE_CCE ? (float)p->labels[i] : p->targets[i];
+            correct += (yh[0] > 0.5f) == (y > 0.5f);
+            continue;
+        }
+        size_t best = 0;
+        for (size_t k = 1; k < c; k++) if (yh[k] > yh[best]) best = k;
+        size_t truth = 0;
+        if (loss == VGG_LOSS_SPARSE_CCE) {
+            truth = (size_t)p->labels[i];
+        } else {
+            const float *y = p->targets + i * c;
+            for (size_t k = 1; k < c; k++) if (y[k] > y[truth]) truth = k;
+        }
+        correct += best == truth;
+    }
+    return correct;
+}
+
+static int check_common(const vgg_head *h, const void *x, int dtype, size_t batch) {
+    VGG_CHECK(h && x, VGG_ERR_ARG);
+    VGG_CHECK(dtype == VGG_F32 || dtype == VGG_F16, VGG_ERR_ARG);
+    VGG_CHECK(batch >= 1 && batch <= VGG_BLAS_MAX_DIM, VGG_ERR_ARG);
+    return VGG_OK;
+}
+
+static int check_targets(const vgg_targets *t, size_t n, size_t out) {
+    VGG_CHECK(t, VGG_ERR_ARG);
+    if (t->loss == VGG_LOSS_SPARSE_CCE) {
+        VGG_CHECK(t->labels, VGG_ERR_ARG);
+        for (size_t i = 0; i < n; i++)
+            VGG_CHECK(t->labels[i] >= 0 && (size_t)t->labels[i] < out, VGG_ERR_ARG);
+    } else {
+        VGG_CHECK(t->loss == VGG_LOSS_BCE || t->loss == VGG_LOSS_CCE, VGG_ERR_ARG);
+        VGG_CHECK(t->targets, VGG_ERR_ARG);
+    }
+    return VGG_OK;
+}
+
+/* ---- entry points ------------------------------------------------------------ */
+
+int vgg_head_predict(float *out, const void *x, int dtype, size_t n, const vgg_head *head,
+                     size_t batch, float *workspace, size_t workspace_floats,
+                     vgg_abort_fn abort_cb, void *abort_ctx) {
+    int st = check_common(head, x, dtype, batch);
+    if (st != VGG_OK) return st;
+    VGG_CHECK(out && workspace, VGG_ERR_ARG);
+    head_plan p;
+    const size_t need = plan_workspace(&p, head, batch, NULL);
+    VGG_CHECK(need > 0, VGG_ERR_ARG);
+    VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
+    plan_workspace(&p, head, batch, workspace);
+    for (size_t i0 = 0; i0 < n; i0 += batch) {
+        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
+        const size_t m = n - i0 < batch ? n - i0 : batch;
+        gather(p.input, x, dtype, head, NULL, i0, m);
+        const float *y = forward(head, &p, m, 0, 0, 0, &st);
+        if (!y) return st;
+        memcpy(out + i0 * p.out, y, m * p.out * sizeof(float));
+    }
+    return VGG_OK;
+}
+
+int vgg_head_evaluate(vgg_fit_stats *stats, const void *x, int dtype, size_t n,
+                      const vgg_head *head, const vgg_targets *t, size_t batch,
+                      float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
+                      void *abort_ctx) {
+    int st = check_common(head, x, dtype, batch);
+    if (st != VGG_OK) return st;
+    VGG_CHECK(stats && workspace, VGG_ERR_ARG);
+    memset(stats, 0, sizeof *stats);
+    head_plan p;
+    const size_t need = plan_workspace(&p, head, batch, NULL);
+    VGG_CHECK(need > 0, VGG_ERR_ARG);
+    VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
+    plan_workspace(&p, head, batch, workspace);
+    if ((st = check_targets(t, n, p.out)) != VGG_OK) return st;
+    for (size_t i0 = 0; i0 < n; i0 += batch) {
+        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
+        const size_t m = n - i0 < batch ? n - i0 : batch;
+        gather(p.input, x, dtype, head, NULL, i0, m);
+        gather_targets(&p, t, NULL, i0, m);
+        const float *y = forward(head, &p, m, 0, 0, 0, &st);
+        if (!y) return st;
+        double loss;
+        st = vgg_loss_forward_backward(&loss, NULL, NULL, y, p.targets, p.labels, p.weights,
+                                       t->loss, m, p.out);
+        if (st != VGG_OK) return st;
+        stats->loss_sum += loss * (double)m;
+        stats->correct += (double)count_correct(y, &p, t->loss, m);
+        stats->seen += m;
+        stats->batches++;
+    }
+    return VGG_OK;
+}
+
+int vgg_head_fit_epoch(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer *opt,
+                       int64_t *iterations, const void *x, int dtype, size_t n,
+                       const vgg_targets *t, size_t batch, int shuffle, uint64_t seed,
+                       uint64_t epoch, int64_t *order, float *workspace,
+                       size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx) {
+    int st = check_common(head, x, dtype, batch);
+    if (st != VGG_OK) return st;
+    VGG_CHECK(stats && opt && iterations && order && workspace, VGG_ERR_ARG);
+    VGG_CHECK(opt->learning_rate > 0.0, VGG_ERR_ARG);
+    memset(stats, 0, sizeof *stats);
+    head_plan p;
+    const size_t need = plan_workspace(&p, head, batch, NULL);
+    VGG_CHECK(need > 0, VGG_ERR_ARG);
+    VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
+    plan_workspace(&p, head, batch, workspace);
+    if ((st = check_targets(t, n, p.out)) != VGG_OK) return st;
+    const int slots = vgg_optimizer_slots(opt);
+    for (size_t l = 0; l < head->n_layers; l++) {
+        const vgg_head_layer *L = &head->layers[l];
+        if (L->kind != VGG_HEAD_DENSE) continue;
+        for (int s = 0; s < slots; s++) VGG_CHECK(L->slots[s] && L->slots[2 + s], VGG_ERR_ARG);
+    }
+
+    if (shuffle) vgg_rng_permutation(order, n, seed, epoch);
+    else for (size_t i = 0; i < n; i++) order[i] = (int64_t)i;
+
+    for (size_t i0 = 0; i0 < n; i0 += batch) {
+        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
+        const size_t m = n - i0 < batch ? n - i0 : batch;
+        const int64_t it = *iterations;
+        gather(p.input, x, dtype, head, order, i0, m);
+        gather_targets(&p, t, order, i0, m);
+        const float *y = forward(head, &p, m, 1, seed, it, &st);
+        if (!y) return st;
+        double loss;
+        float *g = p.grad_a, *g_next = p.grad_b;
+        st = vgg_loss_forward_backward(&loss, g, NULL, y, p.targets, p.labels, p.weights,
+                                       t->loss, m, p.out);
+        if (st != VGG_OK) return st;
+        if (!isfinite(loss)) return VGG_ERR_NONFINITE;
+        stats->loss_sum += loss * (double)m;
+        stats->correct += (double)count_correct(y, &p, t->loss, m);
+        stats->seen += m;
+
+        /* backward: g holds dL/d(output of layer l) */
+        for (size_t l = head->n_layers; l-- > 0;) {
+            const vgg_head_layer *L = &head->layers[l];
+            const float *in = l == 0 ? p.input : p.out_of[l - 1];
+            const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
+            if (L->kind == VGG_HEAD_DENSE) {
+                st = vgg_activation_backward(g, g, p.act[l], L->activation, m, L->units);
+                if (st == VGG_OK)
+                    st = vgg_dense_backward(l > 0 ? g_next : NULL, p.dw[l], p.db[l], g, in,
+                                            L->kernel, m, in_w, L->units);
+                float *tmp = g;
+                g = g_next;
+                g_next = tmp;
+            } else if (L->rate > 0.0f) {
+                st = vgg_dropout_backward(g, g, L->rate, seed,
+                                          (uint64_t)it * VGG_HEAD_MAX_LAYERS + l, m * in_w);
+            }
+            if (st != VGG_OK) return st;
+        }
+        /* one update of every parameter, after all gradients are known */
+        for (size_t l = 0; l < head->n_layers; l++) {
+            vgg_head_layer *L = &head->layers[l];
+            if (L->kind != VGG_HEAD_DENSE) continue;
+            const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
+            st = vgg_optimizer_step(L->kernel, p.dw[l], L->slots[0], L->slots[1],
+                                    in_w * L->units, opt, it);
+            if (st == VGG_OK)
+                st = vgg_optimizer_step(L->bias, p.db[l], L->slots[2], L->slots[3], L->units,
+                                        opt, it);
+            if (st != VGG_OK) return st;
+        }
+        *iterations = it + 1;
+        stats->batches++;
+    }
+    return VGG_OK;
+}

@@ -1,0 +1,134 @@
+"""1 thread and several threads give the same results (within 1e-5), and the knob works."""
+import numpy as np
+import pytest
+
+import vggtl
+from vggtl import _core
+
+
+def at_threads(n, fn):
+    vggtl.set_num_threads(n)
+    assert vggtl.get_num_threads() == n
+    return fn()
+
+
+def agree(fn, close, tol):
+    one = at_threads(1, fn)
+    for n in (2, 3):  # 3: more threads than this machine's 2 cores
+        close(at_threads(n, fn), one, rtol=tol.threads)
+    return one
+
+
+def test_conv3x3_threads(rng, close, tol, restore_threads):
+    x = rng.standard_normal((2, 30, 27, 64), dtype=np.float32)
+    k = rng.standard_normal((3, 3, 64, 33), dtype=np.float32) / np.float32(24.0)
+    b = rng.standard_normal(33, dtype=np.float32)
+    one = agree(lambda: _core.conv3x3_forward(x, k, b), close, tol)
+    assert (one > 0).any()
+
+
+@pytest.mark.parametrize("shape", [(100, 64, 20), (3, 256, 500), (2, 25088, 10)],
+                         ids=["split-by-rows", "split-by-columns", "fc1-like"])
+def test_dense_threads(rng, close, tol, restore_threads, shape):
+    n, i, o = shape
+    x = rng.standard_normal((n, i), dtype=np.float32)
+    k = rng.standard_normal((i, o), dtype=np.float32)
+    b = rng.standard_normal(o, dtype=np.float32)
+    for act in ("linear", "relu", "softmax", "sigmoid"):
+        agree(lambda: _core.dense_forward(x, k, b, act), close, tol)
+
+
+def test_small_kernels_threads(rng, close, tol, restore_threads):
+    x = rng.standard_normal((3, 17, 20, 5), dtype=np.float32)
+    u8 = rng.integers(0, 256, (3, 17, 20, 3), dtype=np.uint8)
+    agree(lambda: _core.maxpool2x2_forward(x), close, tol)
+    agree(lambda: _core.global_pool_forward(x, "avg"), close, tol)
+    agree(lambda: _core.global_pool_forward(x, "max"), close, tol)
+    agree(lambda: _core.activation_forward(x.reshape(51, 100), "softmax"), close, tol)
+    agree(lambda: _core.input_convert(u8, [1, 2, 3], [0, -1, 5], True), close, tol)
+
+
+def test_vgg16_threads(rng, close, tol, restore_threads, conv_weights):
+    # one model object across thread counts: its cached workspace must follow
+    model = vggtl.VGG16(weights=conv_weights, pooling="avg")
+    X = rng.integers(0, 256, (3, 64, 40, 3), dtype=np.uint8)
+    one = agree(lambda: model.predict(X, batch_size=2), close, tol)
+    assert (one > 0).any()
+    agree(lambda: model.predict(X, layer="block2_conv2"), close, tol)
+
+
+def test_vgg16_top_threads(rng, close, tol, restore_threads, top_model):
+    X = rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    vggtl.set_num_threads(1)
+    one = top_model.predict(X, layer="fc2")
+    vggtl.set_num_threads(2)
+    close(top_model.predict(X, layer="fc2"), one, rtol=tol.threads)
+
+
+def test_set_num_threads(restore_threads):
+    vggtl.set_num_threads(1)
+    assert vggtl.get_num_threads() == 1 and vggtl.info()["threads"] == 1
+    vggtl.set_num_threads(2)
+    assert vggtl.get_num_threads() == 2 and vggtl.info()["threads"] == 2
+    for bad in (1.5, "2", None, True):
+        with pytest.raises(TypeError, match="n"):
+            vggtl.set_num_threads(bad)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="n"):
+            vggtl.set_num_threads(bad)
+    assert vggtl.get_num_threads() == 2  # unchanged by the failed calls
+
+
+def test_info():
+    info = vggtl.info()
+    assert info["version"] == vggtl.__version__
+    assert isinstance(info["openmp"], bool)
+    assert isinstance(info["blas"], str) and info["blas"]
+
+
+def test_set_num_threads_during_a_forward_stays_in_the_workspace(rng, close, tol, restore_threads):
+    # vggtl.set_num_threads from another Python thread while the core runs (the GIL
+    # is released) must not make the core use more column buffers than the
+    # workspace it was given holds. The workspace here is a view into a larger
+    # array, so a write past its end lands in a canary we can check instead of
+    # corrupting the heap. Only block4_conv2/3 (Cin 512, 272 rows = 2 chunks of
+    # the column buffer) can overflow, so the stop layer is block4_conv3 and the
+    # images are small; the flipping thread races the core, so several tries.
+    import threading
+    import time
+
+    w = vggtl.VGG16(weights=None, seed=1).get_weights()
+    params = [a for name in vggtl.vgg16.CONV_LAYERS for a in w[name]]
+    stop = vggtl.LAYER_NAMES.index("block4_conv3")
+    X = rng.integers(0, 256, (17, 32, 32, 3), dtype=np.uint8)
+    vggtl.set_num_threads(1)
+    need = _core.vgg16_workspace_floats(stop, _core.POOL_NONE, len(X), 32, 32)
+    big = np.empty(2 * need, np.float32)
+    ws, canary = big[:need], big[need:]
+    args = (stop, _core.POOL_NONE, [1.0] * 3, [0.0] * 3, False, ws)
+    expect = _core.vgg16_forward(X, params, *args)
+    assert (expect > 0).any()
+    deadline = time.monotonic() + 6.0
+    for attempt in range(12):
+        canary[...] = 12345.0
+        done = []
+
+        def flip():
+            while not done:
+                vggtl.set_num_threads(2)
+                vggtl.set_num_threads(1)
+
+        vggtl.set_num_threads(1)
+        t = threading.Thread(target=flip)
+        t.start()
+        try:
+            got = _core.vgg16_forward(X, params, *args)
+        finally:
+            done.append(True)
+            t.join()
+        overwritten = int((canary != 12345.0).sum())
+        assert overwritten == 0, (f"attempt {attempt}: the core wrote {overwritten} floats past "
+                                  f"the end of its {need}-float workspace")
+        close(got, expect, rtol=tol.threads)
+        if time.monotonic() > deadline:
+            break

@@ -1,0 +1,676 @@
+"""Weight files (vggtl.weights): every real layout, written from random numbers by
+the source framework's conventions (tests/weight_files.py) or by the framework
+itself, read by vggtl, and checked against that framework's own model on the same
+file: Keras 3 (torch backend) for Keras files, a torchvision-style torch model for
+.pth files. Plus the search for weights="imagenet", the download, the cache and
+every kind of bad file.
+
+Full-size files (the notop file is 58.9 MB, the one with the top 553 MB) are
+built once per module. No test touches the network or the user's caches: the
+autouse fixture points HOME, KERAS_HOME, TORCH_HOME and XDG_CACHE_HOME at empty
+folders.
+"""
+import collections
+import hashlib
+import io
+import os
+import pickle
+import traceback
+import urllib.error
+import urllib.request
+import zipfile
+
+import numpy as np
+import pytest
+
+import vggtl
+from vggtl import weights as W
+
+import weight_files as wf
+
+torch = pytest.importorskip("torch")
+h5py = pytest.importorskip("h5py")
+pytest.importorskip("safetensors")
+torch.set_num_threads(2)
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+# -- fixtures ---------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Empty caches, no VGGTL_WEIGHTS, and a network that is never reached."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": home, "KERAS_HOME": tmp_path / "keras", "TORCH_HOME": tmp_path / "torch",
+           "XDG_CACHE_HOME": tmp_path / "xdg"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
+    monkeypatch.delenv("VGGTL_WEIGHTS", raising=False)
+
+    def no_network(*a, **k):
+        raise AssertionError("a test reached the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    return env
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture(scope="module")
+def notop(files):
+    """(Keras-layout weights, legacy notop .h5 with them): the full-size file."""
+    w = wf.keras_weights(np.random.default_rng(1))
+    return w, wf.write_keras_legacy_h5(str(files / W.KERAS_NOTOP), w)
+
+
+@pytest.fixture(scope="module")
+def top(files):
+    """(weights with the top, legacy .h5 with them): 553 MB."""
+    w = wf.keras_weights(np.random.default_rng(2), include_top=True)
+    return w, wf.write_keras_legacy_h5(str(files / W.KERAS_TOP), w)
+
+
+@pytest.fixture(scope="module")
+def keras(tmp_path_factory):
+    os.environ["KERAS_BACKEND"] = "torch"
+    os.environ.setdefault("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras was imported with another backend")
+    return keras
+
+
+@pytest.fixture(scope="module")
+def torch_notop(files):
+    """(torch state dict, {"zip": path, "legacy": path}) for the conv base."""
+    sd = wf.torch_random_state_dict(3)
+    paths = {"zip": str(files / "notop_zip.pth"), "legacy": str(files / "notop_legacy.pth")}
+    torch.save(sd, paths["zip"])
+    torch.save(sd, paths["legacy"], _use_new_zipfile_serialization=False)
+    return sd, paths
+
+
+def same(a, b):
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k][0], b[k][0], err_msg=k)
+        np.testing.assert_array_equal(a[k][1], b[k][1], err_msg=k)
+
+
+def images(seed, n, size):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def keras_run(model, x):
+    import keras
+    out = model(x, training=False)
+    if isinstance(out, (list, tuple)):
+        return [keras.ops.convert_to_numpy(o) for o in out]
+    return keras.ops.convert_to_numpy(out)
+
+
+def torch_input(X):
+    """torchvision's preprocessing: RGB / 255, minus mean, over std; NCHW."""
+    x = (X.astype(np.float32) / np.float32(255) - MEAN) / STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def softmax_top(fc2, w):
+    """The predictions layer on fc2's output, in NumPy (saves a second pass at 224)."""
+    k, b = w["predictions"]
+    z = fc2.astype(np.float64) @ k + b
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def torch_nhwc(y):
+    return y.detach().permute(0, 2, 3, 1).contiguous().numpy()
+
+
+# -- the layer table ----------------------------------------------------------------------
+def test_layer_table_matches_the_model():
+    assert W.CONV_LAYERS == vggtl.vgg16.CONV_LAYERS
+    assert W.DENSE_LAYERS == vggtl.vgg16.DENSE_LAYERS
+    shapes = vggtl.vgg16._expected_shapes(1000, True)
+    assert {n: W._expected(n, 1000) for n in shapes} == shapes
+
+
+# -- Keras legacy .h5 ---------------------------------------------------------------------
+def test_keras_legacy_notop_matches_keras(notop, keras, close):
+    w, path = notop
+    assert os.path.getsize(path) == pytest.approx(58_889_256, rel=1e-3)  # the real file's size
+    X = images(10, 2, 64)
+    ref = keras_run(keras.applications.VGG16(weights=path, include_top=False,
+                                             input_shape=(64, 64, 3)),
+                    keras.applications.vgg16.preprocess_input(X.astype(np.float32)))
+    base = vggtl.VGG16(weights=path, input_shape=(64, 64, 3))
+    assert base.preprocess == "caffe"  # "auto": Keras's files were trained on Caffe input
+    got = base.predict(X)
+    assert got.shape == ref.shape == (2, 2, 2, 512)
+    assert (ref > 0).mean() > 0.2
+    close(got, ref)
+
+
+@pytest.mark.parametrize("weightless", [True, False])
+def test_keras_legacy_layouts(notop, tmp_path, weightless):
+    # with and without the weightless layers (input, pools) listed in layer_names,
+    # with Keras 2's root attributes or none
+    w, _ = notop
+    attrs = {"keras_version": b"2.0.8", "backend": b"tensorflow"} if weightless else None
+    p = wf.write_keras_legacy_h5(str(tmp_path / "w.h5"), w, weightless=weightless, attrs=attrs)
+    got = vggtl.load_weights(p)
+    assert (got.preprocess, got.format, got.source) == ("caffe", "keras-h5", p)
+    same(got, w)
+
+
+def test_keras_legacy_top_matches_keras(top, keras, close):
+    w, path = top
+    X = images(11, 1, 224)
+    m = keras.applications.VGG16(weights=path, include_top=True)
+    sub = keras.Model(m.inputs, [m.get_layer("fc2").output, m.outputs[0]])
+    ref_fc2, ref = keras_run(sub, keras.applications.vgg16.preprocess_input(X.astype(np.float32)))
+    del m, sub
+    base = vggtl.VGG16(weights=path, include_top=True)
+    assert base.preprocess == "caffe" and base.classes == 1000
+    fc2 = base.predict(X, layer="fc2")
+    close(fc2, ref_fc2)
+    close(softmax_top(fc2, w), ref)
+
+
+def test_top_file_serves_the_base(top):
+    w, path = top
+    got = vggtl.load_weights(path, include_top=False)
+    same(got, {k: w[k] for k in W.CONV_LAYERS})
+
+
+# -- Keras 3 files made by keras ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def keras3_model(keras):
+    m = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    r = np.random.default_rng(4)
+    for name in W.CONV_LAYERS:  # non-zero biases, so a swapped bias would show
+        layer = m.get_layer(name)
+        k, b = layer.get_weights()
+        layer.set_weights([k, r.normal(0, 0.05, b.shape).astype(np.float32)])
+    return m
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_keras3_file_matches_keras(keras3_model, keras, tmp_path, close, suffix):
+    p = str(tmp_path / ("vgg" + suffix))
+    if suffix == ".keras":
+        keras3_model.save(p)
+    else:
+        keras3_model.save_weights(p)
+    X = images(12, 2, 32)
+    ref = keras_run(keras3_model, keras.applications.vgg16.preprocess_input(X.astype(np.float32)))
+    base = vggtl.VGG16(weights=p)
+    assert base.preprocess == "caffe"
+    assert vggtl.load_weights(p).format == ("keras3-h5" if suffix == ".weights.h5" else "keras-zip")
+    close(base.predict(X), ref)
+
+
+# -- torchvision .pth ----------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_torch_notop_matches_torch(torch_notop, close, fmt):
+    sd, paths = torch_notop
+    X = images(13, 2, 64)
+    with torch.no_grad():
+        ref = torch_nhwc(wf.torch_vgg16(sd).features(torch_input(X)))
+    base = vggtl.VGG16(weights=paths[fmt], input_shape=(64, 64, 3))
+    assert base.preprocess == "torch"  # "auto": torchvision's normalisation
+    assert vggtl.load_weights(paths[fmt]).format == f"torch-{fmt}"
+    got = base.predict(X)
+    assert (ref > 0).mean() > 0.2
+    close(got, ref)
+
+
+def test_torch_legacy_stream_layout(torch_notop):
+    # the legacy file is five pickles then raw storages, not a zip (vgg16-397923af.pth)
+    _, paths = torch_notop
+    with open(paths["legacy"], "rb") as f:
+        assert pickle.load(f) == 0x1950A86A20F9469CFC6C
+        assert pickle.load(f) == 1001
+    assert not zipfile.is_zipfile(paths["legacy"])
+    same(vggtl.load_weights(paths["legacy"]), vggtl.load_weights(paths["zip"]))
+
+
+def test_torch_top_matches_torch(top, files, close):
+    # the fc1 kernel: torch flattens C, H, W; vggtl (like Keras) H, W, C
+    sd = wf.torch_state_dict(top[0])
+    p = str(files / "top_zip.pth")
+    torch.save(sd, p)
+    net = wf.torch_vgg16(sd, include_top=True)
+    X = images(14, 1, 224)
+    with torch.no_grad():
+        x = torch.flatten(net.avgpool(net.features(torch_input(X))), 1)
+        ref_fc2 = net.classifier[:5](x).numpy()
+        ref = torch.softmax(net.classifier(x), dim=1).numpy()
+    del net, sd
+    loaded = vggtl.load_weights(p, include_top=True, cache=False)  # (a 553 MB cache entry)
+    base = vggtl.VGG16(weights=loaded, include_top=True)
+    assert base.preprocess == "torch"
+    fc2 = base.predict(X, layer="fc2")
+    close(fc2, ref_fc2)
+    close(softmax_top(fc2, loaded), ref)
+    same(loaded, top[0])  # and the conversion is exact
+    os.unlink(p)
+
+
+def test_torch_wrapped_state_dicts(torch_notop, tmp_path):
+    # {"state_dict": ...} checkpoints, DataParallel's "module." prefix, Parameters,
+    # half precision: all plain tensor data
+    sd, _ = torch_notop
+    ref = vggtl.load_weights(torch_notop[1]["zip"])
+    p = str(tmp_path / "ckpt.pth")
+    torch.save({"epoch": 3, "state_dict": collections.OrderedDict(
+        ("module." + k, torch.nn.Parameter(v)) for k, v in sd.items())}, p)
+    same(vggtl.load_weights(p), ref)
+    torch.save(wf.torch_vgg16(sd).state_dict(), p)  # a real state_dict(): with _metadata
+    same(vggtl.load_weights(p), ref)
+    torch.save({k: v.half() for k, v in sd.items()}, p, _use_new_zipfile_serialization=False)
+    half = vggtl.load_weights(p)
+    for k in ref:
+        np.testing.assert_allclose(half[k][0], ref[k][0], rtol=1e-3, atol=1e-3)
+
+
+def test_torch_conversion_is_cached(torch_notop, isolated, monkeypatch):
+    _, paths = torch_notop
+    first = vggtl.load_weights(paths["zip"])
+    cached = os.listdir(isolated["XDG_CACHE_HOME"] / "vggtl" / "converted")
+    assert len(cached) == 1 and cached[0].endswith(".safetensors")
+
+    def unreadable(path):
+        raise AssertionError("the .pth was read again")
+
+    monkeypatch.setattr(W, "_read_torch_zip", unreadable)
+    second = vggtl.load_weights(paths["zip"])  # from the cache
+    same(second, first)
+    assert (second.preprocess, second.source) == ("torch", paths["zip"])
+    with pytest.raises(AssertionError, match="read again"):
+        vggtl.load_weights(paths["zip"], cache=False)
+    st = os.stat(paths["zip"])  # a changed file is a miss
+    os.utime(paths["zip"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="read again"):
+        vggtl.load_weights(paths["zip"])
+
+
+# -- unsafe pickles --------------------------------------------------------------------------
+class _Payload:
+    def __init__(self, how, marker):
+        self.how, self.marker = how, marker
+
+    def __reduce__(self):
+        if self.how == "os.system":
+            return os.system, (f"touch {self.marker}",)
+        return eval, (f"open({self.marker!r}, 'w').close()",)
+
+
+@pytest.mark.parametrize("how, named", [("os.system", "posix.system"), ("eval", "__builtin__.eval")])
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_malicious_pth_is_refused(tmp_path, how, named, fmt):
+    marker = tmp_path / "pwned"
+    p = str(tmp_path / "evil.pth")
+    sd = {"features.0.weight": _Payload(how, str(marker)), "features.0.bias": torch.zeros(64)}
+    torch.save(sd, p, _use_new_zipfile_serialization=(fmt == "zip"))
+    for call in (lambda: vggtl.load_weights(p), lambda: vggtl.VGG16(weights=p)):
+        with pytest.raises(W.UnsafePickleError, match=named) as e:
+            call()
+        assert "refused, nothing was run" in str(e.value)
+        assert not marker.exists()
+    # the payload is live: torch's full unpickler does run it
+    torch.load(p, weights_only=False)
+    assert marker.exists()
+
+
+class _Restride:
+    """Pickles as torch pickles a tensor, then BUILDs it a negative stride."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __reduce_ex__(self, protocol):
+        fn, args = self.t.__reduce_ex__(protocol)[:2]
+        return fn, args, (None, {"stride": (-1000,) * self.t.dim()})
+
+
+def test_crafted_tensor_state_is_refused(torch_notop, tmp_path):
+    sd = collections.OrderedDict(torch_notop[0])
+    sd["features.0.weight"] = _Restride(sd["features.0.weight"])
+    p = str(tmp_path / "restride.pth")
+    torch.save(sd, p)
+    with pytest.raises(vggtl.WeightsError, match="set the state of a Tensor"):
+        vggtl.load_weights(p)
+
+
+def test_no_torch_import(torch_notop, every_format):
+    # .pth files are read without torch; h5py is imported only for .h5 files
+    import subprocess
+    import sys
+    code = ("import sys, vggtl; assert 'h5py' not in sys.modules; "
+            f"vggtl.load_weights({torch_notop[1]['legacy']!r}, cache=False); "
+            f"vggtl.load_weights({torch_notop[1]['zip']!r}, cache=False); "
+            f"vggtl.load_weights({every_format['safetensors']!r}); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pickled_module_is_refused(tmp_path):
+    p = str(tmp_path / "model.pth")
+    torch.save(torch.nn.Conv2d(3, 4, 3), p)
+    with pytest.raises(W.UnsafePickleError, match="torch.nn.modules.conv.Conv2d"):
+        vggtl.load_weights(p)
+
+
+# -- safetensors (vggtl's own format) ----------------------------------------------------------
+def test_save_and_load_safetensors(notop, tmp_path):
+    w, _ = notop
+    base = vggtl.VGG16(weights=w, preprocess="caffe")
+    (tmp_path / "out").mkdir()
+    p = str(tmp_path / "out" / "mine.safetensors")
+    base.save_weights(p)
+    assert os.listdir(tmp_path / "out") == ["mine.safetensors"]  # no temporary file left
+    again = vggtl.VGG16(weights=p)
+    assert again.preprocess == "caffe"  # recorded in the file's metadata
+    same(again.get_weights(), w)
+    assert vggtl.VGG16(weights=p, preprocess="scale").preprocess == "scale"
+
+
+def test_safetensors_without_metadata_and_torch_keys(notop, torch_notop, tmp_path):
+    from safetensors.numpy import save_file
+    w, _ = notop
+    p = str(tmp_path / "plain.safetensors")
+    save_file({f"{k}/{n}": a for k, pair in w.items() for n, a in zip(("kernel", "bias"), pair)}, p)
+    got = vggtl.load_weights(p)
+    assert got.preprocess is None and vggtl.VGG16(weights=p).preprocess is None
+    same(got, w)
+    sd, paths = torch_notop
+    save_file({k: v.numpy() for k, v in sd.items()}, p)  # torchvision's keys
+    same(vggtl.load_weights(p), vggtl.load_weights(paths["zip"]))
+
+
+def test_preprocess_follows_the_weights(notop):
+    w, path = notop
+    assert vggtl.VGG16(weights=None).preprocess is None
+    assert vggtl.VGG16(weights=w).preprocess is None  # a plain dict says nothing
+    loaded = vggtl.load_weights(path)
+    assert vggtl.VGG16(weights=loaded).preprocess == "caffe"  # a WeightsDict does
+    assert vggtl.VGG16(weights=path, preprocess=None).preprocess is None
+    with pytest.raises(ValueError, match="preprocess"):
+        vggtl.VGG16(weights=path, preprocess="bgr")
+    with pytest.raises(TypeError, match="weights"):
+        vggtl.VGG16(weights=3)
+
+
+# -- weights="imagenet": search, download, offline -----------------------------------------------
+def test_imagenet_search_order(isolated, tmp_path, monkeypatch):
+    keras_dir = isolated["KERAS_HOME"] / "models"
+    torch_dir = isolated["TORCH_HOME"] / "hub" / "checkpoints"
+    own = isolated["XDG_CACHE_HOME"] / "vggtl"
+    for d, n in ((keras_dir, W.KERAS_NOTOP), (torch_dir, W.TORCH_FILE), (own, W.KERAS_NOTOP)):
+        d.mkdir(parents=True)
+        (d / n).write_bytes(b"")
+    find = W.find_imagenet_weights
+    assert find() == str(keras_dir / W.KERAS_NOTOP)
+    assert find(include_top=True) == str(torch_dir / W.TORCH_FILE)  # a notop file can't serve
+    (keras_dir / W.KERAS_NOTOP).unlink()
+    assert find() == str(torch_dir / W.TORCH_FILE)
+    (torch_dir / W.TORCH_FILE).unlink()
+    assert find() == str(own / W.KERAS_NOTOP)
+    assert find(include_top=True) is None
+    mine = tmp_path / "x.h5"
+    mine.write_bytes(b"")
+    monkeypatch.setenv("VGGTL_WEIGHTS", str(mine))
+    assert find() == str(mine)
+    monkeypatch.setenv("VGGTL_WEIGHTS", str(own))  # a folder
+    assert find() == str(own / W.KERAS_NOTOP)
+    monkeypatch.setenv("VGGTL_WEIGHTS", str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="VGGTL_WEIGHTS"):
+        find()
+
+
+def test_imagenet_default_folders(isolated, monkeypatch):
+    for k in ("KERAS_HOME", "TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(k)
+    home = isolated["HOME"]
+    assert [d for _, d in W.imagenet_search_dirs()] == [
+        str(home / ".keras" / "models"), str(home / ".cache" / "torch" / "hub" / "checkpoints"),
+        str(home / ".cache" / "vggtl")]
+    monkeypatch.setenv("XDG_CACHE_HOME", "/x")
+    assert [d for _, d in W.imagenet_search_dirs()][1:] == [
+        "/x/torch/hub/checkpoints", "/x/vggtl"]
+
+
+def test_imagenet_found_in_keras_cache(notop, isolated):
+    w, path = notop
+    d = isolated["KERAS_HOME"] / "models"
+    d.mkdir(parents=True)
+    os.symlink(path, d / W.KERAS_NOTOP)
+    base = vggtl.VGG16()  # weights="imagenet" is the default, as in Keras
+    assert base.preprocess == "caffe"
+    same(base.get_weights(), w)
+
+
+class _Response(io.BytesIO):
+    def __init__(self, data):
+        super().__init__(data)
+        self.headers = {"Content-Length": str(len(data))}
+
+
+def _serve(monkeypatch, data, seen):
+    def urlopen(url, timeout=None):
+        seen.append(url)
+        return _Response(data)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def test_imagenet_download(notop, isolated, monkeypatch, capsys):
+    w, path = notop
+    data = open(path, "rb").read()
+    url, _ = W.DOWNLOADS[W.KERAS_NOTOP]
+    monkeypatch.setitem(W.DOWNLOADS, W.KERAS_NOTOP, (url, hashlib.md5(data).hexdigest()))
+    seen = []
+    _serve(monkeypatch, data, seen)
+    base = vggtl.VGG16(weights="imagenet")
+    assert seen == [url] and base.preprocess == "caffe"
+    same(base.get_weights(), w)
+    own = isolated["XDG_CACHE_HOME"] / "vggtl"
+    assert os.listdir(own) == [W.KERAS_NOTOP]  # written whole, under its own name
+    assert W.KERAS_NOTOP in capsys.readouterr().err  # the progress bar
+    seen.clear()
+    vggtl.VGG16(weights="imagenet")  # now found in vggtl's cache
+    assert seen == []
+
+
+def test_imagenet_download_hash_mismatch(notop, isolated, monkeypatch):
+    _, path = notop
+    seen = []
+    _serve(monkeypatch, open(path, "rb").read()[:1 << 20], seen)  # a cut download
+    with pytest.raises(vggtl.WeightsError, match="md5") as e:
+        vggtl.VGG16(weights="imagenet")
+    assert W.DOWNLOADS[W.KERAS_NOTOP][1] in str(e.value)
+    assert seen and os.listdir(isolated["XDG_CACHE_HOME"] / "vggtl") == []  # nothing kept
+
+
+def test_imagenet_offline(isolated, monkeypatch):
+    def unreachable(url, timeout=None):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    with pytest.raises(W.WeightsNotFoundError) as e:
+        vggtl.VGG16(weights="imagenet")
+    msg = str(e.value)
+    url, md5 = W.DOWNLOADS[W.KERAS_NOTOP]
+    for part in (W.KERAS_NOTOP, W.TORCH_FILE, url, md5, "VGGTL_WEIGHTS", "name resolution",
+                 str(isolated["KERAS_HOME"] / "models"),
+                 str(isolated["TORCH_HOME"] / "hub" / "checkpoints"),
+                 str(isolated["XDG_CACHE_HOME"] / "vggtl")):
+        assert part in msg, part
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+    tb = "".join(traceback.format_exception(e.value))
+    assert "urllib" not in tb.replace(url, "")
+    assert isinstance(e.value, FileNotFoundError)
+    with pytest.raises(W.WeightsNotFoundError, match=W.KERAS_TOP):
+        vggtl.VGG16(weights="imagenet", include_top=True)
+    assert os.listdir(isolated["XDG_CACHE_HOME"] / "vggtl") == []
+
+
+# -- bad files -------------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    p = tmp_path / "nope.h5"
+    for weights in (str(p), p):
+        with pytest.raises(FileNotFoundError, match="nope.h5"):
+            vggtl.VGG16(weights=weights)
+    with pytest.raises(IsADirectoryError):
+        vggtl.load_weights(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def every_format(notop, torch_notop, files):
+    """{format: path} of the conv base in each format."""
+    w, h5 = notop
+    st = str(files / "notop.safetensors")
+    vggtl.save_weights(w, st)
+    return {"h5": h5, "zip": torch_notop[1]["zip"], "legacy": torch_notop[1]["legacy"],
+            "safetensors": st}
+
+
+_BYTES = {}
+
+
+def _bytes(path):
+    if path not in _BYTES:
+        with open(path, "rb") as f:
+            _BYTES[path] = f.read()
+    return _BYTES[path]
+
+
+@pytest.mark.parametrize("fmt", ["h5", "zip", "legacy", "safetensors"])
+@pytest.mark.parametrize("keep", [0.6, 0.999, 200])
+def test_truncated_file(every_format, tmp_path, fmt, keep):
+    src = every_format[fmt]
+    data = _bytes(src)
+    p = str(tmp_path / ("cut" + os.path.splitext(src)[1]))
+    open(p, "wb").write(data[:int(len(data) * keep) if keep < 1 else keep])
+    with pytest.raises(vggtl.WeightsError) as e:
+        vggtl.load_weights(p, cache=False)
+    assert p in str(e.value)
+
+
+def test_corrupt_and_foreign_files(every_format, tmp_path):
+    cases = {
+        "empty.h5": b"",
+        "noise.pth": np.random.default_rng(0).bytes(4096),
+        "text.h5": b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 58889256\n",
+    }
+    h5 = open(every_format["h5"], "rb").read()
+    cases["superblock.h5"] = h5[:8] + bytes(56) + h5[64:]  # the HDF5 superblock zeroed
+    for name, data in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(vggtl.WeightsError, match=name):
+            vggtl.load_weights(str(p))
+    # a zip whose data.pkl is garbage, and one that is no checkpoint at all
+    bad = tmp_path / "badpkl.pth"
+    with zipfile.ZipFile(every_format["zip"]) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for i in zin.infolist():
+            data = zin.read(i)
+            zout.writestr(i, b"\x80\x02}q\x00(X\x01" if i.filename.endswith("data.pkl") else data)
+    with pytest.raises(vggtl.WeightsError, match="cannot be read"):
+        vggtl.load_weights(str(bad))
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(vggtl.WeightsError, match="neither"):
+        vggtl.load_weights(str(other))
+    # a legacy checkpoint whose storage sizes disagree with its pickle
+    leg = bytearray(open(every_format["legacy"], "rb").read())
+    tail = leg.index(b"\x40\x00\x00\x00\x00\x00\x00\x00")  # a storage of 64 elements
+    leg[tail] = 0x41
+    p = tmp_path / "sizes.pth"
+    p.write_bytes(bytes(leg))
+    with pytest.raises(vggtl.WeightsError, match="corrupt|truncated"):
+        vggtl.load_weights(str(p))
+
+
+def test_other_models(tmp_path):
+    tiny = (np.zeros((1, 1), np.float32), np.zeros(1, np.float32))
+    # a VGG19 file: VGG16's names plus block3_conv4, block4_conv4, block5_conv4
+    vgg19 = {n: tiny for n in W.CONV_LAYERS}
+    vgg19.update({f"block{i}_conv4": tiny for i in (3, 4, 5)})
+    p = wf.write_keras_legacy_h5(str(tmp_path / "vgg19.h5"), vgg19)
+    with pytest.raises(vggtl.WeightsError, match="block3_conv4.*VGG19"):
+        vggtl.load_weights(p)
+    # a ResNet-like file: other names, other count
+    p = wf.write_keras_legacy_h5(str(tmp_path / "resnet.h5"),
+                                 {f"conv{i}": tiny for i in range(1, 54)})
+    with pytest.raises(vggtl.WeightsError, match="not VGG16 weights: it has 53 layers"):
+        vggtl.load_weights(p)
+    t = torch.zeros(1)
+    cases = {
+        "vgg19.pth": ({f"features.{i}.weight": t for i in (0, 2, 30, 32, 34)}, "features.30"),
+        "vgg16_bn.pth": ({"features.0.weight": t, "features.1.running_mean": t}, "vgg16_bn"),
+        "resnet.pth": ({"conv1.weight": t, "fc.weight": t}, "no features.N.weight"),
+        "tensor.pth": (t, "not a state dict"),
+    }
+    for name, (obj, match) in cases.items():
+        p = str(tmp_path / name)
+        torch.save(obj, p)
+        with pytest.raises(vggtl.WeightsError, match=match):
+            vggtl.load_weights(p)
+
+
+def test_missing_layer(notop, torch_notop, tmp_path):
+    w, _ = notop
+    p = wf.write_keras_legacy_h5(str(tmp_path / "w.h5"),
+                                 {k: v for k, v in w.items() if k != "block3_conv2"})
+    with pytest.raises(vggtl.WeightsError, match=r"layer 'block3_conv2' is missing"):
+        vggtl.VGG16(weights=p)
+    sd = collections.OrderedDict((k, v) for k, v in torch_notop[0].items() if "features.12." not in k)
+    p = str(tmp_path / "w.pth")
+    torch.save(sd, p)
+    with pytest.raises(vggtl.WeightsError, match=r"'block3_conv2' \(features.12"):
+        vggtl.load_weights(p)
+
+
+def test_wrong_shape(notop, torch_notop, tmp_path):
+    w, _ = notop
+    bad = dict(w)
+    bad["block2_conv1"] = (w["block2_conv1"][0][..., :64], w["block2_conv1"][1][:64])
+    p = wf.write_keras_legacy_h5(str(tmp_path / "w.h5"), bad)
+    with pytest.raises(vggtl.WeightsError,
+                       match=r"'block2_conv1' kernel has shape \(3, 3, 64, 64\), expected "
+                             r"\(3, 3, 64, 128\)"):
+        vggtl.load_weights(p)
+    sd = collections.OrderedDict(torch_notop[0])
+    sd["features.5.bias"] = torch.zeros(127)
+    p = str(tmp_path / "w.pth")
+    torch.save(sd, p, _use_new_zipfile_serialization=False)
+    with pytest.raises(vggtl.WeightsError,
+                       match=r"'block2_conv1' \(features.5.bias\) has shape \(127,\), expected "
+                             r"\(128,\)"):
+        vggtl.load_weights(p)
+
+
+def test_non_finite_weights(notop, tmp_path):
+    w, _ = notop
+    bad = dict(w)
+    b = w["block4_conv1"][1].copy()
+    b[3] = np.nan
+    bad["block4_conv1"] = (w["block4_conv1"][0], b)
+    p = wf.write_keras_legacy_h5(str(tmp_path / "w.h5"), bad)
+    with pytest.raises(vggtl.WeightsError, match="block4_conv1.*NaN"):
+        vggtl.load_weights(p)
+
+
+def test_include_top_with_a_notop_file(every_format):
+    for fmt, p in every_format.items():
+        with pytest.raises(vggtl.WeightsError, match="include_top=True") as e:
+            vggtl.VGG16(weights=p, include_top=True)
+        assert p in str(e.value), fmt

@@ -1,0 +1,146 @@
+"""Writers of VGG16 weight files in the real layouts, from random numbers, for
+tests/test_weights.py. Each writes what the source framework itself writes:
+
+- Keras's legacy .h5 (the vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5
+  files): root attribute layer_names, a group per layer with attribute
+  weight_names, datasets <layer>/<layer>_W_1:0 and <layer>/<layer>_b_1:0 (HWIO);
+- torchvision state dicts (OIHW, classifier.0 flattened C, H, W), saved by
+  torch.save in the zip format and in the legacy stream format;
+- Keras 3 .weights.h5 files are made by keras itself, in the tests.
+
+Nothing here imports vggtl: these writers are the other side of the contract.
+"""
+import collections
+
+import numpy as np
+
+CONV = (("block1_conv1", 3, 64), ("block1_conv2", 64, 64),
+        ("block2_conv1", 64, 128), ("block2_conv2", 128, 128),
+        ("block3_conv1", 128, 256), ("block3_conv2", 256, 256), ("block3_conv3", 256, 256),
+        ("block4_conv1", 256, 512), ("block4_conv2", 512, 512), ("block4_conv3", 512, 512),
+        ("block5_conv1", 512, 512), ("block5_conv2", 512, 512), ("block5_conv3", 512, 512))
+CONV_NAMES = tuple(n for n, _, _ in CONV)
+POOL_AFTER = {"block1_conv2": "block1_pool", "block2_conv2": "block2_pool",
+              "block3_conv3": "block3_pool", "block4_conv3": "block4_pool",
+              "block5_conv3": "block5_pool"}
+TORCH_CONV = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+TORCH_DENSE = (0, 3, 6)
+
+
+def keras_weights(rng, include_top=False, classes=1000):
+    """{layer: (kernel, bias)} in Keras layouts, He-scaled so that activations keep
+    their size through 13 layers, with non-zero biases."""
+    w = {}
+    for name, cin, cout in CONV:
+        k = rng.standard_normal((3, 3, cin, cout), dtype=np.float32)
+        k *= np.float32(np.sqrt(2.0 / (9 * cin)))
+        w[name] = (k, rng.normal(0, 0.05, cout).astype(np.float32))
+    if include_top:
+        for name, (fin, fout) in (("fc1", (25088, 4096)), ("fc2", (4096, 4096)),
+                                  ("predictions", (4096, classes))):
+            k = rng.standard_normal((fin, fout), dtype=np.float32)
+            k *= np.float32(np.sqrt(2.0 / fin))
+            w[name] = (k, rng.normal(0, 0.05, fout).astype(np.float32))
+    return w
+
+
+def write_keras_legacy_h5(path, weights, weightless=True, extra_layers=(), attrs=None):
+    """Keras's legacy weights layout. ``weightless`` also lists the input, pools and
+    flatten with empty weight_names (as Keras 2 saves a functional model);
+    ``extra_layers`` are (name, [arrays]) appended after the given weights."""
+    import h5py
+    layers = []
+    if weightless:
+        layers.append(("input_1", []))
+    for name, pair in weights.items():
+        layers.append((name, list(pair)))
+        if weightless and name in POOL_AFTER:
+            layers.append((POOL_AFTER[name], []))
+        if weightless and name == "block5_conv3" and "fc1" in weights:
+            layers.append(("flatten", []))
+    layers.extend(extra_layers)
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([n.encode() for n, _ in layers])
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        for name, arrays in layers:
+            g = f.create_group(name)
+            wnames = [f"{name}_{'W' if i == 0 else 'b'}_1:0" for i in range(len(arrays))]
+            g.attrs["weight_names"] = np.array([w.encode() for w in wnames], dtype="S")
+            for wn, a in zip(wnames, arrays):
+                g.create_dataset(wn, data=a)
+    return path
+
+
+def torch_state_dict(weights):
+    """torchvision's vgg16 state dict (numpy arrays) from Keras-layout weights."""
+    import torch
+    sd = collections.OrderedDict()
+    for (name, _, _), i in zip(CONV, TORCH_CONV):
+        k, b = weights[name]
+        sd[f"features.{i}.weight"] = torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1)))
+        sd[f"features.{i}.bias"] = torch.from_numpy(b.copy())
+    if "fc1" in weights:
+        for name, i in zip(("fc1", "fc2", "predictions"), TORCH_DENSE):
+            k, b = weights[name]
+            if name == "fc1":  # rows in H, W, C order -> torch's C, H, W
+                k = k.reshape(7, 7, 512, -1).transpose(2, 0, 1, 3).reshape(25088, -1)
+            # (in, out) -> (out, in); torch's blocked, threaded transpose is fast
+            sd[f"classifier.{i}.weight"] = torch.from_numpy(np.ascontiguousarray(k)).t().contiguous()
+            sd[f"classifier.{i}.bias"] = torch.from_numpy(b.copy())
+    return sd
+
+
+def torch_random_state_dict(seed, include_top=False, classes=1000):
+    """A torchvision-layout state dict drawn by torch itself (He-scaled)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    sd = collections.OrderedDict()
+    for (name, cin, cout), i in zip(CONV, TORCH_CONV):
+        sd[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * (2.0 / (9 * cin)) ** 0.5
+        sd[f"features.{i}.bias"] = torch.randn(cout, generator=g) * 0.05
+    if include_top:
+        for (fin, fout), i in zip(((25088, 4096), (4096, 4096), (4096, classes)), TORCH_DENSE):
+            sd[f"classifier.{i}.weight"] = torch.randn(fout, fin, generator=g) * (2.0 / fin) ** 0.5
+            sd[f"classifier.{i}.bias"] = torch.randn(fout, generator=g) * 0.05
+    return sd
+
+
+def torch_vgg16(sd, include_top=False):
+    """torchvision's VGG16 built by hand (torchvision itself is not installed):
+    features, then (with the top) avgpool to 7 x 7, flatten, classifier; eval mode.
+    Built on the meta device and given sd's tensors, so no time goes to an
+    initialisation that would be overwritten."""
+    import torch
+    from torch import nn
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    layers, cin = [], 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, v, 3, padding=1, device="meta"), nn.ReLU(inplace=True)]
+            cin = v
+    features = nn.Sequential(*layers)
+
+    class VGG(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = features
+            if include_top:
+                self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+                self.classifier = nn.Sequential(
+                    nn.Linear(25088, 4096, device="meta"), nn.ReLU(True), nn.Dropout(),
+                    nn.Linear(4096, 4096, device="meta"), nn.ReLU(True), nn.Dropout(),
+                    nn.Linear(4096, sd["classifier.6.bias"].shape[0], device="meta"))
+
+        def forward(self, x):
+            x = self.features(x)
+            if include_top:
+                x = torch.flatten(self.avgpool(x), 1)
+                x = self.classifier(x)
+            return x
+
+    m = VGG()
+    m.load_state_dict(sd, strict=True, assign=True)
+    return m.eval()

@@ -1,0 +1,577 @@
+"""TransferModel: a frozen VGG16 base and a trainable head, trained in C.
+
+    base = vggtl.VGG16(weights=None, include_top=False, input_shape=(224, 224, 3))
+    model = vggtl.TransferModel(base, head=[vggtl.Flatten(), vggtl.Dense(512, activation="relu"),
+                                            vggtl.Dropout(0.5), vggtl.Dense(2, activation="softmax")])
+    model.compile(optimizer=vggtl.Adam(learning_rate=1e-4, decay=1e-4 / 20),
+                  loss="binary_crossentropy", metrics=["accuracy"])
+    H = model.fit(trainX, trainY, batch_size=32, epochs=20, validation_data=(testX, testY))
+
+The base is frozen: its features are computed once per ``fit`` (not once per
+epoch, as the Keras script does) and the head trains on them, one C call per
+epoch with the GIL released.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+from . import optim as _optim
+from .callbacks import Callback, EarlyStopping, History
+from .layers import INPUT_LAYERS, Dense, Dropout, Flatten, Layer, from_config
+from .vgg16 import VGG16
+
+LOSSES = {"binary_crossentropy": 0, "categorical_crossentropy": 1,
+          "sparse_categorical_crossentropy": 2}
+FORMAT_VERSION = 1
+
+
+def _check_int(name, v, minimum):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
+    return int(v)
+
+
+class TransferModel:
+    """A VGG16 base (frozen) plus a head of Keras layers, trained in C.
+
+    Parameters
+    ----------
+    base : VGG16
+        The feature extractor; its output (block5_pool, or the pooled vector)
+        feeds the head.
+    head : list of layers
+        ``Flatten()`` (default when omitted), ``GlobalAveragePooling2D()`` or
+        ``GlobalMaxPooling2D()`` first, then ``Dense`` and ``Dropout`` layers; the
+        last layer is a ``Dense`` (the output).
+    seed : int
+        Seeds the head's initialisation, the shuffling and the dropout masks:
+        the same seed and thread count give bit-identical training.
+    """
+
+    def __init__(self, base: VGG16, head: Sequence[Layer], seed: int = 0, name: str = "transfer_model"):
+        if not isinstance(base, VGG16):
+            raise TypeError(f"base: expected a vggtl.VGG16, got {type(base).__name__}")
+        if base.include_top:
+            raise ValueError("base: expected a VGG16 with include_top=False (the head replaces the top)")
+        if isinstance(head, Layer) or not isinstance(head, (list, tuple)) or len(head) == 0:
+            raise TypeError("head: expected a non-empty list of layers, e.g. [Flatten(), "
+                            "Dense(512, activation='relu'), Dropout(0.5), Dense(2, activation='softmax')]")
+        self.base = base
+        self.seed = _check_int("seed", seed, 0)
+        self.name = name
+        layers = list(head)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"head[{i}]: expected a vggtl layer, got {type(layer).__name__}")
+            if isinstance(layer, INPUT_LAYERS) and i != 0:
+                raise ValueError(f"head[{i}]: {type(layer).__name__} must come first in the head")
+        if not isinstance(layers[0], INPUT_LAYERS):
+            layers.insert(0, Flatten())
+        if not isinstance(layers[-1], Dense):
+            raise ValueError("head: the last layer must be a Dense layer (the output)")
+        self._input_layer = layers[0]
+        self.layers: List[Layer] = layers
+        self._name_layers()
+        self._weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        self._init_head()
+        self.optimizer: Optional[_optim.Optimizer] = None
+        self.loss: Optional[str] = None
+        self.metrics: List[str] = []
+        self._slots: Dict[str, tuple] = {}
+        self._epochs_done = 0
+        self.stop_training = False
+        self.classes_: Optional[np.ndarray] = None
+        self.history: Optional[History] = None
+
+    # -- structure --------------------------------------------------------------
+    def _name_layers(self):
+        counts: Dict[str, int] = {}
+        used = {layer.name for layer in self.layers if layer.name}
+        for layer in self.layers:
+            if layer.name:
+                continue
+            while True:
+                k = counts.get(layer.kind, 0)
+                counts[layer.kind] = k + 1
+                name = layer.kind if k == 0 else f"{layer.kind}_{k}"
+                if name not in used:
+                    break
+            layer.name = name
+            used.add(name)
+        names = [layer.name for layer in self.layers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"head: layer names must be unique, got {names}")
+
+    @property
+    def feature_shape(self) -> Tuple[int, int, int]:
+        """(h, w, c) of the base's output per image (pooled output: (1, 1, 512))."""
+        if self.base.input_shape is None:
+            raise ValueError("base: the model needs a base with a fixed input_shape, e.g. "
+                             "VGG16(include_top=False, input_shape=(224, 224, 3))")
+        shape = self.base.output_shape()
+        return (1, 1, shape[0]) if len(shape) == 1 else tuple(shape)
+
+    def _head_input_size(self) -> int:
+        h, w, c = self.feature_shape
+        return h * w * c if isinstance(self._input_layer, Flatten) else c
+
+    def _init_head(self):
+        rng = np.random.default_rng(self.seed)
+        width = self._head_input_size()
+        for layer in self.layers[1:]:
+            if isinstance(layer, Dense):
+                self._weights[layer.name] = layer.init_weights(width, rng)
+                width = layer.units
+
+    def _output_shapes(self):
+        h, w, c = self.feature_shape
+        shapes, width = [], None
+        for layer in self.layers:
+            if isinstance(layer, INPUT_LAYERS):
+                width = h * w * c if isinstance(layer, Flatten) else c
+            elif isinstance(layer, Dense):
+                width = layer.units
+            shapes.append((None, width))
+        return shapes
+
+    @property
+    def output_units(self) -> int:
+        return self.layers[-1].units
+
+    def get_weights(self) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """The head's weights ``{dense_name: (kernel (in, out), bias)}`` (copies)."""
+        return {k: (w.copy(), b.copy()) for k, (w, b) in self._weights.items()}
+
+    def set_weights(self, weights: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> None:
+        """Set the head's weights (every Dense layer, exact shapes)."""
+        new = {}
+        for name, (w, b) in self._weights.items():
+            if name not in weights:
+                raise ValueError(f"weights: layer '{name}' is missing")
+            nw = np.array(weights[name][0], dtype=np.float32, order="C")
+            nb = np.array(weights[name][1], dtype=np.float32, order="C")
+            if nw.shape != w.shape or nb.shape != b.shape:
+                raise ValueError(f"weights['{name}']: expected kernel {w.shape} and bias {b.shape}, "
+                                 f"got {nw.shape} and {nb.shape}")
+            new[name] = (nw, nb)
+        # copy into the existing arrays: the optimizer and the core keep their addresses
+        for name, (nw, nb) in new.items():
+            self._weights[name][0][...] = nw
+            self._weights[name][1][...] = nb
+
+    def count_params(self) -> int:
+        return self.base.count_params() + sum(w.size + b.size for w, b in self._weights.values())
+
+    def summary(self, print_fn=print) -> None:
+        """A Keras-style table of layers, output shapes and parameter counts."""
+        rows = [("vgg16 (VGG16, frozen)", str((None,) + tuple(self.base.output_shape())),
+                 self.base.count_params())]
+        for layer, shape in zip(self.layers, self._output_shapes()):
+            n = sum(a.size for a in self._weights.get(layer.name, ()))
+            rows.append((f"{layer.name} ({type(layer).__name__})", str(shape), n))
+        width = 65
+        lines = [f'Model: "{self.name}"', "_" * width,
+                 f"{'Layer (type)':<29}{'Output Shape':<26}{'Param #':<10}", "=" * width]
+        for i, (a, b, n) in enumerate(rows):
+            lines.append(f"{a:<29}{b:<26}{n:<10,}")
+            lines.append("=" * width if i == len(rows) - 1 else "_" * width)
+        head = sum(w.size + b.size for w, b in self._weights.values())
+        lines += [f"Total params: {self.count_params():,}",
+                  f"Trainable params: {head:,}",
+                  f"Non-trainable params: {self.base.count_params():,}", "_" * width]
+        print_fn("\n".join(lines))
+
+    # -- compile ----------------------------------------------------------------
+    def compile(self, optimizer="adam", loss="categorical_crossentropy", metrics=None) -> None:
+        """Choose the optimizer (a name or an instance), the loss
+        ("binary_crossentropy", "categorical_crossentropy",
+        "sparse_categorical_crossentropy") and the metrics (["accuracy"])."""
+        opt = _optim.get(optimizer)
+        if not isinstance(loss, str) or loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {sorted(LOSSES)}, got {loss!r}")
+        metrics = list(metrics or [])
+        for m in metrics:
+            if m not in ("accuracy", "acc"):
+                raise ValueError(f"metrics: only 'accuracy' is supported, got {m!r}")
+        self.optimizer = opt
+        self.loss = loss
+        self.metrics = ["accuracy"] if metrics else []
+        # fresh optimizer state, as a re-compile in Keras gives
+        self._slots = {}
+        n = opt.slots()
+        for name, (w, b) in self._weights.items():
+            self._slots[name] = tuple(
+                (np.zeros_like(w) if s % 2 < n else None) if s < 2 else
+                (np.zeros_like(b) if s % 2 < n else None) for s in range(4))
+
+    # -- data -------------------------------------------------------------------
+    def _targets(self, y, n: int, name: str = "y"):
+        """(float32 (n, units) or int32 (n,)) targets for the compiled loss."""
+        units = self.output_units
+        y = np.asarray(y)
+        if y.shape[:1] != (n,):
+            raise ValueError(f"{name}: expected {n} labels (one per image), got shape {y.shape}")
+        if y.dtype.kind in "USO":
+            if self.classes_ is None or name == "y":
+                classes = np.unique(y)
+                if self.classes_ is None:
+                    self.classes_ = classes
+            lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
+            try:
+                y = np.array([lookup[v] for v in y.tolist()], dtype=np.int64)
+            except KeyError as e:
+                raise ValueError(f"{name}: label {e.args[0]!r} is not among the classes seen in "
+                                 f"training {self.classes_.tolist()}") from None
+        if y.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: expected integer labels, one-hot rows or strings, got dtype {y.dtype}")
+        if y.ndim == 2 and y.shape[1] == units and units > 1:
+            if not np.isfinite(y).all():
+                raise ValueError(f"{name}: contains NaN or infinite values")
+            if self.loss == "sparse_categorical_crossentropy":
+                return np.ascontiguousarray(y.argmax(1), dtype=np.int32)
+            return np.ascontiguousarray(y, dtype=np.float32)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise ValueError(f"{name}: expected integer labels (n,) or one-hot rows (n, {units}), "
+                             f"got shape {y.shape}")
+        if units == 1:
+            if not np.isin(y, (0, 1)).all():
+                raise ValueError(f"{name}: a 1-unit output needs 0/1 labels, got values "
+                                 f"{np.unique(y)[:5].tolist()}")
+            return np.ascontiguousarray(y.reshape(n, 1), dtype=np.float32)
+        if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
+            raise ValueError(f"{name}: expected integer class labels, got fractional values")
+        labels = y.astype(np.int64)
+        if n and (labels.min() < 0 or labels.max() >= units):
+            raise ValueError(f"{name}: labels must be in [0, {units}) for a {units}-unit output, "
+                             f"got [{labels.min()}, {labels.max()}]")
+        if self.loss == "sparse_categorical_crossentropy":
+            return labels.astype(np.int32)
+        onehot = np.zeros((n, units), dtype=np.float32)
+        onehot[np.arange(n), labels] = 1.0
+        return onehot
+
+    def _class_indices(self, targets):
+        return targets if targets.ndim == 1 else (
+            targets[:, 0].astype(np.int64) if targets.shape[1] == 1 else targets.argmax(1))
+
+    def _sample_weight(self, targets, class_weight):
+        if class_weight is None:
+            return None
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"class_weight: expected a dict {{class index: weight}}, got "
+                            f"{type(class_weight).__name__}")
+        classes = self._class_indices(targets)
+        table = np.ones(max(self.output_units, 2), dtype=np.float32)
+        for k, v in class_weight.items():
+            if not isinstance(k, (int, np.integer)) or not 0 <= k < len(table):
+                raise ValueError(f"class_weight: unknown class {k!r}")
+            if not (isinstance(v, (int, float, np.number)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"class_weight[{k}]: expected a finite weight >= 0, got {v!r}")
+            table[k] = v
+        return table[classes]
+
+    def features(self, x, batch_size: int = 32) -> np.ndarray:
+        """The frozen base's features of images x, as the head reads them."""
+        return self.base.predict(x, batch_size=batch_size)
+
+    def _spec(self, with_slots: bool):
+        h, w, c = self.feature_shape
+        layers = []
+        for layer in self.layers[1:]:
+            if isinstance(layer, Dense):
+                kw, b = self._weights[layer.name]
+                slots = self._slots.get(layer.name, (None,) * 4) if with_slots else (None,) * 4
+                layers.append(("dense", layer.units, layer.activation, kw, b, slots))
+            else:
+                layers.append(("dropout", layer.rate))
+        return (self._input_layer.mode, h, w, c, tuple(layers))
+
+    def _workspace(self, spec, batch):
+        return np.empty(_core.head_workspace_floats(spec, batch), dtype=np.float32)
+
+    @staticmethod
+    def _as_features(F, name="features"):
+        F = np.asarray(F) if not isinstance(F, np.ndarray) else F
+        if F.dtype not in (np.float32, np.float16):
+            F = F.astype(np.float32)
+        return np.ascontiguousarray(F)
+
+    # -- training -----------------------------------------------------------------
+    def fit(self, x, y, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
+            validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
+            class_weight=None, callbacks: Optional[List[Callback]] = None,
+            initial_epoch: int = 0) -> History:
+        """Train the head on images x (the base's features are computed once).
+
+        Arguments as Keras's ``Model.fit``. ``y``: integer labels, one-hot rows or
+        strings. Returns a :class:`History` whose ``history`` has "loss",
+        "accuracy" and, with validation, "val_loss" and "val_accuracy".
+        """
+        x, y, validation_data = self._split(x, y, validation_data, validation_split)
+        F = self.features(x, batch_size=max(batch_size, 32))
+        val = None
+        if validation_data is not None:
+            vx, vy = self._unpack_validation(validation_data)
+            val = (self.features(vx, batch_size=max(batch_size, 32)), vy)
+        return self.fit_features(F, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                                 validation_data=val, shuffle=shuffle, class_weight=class_weight,
+                                 callbacks=callbacks, initial_epoch=initial_epoch)
+
+    @staticmethod
+    def _unpack_validation(validation_data):
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data: expected a tuple (x_val, y_val)")
+        return validation_data
+
+    @staticmethod
+    def _split(x, y, validation_data, validation_split):
+        if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
+            raise ValueError(f"validation_split: expected a float in [0, 1), got {validation_split!r}")
+        if validation_split and validation_data is None:
+            n = len(x)
+            if len(y) != n:
+                raise ValueError(f"x and y: expected the same number of samples, got {n} and {len(y)}")
+            cut = int(n * (1.0 - validation_split))  # Keras takes the last fraction, unshuffled
+            if cut == 0 or cut == n:
+                raise ValueError(f"validation_split: {validation_split} of {n} samples leaves an "
+                                 f"empty training or validation set")
+            validation_data = (x[cut:], np.asarray(y)[cut:])
+            x, y = x[:cut], np.asarray(y)[:cut]
+        return x, y, validation_data
+
+    def fit_features(self, features, y, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
+                     validation_data=None, shuffle: bool = True, class_weight=None,
+                     callbacks: Optional[List[Callback]] = None,
+                     initial_epoch: int = 0) -> History:
+        """``fit`` on features already computed by the base (``model.features(x)``,
+        ``base.predict(x)`` or a cache): no backbone work at all."""
+        if self.optimizer is None:
+            raise RuntimeError("fit: the model is not compiled; call model.compile(optimizer=..., "
+                               "loss=..., metrics=['accuracy']) first")
+        batch_size = _check_int("batch_size", batch_size, 1)
+        epochs = _check_int("epochs", epochs, 0)
+        initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
+        F = self._as_features(features)
+        n = len(F)
+        if n == 0:
+            raise ValueError("x: expected at least one training sample, got 0")
+        targets = self._targets(y, n)
+        sw = self._sample_weight(targets, class_weight)
+        val = None
+        if validation_data is not None:
+            vF, vy = self._unpack_validation(validation_data)
+            vF = self._as_features(vF, "validation_data")
+            val = (vF, self._targets(vy, len(vF), name="validation_data y"))
+        spec = self._spec(with_slots=True)
+        ws = self._workspace(spec, batch_size)
+        order = np.empty(n, dtype=np.int64)
+        loss_code = LOSSES[self.loss]
+        history = History()
+        cbs = [history] + list(callbacks or [])
+        for cb in cbs:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks: expected vggtl callbacks, got {type(cb).__name__}")
+            cb.set_model(self)
+        history.params = {"epochs": epochs, "steps": math.ceil(n / batch_size), "verbose": verbose}
+        self.stop_training = False
+        for cb in cbs:
+            cb.on_train_begin()
+        acc_key = "accuracy" if self.metrics else None
+        for epoch in range(initial_epoch, epochs):
+            for cb in cbs:
+                cb.on_epoch_begin(epoch)
+            snapshot = {k: (w.copy(), b.copy()) for k, (w, b) in self._weights.items()}
+            t0 = time.perf_counter()
+            try:
+                loss_sum, correct, seen, _, it = _core.head_fit_epoch(
+                    F, spec, self.optimizer.as_core_tuple(), self.optimizer.iterations, loss_code,
+                    targets, sw, batch_size, shuffle, self.seed, self._epochs_done, order, ws)
+            except FloatingPointError as e:
+                # keep the last good weights: those of the end of the previous epoch
+                self.set_weights(snapshot)
+                raise FloatingPointError(f"epoch {epoch + 1}: {e}; the weights of the last "
+                                         f"completed epoch were kept") from None
+            self.optimizer.iterations = it
+            self._epochs_done += 1
+            logs = {"loss": loss_sum / seen}
+            if acc_key:
+                logs[acc_key] = correct / seen
+            if val is not None:
+                vl, vc, vn = _core.head_evaluate(val[0], self._spec(False), loss_code, val[1], None,
+                                                 batch_size, self._workspace(self._spec(False), batch_size))
+                logs["val_loss"] = vl / vn
+                if acc_key:
+                    logs["val_" + acc_key] = vc / vn
+            if verbose:
+                dt = time.perf_counter() - t0
+                parts = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+                print(f"Epoch {epoch + 1}/{epochs} - {dt:.2f}s - {parts}", file=sys.stdout, flush=True)
+            for cb in cbs:
+                cb.on_epoch_end(epoch, dict(logs))
+            if self.stop_training:
+                break
+        for cb in cbs:
+            cb.on_train_end()
+        self.history = history
+        return history
+
+    # -- inference ----------------------------------------------------------------
+    def predict_features(self, features, batch_size: int = 32) -> np.ndarray:
+        """The head's output (probabilities) on precomputed features."""
+        batch_size = _check_int("batch_size", batch_size, 1)
+        F = self._as_features(features)
+        if len(F) == 0:
+            return np.zeros((0, self.output_units), dtype=np.float32)
+        spec = self._spec(False)
+        return _core.head_predict(F, spec, batch_size, self._workspace(spec, batch_size))
+
+    def predict(self, x, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities (N, units) for images x."""
+        return self.predict_features(self.features(x, batch_size=batch_size), batch_size)
+
+    def evaluate_features(self, features, y, batch_size: int = 32):
+        """[loss, accuracy] (or loss alone without metrics) on precomputed features."""
+        if self.loss is None:
+            raise RuntimeError("evaluate: the model is not compiled; call model.compile(...) first")
+        batch_size = _check_int("batch_size", batch_size, 1)
+        F = self._as_features(features)
+        if len(F) == 0:
+            raise ValueError("x: expected at least one sample, got 0")
+        targets = self._targets(y, len(F))
+        spec = self._spec(False)
+        ls, c, n = _core.head_evaluate(F, spec, LOSSES[self.loss], targets, None, batch_size,
+                                       self._workspace(spec, batch_size))
+        return [ls / n, c / n] if self.metrics else ls / n
+
+    def evaluate(self, x, y, batch_size: int = 32):
+        """[loss, accuracy] on images x and labels y, as Keras's ``evaluate``."""
+        return self.evaluate_features(self.features(x, batch_size=batch_size), y, batch_size)
+
+    # -- saving ---------------------------------------------------------------------
+    def get_config(self) -> dict:
+        b = self.base
+        return {
+            "format": "vggtl.TransferModel", "format_version": FORMAT_VERSION,
+            "name": self.name, "seed": self.seed,
+            "base": {"input_shape": list(b.input_shape) if b.input_shape else None,
+                     "pooling": b.pooling, "preprocess": b.preprocess},
+            "head": [layer.get_config() for layer in self.layers],
+            "compile": None if self.optimizer is None else {
+                "optimizer": self.optimizer.get_config(), "loss": self.loss,
+                "metrics": self.metrics, "iterations": self.optimizer.iterations},
+            "classes": None if self.classes_ is None else self.classes_.tolist(),
+        }
+
+    def save(self, path) -> None:
+        """Write the model (base and head weights as safetensors, the
+        configuration as JSON metadata) atomically: a crash leaves the previous
+        file intact."""
+        from safetensors.numpy import save
+        tensors = {}
+        for name, (k, bias) in self.base._weights.items():
+            tensors[f"base/{name}/kernel"] = k
+            tensors[f"base/{name}/bias"] = bias
+        for name, (k, bias) in self._weights.items():
+            tensors[f"head/{name}/kernel"] = k
+            tensors[f"head/{name}/bias"] = bias
+        data = save(tensors, metadata={"vggtl": json.dumps(self.get_config())})
+        atomic_write(path, data)
+
+    def __repr__(self):
+        return f"TransferModel(base={self.base!r}, head={self.layers!r})"
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Write data to path through a temporary file in the same folder, fsync,
+    rename, fsync the folder: readers see the old file or the new one, never half."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".vggtl", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def load_model(path) -> TransferModel:
+    """Read a model written by :meth:`TransferModel.save`."""
+    from safetensors.numpy import load
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"path: no model file at {path!r}") from None
+    config = _read_metadata(raw, path)
+    try:
+        tensors = load(raw)
+    except Exception as e:  # safetensors raises its own error types on damaged data
+        raise ValueError(f"path: {path!r} is not a readable vggtl model file ({e})") from None
+    b = config["base"]
+    base_weights = {}
+    head_weights = {}
+    for key, arr in tensors.items():
+        parts = key.split("/")
+        if len(parts) != 3 or parts[0] not in ("base", "head") or parts[2] not in ("kernel", "bias"):
+            raise ValueError(f"path: {path!r} holds an unexpected tensor {key!r}")
+        d = base_weights if parts[0] == "base" else head_weights
+        d.setdefault(parts[1], [None, None])[0 if parts[2] == "kernel" else 1] = arr
+    base = VGG16(weights={k: tuple(v) for k, v in base_weights.items()}, include_top=False,
+                 input_shape=tuple(b["input_shape"]) if b["input_shape"] else None,
+                 pooling=b["pooling"], preprocess=b["preprocess"])
+    head = [from_config(c) for c in config["head"]]
+    model = TransferModel(base, head, seed=config["seed"], name=config["name"])
+    model.set_weights({k: tuple(v) for k, v in head_weights.items()})
+    if config.get("classes") is not None:
+        model.classes_ = np.asarray(config["classes"])
+    comp = config.get("compile")
+    if comp:
+        model.compile(optimizer=_optim.get(comp["optimizer"]), loss=comp["loss"],
+                      metrics=comp["metrics"])
+        model.optimizer.iterations = int(comp.get("iterations", 0))
+    return model
+
+
+def _read_metadata(raw: bytes, path: str) -> dict:
+    if len(raw) < 8:
+        raise ValueError(f"path: {path!r} is not a vggtl model file (too short)")
+    n = int.from_bytes(raw[:8], "little")
+    try:
+        header = json.loads(raw[8:8 + n])
+        config = json.loads(header["__metadata__"]["vggtl"])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"path: {path!r} is a safetensors file but not a vggtl model "
+                         f"(no vggtl metadata)") from None
+    if config.get("format") != "vggtl.TransferModel":
+        raise ValueError(f"path: {path!r} is not a vggtl TransferModel file")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"path: {path!r} was written by a newer vggtl (format "
+                         f"{config['format_version']}); upgrade vggtl to read it")
+    return config
