@@ -11,21 +11,21 @@ int vgg_activation_forward(float *x, int activation, size_t rows, size_t cols) {
     case VGG_ACT_LINEAR:
         return VGG_OK;
     case VGG_ACT_RELU:
-        VGG_OMP_FOR
+        VGG_OMP_FOR_IF(rows * cols)
         for (size_t r = 0; r < rows; r++) {
             float *xr = x + r * cols;
-            for (size_t j = 0; j < cols; j++) xr[j] = xr[j] > 0.0f ? xr[j] : 0.0f;
+            for (size_t j = 0; j < cols; j++) xr[j] = xr[j] < 0.0f ? 0.0f : xr[j]; /* NaN stays */
         }
         return VGG_OK;
     case VGG_ACT_SIGMOID:
-        VGG_OMP_FOR
+        VGG_OMP_FOR_IF(rows * cols)
         for (size_t r = 0; r < rows; r++) {
             float *xr = x + r * cols;
             for (size_t j = 0; j < cols; j++) xr[j] = 1.0f / (1.0f + expf(-xr[j]));
         }
         return VGG_OK;
     case VGG_ACT_SOFTMAX:
-        VGG_OMP_FOR
+        VGG_OMP_FOR_IF(rows * cols)
         for (size_t r = 0; r < rows; r++) {
             float *xr = x + r * cols;
             /* subtract the row max so exp() never overflows; sum in double */
@@ -55,7 +55,7 @@ int vgg_activation_backward(float *dz, const float *dy, const float *y, int acti
         return VGG_OK;
     case VGG_ACT_RELU:
         /* y > 0 exactly where z > 0; at the kink z = 0 the gradient is 0 (as torch) */
-        VGG_OMP_FOR
+        VGG_OMP_FOR_IF(rows * cols)
         for (size_t r = 0; r < rows; r++)
             for (size_t j = 0; j < cols; j++) {
                 const size_t i = r * cols + j;
@@ -63,7 +63,7 @@ int vgg_activation_backward(float *dz, const float *dy, const float *y, int acti
             }
         return VGG_OK;
     case VGG_ACT_SIGMOID:
-        VGG_OMP_FOR
+        VGG_OMP_FOR_IF(rows * cols)
         for (size_t r = 0; r < rows; r++)
             for (size_t j = 0; j < cols; j++) {
                 const size_t i = r * cols + j;
@@ -72,7 +72,7 @@ int vgg_activation_backward(float *dz, const float *dy, const float *y, int acti
         return VGG_OK;
     case VGG_ACT_SOFTMAX:
         /* Jacobian of softmax: dz_j = y_j (dy_j - sum_k dy_k y_k) */
-        VGG_OMP_FOR
+        VGG_OMP_FOR_IF(rows * cols)
         for (size_t r = 0; r < rows; r++) {
             const float *yr = y + r * cols, *dyr = dy + r * cols;
             float *dzr = dz + r * cols;

@@ -48,6 +48,7 @@ void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, 
     const int by_rows = m >= n;
     const size_t len = by_rows ? m : n;
     if (nth > len / MIN_BLOCK) nth = len / MIN_BLOCK;
+    if ((double)m * (double)n * (double)k < (double)(1 << 20)) nth = 1; /* not worth a team */
     if (nth <= 1) {
         vgg_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;

@@ -63,7 +63,7 @@ static void bias_act_rows(float *out, const float *bias, int relu, size_t rows, 
         if (relu) {
             for (size_t c = 0; c < cout; c++) {
                 const float v = o[c] + bias[c];
-                o[c] = v > 0.0f ? v : 0.0f;
+                o[c] = v < 0.0f ? 0.0f : v; /* NaN propagates, as in torch */
             }
         } else {
             for (size_t c = 0; c < cout; c++) o[c] += bias[c];

@@ -13,7 +13,7 @@ int vgg_dense_forward(float *out, const float *x, const float *kernel, const flo
               VGG_ERR_SHAPE);
     VGG_CHECK(activation >= VGG_ACT_LINEAR && activation <= VGG_ACT_SIGMOID, VGG_ERR_ARG);
     if (n == 0) return VGG_OK;
-    VGG_OMP_FOR
+    VGG_OMP_FOR_IF(n * outdim)
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < outdim; j++) out[i * outdim + j] = bias[j];
     vgg_sgemm_parallel(0, 0, n, outdim, in, 1.0f, x, in, kernel, outdim, 1.0f, out, outdim);
@@ -29,7 +29,7 @@ int vgg_dense_backward(float *dx, float *dw, float *db, const float *dz, const f
     /* dW (in, out) = x^T (in, n) @ dz (n, out) */
     vgg_sgemm_parallel(1, 0, in, outdim, n, 1.0f, x, in, dz, outdim, 0.0f, dw, outdim);
     /* db = column sums of dz; each thread owns a slice of columns */
-    VGG_OMP_FOR
+    VGG_OMP_FOR_IF(n * outdim)
     for (size_t j = 0; j < outdim; j++) {
         float s = 0.0f;
         for (size_t i = 0; i < n; i++) s += dz[i * outdim + j];

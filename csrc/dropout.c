@@ -11,7 +11,7 @@ static int apply(float *y, const float *x, float rate, uint64_t seed, uint64_t s
     VGG_CHECK(y && x, VGG_ERR_ARG);
     VGG_CHECK(rate >= 0.0f && rate < 1.0f, VGG_ERR_ARG);
     const float scale = 1.0f / (1.0f - rate);
-    VGG_OMP_FOR
+    VGG_OMP_FOR_IF(count)
     for (size_t i = 0; i < count; i++)
         y[i] = vgg_rng_uniform(seed, stream, i) >= rate ? x[i] * scale : 0.0f;
     return VGG_OK;

@@ -11,7 +11,7 @@ int vgg_global_pool_forward(float *out, const float *x, int mode, size_t n, size
     VGG_CHECK(mode == VGG_POOL_AVG || mode == VGG_POOL_MAX, VGG_ERR_ARG);
     VGG_CHECK(h >= 1 && w >= 1 && c >= 1, VGG_ERR_SHAPE);
     const size_t hw = h * w;
-    VGG_OMP_FOR_COLLAPSE2
+    VGG_OMP_FOR_COLLAPSE2_IF(n * hw * c)
     for (size_t i = 0; i < n; i++) {
         for (size_t ch = 0; ch < c; ch++) {
             const float *xi = x + i * hw * c + ch;

@@ -133,7 +133,7 @@ static inline float load(const void *x, int dtype, size_t i) {
 static void gather(float *input, const void *x, int dtype, const vgg_head *h,
                    const int64_t *order, size_t first, size_t m) {
     const size_t hw = h->h * h->w, c = h->c, per = hw * c;
-    VGG_OMP_FOR
+    VGG_OMP_FOR_IF(m * per)
     for (size_t i = 0; i < m; i++) {
         const size_t s = order ? (size_t)order[first + i] : first + i;
         const size_t base = s * per;

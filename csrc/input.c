@@ -11,7 +11,7 @@
 #define CONVERT_LOOP(T)                                                           \
     do {                                                                          \
         const T *src = (const T *)x;                                              \
-        VGG_OMP_FOR                                                               \
+        VGG_OMP_FOR_IF(npix * 3)                                                  \
         for (size_t p = 0; p < npix; p++) {                                       \
             const T *s = src + p * cin;                                           \
             float *o = out + p * 3;                                               \

@@ -24,7 +24,7 @@ int vgg_loss_forward_backward(double *loss, float *dyhat, float *per_sample, con
         return VGG_ERR_ARG;
     const float lo = KERAS_EPSILON, hi = 1.0f - KERAS_EPSILON;
     double total = 0.0;
-    VGG_OMP_FOR_REDUCE_SUM(total)
+    VGG_OMP_FOR_REDUCE_SUM_IF(total, n * c)
     for (size_t i = 0; i < n; i++) {
         const float *yh = yhat + i * c;
         float *d = dyhat ? dyhat + i * c : NULL;

@@ -11,7 +11,7 @@ int vgg_maxpool2x2_forward(float *out, const float *x, size_t n, size_t h, size_
     VGG_CHECK(out && x, VGG_ERR_ARG);
     VGG_CHECK(h >= 2 && w >= 2 && c >= 1, VGG_ERR_SHAPE);
     const size_t oh = h / 2, ow = w / 2;
-    VGG_OMP_FOR_COLLAPSE2
+    VGG_OMP_FOR_COLLAPSE2_IF(n * h * w * c)
     for (size_t i = 0; i < n; i++) {
         for (size_t oy = 0; oy < oh; oy++) {
             const float *r0 = x + ((i * h + 2 * oy) * w) * c;

@@ -31,17 +31,17 @@ int vgg_optimizer_step(float *param, const float *grad, float *slot0, float *slo
     case VGG_OPT_SGD: {
         const float lrf = (float)lr, mu = (float)opt->momentum;
         if (slots == 0) {
-            VGG_OMP_FOR
+            VGG_OMP_FOR_IF(count)
             for (size_t i = 0; i < count; i++) param[i] -= lrf * grad[i];
         } else if (opt->nesterov) {
-            VGG_OMP_FOR
+            VGG_OMP_FOR_IF(count)
             for (size_t i = 0; i < count; i++) {
                 const float m = mu * slot0[i] - lrf * grad[i];
                 slot0[i] = m;
                 param[i] += mu * m - lrf * grad[i];
             }
         } else {
-            VGG_OMP_FOR
+            VGG_OMP_FOR_IF(count)
             for (size_t i = 0; i < count; i++) {
                 const float m = mu * slot0[i] - lrf * grad[i];
                 slot0[i] = m;
@@ -56,7 +56,7 @@ int vgg_optimizer_step(float *param, const float *grad, float *slot0, float *slo
         const float alpha = (float)(lr * sqrt(1.0 - pow(b2, t)) / (1.0 - pow(b1, t)));
         const float one_b1 = (float)(1.0 - b1), one_b2 = (float)(1.0 - b2);
         const float eps = (float)opt->epsilon;
-        VGG_OMP_FOR
+        VGG_OMP_FOR_IF(count)
         for (size_t i = 0; i < count; i++) {
             const float g = grad[i];
             const float m = slot0[i] + (g - slot0[i]) * one_b1;
@@ -70,7 +70,7 @@ int vgg_optimizer_step(float *param, const float *grad, float *slot0, float *slo
     case VGG_OPT_RMSPROP: {
         const float lrf = (float)lr, rho = (float)opt->rho, one_rho = (float)(1.0 - opt->rho);
         const float eps = (float)opt->epsilon, mu = (float)opt->momentum;
-        VGG_OMP_FOR
+        VGG_OMP_FOR_IF(count)
         for (size_t i = 0; i < count; i++) {
             const float g = grad[i];
             const float v = rho * slot0[i] + one_rho * g * g;

@@ -18,7 +18,23 @@
     VGG_PRAGMA(omp parallel for collapse(2) schedule(static) num_threads(vgg_get_num_threads()))
 #define VGG_OMP_FOR_REDUCE_SUM(v) \
     VGG_PRAGMA(omp parallel for schedule(static) reduction(+ : v) num_threads(vgg_get_num_threads()))
+/* Parallel only when the loop has enough work to pay for waking the team: a
+ * region costs microseconds on an idle machine but far more on a loaded one,
+ * and the head's per-batch loops are often tiny. */
+#define VGG_OMP_MIN_WORK 32768
+#define VGG_OMP_FOR_IF(work)                                                        \
+    VGG_PRAGMA(omp parallel for schedule(static) if ((work) >= VGG_OMP_MIN_WORK)    \
+                   num_threads(vgg_get_num_threads()))
+#define VGG_OMP_FOR_REDUCE_SUM_IF(v, work)                                          \
+    VGG_PRAGMA(omp parallel for schedule(static) reduction(+ : v)                   \
+                   if ((work) >= VGG_OMP_MIN_WORK) num_threads(vgg_get_num_threads()))
+#define VGG_OMP_FOR_COLLAPSE2_IF(work)                                              \
+    VGG_PRAGMA(omp parallel for collapse(2) schedule(static)                        \
+                   if ((work) >= VGG_OMP_MIN_WORK) num_threads(vgg_get_num_threads()))
 #else
+#define VGG_OMP_FOR_IF(work)
+#define VGG_OMP_FOR_COLLAPSE2_IF(work)
+#define VGG_OMP_FOR_REDUCE_SUM_IF(v, work)
 #define VGG_OMP_FOR
 #define VGG_OMP_FOR_COLLAPSE2
 #define VGG_OMP_FOR_REDUCE_SUM(v)

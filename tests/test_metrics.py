@@ -290,6 +290,16 @@ def test_zero_division(zero_division):
         assert not rec
 
 
+@needs_sklearn
+def test_zero_division_given_as_bool_or_numpy_scalar():
+    yt, yp = [0, 1, 2], [0, 0, 1]
+    for z in (True, False, np.float64(1.0), np.float64(np.nan)):
+        assert_report_matches(yt, yp, zero_division=z)
+    # deliberate difference: scikit-learn turns a NumPy *integer* 1 into NaN
+    d = vm.classification_report(yt, yp, zero_division=np.int64(1), output_dict=True)
+    assert d["2"]["precision"] == 1.0
+
+
 def test_undefined_metric_warning_class():
     assert issubclass(vm.UndefinedMetricWarning, UserWarning)
     with pytest.warns(vm.UndefinedMetricWarning, match="Precision is ill-defined"):
@@ -447,7 +457,7 @@ def test_argument_errors():
         vm.confusion_matrix(yt, yp, labels=[5])
     with pytest.raises(ValueError, match="normalize"):
         vm.confusion_matrix(yt, yp, normalize="rows")
-    for bad in (2, -1, 0.5, "nan", None, True):
+    for bad in (2, -1, 0.5, "nan", None, "0"):
         with pytest.raises(ValueError, match="zero_division"):
             vm.classification_report(yt, yp, zero_division=bad)
     with pytest.raises(ValueError, match="digits"):

@@ -70,9 +70,12 @@ def notop(files):
 
 @pytest.fixture(scope="module")
 def top(files):
-    """(weights with the top, legacy .h5 with them): 553 MB."""
+    """(weights with the top, legacy .h5 with them): 553 MB, removed afterwards
+    (pytest keeps the temporary folders of the last runs)."""
     w = wf.keras_weights(np.random.default_rng(2), include_top=True)
-    return w, wf.write_keras_legacy_h5(str(files / W.KERAS_TOP), w)
+    path = wf.write_keras_legacy_h5(str(files / W.KERAS_TOP), w)
+    yield w, path
+    os.unlink(path)
 
 
 @pytest.fixture(scope="module")
@@ -260,6 +263,19 @@ def test_torch_top_matches_torch(top, files, close):
     close(softmax_top(fc2, loaded), ref)
     same(loaded, top[0])  # and the conversion is exact
     os.unlink(p)
+
+
+def test_torch_2017_legacy_file(torch_notop, tmp_path):
+    # PyTorch 0.1.x/0.2's writer: 4-argument _rebuild_tensor, storage views
+    sd, paths = torch_notop
+    arrays = {k: v.numpy() for k, v in sd.items()}
+    p = wf.write_torch_2017(str(tmp_path / "vgg16-2017.pth"), arrays,
+                            views=[k for k in arrays if k.endswith(".bias")])
+    back = torch.load(p, weights_only=False)  # torch reads the file as written
+    assert all(np.array_equal(back[k].numpy(), a) for k, a in arrays.items())
+    got = vggtl.load_weights(p, cache=False)
+    assert got.format == "torch-legacy"
+    same(got, vggtl.load_weights(paths["zip"], cache=False))
 
 
 def test_torch_wrapped_state_dicts(torch_notop, tmp_path):
@@ -541,21 +557,22 @@ def every_format(notop, torch_notop, files):
             "safetensors": st}
 
 
-_BYTES = {}
-
-
-def _bytes(path):
-    if path not in _BYTES:
-        with open(path, "rb") as f:
-            _BYTES[path] = f.read()
-    return _BYTES[path]
+@pytest.fixture(scope="module")
+def raw(every_format):
+    """{format: the file's bytes}, read once."""
+    out = {}
+    for fmt, p in every_format.items():
+        with open(p, "rb") as f:
+            out[fmt] = f.read()
+    yield out
+    out.clear()
 
 
 @pytest.mark.parametrize("fmt", ["h5", "zip", "legacy", "safetensors"])
 @pytest.mark.parametrize("keep", [0.6, 0.999, 200])
-def test_truncated_file(every_format, tmp_path, fmt, keep):
+def test_truncated_file(every_format, raw, tmp_path, fmt, keep):
     src = every_format[fmt]
-    data = _bytes(src)
+    data = raw[fmt]
     p = str(tmp_path / ("cut" + os.path.splitext(src)[1]))
     open(p, "wb").write(data[:int(len(data) * keep) if keep < 1 else keep])
     with pytest.raises(vggtl.WeightsError) as e:
@@ -563,13 +580,13 @@ def test_truncated_file(every_format, tmp_path, fmt, keep):
     assert p in str(e.value)
 
 
-def test_corrupt_and_foreign_files(every_format, tmp_path):
+def test_corrupt_and_foreign_files(every_format, raw, tmp_path):
     cases = {
         "empty.h5": b"",
         "noise.pth": np.random.default_rng(0).bytes(4096),
         "text.h5": b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 58889256\n",
     }
-    h5 = open(every_format["h5"], "rb").read()
+    h5 = raw["h5"]
     cases["superblock.h5"] = h5[:8] + bytes(56) + h5[64:]  # the HDF5 superblock zeroed
     for name, data in cases.items():
         p = tmp_path / name
@@ -590,7 +607,7 @@ def test_corrupt_and_foreign_files(every_format, tmp_path):
     with pytest.raises(vggtl.WeightsError, match="neither"):
         vggtl.load_weights(str(other))
     # a legacy checkpoint whose storage sizes disagree with its pickle
-    leg = bytearray(open(every_format["legacy"], "rb").read())
+    leg = bytearray(raw["legacy"])
     tail = leg.index(b"\x40\x00\x00\x00\x00\x00\x00\x00")  # a storage of 64 elements
     leg[tail] = 0x41
     p = tmp_path / "sizes.pth"
@@ -674,3 +691,14 @@ def test_include_top_with_a_notop_file(every_format):
         with pytest.raises(vggtl.WeightsError, match="include_top=True") as e:
             vggtl.VGG16(weights=p, include_top=True)
         assert p in str(e.value), fmt
+
+
+def test_optional_packages_missing(every_format, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install h5py \(or pip install 'vggtl\[keras\]'\)"):
+        vggtl.load_weights(every_format["h5"])
+    vggtl.load_weights(every_format["legacy"], cache=False)  # .pth needs neither
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    with pytest.raises(ImportError, match="pip install safetensors"):
+        vggtl.load_weights(every_format["safetensors"])

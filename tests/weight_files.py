@@ -144,3 +144,66 @@ def torch_vgg16(sd, include_top=False):
     m = VGG()
     m.load_state_dict(sd, strict=True, assign=True)
     return m.eval()
+
+
+def write_torch_2017(path, arrays, views=()):
+    """The legacy stream format as PyTorch 0.1.x/0.2 wrote it (vgg16-397923af.pth,
+    2017): tensors reduce to ``torch._utils._rebuild_tensor(storage, offset, size,
+    stride)`` (4 arguments) and persistent ids carry view_metadata. ``arrays`` is
+    {key: float32 array}; keys in ``views`` are stored as views into one shared
+    root storage (the old storage-view mechanism), the others each in their own."""
+    import pickle
+    import struct
+    import sys
+    import torch
+
+
+    class Storage:
+        def __init__(self, key, numel, view=None):
+            self.key, self.numel, self.view = key, numel, view
+
+    class Tensor:
+        def __init__(self, storage, offset, shape):
+            self.storage, self.offset, self.shape = storage, offset, shape
+
+        def __reduce__(self):
+            stride = tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
+            return torch._utils._rebuild_tensor, (self.storage, self.offset, self.shape, stride)
+
+    roots = collections.OrderedDict()
+    objs = collections.OrderedDict()
+    shared = [k for k in arrays if k in views]
+    if shared:
+        data = np.concatenate([arrays[k].ravel() for k in shared])
+        roots["root"] = data
+        off = 0
+        for k in shared:
+            n = arrays[k].size
+            objs[k] = Tensor(Storage("root", data.size, (f"view{k}", off, n)), 0, arrays[k].shape)
+            off += n
+    for i, (k, a) in enumerate(arrays.items()):
+        if k not in views:
+            roots[str(140000000 + i)] = a.ravel()
+            objs[k] = Tensor(Storage(str(140000000 + i), a.size), 0, a.shape)
+    state = collections.OrderedDict((k, objs[k]) for k in arrays)
+
+    def persistent_id(obj):
+        if isinstance(obj, Storage):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel, obj.view)
+        return None
+
+    with open(path, "wb") as f:
+        pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
+        pickle.dump(1001, f, protocol=2)
+        pickle.dump({"protocol_version": 1001, "little_endian": sys.byteorder == "little",
+                     "type_sizes": {"short": 2, "int": 4, "long": 8}}, f, protocol=2)
+        p = pickle.Pickler(f, protocol=2)
+        p.persistent_id = persistent_id
+        p.dump(state)
+        keys = sorted(roots)
+        pickle.dump(keys, f, protocol=2)
+        for k in keys:
+            a = np.ascontiguousarray(roots[k], dtype="<f4")
+            f.write(struct.pack("<q", a.size))
+            f.write(a.tobytes())
+    return path

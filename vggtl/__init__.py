@@ -22,6 +22,8 @@ from .layers import Dense, Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPo
 from .optim import SGD, Adam, RMSprop
 from .callbacks import Callback, EarlyStopping, History
 from .model import TransferModel, load_model
+from . import metrics
+from .metrics import accuracy_score, classification_report, confusion_matrix
 from .data import LabelEncoder, load_pickle, load_pickles, resize, train_test_split
 
 __version__ = "0.1.0"
@@ -39,6 +41,10 @@ __all__ = [
     "LabelEncoder",
     "train_test_split",
     "resize",
+    "metrics",
+    "accuracy_score",
+    "classification_report",
+    "confusion_matrix",
     "TransferModel",
     "load_model",
     "Flatten",

@@ -39,12 +39,12 @@ is refused rather than silently arg-maxed. A column vector ``(n_samples, 1)`` is
 flattened, as scikit-learn does (sigmoid probabilities must be thresholded
 first, e.g. ``(p > 0.5).astype(int)``).
 
-Differences from scikit-learn (all in error handling or unsupported inputs,
-never in the numbers or text of a valid report): multilabel targets are not
+Differences from scikit-learn (besides the 2-D convenience): multilabel targets are not
 supported; a *single* list mixing strings and numbers is refused (scikit-learn
 may silently turn it into strings); ``labels`` must be of the same kind (string
-or number) as the targets; byte-string labels are decoded to ``str``; error
-messages are worded differently.
+or number) as the targets; byte-string labels are decoded to ``str``;
+``zero_division=np.int64(1)`` means 1 (scikit-learn gives NaN for a NumPy
+integer); error messages are worded differently.
 """
 from __future__ import annotations
 
@@ -361,7 +361,9 @@ def _label_counts(yt, yp, sw, labels, present):
 def _zero_division_value(zero_division):
     if isinstance(zero_division, str) and zero_division == "warn":
         return np.float64(0.0)
-    if isinstance(zero_division, (int, float)) and zero_division in (0, 1):
+    # scikit-learn tests isinstance(z, (int, float)), so a NumPy integer 1 gives
+    # NaN there; here any real 0 or 1 (np.int64(1) included) gives 0.0 or 1.0
+    if isinstance(zero_division, numbers.Real) and zero_division in (0, 1):
         return np.float64(zero_division)
     return np.nan
 
@@ -370,7 +372,7 @@ def _check_zero_division(zero_division):
     if isinstance(zero_division, str):
         if zero_division == "warn":
             return
-    elif isinstance(zero_division, numbers.Real) and not isinstance(zero_division, bool):
+    elif isinstance(zero_division, numbers.Real):  # bools too, as scikit-learn
         if zero_division in (0, 1) or np.isnan(zero_division):
             return
     raise ValueError(f"zero_division must be 'warn', 0, 1 or np.nan; got {zero_division!r}")

@@ -366,12 +366,14 @@ class TransferModel:
         n = len(F)
         if n == 0:
             raise ValueError("x: expected at least one training sample, got 0")
+        _check_finite(F, "x")
         targets = self._targets(y, n)
         sw = self._sample_weight(targets, class_weight)
         val = None
         if validation_data is not None:
             vF, vy = self._unpack_validation(validation_data)
             vF = self._as_features(vF, "validation_data")
+            _check_finite(vF, "validation_data x")
             val = (vF, self._targets(vy, len(vF), name="validation_data y"))
         spec = self._spec(with_slots=True)
         ws = self._workspace(spec, batch_size)
@@ -391,15 +393,16 @@ class TransferModel:
         for epoch in range(initial_epoch, epochs):
             for cb in cbs:
                 cb.on_epoch_begin(epoch)
-            snapshot = {k: (w.copy(), b.copy()) for k, (w, b) in self._weights.items()}
+            snapshot = self._training_state()
             t0 = time.perf_counter()
             try:
                 loss_sum, correct, seen, _, it = _core.head_fit_epoch(
                     F, spec, self.optimizer.as_core_tuple(), self.optimizer.iterations, loss_code,
                     targets, sw, batch_size, shuffle, self.seed, self._epochs_done, order, ws)
             except FloatingPointError as e:
-                # keep the last good weights: those of the end of the previous epoch
-                self.set_weights(snapshot)
+                # keep the last good state: weights, optimizer slots and step count
+                # as they were at the end of the previous epoch
+                self._restore_training_state(snapshot)
                 raise FloatingPointError(f"epoch {epoch + 1}: {e}; the weights of the last "
                                          f"completed epoch were kept") from None
             self.optimizer.iterations = it
@@ -425,6 +428,20 @@ class TransferModel:
             cb.on_train_end()
         self.history = history
         return history
+
+    def _training_state(self):
+        return ({k: (w.copy(), b.copy()) for k, (w, b) in self._weights.items()},
+                {k: tuple(None if a is None else a.copy() for a in v) for k, v in self._slots.items()},
+                self.optimizer.iterations)
+
+    def _restore_training_state(self, state):
+        weights, slots, iterations = state
+        self.set_weights(weights)
+        for k, v in slots.items():
+            for dst, src in zip(self._slots[k], v):
+                if dst is not None:
+                    dst[...] = src
+        self.optimizer.iterations = iterations
 
     # -- inference ----------------------------------------------------------------
     def predict_features(self, features, batch_size: int = 32) -> np.ndarray:
@@ -470,6 +487,7 @@ class TransferModel:
             "compile": None if self.optimizer is None else {
                 "optimizer": self.optimizer.get_config(), "loss": self.loss,
                 "metrics": self.metrics, "iterations": self.optimizer.iterations},
+            "epochs_done": self._epochs_done,
             "classes": None if self.classes_ is None else self.classes_.tolist(),
         }
 
@@ -485,11 +503,27 @@ class TransferModel:
         for name, (k, bias) in self._weights.items():
             tensors[f"head/{name}/kernel"] = k
             tensors[f"head/{name}/bias"] = bias
+        # optimizer state, so that training resumes where it stopped (as Keras's save)
+        for name, slots in self._slots.items():
+            for i, a in enumerate(slots):
+                if a is not None:
+                    tensors[f"optimizer/{name}/{i}"] = a
         data = save(tensors, metadata={"vggtl": json.dumps(self.get_config())})
         atomic_write(path, data)
 
     def __repr__(self):
         return f"TransferModel(base={self.base!r}, head={self.layers!r})"
+
+
+def _check_finite(F: np.ndarray, name: str) -> None:
+    """Features with NaN or infinity would turn the weights into NaN silently
+    (inf * 0 in the gradient), so they are refused before training."""
+    flat = F.reshape(len(F), -1)
+    for i in range(0, len(F), 4096):
+        ok = np.isfinite(flat[i:i + 4096]).all(axis=1)
+        if not ok.all():
+            raise ValueError(f"{name}: sample {i + int(np.argmin(ok))} has NaN or infinite "
+                             f"features; check the images or the cache they came from")
 
 
 def atomic_write(path, data: bytes) -> None:
@@ -535,10 +569,12 @@ def load_model(path) -> TransferModel:
     except Exception as e:  # safetensors raises its own error types on damaged data
         raise ValueError(f"path: {path!r} is not a readable vggtl model file ({e})") from None
     b = config["base"]
-    base_weights = {}
-    head_weights = {}
+    base_weights, head_weights, slots = {}, {}, {}
     for key, arr in tensors.items():
         parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "optimizer" and parts[2] in ("0", "1", "2", "3"):
+            slots[(parts[1], int(parts[2]))] = arr
+            continue
         if len(parts) != 3 or parts[0] not in ("base", "head") or parts[2] not in ("kernel", "bias"):
             raise ValueError(f"path: {path!r} holds an unexpected tensor {key!r}")
         d = base_weights if parts[0] == "base" else head_weights
@@ -556,6 +592,13 @@ def load_model(path) -> TransferModel:
         model.compile(optimizer=_optim.get(comp["optimizer"]), loss=comp["loss"],
                       metrics=comp["metrics"])
         model.optimizer.iterations = int(comp.get("iterations", 0))
+        for (name, i), arr in slots.items():
+            dst = model._slots.get(name, (None,) * 4)[i]
+            if dst is None or dst.shape != arr.shape:
+                raise ValueError(f"path: {path!r} holds optimizer state that does not fit "
+                                 f"layer '{name}'")
+            dst[...] = arr
+    model._epochs_done = int(config.get("epochs_done", 0))
     return model
 
 

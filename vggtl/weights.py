@@ -979,12 +979,18 @@ def load_weights(source="imagenet", include_top: bool = False, cache: bool = Tru
                 out = _torch_to_keras(sd, path, include_top)
             finally:
                 handle.close()
+            _check_finite(out, path)
             if cache:
                 _cache_store(path, include_top, out, fmt)
-    for name, (k, b) in out.items():
+            return WeightsDict(out, preprocess=pre, source=path, format=fmt)
+    _check_finite(out, path)
+    return WeightsDict(out, preprocess=pre, source=path, format=fmt)
+
+
+def _check_finite(weights: dict, path: str) -> None:
+    for name, (k, b) in weights.items():
         if not (np.isfinite(k).all() and np.isfinite(b).all()):
             raise WeightsError(f"{path}: layer '{name}' holds NaN or infinite values")
-    return WeightsDict(out, preprocess=pre, source=path, format=fmt)
 
 
 def resolve_weights(weights, include_top: bool = False) -> Tuple[Optional[dict], Optional[str]]:
