@@ -98,7 +98,8 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
     for (size_t c0 = 0; c0 < nchunks; c0 += per_poll) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
         const size_t c1 = c0 + per_poll < nchunks ? c0 + per_poll : nchunks;
-        VGG_OMP_FOR
+        /* nth, not the knob: the column buffers were sized for nth threads */
+        VGG_OMP_FOR_N((int)nth)
         for (size_t ci = c0; ci < c1; ci++) {
 #ifdef _OPENMP
             float *col = workspace + (size_t)omp_get_thread_num() * rows * k;

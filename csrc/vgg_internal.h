@@ -18,6 +18,9 @@
     VGG_PRAGMA(omp parallel for collapse(2) schedule(static) num_threads(vgg_get_num_threads()))
 #define VGG_OMP_FOR_REDUCE_SUM(v) \
     VGG_PRAGMA(omp parallel for schedule(static) reduction(+ : v) num_threads(vgg_get_num_threads()))
+/* A team of exactly n threads: for loops that index per-thread buffers sized
+ * from a thread count read once (the knob may change in another thread). */
+#define VGG_OMP_FOR_N(n) VGG_PRAGMA(omp parallel for schedule(static) num_threads(n))
 /* Parallel only when the loop has enough work to pay for waking the team: a
  * region costs microseconds on an idle machine but far more on a loaded one,
  * and the head's per-batch loops are often tiny. */
@@ -32,6 +35,7 @@
     VGG_PRAGMA(omp parallel for collapse(2) schedule(static)                        \
                    if ((work) >= VGG_OMP_MIN_WORK) num_threads(vgg_get_num_threads()))
 #else
+#define VGG_OMP_FOR_N(n)
 #define VGG_OMP_FOR_IF(work)
 #define VGG_OMP_FOR_COLLAPSE2_IF(work)
 #define VGG_OMP_FOR_REDUCE_SUM_IF(v, work)

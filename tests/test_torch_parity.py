@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 import vggtl
+from vggtl import reference
 
 torch.set_num_threads(2)
 
@@ -11,7 +12,7 @@ torch.set_num_threads(2)
 def torch_features(weights):
     """torchvision's vgg16().features, built from Keras-layout weights."""
     layers, cin = [], 3
-    for name in vggtl.vgg16.CONV_LAYERS:
+    for name in reference.CONV_LAYERS:
         k, b = weights[name]
         conv = torch.nn.Conv2d(cin, k.shape[3], 3, padding=1)
         with torch.no_grad():

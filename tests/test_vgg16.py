@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import vggtl
-from vggtl import reference
+from vggtl import _core, reference
 
 BASE_LAYERS = vggtl.LAYER_NAMES[: vggtl.LAYER_NAMES.index("block5_pool") + 1]
 
@@ -36,7 +36,7 @@ def test_every_layer_cut_matches_reference(rng, close, base_model, conv_weights,
     close(got, ref)
 
 
-def test_layer_cuts_chain(rng, close, base_model):
+def test_layer_cuts_chain(rng, base_model):
     # a pool layer's output is the max-pool of the conv before it
     X = _images(rng, 1, 40, 36)
     conv = base_model.predict(X, layer="block2_conv2")
@@ -173,6 +173,23 @@ def test_batch_size_not_dividing_n(rng, close, base_model, batch_size):
         close(got[i:i + 1], base_model.predict(X[i:i + 1]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_core_runs_passes_that_fit_the_workspace(rng, close, conv_weights, dtype, channels):
+    # the core splits N into passes of as many images as its workspace holds (here
+    # 1 or 2 of 5), stepping through x by the dtype's size and the channel count
+    X = _images(rng, 5, 32, 36, c=channels, dtype=dtype)
+    params = [a for name in reference.CONV_LAYERS for a in conv_weights[name]]
+    stop = vggtl.LAYER_NAMES.index("block3_pool")
+    ref = reference.vgg16_forward(X, conv_weights, layer="block3_pool")
+    for images in (1, 2):
+        ws = np.empty(_core.vgg16_workspace_floats(stop, _core.POOL_NONE, images, 32, 36),
+                      np.float32)
+        got = _core.vgg16_forward(X, params, stop, _core.POOL_NONE, [1.0] * 3, [0.0] * 3,
+                                  False, ws)
+        close(got, ref)
+
+
 def test_batch_images_are_independent(rng, close, base_model, conv_weights):
     X = _images(rng, 4, 32, 32)
     X[2] = 0  # a black image next to others
@@ -191,7 +208,7 @@ def test_float_inputs_outside_uint8_range(rng, close, base_model, conv_weights):
 def test_weights_round_trip(rng, conv_weights, base_model):
     model = vggtl.VGG16(weights=conv_weights)
     got = model.get_weights()
-    assert set(got) == set(conv_weights) == set(vggtl.vgg16.CONV_LAYERS)
+    assert set(got) == set(conv_weights) == set(reference.CONV_LAYERS)
     for name, (k, b) in conv_weights.items():
         np.testing.assert_array_equal(got[name][0], k)
         np.testing.assert_array_equal(got[name][1], b)
@@ -249,9 +266,9 @@ def test_failed_set_weights_changes_nothing(rng, conv_weights):
 
 
 def test_default_initialisation():
-    a, b, c = vggtl.VGG16(weights=None, seed=3), vggtl.VGG16(weights=None, seed=3), vggtl.VGG16(weights=None, seed=4)
+    a, b, c = (vggtl.VGG16(weights=None, seed=s) for s in (3, 3, 4))
     wa, wb, wc = a.get_weights(), b.get_weights(), c.get_weights()
-    assert list(wa) == list(vggtl.vgg16.CONV_LAYERS)
+    assert list(wa) == list(reference.CONV_LAYERS)
     for name, (k, bias) in wa.items():
         np.testing.assert_array_equal(k, wb[name][0])  # seeded: reproducible
         assert not np.array_equal(k, wc[name][0])

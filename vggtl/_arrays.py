@@ -51,8 +51,19 @@ def batch_for_core(xb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(xb)
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite_batch(xb: np.ndarray, name: str, start: int) -> None:
-    """Raise if a float batch holds NaN or infinity (they would poison features)."""
-    if xb.dtype.kind == "f" and not np.isfinite(xb).all():
-        bad = start + int(np.flatnonzero(~np.isfinite(xb).reshape(len(xb), -1).all(axis=1))[0])
-        raise ValueError(f"{name}: image {bad} contains NaN or infinite values")
+    """Raise if a float batch holds NaN or infinity, or (float64) values that
+    become infinite in float32, where the core computes: they would poison the
+    features silently."""
+    if xb.dtype.kind != "f":
+        return
+    ok = np.isfinite(xb)
+    if xb.dtype.itemsize > 4:
+        ok &= np.abs(xb) <= _F32_MAX
+    if not ok.all():
+        bad = start + int(np.flatnonzero(~ok.reshape(len(xb), -1).all(axis=1))[0])
+        raise ValueError(f"{name}: image {bad} contains NaN, infinite values or values beyond "
+                         f"float32's range")

@@ -22,6 +22,8 @@ LAYERS = (
     ("flatten", "flatten"), ("fc1", "dense"), ("fc2", "dense"), ("predictions", "dense"),
 )
 
+CONV_LAYERS = tuple(name for name, kind in LAYERS if kind == "conv")
+
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)

@@ -64,7 +64,9 @@ def preprocess_input(x, mode: Optional[str] = "caffe") -> np.ndarray:
     """
     X = as_images(x, "x")
     scale, shift, rev = _preprocess_params(mode)
-    return _core.input_convert(batch_for_core(X), scale, shift, rev)
+    xb = batch_for_core(X)
+    check_finite_batch(xb, "x", 0)
+    return _core.input_convert(xb, scale, shift, rev)
 
 
 def _glorot_uniform(rng: np.random.Generator, shape, fan_in: int, fan_out: int) -> np.ndarray:
@@ -197,9 +199,12 @@ class VGG16:
         if self.include_top and "predictions" in weights:
             try:
                 classes = int(np.shape(weights["predictions"][1])[0])
-                expected = _expected_shapes(classes, True)
             except (TypeError, IndexError, KeyError):
-                pass
+                classes = self.classes
+            if classes != self.classes:  # Keras refuses this too
+                raise ValueError(f"weights: the top's 'predictions' layer has {classes} classes "
+                                 f"but the model was built with classes={self.classes}; pass "
+                                 f"classes={classes}")
         new = {}
         for name, (kshape, bshape) in expected.items():
             if name not in weights:
@@ -222,8 +227,6 @@ class VGG16:
                     raise ValueError(f"weights['{name}'] {what}: contains NaN or infinity")
                 arrays.append(a)
             new[name] = (arrays[0], arrays[1])
-        if self.include_top:
-            self.classes = new["predictions"][1].shape[0]
         self._weights = new
 
     def get_weights(self) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
