@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import secrets
 import struct
 import sys
 import warnings
@@ -32,6 +31,7 @@ import warnings
 import numpy as np
 
 from . import _core
+from ._atomic import atomic_open
 
 try:  # NumPy 2
     from numpy._core import multiarray as _multiarray
@@ -784,19 +784,6 @@ def resize(X, size, *, out=None, batch_bytes=1 << 25):
 # .npy files
 
 
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every platform (Windows); the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def to_npy(x_pickle_path, out_path):
     """Convert the images of a pickle (as :func:`load_pickles` reads X) into a
     ``.npy`` file that ``np.load(out_path, mmap_mode="r")`` opens without reading
@@ -810,22 +797,6 @@ def to_npy(x_pickle_path, out_path):
     src = os.fspath(x_pickle_path)
     out_path = os.fspath(out_path)
     X = _as_images(load_pickle(src), src)
-    d = os.path.dirname(os.path.abspath(out_path))
-    tmp = os.path.join(d, f".{os.path.basename(out_path)}.{os.getpid()}."
-                          f"{secrets.token_hex(4)}.tmp")
-    # O_EXCL: never write through someone else's file; 0o666 & ~umask as open() does
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.lib.format.write_array(f, X, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(d)
+    with atomic_open(out_path) as f:
+        np.lib.format.write_array(f, X, allow_pickle=False)
     return out_path

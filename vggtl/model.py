@@ -17,13 +17,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _core
+from ._atomic import atomic_write_bytes
 from . import optim as _optim
 from .callbacks import Callback, EarlyStopping, History
 from .layers import INPUT_LAYERS, Dense, Dropout, Flatten, Layer, from_config
@@ -509,7 +509,7 @@ class TransferModel:
                 if a is not None:
                     tensors[f"optimizer/{name}/{i}"] = a
         data = save(tensors, metadata={"vggtl": json.dumps(self.get_config())})
-        atomic_write(path, data)
+        atomic_write_bytes(path, data)
 
     def __repr__(self):
         return f"TransferModel(base={self.base!r}, head={self.layers!r})"
@@ -524,34 +524,6 @@ def _check_finite(F: np.ndarray, name: str) -> None:
         if not ok.all():
             raise ValueError(f"{name}: sample {i + int(np.argmin(ok))} has NaN or infinite "
                              f"features; check the images or the cache they came from")
-
-
-def atomic_write(path, data: bytes) -> None:
-    """Write data to path through a temporary file in the same folder, fsync,
-    rename, fsync the folder: readers see the old file or the new one, never half."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".vggtl", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def load_model(path) -> TransferModel:

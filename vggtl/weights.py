@@ -60,13 +60,14 @@ import pickle
 import re
 import struct
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+
+from ._atomic import atomic_open, atomic_path
 
 __all__ = [
     "load_weights", "save_weights", "resolve_weights", "find_imagenet_weights",
@@ -851,39 +852,8 @@ def save_weights(weights, path, preprocess: Optional[str] = None,
             "preprocess": "none" if preprocess is None else str(preprocess)}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     path = os.fspath(path)
-    _atomic_write(path, lambda tmp: stnp.save_file(tensors, tmp, metadata=meta))
-
-
-def _atomic_write(path: str, write) -> None:
-    """Call ``write(tmp)`` for a temporary file beside ``path``, fsync it, rename it."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".part")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(d)
-
-
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_path(path) as tmp:
+        stnp.save_file(tensors, tmp, metadata=meta)
 
 
 # -- the converted-array cache ------------------------------------------------------------
@@ -1122,34 +1092,21 @@ def _download(url: str, dest: str, md5: str, chunk: int = 1 << 20) -> None:
     checked, fsynced, renamed. On any failure nothing is left behind."""
     name = os.path.basename(dest)
     h = hashlib.md5(usedforsecurity=False)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix="." + name + ".",
-                               suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=60) as r:
-                total = r.headers.get("Content-Length") if getattr(r, "headers", None) else None
-                update, close = _progress(int(total) if total else None, name)
-                try:
-                    while True:
-                        block = r.read(chunk)
-                        if not block:
-                            break
-                        h.update(block)
-                        out.write(block)
-                        update(len(block))
-                finally:
-                    close()
-            out.flush()
-            os.fsync(out.fileno())
+    with atomic_open(dest) as out:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            total = r.headers.get("Content-Length") if getattr(r, "headers", None) else None
+            update, close = _progress(int(total) if total else None, name)
+            try:
+                while True:
+                    block = r.read(chunk)
+                    if not block:
+                        break
+                    h.update(block)
+                    out.write(block)
+                    update(len(block))
+            finally:
+                close()
         if h.hexdigest() != md5:
             raise WeightsError(f"downloaded {url}, but its md5 is {h.hexdigest()}, expected "
                                f"{md5}: the download was damaged or the file changed; nothing "
                                f"was kept. Try again, or download it by hand")
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(os.path.dirname(dest))
