@@ -117,3 +117,71 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
     }
     return VGG_OK;
 }
+
+/* ---- backward -------------------------------------------------------------
+ * dW (9*Cin, Cout) = sum over chunks of col^T @ dout_chunk   (im2col of x)
+ * db (Cout)        = column sums of dout
+ * dx               = a 'same' 3x3 convolution of dout with the kernel flipped
+ *                    in space and transposed in channels:
+ *                    Wt[dy][dx][co][ci] = W[2-dy][2-dx][ci][co]
+ * (stride 1 and padding 1 make the transposed convolution a plain one), so the
+ * forward kernel computes it. Workspace: [ col | Wt | forward's workspace ]. */
+
+static size_t bwd_rows(size_t cin) { return chunk_rows(cin); }
+
+size_t vgg_conv3x3_backward_workspace_floats(size_t cin, size_t cout) {
+    return bwd_rows(cin) * 9 * cin + 9 * cin * cout + vgg_conv3x3_workspace_floats(cout);
+}
+
+int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, const float *x,
+                         const float *kernel, size_t n, size_t h, size_t w, size_t cin,
+                         size_t cout, float *workspace, size_t workspace_floats,
+                         vgg_abort_fn abort_cb, void *abort_ctx) {
+    VGG_CHECK(dw && db && dout && x && kernel && workspace, VGG_ERR_ARG);
+    VGG_CHECK(h >= 1 && w >= 1 && cin >= 1 && cout >= 1, VGG_ERR_SHAPE);
+    VGG_CHECK(9 * cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM, VGG_ERR_SHAPE);
+    const size_t k = 9 * cin;
+    const size_t fwd_ws = vgg_conv3x3_workspace_floats(cout);
+    VGG_CHECK(workspace_floats >= vgg_conv3x3_backward_workspace_floats(cin, cout), VGG_ERR_NOMEM);
+    size_t hw, total;
+    VGG_CHECK(vgg_mul_ok(h, w, &hw) && vgg_mul_ok(hw, n, &total), VGG_ERR_SHAPE);
+    float *col = workspace;
+    float *wt = col + bwd_rows(cin) * k;
+    float *fwd = wt + k * cout;
+    if (n == 0) {
+        memset(dw, 0, k * cout * sizeof(float));
+        memset(db, 0, cout * sizeof(float));
+        return VGG_OK;
+    }
+    /* db: each thread owns a stripe of channels */
+    VGG_OMP_FOR_IF(total * cout)
+    for (size_t c = 0; c < cout; c++) {
+        double s = 0.0;
+        for (size_t r = 0; r < total; r++) s += dout[r * cout + c];
+        db[c] = (float)s;
+    }
+    /* dW: chunks of rows, each product split across threads by rows of dW */
+    const size_t rows = bwd_rows(cin);
+    for (size_t r0 = 0; r0 < total; r0 += rows) {
+        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
+        const size_t r1 = r0 + rows < total ? r0 + rows : total;
+        const size_t m = r1 - r0;
+        VGG_OMP_FOR_IF(m * k)
+        for (size_t r = r0; r < r1; r++) im2col_rows(col + (r - r0) * k, x, r, r + 1, h, w, cin);
+        vgg_sgemm_parallel(1, 0, k, cout, m, 1.0f, col, k, dout + r0 * cout, cout,
+                           r0 == 0 ? 0.0f : 1.0f, dw, cout);
+    }
+    if (!dx) return VGG_OK;
+    /* dx: the flipped, transposed kernel through the forward convolution */
+    VGG_OMP_FOR_IF(k * cout)
+    for (size_t t = 0; t < 9; t++) {
+        const size_t dy = t / 3, dxx = t % 3, src_t = (2 - dy) * 3 + (2 - dxx);
+        for (size_t ci = 0; ci < cin; ci++)
+            for (size_t co = 0; co < cout; co++)
+                wt[(t * cout + co) * cin + ci] = kernel[(src_t * cin + ci) * cout + co];
+    }
+    /* a zero bias of cin floats: the column buffer is free again and large enough */
+    memset(col, 0, cin * sizeof(float));
+    return vgg_conv3x3_forward(dx, dout, wt, col, 0, n, h, w, cout, cin, fwd, fwd_ws, abort_cb,
+                               abort_ctx);
+}

@@ -9,7 +9,7 @@
  * them and updates them in place); everything else lives in the caller's
  * workspace, laid out for a batch of B samples as
  *   [ input B*D0 | act_0 B*w_0 | ... | act_{L-1} | grad A B*wmax | grad B B*wmax
- *     | targets B*C | labels B | weights B | dW_l, db_l for each dense layer ]
+ *     | d_input B*D0 | targets B*C | labels B | weights B | dW_l, db_l per dense ]
  * where w_l is layer l's output width. Nothing is allocated here.
  */
 #include "vgg_internal.h"
@@ -64,7 +64,7 @@ size_t vgg_head_output_size(const vgg_head *head) {
 }
 
 typedef struct {
-    float *input, *act[VGG_HEAD_MAX_LAYERS], *grad_a, *grad_b, *targets, *weights;
+    float *input, *act[VGG_HEAD_MAX_LAYERS], *grad_a, *grad_b, *d_input, *targets, *weights;
     int32_t *labels;
     float *dw[VGG_HEAD_MAX_LAYERS], *db[VGG_HEAD_MAX_LAYERS];
     const float *out_of[VGG_HEAD_MAX_LAYERS]; /* what layer l output in the last forward */
@@ -98,6 +98,8 @@ static size_t plan_workspace(head_plan *p, const vgg_head *h, size_t batch, floa
     if (!vgg_mul_ok(batch, wmax, &bd)) return 0;
     TAKE(p->grad_a, bd);
     TAKE(p->grad_b, bd);
+    if (!vgg_mul_ok(batch, p->d0, &bd)) return 0;
+    TAKE(p->d_input, bd);
     if (!vgg_mul_ok(batch, p->out, &bd)) return 0;
     TAKE(p->targets, bd);
     float *labels_f = NULL;
@@ -228,7 +230,7 @@ static int check_common(const vgg_head *h, const void *x, int dtype, size_t batc
     return VGG_OK;
 }
 
-static int check_targets(const vgg_targets *t, size_t n, size_t out) {
+int vgg_head_check_targets(const vgg_targets *t, size_t n, size_t out) {
     VGG_CHECK(t, VGG_ERR_ARG);
     if (t->loss == VGG_LOSS_SPARSE_CCE) {
         VGG_CHECK(t->labels, VGG_ERR_ARG);
@@ -238,6 +240,113 @@ static int check_targets(const vgg_targets *t, size_t n, size_t out) {
         VGG_CHECK(t->loss == VGG_LOSS_BCE || t->loss == VGG_LOSS_CCE, VGG_ERR_ARG);
         VGG_CHECK(t->targets, VGG_ERR_ARG);
     }
+    return VGG_OK;
+}
+
+/* One update on the batch in p->input (targets gathered): forward with dropout,
+ * loss, backward, optimizer step. When d_input is not NULL it gets dL/d(input)
+ * (m, D0) for a caller that trains what feeds the head. A non-finite loss
+ * returns VGG_ERR_NONFINITE before anything is updated. */
+static int train_step(vgg_fit_stats *stats, vgg_head *head, head_plan *pp, size_t m,
+                  const vgg_optimizer *opt, int64_t it, uint64_t seed, int loss_kind,
+                  float *d_input) {
+    head_plan p = *pp;
+    int st;
+    const float *y = forward(head, &p, m, 1, seed, it, &st);
+    if (!y) return st;
+    double loss;
+    float *g = p.grad_a, *g_next = p.grad_b;
+    st = vgg_loss_forward_backward(&loss, g, NULL, y, p.targets, p.labels, p.weights,
+                                   loss_kind, m, p.out);
+    if (st != VGG_OK) return st;
+    if (!isfinite(loss)) return VGG_ERR_NONFINITE;
+    stats->loss_sum += loss * (double)m;
+    stats->correct += (double)count_correct(y, &p, loss_kind, m);
+    stats->seen += m;
+
+    /* backward: g holds dL/d(output of layer l) */
+    for (size_t l = head->n_layers; l-- > 0;) {
+        const vgg_head_layer *L = &head->layers[l];
+        const float *in = l == 0 ? p.input : p.out_of[l - 1];
+        const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
+        if (L->kind == VGG_HEAD_DENSE) {
+            st = vgg_activation_backward(g, g, p.act[l], L->activation, m, L->units);
+            if (st == VGG_OK)
+                st = vgg_dense_backward(l > 0 ? g_next : d_input, p.dw[l], p.db[l], g, in,
+                                        L->kernel, m, in_w, L->units);
+            float *tmp = g;
+            g = g_next;
+            g_next = tmp;
+        } else if (L->rate > 0.0f) {
+            st = vgg_dropout_backward(g, g, L->rate, seed,
+                                      (uint64_t)it * VGG_HEAD_MAX_LAYERS + l, m * in_w);
+        }
+        if (st != VGG_OK) return st;
+    }
+    /* a head that starts with a dropout leaves dL/d(input) in g */
+    if (d_input && head->layers[0].kind != VGG_HEAD_DENSE)
+        memcpy(d_input, g, m * p.d0 * sizeof(float));
+    /* one update of every parameter, after all gradients are known */
+    for (size_t l = 0; l < head->n_layers; l++) {
+        vgg_head_layer *L = &head->layers[l];
+        if (L->kind != VGG_HEAD_DENSE) continue;
+        const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
+        st = vgg_optimizer_step(L->kernel, p.dw[l], L->slots[0], L->slots[1],
+                                in_w * L->units, opt, it);
+        if (st == VGG_OK)
+            st = vgg_optimizer_step(L->bias, p.db[l], L->slots[2], L->slots[3], L->units,
+                                    opt, it);
+        if (st != VGG_OK) return st;
+    }
+    return VGG_OK;
+}
+
+/* d_maps (m, h, w, c) <- dL/d(maps) from d_input (m, D0), undoing the input
+ * reduction: flatten is the identity, average pooling spreads evenly, max
+ * pooling routes to the first maximum (as the forward's choice). */
+static void reduce_backward(float *d_maps, const float *d_input, const float *maps,
+                            const vgg_head *h, size_t m) {
+    const size_t hw = h->h * h->w, c = h->c, per = hw * c;
+    if (h->input == VGG_HEAD_FLATTEN) {
+        memcpy(d_maps, d_input, m * per * sizeof(float));
+        return;
+    }
+    VGG_OMP_FOR_IF(m * per)
+    for (size_t i = 0; i < m; i++) {
+        float *dm = d_maps + i * per;
+        const float *mp = maps + i * per, *di = d_input + i * c;
+        if (h->input == VGG_HEAD_GAP) {
+            for (size_t q = 0; q < hw; q++)
+                for (size_t ch = 0; ch < c; ch++) dm[q * c + ch] = di[ch] / (float)hw;
+        } else {
+            memset(dm, 0, per * sizeof(float));
+            for (size_t ch = 0; ch < c; ch++) {
+                size_t best = 0;
+                for (size_t q = 1; q < hw; q++) {
+                    const float v = mp[q * c + ch], b = mp[best * c + ch];
+                    if (v > b || (v != v && b == b)) best = q;
+                }
+                dm[best * c + ch] = di[ch];
+            }
+        }
+    }
+}
+
+int vgg_head_train_maps(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer *opt,
+                        int64_t iteration, const float *maps, size_t m, const vgg_targets *t,
+                        const int64_t *order, size_t first, uint64_t seed, float *d_maps,
+                        float *workspace, size_t workspace_floats) {
+    VGG_CHECK(stats && head && opt && maps && t && d_maps && workspace && m >= 1, VGG_ERR_ARG);
+    head_plan p;
+    const size_t need = plan_workspace(&p, head, m, NULL);
+    VGG_CHECK(need > 0, VGG_ERR_ARG);
+    VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
+    plan_workspace(&p, head, m, workspace);
+    gather(p.input, maps, VGG_F32, head, NULL, 0, m);
+    gather_targets(&p, t, order, first, m);
+    int st = train_step(stats, head, &p, m, opt, iteration, seed, t->loss, p.d_input);
+    if (st != VGG_OK) return st;
+    reduce_backward(d_maps, p.d_input, maps, head, m);
     return VGG_OK;
 }
 
@@ -278,7 +387,7 @@ int vgg_head_evaluate(vgg_fit_stats *stats, const void *x, int dtype, size_t n,
     VGG_CHECK(need > 0, VGG_ERR_ARG);
     VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
     plan_workspace(&p, head, batch, workspace);
-    if ((st = check_targets(t, n, p.out)) != VGG_OK) return st;
+    if ((st = vgg_head_check_targets(t, n, p.out)) != VGG_OK) return st;
     for (size_t i0 = 0; i0 < n; i0 += batch) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
         const size_t m = n - i0 < batch ? n - i0 : batch;
@@ -313,7 +422,7 @@ int vgg_head_fit_epoch(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer
     VGG_CHECK(need > 0, VGG_ERR_ARG);
     VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
     plan_workspace(&p, head, batch, workspace);
-    if ((st = check_targets(t, n, p.out)) != VGG_OK) return st;
+    if ((st = vgg_head_check_targets(t, n, p.out)) != VGG_OK) return st;
     const int slots = vgg_optimizer_slots(opt);
     for (size_t l = 0; l < head->n_layers; l++) {
         const vgg_head_layer *L = &head->layers[l];
@@ -330,49 +439,8 @@ int vgg_head_fit_epoch(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer
         const int64_t it = *iterations;
         gather(p.input, x, dtype, head, order, i0, m);
         gather_targets(&p, t, order, i0, m);
-        const float *y = forward(head, &p, m, 1, seed, it, &st);
-        if (!y) return st;
-        double loss;
-        float *g = p.grad_a, *g_next = p.grad_b;
-        st = vgg_loss_forward_backward(&loss, g, NULL, y, p.targets, p.labels, p.weights,
-                                       t->loss, m, p.out);
+        st = train_step(stats, head, &p, m, opt, it, seed, t->loss, NULL);
         if (st != VGG_OK) return st;
-        if (!isfinite(loss)) return VGG_ERR_NONFINITE;
-        stats->loss_sum += loss * (double)m;
-        stats->correct += (double)count_correct(y, &p, t->loss, m);
-        stats->seen += m;
-
-        /* backward: g holds dL/d(output of layer l) */
-        for (size_t l = head->n_layers; l-- > 0;) {
-            const vgg_head_layer *L = &head->layers[l];
-            const float *in = l == 0 ? p.input : p.out_of[l - 1];
-            const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
-            if (L->kind == VGG_HEAD_DENSE) {
-                st = vgg_activation_backward(g, g, p.act[l], L->activation, m, L->units);
-                if (st == VGG_OK)
-                    st = vgg_dense_backward(l > 0 ? g_next : NULL, p.dw[l], p.db[l], g, in,
-                                            L->kernel, m, in_w, L->units);
-                float *tmp = g;
-                g = g_next;
-                g_next = tmp;
-            } else if (L->rate > 0.0f) {
-                st = vgg_dropout_backward(g, g, L->rate, seed,
-                                          (uint64_t)it * VGG_HEAD_MAX_LAYERS + l, m * in_w);
-            }
-            if (st != VGG_OK) return st;
-        }
-        /* one update of every parameter, after all gradients are known */
-        for (size_t l = 0; l < head->n_layers; l++) {
-            vgg_head_layer *L = &head->layers[l];
-            if (L->kind != VGG_HEAD_DENSE) continue;
-            const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
-            st = vgg_optimizer_step(L->kernel, p.dw[l], L->slots[0], L->slots[1],
-                                    in_w * L->units, opt, it);
-            if (st == VGG_OK)
-                st = vgg_optimizer_step(L->bias, p.db[l], L->slots[2], L->slots[3], L->units,
-                                        opt, it);
-            if (st != VGG_OK) return st;
-        }
         *iterations = it + 1;
         stats->batches++;
     }

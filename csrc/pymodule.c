@@ -483,6 +483,102 @@ static PyObject *py_resize(PyObject *self, PyObject *args, PyObject *kw) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* augmentation                                                             */
+
+static const int AUG_F64[] = {NPY_FLOAT64, -1};
+static const int AUG_I64[] = {NPY_INT64, -1};
+
+static PyObject *py_augment_draw(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"n", "seed", "stream", "first", "rotation_range", "shift_range",
+                             "shift_values", "shift_scale", "shear_range", "zoom_range",
+                             "horizontal_flip", "vertical_flip", NULL};
+    Py_ssize_t n;
+    unsigned long long seed, stream, first;
+    vgg_augment_ranges r;
+    memset(&r, 0, sizeof r);
+    PyObject *vo[2];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nKKKd(dd)(OO)(dd)d(dd)pp", kwlist, &n, &seed,
+                                     &stream, &first, &r.rotation_range, &r.shift_range[0],
+                                     &r.shift_range[1], &vo[0], &vo[1], &r.shift_scale[0],
+                                     &r.shift_scale[1], &r.shear_range, &r.zoom_lo, &r.zoom_hi,
+                                     &r.horizontal_flip, &r.vertical_flip))
+        return NULL;
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "n: expected >= 0, got %zd", n);
+        return NULL;
+    }
+    for (int a = 0; a < 2; a++) {
+        if (vo[a] == Py_None) continue;
+        PyArrayObject *v = check_array(vo[a], "shift_values", AUG_F64, 1, 0);
+        if (!v) return NULL;
+        r.shift_values[a] = PyArray_DATA(v);
+        r.shift_count[a] = dim(v, 0);
+    }
+    npy_intp shape[2] = {n, VGG_AUG_NPARAMS};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(2, shape, NPY_FLOAT64, 0);
+    if (!out) return NULL;
+    const int st = vgg_augment_draw(PyArray_DATA(out), &r, (size_t)n, seed, stream, first);
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_ValueError, "augment_draw: ranges must be finite and >= 0, "
+                        "zoom > 0, value lists non-empty");
+        return NULL;
+    }
+    return (PyObject *)out;
+}
+
+static PyObject *py_augment_apply(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "params", "fill_mode", "cval", "index", "out", NULL};
+    PyObject *xo, *po, *io = Py_None, *oo = Py_None;
+    int mode;
+    double cval;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOid|OO", kwlist, &xo, &po, &mode, &cval, &io,
+                                     &oo))
+        return NULL;
+    PyArrayObject *x = check_array(xo, "x", IMAGE_TYPES, 4, 0);
+    if (!x) return NULL;
+    PyArrayObject *params = check_array(po, "params", AUG_F64, 2, 0);
+    if (!params) return NULL;
+    PyArrayObject *index = NULL;
+    if (io != Py_None && !(index = check_array(io, "index", AUG_I64, 1, 0))) return NULL;
+    const size_t nx = dim(x, 0), h = dim(x, 1), w = dim(x, 2), c = dim(x, 3);
+    const size_t n = index ? dim(index, 0) : nx;
+    if (check_dim(params, "params", 0, n) || check_dim(params, "params", 1, VGG_AUG_NPARAMS))
+        return NULL;
+    if (h < 2 || w < 2 || c < 1) {
+        PyErr_Format(PyExc_ValueError, "x: expected images of at least 2 x 2 pixels and 1 "
+                     "channel, got shape (%zu, %zu, %zu, %zu)", nx, h, w, c);
+        return NULL;
+    }
+    if (mode < VGG_FILL_NEAREST || mode > VGG_FILL_WRAP) {
+        PyErr_Format(PyExc_ValueError, "fill_mode: expected 0 (nearest), 1 (constant), "
+                     "2 (reflect) or 3 (wrap), got %d", mode);
+        return NULL;
+    }
+    npy_intp shape[4] = {(npy_intp)n, (npy_intp)h, (npy_intp)w, (npy_intp)c};
+    PyArrayObject *out = make_output(oo, 4, shape);
+    if (!out) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_augment_apply(PyArray_DATA(out), PyArray_DATA(x), core_dtype(x),
+                           index ? PyArray_DATA(index) : NULL, n, nx, h, w, c,
+                           PyArray_DATA(params), mode, (float)cval);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        if (st == VGG_ERR_ARG) {
+            PyErr_SetString(PyExc_ValueError, "augment_apply: params must be finite and "
+                            "index within [0, len(x))");
+            return NULL;
+        }
+        return raise_status(st, "augment_apply");
+    }
+    return (PyObject *)out;
+}
+
+/* ------------------------------------------------------------------------ */
 /* the VGG16 network                                                        */
 
 static PyObject *py_vgg16_layers(PyObject *self, PyObject *noargs) {
@@ -503,8 +599,14 @@ static PyObject *py_vgg16_layers(PyObject *self, PyObject *noargs) {
     return t;
 }
 
-static int parse_config(vgg16_config *cfg, int stop, int pooling, PyObject *so, PyObject *sho,
-                        int rev) {
+static int parse_config(vgg16_config *cfg, int start, int stop, int pooling, PyObject *so,
+                        PyObject *sho, int rev) {
+    if (start < 0 || start > VGG16_FLATTEN || start > stop) {
+        PyErr_Format(PyExc_ValueError, "start_layer: expected an index in [0, %d] and <= "
+                     "stop_layer, got %d", VGG16_FLATTEN, start);
+        return -1;
+    }
+    cfg->start_layer = start;
     if (stop < 0 || stop >= VGG16_NUM_LAYERS) {
         PyErr_Format(PyExc_ValueError, "stop_layer: expected an index in [0, %d), got %d",
                      VGG16_NUM_LAYERS, stop);
@@ -531,13 +633,14 @@ static int parse_config(vgg16_config *cfg, int stop, int pooling, PyObject *so, 
 
 static PyObject *py_vgg16_output_shape(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"stop_layer", "pooling", "classes", "h", "w", NULL};
-    int stop, pooling;
+    static char *kwlist[] = {"stop_layer", "pooling", "classes", "h", "w", "start_layer", NULL};
+    int stop, pooling, start = 0;
     Py_ssize_t classes, h, w;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn", kwlist, &stop, &pooling, &classes, &h, &w))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn|i", kwlist, &stop, &pooling, &classes, &h,
+                                     &w, &start))
         return NULL;
     vgg16_config cfg;
-    if (parse_config(&cfg, stop, pooling, NULL, NULL, 0)) return NULL;
+    if (parse_config(&cfg, start, stop, pooling, NULL, NULL, 0)) return NULL;
     if (classes < 0 || h < 0 || w < 0) {
         PyErr_SetString(PyExc_ValueError, "classes, h, w: expected non-negative sizes");
         return NULL;
@@ -555,13 +658,14 @@ static PyObject *py_vgg16_output_shape(PyObject *self, PyObject *args, PyObject 
 
 static PyObject *py_vgg16_workspace_floats(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", NULL};
-    int stop, pooling;
+    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", "start_layer", NULL};
+    int stop, pooling, start = 0;
     Py_ssize_t batch, h, w;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn", kwlist, &stop, &pooling, &batch, &h, &w))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn|i", kwlist, &stop, &pooling, &batch, &h,
+                                     &w, &start))
         return NULL;
     vgg16_config cfg;
-    if (parse_config(&cfg, stop, pooling, NULL, NULL, 0)) return NULL;
+    if (parse_config(&cfg, start, stop, pooling, NULL, NULL, 0)) return NULL;
     if (batch < 1 || h < 1 || w < 1) {
         PyErr_SetString(PyExc_ValueError, "batch, h, w: expected sizes >= 1");
         return NULL;
@@ -607,21 +711,26 @@ static int param_shape(int i, size_t classes, size_t dims[4], const char **layer
 static PyObject *py_vgg16_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "params", "stop_layer", "pooling", "scale", "shift",
-                             "reverse_channels", "workspace", "out", NULL};
+                             "reverse_channels", "workspace", "out", "start_layer", NULL};
     PyObject *xo, *po, *so, *sho, *wso, *outo = NULL, *seq = NULL, *result = NULL;
     PyArrayObject *out = NULL;
-    int stop, pooling, rev;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiOOpO|O", kwlist, &xo, &po, &stop, &pooling,
-                                     &so, &sho, &rev, &wso, &outo))
+    int stop, pooling, rev, start = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiOOpO|Oi", kwlist, &xo, &po, &stop, &pooling,
+                                     &so, &sho, &rev, &wso, &outo, &start))
         return NULL;
     vgg16_config cfg;
-    if (parse_config(&cfg, stop, pooling, so, sho, rev)) return NULL;
-    PyArrayObject *x = check_array(xo, "x", IMAGE_TYPES, 4, 0);
+    if (parse_config(&cfg, start, stop, pooling, so, sho, rev)) return NULL;
+    PyArrayObject *x = check_array(xo, "x", start ? F32_ONLY : IMAGE_TYPES, 4, 0);
     PyArrayObject *ws = x ? check_array(wso, "workspace", F32_ONLY, 1, 1) : NULL;
     if (!ws) return NULL;
     const size_t n = dim(x, 0), h = dim(x, 1), w = dim(x, 2), cin = dim(x, 3);
-    if (cin != 1 && cin != 3) {
+    if (start == 0 && cin != 1 && cin != 3) {
         PyErr_Format(PyExc_ValueError, "x: expected 1 or 3 channels, got %zu", cin);
+        return NULL;
+    }
+    if (start > 0 && cin != vgg16_layer_units(start - 1)) {
+        PyErr_Format(PyExc_ValueError, "x: expected the output of '%s' with %zu channels, got %zu",
+                     vgg16_layer_name(start - 1), vgg16_layer_units(start - 1), cin);
         return NULL;
     }
 
@@ -1208,6 +1317,236 @@ static PyObject *py_head_fit_epoch(PyObject *self, PyObject *args, PyObject *kw)
 }
 
 /* ------------------------------------------------------------------------ */
+/* convolution and pooling backward                                         */
+
+static PyObject *py_conv3x3_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"dout", "x", "kernel", "need_dx", NULL};
+    PyObject *go, *xo, *ko;
+    int need_dx = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|p", kwlist, &go, &xo, &ko, &need_dx))
+        return NULL;
+    PyArrayObject *g = check_array(go, "dout", F32_ONLY, 4, 0);
+    PyArrayObject *x = g ? check_array(xo, "x", F32_ONLY, 4, 0) : NULL;
+    PyArrayObject *k = x ? check_array(ko, "kernel", F32_ONLY, 4, 0) : NULL;
+    if (!k) return NULL;
+    const size_t n = dim(x, 0), h = dim(x, 1), w = dim(x, 2), cin = dim(x, 3), cout = dim(k, 3);
+    if (check_dim(k, "kernel", 0, 3) || check_dim(k, "kernel", 1, 3) ||
+        check_dim(k, "kernel", 2, cin) || check_dim(g, "dout", 0, n) ||
+        check_dim(g, "dout", 1, h) || check_dim(g, "dout", 2, w) || check_dim(g, "dout", 3, cout))
+        return NULL;
+    if (h == 0 || w == 0 || cin == 0 || cout == 0) {
+        PyErr_SetString(PyExc_ValueError, "x, kernel: expected non-empty H, W, Cin and Cout");
+        return NULL;
+    }
+    npy_intp sdb[1] = {(npy_intp)cout};
+    PyArrayObject *dx = need_dx ? (PyArrayObject *)PyArray_EMPTY(4, PyArray_DIMS(x), NPY_FLOAT32, 0) : NULL;
+    PyArrayObject *dw = (PyArrayObject *)PyArray_EMPTY(4, PyArray_DIMS(k), NPY_FLOAT32, 0);
+    PyArrayObject *db = (PyArrayObject *)PyArray_EMPTY(1, sdb, NPY_FLOAT32, 0);
+    const size_t wsn = vgg_conv3x3_backward_workspace_floats(cin, cout);
+    float *ws = PyMem_RawMalloc(wsn * sizeof(float));
+    PyObject *result = NULL;
+    if ((need_dx && !dx) || !dw || !db || !ws) {
+        if (!ws) PyErr_NoMemory();
+        goto done;
+    }
+    RELEASE_GIL(s);
+    int st = vgg_conv3x3_backward(dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw), PyArray_DATA(db),
+                                  PyArray_DATA(g), PyArray_DATA(x), PyArray_DATA(k), n, h, w, cin,
+                                  cout, ws, wsn, py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    if (st != VGG_OK) {
+        raise_status(st, "conv3x3_backward");
+        goto done;
+    }
+    result = Py_BuildValue("(OOO)", dx ? (PyObject *)dx : Py_None, dw, db);
+done:
+    PyMem_RawFree(ws);
+    Py_XDECREF(dx);
+    Py_XDECREF(dw);
+    Py_XDECREF(db);
+    return result;
+}
+
+static PyObject *py_maxpool2x2_backward(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"dout", "x", NULL};
+    PyObject *go, *xo;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &go, &xo)) return NULL;
+    PyArrayObject *g = check_array(go, "dout", F32_ONLY, 4, 0);
+    PyArrayObject *x = g ? check_array(xo, "x", F32_ONLY, 4, 0) : NULL;
+    if (!x) return NULL;
+    const size_t n = dim(x, 0), h = dim(x, 1), w = dim(x, 2), c = dim(x, 3);
+    if (h < 2 || w < 2 || c < 1) {
+        PyErr_SetString(PyExc_ValueError, "x: expected H >= 2, W >= 2 and C >= 1");
+        return NULL;
+    }
+    if (check_dim(g, "dout", 0, n) || check_dim(g, "dout", 1, h / 2) ||
+        check_dim(g, "dout", 2, w / 2) || check_dim(g, "dout", 3, c))
+        return NULL;
+    PyArrayObject *dx = (PyArrayObject *)PyArray_EMPTY(4, PyArray_DIMS(x), NPY_FLOAT32, 0);
+    if (!dx) return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_maxpool2x2_backward(PyArray_DATA(dx), PyArray_DATA(g), PyArray_DATA(x), n, h, w, c);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        Py_DECREF(dx);
+        return raise_status(st, "maxpool2x2_backward");
+    }
+    return (PyObject *)dx;
+}
+
+static PyObject *py_vgg16_forward_images(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyLong_FromUnsignedLongLong((unsigned long long)vgg16_forward_images());
+}
+
+/* ------------------------------------------------------------------------ */
+/* fine-tuning                                                              */
+
+/* A tail spec: (start_layer, convs) with convs a sequence of 13 entries, None for
+ * frozen convs, else (kernel, bias, slots) with slots a 4-tuple of arrays / None. */
+static int parse_tail(PyObject *spec, vgg16_tail *t, int nslots) {
+    memset(t, 0, sizeof *t);
+    PyObject *convs;
+    if (!PyArg_ParseTuple(spec, "iO;tail: expected (start_layer, convs)", &t->start_layer, &convs))
+        return -1;
+    if (t->start_layer < 1 || t->start_layer > VGG16_BLOCK5_POOL ||
+        vgg16_layer_kind(t->start_layer) != VGG16_KIND_CONV) {
+        PyErr_Format(PyExc_ValueError, "tail: start_layer %d is not a conv layer after the "
+                     "first", t->start_layer);
+        return -1;
+    }
+    if (!PyTuple_Check(convs) || PyTuple_GET_SIZE(convs) != VGG16_NUM_CONV) {
+        PyErr_Format(PyExc_ValueError, "tail: expected a tuple of %d conv entries", VGG16_NUM_CONV);
+        return -1;
+    }
+    static const size_t cin_of[VGG16_NUM_CONV] = {3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512};
+    static const size_t cout_of[VGG16_NUM_CONV] = {64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512};
+    for (int k = 0; k < VGG16_NUM_CONV; k++) {
+        PyObject *e = PyTuple_GET_ITEM(convs, k);
+        if (e == Py_None) continue;
+        PyObject *ko, *bo, *so;
+        if (!PyArg_ParseTuple(e, "OOO;tail: expected (kernel, bias, slots) per trainable conv",
+                              &ko, &bo, &so))
+            return -1;
+        PyArrayObject *kk = check_array(ko, "tail kernel", F32_ONLY, 4, 1);
+        PyArrayObject *bb = kk ? check_array(bo, "tail bias", F32_ONLY, 1, 1) : NULL;
+        if (!bb) return -1;
+        if (dim(kk, 0) != 3 || dim(kk, 1) != 3 || dim(kk, 2) != cin_of[k] ||
+            dim(kk, 3) != cout_of[k] || dim(bb, 0) != cout_of[k]) {
+            PyErr_Format(PyExc_ValueError, "tail: conv %d has the wrong shape", k);
+            return -1;
+        }
+        t->kernel[k] = PyArray_DATA(kk);
+        t->bias[k] = PyArray_DATA(bb);
+        if (!PyTuple_Check(so) || PyTuple_GET_SIZE(so) != 4) {
+            PyErr_SetString(PyExc_ValueError, "tail: expected 4 optimizer slots per conv");
+            return -1;
+        }
+        for (int s = 0; s < 4; s++) {
+            if ((s % 2) >= nslots) continue;
+            PyArrayObject *a = check_array(PyTuple_GET_ITEM(so, s), "tail slot", F32_ONLY, -1, 1);
+            if (!a) return -1;
+            if ((size_t)PyArray_SIZE(a) != (s < 2 ? 9 * cin_of[k] * cout_of[k] : cout_of[k])) {
+                PyErr_Format(PyExc_ValueError, "tail: optimizer slot %d of conv %d has the wrong size", s, k);
+                return -1;
+            }
+            t->slots[k][s] = PyArray_DATA(a);
+        }
+    }
+    return 0;
+}
+
+static PyObject *py_finetune_workspace_floats(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"tail", "head", "batch", "h", "w", NULL};
+    PyObject *tspec, *hspec;
+    Py_ssize_t batch, h, w;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOnnn", kwlist, &tspec, &hspec, &batch, &h, &w))
+        return NULL;
+    vgg16_tail t;
+    vgg_head hd;
+    if (parse_tail(tspec, &t, 0) || parse_head(hspec, &hd, 0)) return NULL;
+    const size_t n = (batch >= 1 && h >= 1 && w >= 1)
+                         ? vgg16_finetune_workspace_floats(&t, &hd, (size_t)batch, (size_t)h, (size_t)w)
+                         : 0;
+    if (n == 0) {
+        PyErr_Format(PyExc_ValueError, "tail, head: a cut of %zd x %zd from layer '%s' does not "
+                     "give the head's input shape", h, w, vgg16_layer_name(t.start_layer - 1));
+        return NULL;
+    }
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *py_finetune_fit_epoch(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "tail", "head", "optimizer", "iterations", "loss", "y",
+                             "sample_weight", "batch", "shuffle", "seed", "epoch", "order",
+                             "workspace", NULL};
+    PyObject *xo, *tspec, *hspec, *oo, *yo, *swo, *ordo, *wso;
+    long long iterations;
+    int loss, shuffle;
+    Py_ssize_t batch;
+    unsigned long long seed, epoch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOLiOOnpKKOO", kwlist, &xo, &tspec, &hspec, &oo,
+                                     &iterations, &loss, &yo, &swo, &batch, &shuffle, &seed,
+                                     &epoch, &ordo, &wso))
+        return NULL;
+    vgg_optimizer opt;
+    if (parse_optimizer(oo, &opt)) return NULL;
+    const int nslots = vgg_optimizer_slots(&opt);
+    vgg16_tail t;
+    vgg_head hd;
+    if (parse_tail(tspec, &t, nslots) || parse_head(hspec, &hd, nslots)) return NULL;
+    if (batch < 1 || iterations < 0) {
+        PyErr_Format(PyExc_ValueError, "batch, iterations: expected >= 1 and >= 0, got %zd, %lld",
+                     batch, iterations);
+        return NULL;
+    }
+    PyArrayObject *x = check_array(xo, "x", FEATURE_TYPES, 4, 0);
+    if (!x) return NULL;
+    const size_t cut_c = vgg16_layer_units(t.start_layer - 1);
+    if (dim(x, 3) != cut_c) {
+        PyErr_Format(PyExc_ValueError, "x: expected the output of '%s' (%zu channels), got %zu",
+                     vgg16_layer_name(t.start_layer - 1), cut_c, dim(x, 3));
+        return NULL;
+    }
+    const size_t need = vgg16_finetune_workspace_floats(&t, &hd, (size_t)batch, dim(x, 1), dim(x, 2));
+    PyArrayObject *ws = check_array(wso, "workspace", F32_ONLY, 1, 1);
+    if (!ws) return NULL;
+    if (need == 0 || dim(ws, 0) < need) {
+        PyErr_Format(PyExc_ValueError, "workspace: expected at least %zu floats, got %zu", need,
+                     dim(ws, 0));
+        return NULL;
+    }
+    static const int I64[] = {NPY_INT64, -1};
+    PyArrayObject *order = check_array(ordo, "order", I64, 1, 1);
+    if (!order || check_dim(order, "order", 0, dim(x, 0))) return NULL;
+    vgg_targets tg;
+    if (parse_targets(&tg, loss, yo, swo, dim(x, 0), vgg_head_output_size(&hd))) return NULL;
+    vgg_fit_stats stats;
+    int64_t it = (int64_t)iterations;
+    RELEASE_GIL(s);
+    int st = vgg16_finetune_fit_epoch(&stats, &t, &hd, &opt, &it, PyArray_DATA(x), feature_dtype(x),
+                                      dim(x, 0), dim(x, 1), dim(x, 2), &tg, (size_t)batch, shuffle,
+                                      seed, epoch, PyArray_DATA(order), PyArray_DATA(ws),
+                                      dim(ws, 0), py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    if (st == VGG_ERR_NONFINITE) {
+        PyErr_Format(PyExc_FloatingPointError, "the loss became NaN or infinite at update %lld "
+                     "(batch %zu of the epoch): lower the learning rate or check the inputs",
+                     (long long)it, stats.batches + 1);
+        return NULL;
+    }
+    if (st != VGG_OK) return raise_status(st, "finetune_fit_epoch");
+    return Py_BuildValue("(ddnnL)", stats.loss_sum, stats.correct, (Py_ssize_t)stats.seen,
+                         (Py_ssize_t)stats.batches, (long long)it);
+}
+
+/* ------------------------------------------------------------------------ */
 /* module                                                                   */
 
 #define KW (PyCFunction)(void (*)(void))
@@ -1234,6 +1573,13 @@ static PyMethodDef methods[] = {
      "-> (N,H,W,3) f32"},
     {"resize", KW py_resize, METH_VARARGS | METH_KEYWORDS,
      "resize(x (N,H,W,C) u8/f32, h, w) -> (N,h,w,C) of x's dtype, bilinear as Pillow's"},
+    {"augment_draw", KW py_augment_draw, METH_VARARGS | METH_KEYWORDS,
+     "augment_draw(n, seed, stream, first, rotation_range, shift_range (2), shift_values (2, "
+     "None or f64 arrays), shift_scale (2), shear_range, zoom_range (lo, hi), horizontal_flip, "
+     "vertical_flip) -> params (n, 8) f64 (theta, tx, ty, shear, zx, zy, flip_h, flip_v)"},
+    {"augment_apply", KW py_augment_apply, METH_VARARGS | METH_KEYWORDS,
+     "augment_apply(x (NX,H,W,C) u8/f32/f64, params (N,8) f64, fill_mode 0-3, cval, "
+     "index=None (N,) i64, out=None) -> (N,H,W,C) f32, Keras 3's affine warp then flips"},
     {"vgg16_layers", py_vgg16_layers, METH_NOARGS,
      "vgg16_layers() -> tuple of (name, kind, units) in Keras's order"},
     {"vgg16_output_shape", KW py_vgg16_output_shape, METH_VARARGS | METH_KEYWORDS,
@@ -1243,6 +1589,8 @@ static PyMethodDef methods[] = {
     {"vgg16_forward", KW py_vgg16_forward, METH_VARARGS | METH_KEYWORDS,
      "vgg16_forward(x, params, stop_layer, pooling, scale, shift, reverse_channels, "
      "workspace, out=None) -> features"},
+    {"vgg16_forward_images", py_vgg16_forward_images, METH_NOARGS,
+     "vgg16_forward_images() -> int: images run through vgg16_forward since load"},
     {"dense_backward", KW py_dense_backward, METH_VARARGS | METH_KEYWORDS,
      "dense_backward(dz (N,Out), x (N,In), kernel (In,Out), need_dx=True) -> (dx|None, dw, db)"},
     {"activation_backward", KW py_activation_backward, METH_VARARGS | METH_KEYWORDS,
@@ -1264,6 +1612,16 @@ static PyMethodDef methods[] = {
     {"head_fit_epoch", KW py_head_fit_epoch, METH_VARARGS | METH_KEYWORDS,
      "head_fit_epoch(x, head, optimizer, iterations, loss, y, sample_weight, batch, shuffle, seed, "
      "epoch, order, workspace) -> (loss_sum, correct, seen, batches, iterations)"},
+    {"conv3x3_backward", KW py_conv3x3_backward, METH_VARARGS | METH_KEYWORDS,
+     "conv3x3_backward(dout (N,H,W,Cout), x (N,H,W,Cin), kernel (3,3,Cin,Cout), need_dx=True) "
+     "-> (dx|None, dw, db); dout is the gradient before the activation"},
+    {"maxpool2x2_backward", KW py_maxpool2x2_backward, METH_VARARGS | METH_KEYWORDS,
+     "maxpool2x2_backward(dout (N,H//2,W//2,C), x (N,H,W,C)) -> dx"},
+    {"finetune_workspace_floats", KW py_finetune_workspace_floats, METH_VARARGS | METH_KEYWORDS,
+     "finetune_workspace_floats(tail, head, batch, h, w) -> int"},
+    {"finetune_fit_epoch", KW py_finetune_fit_epoch, METH_VARARGS | METH_KEYWORDS,
+     "finetune_fit_epoch(x, tail, head, optimizer, iterations, loss, y, sample_weight, batch, "
+     "shuffle, seed, epoch, order, workspace) -> (loss_sum, correct, seen, batches, iterations)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -95,10 +95,25 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
                         float *workspace, size_t workspace_floats,
                         vgg_abort_fn abort_cb, void *abort_ctx);
 
+/* conv3x3.c, backward: given dout = dL/d(conv output before the activation)
+ * (N,H,W,Cout) and the forward input x, overwrites dw (3,3,Cin,Cout), db (Cout)
+ * and, when not NULL, dx (N,H,W,Cin). Workspace:
+ * vgg_conv3x3_backward_workspace_floats(cin, cout) at the current thread count. */
+size_t vgg_conv3x3_backward_workspace_floats(size_t cin, size_t cout);
+int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, const float *x,
+                         const float *kernel, size_t n, size_t h, size_t w, size_t cin,
+                         size_t cout, float *workspace, size_t workspace_floats,
+                         vgg_abort_fn abort_cb, void *abort_ctx);
+
 /* maxpool2x2.c: out (N,H/2,W/2,C) = max over 2x2 windows of x (N,H,W,C), stride 2,
  * 'valid' padding: odd H or W drop the last row / column (floor, as Keras).
  * NaN propagates. H and W must be >= 2. */
 int vgg_maxpool2x2_forward(float *out, const float *x, size_t n, size_t h, size_t w, size_t c);
+/* Backward: dx (N,H,W,C) <- dout (N,H/2,W/2,C) routed to each window's first
+ * maximum in row-major order (TensorFlow's and PyTorch's tie rule); zero
+ * elsewhere, including rows / columns an odd size dropped. */
+int vgg_maxpool2x2_backward(float *dx, const float *dout, const float *x, size_t n, size_t h,
+                            size_t w, size_t c);
 
 /* global_pool.c: out (N,C) = mean (mode VGG_POOL_AVG) or max (VGG_POOL_MAX)
  * of x (N,H,W,C) over H and W. */
@@ -144,6 +159,72 @@ size_t vgg_resize_workspace_floats(size_t h, size_t w, size_t c, size_t oh, size
 int vgg_resize_bilinear(void *out, const void *x, int dtype, size_t n, size_t h, size_t w,
                         size_t c, size_t oh, size_t ow, float *workspace,
                         size_t workspace_floats);
+
+/* ------------------------------------------------------------------------ */
+/* augmentation (augment.c)                                                   */
+
+/* Keras 3's ImageDataGenerator affine augmentation. One image's transform is a
+ * row of VGG_AUG_NPARAMS doubles in this order (Keras's apply_transform keys):
+ * theta (degrees), tx, ty (pixels), shear (degrees), zx, zy (zoom: > 1 samples a
+ * larger area, the content shrinks), flip_horizontal, flip_vertical (non-zero:
+ * flip, after the warp). As in Keras 3, tx and zx act on columns, ty and zy on
+ * rows (Keras 3 swaps the axes of keras-preprocessing 1.1.2). */
+enum vgg_augment_param {
+    VGG_AUG_THETA = 0, VGG_AUG_TX, VGG_AUG_TY, VGG_AUG_SHEAR, VGG_AUG_ZX, VGG_AUG_ZY,
+    VGG_AUG_FLIP_H, VGG_AUG_FLIP_V,
+    VGG_AUG_NPARAMS
+};
+/* Points outside the image, as scipy.ndimage's modes of the same names:
+ * nearest aaaa|abcd|dddd, constant cval (no blending at the edge), reflect
+ * dcba|abcd|dcba, wrap (scipy's "wrap": period len - 1, not "grid-wrap"). */
+enum vgg_fill_mode { VGG_FILL_NEAREST = 0, VGG_FILL_CONSTANT = 1, VGG_FILL_REFLECT = 2,
+                     VGG_FILL_WRAP = 3 };
+
+/* m (2x3 row-major) <- the map from an output (row, col) of an h x w image to the
+ * input (row, col) it samples: in_row = m[0]*row + m[1]*col + m[2], in_col =
+ * m[3]*row + m[4]*col + m[5]. Keras 3's composition: R.T.Sh.Z centred on
+ * o = (h/2 - 0.5, w/2 - 0.5), then the swap of the first two rows and columns
+ * (so the centre is at row w/2 - 0.5, col h/2 - 0.5). Flips are not part of it.
+ * VGG_ERR_ARG for NULL or a non-finite parameter. */
+int vgg_augment_matrix(double m[6], const double params[VGG_AUG_NPARAMS], size_t h, size_t w);
+
+/* The distributions of the random parameters (Keras's get_random_transform):
+ * theta ~ U(-rotation_range, rotation_range); tx from shift [0] (Keras's
+ * height_shift_range), ty from shift [1] (width_shift_range): U(-range, range),
+ * or, when shift_values[a] is not NULL, one of its shift_count[a] values times a
+ * random sign (Keras's int or list ranges); either times shift_scale[a] (the
+ * image's height / width when the range is a fraction, else 1); shear ~
+ * U(-shear_range, shear_range); zx, zy ~ U(zoom_lo, zoom_hi) independently (both
+ * 1 when lo == hi == 1); each flip with probability 1/2 when enabled. */
+typedef struct {
+    double rotation_range;       /* degrees, >= 0 */
+    double shift_range[2];       /* >= 0; [0] -> tx, [1] -> ty */
+    const double *shift_values[2];
+    size_t shift_count[2];
+    double shift_scale[2];
+    double shear_range;          /* degrees, >= 0 */
+    double zoom_lo, zoom_hi;     /* > 0 */
+    int horizontal_flip, vertical_flip;
+} vgg_augment_ranges;
+
+/* params (n, VGG_AUG_NPARAMS) <- the parameters of images first .. first + n - 1:
+ * a pure function of (seed, stream, image index) through rng.c, so any batching
+ * and thread count give the same draws. VGG_ERR_ARG for NULL or ranges outside
+ * their domain (negative, non-finite, zoom <= 0, an empty value list). Serial. */
+int vgg_augment_draw(double *params, const vgg_augment_ranges *ranges, size_t n, uint64_t seed,
+                     uint64_t stream, uint64_t first);
+
+/* out (N,H,W,C) float32 <- image index[i] (i when index is NULL) of x (NX,H,W,C)
+ * of `dtype` (VGG_U8, VGG_F32 or VGG_F64, read as it is, no rescaling), warped by
+ * params row i (vgg_augment_matrix), sampled bilinearly (scipy's order-1
+ * weights, in double) with `fill_mode` outside the image, then flipped. Any
+ * C >= 1; H and W >= 2. Reads x and params, overwrites out.
+ * VGG_ERR_ARG: NULL, unknown dtype or mode, an index outside [0, NX), a
+ * non-finite parameter; VGG_ERR_SHAPE: sizes too small or overflowing, or
+ * N > NX without an index. Threads: OpenMP over (image, output row). */
+int vgg_augment_apply(float *out, const void *x, int dtype, const int64_t *index, size_t n,
+                      size_t nx, size_t h, size_t w, size_t c, const double *params,
+                      int fill_mode, float cval);
 
 /* ------------------------------------------------------------------------ */
 /* the VGG16 network (vgg16.c)                                                */
@@ -192,12 +273,15 @@ typedef struct {
     int reverse_channels;
     int stop_layer;            /* enum vgg16_layer */
     int pooling;               /* enum vgg_pooling */
+    int start_layer;           /* 0: x holds images; L > 0: x holds the float32 output
+                                  of layer L-1 (a cached cut), h, w and cin its shape */
 } vgg16_config;
 
 /* Output shape of the network for an input of h x w: writes oh, ow, oc (a dense
  * output or a global pool has oh = ow = 1). VGG_ERR_SHAPE if the input is too
  * small for the stop layer (every pool needs >= 2 rows and columns) or, past
- * flatten, not 224 x 224. */
+ * flatten, block5_pool is not 7 x 7 (a 224 x 224 image). h and w are the
+ * image's, or with start_layer > 0 those of layer start_layer - 1's output. */
 int vgg16_output_shape(size_t *oh, size_t *ow, size_t *oc, const vgg16_config *cfg,
                        size_t classes, size_t h, size_t w);
 
@@ -213,6 +297,11 @@ int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size
                   size_t cin, const vgg16_weights *weights, const vgg16_config *cfg,
                   float *workspace, size_t workspace_floats,
                   vgg_abort_fn abort_cb, void *abort_ctx);
+
+/* Images vgg16_forward has run through the network since the library was
+ * loaded, over all threads and calls (a pass counts once it completes): how a
+ * test proves that a cached extraction computed nothing. Thread-safe. */
+uint64_t vgg16_forward_images(void);
 
 /* ------------------------------------------------------------------------ */
 /* backward passes and losses (dense.c, activations.c, dropout.c, losses.c)  */
@@ -357,6 +446,36 @@ int vgg_head_fit_epoch(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer
                        const vgg_targets *t, size_t batch, int shuffle, uint64_t seed,
                        uint64_t epoch, int64_t *order, float *workspace,
                        size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx);
+
+/* ------------------------------------------------------------------------ */
+/* fine-tuning the top of VGG16 (finetune.c)                                  */
+
+/* The trainable tail: layers start_layer (a conv) .. block5_pool, fed by the
+ * cached output of layer start_layer - 1. kernel/bias/slots are indexed by the
+ * conv's position among the 13 (block1_conv1 = 0 ... block5_conv3 = 12); only
+ * the tail's are read. Training updates them in place. */
+typedef struct {
+    int start_layer;
+    float *kernel[VGG16_NUM_CONV];
+    float *bias[VGG16_NUM_CONV];
+    float *slots[VGG16_NUM_CONV][4]; /* kernel slot0, slot1, bias slot0, slot1 */
+} vgg16_tail;
+
+/* Floats of workspace for batches of `batch` cut maps of h x w; 0 when the
+ * tail and the head do not fit each other (the head's (h, w, c) must be the
+ * tail's output). */
+size_t vgg16_finetune_workspace_floats(const vgg16_tail *tail, const vgg_head *head,
+                                       size_t batch, size_t h, size_t w);
+
+/* One epoch: x (n, h, w, c) float32 / float16 is the cut; order, shuffling,
+ * dropout, targets and stats as vgg_head_fit_epoch; per batch one step of the
+ * head and of every tail conv with the same optimizer and iteration. */
+int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *head,
+                             const vgg_optimizer *opt, int64_t *iterations, const void *x,
+                             int dtype, size_t n, size_t h, size_t w, const vgg_targets *t,
+                             size_t batch, int shuffle, uint64_t seed, uint64_t epoch,
+                             int64_t *order, float *workspace, size_t workspace_floats,
+                             vgg_abort_fn abort_cb, void *abort_ctx);
 
 #ifdef __cplusplus
 }

@@ -60,18 +60,17 @@ static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, 
     VGG_CHECK(cfg && p, VGG_ERR_ARG);
     VGG_CHECK(cfg->stop_layer >= 0 && cfg->stop_layer < VGG16_NUM_LAYERS, VGG_ERR_ARG);
     VGG_CHECK(cfg->pooling >= VGG_POOL_NONE && cfg->pooling <= VGG_POOL_MAX, VGG_ERR_ARG);
+    const int start = cfg->start_layer, stop = cfg->stop_layer;
+    /* a cut is the output of a conv or pool layer */
+    VGG_CHECK(start >= 0 && start <= stop && start <= VGG16_FLATTEN, VGG_ERR_ARG);
     VGG_CHECK(h >= 1 && w >= 1, VGG_ERR_SHAPE);
-    const int stop = cfg->stop_layer;
-    if (stop >= VGG16_FLATTEN) {
-        VGG_CHECK(cfg->pooling == VGG_POOL_NONE, VGG_ERR_ARG);
-        VGG_CHECK(h == VGG16_TOP_SIZE && w == VGG16_TOP_SIZE, VGG_ERR_SHAPE);
-    }
+    if (stop >= VGG16_FLATTEN) VGG_CHECK(cfg->pooling == VGG_POOL_NONE, VGG_ERR_ARG);
     if (stop == VGG16_PREDICTIONS) VGG_CHECK(classes >= 1, VGG_ERR_ARG);
-    size_t ch = 3, flat = 0;
-    VGG_CHECK(vgg_mul_ok(h, w, &p->max_act) && vgg_mul_ok(p->max_act, 3, &p->max_act),
+    size_t ch = start ? LAYERS[start - 1].units : 3, flat = 0;
+    VGG_CHECK(vgg_mul_ok(h, w, &p->max_act) && vgg_mul_ok(p->max_act, ch, &p->max_act),
               VGG_ERR_SHAPE);
     p->max_cin = 0;
-    for (int l = 0; l <= stop; l++) {
+    for (int l = start; l <= stop; l++) {
         size_t a = 0;
         switch (LAYERS[l].kind) {
         case VGG16_KIND_CONV:
@@ -84,6 +83,8 @@ static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, 
             w /= 2;
             break;
         case VGG16_KIND_FLATTEN:
+            /* fc1 takes 7 x 7 x 512: the top needs 224 x 224 images */
+            VGG_CHECK(h == VGG16_TOP_SIZE / 32 && w == VGG16_TOP_SIZE / 32, VGG_ERR_SHAPE);
             flat = h * w * ch;
             break;
         case VGG16_KIND_DENSE:
@@ -144,13 +145,20 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
                         size_t cin, const vgg16_weights *wt, const vgg16_config *cfg,
                         float *act_a, float *act_b, float *col,
                         size_t col_n, vgg_abort_fn abort_cb, void *abort_ctx) {
-    const int stop = cfg->stop_layer;
-    int st = vgg_input_convert(act_a, x, dtype, m, h, w, cin, cfg->scale, cfg->shift,
-                               cfg->reverse_channels);
-    if (st != VGG_OK) return st;
-    float *cur = act_a, *other = act_b;
+    const int stop = cfg->stop_layer, start = cfg->start_layer;
+    int st = VGG_OK;
     size_t ch = 3, flat = 0;
-    for (int l = 0; l <= stop; l++) {
+    if (start == 0) {
+        st = vgg_input_convert(act_a, x, dtype, m, h, w, cin, cfg->scale, cfg->shift,
+                               cfg->reverse_channels);
+        if (st != VGG_OK) return st;
+    } else {
+        /* a cached cut: copied, since the ping-pong buffers are written in turn */
+        ch = cin;
+        memcpy(act_a, x, m * h * w * cin * sizeof(float));
+    }
+    float *cur = act_a, *other = act_b;
+    for (int l = start; l <= stop; l++) {
         const int last = (l == stop);
         /* the last layer writes into out, unless a global pool follows it */
         float *dst = (last && cfg->pooling == VGG_POOL_NONE) ? out : other;
@@ -199,17 +207,25 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
     return VGG_OK;
 }
 
+/* Images completed by vgg16_forward since load (see vgg16_forward_images). */
+static uint64_t forward_images;
+
 int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size_t w,
                   size_t cin, const vgg16_weights *weights, const vgg16_config *cfg,
                   float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
                   void *abort_ctx) {
     VGG_CHECK(out && x && weights && cfg && workspace, VGG_ERR_ARG);
-    VGG_CHECK(cin == 1 || cin == 3, VGG_ERR_SHAPE);
-    VGG_CHECK(dtype == VGG_U8 || dtype == VGG_F32 || dtype == VGG_F64, VGG_ERR_ARG);
     net_plan p;
     int st = plan(&p, cfg, weights->classes, h, w);
     if (st != VGG_OK) return st;
-    for (int l = 0; l <= cfg->stop_layer && l < VGG16_FLATTEN; l++) {
+    if (cfg->start_layer == 0) {
+        VGG_CHECK(cin == 1 || cin == 3, VGG_ERR_SHAPE);
+        VGG_CHECK(dtype == VGG_U8 || dtype == VGG_F32 || dtype == VGG_F64, VGG_ERR_ARG);
+    } else {
+        VGG_CHECK(cin == LAYERS[cfg->start_layer - 1].units, VGG_ERR_SHAPE);
+        VGG_CHECK(dtype == VGG_F32, VGG_ERR_ARG);
+    }
+    for (int l = cfg->start_layer; l <= cfg->stop_layer && l < VGG16_FLATTEN; l++) {
         if (LAYERS[l].kind == VGG16_KIND_CONV)
             VGG_CHECK(weights->conv_kernel[LAYERS[l].param] && weights->conv_bias[LAYERS[l].param],
                       VGG_ERR_ARG);
@@ -234,6 +250,13 @@ int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size
                           m, h, w, cin, weights, cfg, act_a, act_b, col, col_n, abort_cb,
                           abort_ctx);
         if (st != VGG_OK) return st;
+        /* relaxed atomic: calls from several Python threads (GIL released) may
+         * finish passes at once; the count only has to be exact, not ordered */
+        __atomic_fetch_add(&forward_images, (uint64_t)m, __ATOMIC_RELAXED);
     }
     return VGG_OK;
+}
+
+uint64_t vgg16_forward_images(void) {
+    return __atomic_load_n(&forward_images, __ATOMIC_RELAXED);
 }

@@ -106,4 +106,14 @@ static inline float vgg_half_to_float(uint16_t h) {
     return f;
 }
 
+/* head.c, for finetune.c: one training step of the head on per-sample maps
+ * (m, h, w, c) float32 already in batch order, targets taken at order[first..];
+ * d_maps (m, h, w, c) gets dL/d(maps). The workspace is the head's for batch m
+ * (vgg_head_workspace_floats(head, m)). */
+int vgg_head_train_maps(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer *opt,
+                        int64_t iteration, const float *maps, size_t m, const vgg_targets *t,
+                        const int64_t *order, size_t first, uint64_t seed, float *d_maps,
+                        float *workspace, size_t workspace_floats);
+int vgg_head_check_targets(const vgg_targets *t, size_t n, size_t out);
+
 #endif /* VGG_INTERNAL_H */

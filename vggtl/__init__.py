@@ -18,6 +18,7 @@ except ImportError as e:  # a source checkout whose extension was never built
 from .vgg16 import VGG16, LAYER_NAMES, preprocess_input
 from .weights import load_weights, save_weights, WeightsError
 from . import data
+from . import cache
 from .layers import Dense, Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D
 from .optim import SGD, Adam, RMSprop
 from .callbacks import Callback, EarlyStopping, History
@@ -36,6 +37,7 @@ __all__ = [
     "save_weights",
     "WeightsError",
     "data",
+    "cache",
     "load_pickle",
     "load_pickles",
     "LabelEncoder",

@@ -27,7 +27,7 @@ from ._atomic import atomic_write_bytes
 from . import optim as _optim
 from .callbacks import Callback, EarlyStopping, History
 from .layers import INPUT_LAYERS, Dense, Dropout, Flatten, Layer, from_config
-from .vgg16 import VGG16
+from .vgg16 import LAYER_NAMES, VGG16
 
 LOSSES = {"binary_crossentropy": 0, "categorical_crossentropy": 1,
           "sparse_categorical_crossentropy": 2}
@@ -55,9 +55,14 @@ class TransferModel:
     seed : int
         Seeds the head's initialisation, the shuffling and the dropout masks:
         the same seed and thread count give bit-identical training.
+    cache : True, False or a folder
+        Where ``fit`` keeps the base's features (:mod:`vggtl.cache`): True, the
+        default, is ``$XDG_CACHE_HOME/vggtl/features``; False computes them on
+        every ``fit``. ``fit(cache=...)`` overrides it for one call.
     """
 
-    def __init__(self, base: VGG16, head: Sequence[Layer], seed: int = 0, name: str = "transfer_model"):
+    def __init__(self, base: VGG16, head: Sequence[Layer], seed: int = 0, name: str = "transfer_model",
+                 cache=True):
         if not isinstance(base, VGG16):
             raise TypeError(f"base: expected a vggtl.VGG16, got {type(base).__name__}")
         if base.include_top:
@@ -68,6 +73,7 @@ class TransferModel:
         self.base = base
         self.seed = _check_int("seed", seed, 0)
         self.name = name
+        self.cache = cache
         layers = list(head)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
@@ -91,6 +97,7 @@ class TransferModel:
         self.stop_training = False
         self.classes_: Optional[np.ndarray] = None
         self.history: Optional[History] = None
+        self._conv_slots: Dict[str, tuple] = {}  # optimizer state of base convs being tuned
 
     # -- structure --------------------------------------------------------------
     def _name_layers(self):
@@ -147,14 +154,28 @@ class TransferModel:
     def output_units(self) -> int:
         return self.layers[-1].units
 
+    def _tuned_base_layers(self) -> Tuple[str, ...]:
+        """Base layers with weights that are marked trainable (fine-tuning)."""
+        return tuple(n for n in self.base.trainable_layers if n in self.base._weights)
+
     def get_weights(self) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-        """The head's weights ``{dense_name: (kernel (in, out), bias)}`` (copies)."""
-        return {k: (w.copy(), b.copy()) for k, (w, b) in self._weights.items()}
+        """The trainable weights ``{layer: (kernel, bias)}`` (copies): the head's
+        Dense layers, plus the base's layers marked trainable (after
+        ``fine_tune``, e.g. block5_conv1..3 in Keras's HWIO layout)."""
+        out = {k: (w.copy(), b.copy()) for k, (w, b) in self._weights.items()}
+        for name in self._tuned_base_layers():
+            k, b = self.base._weights[name]
+            out[name] = (k.copy(), b.copy())
+        return out
 
     def set_weights(self, weights: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> None:
         """Set the head's weights (every Dense layer, exact shapes)."""
         new = {}
-        for name, (w, b) in self._weights.items():
+        targets = dict(self._weights)
+        for name in self._tuned_base_layers():
+            if name in weights:  # the base's trainable layers are optional here
+                targets[name] = self.base._weights[name]
+        for name, (w, b) in targets.items():
             if name not in weights:
                 raise ValueError(f"weights: layer '{name}' is missing")
             nw = np.array(weights[name][0], dtype=np.float32, order="C")
@@ -165,8 +186,8 @@ class TransferModel:
             new[name] = (nw, nb)
         # copy into the existing arrays: the optimizer and the core keep their addresses
         for name, (nw, nb) in new.items():
-            self._weights[name][0][...] = nw
-            self._weights[name][1][...] = nb
+            targets[name][0][...] = nw
+            targets[name][1][...] = nb
 
     def count_params(self) -> int:
         return self.base.count_params() + sum(w.size + b.size for w, b in self._weights.values())
@@ -281,9 +302,14 @@ class TransferModel:
             table[k] = v
         return table[classes]
 
-    def features(self, x, batch_size: int = 32) -> np.ndarray:
-        """The frozen base's features of images x, as the head reads them."""
-        return self.base.predict(x, batch_size=batch_size)
+    def features(self, x, batch_size: int = 32, cache=False, progress: bool = False) -> np.ndarray:
+        """The frozen base's features of images x, as the head reads them.
+
+        ``cache``: False computes them; True or a folder reads them from the
+        feature cache (:meth:`VGG16.extract`), computing only what is missing."""
+        if cache is False:
+            return self.base.predict(x, batch_size=batch_size)
+        return self.base.extract(x, cache=cache, batch_size=batch_size, progress=progress)
 
     def _spec(self, with_slots: bool):
         h, w, c = self.feature_shape
@@ -311,19 +337,23 @@ class TransferModel:
     def fit(self, x, y, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
             class_weight=None, callbacks: Optional[List[Callback]] = None,
-            initial_epoch: int = 0) -> History:
-        """Train the head on images x (the base's features are computed once).
+            initial_epoch: int = 0, cache=None) -> History:
+        """Train the head on images x (the base's features are computed once, and
+        kept in the feature cache: a second fit on the same images computes nothing).
 
         Arguments as Keras's ``Model.fit``. ``y``: integer labels, one-hot rows or
-        strings. Returns a :class:`History` whose ``history`` has "loss",
-        "accuracy" and, with validation, "val_loss" and "val_accuracy".
+        strings. ``cache``: None (the model's ``cache``), True, a folder or False.
+        Returns a :class:`History` whose ``history`` has "loss", "accuracy" and,
+        with validation, "val_loss" and "val_accuracy".
         """
         x, y, validation_data = self._split(x, y, validation_data, validation_split)
-        F = self.features(x, batch_size=max(batch_size, 32))
+        cache = self.cache if cache is None else cache
+        F = self.features(x, batch_size=max(batch_size, 32), cache=cache, progress=bool(verbose))
         val = None
         if validation_data is not None:
             vx, vy = self._unpack_validation(validation_data)
-            val = (self.features(vx, batch_size=max(batch_size, 32)), vy)
+            val = (self.features(vx, batch_size=max(batch_size, 32), cache=cache,
+                                 progress=bool(verbose)), vy)
         return self.fit_features(F, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                                  validation_data=val, shuffle=shuffle, class_weight=class_weight,
                                  callbacks=callbacks, initial_epoch=initial_epoch)
@@ -379,6 +409,25 @@ class TransferModel:
         ws = self._workspace(spec, batch_size)
         order = np.empty(n, dtype=np.int64)
         loss_code = LOSSES[self.loss]
+
+        def run_epoch():
+            return _core.head_fit_epoch(
+                F, spec, self.optimizer.as_core_tuple(), self.optimizer.iterations, loss_code,
+                targets, sw, batch_size, shuffle, self.seed, self._epochs_done, order, ws)
+
+        def validate():
+            vspec = self._spec(False)
+            return _core.head_evaluate(val[0], vspec, loss_code, val[1], None, batch_size,
+                                       self._workspace(vspec, batch_size))
+
+        return self._run_epochs(run_epoch, validate if val is not None else None, n, batch_size,
+                                epochs, initial_epoch, verbose, callbacks)
+
+    def _run_epochs(self, run_epoch, validate, n, batch_size, epochs, initial_epoch, verbose,
+                    callbacks) -> History:
+        """Keras's epoch loop around one C call per epoch: callbacks, History,
+        validation, the per-epoch line, early stopping, and on a NaN loss the
+        state of the last completed epoch restored."""
         history = History()
         cbs = [history] + list(callbacks or [])
         for cb in cbs:
@@ -396,9 +445,7 @@ class TransferModel:
             snapshot = self._training_state()
             t0 = time.perf_counter()
             try:
-                loss_sum, correct, seen, _, it = _core.head_fit_epoch(
-                    F, spec, self.optimizer.as_core_tuple(), self.optimizer.iterations, loss_code,
-                    targets, sw, batch_size, shuffle, self.seed, self._epochs_done, order, ws)
+                loss_sum, correct, seen, _, it = run_epoch()
             except FloatingPointError as e:
                 # keep the last good state: weights, optimizer slots and step count
                 # as they were at the end of the previous epoch
@@ -410,9 +457,8 @@ class TransferModel:
             logs = {"loss": loss_sum / seen}
             if acc_key:
                 logs[acc_key] = correct / seen
-            if val is not None:
-                vl, vc, vn = _core.head_evaluate(val[0], self._spec(False), loss_code, val[1], None,
-                                                 batch_size, self._workspace(self._spec(False), batch_size))
+            if validate is not None:
+                vl, vc, vn = validate()
                 logs["val_loss"] = vl / vn
                 if acc_key:
                     logs["val_" + acc_key] = vc / vn
@@ -430,18 +476,131 @@ class TransferModel:
         return history
 
     def _training_state(self):
-        return ({k: (w.copy(), b.copy()) for k, (w, b) in self._weights.items()},
-                {k: tuple(None if a is None else a.copy() for a in v) for k, v in self._slots.items()},
+        slots = {**self._slots, **self._conv_slots}
+        return (self.get_weights(),
+                {k: tuple(None if a is None else a.copy() for a in v) for k, v in slots.items()},
                 self.optimizer.iterations)
 
     def _restore_training_state(self, state):
         weights, slots, iterations = state
         self.set_weights(weights)
+        live = {**self._slots, **self._conv_slots}
         for k, v in slots.items():
-            for dst, src in zip(self._slots[k], v):
+            for dst, src in zip(live[k], v):
                 if dst is not None:
                     dst[...] = src
         self.optimizer.iterations = iterations
+
+    # -- fine-tuning ----------------------------------------------------------------
+    def fine_tune(self, x, y, unfreeze_from: Optional[str] = None, optimizer=None,
+                  batch_size: int = 32, epochs: int = 1, verbose: int = 1,
+                  validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
+                  class_weight=None, callbacks: Optional[List[Callback]] = None,
+                  initial_epoch: int = 0) -> History:
+        """Train the top of the base together with the head (the tutorial's
+        continuation: ``for layer in base.layers[15:]: layer.trainable = True``,
+        re-compile with ``SGD(1e-4, momentum=0.9)``, fit again).
+
+        ``unfreeze_from`` names the first conv to train ("block5_conv1" by the
+        recipe; any conv from block1_conv2 up works); without it the layers
+        marked trainable on ``model.base`` are used. The output of the last
+        frozen layer (block4_pool for block 5) is computed once and each epoch
+        runs only the unfrozen layers and the head, in C. ``optimizer`` defaults
+        to ``SGD(learning_rate=1e-4, momentum=0.9)`` and, like Keras's
+        re-compile, starts from fresh state; the loss and metrics are those of
+        ``compile``. Other arguments as :meth:`fit`.
+        """
+        if self.loss is None:
+            raise RuntimeError("fine_tune: the model is not compiled; call model.compile(...) first")
+        if self.base.pooling is not None:
+            raise ValueError("fine_tune: the base has pooling=%r; fine-tuning needs the unpooled "
+                             "block5_pool output (use pooling=None and a GlobalAveragePooling2D "
+                             "head instead)" % self.base.pooling)
+        batch_size = _check_int("batch_size", batch_size, 1)
+        epochs = _check_int("epochs", epochs, 0)
+        initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
+        first = self._unfreeze(unfreeze_from)
+        cut = LAYER_NAMES[first - 1]
+        x, y, validation_data = self._split(x, y, validation_data, validation_split)
+        # the frozen part, once: the output of the last frozen layer
+        F = self.base.predict(x, batch_size=max(batch_size, 32), layer=cut)
+        n = len(F)
+        if n == 0:
+            raise ValueError("x: expected at least one training sample, got 0")
+        targets = self._targets(y, n)
+        sw = self._sample_weight(targets, class_weight)
+        val = None
+        if validation_data is not None:
+            vx, vy = self._unpack_validation(validation_data)
+            val = (self.base.predict(vx, batch_size=max(batch_size, 32), layer=cut),
+                   self._targets(vy, len(vx), name="validation_data y"))
+        # a fresh optimizer and state, as a re-compile in Keras gives
+        self.compile(optimizer=optimizer if optimizer is not None else
+                     _optim.SGD(learning_rate=1e-4, momentum=0.9),
+                     loss=self.loss, metrics=self.metrics)
+        nslots = self.optimizer.slots()
+        self._conv_slots = {}
+        convs = []
+        for name in LAYER_NAMES[:LAYER_NAMES.index("block5_pool") + 1]:
+            if name not in self.base._weights:
+                continue
+            if LAYER_NAMES.index(name) < first:
+                convs.append(None)
+                continue
+            k, b = self.base._weights[name]
+            slots = tuple((np.zeros_like(k if s < 2 else b) if s % 2 < nslots else None)
+                          for s in range(4))
+            self._conv_slots[name] = slots
+            convs.append((k, b, slots))
+        tail = (first, tuple(convs))
+        head = self._spec(with_slots=True)
+        h, w = F.shape[1:3]
+        ws = np.empty(_core.finetune_workspace_floats(tail, head, batch_size, h, w), np.float32)
+        order = np.empty(n, dtype=np.int64)
+        loss_code = LOSSES[self.loss]
+
+        def run_epoch():
+            return _core.finetune_fit_epoch(
+                F, tail, head, self.optimizer.as_core_tuple(), self.optimizer.iterations,
+                loss_code, targets, sw, batch_size, shuffle, self.seed, self._epochs_done, order, ws)
+
+        def validate():
+            F5 = self.base.forward_from(val[0], cut, batch_size=max(batch_size, 32))
+            vspec = self._spec(False)
+            return _core.head_evaluate(F5, vspec, loss_code, val[1], None, batch_size,
+                                       self._workspace(vspec, batch_size))
+
+        return self._run_epochs(run_epoch, validate if val is not None else None, n, batch_size,
+                                epochs, initial_epoch, verbose, callbacks)
+
+    def _unfreeze(self, unfreeze_from) -> int:
+        """Mark the base's layers from ``unfreeze_from`` (or as marked) trainable
+        and return the index of the first trainable conv."""
+        names = self.base.layer_names
+        block5_pool = names.index("block5_pool")
+        if unfreeze_from is not None:
+            if not isinstance(unfreeze_from, str) or unfreeze_from not in names[:block5_pool + 1]:
+                raise ValueError(f"unfreeze_from: expected a layer of the base, one of "
+                                 f"{', '.join(names[:block5_pool + 1])}; got {unfreeze_from!r}")
+            self.base._trainable = set(names[names.index(unfreeze_from):block5_pool + 1])
+        marked = [names.index(n) for n in self.base.trainable_layers]
+        if not marked:
+            raise ValueError("fine_tune: no layer of the base is trainable; pass "
+                             "unfreeze_from='block5_conv1' or mark layers, e.g. "
+                             "for layer in model.base.layers[15:]: layer.trainable = True")
+        lo = min(marked)
+        if sorted(marked) != list(range(lo, block5_pool + 1)):
+            raise ValueError(f"fine_tune: the trainable layers must be the top of the base, from "
+                             f"one layer up to block5_pool, without gaps; marked: "
+                             f"{list(self.base.trainable_layers)}")
+        convs = [i for i in range(lo, block5_pool + 1) if names[i] in self.base._weights]
+        if not convs:
+            raise ValueError("fine_tune: the trainable layers hold no weights (only pooling)")
+        first = convs[0]
+        if first == 0:
+            raise ValueError("unfreeze_from: 'block1_conv1' would leave no frozen layer whose "
+                             "output can be cached; unfreeze from block1_conv2 or above")
+        return first
 
     # -- inference ----------------------------------------------------------------
     def predict_features(self, features, batch_size: int = 32) -> np.ndarray:

@@ -141,6 +141,7 @@ class VGG16:
             _preprocess_params(preprocess)  # validates the mode before any file is read
         self._workspace = np.empty(0, dtype=np.float32)
         self._lock = threading.Lock()
+        self._trainable = set()  # layer names marked trainable (for fine-tuning)
         self._weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
         # "imagenet", a path, a dict or None -> (dict or None, the weights' preprocessing)
         loaded, wanted = _weights.resolve_weights(weights, include_top=self.include_top)
@@ -169,6 +170,26 @@ class VGG16:
             raise ValueError(f"input_shape: height and width must be at least {MIN_SIZE}, "
                              f"got {h} x {w}")
         return (h, w, c)
+
+    @property
+    def layers(self):
+        """Keras-like handles on the layers, ``layers[0]`` being the input as in a
+        Keras model built on an input tensor, so the tutorial's
+        ``for layer in base.layers[15:]: layer.trainable = True`` marks block 5.
+        Every layer starts frozen: ``TransferModel.fit`` trains the head only, and
+        ``TransferModel.fine_tune`` trains the layers marked here."""
+        return [LayerView(self, "input_1")] + [LayerView(self, n) for n in self.layer_names]
+
+    @property
+    def trainable_layers(self) -> Tuple[str, ...]:
+        """Names of the layers marked trainable, in order."""
+        return tuple(n for n in self.layer_names if n in self._trainable)
+
+    def get_layer(self, name: str) -> "LayerView":
+        if name not in self.layer_names:
+            raise ValueError(f"name: unknown layer '{name}'; expected one of "
+                             f"{', '.join(self.layer_names)}")
+        return LayerView(self, name)
 
     @property
     def layer_names(self) -> Tuple[str, ...]:
@@ -311,6 +332,51 @@ class VGG16:
                                     out=out[i:i + batch_size])
         return out
 
+    def forward_from(self, F, after: str, layer: Optional[str] = None,
+                     batch_size: int = 32) -> np.ndarray:
+        """Run the network on ``F``, the float32 output of layer ``after`` (a cached
+        cut, e.g. ``predict(X, layer="block4_pool")``), up to ``layer`` (default:
+        the model's output, without pooling)."""
+        if after not in self.layer_names or after in ("predictions",):
+            raise ValueError(f"after: expected a layer of this model before its output, got {after!r}")
+        start = _INDEX[after] + 1
+        stop, _ = self._resolve_layer(layer)
+        if stop < start:
+            raise ValueError(f"layer: '{LAYER_NAMES[stop]}' comes before '{after}'")
+        F = np.ascontiguousarray(F, dtype=np.float32)
+        if F.ndim != 4:
+            raise ValueError(f"F: expected (N, h, w, c) activations of '{after}', got shape {F.shape}")
+        n, h, w, c = F.shape
+        oh, ow, oc = _core.vgg16_output_shape(stop, _core.POOL_NONE, self.classes, h, w,
+                                              start_layer=start)
+        flat = stop >= _INDEX["flatten"]
+        out = np.empty((n, oc) if flat else (n, oh, ow, oc), dtype=np.float32)
+        if n == 0:
+            return out
+        per_image = _core.vgg16_workspace_floats(stop, _core.POOL_NONE, 1, h, w, start_layer=start)
+        fit = max(1, _WORKSPACE_BYTES // (4 * per_image))
+        params = self._params(stop >= _INDEX["fc1"])
+        with self._lock:
+            ws = self._get_workspace(_core.vgg16_workspace_floats(
+                stop, _core.POOL_NONE, min(fit, batch_size, n), h, w, start_layer=start))
+            for i in range(0, n, batch_size):
+                _core.vgg16_forward(F[i:i + batch_size], params, stop, _core.POOL_NONE,
+                                    (1.0,) * 3, (0.0,) * 3, False, ws, out=out[i:i + batch_size],
+                                    start_layer=start)
+        return out
+
+    def extract(self, X, layer: Optional[str] = None, cache=True, batch_size: int = 32,
+                progress: bool = True, dtype: str = "float32", **kwargs) -> np.ndarray:
+        """Features of X at ``layer`` (None: as :meth:`predict`) through the on-disk
+        feature cache: computed once, then a read-only memmap on every later call,
+        in this process or another. ``cache``: True (``$XDG_CACHE_HOME/vggtl/
+        features``), a folder, or False (compute, keep nothing). ``dtype``:
+        "float32" or "float16". See :func:`vggtl.cache.extract` (``view``,
+        ``transform``, ``x_digest``)."""
+        from . import cache as _cache
+        return _cache.extract(self, X, layer=layer, cache=cache, batch_size=batch_size,
+                              progress=progress, dtype=dtype, **kwargs)
+
     def _check_image_size(self, h, w, c):
         if self.input_shape is not None:
             eh, ew, _ = self.input_shape
@@ -332,6 +398,36 @@ class VGG16:
         return (f"VGG16(include_top={self.include_top}, input_shape={self.input_shape}, "
                 f"pooling={self.pooling!r}, preprocess={self.preprocess!r}, "
                 f"params={self.count_params():,})")
+
+
+class LayerView:
+    """A VGG16 layer as Keras shows it: ``name``, ``trainable``, ``get_weights()``."""
+
+    def __init__(self, model: "VGG16", name: str):
+        self._model = model
+        self.name = name
+
+    @property
+    def trainable(self) -> bool:
+        return self.name in self._model._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"trainable: expected True or False, got {value!r}")
+        if self.name == "input_1":
+            return  # no weights: nothing to train, as in Keras
+        if value:
+            self._model._trainable.add(self.name)
+        else:
+            self._model._trainable.discard(self.name)
+
+    def get_weights(self):
+        w = self._model._weights.get(self.name)
+        return [] if w is None else [w[0].copy(), w[1].copy()]
+
+    def __repr__(self):
+        return f"<VGG16 layer {self.name} trainable={self.trainable}>"
 
 
 def _pool_code(pooling):

@@ -1,0 +1,226 @@
+"""Fine-tuning the top of VGG16: conv and max-pool backward in C, and
+TransferModel.fine_tune against PyTorch autograd on the same weights."""
+import numpy as np
+import pytest
+import torch
+
+import vggtl
+from vggtl import _core, reference
+
+
+def rel(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+# --- kernels -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,h,w,cin,cout", [(2, 7, 5, 3, 4), (1, 6, 6, 16, 8), (3, 9, 8, 8, 5)])
+def test_conv3x3_backward_matches_finite_differences(n, h, w, cin, cout):
+    rng = np.random.default_rng(n * 100 + h)
+    x = rng.standard_normal((n, h, w, cin)).astype(np.float32)
+    k = (rng.standard_normal((3, 3, cin, cout)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    g = rng.standard_normal((n, h, w, cout)).astype(np.float32)
+    dx, dw, db = _core.conv3x3_backward(g, x, k)
+
+    def loss(x_, k_, b_):  # sum(g * conv(x)) in float64, linear so differences are exact
+        out = reference.conv3x3(x_, k_, b_, relu=False).astype(np.float64)
+        return float((out * g).sum())
+
+    eps = 1e-2
+    for (arr, grad, name) in ((x, dx, "dx"), (k, dw, "dw"), (b, db, "db")):
+        idx = [tuple(rng.integers(0, s) for s in arr.shape) for _ in range(6)]
+        for i in idx:
+            args = [x.astype(np.float64), k.astype(np.float64), b.astype(np.float64)]
+            j = {"dx": 0, "dw": 1, "db": 2}[name]
+            plus, minus = args[j].copy(), args[j].copy()
+            plus[i] += eps
+            minus[i] -= eps
+            a1, a2 = list(args), list(args)
+            a1[j], a2[j] = plus, minus
+            num = (loss(*a1) - loss(*a2)) / (2 * eps)
+            assert abs(num - grad[i]) <= 2e-3 * max(1.0, abs(num)), (name, i, num, grad[i])
+
+
+def test_conv3x3_backward_matches_torch_at_block5_size():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 14, 14, 512)).astype(np.float32)
+    k = (rng.standard_normal((3, 3, 512, 512)) * 0.02).astype(np.float32)
+    g = rng.standard_normal((2, 14, 14, 512)).astype(np.float32)
+    dx, dw, db = _core.conv3x3_backward(g, x, k)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
+    kt = torch.tensor(k.transpose(3, 2, 0, 1), dtype=torch.float64, requires_grad=True)
+    bt = torch.zeros(512, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.conv2d(xt, kt, bt, padding=1).backward(
+        torch.tensor(g.transpose(0, 3, 1, 2), dtype=torch.float64))
+    assert rel(dx, xt.grad.numpy().transpose(0, 2, 3, 1)) < 1e-5
+    assert rel(dw, kt.grad.numpy().transpose(2, 3, 1, 0)) < 1e-5
+    assert rel(db, bt.grad.numpy()) < 1e-5
+    _, dw2, _ = _core.conv3x3_backward(g, x, k, need_dx=False)
+    np.testing.assert_array_equal(dw2, dw)
+
+
+def test_maxpool_backward_routes_to_the_first_maximum_and_zeroes_dropped_edges():
+    # one window with a tie between top-right and bottom-left: the first in
+    # row-major order (top-right) gets the gradient, as TensorFlow and PyTorch do
+    x = np.array([[1, 5], [5, 2]], np.float32).reshape(1, 2, 2, 1)
+    d = _core.maxpool2x2_backward(np.full((1, 1, 1, 1), 3.0, np.float32), x)
+    np.testing.assert_array_equal(d[0, :, :, 0], [[0, 3], [0, 0]])
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 7, 5, 3)).astype(np.float32)  # odd sizes: last row/col dropped
+    g = rng.standard_normal((2, 3, 2, 3)).astype(np.float32)
+    d = _core.maxpool2x2_backward(g, x)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, 2, 2).backward(torch.tensor(g.transpose(0, 3, 1, 2)))
+    np.testing.assert_array_equal(d, xt.grad.numpy().transpose(0, 2, 3, 1))
+    assert not d[:, 6].any() and not d[:, :, 4].any()
+
+
+# --- fine_tune against torch autograd ----------------------------------------------
+
+BLOCK5 = ("block5_conv1", "block5_conv2", "block5_conv3")
+
+
+def _setup(seed=0, n=6, size=64):
+    rng = np.random.default_rng(seed)
+    base = vggtl.VGG16(weights=None, input_shape=(size, size, 3), seed=seed)
+    X = (rng.random((n, size, size, 3)) * 255).astype(np.uint8)
+    y = np.arange(n) % 2
+    model = vggtl.TransferModel(base, [vggtl.Flatten(), vggtl.Dense(8, activation="relu"),
+                                       vggtl.Dense(2, activation="softmax")], seed=seed)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model, X, y
+
+
+def _torch_tail_and_head(model):
+    """block5 + flatten (NHWC order) + the head, as a float64 torch module."""
+    w = {**model.base.get_weights(), **model.get_weights()}
+    convs = []
+    for name in BLOCK5:
+        k, b = w[name]
+        c = torch.nn.Conv2d(k.shape[2], k.shape[3], 3, padding=1).double()
+        with torch.no_grad():
+            c.weight.copy_(torch.tensor(k.transpose(3, 2, 0, 1)))
+            c.bias.copy_(torch.tensor(b))
+        convs.append(c)
+    dense = []
+    for name in ("dense", "dense_1"):
+        k, b = w[name]
+        d = torch.nn.Linear(*k.shape).double()
+        with torch.no_grad():
+            d.weight.copy_(torch.tensor(k.T))
+            d.bias.copy_(torch.tensor(b))
+        dense.append(d)
+
+    def forward(f4):  # f4: NCHW block4_pool
+        h = f4
+        for c in convs:
+            h = torch.relu(c(h))
+        h = torch.nn.functional.max_pool2d(h, 2, 2)
+        h = h.permute(0, 2, 3, 1).reshape(len(h), -1)  # Keras's NHWC flatten
+        h = torch.relu(dense[0](h))
+        return torch.softmax(dense[1](h), dim=1)
+    return forward, convs, dense
+
+
+def _keras_cce(p, y):
+    q = p / p.sum(1, keepdim=True)
+    return -(y * torch.log(q.clamp(1e-7, 1 - 1e-7))).sum(1).mean()
+
+
+def test_fine_tune_gradients_of_every_block5_kernel_match_torch():
+    model, X, y = _setup()
+    F4 = model.base.predict(X, layer="block4_pool")
+    forward, convs, dense = _torch_tail_and_head(model)
+    yt = torch.nn.functional.one_hot(torch.tensor(y), 2).double()
+    loss = _keras_cce(forward(torch.tensor(F4.transpose(0, 3, 1, 2), dtype=torch.float64)), yt)
+    loss.backward()
+    grads = {n: c.weight.grad.numpy().transpose(2, 3, 1, 0) for n, c in zip(BLOCK5, convs)}
+    w0 = model.get_weights()  # head only before fine_tune
+    w0.update({n: model.base.get_weights()[n] for n in BLOCK5})
+    # one plain SGD step with a learning rate that makes the update comparable to
+    # the weights, so (w0 - w1) / lr recovers the gradient to float32 precision
+    lr = 0.05 * np.abs(w0["block5_conv3"][0]).max() / np.abs(grads["block5_conv3"]).max()
+    model.fine_tune(X, y, unfreeze_from="block5_conv1", optimizer=vggtl.SGD(learning_rate=lr),
+                    batch_size=len(X), epochs=1, shuffle=False, verbose=0)
+    w1 = model.get_weights()
+    for name in BLOCK5:
+        g = (w0[name][0].astype(np.float64) - w1[name][0]) / lr
+        assert rel(g, grads[name]) < 1e-4, name
+
+
+def test_fine_tune_ten_sgd_steps_match_torch_losses_and_weights():
+    model, X, y = _setup(seed=1)
+    F4 = model.base.predict(X, layer="block4_pool")
+    forward, convs, dense = _torch_tail_and_head(model)
+    params = [p for m in convs + dense for p in m.parameters()]
+    opt = torch.optim.SGD(params, lr=1e-2, momentum=0.9)  # equal to Keras's for a constant lr
+    yt = torch.nn.functional.one_hot(torch.tensor(y), 2).double()
+    f4 = torch.tensor(F4.transpose(0, 3, 1, 2), dtype=torch.float64)
+    torch_losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = _keras_cce(forward(f4), yt)
+        torch_losses.append(loss.item())
+        loss.backward()
+        opt.step()
+    H = model.fine_tune(X, y, unfreeze_from="block5_conv1",
+                        optimizer=vggtl.SGD(learning_rate=1e-2, momentum=0.9),
+                        batch_size=len(X), epochs=10, shuffle=False, verbose=0)
+    np.testing.assert_allclose(H.history["loss"], torch_losses, rtol=1e-5)
+    w = model.get_weights()
+    for name, c in zip(BLOCK5, convs):
+        assert rel(w[name][0], c.weight.detach().numpy().transpose(2, 3, 1, 0)) < 1e-4, name
+
+
+def test_fine_tune_keeps_conv_weights_in_saves_and_predictions(tmp_path):
+    model, X, y = _setup(seed=2)
+    before = model.base.get_weights()["block5_conv2"][0].copy()
+    model.fine_tune(X, y, unfreeze_from="block5_conv1", batch_size=3, epochs=2, verbose=0,
+                    optimizer=vggtl.SGD(learning_rate=0.1, momentum=0.9))
+    after = model.base.get_weights()["block5_conv2"][0]
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(model.get_weights()["block5_conv2"][0], after)
+    model.save(tmp_path / "m.vggtl")
+    again = vggtl.load_model(tmp_path / "m.vggtl")
+    np.testing.assert_array_equal(again.base.get_weights()["block5_conv2"][0], after)
+    np.testing.assert_array_equal(again.predict(X), model.predict(X))
+
+
+def test_unfreezing_a_lower_block_moves_the_cut():
+    model, X, y = _setup(seed=3)
+    w3 = model.base.get_weights()["block4_conv1"][0].copy()
+    model.fine_tune(X, y, unfreeze_from="block4_conv1", batch_size=3, epochs=1, verbose=0,
+                    optimizer=vggtl.SGD(learning_rate=0.5))
+    assert model.base.trainable_layers[0] == "block4_conv1"
+    assert not np.array_equal(w3, model.base.get_weights()["block4_conv1"][0])
+    # frozen layers below the cut are untouched
+    m2, _, _ = _setup(seed=3)
+    np.testing.assert_array_equal(m2.base.get_weights()["block3_conv3"][0],
+                                  model.base.get_weights()["block3_conv3"][0])
+
+
+def test_keras_like_trainable_marks():
+    model, X, y = _setup(seed=4)
+    for layer in model.base.layers[15:]:  # the tutorial's line: block 5
+        layer.trainable = True
+    assert model.base.trainable_layers == BLOCK5 + ("block5_pool",)
+    H = model.fine_tune(X, y, batch_size=3, epochs=1, verbose=0)
+    assert len(H.history["loss"]) == 1
+
+
+def test_fine_tune_bad_input():
+    model, X, y = _setup(seed=5)
+    with pytest.raises(ValueError, match="unfreeze_from: expected a layer of the base"):
+        model.fine_tune(X, y, unfreeze_from="block6_conv1", verbose=0)
+    with pytest.raises(ValueError, match="block1_conv1"):
+        model.fine_tune(X, y, unfreeze_from="block1_conv1", verbose=0)
+    model.base._trainable = set()
+    with pytest.raises(ValueError, match="no layer of the base is trainable"):
+        model.fine_tune(X, y, verbose=0)
+    model.base.get_layer("block5_conv1").trainable = True  # a gap up to block5_pool
+    with pytest.raises(ValueError, match="without gaps"):
+        model.fine_tune(X, y, verbose=0)
+    fresh = vggtl.TransferModel(model.base, [vggtl.Dense(2, activation="softmax")])
+    with pytest.raises(RuntimeError, match="not compiled"):
+        fresh.fine_tune(X, y, unfreeze_from="block5_conv1")
