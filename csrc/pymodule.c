@@ -490,24 +490,23 @@ static const int AUG_I64[] = {NPY_INT64, -1};
 
 static PyObject *py_augment_draw(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"n", "seed", "stream", "first", "rotation_range", "shift_range",
+    static char *kwlist[] = {"index", "seed", "stream", "rotation_range", "shift_range",
                              "shift_values", "shift_scale", "shear_range", "zoom_range",
                              "horizontal_flip", "vertical_flip", NULL};
-    Py_ssize_t n;
-    unsigned long long seed, stream, first;
+    PyObject *io;
+    unsigned long long seed, stream;
     vgg_augment_ranges r;
     memset(&r, 0, sizeof r);
     PyObject *vo[2];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "nKKKd(dd)(OO)(dd)d(dd)pp", kwlist, &n, &seed,
-                                     &stream, &first, &r.rotation_range, &r.shift_range[0],
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OKKd(dd)(OO)(dd)d(dd)pp", kwlist, &io, &seed,
+                                     &stream, &r.rotation_range, &r.shift_range[0],
                                      &r.shift_range[1], &vo[0], &vo[1], &r.shift_scale[0],
                                      &r.shift_scale[1], &r.shear_range, &r.zoom_lo, &r.zoom_hi,
                                      &r.horizontal_flip, &r.vertical_flip))
         return NULL;
-    if (n < 0) {
-        PyErr_Format(PyExc_ValueError, "n: expected >= 0, got %zd", n);
-        return NULL;
-    }
+    PyArrayObject *index = check_array(io, "index", AUG_I64, 1, 0);
+    if (!index) return NULL;
+    const Py_ssize_t n = PyArray_DIM(index, 0);
     for (int a = 0; a < 2; a++) {
         if (vo[a] == Py_None) continue;
         PyArrayObject *v = check_array(vo[a], "shift_values", AUG_F64, 1, 0);
@@ -518,7 +517,8 @@ static PyObject *py_augment_draw(PyObject *self, PyObject *args, PyObject *kw) {
     npy_intp shape[2] = {n, VGG_AUG_NPARAMS};
     PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(2, shape, NPY_FLOAT64, 0);
     if (!out) return NULL;
-    const int st = vgg_augment_draw(PyArray_DATA(out), &r, (size_t)n, seed, stream, first);
+    const int st = vgg_augment_draw(PyArray_DATA(out), &r, PyArray_DATA(index), (size_t)n,
+                                   seed, stream);
     if (st != VGG_OK) {
         Py_DECREF(out);
         PyErr_SetString(PyExc_ValueError, "augment_draw: ranges must be finite and >= 0, "
@@ -1574,9 +1574,10 @@ static PyMethodDef methods[] = {
     {"resize", KW py_resize, METH_VARARGS | METH_KEYWORDS,
      "resize(x (N,H,W,C) u8/f32, h, w) -> (N,h,w,C) of x's dtype, bilinear as Pillow's"},
     {"augment_draw", KW py_augment_draw, METH_VARARGS | METH_KEYWORDS,
-     "augment_draw(n, seed, stream, first, rotation_range, shift_range (2), shift_values (2, "
-     "None or f64 arrays), shift_scale (2), shear_range, zoom_range (lo, hi), horizontal_flip, "
-     "vertical_flip) -> params (n, 8) f64 (theta, tx, ty, shear, zx, zy, flip_h, flip_v)"},
+     "augment_draw(index (n,) i64, seed, stream, rotation_range, shift_range (2), shift_values "
+     "(2, None or f64 arrays), shift_scale (2), shear_range, zoom_range (lo, hi), "
+     "horizontal_flip, vertical_flip) -> params (n, 8) f64 (theta, tx, ty, shear, zx, zy, "
+     "flip_h, flip_v) of those image indices"},
     {"augment_apply", KW py_augment_apply, METH_VARARGS | METH_KEYWORDS,
      "augment_apply(x (NX,H,W,C) u8/f32/f64, params (N,8) f64, fill_mode 0-3, cval, "
      "index=None (N,) i64, out=None) -> (N,H,W,C) f32, Keras 3's affine warp then flips"},

@@ -207,12 +207,13 @@ typedef struct {
     int horizontal_flip, vertical_flip;
 } vgg_augment_ranges;
 
-/* params (n, VGG_AUG_NPARAMS) <- the parameters of images first .. first + n - 1:
- * a pure function of (seed, stream, image index) through rng.c, so any batching
- * and thread count give the same draws. VGG_ERR_ARG for NULL or ranges outside
- * their domain (negative, non-finite, zoom <= 0, an empty value list). Serial. */
-int vgg_augment_draw(double *params, const vgg_augment_ranges *ranges, size_t n, uint64_t seed,
-                     uint64_t stream, uint64_t first);
+/* params (n, VGG_AUG_NPARAMS) <- the parameters of the images whose indices (in
+ * the data set) are index[0..n-1] (0..n-1 when index is NULL): a pure function of
+ * (seed, stream, image index) through rng.c, so any batching, order and thread
+ * count give the same draws. VGG_ERR_ARG for NULL or ranges outside their domain
+ * (negative, non-finite, zoom <= 0, an empty value list). Serial. */
+int vgg_augment_draw(double *params, const vgg_augment_ranges *ranges, const int64_t *index,
+                     size_t n, uint64_t seed, uint64_t stream);
 
 /* out (N,H,W,C) float32 <- image index[i] (i when index is NULL) of x (NX,H,W,C)
  * of `dtype` (VGG_U8, VGG_F32 or VGG_F64, read as it is, no rescaling), warped by

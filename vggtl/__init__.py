@@ -23,9 +23,11 @@ from .layers import Dense, Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPo
 from .optim import SGD, Adam, RMSprop
 from .callbacks import Callback, EarlyStopping, History
 from .model import TransferModel, load_model
+from .augment import Augment
 from . import metrics
 from .metrics import accuracy_score, classification_report, confusion_matrix
 from .data import LabelEncoder, load_pickle, load_pickles, resize, train_test_split
+from .plots import plot_confusion_matrix, plot_history  # matplotlib: imported when drawing
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,7 @@ __all__ = [
     "confusion_matrix",
     "TransferModel",
     "load_model",
+    "Augment",
     "Flatten",
     "GlobalAveragePooling2D",
     "GlobalMaxPooling2D",
@@ -63,8 +66,19 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "info",
+    "plot_history",
+    "plot_confusion_matrix",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    # VGG16Classifier subclasses scikit-learn's BaseEstimator: imported on first use,
+    # so that vggtl imports without scikit-learn
+    if name == "VGG16Classifier":
+        from .sklearn import VGG16Classifier
+        return VGG16Classifier
+    raise AttributeError(f"module 'vggtl' has no attribute {name!r}")
 
 
 def set_num_threads(n: int) -> None:

@@ -10,8 +10,9 @@ Design
 ------
 Key. An entry is named by a SHA-256 over a JSON record of everything that changes
 the features and nothing else (:func:`make_key`): a digest of the weights of the
-layers below the cut (remembered per weight array, so repeated calls do not hash
-58 MB again), the cut layer, the global pooling, the preprocessing (mode and its
+layers below the cut (kept per layer and hashed again only when its arrays are
+replaced or a strided sample of their values changes, as fine-tuning in place
+does; repeated calls cost microseconds, not 58 MB of hashing), the cut layer, the global pooling, the preprocessing (mode and its
 affine parameters), the input size the network sees, the storage dtype, the
 augmentation view (None, or the caller's ``(config digest, view index)``) and a
 digest of X (:func:`array_digest`: dtype, shape and bytes, SHA-256 over 8 MiB
@@ -52,6 +53,10 @@ Crash safety: every file is complete or absent (rename), and nothing is used unl
 its CRC matches the manifest, which only records a chunk after the chunk is durable.
 Killing a process at any point can cost work, never return wrong features.
 
+Eviction: an entry's last use is its manifest's mtime (touched on every hit).
+With a size limit, after each new entry the least recently used others that no
+process holds are removed until the folder fits.
+
 Concurrency: a second process (or thread) wanting an entry that is being written
 waits on the lock, then reads it; the work is done once. Removing an entry (clear,
 LRU eviction) takes its lock without waiting, renames the folder away, then deletes
@@ -80,7 +85,7 @@ import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -322,8 +327,8 @@ def _read_json(path) -> Optional[dict]:
             raw = f.read(1 << 24)
         obj = json.loads(raw)
         return obj if isinstance(obj, dict) else None
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError, RecursionError, MemoryError):
+        return None  # unreadable, not JSON, or nested too deep: as if absent
 
 
 def _tree_size(path) -> int:
@@ -361,7 +366,7 @@ class _Locked:
 
     def __enter__(self):
         path = os.path.join(self.folder, "lock")
-        for attempt in range(100):
+        for _ in range(100):
             if self.create:
                 with _writing(f"cannot create {self.folder}"):
                     os.makedirs(self.folder, exist_ok=True)
@@ -443,18 +448,17 @@ class _Entry:
     def chunk_bytes(self, m: dict, k: int) -> int:
         return self.region(m, k)[1]
 
-    def bad_regions(self, m: dict, only: Optional[Sequence[int]] = None) -> List[int]:
-        """Chunks whose region in data.npy fails its CRC (all when the file is
-        missing, short or its header differs)."""
-        ks = list(range(len(m["chunks"]))) if only is None else list(only)
+    def bad_regions(self, m: dict) -> List[int]:
+        """Chunks whose region in data.npy is short or fails its CRC (all when the
+        file is missing or its header differs)."""
+        ks = list(range(len(m["chunks"])))
         try:
             fd = os.open(self.data_path, os.O_RDONLY)
         except OSError:
             return ks
         try:
             header = _npy_header((m["n"], *m["item_shape"]), DTYPES[m["dtype"]])
-            if os.fstat(fd).st_size != len(header) + m["n"] * _item_bytes(m) or \
-                    os.pread(fd, len(header), 0) != header:
+            if os.pread(fd, len(header), 0) != header:
                 return ks
 
             def check(k):
@@ -551,6 +555,18 @@ class _Entry:
                     except OSError:
                         pass
 
+    def drop_leftovers(self) -> None:
+        """Chunk files of a complete entry (a process killed between the last
+        manifest write and their removal): removed if nobody holds the entry."""
+        try:
+            with _Locked(self.dir, exclusive=True, create=False, blocking=False) as lk:
+                if lk.fd is not None:
+                    m = self.read_manifest()
+                    if m is not None and m["complete"]:
+                        shutil.rmtree(self.chunk_dir, ignore_errors=True)
+        except OSError:
+            pass
+
     def reset(self) -> None:
         """Forget everything but the lock (a manifest of another format or key)."""
         with _writing(f"cannot clear {self.dir}"):
@@ -613,7 +629,11 @@ class _Entry:
         header = _npy_header((m["n"], *m["item_shape"]), DTYPES[m["dtype"]])
         old = None
         try:
-            old = open(self.data_path, "rb") if len(in_files) < len(m["chunks"]) else None
+            if len(in_files) < len(m["chunks"]):
+                try:
+                    old = open(self.data_path, "rb")  # noqa: SIM115 (closed below)
+                except OSError:
+                    raise _Changed(-1) from None  # gone since it was checked
             with _writing(f"cannot write {self.data_path}"):
                 with atomic_path(self.data_path) as tmp:
                     with open(tmp, "wb") as out:
@@ -661,22 +681,26 @@ def load_manifest(path, key: Optional[dict] = None) -> Optional[dict]:
         return None
     try:
         ok = (m["format"] == "vggtl.features" and m["version"] == FORMAT_VERSION
-              and isinstance(m["n"], int) and m["n"] > 0
-              and isinstance(m["chunk"], int) and m["chunk"] > 0
-              and isinstance(m["batch_size"], int) and m["batch_size"] > 0
+              and _count(m["n"]) and _count(m["chunk"]) and _count(m["batch_size"])
               and m["dtype"] in DTYPES and isinstance(m["item_shape"], list)
-              and all(isinstance(s, int) and s > 0 for s in m["item_shape"])
+              and 1 <= len(m["item_shape"]) <= 8 and all(_count(s) for s in m["item_shape"])
+              and m["n"] * _item_bytes(m) < 1 << 50
               and isinstance(m["chunks"], list)
               and len(m["chunks"]) == -(-m["n"] // m["chunk"])
-              and all(c is None or (isinstance(c, int) and 0 <= c < 1 << 32) for c in m["chunks"])
+              and all(c is None or (_count(c, 0) and c < 1 << 32) for c in m["chunks"])
               and isinstance(m["complete"], bool)
               and (not m["complete"] or all(c is not None for c in m["chunks"]))
               and isinstance(m["key"], dict))
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
     if not ok or (key is not None and m["key"] != json.loads(_canonical(key))):
         return None
     return m
+
+
+def _count(v, lo: int = 1) -> bool:
+    """An int (not a bool) in [lo, 2**40): the bounds of every size a manifest holds."""
+    return type(v) is int and lo <= v < 1 << 40
 
 
 def _same_layout(m: dict, plan: "_Plan") -> bool:
@@ -852,6 +876,8 @@ def _cached(entry: _Entry, plan: _Plan) -> np.ndarray:
     with _Locked(entry.dir, exclusive=False, create=False):
         F = entry.try_read()
     if F is not None:
+        if os.path.isdir(entry.chunk_dir):
+            entry.drop_leftovers()
         return F
 
     def waiting():
@@ -859,7 +885,7 @@ def _cached(entry: _Entry, plan: _Plan) -> np.ndarray:
             print(f"vggtl: waiting for another process computing {entry.dir}", file=sys.stderr,
                   flush=True)
 
-    for attempt in range(3):
+    for _ in range(3):
         with _Locked(entry.dir, exclusive=True, create=True, on_wait=waiting):
             F = entry.try_read()
             if F is not None:

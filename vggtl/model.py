@@ -337,18 +337,31 @@ class TransferModel:
     def fit(self, x, y, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
             class_weight=None, callbacks: Optional[List[Callback]] = None,
-            initial_epoch: int = 0, cache=None) -> History:
+            initial_epoch: int = 0, cache=None, augment=None, augment_views=None) -> History:
         """Train the head on images x (the base's features are computed once, and
         kept in the feature cache: a second fit on the same images computes nothing).
 
         Arguments as Keras's ``Model.fit``. ``y``: integer labels, one-hot rows or
         strings. ``cache``: None (the model's ``cache``), True, a folder or False.
+        ``augment``: a :class:`vggtl.Augment`; alone, every epoch trains on the base
+        run on freshly augmented images (the tutorial's ``aug.flow``; one backbone
+        pass per epoch). With ``augment_views=K``: K augmented views of every image
+        are extracted once into the feature cache and each epoch draws one view per
+        image (K passes in all, then none; with ``cache=False`` the K views are kept
+        in memory). Validation images are not augmented.
         Returns a :class:`History` whose ``history`` has "loss", "accuracy" and,
         with validation, "val_loss" and "val_accuracy".
         """
         x, y, validation_data = self._split(x, y, validation_data, validation_split)
         cache = self.cache if cache is None else cache
-        F = self.features(x, batch_size=max(batch_size, 32), cache=cache, progress=bool(verbose))
+        epoch_features = None
+        if augment is None and augment_views is None:
+            F = self.features(x, batch_size=max(batch_size, 32), cache=cache,
+                              progress=bool(verbose))
+        else:
+            epoch_features = self._augmented_features(x, augment, augment_views,
+                                                      max(batch_size, 32), cache, bool(verbose))
+            F = epoch_features(self._epochs_done)
         val = None
         if validation_data is not None:
             vx, vy = self._unpack_validation(validation_data)
@@ -356,7 +369,57 @@ class TransferModel:
                                  progress=bool(verbose)), vy)
         return self.fit_features(F, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                                  validation_data=val, shuffle=shuffle, class_weight=class_weight,
-                                 callbacks=callbacks, initial_epoch=initial_epoch)
+                                 callbacks=callbacks, initial_epoch=initial_epoch,
+                                 _epoch_features=epoch_features)
+
+    def _augmented_features(self, x, augment, views, batch_size: int, cache, progress: bool):
+        """``fit(augment=...)``'s training features: a function epoch -> features.
+
+        Exact mode (views None): the base runs on a fresh augmented copy of x every
+        epoch, transforms drawn from (augment's seed, the epoch, each image's index).
+        Views mode: views K >= 1 augmented copies extracted once into the feature
+        cache (view k has the transforms of epoch k), then each epoch gathers one
+        view per image, chosen from (augment's seed, the epoch)."""
+        from .augment import Augment
+        from .cache import array_digest
+        if augment is None:
+            raise ValueError(f"augment_views={views!r} needs augment=vggtl.Augment(...): the "
+                             f"views are augmented copies of x")
+        if not isinstance(augment, Augment):
+            raise TypeError(f"augment: expected a vggtl.Augment(...), got "
+                            f"{type(augment).__name__}")
+        digest = augment.config_digest()
+
+        def extract(view, cache_to, x_digest=None):
+            def transform(xb, index):
+                return augment.random_transform(xb, epoch=view, index=index)
+            return self.base.extract(x, cache=cache_to, batch_size=batch_size, progress=progress,
+                                     view=(digest, view), transform=transform, x_digest=x_digest)
+
+        if views is None:
+            # a new view every epoch: nothing to keep, so nothing goes to the cache;
+            # the last epoch's is remembered (fit asks for the first one twice)
+            last = {}
+
+            def fresh(epoch):
+                if epoch not in last:
+                    last.clear()
+                    last[epoch] = extract(epoch, False)
+                return last[epoch]
+            return fresh
+        views = _check_int("augment_views", views, 1)
+        x_digest = array_digest(x) if cache is not False else None
+        stored = [extract(k, cache, x_digest) for k in range(views)]
+        n = len(stored[0])
+        out = np.empty(stored[0].shape, dtype=stored[0].dtype)  # reused every epoch
+
+        def gather(epoch):
+            choice = np.random.default_rng([augment.seed, 0x76696577, epoch]).integers(0, views, n)
+            for k in range(views):
+                rows = np.flatnonzero(choice == k)
+                out[rows] = stored[k][rows]
+            return out
+        return gather
 
     @staticmethod
     def _unpack_validation(validation_data):
@@ -383,9 +446,11 @@ class TransferModel:
     def fit_features(self, features, y, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
                      validation_data=None, shuffle: bool = True, class_weight=None,
                      callbacks: Optional[List[Callback]] = None,
-                     initial_epoch: int = 0) -> History:
+                     initial_epoch: int = 0, _epoch_features=None) -> History:
         """``fit`` on features already computed by the base (``model.features(x)``,
-        ``base.predict(x)`` or a cache): no backbone work at all."""
+        ``base.predict(x)`` or a cache): no backbone work at all.
+        (``_epoch_features``, private: fit's augmentation, epoch -> that epoch's
+        features, of the shape of ``features``.)"""
         if self.optimizer is None:
             raise RuntimeError("fit: the model is not compiled; call model.compile(optimizer=..., "
                                "loss=..., metrics=['accuracy']) first")
@@ -411,8 +476,10 @@ class TransferModel:
         loss_code = LOSSES[self.loss]
 
         def run_epoch():
+            Fe = F if _epoch_features is None else \
+                self._as_features(_epoch_features(self._epochs_done))
             return _core.head_fit_epoch(
-                F, spec, self.optimizer.as_core_tuple(), self.optimizer.iterations, loss_code,
+                Fe, spec, self.optimizer.as_core_tuple(), self.optimizer.iterations, loss_code,
                 targets, sw, batch_size, shuffle, self.seed, self._epochs_done, order, ws)
 
         def validate():

@@ -1,0 +1,720 @@
+"""The feature cache (issue 5): a second extract computes nothing (the core's
+image counter, not timing), each part of the key changed alone misses and nothing
+else does, SIGKILL in the middle resumes to the same bytes as an uninterrupted run,
+damaged or truncated chunks are recomputed and never returned, two processes at
+once compute once, float16 storage, info/clear, LRU eviction, a read-only folder,
+Ctrl-C, fit on cached features, augmented views.
+
+Images are 32 x 32 (block5_pool is 1 x 1 x 512) and chunks are made small
+(CHUNK_PIXELS) so that an entry has several of them. XDG_CACHE_HOME points at a
+temporary folder in every test; subprocesses get the same.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import vggtl
+from vggtl import _core
+from vggtl import cache as vc
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N = 20
+CHUNK = 4  # images per chunk in these tests (CHUNK_PIXELS = CHUNK * 32 * 32)
+
+
+def computed():
+    return _core.vgg16_forward_images()
+
+
+def count(fn):
+    """(result, images the core ran) of fn()."""
+    c0 = computed()
+    out = fn()
+    return out, computed() - c0
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty XDG_CACHE_HOME, small chunks, no size limit, fresh module state."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("VGGTL_CACHE_LIMIT", raising=False)
+    monkeypatch.setattr(vc, "CHUNK_PIXELS", CHUNK * 32 * 32)
+    monkeypatch.setattr(vc, "_limit", None)
+    monkeypatch.setattr(vc, "_limit_set", False)
+    monkeypatch.setattr(vc, "_warned", set())
+    monkeypatch.setattr(vc, "_verified_here", {})
+    return tmp_path / "xdg" / "vggtl" / "features"
+
+
+@pytest.fixture(scope="module")
+def base():
+    return vggtl.VGG16(weights=None, seed=0)
+
+
+@pytest.fixture
+def X(rng):
+    return rng.integers(0, 256, (N, 32, 32, 3), dtype=np.uint8)
+
+
+def same_features(got, ref):
+    """Equal up to float32 rounding: how the core batches images changes the last bits."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def entries(root):
+    return sorted(p for p in os.listdir(root) if vc._ENTRY_RE.match(p)) if os.path.isdir(root) else []
+
+
+def only_entry(root):
+    (e,) = entries(root)
+    return os.path.join(root, e)
+
+
+def manifest(folder):
+    return vc.load_manifest(os.path.join(folder, "manifest.json"))
+
+
+# ---- hits and keys ----------------------------------------------------------------
+
+def test_second_extract_computes_nothing(home, base, X):
+    F, n1 = count(lambda: base.extract(X, progress=False))
+    G, n2 = count(lambda: base.extract(X, progress=False))
+    assert (n1, n2) == (N, 0)
+    assert isinstance(G, np.memmap) and not G.flags.writeable
+    assert G.shape == (N, 1, 1, 512) and G.dtype == np.float32
+    same_features(G, base.predict(X))
+    np.testing.assert_array_equal(F, G)
+    # a later hit, after the stamp is old enough to be trusted, still computes nothing
+    H, n3 = count(lambda: base.extract(X, progress=False))
+    assert n3 == 0 and np.array_equal(H, G)
+    assert os.listdir(only_entry(home)) and not os.path.exists(
+        os.path.join(only_entry(home), "chunks"))  # chunk files are gone once assembled
+
+
+def test_leftover_chunk_files_of_a_complete_entry_go(home, base, X):
+    """A process killed after the manifest said complete but before the chunk
+    files were removed: the next hit removes them."""
+    base.extract(X, progress=False)
+    chunks = os.path.join(only_entry(home), "chunks")
+    os.makedirs(chunks)
+    with open(os.path.join(chunks, "000000.bin"), "wb") as f:
+        f.write(b"x" * 100)
+    _, n = count(lambda: base.extract(X, progress=False))
+    assert n == 0 and not os.path.exists(chunks)
+
+
+def test_each_key_part_changed_alone_misses(home, base, X):
+    base.extract(X, progress=False)
+    w = base.get_weights()
+    k, b = w["block5_conv3"]
+    k = k.copy()
+    k[0, 0, 0, 0] += 1e-3
+    w["block5_conv3"] = (k, b)
+    other_weights = vggtl.VGG16(weights=w)
+    X2 = X.copy()
+    X2[17, 3, 4, 1] ^= 1
+    variants = {
+        "weights": lambda: other_weights.extract(X, progress=False),
+        "layer": lambda: base.extract(X, layer="block4_pool", progress=False),
+        "pooling": lambda: vggtl.VGG16(weights=None, seed=0, pooling="avg").extract(
+            X, progress=False),
+        "preprocess": lambda: vggtl.VGG16(weights=None, seed=0, preprocess="scale").extract(
+            X, progress=False),
+        "dtype": lambda: base.extract(X, dtype="float16", progress=False),
+        "view": lambda: base.extract(X, view=("flip", 0), transform=lambda x, i: x[:, :, ::-1],
+                                     progress=False),
+        "X": lambda: base.extract(X2, progress=False),
+    }
+    for part, fn in variants.items():
+        _, n = count(fn)
+        assert n == N, f"changing the {part} alone must miss"
+    assert len(entries(home)) == 1 + len(variants)
+    # input size: the one part that cannot change alone through extract (X changes
+    # with it); make_key shows it is in the key
+    key = vc.make_key(base, X=X)
+    assert vc._key_id(key) != vc._key_id(vc.make_key(base, X=X, input_size=(64, 64)))
+    assert vc.make_key(base, X=X) == key
+
+
+def test_nothing_else_misses(home, base, X):
+    base.extract(X, batch_size=8, progress=False)
+    same_weights = vggtl.VGG16(weights=base.get_weights(), preprocess=base.preprocess)
+    mm_path = home.parent / "x.npy"
+    os.makedirs(home.parent, exist_ok=True)
+    np.save(mm_path, X)
+    Xf = np.asfortranarray(X)  # same values, other memory order
+    calls = {
+        "batch_size": lambda: base.extract(X, batch_size=3, progress=False),
+        "progress": lambda: base.extract(X, progress=True),
+        "another model, same weights": lambda: same_weights.extract(X, progress=False),
+        "a copy of X": lambda: base.extract(X.copy(), progress=False),
+        "X as a memmap": lambda: base.extract(np.load(mm_path, mmap_mode="r"), progress=False),
+        "X in Fortran order": lambda: base.extract(Xf, progress=False),
+        "threads": lambda: (vggtl.set_num_threads(1), base.extract(X, progress=False))[1],
+    }
+    threads = vggtl.get_num_threads()
+    try:
+        for what, fn in calls.items():
+            _, n = count(fn)
+            assert n == 0, f"{what} must hit"
+    finally:
+        vggtl.set_num_threads(threads)
+    assert len(entries(home)) == 1
+
+
+def test_weights_changed_in_place_miss(home, X):
+    base = vggtl.VGG16(weights=None, seed=3)
+    base.extract(X, progress=False)
+    base._weights["block3_conv1"][0][...] *= np.float32(1.01)  # as a fine-tuning step would
+    _, n = count(lambda: base.extract(X, progress=False))
+    assert n == N
+    # block2_pool does not read block3's weights: a change there does not touch it
+    base.extract(X, layer="block2_pool", progress=False)
+    base._weights["block3_conv1"][0][...] *= np.float32(1.01)
+    _, n = count(lambda: base.extract(X, layer="block2_pool", progress=False))
+    assert n == 0
+
+
+def test_weights_digest_is_remembered(base):
+    vc.forget_weights(base)
+    t = time.perf_counter()
+    d1 = vc._weights_digest(base, 17)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(20):
+        assert vc._weights_digest(base, 17) == d1
+    again = (time.perf_counter() - t) / 20
+    assert again < first / 5, (first, again)
+
+
+def test_array_digest(rng):
+    a = rng.integers(0, 256, (50, 40, 40, 3), dtype=np.uint8)
+    d = vc.array_digest(a)
+    assert d == vc.array_digest(a.copy()) == vc.array_digest(np.asfortranarray(a))
+    assert d != vc.array_digest(a.astype(np.float32))
+    assert d != vc.array_digest(a.reshape(25, 80, 40, 3))
+    b = a.copy()
+    b[49, 39, 39, 2] ^= 0x80
+    assert d != vc.array_digest(b)
+    old = vc.HASH_BLOCK
+    try:  # many blocks (the threaded path) give the same as one over the same blocks
+        vc.HASH_BLOCK = 40 * 40 * 3 * 7
+        many = vc.array_digest(a)
+        assert many == vc.array_digest(a.copy()) and many != vc.array_digest(b)
+    finally:
+        vc.HASH_BLOCK = old
+
+
+# ---- storage ------------------------------------------------------------------------
+
+def test_float16_within_1e3(home, base, X):
+    F32 = base.predict(X)
+    F16, n = count(lambda: base.extract(X, dtype="float16", progress=False))
+    assert n == N and F16.dtype == np.float16 and isinstance(F16, np.memmap)
+    np.testing.assert_allclose(F16.astype(np.float32), F32, rtol=1e-3, atol=1e-6)
+    size = os.path.getsize(os.path.join(only_entry(home), "data.npy"))
+    assert size < F32.nbytes * 0.5 + 256
+    _, n = count(lambda: base.extract(X, dtype="float16", progress=False))
+    assert n == 0
+
+
+def test_cache_false_stores_nothing(home, base, X):
+    F, n = count(lambda: base.extract(X, cache=False, progress=False))
+    assert n == N and not isinstance(F, np.memmap) and F.dtype == np.float32
+    same_features(F, base.predict(X))
+    assert not os.path.exists(home)
+
+
+def test_cache_folder_argument(tmp_path, home, base, X):
+    folder = tmp_path / "mine"
+    base.extract(X, cache=folder, progress=False)
+    assert len(entries(folder)) == 1 and not os.path.exists(home)
+    _, n = count(lambda: base.extract(X, cache=str(folder), progress=False))
+    assert n == 0
+    assert vc.info(folder)["entries"][0]["n"] == N
+
+
+def test_bad_arguments(home, base, X):
+    with pytest.raises(ValueError, match="dtype"):
+        base.extract(X, dtype="float64")
+    with pytest.raises(ValueError, match="batch_size"):
+        base.extract(X, batch_size=0)
+    with pytest.raises(ValueError, match="transform"):
+        base.extract(X, transform=lambda x, i: x)  # a transform needs a view
+    with pytest.raises(ValueError, match="view"):
+        base.extract(X, view="flip")
+    with pytest.raises(TypeError, match="cache"):
+        base.extract(X, cache=3)
+    with pytest.raises(ValueError, match="layer"):
+        base.extract(X, layer="block9_pool")
+    with pytest.raises(ValueError, match="at least 32"):
+        base.extract(np.zeros((2, 16, 16, 3), np.uint8))
+    assert not os.path.exists(home) or entries(home) == []
+
+
+# ---- damage and interruption ------------------------------------------------------------
+
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x5A]))
+
+
+def test_truncated_or_damaged_data_is_recomputed(home, base, X, monkeypatch):
+    F = np.array(base.extract(X, progress=False))
+    folder = only_entry(home)
+    data = os.path.join(folder, "data.npy")
+    m = manifest(folder)
+    chunk_bytes = m["chunk"] * 512 * 4
+    header = os.path.getsize(data) - N * 512 * 4
+
+    # a byte changed inside chunk 2, the file's times put back (as a fuzzer might)
+    st = os.stat(data)
+    _flip(data, header + 2 * chunk_bytes + 100)
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    G, n = count(lambda: base.extract(X, progress=False))
+    assert n == m["chunk"]  # that chunk only
+    np.testing.assert_array_equal(G, F)
+
+    # truncated: the last chunk is short
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) - 7)
+    G, n = count(lambda: base.extract(X, progress=False))
+    assert n == N - (len(m["chunks"]) - 1) * m["chunk"]
+    np.testing.assert_array_equal(G, F)
+
+    # the header damaged: every region is suspect
+    _flip(data, 20)
+    G, n = count(lambda: base.extract(X, progress=False))
+    assert n == N
+    np.testing.assert_array_equal(G, F)
+
+    # a trusted stamp does not hide a change: ctime moves with any write
+    monkeypatch.setattr(vc, "RACY_NS", -10**12)
+    base.extract(X, progress=False)  # verifies and stamps
+    _flip(data, header + 5)
+    G, n = count(lambda: base.extract(X, progress=False))
+    assert n == m["chunk"]
+    np.testing.assert_array_equal(G, F)
+
+
+def test_damaged_manifest_is_a_miss(home, base, X, rng):
+    X = X[:8]
+    F = np.array(base.extract(X, progress=False))
+    path = os.path.join(only_entry(home), "manifest.json")
+    raw = open(path, "rb").read()
+    for damage in (raw[: len(raw) // 2], raw.replace(b'"complete": true', b'"complete": false'),
+                   rng.integers(0, 256, 300, dtype=np.uint8).tobytes(), b"", b"[]", b"{}"):
+        with open(path, "wb") as f:
+            f.write(damage)
+        G, n = count(lambda: base.extract(X, progress=False))
+        assert n == len(X)
+        np.testing.assert_array_equal(G, F)
+
+
+def test_manifest_fields_are_checked_even_with_a_valid_digest(home, base, X):
+    """A manifest rewritten with a correct self-digest but impossible fields (as a
+    fuzzer that knows the format writes) is refused, never trusted or crashed on."""
+    F = np.array(base.extract(X, progress=False))
+    path = os.path.join(only_entry(home), "manifest.json")
+    good = manifest(only_entry(home))
+    bad_fields = [("n", 10 ** 30), ("n", True), ("n", -1), ("chunk", 0), ("chunk", 1.5),
+                  ("item_shape", [2 ** 62, 2 ** 62]), ("item_shape", []), ("item_shape", [1, "1"]),
+                  ("dtype", "float64"), ("dtype", ["float32"]), ("chunks", [1, 2]),
+                  ("chunks", [-1] * len(good["chunks"])), ("chunks", [2 ** 40] * len(good["chunks"])),
+                  ("complete", 1), ("key", []), ("version", 99), ("batch_size", None)]
+    for field, value in bad_fields:
+        m = dict(good, **{field: value})
+        with open(path, "wb") as f:
+            f.write(vc._wrap_manifest(m))
+        assert vc.load_manifest(path) is None, field
+        vc.info()  # never raises on what it finds
+    with open(path, "wb") as f:
+        f.write(b"[" * 100000 + b"]" * 100000)  # deeper than json can parse
+    assert vc.load_manifest(path) is None
+    G, n = count(lambda: base.extract(X, progress=False))
+    assert n == N
+    np.testing.assert_array_equal(G, F)
+
+
+def test_random_damage_is_never_returned(home, base, X, rng, monkeypatch):
+    """A small fuzz: a random byte of a random file of the entry changed, or the
+    file cut short, 15 times; every extract still returns the right features."""
+    monkeypatch.setattr(vc, "RACY_NS", -10**12)  # stamps trusted at once: the hard case
+    X = X[:8]  # two chunks
+    F = np.array(base.extract(X, progress=False))
+    folder = only_entry(home)
+    for _ in range(15):
+        names = sorted(p for p in os.listdir(folder) if p != "lock")
+        path = os.path.join(folder, names[rng.integers(len(names))])
+        size = os.path.getsize(path)
+        if size and rng.random() < 0.8:
+            _flip(path, int(rng.integers(size)))
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(int(rng.integers(size + 1)))
+        G = base.extract(X, progress=False)
+        np.testing.assert_array_equal(G, F)
+
+
+def _interrupting(base, after_calls, monkeypatch):
+    """base.predict raises KeyboardInterrupt on its (after_calls + 1)-th call, as
+    Ctrl-C in the middle of a chunk would."""
+    real = type(base).predict
+    calls = [0]
+
+    def predict(self_, *a, **kw):
+        calls[0] += 1
+        if calls[0] > after_calls:
+            raise KeyboardInterrupt
+        return real(base, *a, **kw)
+
+    monkeypatch.setattr(base, "predict", predict.__get__(base))
+    return lambda: monkeypatch.delattr(base, "predict")
+
+
+def test_ctrl_c_keeps_finished_chunks_and_resumes(home, X, monkeypatch):
+    base = vggtl.VGG16(weights=None, seed=5)
+    ref = np.array(base.extract(X, cache=home.parent / "ref", batch_size=2, progress=False))
+    undo = _interrupting(base, after_calls=7, monkeypatch=monkeypatch)  # chunk = 2 batches of 2
+    with pytest.raises(KeyboardInterrupt):
+        base.extract(X, batch_size=2, progress=False)
+    undo()
+    folder = only_entry(home)
+    m = manifest(folder)
+    done = [k for k, c in enumerate(m["chunks"]) if c is not None]
+    assert done == [0, 1, 2] and not m["complete"]
+    assert not [p for p in os.listdir(folder) if p.endswith(".part")]
+    # the resume computes the rest only, with the batch size the entry started with
+    F, n = count(lambda: base.extract(X, batch_size=16, progress=False))
+    assert n == N - 3 * CHUNK
+    assert manifest(folder)["batch_size"] == 2
+    np.testing.assert_array_equal(F, ref)  # bit for bit
+
+
+def test_damaged_chunk_files_are_recomputed(home, X, monkeypatch):
+    base = vggtl.VGG16(weights=None, seed=5)
+    ref = np.array(base.extract(X, cache=home.parent / "ref", batch_size=8, progress=False))
+    undo = _interrupting(base, after_calls=4, monkeypatch=monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        base.extract(X, batch_size=8, progress=False)
+    undo()
+    folder = only_entry(home)
+    chunks = os.path.join(folder, "chunks")
+    assert sorted(os.listdir(chunks)) == [f"{k:06d}.bin" for k in range(4)]
+    with open(os.path.join(chunks, "000000.bin"), "r+b") as f:
+        f.truncate(100)                                   # truncated
+    _flip(os.path.join(chunks, "000002.bin"), 333)        # damaged
+    os.unlink(os.path.join(chunks, "000003.bin"))         # lost
+    F, n = count(lambda: base.extract(X, batch_size=8, progress=False))
+    assert n == N - CHUNK  # only chunk 1 was still good
+    np.testing.assert_array_equal(F, ref)
+
+
+CHILD = textwrap.dedent("""
+    import json, os, sys, time, numpy as np, vggtl
+    from vggtl import _core, cache
+    cache.CHUNK_PIXELS = {chunk} * 32 * 32
+    X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
+    base = vggtl.VGG16(weights=None, seed=2)
+    go = os.environ.get("GO_FILE")
+    while go and not os.path.exists(go):
+        time.sleep(0.005)
+    c0 = _core.vgg16_forward_images()
+    F = base.extract(X, batch_size=4, progress=False, **{kwargs})
+    print(json.dumps({{"computed": _core.vgg16_forward_images() - c0,
+                      "sum": float(np.asarray(F, dtype=np.float64).sum()),
+                      "memmap": isinstance(F, np.memmap)}}), flush=True)
+""")
+
+
+def child(env_home, n=N, chunk=CHUNK, kwargs="{}", **popen):
+    env = dict(os.environ, XDG_CACHE_HOME=str(env_home))
+    env.pop("VGGTL_CACHE_LIMIT", None)
+    env.update(popen.pop("env", {}))
+    return subprocess.Popen([sys.executable, "-c", CHILD.format(n=n, chunk=chunk, kwargs=kwargs)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def finish(p, timeout=120):
+    out, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_sigkill_mid_extraction_resumes_bit_for_bit(tmp_path):
+    n = 64
+    ref_home, home = tmp_path / "ref", tmp_path / "killed"
+    finish(child(ref_home, n=n))
+    ref = np.load(os.path.join(only_entry(ref_home / "vggtl" / "features"), "data.npy"))
+    root = home / "vggtl" / "features"
+    kills = 0
+    for want in (2, 6):  # kill twice, the second time further along
+        p = child(home, n=n)
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline and p.poll() is None:
+                m = manifest(only_entry(root)) if entries(root) else None
+                if m is not None and sum(c is not None for c in m["chunks"]) >= want:
+                    break
+                time.sleep(0.002)
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                kills += 1
+        finally:
+            p.wait(timeout=60)
+    assert kills >= 1
+    m = manifest(only_entry(root))
+    assert m is not None and not m["complete"]  # something was left to do
+    done = sum(c is not None for c in m["chunks"])
+    r = finish(child(home, n=n))
+    assert r["computed"] <= n - done * CHUNK + CHUNK and r["memmap"]
+    got = np.load(os.path.join(only_entry(root), "data.npy"))
+    assert got.tobytes() == ref.tobytes()
+    # and it is a hit from now on
+    hit = vggtl.VGG16(weights=None, seed=2).extract(
+        np.random.default_rng(1).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        cache=root, progress=False)
+    assert hit.tobytes() == ref.tobytes()
+
+
+def test_two_processes_compute_once(tmp_path):
+    go = tmp_path / "go"
+    ps = [child(tmp_path, env={"GO_FILE": str(go)}) for _ in range(2)]
+    time.sleep(1.0)  # both imported vggtl and are waiting
+    go.touch()
+    rs = [finish(p) for p in ps]
+    assert sorted(r["computed"] for r in rs) == [0, N]  # the work was done once
+    assert rs[0]["sum"] == rs[1]["sum"] and all(r["memmap"] for r in rs)
+    folder = only_entry(tmp_path / "vggtl" / "features")
+    m = manifest(folder)
+    assert m["complete"]
+    # and the entry is whole: a third process reads it without computing
+    assert finish(child(tmp_path))["computed"] == 0
+
+
+# ---- read-only folders --------------------------------------------------------------------
+
+RO_CHILD = textwrap.dedent("""
+    import json, warnings, numpy as np, vggtl
+    from vggtl import _core
+    X = np.random.default_rng(1).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    base = vggtl.VGG16(weights=None, seed=2)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        c0 = _core.vgg16_forward_images()
+        F = base.extract(X, progress=False)
+        G = base.extract(X, progress=False)
+        c1 = _core.vgg16_forward_images()
+        P = base.predict(X)
+        ok = np.abs(F - P).max() <= 1e-5 * np.abs(P).max() and np.array_equal(G, F)
+    print(json.dumps({"computed": c1 - c0, "ok": bool(ok),
+                      "memmap": isinstance(F, np.memmap),
+                      "warnings": [str(x.message) for x in w]}))
+""")
+
+
+def _run_read_only(folder_home, how="permissions"):
+    """RO_CHILD with XDG_CACHE_HOME=folder_home unwritable to it: by mode bits
+    ("permissions"; a root test run drops CAP_DAC_OVERRIDE with setpriv, since root
+    writes through any mode bits) or by a read-only bind mount ("mount", root only,
+    in a private mount namespace)."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(folder_home), HOME=str(folder_home))
+    cmd = [sys.executable, "-c", RO_CHILD]
+    root = os.geteuid() == 0
+    if how == "mount":
+        if not root or not shutil.which("unshare"):
+            pytest.skip("a read-only bind mount needs root and unshare")
+        cmd = ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"',
+               str(folder_home)] + cmd
+    elif root:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: mode bits cannot be tested")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] + cmd
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    if how == "mount" and p.returncode != 0 and "mount" in p.stderr and "Traceback" not in p.stderr:
+        pytest.skip(f"no bind mount here: {p.stderr.strip()}")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _tree_mode(top, dirs, files):
+    for d, _, fs in os.walk(top):
+        os.chmod(d, dirs)
+        for f in fs:
+            os.chmod(os.path.join(d, f), files)
+
+
+@pytest.mark.parametrize("how", ["permissions", "mount"])
+def test_read_only_folder_works_without_caching_and_says_so_once(how):
+    top = tempfile.mkdtemp(prefix="vggtl-ro-")
+    try:
+        os.makedirs(os.path.join(top, "vggtl", "features"))
+        if how == "permissions":
+            _tree_mode(top, 0o555, 0o444)
+        r = _run_read_only(top, how)
+        assert r["ok"] and not r["memmap"] and r["computed"] == 24  # twice, uncached
+        assert len(r["warnings"]) == 1 and "cannot be written" in r["warnings"][0]
+        assert os.listdir(os.path.join(top, "vggtl", "features")) == []
+    finally:
+        _tree_mode(top, 0o755, 0o644)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_read_only_folder_still_serves_complete_entries():
+    top = tempfile.mkdtemp(prefix="vggtl-ro-")
+    try:
+        env = dict(os.environ, XDG_CACHE_HOME=top)
+        p = subprocess.run([sys.executable, "-c", RO_CHILD], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        _tree_mode(top, 0o555, 0o444)
+        r = _run_read_only(top)
+        assert r["ok"] and r["memmap"] and r["computed"] == 0 and r["warnings"] == []
+    finally:
+        _tree_mode(top, 0o755, 0o644)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+# ---- info, clear, eviction ------------------------------------------------------------------
+
+def test_info_and_clear(home, base, X, monkeypatch):
+    assert vc.info()["entries"] == [] and vc.info()["bytes"] == 0
+    base.extract(X, progress=False)
+    base.extract(X, layer="block4_pool", progress=False)
+    undo = _interrupting(base, after_calls=1, monkeypatch=monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        base.extract(X[:12], progress=False)
+    undo()
+    inf = vc.info()
+    assert inf["path"] == str(home) and len(inf["entries"]) == 3
+    by = {(e["layer"], e["n"]): e for e in inf["entries"]}
+    assert by[("block5_pool", N)]["complete"] and by[("block5_pool", N)]["shape"] == (N, 1, 1, 512)
+    assert by[("block4_pool", N)]["shape"] == (N, 2, 2, 512)
+    assert not by[("block5_pool", 12)]["complete"] and by[("block5_pool", 12)]["chunks_done"] == 1
+    assert by[("block4_pool", N)]["bytes"] >= N * 2 * 2 * 512 * 4
+    assert inf["bytes"] == sum(e["bytes"] for e in inf["entries"])
+
+    r = vc.clear(incomplete=True)
+    assert r["removed"] == 1 and len(vc.info()["entries"]) == 2
+    r = vc.clear(layer="block4_pool")
+    assert r["removed"] == 1 and r["bytes_freed"] >= N * 2 * 2 * 512 * 4
+    assert [e["layer"] for e in vc.info()["entries"]] == ["block5_pool"]
+    _, n = count(lambda: base.extract(X, progress=False))
+    assert n == 0
+    assert vc.clear()["removed"] == 1
+    assert vc.info()["entries"] == [] and not [p for p in os.listdir(home) if p != "."]
+    _, n = count(lambda: base.extract(X, progress=False))
+    assert n == N
+
+
+def test_clear_skips_an_entry_in_use(home, base, X):
+    base.extract(X, progress=False)
+    folder = only_entry(home)
+    with vc._Locked(folder, exclusive=False, create=False):
+        r = vc.clear()
+    assert r == {"removed": 0, "bytes_freed": 0, "busy": 1}
+    assert vc.clear()["removed"] == 1
+
+
+def test_lru_eviction(home, base, rng):
+    Xs = [rng.integers(0, 256, (N, 32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    base.extract(Xs[0], progress=False)
+    one = vc.info()["bytes"]
+    vc.set_size_limit(int(one * 2.5))  # room for two entries
+    try:
+        ids = []
+        for i in (1, 0, 2):  # uses: 0, 1, 0 again, 2
+            time.sleep(0.02)
+            base.extract(Xs[i], progress=False)
+            ids.append(vc._key_id(vc.make_key(base, X=Xs[i])))
+        left = set(entries(home))
+        assert left == {ids[1], ids[2]}  # Xs[1], the least recently used, went
+        assert vc.info()["bytes"] <= vc.get_size_limit()
+        _, n = count(lambda: base.extract(Xs[0], progress=False))
+        assert n == 0
+        _, n = count(lambda: base.extract(Xs[1], progress=False))
+        assert n == N
+        vc.set_size_limit("1KB")  # smaller than one entry: the newest stays
+        base.extract(Xs[3], progress=False)
+        assert entries(home) == [vc._key_id(vc.make_key(base, X=Xs[3]))]
+    finally:
+        vc.set_size_limit(None)
+
+
+def test_size_limit_from_environment(home, monkeypatch):
+    monkeypatch.setenv("VGGTL_CACHE_LIMIT", "1.5GiB")
+    assert vc.get_size_limit() == int(1.5 * (1 << 30))
+    monkeypatch.setenv("VGGTL_CACHE_LIMIT", "20GB")
+    assert vc.get_size_limit() == 20 * 10 ** 9
+    with pytest.raises(ValueError, match="limit"):
+        vc.set_size_limit("lots")
+
+
+# ---- users of the cache ----------------------------------------------------------------------
+
+def test_fit_uses_the_cache(home, X, rng):
+    y = rng.integers(0, 2, N)
+    base = vggtl.VGG16(weights=None, seed=0, input_shape=(32, 32, 3))
+
+    def fit(**kw):
+        m = vggtl.TransferModel(base, head=[vggtl.Flatten(), vggtl.Dense(8, activation="relu"),
+                                            vggtl.Dense(2, activation="softmax")], **kw)
+        m.compile(optimizer=vggtl.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+        h = m.fit(X[:14], y[:14], epochs=2, verbose=0, validation_data=(X[14:], y[14:]))
+        return h.history
+
+    h1, n1 = count(fit)
+    h2, n2 = count(fit)
+    assert (n1, n2) == (N, 0)
+    assert h1 == h2
+    h3, n3 = count(lambda: fit(cache=False))
+    assert n3 == N
+    for k, v in h1.items():  # the same up to the last bits of the features (batching)
+        assert h3[k] == pytest.approx(v, rel=1e-5)
+    assert len(entries(home)) == 2  # training and validation images
+
+
+def test_augmented_views(home, base, X):
+    seen = []
+
+    def flip(images, index):
+        seen.append(index.copy())
+        return images[:, :, ::-1]
+
+    F, n = count(lambda: base.extract(X, view=("flip-v1", 0), transform=flip, progress=False))
+    assert n == N
+    np.testing.assert_array_equal(np.concatenate(seen[1:]), np.arange(N))  # [0] is the probe
+    same_features(F, base.predict(X[:, :, ::-1]))
+    digest = vc.array_digest(X)
+    _, n = count(lambda: base.extract(X, view=("flip-v1", 0), transform=flip, x_digest=digest,
+                                      progress=False))
+    assert n == 0
+    _, n = count(lambda: base.extract(X, view=("flip-v1", 1), transform=flip, progress=False))
+    assert n == N
+
+
+def test_progress_bar_shows_images_per_second(home, base, X, capsys):
+    pytest.importorskip("tqdm")
+    base.extract(X, progress=True)
+    err = capsys.readouterr().err
+    assert "img/s" in err and f"{N}/{N}" in err
+    base.extract(X, progress=True)  # a hit is silent
+    assert capsys.readouterr().err == ""
+    base.extract(X[:8], progress=False)
+    assert capsys.readouterr().err == ""

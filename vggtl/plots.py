@@ -1,0 +1,194 @@
+"""Plots as the tutorials draw them: training curves and a confusion matrix.
+
+    H = model.fit(trainX, trainY, epochs=20, validation_data=(testX, testY))
+    fig = vggtl.plot_history(H, path="plot.png")          # ggplot style, loss and accuracy
+    fig = vggtl.plot_confusion_matrix(testY, pred, target_names=names, path="cm.png")
+
+Both return a ``matplotlib.figure.Figure`` and, given ``path``, write it as a PNG
+atomically (a temporary file beside ``path``, renamed when complete). matplotlib is
+an optional extra (``pip install vggtl[plots]``), imported only when a plot is
+drawn, so ``import vggtl`` never needs it.
+
+The figures are made with pyplot, so in a notebook they show below the cell as
+any pyplot figure does: write ``fig = vggtl.plot_history(H)`` (or end the line
+with ``;``), or the returned figure is shown a second time. In a script call
+``matplotlib.pyplot.close(fig)`` when done, or pass ``close=True``.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ._atomic import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_history", "plot_confusion_matrix"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _pyplot(what: str):
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(f"vggtl.{what} needs matplotlib, which is not installed: "
+                          f"pip install vggtl[plots]  (or: pip install matplotlib)") from None
+    return plt
+
+
+def _save(fig, path: Optional[PathLike], dpi: int) -> None:
+    if path is None:
+        return
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"path: the folder {folder} does not exist; create it first")
+    with atomic_path(path) as tmp:
+        # the format is given: the temporary name does not end in .png
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+
+def _history_dict(H) -> Mapping[str, Sequence[float]]:
+    hist = getattr(H, "history", H)
+    if not isinstance(hist, Mapping):
+        raise TypeError(f"H: expected the History that fit returns (or its .history dict), "
+                        f"got {type(H).__name__}")
+    return hist
+
+
+def _present_labels(y_true, y_pred) -> list:
+    """The sorted labels found in y_true or y_pred (2-D rows: their argmax), as
+    confusion_matrix orders them."""
+    parts = []
+    for y in (y_true, y_pred):
+        a = np.asarray(y)
+        parts.append(a.argmax(axis=1) if a.ndim == 2 and a.shape[1] > 1 else a.ravel())
+    return np.unique(np.concatenate(parts)).tolist()
+
+
+def plot_history(H: Any, path: Optional[PathLike] = None, *, title: str = "Training Loss and Accuracy",
+                 dpi: int = 100, close: bool = False) -> "Figure":
+    """Training and validation loss and accuracy over the epochs, drawn as the
+    Keras tutorials draw them (ggplot style, one axes, legend lower left).
+
+    Parameters
+    ----------
+    H : the :class:`vggtl.History` that ``fit`` / ``fine_tune`` return, or its
+        ``history`` dict ({"loss": [...], "accuracy": [...], "val_loss": [...],
+        "val_accuracy": [...]}; Keras's ``H.history`` works too, "acc" included).
+        Curves that are absent (no validation, no accuracy) are left out.
+    path : where to write a PNG (atomically); None writes nothing.
+    title : the figure's title.
+    close : close the figure in pyplot after drawing (scripts; the Figure is
+        still returned and can be saved).
+
+    Returns the ``matplotlib.figure.Figure``.
+
+    >>> import vggtl
+    >>> fig = vggtl.plot_history({"loss": [0.9, 0.5], "accuracy": [0.6, 0.8],
+    ...                           "val_loss": [1.0, 0.7], "val_accuracy": [0.5, 0.7]}, close=True)
+    >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    ['train_loss', 'val_loss', 'train_acc', 'val_acc']
+    """
+    hist = _history_dict(H)
+    plt = _pyplot("plot_history")
+    series = []
+    for key, label in (("loss", "train_loss"), ("val_loss", "val_loss"),
+                       ("accuracy", "train_acc"), ("acc", "train_acc"),
+                       ("val_accuracy", "val_acc"), ("val_acc", "val_acc")):
+        if key in hist and label not in {s[1] for s in series}:
+            values = np.asarray(hist[key], dtype=np.float64).ravel()
+            series.append((values, label))
+    if not series:
+        raise ValueError(f"H: no loss or accuracy to plot; found keys {sorted(hist)}")
+    with plt.style.context("ggplot"):
+        fig = plt.figure()
+        ax = fig.add_subplot(1, 1, 1)
+        for values, label in series:
+            ax.plot(np.arange(len(values)), values, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("Epoch #")
+        ax.set_ylabel("Loss/Accuracy")
+        ax.legend(loc="lower left")
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+    _save(fig, path, dpi)
+    if close:
+        plt.close(fig)
+    return fig
+
+
+def plot_confusion_matrix(y_true, y_pred, labels: Optional[Sequence] = None,
+                          target_names: Optional[Sequence[str]] = None,
+                          normalize: Optional[str] = None, path: Optional[PathLike] = None, *,
+                          title: Optional[str] = None, cmap: str = "Blues", dpi: int = 100,
+                          close: bool = False) -> "Figure":
+    """The confusion matrix as a heat map with the counts written in each cell
+    (rows: true class, columns: predicted class), as scikit-learn's
+    ``ConfusionMatrixDisplay`` draws it.
+
+    Parameters
+    ----------
+    y_true, y_pred : labels (ints or strings), or one-hot / probability rows
+        (reduced with ``argmax(axis=1)``), as :func:`vggtl.confusion_matrix`.
+    labels : the labels to show, in this order (default: the sorted labels present).
+    target_names : display names of those labels (e.g. ``["cat", "dog"]``).
+    normalize : None (counts), "true" (rows sum to 1: recall), "pred" (columns:
+        precision) or "all".
+    path : where to write a PNG (atomically); None writes nothing.
+
+    Returns the ``matplotlib.figure.Figure``.
+
+    >>> import vggtl
+    >>> fig = vggtl.plot_confusion_matrix([0, 1, 1, 0], [0, 1, 0, 0],
+    ...                                   target_names=["cat", "dog"], close=True)
+    >>> [t.get_text() for t in fig.axes[0].texts]
+    ['2', '0', '1', '1']
+    """
+    from .metrics import confusion_matrix
+    if normalize not in (None, "true", "pred", "all"):
+        raise ValueError(f"normalize: expected None, 'true', 'pred' or 'all', got {normalize!r}")
+    cm = np.asarray(confusion_matrix(y_true, y_pred, labels=labels, normalize=normalize))
+    n = cm.shape[0]
+    if target_names is not None:
+        names = [str(t) for t in target_names]
+        if len(names) != n:
+            raise ValueError(f"target_names: expected {n} names (one per class in the matrix), "
+                             f"got {len(names)}")
+    elif labels is not None:
+        names = [str(v) for v in labels]
+    else:
+        names = [str(v) for v in _present_labels(y_true, y_pred)]
+    plt = _pyplot("plot_confusion_matrix")
+    size = max(4.0, 0.6 * n + 2.5)
+    fig = plt.figure(figsize=(size + 1.0, size))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(cm, interpolation="nearest", cmap=cmap,
+                   vmin=0.0, vmax=max(float(cm.max()) if cm.size else 1.0, 1e-12))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    threshold = (cm.max() + cm.min()) / 2.0 if cm.size else 0.0
+    dark, light = im.cmap(1.0), im.cmap(0.0)
+    for i in range(n):
+        for j in range(n):
+            text = f"{cm[i, j]:.2f}" if normalize else f"{int(round(cm[i, j]))}"
+            ax.text(j, i, text, ha="center", va="center",
+                    color=light if cm[i, j] > threshold else dark)
+    ax.set_xticks(np.arange(n))
+    ax.set_yticks(np.arange(n))
+    ax.set_xticklabels(names, rotation=45 if max((len(s) for s in names), default=0) > 3 else 0,
+                       ha="right" if max((len(s) for s in names), default=0) > 3 else "center")
+    ax.set_yticklabels(names)
+    ax.set_xlabel("Predicted label")
+    ax.set_ylabel("True label")
+    ax.set_title(title if title is not None else
+                 ("Confusion matrix" + ("" if normalize is None else f" (normalized: {normalize})")))
+    ax.grid(False)
+    fig.tight_layout()
+    _save(fig, path, dpi)
+    if close:
+        plt.close(fig)
+    return fig
