@@ -13,8 +13,9 @@
  *     rows, and the centre is (row w/2 - 0.5, col h/2 - 0.5), which is the image's
  *     centre only for square images;
  *   - bilinear interpolation (scipy.ndimage.affine_transform with order=1: taps
- *     floor(x) and floor(x)+1, weights 1 - t and 1 - (1 - t), summed in scipy's
- *     order, in double);
+ *     floor(x) and floor(x)+1, weights 1 - t and 1 - (1 - t), the coordinates
+ *     computed in scipy's order and the sum in double, so that results equal
+ *     scipy's to float32 rounding);
  *   - points outside the image by scipy.ndimage's modes: nearest (the edge value
  *     repeats), constant (cval for any point outside [0, len - 1] on either axis,
  *     with no blending at the edge), reflect (the half-sample symmetric extension

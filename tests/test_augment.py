@@ -204,6 +204,14 @@ def test_same_seed_same_images_different_seed_different(rng):
     assert isinstance(s.seed, int) and Augment(**s.get_config()).seed == s.seed
 
 
+def test_config_digest_names_the_views():
+    a = Augment(width_shift_range=np.int64(3), height_shift_range=[0.1, 0.2],
+                rotation_range=np.float32(5), seed=np.uint64(7))
+    b = Augment(**a.get_config())
+    assert a.config_digest() == b.config_digest()
+    assert a.config_digest() != Augment(**{**a.get_config(), "seed": 8}).config_digest()
+
+
 def test_draws_do_not_depend_on_batching_or_threads(rng, restore_threads):
     x = rng.integers(0, 256, (9, 20, 20, 3), dtype=np.uint8)
     aug = Augment(**TUTORIAL, seed=4)

@@ -19,6 +19,11 @@ def test_demo_runs_the_tutorial_flow():
     r = subprocess.run([sys.executable, "-m", "vggtl", "demo", "--n", "40", "--size", "32",
                         "--epochs", "2"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
+    try:  # the embedded default: scikit-learn's handwritten digits, as tutorial pickles
+        import sklearn  # noqa: F401
+        assert "handwritten digits" in r.stdout.splitlines()[0], r.stdout
+    except ImportError:
+        assert "discs and squares" in r.stdout.splitlines()[0], r.stdout
     assert re.search(r"Epoch 2/2 - .* - loss: \d\.\d+ - accuracy: ", r.stdout), r.stdout
     assert re.search(r"weighted avg +\d\.\d\d", r.stdout), r.stdout  # the classification report
     assert "saved and reloaded: predictions identical: True" in r.stdout

@@ -1,22 +1,56 @@
-"""Command line: ``python -m vggtl demo`` and ``python -m vggtl info``.
+"""Command line: ``python -m vggtl demo | train | predict | info``.
 
-``demo`` is the README's embedded default: the tutorial's steps on a small
-built-in data set (no files, no network): write X.pickle / y.pickle, load them
-safely, split, VGG16 base, the tutorial's head, Adam with decay and binary
-crossentropy, fit, classification report, save and reload.
+    python -m vggtl demo                                   # the embedded default, no files
+    python -m vggtl train --x X.pickle --y y.pickle --epochs 20 --augment --fine-tune --out run1
+    python -m vggtl predict --model run1 --x new.pickle    # CSV: index,label,probability
+    python -m vggtl info                                   # version, threads, BLAS, CPU, weights
+
+``demo`` is the README's embedded default: it writes the tutorial's X.pickle and
+y.pickle from scikit-learn's bundled handwritten digits (8 x 8 grey, upscaled to
+32 x 32 with :func:`vggtl.resize`; built-in discs and squares without
+scikit-learn), then runs what ``train`` runs: load them safely, split, VGG16 base,
+the tutorial's head, Adam with decay, fit, classification report, save and reload.
+
+``train`` writes into ``--out``: ``model.vggtl``, ``history.json``, ``report.txt``
+and, with matplotlib, ``history.png`` (and ``fine_tune.png``) and
+``confusion_matrix.png``. Every error is one line saying what to do; ``--debug``
+shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import os
+import pickle
+import platform
 import sys
+import tempfile
 import time
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+PROG = "python -m vggtl"
+# the tutorial's ImageDataGenerator (pyimagesearch's fine-tuning / transfer-learning posts)
+TUTORIAL_AUGMENT = dict(rotation_range=30, zoom_range=0.15, width_shift_range=0.2,
+                        height_shift_range=0.2, shear_range=0.15, horizontal_flip=True,
+                        fill_mode="nearest")
 
-def builtin_images(n: int = 32, size: int = 64, seed: int = 0):
+
+class UserError(Exception):
+    """A problem the user can fix; its message says how (printed as one line)."""
+
+
+# -- data ------------------------------------------------------------------------------------
+def builtin_images(n: int = 32, size: int = 64, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """n uint8 RGB images of two kinds (discs and squares) on noisy backgrounds,
-    with their labels: a stand-in for the tutorial's cats and dogs."""
+    with their labels: the demo's data when scikit-learn is not installed.
+
+    >>> X, y = builtin_images(4, 32)
+    >>> X.shape, X.dtype, y.tolist()
+    ((4, 32, 32, 3), dtype('uint8'), [0, 1, 0, 1])
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     X = rng.integers(0, 60, size=(n, size, size, 3), dtype=np.uint8)
@@ -30,78 +64,592 @@ def builtin_images(n: int = 32, size: int = 64, seed: int = 0):
     return X, y
 
 
-def cmd_demo(args) -> int:
-    import os
-    import pickle
-    import tempfile
+def digits_images(n: Optional[int] = None, size: int = 32) -> Tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled handwritten digits (1,797 images, 8 x 8, values 0..16)
+    as the tutorial's X: uint8 grey images (n, size, size, 1), upscaled with
+    :func:`vggtl.resize`; and their labels 0..9. The first n when n is given.
+
+    >>> X, y = digits_images(20, 32)              # doctest: +SKIP
+    >>> X.shape, X.dtype, y[:10].tolist()         # doctest: +SKIP
+    ((20, 32, 32, 1), dtype('uint8'), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    """
+    from sklearn.datasets import load_digits  # only here: scikit-learn is optional
 
     import vggtl
-    from vggtl.weights import find_imagenet_weights
+    d = load_digits()
+    images, target = d.images[:n], d.target[:n]
+    X8 = np.round(images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return vggtl.resize(X8, (size, size)), target.astype(np.int64)
 
-    X, y = builtin_images(args.n, args.size)
-    names = ["disc", "square"]
-    print(f"vggtl {vggtl.__version__}: {len(X)} built-in {args.size}x{args.size} images "
-          f"(discs and squares), {vggtl.get_num_threads()} threads")
-    with tempfile.TemporaryDirectory() as tmp:
-        # the tutorial's files, written as the tutorial writes them ...
-        for name, obj in (("X.pickle", X), ("y.pickle", y.tolist())):
-            with open(os.path.join(tmp, name), "wb") as f:
-                pickle.dump(obj, f)
-        # ... and read back without running any code a pickle could carry
-        X, y = vggtl.load_pickles(os.path.join(tmp, "X.pickle"), os.path.join(tmp, "y.pickle"))
-        trainX, testX, trainY, testY = vggtl.train_test_split(X, y, test_size=0.25,
-                                                              random_state=42)
-        if find_imagenet_weights() is not None:
-            weights = "imagenet"
-            print("weights: ImageNet (found on this machine)")
-        else:
-            weights = None
-            print("weights: no ImageNet weights on this machine, so the base has random "
-                  "weights (Glorot-uniform): the pipeline runs the same, the accuracy is "
-                  "modest. Put vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 in "
-                  "~/.keras/models for the real thing.")
-        base = vggtl.VGG16(weights=weights, include_top=False,
-                           input_shape=(args.size, args.size, 3),
-                           preprocess="auto" if weights else None)
-        model = vggtl.TransferModel(base, head=[
-            vggtl.Flatten(), vggtl.Dense(512, activation="relu"), vggtl.Dropout(0.5),
-            vggtl.Dense(2, activation="softmax")])
-        lr = 1e-3
-        model.compile(optimizer=vggtl.Adam(learning_rate=lr, decay=lr / args.epochs),
-                      loss="binary_crossentropy", metrics=["accuracy"])
+
+def write_pickles(folder: str, X: np.ndarray, y: Sequence) -> Tuple[str, str]:
+    """X.pickle and y.pickle as the tutorial writes them (``pickle.dump`` of the
+    array and of the list of labels), atomically. Returns their paths.
+
+    >>> import tempfile, vggtl
+    >>> X, y = builtin_images(4, 32)
+    >>> xp, yp = write_pickles(tempfile.mkdtemp(), X, y)
+    >>> X2, y2 = vggtl.load_pickles(xp, yp)
+    >>> X2.shape, y2.tolist()
+    ((4, 32, 32, 3), [0, 1, 0, 1])
+    """
+    from ._atomic import atomic_open
+    paths = os.path.join(folder, "X.pickle"), os.path.join(folder, "y.pickle")
+    for path, obj in zip(paths, (X, list(np.asarray(y).tolist()))):
+        with atomic_open(path) as f:
+            pickle.dump(obj, f)
+    return paths
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _say(args, *parts) -> None:
+    if not args.quiet:
+        print(*parts, flush=True)
+
+
+def _resolve_weights(spec: str, allow_download: bool) -> Tuple[object, str]:
+    """--weights -> (what VGG16 takes, a sentence for the user)."""
+    from .weights import KERAS_NOTOP, WeightsNotFoundError, find_imagenet_weights, vggtl_cache_dir
+    if spec == "random":
+        return None, "weights: random (Glorot-uniform), as asked"
+    if spec not in ("auto", "imagenet"):
+        if not os.path.exists(os.path.expanduser(spec)):
+            raise UserError(f"--weights {spec}: no such file; pass imagenet, random, auto or the "
+                            f"path of a VGG16 weights file (.h5, .keras, .pth, .safetensors)")
+        return os.path.expanduser(spec), f"weights: {spec}"
+    found = find_imagenet_weights()
+    if found is not None:
+        return found, f"weights: ImageNet, found at {found}"
+    missing = (f"no ImageNet weights on this machine, so the base has random weights "
+               f"(Glorot-uniform): the pipeline runs the same, the accuracy is modest. Put "
+               f"{KERAS_NOTOP} in {vggtl_cache_dir()} (or ~/.keras/models) for the real thing")
+    if not allow_download:
+        if spec == "imagenet":
+            raise UserError(f"--weights imagenet: {KERAS_NOTOP} is not on this machine; put it in "
+                            f"{vggtl_cache_dir()} or set VGGTL_WEIGHTS to its path, or pass "
+                            f"--weights random")
+        return None, "weights: " + missing
+    from .weights import load_weights
+    try:
+        return load_weights("imagenet"), "weights: ImageNet (downloaded)"
+    except WeightsNotFoundError as e:
+        if spec == "imagenet":
+            raise UserError(f"--weights imagenet: {KERAS_NOTOP} is not on this machine and could "
+                            f"not be downloaded ({_first_line(e)}); put it in {vggtl_cache_dir()} "
+                            f"or set VGGTL_WEIGHTS to its path, or pass --weights random") from None
+        return None, "weights: " + missing
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _load_xy(x_path: str, y_path: Optional[str]):
+    import vggtl
+    for flag, p in (("--x", x_path), ("--y", y_path)):
+        if p is not None and not os.path.isfile(p):
+            raise UserError(f"{flag} {p}: no such file; pass the path of the tutorial's "
+                            f"{'X' if flag == '--x' else 'y'}.pickle (or a .npy file)")
+    if y_path is None:
+        return vggtl.load_pickle(x_path), None
+    return vggtl.load_pickles(x_path, y_path)
+
+
+def _as_images(X, what: str) -> np.ndarray:
+    X = np.asarray(X) if not isinstance(X, np.ndarray) else X
+    if X.ndim == 3:
+        X = X[..., None]
+    if X.ndim != 4 or X.shape[3] not in (1, 3):
+        raise UserError(f"{what}: expected images (N, H, W) or (N, H, W, 1|3), got an array of "
+                        f"shape {X.shape}; reshape X as the tutorial does: "
+                        f"np.array(X).reshape(-1, SIZE, SIZE, 1)")
+    return X
+
+
+def _fit_size(X: np.ndarray, size: Optional[int], args) -> np.ndarray:
+    import vggtl
+    from .vgg16 import MIN_SIZE
+    h, w = X.shape[1:3]
+    if size is None:
+        if min(h, w) >= MIN_SIZE:
+            return X
+        target = (max(h, MIN_SIZE), max(w, MIN_SIZE))
+        _say(args, f"resizing {h}x{w} images to {target[0]}x{target[1]} (VGG16 needs at least "
+                   f"{MIN_SIZE}x{MIN_SIZE}; --input-size chooses)")
+    else:
+        if size < MIN_SIZE:
+            raise UserError(f"--input-size {size}: VGG16 needs at least {MIN_SIZE}; pass "
+                            f"--input-size {MIN_SIZE} or more")
+        target = (size, size)
+        if (h, w) == target:
+            return X
+        _say(args, f"resizing {h}x{w} images to {size}x{size}")
+    return vggtl.resize(X, target)
+
+
+def _write_json(path: str, obj) -> None:
+    from ._atomic import atomic_write_bytes
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _plots(args, out: str, histories: List[Tuple[str, dict]], testY, pred, names) -> List[str]:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        _say(args, "plots: skipped, matplotlib is not installed (pip install vggtl[plots])")
+        return []
+    import vggtl
+    written = []
+    for filename, hist in histories:
+        path = os.path.join(out, filename)
+        title = "Training Loss and Accuracy" + (" (fine-tuning)" if "fine" in filename else "")
+        vggtl.plot_history(hist, path=path, title=title, close=True)
+        written.append(path)
+    path = os.path.join(out, "confusion_matrix.png")
+    vggtl.plot_confusion_matrix(testY, pred, labels=list(range(len(names))), target_names=names,
+                                path=path, close=True)
+    written.append(path)
+    return written
+
+
+# -- train (and demo) ------------------------------------------------------------------------
+def run_training(args, X, y, out: str, allow_download: bool, names=None,
+                 keep: bool = True) -> int:
+    """The tutorial's steps on X and y; writes the model and reports into ``out``
+    (``keep=False``: a temporary folder, so no plots are drawn)."""
+    import vggtl
+    from .data import LabelEncoder
+
+    enc = LabelEncoder()
+    try:
+        codes = enc.fit_transform(y)
+    except ValueError as e:
+        raise UserError(f"--y: {e}; y needs one label per image and at least two classes") from None
+    if len(codes) != len(X):
+        raise UserError(f"--x has {len(X)} images but --y has {len(codes)} labels; pass the "
+                        f"matching pair of pickles")
+    classes = enc.classes_
+    n_classes = len(classes)
+    if names is None:
+        names = [str(c) for c in classes.tolist()]
+    elif len(names) != n_classes:
+        raise UserError(f"--names: {len(names)} names for {n_classes} classes "
+                        f"{classes.tolist()}; pass one name per class, in this order")
+    X = _fit_size(_as_images(X, "--x"), args.input_size, args)
+    trainX, testX, trainY, testY = vggtl.train_test_split(X, codes, test_size=args.test_size,
+                                                          random_state=args.seed)
+    _say(args, f"split: {len(trainX)} training and {len(testX)} test images (stratified, "
+               f"seed {args.seed})")
+    weights, note = _resolve_weights(args.weights, allow_download)
+    _say(args, note)
+    lr = args.lr if args.lr is not None else (1e-4 if weights is not None else 3e-3)
+    base = vggtl.VGG16(weights=weights, include_top=False, input_shape=X.shape[1:],
+                       seed=args.seed)
+    model = vggtl.TransferModel(base, head=[
+        vggtl.Flatten(), vggtl.Dense(512, activation="relu"), vggtl.Dropout(0.5),
+        vggtl.Dense(n_classes, activation="softmax")], seed=args.seed,
+        cache=False if args.no_cache else True)
+    loss = "binary_crossentropy" if n_classes == 2 else "categorical_crossentropy"
+    model.compile(optimizer=vggtl.Adam(learning_rate=lr, decay=lr / max(args.epochs, 1)),
+                  loss=loss, metrics=["accuracy"])
+    _say(args, f"model: VGG16 base (frozen) + Flatten, Dense(512, relu), Dropout(0.5), "
+               f"Dense({n_classes}, softmax); Adam(lr={lr:g}, decay=lr/{args.epochs}), {loss}")
+    verbose = 0 if args.quiet else 1
+    augment = views = None
+    if args.augment_views < 0:
+        raise UserError(f"--augment-views {args.augment_views}: expected K >= 1 cached views, or 0 "
+                        f"for new transforms every epoch")
+    if args.augment:
+        augment = vggtl.Augment(seed=args.seed, **TUTORIAL_AUGMENT)
+        views = args.augment_views if args.augment_views > 0 else None
+        _say(args, "augmentation: " + ", ".join(f"{k}={v}" for k, v in TUTORIAL_AUGMENT.items())
+             + (f"; {views} augmented views per image, computed once" if views else
+                "; new transforms every epoch"))
+    t = time.perf_counter()
+    H = model.fit(trainX, trainY, batch_size=args.batch_size, epochs=args.epochs,
+                  validation_data=(testX, testY), verbose=verbose, augment=augment,
+                  augment_views=views)
+    _say(args, f"fit: {time.perf_counter() - t:.1f} s for {args.epochs} epochs (the base's "
+               f"features are computed once, not once per epoch)")
+    histories = [("history.png", H.history)]
+    ft_history = None
+    if args.fine_tune:
+        ft_epochs = args.epochs if args.fine_tune < 0 else args.fine_tune
+        # the tutorial's SGD(1e-4, momentum 0.9); random base weights need more
+        ft_lr = 1e-4 if weights is not None else 1e-3
+        _say(args, f"fine-tuning block 5 with the head for {ft_epochs} epochs (SGD, lr "
+                   f"{ft_lr:g}, momentum 0.9); computing block4_pool of "
+                   f"{len(trainX) + len(testX)} images first")
         t = time.perf_counter()
-        H = model.fit(trainX, trainY, batch_size=32, epochs=args.epochs,
-                      validation_data=(testX, testY), verbose=1)
-        print(f"fit: {time.perf_counter() - t:.1f} s for {args.epochs} epochs (the base's "
-              f"features are computed once, not once per epoch)")
-        pred = model.predict(testX).argmax(1)
-        print(vggtl.classification_report(testY, pred, target_names=names))
-        path = os.path.join(tmp, "model.vggtl")
-        model.save(path)
-        same = np.array_equal(vggtl.load_model(path).predict(testX), model.predict(testX))
-        print(f"saved and reloaded: predictions identical: {same}")
+        H2 = model.fine_tune(trainX, trainY, unfreeze_from="block5_conv1",
+                             optimizer=vggtl.SGD(learning_rate=ft_lr, momentum=0.9),
+                             batch_size=args.batch_size, epochs=ft_epochs,
+                             validation_data=(testX, testY), verbose=verbose)
+        _say(args, f"fine-tune: {time.perf_counter() - t:.1f} s")
+        ft_history = H2.history
+        histories.append(("fine_tune.png", ft_history))
+    # the test images' features are in the cache since fit's validation (unless
+    # fine-tuning changed block 5): no second pass through the base
+    bs = max(args.batch_size, 32)
+    probs = model.predict_features(model.features(testX, batch_size=bs, cache=model.cache,
+                                                  progress=verbose > 0), batch_size=bs)
+    pred = probs.argmax(1)
+    report = vggtl.classification_report(testY, pred, labels=list(range(n_classes)),
+                                         target_names=names, zero_division=0)
+    print(report)
+    os.makedirs(out, exist_ok=True)
+    model.classes_ = classes  # saved with the model: predict prints these labels
+    model_path = os.path.join(out, "model.vggtl")
+    model.save(model_path)
+    _write_json(os.path.join(out, "history.json"), {
+        "history": H.history, "fine_tune_history": ft_history,
+        "classes": classes.tolist(), "target_names": names,
+        "input_shape": list(X.shape[1:]), "test_accuracy": float(np.mean(pred == testY)),
+        "weights": "random" if weights is None else "imagenet" if args.weights in
+        ("auto", "imagenet") else args.weights,
+        "params": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": lr,
+                   "augment": bool(args.augment), "fine_tune": args.fine_tune,
+                   "test_size": args.test_size, "seed": args.seed}})
+    from ._atomic import atomic_write_bytes
+    atomic_write_bytes(os.path.join(out, "report.txt"), report.encode())
+    written = [model_path, os.path.join(out, "history.json"), os.path.join(out, "report.txt")]
+    if keep:
+        written += _plots(args, out, histories, testY, pred, names)
+    check = testX[:bs]  # the model as written must give the same probabilities
+    same = np.array_equal(vggtl.load_model(model_path).predict(check, batch_size=bs),
+                          model.predict(check, batch_size=bs))
+    if keep:
+        _say(args, "wrote " + ", ".join(written))
+    else:
+        _say(args, "the pickles and the model went to a temporary folder, removed now; "
+                   "--out DIR keeps them, with the plots")
+    print(f"saved and reloaded: predictions identical: {same}")
     return 0 if same and len(H.history["loss"]) == args.epochs else 1
+
+
+def cmd_train(args) -> int:
+    import vggtl
+    if args.threads:
+        vggtl.set_num_threads(args.threads)
+    X, y = _load_xy(args.x, args.y)
+    X = _as_images(X, "--x")
+    _say(args, f"vggtl {vggtl.__version__}, {vggtl.get_num_threads()} threads: {len(X)} images "
+               f"{'x'.join(map(str, X.shape[1:]))} {X.dtype} from {args.x}")
+    names = [s.strip() for s in args.names.split(",")] if args.names else None
+    return run_training(args, X, y, args.out, allow_download=True, names=names)
+
+
+def cmd_demo(args) -> int:
+    import vggtl
+    if args.threads:
+        vggtl.set_num_threads(args.threads)
+    data = args.data
+    if data == "auto":
+        try:
+            import sklearn  # noqa: F401
+            data = "digits"
+        except ImportError:
+            data = "shapes"
+            _say(args, "scikit-learn is not installed, so the demo uses built-in discs and "
+                       "squares (pip install vggtl[sklearn] for the handwritten digits)")
+    if data == "digits":
+        try:
+            X, y = digits_images(args.n, args.size)
+        except ImportError:
+            raise UserError("--data digits needs scikit-learn: pip install vggtl[sklearn] (or "
+                            "pass --data shapes)") from None
+        what, names = "handwritten digits (scikit-learn's, 8x8 upscaled)", None
+    else:
+        X, y = builtin_images(args.n, args.size)
+        what, names = "discs and squares", ["disc", "square"]
+    print(f"vggtl {vggtl.__version__}: {len(X)} built-in {args.size}x{args.size} images ({what}), "
+          f"{vggtl.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory(prefix="vggtl-demo-") as tmp:
+        out = args.out or tmp
+        os.makedirs(out, exist_ok=True)
+        # the tutorial's files, written as the tutorial writes them ...
+        x_path, y_path = write_pickles(out, X, y)
+        # ... and read back without running any code a pickle could carry
+        X, y = vggtl.load_pickles(x_path, y_path)
+        _say(args, f"wrote and safely read back {x_path} {tuple(X.shape)} and {y_path} "
+                   f"({len(y)} labels)")
+        args.input_size = None
+        return run_training(args, X, y, out, allow_download=False, names=names,
+                            keep=args.out is not None)
+
+
+# -- predict ---------------------------------------------------------------------------------
+def cmd_predict(args) -> int:
+    import vggtl
+    from ._atomic import atomic_open
+    if args.threads:
+        vggtl.set_num_threads(args.threads)
+    path = args.model
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.vggtl")
+    if not os.path.isfile(path):
+        raise UserError(f"--model {args.model}: no model there; pass the --out folder of "
+                        f"`{PROG} train` (or its model.vggtl)")
+    model = vggtl.load_model(path)
+    X, y = _load_xy(args.x, args.y)
+    X = _as_images(X, "--x")
+    h, w = model.base.input_shape[:2]
+    if X.shape[1:3] != (h, w):
+        if not args.quiet:
+            print(f"resizing {X.shape[1]}x{X.shape[2]} images to {h}x{w} (the model's input)",
+                  file=sys.stderr)
+        X = vggtl.resize(X, (h, w))
+    bs = max(args.batch_size, 32)
+    F = model.base.extract(X, cache=not args.no_cache, batch_size=bs, progress=not args.quiet)
+    probs = model.predict_features(F, batch_size=bs)
+    codes = probs.argmax(1)
+    classes = model.classes_ if model.classes_ is not None else np.arange(probs.shape[1])
+    labels = np.asarray(classes)[codes]
+    lines = ["index,label,probability"] + [
+        f"{i},{lab},{p:.6f}" for i, (lab, p) in enumerate(zip(labels.tolist(),
+                                                              probs.max(1).tolist()))]
+    if args.out:
+        with atomic_open(args.out) as f:
+            f.write(("\n".join(lines) + "\n").encode())
+        counts = {str(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
+        print(f"wrote {len(labels)} predictions to {args.out}: {counts}")
+    elif y is None:
+        print("\n".join(lines))
+    if y is not None:
+        from .data import LabelEncoder
+        enc = LabelEncoder()
+        enc.classes_ = np.asarray(classes)
+        try:
+            true = enc.transform(y)
+        except ValueError as e:
+            raise UserError(f"--y: {e}; pass the labels of these images, as in training") \
+                from None
+        print(vggtl.classification_report(true, codes, labels=list(range(len(classes))),
+                                          target_names=[str(c) for c in classes.tolist()],
+                                          zero_division=0))
+    return 0
+
+
+# -- info ------------------------------------------------------------------------------------
+def cpu_info() -> dict:
+    """CPU model, cores and the SIMD features vggtl's BLAS cares about (Linux:
+    /proc/cpuinfo; elsewhere what ``platform`` says).
+
+    >>> info = cpu_info()
+    >>> sorted(info), set(info["features"]) <= {"avx2", "avx512f", "fma"}
+    (['cores', 'features', 'model'], True)
+    """
+    out = {"model": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "features": {}}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return out
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not out.get("_named"):
+            out["model"], out["_named"] = value.strip(), True
+        elif key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    out.pop("_named", None)
+    if flags:
+        out["features"] = {f: f in flags for f in ("avx2", "avx512f", "fma")}
+    return out
 
 
 def cmd_info(args) -> int:
     import vggtl
+    from . import cache as _cache
+    from .weights import IMAGENET_FILES, find_imagenet_weights, imagenet_search_dirs
     for k, v in vggtl.info().items():
         print(f"{k}: {v}")
+    print(f"python: {platform.python_version()} ({sys.executable}); numpy {np.__version__}")
+    cpu = cpu_info()
+    print(f"cpu: {cpu['model']} ({cpu['cores']} logical cores)")
+    if cpu["features"]:
+        print("cpu features: " + ", ".join(f"{k} {'yes' if v else 'no'}"
+                                           for k, v in cpu["features"].items()))
+    try:
+        found = find_imagenet_weights()
+    except FileNotFoundError as e:  # VGGTL_WEIGHTS names nothing
+        found, problem = None, str(e)
+    else:
+        problem = None
+    if found:
+        print(f"imagenet weights: {found}")
+    else:
+        env = os.environ.get("VGGTL_WEIGHTS")
+        places = [f"$VGGTL_WEIGHTS ({env or 'not set'})"] + [d for _, d in imagenet_search_dirs()]
+        print(f"imagenet weights: not found{' (' + problem + ')' if problem else ''}; looked for "
+              f"{IMAGENET_FILES[False][0]} in {', '.join(places)}; "
+              f"weights='imagenet' downloads it (58.9 MB)")
+    try:
+        c = _cache.info()
+        print(f"feature cache: {c['path']} ({len(c['entries'])} entries, "
+              f"{c['bytes'] / 1e6:.1f} MB)")
+    except Exception as e:  # never let a damaged cache break info
+        print(f"feature cache: unreadable ({_first_line(e)})")
+    extras = []
+    for mod, extra in (("tqdm", "progress"), ("matplotlib", "plots"), ("sklearn", "sklearn"),
+                       ("h5py", "keras")):
+        found = importlib.util.find_spec(mod) is not None  # without importing it (fast)
+        extras.append(f"{mod} yes" if found else f"{mod} no (pip install vggtl[{extra}])")
+    print("optional: " + ", ".join(extras))
     return 0
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vggtl", description="VGG16 transfer learning in C")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="run the embedded default (no files needed)")
-    d.add_argument("--n", type=int, default=400, help="number of built-in images")
-    d.add_argument("--size", type=int, default=64, help="image size (>= 32)")
-    d.add_argument("--epochs", type=int, default=10, help="training epochs")
-    d.set_defaults(fn=cmd_demo)
-    i = sub.add_parser("info", help="version, threads, BLAS")
+# -- the parser ------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line that says where help is."""
+
+    def error(self, message):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(kind):
+    def parse(s):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number > 0, got {s}")
+        return v
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common.add_argument("--threads", type=_positive(int), default=None,
+                        help="threads to use (default: OMP_NUM_THREADS, else all cores)")
+    training = argparse.ArgumentParser(add_help=False)
+    training.add_argument("--epochs", type=_positive(int), default=20,
+                          help="epochs of the head (default 20, the tutorial's)")
+    training.add_argument("--batch-size", type=_positive(int), default=32, help="default 32")
+    training.add_argument("--lr", type=_positive(float), default=None,
+                          help="Adam's learning rate, decayed by lr/epochs (default 1e-4, the "
+                               "tutorial's, with ImageNet weights; 3e-3 with random weights)")
+    training.add_argument("--augment", action="store_true",
+                          help="train on augmented images (the tutorial's ImageDataGenerator: "
+                               "rotation 30, zoom 0.15, shifts 0.2, shear 0.15, horizontal flip)")
+    training.add_argument("--augment-views", type=int, default=5, metavar="K",
+                          help="with --augment: K augmented copies per image computed once and "
+                               "cached (default 5); 0 draws new transforms every epoch (one "
+                               "backbone pass per epoch: exact, slow)")
+    training.add_argument("--fine-tune", type=int, nargs="?", const=-1, default=None,
+                          metavar="EPOCHS", help="then fine-tune block 5 with the head for "
+                                                 "EPOCHS (default: as many as --epochs)")
+    training.add_argument("--weights", default="auto",
+                          help="auto (ImageNet if found or downloadable, else random), imagenet, "
+                               "random, or a weights file")
+    training.add_argument("--test-size", type=float, default=0.25,
+                          help="fraction held out for the report (default 0.25)")
+    training.add_argument("--seed", type=int, default=42, help="split and model seed (42)")
+    training.add_argument("--no-cache", action="store_true",
+                          help="do not keep the base's features in the feature cache")
+
+    ap = _Parser(prog=PROG, description="VGG16 transfer learning on the CPU, computed in C.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{demo,train,predict,info}",
+                            parser_class=_Parser)
+    d = sub.add_parser("demo", parents=[common, training],
+                       help="the tutorial on built-in data (no files, no network)",
+                       description="Writes tutorial-format X.pickle / y.pickle from scikit-learn's "
+                                   "handwritten digits and runs `train` on them.")
+    d.add_argument("--n", type=_positive(int), default=600,
+                   help="number of built-in images (default 600; the digits have 1,797)")
+    d.add_argument("--size", type=int, default=32, help="image size, >= 32 (default 32)")
+    d.add_argument("--data", choices=("auto", "digits", "shapes"), default="auto",
+                   help="digits (needs scikit-learn), shapes (discs and squares), or auto")
+    d.add_argument("--out", default=None,
+                   help="keep the pickles, model, history and plots in this folder")
+    d.set_defaults(fn=cmd_demo, epochs=30)
+    t = sub.add_parser("train", parents=[common, training],
+                       help="train on X.pickle / y.pickle, write the model and reports",
+                       description="The tutorial's steps on your pickles: split, VGG16 base, "
+                                   "head, fit (--augment), --fine-tune, report, plots.")
+    t.add_argument("--x", required=True, help="X.pickle (or .npy): images (N, H, W[, C])")
+    t.add_argument("--y", required=True, help="y.pickle (or .npy): one label per image")
+    t.add_argument("--input-size", type=int, default=None, metavar="S",
+                   help="resize images to S x S (default: their size, at least 32)")
+    t.add_argument("--names", default=None,
+                   help="display names of the classes in sorted label order, comma-separated")
+    t.add_argument("--out", default="vggtl-run",
+                   help="folder for model.vggtl, history.json, report.txt and the plots "
+                        "(default ./vggtl-run)")
+    t.set_defaults(fn=cmd_train)
+    p = sub.add_parser("predict", parents=[common], help="predict with a trained model",
+                       description="Prints index,label,probability per image (CSV), or the "
+                                   "classification report with --y.")
+    p.add_argument("--model", required=True, help="a `train --out` folder or a model.vggtl file")
+    p.add_argument("--x", required=True, help="X.pickle (or .npy) of the images to classify")
+    p.add_argument("--y", default=None, help="their labels: print the classification report")
+    p.add_argument("--out", default=None, help="write the CSV to this file instead of stdout")
+    p.add_argument("--batch-size", type=_positive(int), default=32)
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not keep the images' features in the feature cache")
+    p.set_defaults(fn=cmd_predict)
+    i = sub.add_parser("info", parents=[common],
+                       help="version, threads, BLAS, CPU features, where weights were found")
     i.set_defaults(fn=cmd_info)
-    args = ap.parse_args(argv)
-    return args.fn(args)
+    return ap
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as one line that says what to do."""
+    from .data import UnsafePickleError
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, UserError):
+        return msg
+    if isinstance(e, UnsafePickleError):
+        return (f"{msg} (vggtl refuses pickles that could run code: save X as a NumPy array "
+                f"with pickle.dump, or as .npy with np.save)")
+    if isinstance(e, MemoryError):
+        return ("out of memory; pass fewer or smaller images (--input-size), or save X as .npy "
+                "(vggtl reads it memory-mapped)")
+    if isinstance(e, ImportError):
+        return f"{msg}"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or msg}; check the path and its permissions"
+    return f"{msg} (run with --debug for the traceback)"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (0: success; 1: an error,
+    printed as one line on stderr; 2: a usage error).
+
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     status = main(["info"])
+    >>> status, out.getvalue().startswith("version: ")
+    (0, True)
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{PROG} {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"{PROG} {args.cmd}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

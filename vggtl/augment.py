@@ -204,8 +204,8 @@ class Augment:
     def get_config(self) -> dict:
         """The constructor's arguments (with the seed actually used):
         ``Augment(**aug.get_config())`` makes the same images."""
-        def plain(v):
-            return v.tolist() if isinstance(v, np.ndarray) else v
+        def plain(v):  # numpy scalars and arrays -> Python numbers and lists (JSON)
+            return np.asarray(v).tolist()
         return {"rotation_range": self.rotation_range,
                 "width_shift_range": plain(self.width_shift_range),
                 "height_shift_range": plain(self.height_shift_range),

@@ -132,7 +132,7 @@ def default_dir() -> str:
 
 def _root(cache) -> str:
     if cache is True or cache is None:
-        return default_dir()
+        return os.path.abspath(default_dir())
     if isinstance(cache, (str, os.PathLike)):
         return os.path.abspath(os.fspath(cache))
     raise TypeError(f"cache: expected True, False or a folder path, got {type(cache).__name__}")
@@ -873,17 +873,17 @@ def _in_memory(plan: _Plan) -> np.ndarray:
 
 
 def _cached(entry: _Entry, plan: _Plan) -> np.ndarray:
-    with _Locked(entry.dir, exclusive=False, create=False):
+    def waiting():
+        if plan.progress:
+            print(f"vggtl: waiting for another process computing {entry.dir}", file=sys.stderr,
+                  flush=True)
+
+    with _Locked(entry.dir, exclusive=False, create=False, on_wait=waiting):
         F = entry.try_read()
     if F is not None:
         if os.path.isdir(entry.chunk_dir):
             entry.drop_leftovers()
         return F
-
-    def waiting():
-        if plan.progress:
-            print(f"vggtl: waiting for another process computing {entry.dir}", file=sys.stderr,
-                  flush=True)
 
     for _ in range(3):
         with _Locked(entry.dir, exclusive=True, create=True, on_wait=waiting):

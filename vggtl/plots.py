@@ -70,8 +70,9 @@ def _present_labels(y_true, y_pred) -> list:
     return np.unique(np.concatenate(parts)).tolist()
 
 
-def plot_history(H: Any, path: Optional[PathLike] = None, *, title: str = "Training Loss and Accuracy",
-                 dpi: int = 100, close: bool = False) -> "Figure":
+def plot_history(H: Any, path: Optional[PathLike] = None, *,
+                 title: str = "Training Loss and Accuracy", dpi: int = 100,
+                 close: bool = False) -> "Figure":
     """Training and validation loss and accuracy over the epochs, drawn as the
     Keras tutorials draw them (ggplot style, one axes, legend lower left).
 
@@ -184,8 +185,9 @@ def plot_confusion_matrix(y_true, y_pred, labels: Optional[Sequence] = None,
     ax.set_yticklabels(names)
     ax.set_xlabel("Predicted label")
     ax.set_ylabel("True label")
-    ax.set_title(title if title is not None else
-                 ("Confusion matrix" + ("" if normalize is None else f" (normalized: {normalize})")))
+    if title is None:
+        title = "Confusion matrix" + ("" if normalize is None else f" (normalized: {normalize})")
+    ax.set_title(title)
     ax.grid(False)
     fig.tight_layout()
     _save(fig, path, dpi)

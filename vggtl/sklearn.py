@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -112,7 +112,8 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
     (['cat', 'dog'], (2, 2))
     """
 
-    def __init__(self, weights: Any = "imagenet", input_size: Union[None, int, Tuple[int, int]] = None,
+    def __init__(self, weights: Any = "imagenet",
+                 input_size: Union[None, int, Tuple[int, int]] = None,
                  image_shape: Optional[Tuple[int, ...]] = None, head: str = "flatten",
                  hidden_units: int = 512, dropout: float = 0.5, optimizer: str = "adam",
                  learning_rate: float = 1e-4, epochs: int = 10, batch_size: int = 32,
@@ -160,7 +161,8 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
         if self.head not in _HEADS:
             raise ValueError(f"head: expected one of {sorted(_HEADS)}, got {self.head!r}")
         if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer: expected one of {list(_OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ValueError(f"optimizer: expected one of {list(_OPTIMIZERS)}, got "
+                             f"{self.optimizer!r}")
         if self.loss not in _LOSSES:
             raise ValueError(f"loss: expected one of {list(_LOSSES)}, got {self.loss!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
@@ -202,9 +204,9 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
 
     def _images(self, X, reset: bool) -> np.ndarray:
         """X as uint8 or float images (N, h, w, C) of the network's input size."""
-        ndim = X.ndim if hasattr(X, "ndim") and not hasattr(X, "tocsr") else \
-            (2 if hasattr(X, "tocsr") else np.ndim(X))
-        if ndim > 2:
+        if not (hasattr(X, "tocsr") or hasattr(X, "iloc") or isinstance(X, np.ndarray)):
+            X = np.asarray(X)  # lists, array-likes (a DataFrame keeps its column names)
+        if isinstance(X, np.ndarray) and X.ndim > 2:
             X = check_array(X, allow_nd=True, dtype=None, accept_sparse=False, copy=False,
                             **{_FINITE_ARG: True})
             if X.ndim == 3:
@@ -337,6 +339,7 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
         >>> set(clf.predict(X)) <= {"a", "b"}
         True
         """
+        check_is_fitted(self, "model_")
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def score(self, X, y, sample_weight=None) -> float:
