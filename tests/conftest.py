@@ -4,12 +4,27 @@ Errors are measured as max|got - ref| / max|ref| over the whole array (ggml's
 style of a single relative figure): float32 kernels against the float64 NumPy
 reference in vggtl.reference, or against PyTorch.
 """
+import os
 import types
 
 import numpy as np
 import pytest
 
 import vggtl
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_home(tmp_path_factory):
+    """The suite never writes to the user's real caches: the feature cache and
+    converted weights go to a temporary XDG_CACHE_HOME (tests that need their own
+    folder set it themselves with monkeypatch)."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache_home"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
 
 RTOL = 1e-4          # vggtl vs the reference / torch
 THREADS_RTOL = 1e-5  # vggtl at 1 thread vs 2 threads

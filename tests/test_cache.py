@@ -719,3 +719,13 @@ def test_progress_bar_shows_images_per_second(home, base, X, capsys):
     assert capsys.readouterr().err == ""
     base.extract(X[:8], progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_digest128_is_xxh64_with_two_seeds():
+    # XXH64's published test vectors: empty input with seed 0, and "abc"
+    from vggtl import _core
+    d = _core.digest128(b"")
+    assert int.from_bytes(d[:8], "little") == 0xEF46DB3751D8E999
+    assert int.from_bytes(_core.digest128(b"abc")[:8], "little") == 0x44BC2CF5AD770999
+    assert _core.digest128(b"abd") != _core.digest128(b"abc")
+    assert len(d) == 16

@@ -224,3 +224,22 @@ def test_fine_tune_bad_input():
     fresh = vggtl.TransferModel(model.base, [vggtl.Dense(2, activation="softmax")])
     with pytest.raises(RuntimeError, match="not compiled"):
         fresh.fine_tune(X, y, unfreeze_from="block5_conv1")
+
+
+def test_fine_tune_reads_the_cut_from_the_cache_and_takes_augmented_views(tmp_path):
+    model, X, y = _setup(seed=6, n=8)
+    before = _core.vgg16_forward_images()
+    model.fine_tune(X, y, unfreeze_from="block5_conv1", batch_size=4, epochs=1, verbose=0,
+                    cache=str(tmp_path))
+    first = _core.vgg16_forward_images() - before
+    assert first == len(X)  # the cut computed once ...
+    before = _core.vgg16_forward_images()
+    model.fine_tune(X, y, unfreeze_from="block5_conv1", batch_size=4, epochs=1, verbose=0,
+                    cache=str(tmp_path))
+    assert _core.vgg16_forward_images() == before  # ... and read back the second time
+    aug = vggtl.Augment(rotation_range=20, horizontal_flip=True, seed=1)
+    before = _core.vgg16_forward_images()
+    H = model.fine_tune(X, y, unfreeze_from="block5_conv1", batch_size=4, epochs=3, verbose=0,
+                        cache=str(tmp_path), augment=aug, augment_views=2)
+    assert _core.vgg16_forward_images() - before == 2 * len(X)  # two views, once each
+    assert len(H.history["loss"]) == 3 and np.isfinite(H.history["loss"]).all()

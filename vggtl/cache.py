@@ -15,8 +15,9 @@ replaced or a strided sample of their values changes, as fine-tuning in place
 does; repeated calls cost microseconds, not 58 MB of hashing), the cut layer, the global pooling, the preprocessing (mode and its
 affine parameters), the input size the network sees, the storage dtype, the
 augmentation view (None, or the caller's ``(config digest, view index)``) and a
-digest of X (:func:`array_digest`: dtype, shape and bytes, SHA-256 over 8 MiB
-blocks hashed on several threads, a memmap read block by block, ~1.5 GB/s).
+digest of X (:func:`array_digest`: dtype, shape and bytes; 8 MiB blocks hashed
+in C with XXH64 under two seeds on several threads, their digests combined by
+SHA-256; a memmap is read block by block; ~4 GB/s per core).
 Batch size, threads, chunking and progress are not part of it.
 
 Layout. ``<root>/<first 32 hex digits of the key>/`` (root: ``$XDG_CACHE_HOME/vggtl/
@@ -88,6 +89,8 @@ from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from . import _core
 
 from ._arrays import as_images
 from ._atomic import atomic_path, atomic_write_bytes
@@ -196,8 +199,9 @@ def _hash_blocks(arr: np.ndarray, rows: int, fn) -> List:
 
 
 def array_digest(X) -> str:
-    """SHA-256 (hex) of an array's dtype, shape and bytes in C order, as a tree: the
-    digest of the header and of each 8 MiB block's digest, blocks hashed on several
+    """Digest (hex) of an array's dtype, shape and bytes in C order, as a tree: a
+    SHA-256 of the header and of each 8 MiB block's 128-bit digest, blocks hashed
+    in C (XXH64 with two seeds, ~4 GB/s per core, GIL released) on several
     threads. A memmap is read block by block, never loaded whole."""
     X = np.asarray(X) if not isinstance(X, np.ndarray) else X
     h = hashlib.sha256(json.dumps({"dtype": X.dtype.str, "shape": list(X.shape)}).encode())
@@ -205,7 +209,7 @@ def array_digest(X) -> str:
         X = X.reshape(1)
     row = int(np.prod(X.shape[1:], dtype=np.int64)) * X.dtype.itemsize
     rows = max(1, HASH_BLOCK // max(1, row))
-    for d in _hash_blocks(X, rows, lambda b: hashlib.sha256(b).digest()):
+    for d in _hash_blocks(X, rows, _core.digest128):
         h.update(d)
     return h.hexdigest()
 

@@ -372,7 +372,8 @@ class TransferModel:
                                  callbacks=callbacks, initial_epoch=initial_epoch,
                                  _epoch_features=epoch_features)
 
-    def _augmented_features(self, x, augment, views, batch_size: int, cache, progress: bool):
+    def _augmented_features(self, x, augment, views, batch_size: int, cache, progress: bool,
+                            layer: Optional[str] = None):
         """``fit(augment=...)``'s training features: a function epoch -> features.
 
         Exact mode (views None): the base runs on a fresh augmented copy of x every
@@ -393,8 +394,9 @@ class TransferModel:
         def extract(view, cache_to, x_digest=None):
             def transform(xb, index):
                 return augment.random_transform(xb, epoch=view, index=index)
-            return self.base.extract(x, cache=cache_to, batch_size=batch_size, progress=progress,
-                                     view=(digest, view), transform=transform, x_digest=x_digest)
+            return self.base.extract(x, layer=layer, cache=cache_to, batch_size=batch_size,
+                                     progress=progress, view=(digest, view), transform=transform,
+                                     x_digest=x_digest)
 
         if views is None:
             # a new view every epoch: nothing to keep, so nothing goes to the cache;
@@ -563,7 +565,8 @@ class TransferModel:
                   batch_size: int = 32, epochs: int = 1, verbose: int = 1,
                   validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
                   class_weight=None, callbacks: Optional[List[Callback]] = None,
-                  initial_epoch: int = 0) -> History:
+                  initial_epoch: int = 0, cache=None, augment=None,
+                  augment_views=None) -> History:
         """Train the top of the base together with the head (the tutorial's
         continuation: ``for layer in base.layers[15:]: layer.trainable = True``,
         re-compile with ``SGD(1e-4, momentum=0.9)``, fit again).
@@ -575,7 +578,10 @@ class TransferModel:
         runs only the unfrozen layers and the head, in C. ``optimizer`` defaults
         to ``SGD(learning_rate=1e-4, momentum=0.9)`` and, like Keras's
         re-compile, starts from fresh state; the loss and metrics are those of
-        ``compile``. Other arguments as :meth:`fit`.
+        ``compile``. ``cache``, ``augment`` and ``augment_views`` as :meth:`fit`,
+        at the cut: the cut's features come from the feature cache, and with
+        ``augment_views=K`` the K augmented views are cached at the cut too.
+        Other arguments as :meth:`fit`.
         """
         if self.loss is None:
             raise RuntimeError("fine_tune: the model is not compiled; call model.compile(...) first")
@@ -589,8 +595,16 @@ class TransferModel:
         first = self._unfreeze(unfreeze_from)
         cut = LAYER_NAMES[first - 1]
         x, y, validation_data = self._split(x, y, validation_data, validation_split)
-        # the frozen part, once: the output of the last frozen layer
-        F = self.base.predict(x, batch_size=max(batch_size, 32), layer=cut)
+        cache = self.cache if cache is None else cache
+        # the frozen part, once (and kept in the feature cache): the last frozen layer's output
+        epoch_features = None
+        if augment is None and augment_views is None:
+            F = self._cut_features(x, cut, batch_size, cache, verbose)
+        else:
+            epoch_features = self._augmented_features(x, augment, augment_views,
+                                                      max(batch_size, 32), cache, bool(verbose),
+                                                      layer=cut)
+            F = epoch_features(self._epochs_done)
         n = len(F)
         if n == 0:
             raise ValueError("x: expected at least one training sample, got 0")
@@ -599,7 +613,7 @@ class TransferModel:
         val = None
         if validation_data is not None:
             vx, vy = self._unpack_validation(validation_data)
-            val = (self.base.predict(vx, batch_size=max(batch_size, 32), layer=cut),
+            val = (self._cut_features(vx, cut, batch_size, cache, verbose),
                    self._targets(vy, len(vx), name="validation_data y"))
         # a fresh optimizer and state, as a re-compile in Keras gives
         self.compile(optimizer=optimizer if optimizer is not None else
@@ -627,18 +641,26 @@ class TransferModel:
         loss_code = LOSSES[self.loss]
 
         def run_epoch():
+            Fe = F if epoch_features is None else epoch_features(self._epochs_done)
             return _core.finetune_fit_epoch(
-                F, tail, head, self.optimizer.as_core_tuple(), self.optimizer.iterations,
+                Fe, tail, head, self.optimizer.as_core_tuple(), self.optimizer.iterations,
                 loss_code, targets, sw, batch_size, shuffle, self.seed, self._epochs_done, order, ws)
 
         def validate():
-            F5 = self.base.forward_from(val[0], cut, batch_size=max(batch_size, 32))
+            F5 = self.base.forward_from(np.asarray(val[0], np.float32), cut,
+                                        batch_size=max(batch_size, 32))
             vspec = self._spec(False)
             return _core.head_evaluate(F5, vspec, loss_code, val[1], None, batch_size,
                                        self._workspace(vspec, batch_size))
 
         return self._run_epochs(run_epoch, validate if val is not None else None, n, batch_size,
                                 epochs, initial_epoch, verbose, callbacks)
+
+    def _cut_features(self, x, cut: str, batch_size: int, cache, verbose) -> np.ndarray:
+        if cache is False:
+            return self.base.predict(x, batch_size=max(batch_size, 32), layer=cut)
+        return self.base.extract(x, layer=cut, cache=cache, batch_size=max(batch_size, 32),
+                                 progress=bool(verbose))
 
     def _unfreeze(self, unfreeze_from) -> int:
         """Mark the base's layers from ``unfreeze_from`` (or as marked) trainable
