@@ -220,3 +220,17 @@ def test_docstring_examples_run():
     import vggtl.__main__ as cli
     result = doctest.testmod(cli)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_train_uses_weights_found_on_the_machine(pickles, tmp_path, monkeypatch, capsys):
+    import vggtl
+    xp, yp, _, _ = pickles
+    w = tmp_path / "vgg16.safetensors"
+    vggtl.VGG16(weights=None, seed=3).save_weights(w)
+    monkeypatch.setenv("VGGTL_WEIGHTS", str(w))
+    out = tmp_path / "run"
+    assert main(["train", "--x", xp, "--y", yp, "--epochs", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"weights: ImageNet, found at {w}" in text
+    assert "Adam(lr=0.0001" in text  # the tutorial's INIT_LR with pretrained weights
+    assert json.loads((out / "history.json").read_text())["weights"] == "imagenet"

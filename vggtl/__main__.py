@@ -117,9 +117,16 @@ def _resolve_weights(spec: str, allow_download: bool) -> Tuple[object, str]:
             raise UserError(f"--weights {spec}: no such file; pass imagenet, random, auto or the "
                             f"path of a VGG16 weights file (.h5, .keras, .pth, .safetensors)")
         return os.path.expanduser(spec), f"weights: {spec}"
+    from .weights import load_weights
     found = find_imagenet_weights()
     if found is not None:
-        return found, f"weights: ImageNet, found at {found}"
+        try:
+            return load_weights(found), f"weights: ImageNet, found at {found}"
+        except ImportError as e:  # a Keras .h5 file without h5py
+            if spec == "imagenet":
+                raise
+            return None, (f"weights: found {found}, but {_first_line(e)}; so the base has "
+                          f"random weights (Glorot-uniform) this time")
     missing = (f"no ImageNet weights on this machine, so the base has random weights "
                f"(Glorot-uniform): the pipeline runs the same, the accuracy is modest. Put "
                f"{KERAS_NOTOP} in {vggtl_cache_dir()} (or ~/.keras/models) for the real thing")
@@ -129,7 +136,6 @@ def _resolve_weights(spec: str, allow_download: bool) -> Tuple[object, str]:
                             f"{vggtl_cache_dir()} or set VGGTL_WEIGHTS to its path, or pass "
                             f"--weights random")
         return None, "weights: " + missing
-    from .weights import load_weights
     try:
         return load_weights("imagenet"), "weights: ImageNet (downloaded)"
     except WeightsNotFoundError as e:
@@ -287,13 +293,14 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
         # the tutorial's SGD(1e-4, momentum 0.9); random base weights need more
         ft_lr = 1e-4 if weights is not None else 1e-3
         _say(args, f"fine-tuning block 5 with the head for {ft_epochs} epochs (SGD, lr "
-                   f"{ft_lr:g}, momentum 0.9); computing block4_pool of "
-                   f"{len(trainX) + len(testX)} images first")
+                   f"{ft_lr:g}, momentum 0.9{', augmented' if augment else ''}); block4_pool's "
+                   f"output is computed once (and cached)")
         t = time.perf_counter()
         H2 = model.fine_tune(trainX, trainY, unfreeze_from="block5_conv1",
                              optimizer=vggtl.SGD(learning_rate=ft_lr, momentum=0.9),
                              batch_size=args.batch_size, epochs=ft_epochs,
-                             validation_data=(testX, testY), verbose=verbose)
+                             validation_data=(testX, testY), verbose=verbose,
+                             augment=augment, augment_views=views)
         _say(args, f"fine-tune: {time.perf_counter() - t:.1f} s")
         ft_history = H2.history
         histories.append(("fine_tune.png", ft_history))

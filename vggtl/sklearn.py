@@ -88,7 +88,8 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
     augment : a :class:`vggtl.Augment`, optional; ``augment_views``: K cached
         augmented views instead of new transforms every epoch (see ``TransferModel.fit``).
     fine_tune_epochs : int (0). After the head, train block 5 (from
-        ``unfreeze_from``) with the head for this many epochs, SGD(1e-4, momentum 0.9).
+        ``unfreeze_from``) with the head for this many epochs, SGD(1e-4, momentum 0.9),
+        with the same augmentation.
     preprocess : "auto" (what the weights expect), None, "caffe", "torch", "scale".
     cache : True (the feature cache's default folder), a folder, or False.
     random_state : int, None or a ``np.random.RandomState``: the random base
@@ -304,7 +305,8 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
         if self.fine_tune_epochs:
             H2 = model.fine_tune(images, codes, unfreeze_from=self.unfreeze_from,
                                  batch_size=int(self.batch_size), epochs=int(self.fine_tune_epochs),
-                                 verbose=verbose)
+                                 verbose=verbose, augment=self.augment,
+                                 augment_views=self.augment_views)
             for k, v in H2.history.items():
                 history.setdefault(k, []).extend(v)
         self.classes_ = classes
