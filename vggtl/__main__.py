@@ -290,8 +290,7 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
     ft_history = None
     if args.fine_tune:
         ft_epochs = args.epochs if args.fine_tune < 0 else args.fine_tune
-        # the tutorial's SGD(1e-4, momentum 0.9); random base weights need more
-        ft_lr = 1e-4 if weights is not None else 1e-3
+        ft_lr = 1e-4  # the tutorial's SGD(1e-4, momentum 0.9): more unsettles block 5
         _say(args, f"fine-tuning block 5 with the head for {ft_epochs} epochs (SGD, lr "
                    f"{ft_lr:g}, momentum 0.9{', augmented' if augment else ''}); block4_pool's "
                    f"output is computed once (and cached)")
