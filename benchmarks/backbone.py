@@ -9,38 +9,11 @@ engine and the ratio vggtl / PyTorch, at 224x224 (batch 16) and 50x50 (batch
 """
 import argparse
 import platform
-import statistics
-import time
 
 import numpy as np
 
 import vggtl
-
-
-def median_time(fn, repeats):
-    fn()  # warm-up: page faults, thread pools, packing buffers
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
-def torch_vgg16_features(weights):
-    import torch
-    layers, cin = [], 3
-    for name in vggtl.vgg16.CONV_LAYERS:
-        k, b = weights[name]
-        conv = torch.nn.Conv2d(cin, k.shape[3], 3, padding=1)
-        with torch.no_grad():
-            conv.weight.copy_(torch.from_numpy(k.transpose(3, 2, 0, 1).copy()))
-            conv.bias.copy_(torch.from_numpy(b))
-        layers += [conv, torch.nn.ReLU(inplace=True)]
-        if name.endswith("conv2") and name[5] in "12" or name.endswith("conv3"):
-            layers.append(torch.nn.MaxPool2d(2, 2))
-        cin = k.shape[3]
-    return torch.nn.Sequential(*layers).eval()
+from _common import median_time, torch_vgg16_features
 
 
 def sgemm_gflops(repeats):
@@ -60,7 +33,7 @@ def main():
     torch.set_num_threads(args.threads)
     vggtl.set_num_threads(args.threads)
     base = vggtl.VGG16(weights=None, include_top=False, seed=0)
-    net = torch_vgg16_features(base.get_weights())
+    net = torch_vgg16_features(base.get_weights()).eval()
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads; "
           f"torch {torch.__version__}; vggtl {vggtl.__version__} ({vggtl.info()['blas']})")
     print(f"sgemm 4096^3 (torch): {sgemm_gflops(args.repeats):.0f} GFLOP/s")

@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 import vggtl
+from _common import torch_vgg16_features
 
 
 class EpochTimer(vggtl.Callback):
@@ -58,22 +59,7 @@ def main():
 
     # PyTorch, the usual way
     w = {**base.get_weights(), **model.get_weights()}
-    layers, cin = [], 3
-    frozen = []
-    for name in vggtl.vgg16.CONV_LAYERS:
-        k, b = w[name]
-        conv = torch.nn.Conv2d(cin, k.shape[3], 3, padding=1)
-        with torch.no_grad():
-            conv.weight.copy_(torch.from_numpy(k.transpose(3, 2, 0, 1).copy()))
-            conv.bias.copy_(torch.from_numpy(b))
-        trainable = name.startswith("block5")
-        for p in conv.parameters():
-            p.requires_grad_(trainable)
-        layers += [conv, torch.nn.ReLU(inplace=True)]
-        if name in ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3"):
-            layers.append(torch.nn.MaxPool2d(2, 2))
-        cin = k.shape[3]
-    feats = torch.nn.Sequential(*layers)
+    feats = torch_vgg16_features(w, trainable_prefix="block5")
     flat = int(np.prod(base.output_shape()))
     head = torch.nn.Sequential(torch.nn.Linear(flat, 512), torch.nn.ReLU(), torch.nn.Dropout(0.5),
                                torch.nn.Linear(512, 2))

@@ -10,22 +10,11 @@ torch.optim.Adam, BCE on softmax probabilities). Prints seconds per epoch
 (median) and the ratio.
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 
 import vggtl
-
-
-def median_time(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from _common import median_time
 
 
 def main():

@@ -119,6 +119,16 @@ static size_t plan_workspace(head_plan *p, const vgg_head *h, size_t batch, floa
     return off;
 }
 
+/* Lays the caller's workspace out for batches of `batch`, after checking the
+ * head is valid (VGG_ERR_ARG) and the workspace large enough (VGG_ERR_NOMEM). */
+static int use_workspace(head_plan *p, const vgg_head *h, size_t batch, float *ws, size_t ws_floats) {
+    const size_t need = plan_workspace(p, h, batch, NULL);
+    VGG_CHECK(need > 0, VGG_ERR_ARG);
+    VGG_CHECK(ws_floats >= need, VGG_ERR_NOMEM);
+    plan_workspace(p, h, batch, ws);
+    return VGG_OK;
+}
+
 size_t vgg_head_workspace_floats(const vgg_head *head, size_t batch) {
     head_plan p;
     return plan_workspace(&p, head, batch, NULL);
@@ -338,13 +348,11 @@ int vgg_head_train_maps(vgg_fit_stats *stats, vgg_head *head, const vgg_optimize
                         float *workspace, size_t workspace_floats) {
     VGG_CHECK(stats && head && opt && maps && t && d_maps && workspace && m >= 1, VGG_ERR_ARG);
     head_plan p;
-    const size_t need = plan_workspace(&p, head, m, NULL);
-    VGG_CHECK(need > 0, VGG_ERR_ARG);
-    VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
-    plan_workspace(&p, head, m, workspace);
+    int st = use_workspace(&p, head, m, workspace, workspace_floats);
+    if (st != VGG_OK) return st;
     gather(p.input, maps, VGG_F32, head, NULL, 0, m);
     gather_targets(&p, t, order, first, m);
-    int st = train_step(stats, head, &p, m, opt, iteration, seed, t->loss, p.d_input);
+    st = train_step(stats, head, &p, m, opt, iteration, seed, t->loss, p.d_input);
     if (st != VGG_OK) return st;
     reduce_backward(d_maps, p.d_input, maps, head, m);
     return VGG_OK;
@@ -359,10 +367,7 @@ int vgg_head_predict(float *out, const void *x, int dtype, size_t n, const vgg_h
     if (st != VGG_OK) return st;
     VGG_CHECK(out && workspace, VGG_ERR_ARG);
     head_plan p;
-    const size_t need = plan_workspace(&p, head, batch, NULL);
-    VGG_CHECK(need > 0, VGG_ERR_ARG);
-    VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
-    plan_workspace(&p, head, batch, workspace);
+    if ((st = use_workspace(&p, head, batch, workspace, workspace_floats)) != VGG_OK) return st;
     for (size_t i0 = 0; i0 < n; i0 += batch) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
         const size_t m = n - i0 < batch ? n - i0 : batch;
@@ -383,10 +388,7 @@ int vgg_head_evaluate(vgg_fit_stats *stats, const void *x, int dtype, size_t n,
     VGG_CHECK(stats && workspace, VGG_ERR_ARG);
     memset(stats, 0, sizeof *stats);
     head_plan p;
-    const size_t need = plan_workspace(&p, head, batch, NULL);
-    VGG_CHECK(need > 0, VGG_ERR_ARG);
-    VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
-    plan_workspace(&p, head, batch, workspace);
+    if ((st = use_workspace(&p, head, batch, workspace, workspace_floats)) != VGG_OK) return st;
     if ((st = vgg_head_check_targets(t, n, p.out)) != VGG_OK) return st;
     for (size_t i0 = 0; i0 < n; i0 += batch) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
@@ -418,10 +420,7 @@ int vgg_head_fit_epoch(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer
     VGG_CHECK(opt->learning_rate > 0.0, VGG_ERR_ARG);
     memset(stats, 0, sizeof *stats);
     head_plan p;
-    const size_t need = plan_workspace(&p, head, batch, NULL);
-    VGG_CHECK(need > 0, VGG_ERR_ARG);
-    VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
-    plan_workspace(&p, head, batch, workspace);
+    if ((st = use_workspace(&p, head, batch, workspace, workspace_floats)) != VGG_OK) return st;
     if ((st = vgg_head_check_targets(t, n, p.out)) != VGG_OK) return st;
     const int slots = vgg_optimizer_slots(opt);
     for (size_t l = 0; l < head->n_layers; l++) {

@@ -1269,6 +1269,20 @@ static PyObject *py_head_evaluate(PyObject *self, PyObject *args, PyObject *kw) 
     return Py_BuildValue("(ddn)", stats.loss_sum, stats.correct, (Py_ssize_t)stats.seen);
 }
 
+/* What an epoch call returns: (loss_sum, correct, seen, batches, iterations), or
+ * the exception its status calls for. */
+static PyObject *epoch_result(int st, const vgg_fit_stats *stats, int64_t it, const char *what) {
+    if (st == VGG_ERR_NONFINITE) {
+        PyErr_Format(PyExc_FloatingPointError, "the loss became NaN or infinite at update %lld "
+                     "(batch %zu of the epoch): lower the learning rate or check the inputs",
+                     (long long)it, stats->batches + 1);
+        return NULL;
+    }
+    if (st != VGG_OK) return raise_status(st, what);
+    return Py_BuildValue("(ddnnL)", stats->loss_sum, stats->correct, (Py_ssize_t)stats->seen,
+                         (Py_ssize_t)stats->batches, (long long)it);
+}
+
 static PyObject *py_head_fit_epoch(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "head", "optimizer", "iterations", "loss", "y", "sample_weight",
@@ -1305,15 +1319,7 @@ static PyObject *py_head_fit_epoch(PyObject *self, PyObject *args, PyObject *kw)
                                 dim(x, 0), &t, (size_t)batch, shuffle, seed, epoch,
                                 PyArray_DATA(order), PyArray_DATA(ws), dim(ws, 0), py_abort_cb, &s);
     ACQUIRE_GIL(s);
-    if (st == VGG_ERR_NONFINITE) {
-        PyErr_Format(PyExc_FloatingPointError, "the loss became NaN or infinite at update %lld "
-                     "(batch %zu of the epoch): lower the learning rate or check the inputs",
-                     (long long)it, stats.batches + 1);
-        return NULL;
-    }
-    if (st != VGG_OK) return raise_status(st, "head_fit_epoch");
-    return Py_BuildValue("(ddnnL)", stats.loss_sum, stats.correct, (Py_ssize_t)stats.seen,
-                         (Py_ssize_t)stats.batches, (long long)it);
+    return epoch_result(st, &stats, it, "head_fit_epoch");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1535,15 +1541,7 @@ static PyObject *py_finetune_fit_epoch(PyObject *self, PyObject *args, PyObject 
                                       seed, epoch, PyArray_DATA(order), PyArray_DATA(ws),
                                       dim(ws, 0), py_abort_cb, &s);
     ACQUIRE_GIL(s);
-    if (st == VGG_ERR_NONFINITE) {
-        PyErr_Format(PyExc_FloatingPointError, "the loss became NaN or infinite at update %lld "
-                     "(batch %zu of the epoch): lower the learning rate or check the inputs",
-                     (long long)it, stats.batches + 1);
-        return NULL;
-    }
-    if (st != VGG_OK) return raise_status(st, "finetune_fit_epoch");
-    return Py_BuildValue("(ddnnL)", stats.loss_sum, stats.correct, (Py_ssize_t)stats.seen,
-                         (Py_ssize_t)stats.batches, (long long)it);
+    return epoch_result(st, &stats, it, "finetune_fit_epoch");
 }
 
 static PyObject *py_digest128(PyObject *self, PyObject *arg) {

@@ -14,10 +14,6 @@
 #include <omp.h>
 #define VGG_PRAGMA(x) _Pragma(#x)
 #define VGG_OMP_FOR VGG_PRAGMA(omp parallel for schedule(static) num_threads(vgg_get_num_threads()))
-#define VGG_OMP_FOR_COLLAPSE2                                                        \
-    VGG_PRAGMA(omp parallel for collapse(2) schedule(static) num_threads(vgg_get_num_threads()))
-#define VGG_OMP_FOR_REDUCE_SUM(v) \
-    VGG_PRAGMA(omp parallel for schedule(static) reduction(+ : v) num_threads(vgg_get_num_threads()))
 /* A team of exactly n threads: for loops that index per-thread buffers sized
  * from a thread count read once (the knob may change in another thread). */
 #define VGG_OMP_FOR_N(n) VGG_PRAGMA(omp parallel for schedule(static) num_threads(n))
@@ -40,8 +36,6 @@
 #define VGG_OMP_FOR_COLLAPSE2_IF(work)
 #define VGG_OMP_FOR_REDUCE_SUM_IF(v, work)
 #define VGG_OMP_FOR
-#define VGG_OMP_FOR_COLLAPSE2
-#define VGG_OMP_FOR_REDUCE_SUM(v)
 #endif
 
 /* Returns status from the enclosing function when cond is false. */

@@ -242,10 +242,8 @@ class TransferModel:
         if y.shape[:1] != (n,):
             raise ValueError(f"{name}: expected {n} labels (one per image), got shape {y.shape}")
         if y.dtype.kind in "USO":
-            if self.classes_ is None or name == "y":
-                classes = np.unique(y)
-                if self.classes_ is None:
-                    self.classes_ = classes
+            if self.classes_ is None:
+                self.classes_ = np.unique(y)
             lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
             try:
                 y = np.array([lookup[v] for v in y.tolist()], dtype=np.int64)

@@ -67,6 +67,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from . import data as _data
 from ._atomic import atomic_open, atomic_path
 
 __all__ = [
@@ -137,8 +138,10 @@ class WeightsError(ValueError):
     """A weights file that vggtl cannot use: corrupt, truncated, another model, ..."""
 
 
-class UnsafePickleError(WeightsError, pickle.UnpicklingError):
-    """A .pth pickle asked for a global outside :data:`ALLOWED_GLOBALS`; nothing ran."""
+class UnsafePickleError(WeightsError, _data.UnsafePickleError):
+    """A .pth pickle asked for a global outside :data:`ALLOWED_GLOBALS`; nothing ran.
+    Also a :class:`vggtl.data.UnsafePickleError`, so one ``except`` catches a refused
+    pickle from either reader."""
 
 
 class WeightsNotFoundError(FileNotFoundError):
