@@ -9,7 +9,7 @@ Environment variables (all optional):
   VGGTL_NATIVE=1      add -march=native (local builds only; never in a wheel).
   VGGTL_DEBUG=1       -O0 -g, asserts on.
   VGGTL_WERROR=1      compiler warnings are errors (CI sets it).
-  VGGTL_SANITIZE=address,undefined   build with sanitizers (see .ci/).
+  VGGTL_SANITIZE=address,undefined   build with sanitizers, any report fatal (see .ci/asan).
 """
 import os
 import shlex
@@ -94,8 +94,11 @@ if env_flag("VGGTL_NATIVE"):
     opt.append("-march=native")
 sanitize = os.environ.get("VGGTL_SANITIZE", "").strip()
 if sanitize:  # e.g. address,undefined
-    opt += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
-    link_args = link_args + [f"-fsanitize={sanitize}"]
+    # -fno-sanitize-recover=all: a UBSan report aborts (a non-zero exit fails CI)
+    # instead of printing and going on
+    opt += [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+            "-g"]
+    link_args = link_args + [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all"]
 
 core = Extension(
     "vggtl._core",

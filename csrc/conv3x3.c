@@ -1,6 +1,9 @@
 /*
  * conv3x3.c - 3x3 convolution, stride 1, 'same' zero padding, NHWC.
  *
+ * vgg_conv3x3_forward picks the algorithm per shape: Winograd F(4x4,3x3)
+ * (winograd.c) where it pays, else the im2col path below.
+ *
  * Forward as im2col + sgemm (darknet, ggml), done a chunk of output pixels at a
  * time so the column buffer stays small (a whole-layer im2col would be 9x the
  * input: 110 MiB per image for block1_conv2) and sits in cache when sgemm packs it:
@@ -27,8 +30,29 @@ static size_t chunk_rows(size_t cin) {
     return rows < MIN_CHUNK_ROWS ? MIN_CHUNK_ROWS : rows;
 }
 
-size_t vgg_conv3x3_workspace_floats(size_t cin) {
+static size_t im2col_workspace_floats(size_t cin) {
     return chunk_rows(cin) * 9 * cin * (size_t)vgg_get_num_threads();
+}
+
+size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout) {
+    const size_t a = im2col_workspace_floats(cin),
+                 b = vgg_winograd_workspace_floats(cin, cout, (size_t)vgg_get_num_threads());
+    return a > b ? a : b;
+}
+
+/* Winograd computes whole 4x4 tiles: a map whose tiles would more than double
+ * the pixels computed (1x1, 2x2, 5x5, ...) gains too little over im2col; so does
+ * a layer with few input channels (the first, 3), where the sgemm is thin. */
+#define WINO_MIN_CIN 16
+
+int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout) {
+    (void)cout;
+    const int forced = vgg_get_conv_algo();
+    if (forced != VGG_CONV_AUTO) return forced;
+    const size_t th = (h + 3) / 4, tw = (w + 3) / 4;
+    const double padded = 16.0 * (double)th * (double)tw;
+    if (cin >= WINO_MIN_CIN && padded <= 2.0 * (double)h * (double)w) return VGG_CONV_WINOGRAD;
+    return VGG_CONV_IM2COL;
 }
 
 /* col (r1-r0, 9*cin) <- neighbourhoods of flat output pixels r0..r1-1. */
@@ -75,10 +99,10 @@ static void bias_act_rows(float *out, const float *bias, int relu, size_t rows, 
  * the barrier is negligible, little enough that Ctrl-C answers fast. */
 #define CHUNKS_PER_POLL 8
 
-int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const float *bias,
-                        int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
-                        float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
-                        void *abort_ctx) {
+static int im2col_forward(float *out, const float *x, const float *kernel, const float *bias,
+                          int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
+                          float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
+                          void *abort_ctx) {
     VGG_CHECK(out && x && kernel && bias && workspace, VGG_ERR_ARG);
     VGG_CHECK(h >= 1 && w >= 1 && cin >= 1 && cout >= 1, VGG_ERR_SHAPE);
     VGG_CHECK(9 * cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM, VGG_ERR_SHAPE);
@@ -94,6 +118,7 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
     if (rows > chunk_rows(cin)) rows = chunk_rows(cin);
     const size_t nchunks = (total + rows - 1) / rows;
     const size_t per_poll = nth * CHUNKS_PER_POLL;
+    const size_t min_rows = vgg_sgemm_stable_rows(cout, k);
 
     for (size_t c0 = 0; c0 < nchunks; c0 += per_poll) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
@@ -106,16 +131,38 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
 #else
             float *col = workspace;
 #endif
-            const size_t r0 = ci * rows;
-            const size_t r1 = r0 + rows < total ? r0 + rows : total;
+            /* chunks of balanced sizes: none has a single row unless total does */
+            const size_t r0 = ci * total / nchunks, r1 = (ci + 1) * total / nchunks;
             im2col_rows(col, x, r0, r1, h, w, cin);
             /* single-threaded BLAS inside the OpenMP region (see threads.c) */
-            vgg_sgemm(0, 0, r1 - r0, cout, k, 1.0f, col, k, kernel, cout, 0.0f,
-                      out + r0 * cout, cout);
+            if (r1 - r0 < min_rows && rows * k >= min_rows * (k + cout)) {
+                /* a short chunk is padded with zero rows up to the rows that sgemm
+                 * rounds the same way as in a full chunk, so a pixel's result never
+                 * depends on the batch it came in (vgg_internal.h) */
+                float *tmp = col + min_rows * k;
+                memset(col + (r1 - r0) * k, 0, (min_rows - (r1 - r0)) * k * sizeof *col);
+                vgg_sgemm(0, 0, min_rows, cout, k, 1.0f, col, k, kernel, cout, 0.0f, tmp, cout);
+                memcpy(out + r0 * cout, tmp, (r1 - r0) * cout * sizeof *tmp);
+            } else {
+                vgg_sgemm(0, 0, r1 - r0, cout, k, 1.0f, col, k, kernel, cout, 0.0f,
+                          out + r0 * cout, cout);
+            }
             bias_act_rows(out + r0 * cout, bias, relu, r1 - r0, cout);
         }
     }
     return VGG_OK;
+}
+
+int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const float *bias,
+                        int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
+                        float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
+                        void *abort_ctx) {
+    if (vgg_conv3x3_algo(h, w, cin, cout) == VGG_CONV_WINOGRAD &&
+        workspace_floats >= vgg_winograd_workspace_floats(cin, cout, 1))
+        return vgg_winograd_conv3x3_forward(out, x, kernel, bias, relu, n, h, w, cin, cout,
+                                            workspace, workspace_floats, abort_cb, abort_ctx);
+    return im2col_forward(out, x, kernel, bias, relu, n, h, w, cin, cout, workspace,
+                          workspace_floats, abort_cb, abort_ctx);
 }
 
 /* ---- backward -------------------------------------------------------------
@@ -130,7 +177,7 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
 static size_t bwd_rows(size_t cin) { return chunk_rows(cin); }
 
 size_t vgg_conv3x3_backward_workspace_floats(size_t cin, size_t cout) {
-    return bwd_rows(cin) * 9 * cin + 9 * cin * cout + vgg_conv3x3_workspace_floats(cout);
+    return bwd_rows(cin) * 9 * cin + 9 * cin * cout + vgg_conv3x3_workspace_floats(cout, cin);
 }
 
 int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, const float *x,
@@ -141,7 +188,7 @@ int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, con
     VGG_CHECK(h >= 1 && w >= 1 && cin >= 1 && cout >= 1, VGG_ERR_SHAPE);
     VGG_CHECK(9 * cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM, VGG_ERR_SHAPE);
     const size_t k = 9 * cin;
-    const size_t fwd_ws = vgg_conv3x3_workspace_floats(cout);
+    const size_t fwd_ws = vgg_conv3x3_workspace_floats(cout, cin);
     VGG_CHECK(workspace_floats >= vgg_conv3x3_backward_workspace_floats(cin, cout), VGG_ERR_NOMEM);
     size_t hw, total;
     VGG_CHECK(vgg_mul_ok(h, w, &hw) && vgg_mul_ok(hw, n, &total), VGG_ERR_SHAPE);

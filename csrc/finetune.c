@@ -47,7 +47,8 @@ static size_t plan_tail(tail_plan *p, const vgg16_tail *t, const vgg_head *head,
         if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
             const size_t cout = vgg16_layer_units(l);
             size_t s = vgg_conv3x3_backward_workspace_floats(c, cout);
-            if (vgg_conv3x3_workspace_floats(c) > s) s = vgg_conv3x3_workspace_floats(c);
+            const size_t f = vgg_conv3x3_workspace_floats(c, cout);
+            if (f > s) s = f;
             if (s > scratch) scratch = s;
             c = cout;
         } else {

@@ -188,6 +188,81 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
                          "blas", vgg_blas_info());
 }
 
+/* Index of `name` among names[0..count), or -1 with a ValueError naming arg. */
+static int name_index(const char *arg, const char *name, const char *const *names, int count) {
+    for (int i = 0; i < count; i++)
+        if (strcmp(name, names[i]) == 0) return i;
+    PyObject *choices = PyUnicode_FromString("");
+    for (int i = 0; choices && i < count; i++) {
+        PyObject *next = PyUnicode_FromFormat("%U%s'%s'", choices, i ? ", " : "", names[i]);
+        Py_SETREF(choices, next);
+    }
+    if (choices) {
+        PyErr_Format(PyExc_ValueError, "%s: expected one of %U, got '%s'", arg, choices, name);
+        Py_DECREF(choices);
+    }
+    return -1;
+}
+
+static const char *const ISA_NAMES[] = {"portable", "avx2", "avx512"};
+static const char *const ALGO_NAMES[] = {"auto", "im2col", "winograd"};
+
+static PyObject *py_isa_supported(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const int isa = name_index("isa", name, ISA_NAMES, 3);
+    if (isa < 0) return NULL;
+    return PyBool_FromLong(vgg_isa_supported(isa));
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const int isa = strcmp(name, "best") == 0 ? VGG_ISA_BEST : name_index("isa", name, ISA_NAMES, 3);
+    if (isa == -1 && strcmp(name, "best") != 0) return NULL;
+    if (vgg_set_isa(isa) != VGG_OK) {
+        PyErr_Format(PyExc_ValueError, "isa: '%s' is not supported by this CPU", name);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_isa(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(vgg_isa_name(vgg_get_isa()));
+}
+
+static PyObject *py_set_conv_algo(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    const int algo = name_index("conv_algo", name, ALGO_NAMES, 3);
+    if (algo < 0) return NULL;
+    vgg_set_conv_algo(algo); /* the three names are the three valid values */
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_conv_algo(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(vgg_conv_algo_name(vgg_get_conv_algo()));
+}
+
+static PyObject *py_conv3x3_algo(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t h, w, cin, cout;
+    if (!PyArg_ParseTuple(args, "nnnn", &h, &w, &cin, &cout)) return NULL;
+    if (h < 1 || w < 1 || cin < 1 || cout < 1) {
+        PyErr_SetString(PyExc_ValueError, "h, w, cin, cout: expected positive sizes");
+        return NULL;
+    }
+    return PyUnicode_FromString(
+        vgg_conv_algo_name(vgg_conv3x3_algo((size_t)h, (size_t)w, (size_t)cin, (size_t)cout)));
+}
+
 /* ------------------------------------------------------------------------ */
 /* layers                                                                   */
 
@@ -213,7 +288,7 @@ static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw
     npy_intp shape[4] = {(npy_intp)n, (npy_intp)h, (npy_intp)w, (npy_intp)cout};
     PyArrayObject *out = make_output(outo, 4, shape);
     if (!out) return NULL;
-    const size_t wsn = vgg_conv3x3_workspace_floats(cin);
+    const size_t wsn = vgg_conv3x3_workspace_floats(cin, cout);
     float *ws = PyMem_RawMalloc(wsn * sizeof(float));
     if (!ws) {
         Py_DECREF(out);
@@ -1566,6 +1641,17 @@ static PyMethodDef methods[] = {
      "set_num_threads(n)\n\nThreads for OpenMP regions and BLAS (one knob for both)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {"build_info", py_build_info, METH_NOARGS, "build_info() -> dict(openmp, blas)"},
+    {"isa_supported", py_isa_supported, METH_O,
+     "isa_supported(name) -> bool\n\nname: 'portable', 'avx2' or 'avx512'."},
+    {"set_isa", py_set_isa, METH_O,
+     "set_isa(name)\n\nThe instruction set of vggtl's own kernels: 'best', 'portable', 'avx2', "
+     "'avx512'; ValueError if this CPU lacks it."},
+    {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> the instruction set in use"},
+    {"set_conv_algo", py_set_conv_algo, METH_O,
+     "set_conv_algo(name)\n\n3x3 convolutions: 'auto' (by shape), 'im2col' or 'winograd'."},
+    {"get_conv_algo", py_get_conv_algo, METH_NOARGS, "get_conv_algo() -> the setting"},
+    {"conv3x3_algo", py_conv3x3_algo, METH_VARARGS,
+     "conv3x3_algo(h, w, cin, cout) -> 'im2col' or 'winograd': what a layer of this shape uses"},
     {"conv3x3_forward", KW py_conv3x3_forward, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_forward(x (N,H,W,Cin) f32, kernel (3,3,Cin,Cout) f32, bias (Cout,) f32, "
      "relu=True, out=None) -> (N,H,W,Cout)\n\nStride 1, 'same' zero padding."},

@@ -19,7 +19,7 @@
  *   - Threads: OpenMP is the one owner. Kernels run OpenMP regions with
  *     vgg_get_num_threads() threads; BLAS is single-threaded and each thread
  *     calls it on its own block. Nothing here touches global state other than
- *     the thread count.
+ *     the thread count, the instruction set and the convolution algorithm (cpu.c).
  *   - Long functions take an optional abort callback, polled from the calling
  *     thread between groups of chunks (outside parallel regions). When it
  *     returns non-zero the function stops and returns VGG_ERR_CANCELLED; the
@@ -67,6 +67,24 @@ int vgg_have_openmp(void);
 const char *vgg_blas_info(void);
 
 /* ------------------------------------------------------------------------ */
+/* instruction set and algorithms (cpu.c)                                     */
+
+/* The kernels vggtl vectorises itself are built for each of these; the best
+ * the CPU supports is used unless vgg_set_isa says otherwise. */
+enum vgg_isa { VGG_ISA_BEST = -1, VGG_ISA_PORTABLE = 0, VGG_ISA_AVX2 = 1, VGG_ISA_AVX512 = 2 };
+int vgg_isa_supported(int isa);     /* non-zero if this CPU (and build) can run it */
+int vgg_set_isa(int isa);           /* VGG_ERR_ARG if not supported */
+int vgg_get_isa(void);
+const char *vgg_isa_name(int isa);  /* "portable", "avx2", "avx512"; NULL otherwise */
+
+/* 3x3 convolution algorithm: AUTO chooses per layer shape (vgg_conv3x3_algo);
+ * the others force one everywhere (tests, benchmarks). */
+enum vgg_conv_algo { VGG_CONV_AUTO = 0, VGG_CONV_IM2COL = 1, VGG_CONV_WINOGRAD = 2 };
+int vgg_set_conv_algo(int algo);    /* VGG_ERR_ARG if unknown */
+int vgg_get_conv_algo(void);
+const char *vgg_conv_algo_name(int algo);
+
+/* ------------------------------------------------------------------------ */
 /* input conversion (input.c)                                                */
 
 enum vgg_dtype { VGG_U8 = 0, VGG_F32 = 1, VGG_F64 = 2, VGG_F16 = 3 };
@@ -85,15 +103,25 @@ int vgg_input_convert(float *out, const void *x, int dtype, size_t n, size_t h, 
 
 /* conv3x3.c: out (N,H,W,Cout) = act(conv(x (N,H,W,Cin), kernel (3,3,Cin,Cout)) + bias)
  * with stride 1 and 'same' zero padding; act is ReLU when relu != 0, else identity.
- * Implementation: each thread takes chunks of output pixels: im2col into its own
- * column buffer, one sgemm, then bias and ReLU while the chunk is in cache.
- * workspace: vgg_conv3x3_workspace_floats(cin) floats (one buffer per thread at
- * the current thread count; independent of N, H, W; less works, slower). */
-size_t vgg_conv3x3_workspace_floats(size_t cin);
+ * Two algorithms, chosen per call by shape (vgg_conv3x3_algo):
+ *   - Winograd F(4x4,3x3) (winograd.c): 4x fewer multiplies, for layers with
+ *     at least 16 input channels whose 4x4 tiles do not waste too much;
+ *   - im2col + sgemm: each thread takes chunks of output pixels, im2col into
+ *     its own column buffer, one sgemm, then bias and ReLU while in cache (the
+ *     first layer, 3 channels, and tiny maps).
+ * Results do not depend on the thread count.
+ * workspace: vgg_conv3x3_workspace_floats(cin, cout) floats (at the current
+ * thread count; independent of N, H, W). Less than that for Winograd makes the
+ * call use im2col; less still works, slower. */
+size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout);
 int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const float *bias,
                         int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
                         float *workspace, size_t workspace_floats,
                         vgg_abort_fn abort_cb, void *abort_ctx);
+
+/* The algorithm vgg_conv3x3_forward uses for this shape under the current
+ * setting (VGG_CONV_IM2COL or VGG_CONV_WINOGRAD). */
+int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout);
 
 /* conv3x3.c, backward: given dout = dL/d(conv output before the activation)
  * (N,H,W,Cout) and the forward input x, overwrites dw (3,3,Cin,Cout), db (Cout)

@@ -7,7 +7,7 @@
  * passes of as many images as fit the workspace, so memory is set by the
  * workspace, never by N. Weights are borrowed (vgg16_weights) for one call.
  *
- * Workspace layout (floats): [ act A | act B | conv column buffer ], each act
+ * Workspace layout (floats): [ act A | act B | conv workspace ], each act
  * buffer holding the largest activation of a pass up to the stop layer.
  */
 #include "vgg_internal.h"
@@ -53,7 +53,7 @@ size_t vgg16_layer_units(int layer) {
 typedef struct {
     size_t oh, ow, oc;   /* output of the network (after pooling) */
     size_t max_act;      /* floats, one image, input included */
-    size_t max_cin;      /* deepest conv input, for the column buffer; 0: no conv */
+    size_t conv_ws;      /* largest conv workspace of the layers run; 0: no conv */
 } net_plan;
 
 static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, size_t w) {
@@ -69,12 +69,13 @@ static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, 
     size_t ch = start ? LAYERS[start - 1].units : 3, flat = 0;
     VGG_CHECK(vgg_mul_ok(h, w, &p->max_act) && vgg_mul_ok(p->max_act, ch, &p->max_act),
               VGG_ERR_SHAPE);
-    p->max_cin = 0;
+    p->conv_ws = 0;
     for (int l = start; l <= stop; l++) {
         size_t a = 0;
         switch (LAYERS[l].kind) {
         case VGG16_KIND_CONV:
-            if (ch > p->max_cin) p->max_cin = ch;
+            if (vgg_conv3x3_workspace_floats(ch, LAYERS[l].units) > p->conv_ws)
+                p->conv_ws = vgg_conv3x3_workspace_floats(ch, LAYERS[l].units);
             ch = LAYERS[l].units;
             break;
         case VGG16_KIND_POOL:
@@ -126,9 +127,7 @@ int vgg16_output_shape(size_t *oh, size_t *ow, size_t *oc, const vgg16_config *c
     return VGG_OK;
 }
 
-static size_t col_floats(const net_plan *p) {
-    return p->max_cin ? vgg_conv3x3_workspace_floats(p->max_cin) : 0;
-}
+static size_t col_floats(const net_plan *p) { return p->conv_ws; }
 
 size_t vgg16_workspace_floats(const vgg16_config *cfg, size_t batch, size_t h, size_t w) {
     net_plan p;

@@ -17,6 +17,8 @@
 /* A team of exactly n threads: for loops that index per-thread buffers sized
  * from a thread count read once (the knob may change in another thread). */
 #define VGG_OMP_FOR_N(n) VGG_PRAGMA(omp parallel for schedule(static) num_threads(n))
+/* The same, blocks handed out as threads come free (uneven blocks, busy cores). */
+#define VGG_OMP_FOR_DYNAMIC_N(n) VGG_PRAGMA(omp parallel for schedule(dynamic) num_threads(n))
 /* Parallel only when the loop has enough work to pay for waking the team: a
  * region costs microseconds on an idle machine but far more on a loaded one,
  * and the head's per-batch loops are often tiny. */
@@ -32,10 +34,19 @@
                    if ((work) >= VGG_OMP_MIN_WORK) num_threads(vgg_get_num_threads()))
 #else
 #define VGG_OMP_FOR_N(n)
+#define VGG_OMP_FOR_DYNAMIC_N(n)
 #define VGG_OMP_FOR_IF(work)
 #define VGG_OMP_FOR_COLLAPSE2_IF(work)
 #define VGG_OMP_FOR_REDUCE_SUM_IF(v, work)
 #define VGG_OMP_FOR
+#endif
+
+/* Run-time instruction-set dispatch needs x86 and GCC/Clang's target attributes
+ * and __builtin_cpu_supports (cpu.c, winograd.c). */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define VGG_X86_DISPATCH 1
+#else
+#define VGG_X86_DISPATCH 0
 #endif
 
 /* Returns status from the enclosing function when cond is false. */
@@ -63,12 +74,31 @@ void vgg_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alp
                const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
                size_t ldc);
 void vgg_blas_set_num_threads(int n);
+/* The fewest rows m for which a row of vgg_sgemm's (m, n, k) product comes out
+ * the same, bit for bit, whatever m is: OpenBLAS sends small products
+ * (m*n*k <= 1e6) to kernels that sum all of k in one run, and m == 1 to sgemv,
+ * while larger ones split k >= 512 into panels and round differently. Callers
+ * that batch rows from several images (the convolutions) pad a short product
+ * with zero rows up to this, so an image's features never depend on the batch
+ * it came in (tests/test_winograd.py checks it). */
+size_t vgg_sgemm_stable_rows(size_t n, size_t k);
 /* The same product split across the core's threads: by rows of C when m is the
  * larger side, else by columns; each block is one single-threaded sgemm.
  * Call from serial code. */
 void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
                         const float *a, size_t lda, const float *b, size_t ldb, float beta,
                         float *c, size_t ldc);
+
+/* winograd.c: the F(4x4,3x3) path of vgg_conv3x3_forward (same contract);
+ * workspace: the transformed kernel plus one block buffer per thread, for
+ * `threads` threads (a smaller workspace runs on fewer threads, as long as one
+ * buffer fits: set_num_threads may grow between sizing and running). */
+size_t vgg_winograd_workspace_floats(size_t cin, size_t cout, size_t threads);
+int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel,
+                                 const float *bias, int relu, size_t n, size_t h, size_t w,
+                                 size_t cin, size_t cout, float *workspace,
+                                 size_t workspace_floats, vgg_abort_fn abort_cb,
+                                 void *abort_ctx);
 
 /* rng.c: counter-based random numbers (pure functions of their arguments). */
 uint64_t vgg_rng_mix(uint64_t z);

@@ -1,0 +1,80 @@
+/*
+ * cpu.c - which instruction set and which convolution algorithm the core uses.
+ *
+ * One build runs on every x86-64 CPU: the kernels that vggtl vectorises itself
+ * (winograd.c) are compiled three times, for AVX-512, AVX2+FMA and the
+ * baseline, with GCC/Clang function attributes, and the best one the CPU has is
+ * chosen once, when the module loads (vgg_cpu_init). vgg_set_isa forces another
+ * (tests run every path the machine can; $VGGTL_ISA does it from Python). The
+ * sgemm inside the convolutions is OpenBLAS's, which dispatches on its own
+ * (vggtl/__init__.py maps $VGGTL_ISA to $OPENBLAS_CORETYPE before it loads).
+ */
+#include "vgg_internal.h"
+
+static int g_isa = -1;       /* -1: not chosen yet */
+static int g_conv_algo = VGG_CONV_AUTO;
+
+int vgg_isa_supported(int isa) {
+    switch (isa) {
+    case VGG_ISA_PORTABLE: return 1;
+#if VGG_X86_DISPATCH
+    case VGG_ISA_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case VGG_ISA_AVX512:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma");
+#endif
+    default: return 0;
+    }
+}
+
+static int best_isa(void) {
+    if (vgg_isa_supported(VGG_ISA_AVX512)) return VGG_ISA_AVX512;
+    if (vgg_isa_supported(VGG_ISA_AVX2)) return VGG_ISA_AVX2;
+    return VGG_ISA_PORTABLE;
+}
+
+int vgg_set_isa(int isa) {
+    if (isa == VGG_ISA_BEST) isa = best_isa();
+    VGG_CHECK(vgg_isa_supported(isa), VGG_ERR_ARG);
+    __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    return VGG_OK;
+}
+
+int vgg_get_isa(void) {
+    int isa = __atomic_load_n(&g_isa, __ATOMIC_RELAXED);
+    if (isa < 0) {
+        isa = best_isa();
+        __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    }
+    return isa;
+}
+
+const char *vgg_isa_name(int isa) {
+    switch (isa) {
+    case VGG_ISA_PORTABLE: return "portable";
+    case VGG_ISA_AVX2: return "avx2";
+    case VGG_ISA_AVX512: return "avx512";
+    default: return NULL;
+    }
+}
+
+int vgg_set_conv_algo(int algo) {
+    VGG_CHECK(algo == VGG_CONV_AUTO || algo == VGG_CONV_IM2COL || algo == VGG_CONV_WINOGRAD,
+              VGG_ERR_ARG);
+    __atomic_store_n(&g_conv_algo, algo, __ATOMIC_RELAXED);
+    return VGG_OK;
+}
+
+int vgg_get_conv_algo(void) { return __atomic_load_n(&g_conv_algo, __ATOMIC_RELAXED); }
+
+const char *vgg_conv_algo_name(int algo) {
+    switch (algo) {
+    case VGG_CONV_AUTO: return "auto";
+    case VGG_CONV_IM2COL: return "im2col";
+    case VGG_CONV_WINOGRAD: return "winograd";
+    default: return NULL;
+    }
+}
