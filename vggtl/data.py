@@ -256,6 +256,38 @@ for _b in ("builtins", "__builtin__"):
 del _core_name, _b
 
 
+class _BoundedReader:
+    """The pickle file as the unpickler reads it: a read of more bytes than the
+    file has left raises EOFError (a truncated pickle) before anything is
+    allocated. A 30-byte pickle can claim 2**60 bytes of BINBYTES8,
+    BINUNICODE8, FRAME or BYTEARRAY8 data; a plain file's read(n) allocates n
+    bytes first."""
+
+    def __init__(self, f, size: int):
+        self._f, self._left = f, size
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = self._left
+        if n > self._left:
+            raise EOFError
+        b = self._f.read(n)
+        self._left -= len(b)
+        return b
+
+    def readinto(self, buf):
+        if memoryview(buf).nbytes > self._left:
+            raise EOFError
+        k = self._f.readinto(buf)
+        self._left -= k
+        return k
+
+    def readline(self):
+        b = self._f.readline()  # bounded by the file: it stops at its end
+        self._left -= len(b)
+        return b
+
+
 class _SafeUnpickler(pickle._Unpickler):
     """The pure-Python unpickler (its opcode table can be amended; the C one's
     cannot) with an allow-list for globals and a checked BUILD.
@@ -267,6 +299,10 @@ class _SafeUnpickler(pickle._Unpickler):
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, file_size: int, **kw):
+        super().__init__(_BoundedReader(file, file_size), **kw)
+        self._file_size = file_size
 
     def find_class(self, module, name):
         try:
@@ -301,6 +337,8 @@ class _SafeUnpickler(pickle._Unpickler):
         (n,) = struct.unpack("<Q", self.read(8))
         if n > sys.maxsize:
             raise pickle.UnpicklingError("BYTEARRAY8 exceeds the maximum size")
+        if n > self._file_size:  # never allocate (and zero) more than the file holds
+            raise EOFError
         b = bytearray(n)
         view = memoryview(b)
         pos = 0
@@ -342,8 +380,9 @@ def load_pickle(path):
             except ValueError as e:
                 raise ValueError(f"{path}: unreadable .npy file ({e})") from None
         f.seek(0)
+        size = os.fstat(f.fileno()).st_size
         try:
-            obj = _SafeUnpickler(f, encoding="latin1").load()
+            obj = _SafeUnpickler(f, size, encoding="latin1").load()
         except UnsafePickleError as e:
             raise UnsafePickleError(f"{path}: {e}") from None
         except EOFError:
