@@ -21,6 +21,7 @@
 /* OpenBLAS extensions, declared here so that a cblas.h without them still builds. */
 void VGG_BLAS(openblas_set_num_threads)(int num_threads);
 char *VGG_BLAS(openblas_get_config)(void);
+char *VGG_BLAS(openblas_get_corename)(void);
 
 void vgg_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
                const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
@@ -31,9 +32,9 @@ void vgg_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alp
                           (blasint)ldc);
 }
 
-/* OpenBLAS 0.3.2x (interface/gemm.c with SMALL_MATRIX_OPT): m*n*k <= 1e6 is
- * "small"; measured on the pinned scipy-openblas32 (rows differed for
- * k >= 512 exactly below this bound). */
+/* OpenBLAS's small-matrix bound (m*n*k <= 1e6), measured on the pinned
+ * scipy-openblas32 with its SkylakeX kernels: rows differed for k >= 512
+ * exactly below it. */
 #define SMALL_GEMM_MNK 1000000.0
 
 size_t vgg_sgemm_stable_rows(size_t n, size_t k) {
@@ -48,6 +49,11 @@ void vgg_blas_set_num_threads(int n) { VGG_BLAS(openblas_set_num_threads)(n); }
 const char *vgg_blas_info(void) {
     const char *s = VGG_BLAS(openblas_get_config)();
     return s ? s : "OpenBLAS";
+}
+
+const char *vgg_blas_corename(void) {
+    const char *s = VGG_BLAS(openblas_get_corename)();
+    return s ? s : "unknown";
 }
 
 /* Blocks of at least this many rows / columns, so tiny products stay whole. */

@@ -157,8 +157,16 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
                         int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
                         float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
                         void *abort_ctx) {
-    if (vgg_conv3x3_algo(h, w, cin, cout) == VGG_CONV_WINOGRAD &&
-        workspace_floats >= vgg_winograd_workspace_floats(cin, cout, 1))
+    return vgg_conv3x3_forward_by(vgg_conv3x3_algo(h, w, cin, cout), out, x, kernel, bias, relu,
+                                  n, h, w, cin, cout, workspace, workspace_floats, abort_cb,
+                                  abort_ctx);
+}
+
+int vgg_conv3x3_forward_by(int algo, float *out, const float *x, const float *kernel,
+                           const float *bias, int relu, size_t n, size_t h, size_t w, size_t cin,
+                           size_t cout, float *workspace, size_t workspace_floats,
+                           vgg_abort_fn abort_cb, void *abort_ctx) {
+    if (algo == VGG_CONV_WINOGRAD && workspace_floats >= vgg_winograd_workspace_floats(cin, cout, 1))
         return vgg_winograd_conv3x3_forward(out, x, kernel, bias, relu, n, h, w, cin, cout,
                                             workspace, workspace_floats, abort_cb, abort_ctx);
     return im2col_forward(out, x, kernel, bias, relu, n, h, w, cin, cout, workspace,
@@ -229,6 +237,6 @@ int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, con
     }
     /* a zero bias of cin floats: the column buffer is free again and large enough */
     memset(col, 0, cin * sizeof(float));
-    return vgg_conv3x3_forward(dx, dout, wt, col, 0, n, h, w, cout, cin, fwd, fwd_ws, abort_cb,
-                               abort_ctx);
+    return vgg_conv3x3_forward_by(VGG_CONV_IM2COL, dx, dout, wt, col, 0, n, h, w, cout, cin, fwd,
+                                  fwd_ws, abort_cb, abort_ctx);
 }

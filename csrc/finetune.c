@@ -154,9 +154,11 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
             const int i = l - p.first;
             if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
                 const int k = conv_index(l);
-                st = vgg_conv3x3_forward(p.act[l], cur, tail->kernel[k], tail->bias[k], 1, m,
-                                         p.h[i], p.w[i], p.c[i], vgg16_layer_units(l), p.scratch,
-                                         p.scratch_n, abort_cb, abort_ctx);
+                /* training runs the direct convolution (see vgg_conv3x3_forward_by) */
+                st = vgg_conv3x3_forward_by(VGG_CONV_IM2COL, p.act[l], cur, tail->kernel[k],
+                                            tail->bias[k], 1, m, p.h[i], p.w[i], p.c[i],
+                                            vgg16_layer_units(l), p.scratch, p.scratch_n,
+                                            abort_cb, abort_ctx);
             } else {
                 st = vgg_maxpool2x2_forward(p.act[l], cur, m, p.h[i], p.w[i], p.c[i]);
             }

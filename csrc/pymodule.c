@@ -184,8 +184,8 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
 static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
-    return Py_BuildValue("{s:O,s:s}", "openmp", vgg_have_openmp() ? Py_True : Py_False,
-                         "blas", vgg_blas_info());
+    return Py_BuildValue("{s:O,s:s,s:s}", "openmp", vgg_have_openmp() ? Py_True : Py_False,
+                         "blas", vgg_blas_info(), "blas_coretype", vgg_blas_corename());
 }
 
 /* Index of `name` among names[0..count), or -1 with a ValueError naming arg. */
@@ -1640,7 +1640,7 @@ static PyMethodDef methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O,
      "set_num_threads(n)\n\nThreads for OpenMP regions and BLAS (one knob for both)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
-    {"build_info", py_build_info, METH_NOARGS, "build_info() -> dict(openmp, blas)"},
+    {"build_info", py_build_info, METH_NOARGS, "build_info() -> dict(openmp, blas, blas_coretype)"},
     {"isa_supported", py_isa_supported, METH_O,
      "isa_supported(name) -> bool\n\nname: 'portable', 'avx2' or 'avx512'."},
     {"set_isa", py_set_isa, METH_O,

@@ -65,6 +65,7 @@ int vgg_get_num_threads(void);
 int vgg_have_openmp(void);
 /* A static string describing the BLAS (e.g. OpenBLAS's config string). */
 const char *vgg_blas_info(void);
+const char *vgg_blas_corename(void); /* the kernels OpenBLAS chose (its core type) */
 
 /* ------------------------------------------------------------------------ */
 /* instruction set and algorithms (cpu.c)                                     */

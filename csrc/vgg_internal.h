@@ -74,13 +74,14 @@ void vgg_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alp
                const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
                size_t ldc);
 void vgg_blas_set_num_threads(int n);
-/* The fewest rows m for which a row of vgg_sgemm's (m, n, k) product comes out
- * the same, bit for bit, whatever m is: OpenBLAS sends small products
- * (m*n*k <= 1e6) to kernels that sum all of k in one run, and m == 1 to sgemv,
- * while larger ones split k >= 512 into panels and round differently. Callers
- * that batch rows from several images (the convolutions) pad a short product
- * with zero rows up to this, so an image's features never depend on the batch
- * it came in (tests/test_winograd.py checks it). */
+/* The fewest rows m for which OpenBLAS takes its blocked path for an (m, n, k)
+ * product: it sends small products (m*n*k <= 1e6) to kernels that sum all of k
+ * in one run, while the blocked path splits k >= 512 into panels and rounds
+ * differently. Callers that batch rows of several images (the convolutions) pad
+ * a short product with zero rows up to this, so that with OpenBLAS's AVX-512
+ * kernels an image's features are the same bits whatever batch it came in
+ * (tests/test_winograd.py). Its AVX2 kernels also round a row by its place in
+ * the product: there, batches agree to about 1e-6 relative. */
 size_t vgg_sgemm_stable_rows(size_t n, size_t k);
 /* The same product split across the core's threads: by rows of C when m is the
  * larger side, else by columns; each block is one single-threaded sgemm.
@@ -88,6 +89,18 @@ size_t vgg_sgemm_stable_rows(size_t n, size_t k);
 void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
                         const float *a, size_t lda, const float *b, size_t ldb, float beta,
                         float *c, size_t ldc);
+
+/* conv3x3.c: vgg_conv3x3_forward by a given algorithm (VGG_CONV_IM2COL or
+ * VGG_CONV_WINOGRAD; Winograd falls back to im2col when the workspace is too
+ * small for it). Training (finetune.c, the dx of vgg_conv3x3_backward) always
+ * runs im2col: its gradients match autograd to 1e-5, while Winograd's rounding
+ * (a few 1e-6) flips ReLU and max-pool decisions and after ten SGD steps moves
+ * the weights by 3e-3 relative; and block5, the layers trained, is where
+ * Winograd gains nothing (14x14 maps). */
+int vgg_conv3x3_forward_by(int algo, float *out, const float *x, const float *kernel,
+                           const float *bias, int relu, size_t n, size_t h, size_t w, size_t cin,
+                           size_t cout, float *workspace, size_t workspace_floats,
+                           vgg_abort_fn abort_cb, void *abort_ctx);
 
 /* winograd.c: the F(4x4,3x3) path of vgg_conv3x3_forward (same contract);
  * workspace: the transformed kernel plus one block buffer per thread, for

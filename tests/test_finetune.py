@@ -42,20 +42,7 @@ def test_conv3x3_backward_matches_finite_differences(n, h, w, cin, cout):
             assert abs(num - grad[i]) <= 2e-3 * max(1.0, abs(num)), (name, i, num, grad[i])
 
 
-# dx is a convolution with the flipped kernel and goes through the forward
-# kernel's algorithm: im2col is exact to float32 rounding, Winograd F(4x4,3x3)
-# adds its transforms' rounding (a few 1e-6 of the largest value)
-@pytest.mark.parametrize("algo,tol", [("im2col", 1e-5), ("winograd", 1e-4)])
-def test_conv3x3_backward_matches_torch_at_block5_size(algo, tol):
-    before = _core.get_conv_algo()
-    _core.set_conv_algo(algo)
-    try:
-        _check_block5_backward(tol)
-    finally:
-        _core.set_conv_algo(before)
-
-
-def _check_block5_backward(tol):
+def test_conv3x3_backward_matches_torch_at_block5_size():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 14, 14, 512)).astype(np.float32)
     k = (rng.standard_normal((3, 3, 512, 512)) * 0.02).astype(np.float32)
@@ -66,8 +53,8 @@ def _check_block5_backward(tol):
     bt = torch.zeros(512, dtype=torch.float64, requires_grad=True)
     torch.nn.functional.conv2d(xt, kt, bt, padding=1).backward(
         torch.tensor(g.transpose(0, 3, 1, 2), dtype=torch.float64))
-    assert rel(dx, xt.grad.numpy().transpose(0, 2, 3, 1)) < tol
-    assert rel(dw, kt.grad.numpy().transpose(2, 3, 1, 0)) < 1e-5  # always a GEMM
+    assert rel(dx, xt.grad.numpy().transpose(0, 2, 3, 1)) < 1e-5
+    assert rel(dw, kt.grad.numpy().transpose(2, 3, 1, 0)) < 1e-5
     assert rel(db, bt.grad.numpy()) < 1e-5
     _, dw2, _ = _core.conv3x3_backward(g, x, k, need_dx=False)
     np.testing.assert_array_equal(dw2, dw)
@@ -162,28 +149,15 @@ def test_fine_tune_gradients_of_every_block5_kernel_match_torch():
         assert rel(g, grads[name]) < 1e-4, name
 
 
-# Winograd's rounding (a few 1e-6 of the features) moves the losses of ten steps
-# with momentum and a large learning rate by up to about 3e-5 relative, and the
-# weights by up to 2e-3 (the second step overshoots, so early differences
-# grow); im2col matches to 1e-5 and 1e-4. (One step's gradients match
-# to 1e-4 either way: the test above runs the default algorithm.)
-@pytest.mark.parametrize("algo,loss_tol,weight_tol",
-                         [("im2col", 1e-5, 1e-4), ("winograd", 1e-4, 5e-3)])
-def test_fine_tune_ten_sgd_steps_match_torch_losses_and_weights(algo, loss_tol, weight_tol):
-    before = _core.get_conv_algo()
-    _core.set_conv_algo(algo)
-    try:
-        _check_ten_sgd_steps(loss_tol, weight_tol)
-    finally:
-        _core.set_conv_algo(before)
-
-
-def _check_ten_sgd_steps(loss_tol, weight_tol):
+def test_fine_tune_ten_sgd_steps_match_torch_losses_and_weights():
     model, X, y = _setup(seed=1)
     F4 = model.base.predict(X, layer="block4_pool")
     forward, convs, dense = _torch_tail_and_head(model)
     params = [p for m in convs + dense for p in m.parameters()]
-    opt = torch.optim.SGD(params, lr=1e-2, momentum=0.9)  # equal to Keras's for a constant lr
+    # a learning rate at which the loss falls smoothly: at 1e-2 the second step
+    # overshoots and kills the ReLUs, and the float32 rounding of OpenBLAS's
+    # kernels then decides which ones (the weights differed by 3e-4 on AVX-512)
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)  # equal to Keras's for a constant lr
     yt = torch.nn.functional.one_hot(torch.tensor(y), 2).double()
     f4 = torch.tensor(F4.transpose(0, 3, 1, 2), dtype=torch.float64)
     torch_losses = []
@@ -194,12 +168,13 @@ def _check_ten_sgd_steps(loss_tol, weight_tol):
         loss.backward()
         opt.step()
     H = model.fine_tune(X, y, unfreeze_from="block5_conv1",
-                        optimizer=vggtl.SGD(learning_rate=1e-2, momentum=0.9),
+                        optimizer=vggtl.SGD(learning_rate=1e-3, momentum=0.9),
                         batch_size=len(X), epochs=10, shuffle=False, verbose=0)
-    np.testing.assert_allclose(H.history["loss"], torch_losses, rtol=loss_tol)
+    assert torch_losses[-1] < 0.9 * torch_losses[0]  # it learns: a trajectory worth comparing
+    np.testing.assert_allclose(H.history["loss"], torch_losses, rtol=1e-5)
     w = model.get_weights()
     for name, c in zip(BLOCK5, convs):
-        assert rel(w[name][0], c.weight.detach().numpy().transpose(2, 3, 1, 0)) < weight_tol, name
+        assert rel(w[name][0], c.weight.detach().numpy().transpose(2, 3, 1, 0)) < 1e-4, name
 
 
 def test_fine_tune_keeps_conv_weights_in_saves_and_predictions(tmp_path):

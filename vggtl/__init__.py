@@ -6,19 +6,27 @@
     >>> base.predict(X).shape
     (2, 1, 1, 512)
 """
+# $VGGTL_ISA also chooses OpenBLAS's kernels, which it reads once, as it loads
+from . import dispatch as _dispatch
+
+_dispatch._set_blas_coretype()
+
 # The C core is linked against scipy-openblas32; importing that package loads the
 # library into the process (RTLD_GLOBAL) so the extension finds it by soname.
-import scipy_openblas32 as _scipy_openblas32  # noqa: F401
+import scipy_openblas32 as _scipy_openblas32  # noqa: F401,E402
 
 try:
     from . import _core
 except ImportError as e:  # a source checkout whose extension was never built
     raise ImportError(f"vggtl's C extension is not built ({e}); install with "
                       "`pip install -e .` (or `pip install .` and run outside the source tree)") from None
+_dispatch._apply_env()  # $VGGTL_ISA, $VGGTL_CONV
+from .dispatch import set_isa, get_isa, set_conv_algo, get_conv_algo  # noqa: E402
 from .vgg16 import VGG16, LAYER_NAMES, preprocess_input
 from .weights import load_weights, save_weights, WeightsError
 from . import data
 from . import cache
+from . import distributed  # Dask itself is imported on first use
 from .layers import Dense, Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D
 from .optim import SGD, Adam, RMSprop
 from .callbacks import Callback, EarlyStopping, History
@@ -40,6 +48,7 @@ __all__ = [
     "WeightsError",
     "data",
     "cache",
+    "distributed",
     "load_pickle",
     "load_pickles",
     "LabelEncoder",
@@ -65,6 +74,10 @@ __all__ = [
     "History",
     "set_num_threads",
     "get_num_threads",
+    "set_isa",
+    "get_isa",
+    "set_conv_algo",
+    "get_conv_algo",
     "info",
     "plot_history",
     "plot_confusion_matrix",
@@ -96,8 +109,14 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
-def info() -> dict:
-    """Version, threads and the build: OpenMP, the BLAS and its configuration."""
+def info(input_shape=(224, 224)) -> dict:
+    """Version, threads, the build (OpenMP, the BLAS and its configuration) and
+    the kernels in use: the instruction set of vggtl's own kernels (``isa``; the
+    ones this CPU can run in ``isas``), OpenBLAS's core type, the convolution
+    setting and the algorithm each convolution takes at ``input_shape``
+    (``conv_plan``). See :mod:`vggtl.dispatch`."""
     b = _core.build_info()
     return {"version": __version__, "threads": get_num_threads(), "openmp": b["openmp"],
-            "blas": b["blas"]}
+            "blas": b["blas"], "blas_coretype": b.get("blas_coretype"),
+            "isa": get_isa(), "isas": _dispatch.supported_isas(),
+            "conv_algo": get_conv_algo(), "conv_plan": _dispatch.conv_plan(input_shape)}

@@ -1,0 +1,251 @@
+"""Every kernel path against the NumPy reference: each instruction set this CPU
+can run (portable, AVX2, AVX-512) times each 3x3 algorithm (im2col, Winograd
+F(4x4,3x3)), set in-process with vggtl.set_isa / set_conv_algo and, as a user
+or CI forces it, by $VGGTL_ISA / $VGGTL_CONV in a fresh interpreter."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import vggtl
+from vggtl import _core, dispatch, reference
+
+ISAS = [pytest.param(i, marks=pytest.mark.skipif(
+    not dispatch.isa_supported(i), reason=f"this CPU cannot run {i} kernels"))
+    for i in dispatch.ISAS]
+ALGOS = ["im2col", "winograd"]
+
+# max|got - ref| / max|ref| against the float64 reference: im2col is a plain
+# float32 sum; Winograd adds the rounding of its transforms (measured 2e-6 to
+# 5e-6 on these shapes)
+TOL = {"im2col": 1e-5, "winograd": 3e-5}
+
+# odd sizes (partial 4x4 tiles on both sides), 1-pixel maps, thin and deep
+# channels, several images whose tiles share blocks, Cin 16 (the least Winograd
+# takes under 'auto') and VGG's own block shapes
+SHAPES = [(1, 1, 1, 16, 8), (2, 5, 7, 16, 33), (3, 13, 9, 24, 16), (1, 4, 4, 512, 512),
+          (2, 14, 14, 512, 64), (2, 28, 27, 256, 40), (1, 56, 56, 64, 64), (5, 3, 3, 64, 128),
+          (1, 9, 6, 3, 7)]
+
+
+@pytest.fixture
+def kernels():
+    """Restores the instruction set and algorithm a test changes."""
+    isa, algo = vggtl.get_isa(), vggtl.get_conv_algo()
+    yield
+    vggtl.set_isa(isa)
+    vggtl.set_conv_algo(algo)
+
+
+def _data(rng, n, h, w, cin, cout):
+    x = rng.standard_normal((n, h, w, cin), dtype=np.float32)
+    k = rng.standard_normal((3, 3, cin, cout), dtype=np.float32) / np.float32(np.sqrt(9 * cin))
+    b = rng.standard_normal(cout, dtype=np.float32) * np.float32(0.5)
+    return x, k, b
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_conv3x3_every_path_matches_reference(rng, close, kernels, isa, algo, shape):
+    vggtl.set_isa(isa)
+    vggtl.set_conv_algo(algo)
+    assert _core.conv3x3_algo(*shape[1:]) == algo
+    x, k, b = _data(rng, *shape)
+    for relu in (True, False):
+        close(_core.conv3x3_forward(x, k, b, relu=relu), reference.conv3x3(x, k, b, relu=relu),
+              rtol=TOL[algo])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_instruction_sets_give_the_same_bits(rng, kernels, isa):
+    # the transforms are the same operations in the same order, vectorised wider
+    # (no FMA contraction in them): an ISA changes speed, not results
+    vggtl.set_conv_algo("winograd")
+    x, k, b = _data(rng, 2, 13, 10, 32, 48)
+    vggtl.set_isa("portable")
+    base = _core.conv3x3_forward(x, k, b)
+    vggtl.set_isa(isa)
+    np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b), base)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_thread_count_does_not_change_a_bit(rng, kernels, algo, restore_threads):
+    # Winograd's tile blocks and im2col's row chunks are sized by the layer, not
+    # by the thread count, and each is one single-threaded sgemm
+    vggtl.set_conv_algo(algo)
+    x, k, b = _data(rng, 3, 30, 22, 64, 96)
+    vggtl.set_num_threads(1)
+    one = _core.conv3x3_forward(x, k, b)
+    vggtl.set_num_threads(2)
+    np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b), one)
+
+
+@pytest.mark.skipif(_core.build_info()["blas_coretype"] != "SkylakeX",
+                    reason="bit-identical batches need OpenBLAS's AVX-512 (SkylakeX) kernels; its "
+                           "AVX2 kernels round a row by its place in the product "
+                           "(test_vgg16.py checks 1e-5 there)")
+@pytest.mark.parametrize("algo", ALGOS)
+def test_an_image_gives_the_same_bits_in_any_batch(rng, kernels, algo):
+    # a lone tile or a short chunk is padded to the rows OpenBLAS treats like a
+    # full block (vgg_sgemm_stable_rows): block4 at 4 x 4 has one tile per image
+    vggtl.set_conv_algo(algo)
+    for shape in ((7, 4, 4, 512, 512), (7, 8, 8, 256, 256), (7, 2, 2, 512, 512)):
+        x, k, b = _data(rng, *shape)
+        alone = _core.conv3x3_forward(x[:1], k, b)
+        for n in range(2, 8):
+            np.testing.assert_array_equal(_core.conv3x3_forward(x[:n], k, b)[:1], alone)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_nan_and_inf_are_never_lost(rng, kernels, algo):
+    # every output the reference makes NaN is NaN (ReLU keeps NaN, as max(x, 0)
+    # in NumPy and torch does); Winograd mixes a whole 6 x 6 input tile, so a NaN
+    # also spreads to the rest of its 4 x 4 output tiles: more NaN, never less
+    vggtl.set_conv_algo(algo)
+    x, k, b = _data(rng, 2, 9, 11, 16, 20)
+    x[0, 4, 5, 3] = np.nan
+    x[1, 0, 0, 0] = np.inf
+    got = _core.conv3x3_forward(x, k, b, relu=True)
+    ref = reference.conv3x3(x, k, b, relu=True)
+    assert np.isnan(got[np.isnan(ref)]).all()
+    assert not np.isfinite(got[~np.isfinite(ref)]).any()
+    if algo == "im2col":
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    assert np.isfinite(got[0, :, :][~np.isnan(ref[0])]).mean() > 0.5  # not all poisoned
+
+
+def test_auto_picks_winograd_where_it_pays():
+    vggtl.set_conv_algo("auto")
+    plan = vggtl.info()["conv_plan"]
+    assert plan["block1_conv1"] == "im2col"  # 3 input channels: a thin product
+    assert all(plan[n] == "winograd" for n in reference.CONV_LAYERS[1:])
+    # a 1 x 1 map would be computed as a whole 4 x 4 tile: 16x the work
+    assert _core.conv3x3_algo(1, 1, 512, 512) == "im2col"
+    assert _core.conv3x3_algo(2, 2, 512, 512) == "im2col"
+    assert _core.conv3x3_algo(14, 14, 512, 512) == "winograd"
+    assert dispatch.conv_plan((32, 32))["block5_conv1"] == "im2col"  # 2 x 2 maps
+
+
+def test_features_224_within_1e3_of_float64_torch(rng, kernels, conv_weights):
+    # the issue's accuracy target for the fast path, at full size, against torch
+    # in float64 on the same weights (the NumPy reference would take minutes)
+    torch = pytest.importorskip("torch")
+    from test_torch_parity import torch_features
+    net = torch_features(conv_weights).double()
+    X = rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    base = vggtl.VGG16(weights=conv_weights)
+    x = np.ascontiguousarray(reference._preprocess(X, base.preprocess), np.float64)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2)).double()).numpy().transpose(0, 2, 3, 1)
+    errs = {}
+    for algo in ALGOS:
+        vggtl.set_conv_algo(algo)
+        got = base.predict(X)
+        errs[algo] = float(np.abs(got - ref).max() / np.abs(ref).max())
+    assert errs["winograd"] < 1e-3 and errs["im2col"] < 1e-4, errs
+
+
+# --- forced from the environment, in a fresh interpreter ---------------------------
+
+_CHILD = r"""
+import json, sys
+import numpy as np
+import vggtl
+from vggtl import _core, reference
+rng = np.random.default_rng(1)
+errs = []
+for (n, h, w, cin, cout) in [(2, 13, 9, 32, 24), (1, 4, 4, 512, 64)]:
+    x = rng.standard_normal((n, h, w, cin), dtype=np.float32)
+    k = rng.standard_normal((3, 3, cin, cout), dtype=np.float32) / np.float32(np.sqrt(9 * cin))
+    b = rng.standard_normal(cout, dtype=np.float32)
+    ref = reference.conv3x3(x, k, b)
+    got = _core.conv3x3_forward(x, k, b)
+    errs.append(float(np.abs(got - ref).max() / np.abs(ref).max()))
+    algo = _core.conv3x3_algo(h, w, cin, cout)
+# the whole network at 32 x 32 against the reference
+weights = vggtl.VGG16(weights=None, seed=3).get_weights()
+X = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+got = vggtl.VGG16(weights=weights, preprocess="caffe").predict(X)
+ref = reference.vgg16_forward(X, weights, preprocess="caffe")
+errs.append(float(np.abs(got - ref).max() / np.abs(ref).max()))
+info = vggtl.info()
+print(json.dumps({"errs": errs, "algo": algo, "isa": info["isa"], "conv": info["conv_algo"],
+                  "blas": info["blas_coretype"]}))
+"""
+
+
+def _run_child(env_extra):
+    env = dict(os.environ, **env_extra)
+    env.pop("OPENBLAS_CORETYPE", None)
+    return subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("isa", ISAS)
+def test_environment_forces_each_path(isa, algo):
+    r = _run_child({"VGGTL_ISA": isa, "VGGTL_CONV": algo})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (out["isa"], out["conv"], out["algo"]) == (isa, algo, algo)
+    # OpenBLAS follows: the baseline's kernels are its oldest (Katmai/Prescott)
+    assert out["blas"] == {"portable": "Katmai", "avx2": "Haswell",
+                           "avx512": "SkylakeX"}[isa] or (isa == "portable" and
+                                                           out["blas"] == "Prescott")
+    assert max(out["errs"]) < TOL[algo] * 10, out  # the network: 13 layers of rounding
+
+
+def test_environment_rejects_what_it_cannot_run():
+    r = _run_child({"VGGTL_ISA": "sse9"})
+    assert r.returncode != 0
+    assert "VGGTL_ISA" in r.stderr and "'avx2'" in r.stderr and "'sse9'" in r.stderr
+    r = _run_child({"VGGTL_CONV": "fft"})
+    assert r.returncode != 0
+    assert "VGGTL_CONV" in r.stderr and "'winograd'" in r.stderr and "'fft'" in r.stderr
+    missing = [i for i in dispatch.ISAS if not dispatch.isa_supported(i)]
+    if missing:
+        r = _run_child({"VGGTL_ISA": missing[-1]})
+        assert r.returncode != 0 and "not supported by this CPU" in r.stderr
+
+
+def test_setters_name_the_argument(kernels):
+    with pytest.raises(ValueError, match=r"isa: expected one of .*'avx512'.*got 'avx3'"):
+        vggtl.set_isa("avx3")
+    with pytest.raises(TypeError, match="isa: expected a str, got int"):
+        vggtl.set_isa(2)
+    with pytest.raises(ValueError, match=r"conv_algo: expected one of .*got 'direct'"):
+        vggtl.set_conv_algo("direct")
+    with pytest.raises(ValueError, match="input_shape"):
+        dispatch.conv_plan((0, 5))
+    missing = [i for i in dispatch.ISAS if not dispatch.isa_supported(i)]
+    for name in missing:
+        with pytest.raises(ValueError, match="not supported by this CPU"):
+            vggtl.set_isa(name)
+    vggtl.set_isa("best")
+    assert vggtl.get_isa() == dispatch.supported_isas()[-1]
+
+
+def test_info_reports_the_paths():
+    i = vggtl.info((50, 50))
+    assert i["isa"] in i["isas"] and i["isas"][0] == "portable"
+    assert i["conv_algo"] in dispatch.CONV_ALGOS
+    assert list(i["conv_plan"]) == list(reference.CONV_LAYERS)
+    assert i["blas_coretype"]
+
+
+def test_feature_cache_keeps_the_algorithms_apart(rng, kernels, conv_weights):
+    # features of the two algorithms differ in the last bits: one never stands
+    # in for the other in the cache
+    base = vggtl.VGG16(weights=conv_weights)
+    X = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    keys = {}
+    for algo in ("im2col", "winograd", "auto"):
+        vggtl.set_conv_algo(algo)
+        keys[algo] = vggtl.cache.make_key(base, X=X)["conv"]
+    assert keys == {"im2col": "i" * 13, "winograd": "w" * 13, "auto": "i" + "w" * 6 + "i" * 6}  # 5 x 5 and 2 x 2 maps: im2col
+    vggtl.set_conv_algo("im2col")
+    assert vggtl.cache.make_key(base, "block2_pool", X=X)["conv"] == "iiii"

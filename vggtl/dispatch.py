@@ -1,0 +1,135 @@
+"""Which kernels run: the instruction set and the 3x3 convolution algorithm.
+
+One build of vggtl runs on every x86-64 CPU. Its own vectorised kernels (the
+Winograd transforms) are compiled for AVX-512, AVX2+FMA and the baseline, and
+the best the CPU has is used; the sgemm inside every convolution is
+OpenBLAS's, which picks its own kernels for the CPU. Two environment variables,
+read once when vggtl is imported, force a path (for tests, and for comparing
+paths on one machine):
+
+``VGGTL_ISA``
+    ``best`` (the default), ``portable``, ``avx2`` or ``avx512``. Also sets
+    ``OPENBLAS_CORETYPE`` (unless already set) to the OpenBLAS kernels of that
+    level (``Prescott``, ``Haswell``, ``SkylakeX``), so that the whole
+    computation runs as it would on such a CPU. Asking for one this CPU cannot
+    run is an error at import.
+``VGGTL_CONV``
+    ``auto`` (the default: by layer shape), ``im2col`` or ``winograd``.
+
+:func:`set_isa` and :func:`set_conv_algo` change both at run time (vggtl's own
+kernels only: OpenBLAS chooses its kernels once, when it loads).
+:func:`conv_plan` says which algorithm each convolution of VGG16 takes for an
+input size; :func:`vggtl.info` reports all of it.
+"""
+from __future__ import annotations
+
+import os
+
+ISAS = ("portable", "avx2", "avx512")
+CONV_ALGOS = ("auto", "im2col", "winograd")
+
+# OpenBLAS's DYNAMIC_ARCH core names for the same levels: the SSE3 baseline,
+# AVX2+FMA and AVX-512 kernels
+_BLAS_CORETYPE = {"portable": "Prescott", "avx2": "Haswell", "avx512": "SkylakeX"}
+
+
+def _env_choice(var: str, allowed) -> str | None:
+    v = os.environ.get(var, "").strip().lower()
+    if not v:
+        return None
+    if v not in allowed:
+        raise ValueError(f"${var}: expected one of {', '.join(map(repr, allowed))}, got {v!r}")
+    return v
+
+
+def _set_blas_coretype() -> None:
+    """Before OpenBLAS loads: point it at the kernels $VGGTL_ISA names."""
+    isa = _env_choice("VGGTL_ISA", ("best",) + ISAS)
+    if isa in _BLAS_CORETYPE and "OPENBLAS_CORETYPE" not in os.environ:
+        os.environ["OPENBLAS_CORETYPE"] = _BLAS_CORETYPE[isa]
+
+
+def _apply_env() -> None:
+    """After the extension loads: apply $VGGTL_ISA and $VGGTL_CONV."""
+    isa = _env_choice("VGGTL_ISA", ("best",) + ISAS)
+    if isa is not None:
+        try:
+            set_isa(isa)
+        except ValueError as e:
+            raise ValueError(f"$VGGTL_ISA: {e}") from None
+    algo = _env_choice("VGGTL_CONV", CONV_ALGOS)
+    if algo is not None:
+        set_conv_algo(algo)
+
+
+def isa_supported(name: str) -> bool:
+    """Whether this CPU (and this build) can run ``name`` (see :data:`ISAS`)."""
+    from . import _core
+    return _core.isa_supported(name)
+
+
+def supported_isas() -> list:
+    """The instruction sets this CPU can run, baseline first."""
+    return [n for n in ISAS if isa_supported(n)]
+
+
+def set_isa(name: str) -> None:
+    """Use ``name``'s kernels ('best', 'portable', 'avx2', 'avx512'); ValueError
+    when this CPU cannot run it."""
+    from . import _core
+    if not isinstance(name, str):
+        raise TypeError(f"isa: expected a str, got {type(name).__name__}")
+    _core.set_isa(name)
+
+
+def get_isa() -> str:
+    """The instruction set vggtl's own kernels use."""
+    from . import _core
+    return _core.get_isa()
+
+
+def set_conv_algo(name: str) -> None:
+    """3x3 convolutions by 'auto' (per layer shape), 'im2col' or 'winograd'.
+
+    Winograd F(4x4, 3x3) does 4x fewer multiplications; its features differ from
+    the direct convolution's by a few 1e-6 of their largest value (float32
+    rounding of the transforms; tests/test_winograd.py bounds it).
+    """
+    from . import _core
+    if not isinstance(name, str):
+        raise TypeError(f"conv_algo: expected a str, got {type(name).__name__}")
+    _core.set_conv_algo(name)
+
+
+def get_conv_algo() -> str:
+    """The setting: 'auto', 'im2col' or 'winograd'."""
+    from . import _core
+    return _core.get_conv_algo()
+
+
+def conv_plan(input_shape=(224, 224)) -> dict:
+    """The algorithm each of VGG16's convolutions takes for an input of
+    ``input_shape`` (h, w[, c]) under the current setting: {layer name: algo}."""
+    from . import _core
+    h, w = _hw(input_shape)
+    plan, cin = {}, 3
+    for name, kind, units in _core.vgg16_layers():
+        if kind == "conv":
+            plan[name] = _core.conv3x3_algo(h, w, cin, units)
+        elif kind == "pool":
+            h, w = h // 2, w // 2
+            if h < 1 or w < 1:
+                break
+        cin = units
+    return plan
+
+
+def _hw(input_shape):
+    try:
+        h, w = (int(v) for v in tuple(input_shape)[:2])
+    except (TypeError, ValueError):
+        raise ValueError(f"input_shape: expected (height, width[, channels]), got "
+                         f"{input_shape!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"input_shape: expected positive sizes, got {input_shape!r}")
+    return h, w
