@@ -180,22 +180,29 @@ def get_size_limit() -> Optional[int]:
 
 
 # -- digests -------------------------------------------------------------------------
-def _hash_blocks(arr: np.ndarray, rows: int, fn) -> List:
-    """fn(bytes of rows [i, i+rows)) for each block, on a few threads (hashlib and
-    zlib release the GIL on large buffers)."""
-    n = len(arr)
-    starts = list(range(0, n, rows))
+def block_digest(b: np.ndarray) -> bytes:
+    """The 128-bit digest of one block of rows (its bytes in C order), as
+    :func:`array_digest` takes it."""
+    if not b.flags.c_contiguous:
+        b = np.ascontiguousarray(b)
+    return _core.digest128(memoryview(b.reshape(-1).view(np.uint8)))
 
-    def one(i):
-        b = arr[i:i + rows]
-        if not b.flags.c_contiguous:
-            b = np.ascontiguousarray(b)
-        return fn(memoryview(b.reshape(-1).view(np.uint8)))
 
-    if len(starts) < 2:
-        return [one(i) for i in starts]
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, len(starts))) as ex:
-        return list(ex.map(one, starts))
+def digest_rows(shape, dtype) -> int:
+    """Rows per block of :func:`array_digest` for an array of ``shape`` and
+    ``dtype``: block i is rows [i * rows, (i + 1) * rows)."""
+    row = int(np.prod(tuple(shape)[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+    return max(1, HASH_BLOCK // max(1, row))
+
+
+def combine_digests(shape, dtype, digests) -> str:
+    """:func:`array_digest` from the shape, dtype and the blocks' digests in order
+    (so that blocks can be hashed elsewhere, e.g. by vggtl.distributed's workers)."""
+    h = hashlib.sha256(json.dumps({"dtype": np.dtype(dtype).str,
+                                   "shape": [int(s) for s in shape]}).encode())
+    for d in digests:
+        h.update(d)
+    return h.hexdigest()
 
 
 def array_digest(X) -> str:
@@ -204,14 +211,21 @@ def array_digest(X) -> str:
     in C (XXH64 with two seeds, ~4 GB/s per core, GIL released) on several
     threads. A memmap is read block by block, never loaded whole."""
     X = np.asarray(X) if not isinstance(X, np.ndarray) else X
-    h = hashlib.sha256(json.dumps({"dtype": X.dtype.str, "shape": list(X.shape)}).encode())
+    shape = X.shape
     if X.ndim == 0:
         X = X.reshape(1)
-    row = int(np.prod(X.shape[1:], dtype=np.int64)) * X.dtype.itemsize
-    rows = max(1, HASH_BLOCK // max(1, row))
-    for d in _hash_blocks(X, rows, _core.digest128):
-        h.update(d)
-    return h.hexdigest()
+    rows = digest_rows(X.shape, X.dtype)
+    starts = list(range(0, len(X), rows))
+
+    def one(i):
+        return block_digest(X[i:i + rows])
+
+    if len(starts) < 2:
+        digests = [one(i) for i in starts]
+    else:
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1, len(starts))) as ex:
+            digests = list(ex.map(one, starts))
+    return combine_digests(shape, X.dtype, digests)
 
 
 def _sample(k: np.ndarray, b: np.ndarray) -> bytes:
@@ -274,7 +288,19 @@ def make_key(base, layer=None, dtype="float32", view=None, input_size=None,
         "dtype": _check_dtype(dtype).name,
         "view": None if view is None else [str(view[0]), int(view[1])],
         "x": x_digest,
+        # Winograd and im2col features differ in the last bits: an entry holds
+        # one algorithm's (per layer run, as vggtl.set_conv_algo chose them)
+        "conv": _conv_algos(input_size, stop),
     }
+
+
+def _conv_algos(input_size, stop: int) -> str:
+    """The algorithm of each convolution up to layer ``stop``, one letter each
+    ('i' im2col, 'w' Winograd)."""
+    from .dispatch import conv_plan
+    from .vgg16 import LAYER_NAMES
+    plan = conv_plan(tuple(input_size))
+    return "".join(plan[n][0] for n in LAYER_NAMES[:stop + 1] if n in plan)
 
 
 def _key_id(key: dict) -> str:
@@ -481,6 +507,17 @@ class _Entry:
         finally:
             os.close(fd)
 
+    def write_chunk(self, k: int, data: np.ndarray) -> int:
+        """Write chunk k's features atomically (complete or absent, never half);
+        returns its CRC-32, which the manifest records once the file is durable."""
+        raw = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        crc = zlib.crc32(raw)
+        with _writing(f"cannot write {self.chunk_path(k)}"):
+            with atomic_path(self.chunk_path(k)) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(raw)
+        return crc
+
     def chunk_file_ok(self, m: dict, k: int) -> bool:
         if m["chunks"][k] is None:
             return False
@@ -606,19 +643,11 @@ class _Entry:
                        if k not in missing)
             bar = _Progress(plan.progress, m["n"], done, plan.desc)
             try:
-                for k in missing:
-                    start = k * m["chunk"]
-                    stop = min(m["n"], start + m["chunk"])
-                    data = plan.compute(start, stop, m["batch_size"], bar.update)
-                    raw = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
-                    crc = zlib.crc32(raw)
-                    with _writing(f"cannot write {self.chunk_path(k)}"):
-                        with atomic_path(self.chunk_path(k)) as tmp:
-                            with open(tmp, "wb") as f:
-                                f.write(raw)
-                    m["chunks"][k] = crc
+                for written in plan.run_chunks(self, m, missing, bar.update):
+                    for k, crc in written:
+                        m["chunks"][k] = crc
+                        in_files.add(k)
                     self.write_manifest(m)
-                    in_files.add(k)
             finally:
                 bar.close()
         if in_files:
@@ -742,6 +771,18 @@ class _Plan:
                 "chunk": chunk, "batch_size": self.batch_size, "checksum": "crc32",
                 "chunks": [None] * (-(-self.n // chunk)), "complete": False,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def run_chunks(self, entry: "_Entry", m: dict, missing: List[int],
+                   update: Callable[[int], None]):
+        """Compute the chunks ``missing`` of the entry whose manifest is ``m`` into
+        chunk files, yielding lists of (chunk, CRC) as they become durable (the
+        caller records them in the manifest). Here: one after the other, in this
+        process; vggtl.distributed's plan runs them on a Dask cluster."""
+        for k in missing:
+            start = k * m["chunk"]
+            stop = min(m["n"], start + m["chunk"])
+            data = self.compute(start, stop, m["batch_size"], update)
+            yield [(k, entry.write_chunk(k, data))]
 
     def compute(self, start: int, stop: int, batch_size: int,
                 update: Callable[[int], None] = lambda k: None) -> np.ndarray:
