@@ -36,29 +36,40 @@
 #define NXI 36   /* ALPHA * ALPHA transformed positions */
 #define VW 16    /* channels per vector step */
 
-/* Per-thread block size: V and M of one block (36 * tb * (Cin + Cout) floats)
- * are kept near this many floats, so they are still cached when the sgemms and
- * the output transform read them; within [MIN_TB, MAX_TB] tiles so that the
- * sgemms stay large enough to run near peak. */
-#ifndef VGG_WINO_BLOCK_FLOATS
-#define VGG_WINO_BLOCK_FLOATS ((size_t)1 << 20)
-#endif
-#define MIN_TB 32
-#define MAX_TB 256
+/* Tiles per block, by what OpenBLAS does with each (tb x Cin) @ (Cin x Cout)
+ * product. Up to 1e6 multiply-adds it runs its small-matrix kernels, which read
+ * the operands in place and are fastest on short blocks; larger products go
+ * through its packing path, which copies the Cin x Cout slice of U on every
+ * call, and longer blocks amortise that copy. Measured per layer (224 x 224,
+ * 8 images, 1 thread, AVX-512 kernels), ms at tb 32 / 64 / 128:
+ *   block2_conv2 (128->128)  115 / 156 / 168   (32 is a small product)
+ *   block3_conv2 (256->256)  164 / 139 / 129
+ *   block4_conv2 (512->512)  172 / 158 / 147
+ * The block size depends on the layer only, never on the thread count, so the
+ * products (and the bits) are the same on any number of threads. */
+#define SHORT_TB 32
+#define LONG_TB 128
 
 static size_t tiles_per_block(size_t cin, size_t cout) {
-    size_t tb = VGG_WINO_BLOCK_FLOATS / (NXI * (cin + cout));
-    if (tb < MIN_TB) tb = MIN_TB;
-    if (tb > MAX_TB) tb = MAX_TB;
-    return tb;
+    return (double)SHORT_TB * (double)cin * (double)cout <= 1e6 ? SHORT_TB : LONG_TB;
 }
 
+/* Strides of U's 36 slices and of a tile's rows in V and M, one cache line more
+ * than packed. Packed, they are multiples of 4 KiB (Cin, Cout multiples of 32),
+ * so the 36 streams the kernel transform writes, and the rows sgemm packs from
+ * V, all fall in one cache set and evict each other: the kernel transform took
+ * a third of a 50 x 50 forward before this. */
+#define PAD 16
+static size_t u_stride(size_t cin, size_t cout) { return cin * cout + PAD; }
+static size_t v_stride(size_t cin) { return NXI * cin + PAD; }
+static size_t m_stride(size_t cout) { return NXI * cout + PAD; }
+
 static size_t thread_floats(size_t cin, size_t cout) {
-    return NXI * tiles_per_block(cin, cout) * (cin + cout);
+    return tiles_per_block(cin, cout) * (v_stride(cin) + m_stride(cout));
 }
 
 size_t vgg_winograd_workspace_floats(size_t cin, size_t cout, size_t threads) {
-    return NXI * cin * cout + thread_floats(cin, cout) * threads;
+    return NXI * u_stride(cin, cout) + thread_floats(cin, cout) * threads;
 }
 
 /* ---- the transforms, for 16 channels at a time ---------------------------
@@ -119,17 +130,27 @@ ALWAYS_INLINE void kernel_transform_body(float *u, const float *kernel, const wi
     for (size_t c = c0; c < c1; c++) {
         for (size_t k0 = 0; k0 < cout; k0 += VW) {
             const size_t len = cout - k0 < VW ? cout - k0 : VW;
+            /* full vectors by fixed-length copies (vectorised; a per-lane bound
+             * made this loop scalar and half of a 50 x 50 forward) */
             for (int p = 0; p < 9; p++) {
                 const float *src = kernel + ((size_t)p * cin + c) * cout + k0;
-                for (size_t v = 0; v < VW; v++) g[p][v] = v < len ? src[v] : 0.0f;
+                if (len == VW) {
+                    memcpy(g[p], src, sizeof g[p]);
+                } else {
+                    for (size_t v = 0; v < VW; v++) g[p][v] = v < len ? src[v] : 0.0f;
+                }
             }
             /* t (6 x 3) = G g, then r (6 x 6) = t G^T */
             for (int j = 0; j < 3; j++) g3(&t[0][j][0], 3 * VW, &g[j][0], 3 * VW);
             for (int i = 0; i < ALPHA; i++) g3(&r[i][0][0], VW, &t[i][0][0], VW);
             for (int xi = 0; xi < NXI; xi++) {
-                float *dst = u + ((size_t)xi * cin + c) * cout + k0;
+                float *dst = u + (size_t)xi * u_stride(cin, cout) + c * cout + k0;
                 const float *val = &r[xi / ALPHA][xi % ALPHA][0];
-                for (size_t v = 0; v < len; v++) dst[v] = val[v];
+                if (len == VW) {
+                    memcpy(dst, val, sizeof(float) * VW);
+                } else {
+                    for (size_t v = 0; v < len; v++) dst[v] = val[v];
+                }
             }
         }
     }
@@ -166,7 +187,7 @@ ALWAYS_INLINE void input_transform_body(float *vbuf, const float *x, const wino_
             /* t = B^T d (over rows), r = t B (over columns) */
             for (int j = 0; j < ALPHA; j++) bt6(&t[0][j][0], ALPHA * VW, &d[0][j][0], ALPHA * VW);
             for (int i = 0; i < ALPHA; i++) bt6(&r[i][0][0], VW, &t[i][0][0], VW);
-            float *dst = vbuf + (t_ - t0) * NXI * cin + c0;
+            float *dst = vbuf + (t_ - t0) * v_stride(cin) + c0;
             for (int xi = 0; xi < NXI; xi++) {
                 const float *val = &r[xi / ALPHA][xi % ALPHA][0];
                 float *o = dst + (size_t)xi * cin;
@@ -193,7 +214,7 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
         float *out_img = out + img * h * w * cout;
         for (size_t k0 = 0; k0 < cout; k0 += VW) {
             const size_t len = cout - k0 < VW ? cout - k0 : VW;
-            const float *src = mbuf + (t_ - t0) * NXI * cout + k0;
+            const float *src = mbuf + (t_ - t0) * m_stride(cout) + k0;
             for (int xi = 0; xi < NXI; xi++) {
                 const float *p = src + (size_t)xi * cout;
                 float *dst = &m[xi / ALPHA][xi % ALPHA][0];
@@ -282,7 +303,7 @@ int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel
     if (n == 0) return VGG_OK;
     const size_t per_thread = thread_floats(cin, cout);
     size_t u_n, tiles;
-    VGG_CHECK(vgg_mul_ok(NXI * cin, cout, &u_n), VGG_ERR_SHAPE);
+    VGG_CHECK(vgg_mul_ok(cin, cout, &u_n) && vgg_mul_ok(NXI, u_n + PAD, &u_n), VGG_ERR_SHAPE);
     VGG_CHECK(workspace_floats >= u_n && workspace_floats - u_n >= per_thread, VGG_ERR_NOMEM);
     /* as many threads as the knob asks and the workspace has block buffers for:
      * the knob can have grown since the caller sized the workspace */
@@ -301,7 +322,7 @@ int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel
     const size_t tb = tiles_per_block(cin, cout);
     const size_t nblocks = (tiles + tb - 1) / tb;
     size_t min_rows = vgg_sgemm_stable_rows(cout, cin);
-    if (min_rows > tb) min_rows = tb; /* only for shapes far from VGG's (cout*cin < 1e6/tb) */
+    if (min_rows > tb) min_rows = tb; /* short blocks: small products either way */
     const size_t per_poll = nth * BLOCKS_PER_POLL;
     for (size_t b0 = 0; b0 < nblocks; b0 += per_poll) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
@@ -318,13 +339,14 @@ int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel
              * that sgemm rounds the same way as in a full block, so a tile's
              * result never depends on the batch it came in (vgg_internal.h) */
             const size_t mt = nt < min_rows ? min_rows : nt;
-            float *mbuf = vbuf + NXI * mt * cin;
+            float *mbuf = vbuf + mt * v_stride(cin);
             fn.input(vbuf, x, &s, t0, t1);
-            if (mt > nt) memset(vbuf + NXI * nt * cin, 0, NXI * (mt - nt) * cin * sizeof *vbuf);
+            if (mt > nt) memset(vbuf + nt * v_stride(cin), 0, (mt - nt) * v_stride(cin) * sizeof *vbuf);
             /* tile-major V and M: a tile's 36 rows are adjacent for the transforms */
             for (size_t xi = 0; xi < NXI; xi++)
-                vgg_sgemm(0, 0, mt, cout, cin, 1.0f, vbuf + xi * cin, NXI * cin,
-                          u + xi * cin * cout, cout, 0.0f, mbuf + xi * cout, NXI * cout);
+                vgg_sgemm(0, 0, mt, cout, cin, 1.0f, vbuf + xi * cin, v_stride(cin),
+                          u + xi * u_stride(cin, cout), cout, 0.0f, mbuf + xi * cout,
+                          m_stride(cout));
             fn.output(out, mbuf, bias, relu, &s, t0, t1);
         }
     }

@@ -506,6 +506,7 @@ class TransferModel:
         for cb in cbs:
             cb.on_train_begin()
         acc_key = "accuracy" if self.metrics else None
+        self.history = history  # also what a Ctrl-C leaves: the completed epochs
         for epoch in range(initial_epoch, epochs):
             for cb in cbs:
                 cb.on_epoch_begin(epoch)
@@ -519,13 +520,28 @@ class TransferModel:
                 self._restore_training_state(snapshot)
                 raise FloatingPointError(f"epoch {epoch + 1}: {e}; the weights of the last "
                                          f"completed epoch were kept") from None
+            except KeyboardInterrupt:
+                # the C epoch stops between batches with the weights and optimizer
+                # slots updated in place part-way through the epoch, while the step
+                # count and the epoch count are not: go back to the end of the last
+                # completed epoch, so that weights, optimizer state, epochs_done and
+                # history agree (and a later fit resumes from a real epoch boundary)
+                self._restore_training_state(snapshot)
+                raise
             self.optimizer.iterations = it
             self._epochs_done += 1
             logs = {"loss": loss_sum / seen}
             if acc_key:
                 logs[acc_key] = correct / seen
             if validate is not None:
-                vl, vc, vn = validate()
+                try:
+                    vl, vc, vn = validate()
+                except KeyboardInterrupt:
+                    # the epoch's training is done but it has no history entry yet:
+                    # undo it too, as above
+                    self._restore_training_state(snapshot)
+                    self._epochs_done -= 1
+                    raise
                 logs["val_loss"] = vl / vn
                 if acc_key:
                     logs["val_" + acc_key] = vc / vn
@@ -824,6 +840,10 @@ def _read_metadata(raw: bytes, path: str) -> dict:
     if len(raw) < 8:
         raise ValueError(f"path: {path!r} is not a vggtl model file (too short)")
     n = int.from_bytes(raw[:8], "little")
+    if not 2 <= n <= len(raw) - 8 or raw[8:9] != b"{":
+        raise ValueError(f"path: {path!r} is not a vggtl model file (expected a safetensors "
+                         f"header, found {raw[:16]!r} in {len(raw)} bytes: truncated, damaged "
+                         f"or another kind of file)")
     try:
         header = json.loads(raw[8:8 + n])
         config = json.loads(header["__metadata__"]["vggtl"])

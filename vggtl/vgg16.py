@@ -35,9 +35,22 @@ _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 PREPROCESS_MODES = ("caffe", "torch", "scale", None)
 
-# Scratch memory for the network's activations, per predict call. The core runs
-# as many images at a time as fit, so this, not batch_size, bounds memory.
-_WORKSPACE_BYTES = 256 << 20
+# Scratch memory for the network's activations, per model. The core runs as many
+# images at a time as fit, so this, not batch_size, bounds memory (a batch of 16
+# at 224 x 224 fits: peak RSS stays under 1 GB, benchmarks/memory.py).
+_WORKSPACE_BYTES = 512 << 20
+
+
+def _images_per_pass(stop, pool, h, w, start=0):
+    """Images the core takes through the layers at a time: as many as the
+    workspace budget holds. Each pass transforms every Winograd layer's kernels
+    again (36 x Cin x Cout floats, 235 MB for the whole base), so passes are as
+    large as the budget allows, whatever batch_size says: features do not depend
+    on how images are grouped."""
+    one = _core.vgg16_workspace_floats(stop, pool, 1, h, w, start_layer=start)
+    per = _core.vgg16_workspace_floats(stop, pool, 2, h, w, start_layer=start) - one
+    fixed = one - per  # the convolution's workspace: the same for any number of images
+    return max(1, (_WORKSPACE_BYTES // 4 - fixed) // max(per, 1))
 
 
 def _preprocess_params(mode):
@@ -316,20 +329,19 @@ class VGG16:
         out = np.empty((n, oc) if flat else (n, oh, ow, oc), dtype=np.float32)
         if n == 0:
             return out
-        per_image = _core.vgg16_workspace_floats(stop, pool, 1, h, w)
-        fit = max(1, _WORKSPACE_BYTES // (4 * per_image))
+        fit = min(_images_per_pass(stop, pool, h, w), n)
+        step = max(batch_size, fit)  # X is read (and converted) this many images at a time
         params = self._params(stop >= _INDEX["fc1"])
         scale, shift, rev = _preprocess_params(self.preprocess)
         # the workspace is reused across calls; the lock keeps two threads
         # predicting with one model from sharing it at the same time
         with self._lock:
-            ws = self._get_workspace(
-                _core.vgg16_workspace_floats(stop, pool, min(fit, batch_size, n), h, w))
-            for i in range(0, n, batch_size):
-                xb = batch_for_core(X[i:i + batch_size])
+            ws = self._get_workspace(_core.vgg16_workspace_floats(stop, pool, fit, h, w))
+            for i in range(0, n, step):
+                xb = batch_for_core(X[i:i + step])
                 check_finite_batch(xb, "X", i)
                 _core.vgg16_forward(xb, params, stop, pool, scale, shift, rev, ws,
-                                    out=out[i:i + batch_size])
+                                    out=out[i:i + step])
         return out
 
     def forward_from(self, F, after: str, layer: Optional[str] = None,
@@ -353,15 +365,15 @@ class VGG16:
         out = np.empty((n, oc) if flat else (n, oh, ow, oc), dtype=np.float32)
         if n == 0:
             return out
-        per_image = _core.vgg16_workspace_floats(stop, _core.POOL_NONE, 1, h, w, start_layer=start)
-        fit = max(1, _WORKSPACE_BYTES // (4 * per_image))
+        fit = min(_images_per_pass(stop, _core.POOL_NONE, h, w, start), n)
+        step = max(batch_size, fit)
         params = self._params(stop >= _INDEX["fc1"])
         with self._lock:
             ws = self._get_workspace(_core.vgg16_workspace_floats(
-                stop, _core.POOL_NONE, min(fit, batch_size, n), h, w, start_layer=start))
-            for i in range(0, n, batch_size):
-                _core.vgg16_forward(F[i:i + batch_size], params, stop, _core.POOL_NONE,
-                                    (1.0,) * 3, (0.0,) * 3, False, ws, out=out[i:i + batch_size],
+                stop, _core.POOL_NONE, fit, h, w, start_layer=start))
+            for i in range(0, n, step):
+                _core.vgg16_forward(F[i:i + step], params, stop, _core.POOL_NONE,
+                                    (1.0,) * 3, (0.0,) * 3, False, ws, out=out[i:i + step],
                                     start_layer=start)
         return out
 

@@ -14,8 +14,9 @@ preprocessing each implies (``WeightsDict.preprocess``, used by
   ``weight_names`` (``block1_conv1_W_1:0``, ``block1_conv1_b_1:0``), kernels HWIO
   (3, 3, in, out), dense (in, out). Also Keras 2 ``save_weights``/``save`` files
   (``model_weights`` group, ``<layer>/kernel:0`` names). -> "caffe"
-- Keras 3 ``.weights.h5`` (``layers/<class>[_N]/vars/{0,1}``, each ``vars`` group
-  named by its attribute ``name``) and ``.keras`` (a zip holding one). -> "caffe"
+- Keras 3 ``.weights.h5`` (``layers/<class>[_N]/vars/{0,1}``, matched by order as
+  Keras does: the variable-length ``name`` attributes are never read, see
+  ``_h5_attr``) and ``.keras`` (a zip holding one). -> "caffe"
 - torchvision ``.pth`` in the zip format (``<dir>/data.pkl``, ``<dir>/data/<key>``)
   and in the legacy stream format of the 2017 ``vgg16-397923af.pth`` (five
   pickles, then raw storages). -> "torch"
@@ -62,6 +63,7 @@ import struct
 import sys
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -184,9 +186,10 @@ def detect_format(path) -> str:
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
+        except Exception as e:  # BadZipFile, OSError, EOFError, and for a damaged
+            # central directory also UnicodeDecodeError, struct.error, ValueError
             raise WeightsError(f"{path}: a zip file that cannot be read (truncated or corrupt?): "
-                               f"{e}") from None
+                               f"{type(e).__name__}: {e}") from None
         if "model.weights.h5" in names:
             return "keras-zip"
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
@@ -221,9 +224,10 @@ def _h5_kind(path: str) -> str:
                 return "keras-h5"
             if "layers" in f or "vars" in f:
                 return "keras3-h5"
-    except OSError as e:
+    except Exception as e:  # h5py: OSError, and RuntimeError, KeyError, ValueError for
+        # damaged metadata ("bad heap free list")
         raise WeightsError(f"{path}: an HDF5 file that cannot be read (truncated or "
-                           f"corrupt?): {e}") from None
+                           f"corrupt?): {type(e).__name__}: {e}") from None
     raise WeightsError(f"{path}: an HDF5 file with neither Keras's legacy layout (root "
                        f"attribute layer_names) nor Keras 3's (group 'layers')")
 
@@ -238,15 +242,41 @@ def _import_h5py():
     return h5py
 
 
+def _h5_attr(attrs, name, default=None):
+    """``attrs[name]`` when it holds fixed-size data (numbers, fixed-length strings),
+    else ``default``: a missing attribute, and one of variable-length data.
+
+    Variable-length strings and sequences live in HDF5's global heap, which
+    libhdf5 reads without checking it: a damaged heap behind an attribute made it
+    loop forever or segfault (found by fuzz/fuzz_h5.py; libhdf5 2.0). Such an
+    attribute is never read. The type is in the object header (checked), so looking
+    at it is safe."""
+    h5py = _import_h5py()
+    if name not in attrs:
+        return default
+    t = attrs.get_id(name).get_type()
+    if isinstance(t, h5py.h5t.TypeStringID):
+        if t.is_variable_str():
+            return default
+    elif not isinstance(t, (h5py.h5t.TypeIntegerID, h5py.h5t.TypeFloatID)):
+        return default  # vlen, compound, array, reference, ...: nothing vggtl reads
+    return attrs[name]
+
+
 def _h5_attr_list(group, name) -> List[str]:
     """A list attribute, possibly chunked as name0, name1, ... (Keras's workaround for
-    HDF5's 64 KiB header limit), decoded to str."""
-    if name in group.attrs:
-        raw = list(group.attrs[name])
+    HDF5's 64 KiB header limit), decoded to str. Keras writes these as fixed-length
+    strings; a variable-length one is not read (see :func:`_h5_attr`)."""
+    v = _h5_attr(group.attrs, name)
+    if v is not None:
+        raw = list(np.atleast_1d(v))
     else:
         raw, i = [], 0
-        while f"{name}{i}" in group.attrs:
-            raw.extend(group.attrs[f"{name}{i}"])
+        while True:
+            part = _h5_attr(group.attrs, f"{name}{i}")
+            if part is None:
+                break
+            raw.extend(np.atleast_1d(part))
             i += 1
     return [v.decode("utf8") if isinstance(v, (bytes, np.bytes_)) else str(v) for v in raw]
 
@@ -276,8 +306,9 @@ def _natural_key(s: str):
 
 def _keras3_layers(f) -> List[Tuple[str, list]]:
     """Layers with weights of a Keras 3 ``.weights.h5``: each ``vars`` group holding
-    datasets "0", "1", ... Named by the group's ``name`` attribute when present
-    (Keras >= 3.x writes it), else by its path; ordered as Keras created them."""
+    datasets "0", "1", ... Named by the group's ``name`` attribute when it is a
+    fixed-length string, else by its path (Keras 3 writes a variable-length one,
+    which is not read: :func:`_h5_attr`); ordered as Keras created them."""
     found = []
 
     def visit(path, obj):
@@ -286,7 +317,10 @@ def _keras3_layers(f) -> List[Tuple[str, list]]:
         if path.endswith("vars") and hasattr(obj, "keys") and len(obj.keys()):
             keys = sorted(obj.keys(), key=_natural_key)
             if keys == [str(i) for i in range(len(keys))]:
-                name = obj.attrs.get("name", None)
+                # Keras 3 writes the layer's name as a variable-length string, which
+                # is not read (_h5_attr): such layers are matched by order, as
+                # Keras's own loader does
+                name = _h5_attr(obj.attrs, "name")
                 if isinstance(name, (bytes, np.bytes_)):
                     name = name.decode("utf8")
                 owner = path[: -len("/vars")] if path.endswith("/vars") else path
@@ -367,9 +401,9 @@ def _read_keras_h5(path: str, include_top: bool, kind: str) -> dict:
             return _from_keras_layers(layers, path, include_top)
     except WeightsError:
         raise
-    except (OSError, KeyError, RuntimeError) as e:
+    except Exception as e:  # h5py raises OSError, RuntimeError, KeyError, ValueError, ...
         raise WeightsError(f"{path}: cannot read the HDF5 file (truncated or corrupt?): "
-                           f"{e}") from None
+                           f"{type(e).__name__}: {e}") from None
 
 
 def _read_keras_zip(path: str, include_top: bool) -> dict:
@@ -380,9 +414,11 @@ def _read_keras_zip(path: str, include_top: bool) -> dict:
             data = z.read("model.weights.h5")
         with h5py.File(io.BytesIO(data), "r") as f:
             return _from_keras_layers(_keras3_layers(f), path, include_top)
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+    except WeightsError:
+        raise
+    except Exception as e:  # zipfile's and h5py's many errors on damaged data
         raise WeightsError(f"{path}: cannot read the .keras file (truncated or corrupt?): "
-                           f"{e}") from None
+                           f"{type(e).__name__}: {e}") from None
 
 
 # -- torch .pth without torch ------------------------------------------------------------
@@ -508,8 +544,14 @@ class _Call(_Frozen):
         return self.fn(*args)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
     """Unpickles a tensor state dict; refuses every global outside :data:`_ALLOWED`.
+
+    The pure-Python unpickler, not the C one: the C unpickler's memo is an array
+    indexed by the pickle's BINPUT numbers, so a LONG_BINPUT of 2**31 makes it
+    allocate gigabytes (found by fuzz/fuzz_pth_legacy.py); the Python one keeps a
+    dict. A state dict's pickle is a few kB (the tensors' data are not in it), so
+    its speed does not matter.
 
     ``find_class`` is the only way a pickle reaches a callable (GLOBAL, STACK_GLOBAL,
     INST, OBJ and EXT all go through it), so a refused name is never imported, let
@@ -588,7 +630,8 @@ def _read_torch_zip(path: str):
             try:
                 with z.open(info) as f:
                     n = f.readinto(memoryview(a).cast("B"))
-            except (zipfile.BadZipFile, OSError, EOFError) as e:
+            except Exception as e:  # BadZipFile, OSError, EOFError, zlib.error, and
+                # NotImplementedError for a compression method zipfile lacks
                 raise WeightsError(f"{path}: storage {st.key} cannot be read (truncated or "
                                    f"corrupt file): {e}") from None
             if n != a.nbytes:
@@ -604,7 +647,9 @@ def _read_torch_zip(path: str):
             return storages[key]
 
         with z.open(pkl) as f:
-            obj = _RestrictedUnpickler(f, path, make).load()
+            # bounded: a length field in the pickle never allocates past the member
+            obj = _RestrictedUnpickler(_data._BoundedReader(f, infos[pkl].file_size), path,
+                                       make).load()
         sd = _state_dict_from_pickle(obj, path)
     except WeightsError:
         z.close()
@@ -626,7 +671,10 @@ def _read_torch_legacy(path: str):
         size = os.fstat(f.fileno()).st_size
 
         def load(make=None):  # one pickle; pickle leaves f right after its STOP
-            return _RestrictedUnpickler(f, path, make).load()
+            # through a bounded reader: a pickle's length field (BINBYTES, BINUNICODE8)
+            # claiming gigabytes fails as truncated instead of allocating them first
+            return _RestrictedUnpickler(_data._BoundedReader(f, size - f.tell()), path,
+                                        make).load()
 
         if load() != _TORCH_LEGACY_MAGIC:
             raise WeightsError(f"{path}: not a PyTorch legacy file (bad magic number)")
@@ -856,7 +904,17 @@ def save_weights(weights, path, preprocess: Optional[str] = None,
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     path = os.fspath(path)
     with atomic_path(path) as tmp:
-        stnp.save_file(tensors, tmp, metadata=meta)
+        try:
+            stnp.save_file(tensors, tmp, metadata=meta)
+        except Exception as e:
+            # safetensors reports a failed write (disk full, file too large) as a
+            # SafetensorError whose text ends in Rust's "(os error N)": give it back
+            # as the OSError it is, which atomic_path names the file in
+            err = re.search(r"\(os error (\d+)\)", str(e))
+            if err is None:
+                raise
+            code = int(err.group(1))
+            raise OSError(code, os.strerror(code)) from None
 
 
 # -- the converted-array cache ------------------------------------------------------------
@@ -902,8 +960,23 @@ def _cache_store(path: str, include_top: bool, weights: dict, fmt: str) -> None:
         for old in os.listdir(d):  # older conversions of the same file
             if old.startswith(prefix) and os.path.join(d, old) != cpath:
                 os.unlink(os.path.join(d, old))
-    except (OSError, ImportError):
-        pass  # the cache is an optimisation; a read-only home must not break loading
+    except ImportError:
+        pass
+    except OSError as e:  # the cache is an optimisation: a read-only home must not break
+        _warn_unwritable(os.path.join(vggtl_cache_dir(), "converted"), e)  # loading
+
+
+_unwritable_warned: set = set()
+
+
+def _warn_unwritable(folder: str, e: OSError) -> None:
+    """Say once per folder that converted weights cannot be kept (read-only or full)."""
+    if folder in _unwritable_warned:
+        return
+    _unwritable_warned.add(folder)
+    warnings.warn(f"vggtl: the converted-weights cache in {folder} cannot be written "
+                  f"({e.strerror or e}); the weights were loaded, but the next load "
+                  f"converts them again", RuntimeWarning, stacklevel=4)
 
 
 # -- loading ----------------------------------------------------------------------------
@@ -938,24 +1011,31 @@ def load_weights(source="imagenet", include_top: bool = False, cache: bool = Tru
     fmt = detect_format(path)
     pre = PREPROCESS_BY_FORMAT[fmt]
     include_top = bool(include_top)
-    if fmt in ("keras-h5", "keras3-h5"):
-        out = _read_keras_h5(path, include_top, fmt)
-    elif fmt == "keras-zip":
-        out = _read_keras_zip(path, include_top)
-    elif fmt == "safetensors":
-        out, pre = _read_safetensors(path, include_top)
-    else:  # torch: conversion (transposes) is the cost, so keep what it produced
-        out = _cache_load(path, include_top) if cache else None
-        if out is None:
-            sd, handle = (_read_torch_zip if fmt == "torch-zip" else _read_torch_legacy)(path)
-            try:
-                out = _torch_to_keras(sd, path, include_top)
-            finally:
-                handle.close()
-            _check_finite(out, path)
-            if cache:
-                _cache_store(path, include_top, out, fmt)
-            return WeightsDict(out, preprocess=pre, source=path, format=fmt)
+    try:
+        if fmt in ("keras-h5", "keras3-h5"):
+            out = _read_keras_h5(path, include_top, fmt)
+        elif fmt == "keras-zip":
+            out = _read_keras_zip(path, include_top)
+        elif fmt == "safetensors":
+            out, pre = _read_safetensors(path, include_top)
+        else:  # torch: conversion (transposes) is the cost, so keep what it produced
+            out = _cache_load(path, include_top) if cache else None
+            if out is None:
+                sd, handle = (_read_torch_zip if fmt == "torch-zip" else _read_torch_legacy)(path)
+                try:
+                    out = _torch_to_keras(sd, path, include_top)
+                finally:
+                    handle.close()
+                _check_finite(out, path)
+                if cache:
+                    _cache_store(path, include_top, out, fmt)
+                return WeightsDict(out, preprocess=pre, source=path, format=fmt)
+    except WeightsError as e:
+        # errors raised deep inside a reader (a tensor's checks, run by the
+        # unpickler or at conversion) do not know the file: name it
+        if path in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None
     _check_finite(out, path)
     return WeightsDict(out, preprocess=pre, source=path, format=fmt)
 

@@ -1,0 +1,20 @@
+"""Fuzz target: Keras .h5 (legacy and Keras 3 .weights.h5) and .keras zips, read by
+vggtl.load_weights.
+
+Contract: see fuzz/_weights.py (the weights arrays, or a WeightsError naming the file).
+Seeds: `python fuzz/seeds.py CORPUS h5`.
+
+    python fuzz/fuzz_h5.py -max_total_time=600 -timeout=10 -rss_limit_mb=2048 \
+        -max_len=65536 CORPUS/h5
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
+import _weights  # noqa: E402
+
+one_input = _weights.target("weights.h5")
+
+if __name__ == "__main__":
+    _harness.main(one_input)

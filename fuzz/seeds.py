@@ -1,0 +1,207 @@
+"""The fuzz targets' seed corpora, built by the writers the tests use.
+
+Weight files are written in their real layouts by tests/weight_files.py (Keras's
+legacy .h5, torch.save's zip and legacy formats, the 2017 stream format) and by
+safetensors / h5py / zipfile for the rest, for a miniature VGG16: the real layer
+names and kernel layouts, with 2 channels instead of 64 to 512, so that a seed is a
+few kB and the whole reading path, conversion included, runs on it. The fuzz
+targets shrink vggtl.weights' table of expected shapes to match (:func:`use_mini_vgg16`).
+The cache seeds are real feature-cache entries of a small extraction.
+
+    python fuzz/seeds.py OUT_DIR [TARGET ...]     # OUT_DIR/<target>/<seed files>
+"""
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import pickle
+import struct
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# the miniature network: VGG16's 13 conv layers, input 3 channels, 2 channels after
+MINI_C = 2
+TORCH_CONV = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+
+
+def mini_spec():
+    from vggtl import weights as W
+    return tuple((n, 3 if i == 0 else MINI_C, MINI_C) for i, (n, _, _) in enumerate(W.CONV_SPEC))
+
+
+def use_mini_vgg16() -> None:
+    """Make vggtl.weights expect the miniature network's shapes (fuzz targets only)."""
+    from vggtl import weights as W
+    W.CONV_SPEC = mini_spec()
+
+
+def mini_weights(seed=0):
+    """{layer: (HWIO kernel, bias)} of the miniature network, in Keras layouts."""
+    r = np.random.default_rng(seed)
+    return {n: (r.standard_normal((3, 3, cin, cout)).astype(np.float32),
+                r.standard_normal(cout).astype(np.float32)) for n, cin, cout in mini_spec()}
+
+
+def mini_state_dict(seed=0):
+    """The same as torchvision's state dict (OIHW), as NumPy arrays."""
+    sd = collections.OrderedDict()
+    for (n, (k, b)), i in zip(mini_weights(seed).items(), TORCH_CONV):
+        sd[f"features.{i}.weight"] = np.ascontiguousarray(k.transpose(3, 2, 0, 1))
+        sd[f"features.{i}.bias"] = b
+    return sd
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def seeds_h5(d):
+    """Keras legacy .h5 (with and without the weightless layers), Keras 3
+    .weights.h5 and .keras (a zip holding one)."""
+    import h5py
+    import weight_files as wf
+    out = {}
+    w = mini_weights(1)
+    out["legacy.h5"] = _read(wf.write_keras_legacy_h5(os.path.join(d, "a.h5"), w))
+    out["legacy_plain.h5"] = _read(wf.write_keras_legacy_h5(os.path.join(d, "b.h5"), w,
+                                                            weightless=False))
+    p = os.path.join(d, "k3.weights.h5")
+    with h5py.File(p, "w") as f:  # Keras 3: layers/<class>[_N]/vars/{0,1}
+        for i, (name, (k, b)) in enumerate(w.items()):
+            v = f.create_group(f"layers/conv2d{'' if i == 0 else f'_{i}'}/vars")
+            v.attrs["name"] = name
+            v.create_dataset("0", data=k)
+            v.create_dataset("1", data=b)
+        f.create_group("vars")
+    out["keras3.weights.h5"] = _read(p)
+    bio = io.BytesIO()
+    with zipfile.ZipFile(bio, "w") as z:
+        z.writestr("metadata.json", json.dumps({"keras_version": "3.0.0"}))
+        z.writestr("config.json", json.dumps({"class_name": "Functional"}))
+        z.writestr("model.weights.h5", out["keras3.weights.h5"])
+    out["model.keras"] = bio.getvalue()
+    return out
+
+
+def seeds_pth_zip(d):
+    """torch.save's zip format (needs torch), plain and wrapped in {"state_dict": }."""
+    import torch
+    sd = collections.OrderedDict((k, torch.from_numpy(v)) for k, v in mini_state_dict(2).items())
+    out = {}
+    for name, obj in (("plain.pth", sd), ("wrapped.pth", {"epoch": 1, "state_dict": sd})):
+        p = os.path.join(d, name)
+        torch.save(obj, p)
+        out[name] = _read(p)
+    return out
+
+
+def seeds_pth_legacy(d):
+    """torch.save's legacy stream format and the 2017 writer's (storage views)."""
+    import torch
+    import weight_files as wf
+    arrays = mini_state_dict(3)
+    out = {}
+    p = os.path.join(d, "legacy.pth")
+    torch.save(collections.OrderedDict((k, torch.from_numpy(v)) for k, v in arrays.items()), p,
+               _use_new_zipfile_serialization=False)
+    out["legacy.pth"] = _read(p)
+    p = os.path.join(d, "2017.pth")
+    wf.write_torch_2017(p, arrays, views=[k for k in arrays if k.endswith(".bias")])
+    out["2017.pth"] = _read(p)
+    return out
+
+
+def seeds_safetensors(d):
+    """vggtl's own layout (save_weights) and torchvision's keys."""
+    import safetensors.numpy as stnp
+    import vggtl
+    out = {}
+    p = os.path.join(d, "vggtl.safetensors")
+    vggtl.save_weights(mini_weights(4), p, preprocess="caffe")
+    out["vggtl.safetensors"] = _read(p)
+    out["torch_keys.safetensors"] = stnp.save(dict(mini_state_dict(5)))
+    return out
+
+
+def seeds_pickle(d):
+    """The tutorial's X and y pickles: NumPy arrays at protocols 2 to 5, lists."""
+    r = np.random.default_rng(6)
+    X = r.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    out = {}
+    for proto in (2, 3, 4, 5):
+        out[f"X{proto}.pickle"] = pickle.dumps(X, protocol=proto)
+        out[f"y{proto}.pickle"] = pickle.dumps(np.array([0, 1, 1]), protocol=proto)
+    out["list.pickle"] = pickle.dumps([X[0], X[1]], protocol=2)
+    out["strings.pickle"] = pickle.dumps(np.array(["cat", "dog", "cat"]), protocol=4)
+    out["onehot.pickle"] = pickle.dumps(np.eye(2, dtype=np.float32)[[0, 1, 1]], protocol=3)
+    return out
+
+
+def cache_input(manifest_body: dict, data: bytes, verified: bytes = b"", rewrap=True) -> bytes:
+    """A fuzz input of the cache target: a flag byte (1: the target wraps the
+    manifest with its correct SHA-256, 0: taken as it is), three lengths, then the
+    manifest, data.npy and the verified stamp."""
+    m = json.dumps(manifest_body if rewrap else manifest_body).encode()
+    return struct.pack("<BIII", 1 if rewrap else 0, len(m), len(data), len(verified)) + \
+        m + data + verified
+
+
+def seeds_cache(d):
+    """A complete entry of a real extraction (3 images, block5_pool with global
+    pooling: 512 floats each), whole and with its manifest as written."""
+    import vggtl
+    from vggtl import cache as vc
+    base = vggtl.VGG16(weights=None, seed=0, pooling="avg")
+    X = np.random.default_rng(7).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    root = os.path.join(d, "features")
+    base.extract(X, cache=root, progress=False)
+    (entry,) = [os.path.join(root, e) for e in os.listdir(root) if vc._ENTRY_RE.match(e)]
+    with open(os.path.join(entry, "manifest.json"), "rb") as f:
+        wrapped = f.read()
+    body = json.loads(wrapped)["manifest"]
+    data = _read(os.path.join(entry, "data.npy"))
+    return {"complete.bin": cache_input(body, data),
+            "as_written.bin": struct.pack("<BIII", 0, len(wrapped), len(data), 0) + wrapped + data,
+            "incomplete.bin": cache_input(dict(body, complete=False,
+                                               chunks=[None] * len(body["chunks"])), b"")}
+
+
+BUILDERS = {"pickle": seeds_pickle, "h5": seeds_h5, "pth_zip": seeds_pth_zip,
+            "pth_legacy": seeds_pth_legacy, "safetensors": seeds_safetensors,
+            "cache": seeds_cache}
+
+
+def build(target: str, out_dir: str) -> int:
+    """Write target's seeds into out_dir; returns how many."""
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        old = os.environ.get("XDG_CACHE_HOME")
+        os.environ["XDG_CACHE_HOME"] = d  # never the user's caches
+        try:
+            seeds = BUILDERS[target](d)
+        finally:
+            if old is None:
+                os.environ.pop("XDG_CACHE_HOME", None)
+            else:
+                os.environ["XDG_CACHE_HOME"] = old
+    for name, data in seeds.items():
+        with open(os.path.join(out_dir, "seed-" + name), "wb") as f:
+            f.write(data)
+    return len(seeds)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    for t in sys.argv[2:] or list(BUILDERS):
+        print(t, build(t, os.path.join(sys.argv[1], t)))
