@@ -30,14 +30,14 @@ static size_t chunk_rows(size_t cin) {
     return rows < MIN_CHUNK_ROWS ? MIN_CHUNK_ROWS : rows;
 }
 
-static size_t im2col_workspace_floats(size_t cin) {
-    return chunk_rows(cin) * 9 * cin * (size_t)vgg_get_num_threads();
+size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads) {
+    const size_t a = chunk_rows(cin) * 9 * cin * threads,
+                 b = vgg_winograd_workspace_floats(cin, cout, threads);
+    return a > b ? a : b;
 }
 
 size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout) {
-    const size_t a = im2col_workspace_floats(cin),
-                 b = vgg_winograd_workspace_floats(cin, cout, (size_t)vgg_get_num_threads());
-    return a > b ? a : b;
+    return vgg_conv3x3_workspace_floats_for(cin, cout, (size_t)vgg_get_num_threads());
 }
 
 /* Winograd computes whole 4x4 tiles: a map whose tiles would more than double

@@ -861,7 +861,7 @@ static PyObject *py_vgg16_forward(PyObject *self, PyObject *args, PyObject *kw) 
     if (!out) goto done;
 
     if (n > 0) {
-        const size_t need = vgg16_workspace_floats(&cfg, 1, h, w);
+        const size_t need = vgg16_workspace_floats_min(&cfg, h, w);
         if (dim(ws, 0) < need) {
             PyErr_Format(PyExc_ValueError, "workspace: expected at least %zu floats for one "
                          "image of %zu x %zu, got %zu", need, h, w, dim(ws, 0));

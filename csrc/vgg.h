@@ -319,6 +319,9 @@ int vgg16_output_shape(size_t *oh, size_t *ow, size_t *oc, const vgg16_config *c
  * forward pass splits any N into passes of at most the number of images that
  * fit the workspace it is given, so memory does not grow with N. */
 size_t vgg16_workspace_floats(const vgg16_config *cfg, size_t batch, size_t h, size_t w);
+/* The least vgg16_forward accepts: one image, and the convolutions' buffers for
+ * one thread (they then run single-threaded). 0 if the input is too small. */
+size_t vgg16_workspace_floats_min(const vgg16_config *cfg, size_t h, size_t w);
 
 /* out (N, oh, ow, oc) (see vgg16_output_shape) <- x (N,H,W,cin) of `dtype`.
  * Runs passes of as many images as fit `workspace` (at least one must fit:

@@ -54,6 +54,7 @@ typedef struct {
     size_t oh, ow, oc;   /* output of the network (after pooling) */
     size_t max_act;      /* floats, one image, input included */
     size_t conv_ws;      /* largest conv workspace of the layers run; 0: no conv */
+    size_t conv_ws_min;  /* the same for one thread: what the convolutions need at least */
 } net_plan;
 
 static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, size_t w) {
@@ -69,13 +70,15 @@ static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, 
     size_t ch = start ? LAYERS[start - 1].units : 3, flat = 0;
     VGG_CHECK(vgg_mul_ok(h, w, &p->max_act) && vgg_mul_ok(p->max_act, ch, &p->max_act),
               VGG_ERR_SHAPE);
-    p->conv_ws = 0;
+    p->conv_ws = p->conv_ws_min = 0;
     for (int l = start; l <= stop; l++) {
         size_t a = 0;
         switch (LAYERS[l].kind) {
         case VGG16_KIND_CONV:
             if (vgg_conv3x3_workspace_floats(ch, LAYERS[l].units) > p->conv_ws)
                 p->conv_ws = vgg_conv3x3_workspace_floats(ch, LAYERS[l].units);
+            if (vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, 1) > p->conv_ws_min)
+                p->conv_ws_min = vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, 1);
             ch = LAYERS[l].units;
             break;
         case VGG16_KIND_POOL:
@@ -137,6 +140,12 @@ size_t vgg16_workspace_floats(const vgg16_config *cfg, size_t batch, size_t h, s
     size_t acts;
     if (!vgg_mul_ok(p.max_act, batch, &acts) || !vgg_mul_ok(acts, 2, &acts)) return 0;
     return acts + col_floats(&p);
+}
+
+size_t vgg16_workspace_floats_min(const vgg16_config *cfg, size_t h, size_t w) {
+    net_plan p;
+    if (plan(&p, cfg, 4096, h, w) != VGG_OK) return 0;
+    return 2 * p.max_act + p.conv_ws_min;
 }
 
 /* One pass of m images: x (m,h,w,cin) -> out (m, oh, ow, oc). */
@@ -231,7 +240,11 @@ int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size
     }
     if (n == 0) return VGG_OK;
 
-    const size_t col_n = col_floats(&p);
+    size_t col_n = col_floats(&p);
+    /* set_num_threads may have grown since the caller sized the workspace: then
+     * the convolutions get the buffers of one thread (and use as many threads as
+     * they find buffers for) rather than the call failing */
+    if (workspace_floats < col_n + 2 * p.max_act) col_n = p.conv_ws_min;
     VGG_CHECK(workspace_floats > col_n, VGG_ERR_NOMEM);
     size_t per_pass = (workspace_floats - col_n) / (2 * p.max_act);
     VGG_CHECK(per_pass >= 1, VGG_ERR_NOMEM);

@@ -90,6 +90,10 @@ void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, 
                         const float *a, size_t lda, const float *b, size_t ldb, float beta,
                         float *c, size_t ldc);
 
+/* conv3x3.c: vgg_conv3x3_workspace_floats for a given number of threads (with
+ * fewer buffers than threads, both algorithms run on fewer threads). */
+size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads);
+
 /* conv3x3.c: vgg_conv3x3_forward by a given algorithm (VGG_CONV_IM2COL or
  * VGG_CONV_WINOGRAD; Winograd falls back to im2col when the workspace is too
  * small for it). Training (finetune.c, the dx of vgg_conv3x3_backward) always
