@@ -12,7 +12,7 @@
  *   out                    <- relu(out + bias)                [while hot]
  * The HWIO kernel is that (9*Cin, Cout) matrix as it is stored, so no repacking.
  * Memory: the caller owns out, x, kernel, bias and the workspace (the column
- * buffers, one per thread: vgg_conv3x3_workspace_floats(cin) floats).
+ * buffers, one per thread: vgg_conv3x3_workspace_floats(cin, cout) floats).
  */
 #include "vgg_internal.h"
 
@@ -111,8 +111,13 @@ static int im2col_forward(float *out, const float *x, const float *kernel, const
     VGG_CHECK(vgg_mul_ok(h, w, &hw) && vgg_mul_ok(hw, n, &total), VGG_ERR_SHAPE);
 
     const size_t k = 9 * cin;
-    const size_t nth = (size_t)vgg_get_num_threads();
-    /* rows per chunk: what the workspace allows for nth buffers, at most the target */
+    /* full-size chunks for as many threads as the workspace has buffers for (the
+     * knob can have grown since it was sized), so that chunk boundaries, and with
+     * them the bits, never depend on the thread count; a smaller workspace than
+     * one full buffer gets shorter chunks on one thread */
+    size_t nth = (size_t)vgg_get_num_threads();
+    const size_t full = chunk_rows(cin) * k;
+    if (nth > workspace_floats / full) nth = workspace_floats / full ? workspace_floats / full : 1;
     size_t rows = workspace_floats / (k * nth);
     VGG_CHECK(rows >= 1, VGG_ERR_NOMEM);
     if (rows > chunk_rows(cin)) rows = chunk_rows(cin);

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -136,11 +137,23 @@ def _python_engine(one_input, argv) -> int:
         corpus = [b""]
     t0, n = time.monotonic(), 0
     pending = list(corpus)  # the seeds themselves first
+    timeout = int(float(opts.get("timeout", 0)))
+
+    def hang(signum, frame):  # -timeout=S: an input that takes longer is a finding
+        raise TimeoutError(f"one input ran longer than -timeout={timeout} s")
+    if timeout > 0 and hasattr(signal, "SIGALRM"):
+        signal.signal(signal.SIGALRM, hang)
     while (runs < 0 or n < runs) and (seconds is None or time.monotonic() - t0 < seconds):
         data = pending.pop() if pending else _mutate(r.choice(corpus), corpus, r)
         try:
-            one_input(data)
-        except BaseException:  # the contract was broken: save the input
+            if timeout > 0 and hasattr(signal, "SIGALRM"):
+                signal.alarm(timeout)
+            try:
+                one_input(data)
+            finally:
+                if timeout > 0 and hasattr(signal, "SIGALRM"):
+                    signal.alarm(0)
+        except BaseException:  # the contract was broken (or a hang): save the input
             name = "crash-" + hashlib.sha1(data).hexdigest()
             with open(os.path.join(opts.get("artifact_prefix", ""), name) if
                       opts.get("artifact_prefix") else name, "wb") as f:

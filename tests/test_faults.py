@@ -25,6 +25,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 
 import numpy as np
@@ -235,7 +236,7 @@ def test_sigkill_at_every_step_of_a_save_keeps_the_previous_file(tmp_path, what)
     to fsync, the rename). Checked after each kill: the file loads and holds exactly
     the previous model's weights or, killed after the rename, the new one's; the next
     save to the same path removes the temporary file the killed one left (nobody holds
-    its lock any more), and nothing else is left in the folder."""
+    its lock any more, and it is over an hour old), and nothing else is left."""
     name, save = SAVES[what]
     models = {1: _model(1), 2: _model(2)}
     dry_dir = tmp_path / "dry"
@@ -262,6 +263,11 @@ def test_sigkill_at_every_step_of_a_save_keeps_the_previous_file(tmp_path, what)
         # a killed save leaves its temporary (or nothing, killed before creating it);
         # the next save of the same path takes it away
         assert all(f.startswith("." + name + ".") and f.endswith(".part") for f in left), left
+        # leftovers younger than an hour are kept (a free lock may be another
+        # machine's, where flock is local): this one is made two hours old
+        for f in left:
+            t = time.time() - 7200
+            os.utime(folder / f, (t, t))
         if what == "model.save":
             models[2].save(path)
         else:
@@ -797,3 +803,30 @@ def test_a_truncated_or_foreign_model_file_is_a_clear_error(tmp_path):
             vggtl.load_model(str(p))
         assert str(p) in str(e.value), name
     assert _which(path, "model.save", {1: m}) == 1
+
+
+def test_a_young_unlocked_leftover_is_kept_and_saves_work_without_flock(tmp_path, monkeypatch):
+    """Not killed: a temporary file nobody holds but written a minute ago (where flock
+    is local to each machine, its writer may be on another one), then a file system
+    whose flock fails (ENOLCK, as some network mounts). Checked: the save keeps the
+    young leftover, and without flock it still replaces the file atomically."""
+    import errno
+    import fcntl
+    from vggtl import _atomic
+    path = tmp_path / "w.safetensors"
+    young = tmp_path / ".w.safetensors.0123456789ab.part"
+    young.write_bytes(b"another machine's half")
+    base = _model(1).base
+    base.save_weights(str(path))
+    assert young.exists()
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(_atomic.fcntl, "flock", no_flock)
+    _model(2).base.save_weights(str(path))
+    monkeypatch.setattr(_atomic.fcntl, "flock", fcntl.flock)
+    assert young.exists()  # without a lock of its own, a save removes nothing
+    assert sorted(os.listdir(tmp_path)) == sorted([path.name, young.name])
+    got = vggtl.VGG16(weights=str(path)).get_weights()
+    want = _model(2).base.get_weights()
+    assert all(np.array_equal(got[n][0], want[n][0]) for n in want)

@@ -118,7 +118,7 @@ def test_nan_and_inf_are_never_lost(rng, kernels, algo):
     assert np.isfinite(got[0, :, :][~np.isnan(ref[0])]).mean() > 0.5  # not all poisoned
 
 
-def test_auto_picks_winograd_where_it_pays():
+def test_auto_picks_winograd_where_it_pays(kernels):
     vggtl.set_conv_algo("auto")
     plan = vggtl.info()["conv_plan"]
     assert plan["block1_conv1"] == "im2col"  # 3 input channels: a thin product

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import secrets
 from contextlib import contextmanager
 from typing import IO, Iterator
@@ -42,11 +43,19 @@ def fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+# A leftover younger than this is left alone even when its lock is free: where
+# flock is local to each machine (NFS with local_lock, Lustre's localflock), a
+# free lock may belong to a writer on another machine that is still writing.
+_LEFTOVER_AGE_S = 3600.0
+
+
 def _remove_leftovers(folder: str, prefix: str, mine: str) -> None:
     """Remove temporary files of earlier writes to the same destination whose
-    writer is gone (its flock was released when it died); skip any held."""
+    writer is gone (its flock was released when it died, an hour ago or more);
+    skip any held."""
     if fcntl is None:
         return
+    now = time.time()
     try:
         names = os.listdir(folder)
     except OSError:
@@ -56,6 +65,8 @@ def _remove_leftovers(folder: str, prefix: str, mine: str) -> None:
         if not (name.startswith(prefix) and name.endswith(".part")) or p == mine:
             continue
         try:
+            if now - os.stat(p).st_mtime < _LEFTOVER_AGE_S:
+                continue
             fd = os.open(p, os.O_RDONLY)
         except OSError:
             continue
@@ -101,9 +112,15 @@ def atomic_path(path) -> Iterator[str]:
                 tmp = None  # someone else's: never ours to remove
         else:
             raise FileExistsError(errno.EEXIST, f"no free temporary name in {folder}")
+        locked = False
         if fcntl is not None:  # held until the file is renamed or removed: "in use"
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        _remove_leftovers(folder, prefix, tmp)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                locked = True
+            except OSError:  # a file system without flock (ENOSYS, ENOLCK, EOPNOTSUPP)
+                pass
+        if locked:  # without a lock of our own, others' locks say nothing either
+            _remove_leftovers(folder, prefix, tmp)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
