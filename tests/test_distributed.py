@@ -219,13 +219,16 @@ def test_a_failed_run_keeps_its_chunks_and_the_rerun_computes_the_rest(client, b
     (entry,) = vggtl.cache.info(tmp_path / "c")["entries"]
     # 4 chunks in flight (2 per worker): the last is submitted after 4 are done
     assert not entry["complete"] and entry["chunks_done"] >= 4
-    # a cancelled task that was already running still finishes (unrecorded): let it
-    # finish before counting
-    for _ in range(600):
-        if not any(client.processing().values()):
-            break
-        time.sleep(0.1)
+    # a cancelled task that was already running still finishes (unrecorded), and the
+    # scheduler may already have forgotten it: wait until the workers' counters stop
+    # moving (a chunk here takes well under 0.1 s) before counting
     before = counts(client)
+    for _ in range(100):
+        time.sleep(0.5)
+        now = counts(client)
+        if now == before and not any(client.processing().values()):
+            break
+        before = now
     F = vggtl.distributed.extract(lazy, base, client=client, chunk=5, cache=tmp_path / "c",
                                   x_digest=digest, progress=False)
     after = counts(client)
