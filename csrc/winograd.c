@@ -19,7 +19,9 @@
  *        V (tb, 36, Cin)  <- input transform of the block's tiles
  *        M (tb, 36, Cout) <- 36 single-threaded sgemms (strided rows)
  *        out              <- output transform, + bias, ReLU, written in place
- *      V and M are the thread's own, sized to stay in L2/L3 between the steps.
+ *      V and M are the thread's own; the block size follows OpenBLAS's small
+ *      and packed sgemm paths (tiles_per_block), and the strides are padded by a
+ *      cache line so the 36 streams never share a cache set.
  * The transforms are vectorised over 16 channels at a time; they are compiled
  * for AVX-512, AVX2+FMA and the baseline (cpu.c picks one at run time).
  *
