@@ -176,3 +176,33 @@ def test_predict_peak_memory_does_not_grow_with_n():
     # and the rise itself is the workspace plus the output, no copy of X
     assert large["rise"] <= large["ws"] + 32 * feat + 16 * MB, (
         f"peak rise {large['rise'] / MB:.1f} MiB; workspace {large['ws'] / MB:.1f} MiB")
+
+
+def _rss_file_kib():
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith("RssFile:")).split()[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_read_rows_of_a_memmap_leave_resident_memory(tmp_path):
+    # what extraction does after each batch (and hashing after each block), so
+    # that X's pages never pile up in RSS: 64 MiB read, then released
+    from vggtl._arrays import release_pages
+    path = str(tmp_path / "x.npy")
+    X = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(64, 1024, 1024))
+    X[:] = np.arange(64, dtype=np.uint8)[:, None, None]
+    X.flush()
+    del X
+    X = np.load(path, mmap_mode="r")
+    before = _rss_file_kib()
+    total = int(X[:48].sum(dtype=np.int64))
+    read = _rss_file_kib()
+    assert read - before > 40 * 1024  # 48 MiB of X became resident
+    release_pages(X, 0, 48)
+    assert _rss_file_kib() - before < 8 * 1024  # of 48 MiB read
+    assert int(X[:48].sum(dtype=np.int64)) == total  # the data are still there
+    # a copy-on-write map keeps its pages: dropping them would lose the changes
+    C = np.load(path, mmap_mode="c")
+    C[1] = 200
+    release_pages(C, 0, 4)
+    assert (C[1] == 200).all()

@@ -67,3 +67,32 @@ def check_finite_batch(xb: np.ndarray, name: str, start: int) -> None:
         bad = start + int(np.flatnonzero(~ok.reshape(len(xb), -1).all(axis=1))[0])
         raise ValueError(f"{name}: image {bad} contains NaN, infinite values or values beyond "
                          f"float32's range")
+
+
+def release_pages(X, start: int, stop: int) -> None:
+    """Drop rows [start, stop) of a memory-mapped X from this process's resident
+    memory once they have been read. The page cache keeps them (a later read maps
+    them again), so reading a memmap larger than RAM never holds it whole, and the
+    peak RSS of an extraction stays at the workspace, not the size of X.
+
+    A no-op for arrays that are not file maps, for copy-on-write maps (mode 'c':
+    dropping their pages would discard the user's changes), for views that are
+    not one contiguous span, and where madvise is missing."""
+    import mmap
+    mm = getattr(X, "_mmap", None)
+    if (mm is None or getattr(X, "mode", "c") not in ("r", "r+", "w+")
+            or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED")):
+        return
+    try:
+        rows = X[start:stop]
+        if rows.size == 0 or not rows.flags.c_contiguous:
+            return
+        base = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+        lo = rows.ctypes.data - base
+        hi = lo + rows.nbytes
+        page = mmap.PAGESIZE
+        lo, hi = (lo + page - 1) // page * page, hi // page * page  # whole pages inside
+        if 0 <= lo < hi <= len(mm):
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (ValueError, OSError, BufferError, TypeError):
+        pass  # only an optimisation: the data stay correct either way

@@ -92,7 +92,7 @@ import numpy as np
 
 from . import _core
 
-from ._arrays import as_images
+from ._arrays import as_images, release_pages
 from ._atomic import atomic_path, atomic_write_bytes
 
 try:
@@ -218,7 +218,9 @@ def array_digest(X) -> str:
     starts = list(range(0, len(X), rows))
 
     def one(i):
-        return block_digest(X[i:i + rows])
+        d = block_digest(X[i:i + rows])
+        release_pages(X, i, i + rows)  # a memmap is never resident whole
+        return d
 
     if len(starts) < 2:
         digests = [one(i) for i in starts]
@@ -794,6 +796,7 @@ class _Plan:
             if self.transform is not None:
                 xb = self.transform(xb, np.arange(i, j, dtype=np.int64))
             f = self.base.predict(xb, batch_size=batch_size, layer=self.layer)
+            release_pages(self.X, i, j)
             if f.shape[1:] != self.item_shape:
                 raise ValueError(f"transform: images {i}..{j - 1} give features of shape "
                                  f"{f.shape[1:]}, expected {self.item_shape} (every batch must "
