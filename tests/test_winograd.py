@@ -60,7 +60,7 @@ def test_conv3x3_every_path_matches_reference(rng, close, kernels, isa, algo, sh
               rtol=TOL[algo])
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", ISAS[1:])  # each vectorised path against the portable one
 def test_instruction_sets_give_the_same_bits(rng, kernels, isa):
     # the transforms are the same operations in the same order, vectorised wider
     # (no FMA contraction in them): an ISA changes speed, not results
@@ -192,10 +192,9 @@ def test_environment_forces_each_path(isa, algo):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert (out["isa"], out["conv"], out["algo"]) == (isa, algo, algo)
-    # OpenBLAS follows: the baseline's kernels are its oldest (Katmai/Prescott)
-    assert out["blas"] == {"portable": "Katmai", "avx2": "Haswell",
-                           "avx512": "SkylakeX"}[isa] or (isa == "portable" and
-                                                           out["blas"] == "Prescott")
+    # OpenBLAS follows: for the baseline, Prescott's kernels (which it may name Katmai)
+    assert out["blas"] in {"portable": ("Katmai", "Prescott"), "avx2": ("Haswell",),
+                           "avx512": ("SkylakeX",)}[isa]
     assert max(out["errs"]) < TOL[algo] * 10, out  # the network: 13 layers of rounding
 
 
