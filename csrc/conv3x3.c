@@ -2,7 +2,8 @@
  * conv3x3.c - 3x3 convolution, stride 1, 'same' zero padding, NHWC.
  *
  * vgg_conv3x3_forward picks the algorithm per shape: Winograd F(4x4,3x3)
- * (winograd.c) where it pays, else the im2col path below.
+ * (winograd.c) where it pays, else the im2col path below; at bf16 precision,
+ * Winograd F(2x2,3x3) in bf16 (winograd_bf16.c) where it pays.
  *
  * Forward as im2col + sgemm (darknet, ggml), done a chunk of output pixels at a
  * time so the column buffer stays small (a whole-layer im2col would be 9x the
@@ -32,8 +33,10 @@ static size_t chunk_rows(size_t cin) {
 
 size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads) {
     const size_t a = chunk_rows(cin) * 9 * cin * threads,
-                 b = vgg_winograd_workspace_floats(cin, cout, threads);
-    return a > b ? a : b;
+                 b = vgg_winograd_workspace_floats(cin, cout, threads),
+                 c = vgg_winograd_bf16_workspace_floats(cin, cout, threads);
+    const size_t ab = a > b ? a : b;
+    return ab > c ? ab : c;
 }
 
 size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout) {
@@ -53,6 +56,18 @@ int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout) {
     const double padded = 16.0 * (double)th * (double)tw;
     if (cin >= WINO_MIN_CIN && padded <= 2.0 * (double)h * (double)w) return VGG_CONV_WINOGRAD;
     return VGG_CONV_IM2COL;
+}
+
+/* At bf16 precision, a layer that would run either Winograd runs F(2x2) in
+ * bf16 (F(4x4)'s transforms lose too much in bf16: winograd_bf16.c), as does
+ * one F(4x4) declines only for its tile waste (2x2 tiles waste less: 5x5 maps);
+ * the first layer and forced im2col stay float32 im2col. */
+int vgg_conv3x3_algo_at(size_t h, size_t w, size_t cin, size_t cout, int precision) {
+    const int algo = vgg_conv3x3_algo(h, w, cin, cout);
+    if (precision != VGG_PRECISION_BF16 || vgg_get_conv_algo() == VGG_CONV_IM2COL) return algo;
+    const double padded = 4.0 * (double)((h + 1) / 2) * (double)((w + 1) / 2);
+    if (cin >= WINO_MIN_CIN && padded <= 2.0 * (double)h * (double)w) return VGG_CONV_WINOGRAD_BF16;
+    return algo;
 }
 
 /* col (r1-r0, 9*cin) <- neighbourhoods of flat output pixels r0..r1-1. */
@@ -171,6 +186,10 @@ int vgg_conv3x3_forward_by(int algo, float *out, const float *x, const float *ke
                            const float *bias, int relu, size_t n, size_t h, size_t w, size_t cin,
                            size_t cout, float *workspace, size_t workspace_floats,
                            vgg_abort_fn abort_cb, void *abort_ctx) {
+    if (algo == VGG_CONV_WINOGRAD_BF16 &&
+        workspace_floats >= vgg_winograd_bf16_workspace_floats(cin, cout, 1))
+        return vgg_winograd_bf16_conv3x3_forward(out, x, kernel, bias, relu, n, h, w, cin, cout,
+                                                 workspace, workspace_floats, abort_cb, abort_ctx);
     if (algo == VGG_CONV_WINOGRAD && workspace_floats >= vgg_winograd_workspace_floats(cin, cout, 1))
         return vgg_winograd_conv3x3_forward(out, x, kernel, bias, relu, n, h, w, cin, cout,
                                             workspace, workspace_floats, abort_cb, abort_ctx);

@@ -6,10 +6,15 @@
  * baseline, with GCC/Clang function attributes, and the best one the CPU has is
  * chosen once, when the module loads (vgg_cpu_init). vgg_set_isa forces another
  * (tests run every path the machine can; $VGGTL_ISA does it from Python). The
+ * AVX512_BF16 level adds the VDPBF16PS kernel of the bf16 path. The
  * sgemm inside the convolutions is OpenBLAS's, which dispatches on its own
  * (vggtl/__init__.py maps $VGGTL_ISA to $OPENBLAS_CORETYPE before it loads).
  */
 #include "vgg_internal.h"
+
+#if VGG_X86_DISPATCH
+#include <cpuid.h>
+#endif
 
 static int g_isa = -1;       /* -1: not chosen yet */
 static int g_conv_algo = VGG_CONV_AUTO;
@@ -25,12 +30,23 @@ int vgg_isa_supported(int isa) {
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
                __builtin_cpu_supports("fma");
+#if VGG_HAVE_AVX512BF16
+    case VGG_ISA_AVX512_BF16: {
+        /* CPUID.(EAX=7,ECX=1):EAX bit 5 (older compilers' __builtin_cpu_supports
+         * lack the name); the OS's AVX-512 state is checked by avx512f above */
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        if (!vgg_isa_supported(VGG_ISA_AVX512) || !__get_cpuid_count(7, 1, &a, &b, &c, &d))
+            return 0;
+        return __builtin_cpu_supports("avx512bw") && (a >> 5 & 1u);
+    }
+#endif
 #endif
     default: return 0;
     }
 }
 
 static int best_isa(void) {
+    if (vgg_isa_supported(VGG_ISA_AVX512_BF16)) return VGG_ISA_AVX512_BF16;
     if (vgg_isa_supported(VGG_ISA_AVX512)) return VGG_ISA_AVX512;
     if (vgg_isa_supported(VGG_ISA_AVX2)) return VGG_ISA_AVX2;
     return VGG_ISA_PORTABLE;
@@ -57,6 +73,7 @@ const char *vgg_isa_name(int isa) {
     case VGG_ISA_PORTABLE: return "portable";
     case VGG_ISA_AVX2: return "avx2";
     case VGG_ISA_AVX512: return "avx512";
+    case VGG_ISA_AVX512_BF16: return "avx512_bf16";
     default: return NULL;
     }
 }
@@ -75,6 +92,7 @@ const char *vgg_conv_algo_name(int algo) {
     case VGG_CONV_AUTO: return "auto";
     case VGG_CONV_IM2COL: return "im2col";
     case VGG_CONV_WINOGRAD: return "winograd";
+    case VGG_CONV_WINOGRAD_BF16: return "winograd_bf16";
     default: return NULL;
     }
 }

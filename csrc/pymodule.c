@@ -204,14 +204,15 @@ static int name_index(const char *arg, const char *name, const char *const *name
     return -1;
 }
 
-static const char *const ISA_NAMES[] = {"portable", "avx2", "avx512"};
+static const char *const ISA_NAMES[] = {"portable", "avx2", "avx512", "avx512_bf16"};
+static const char *const PRECISION_NAMES[] = {"fp32", "bf16"};
 static const char *const ALGO_NAMES[] = {"auto", "im2col", "winograd"};
 
 static PyObject *py_isa_supported(PyObject *self, PyObject *arg) {
     (void)self;
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
-    const int isa = name_index("isa", name, ISA_NAMES, 3);
+    const int isa = name_index("isa", name, ISA_NAMES, 4);
     if (isa < 0) return NULL;
     return PyBool_FromLong(vgg_isa_supported(isa));
 }
@@ -220,7 +221,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
     (void)self;
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
-    const int isa = strcmp(name, "best") == 0 ? VGG_ISA_BEST : name_index("isa", name, ISA_NAMES, 3);
+    const int isa = strcmp(name, "best") == 0 ? VGG_ISA_BEST : name_index("isa", name, ISA_NAMES, 4);
     if (isa == -1 && strcmp(name, "best") != 0) return NULL;
     if (vgg_set_isa(isa) != VGG_OK) {
         PyErr_Format(PyExc_ValueError, "isa: '%s' is not supported by this CPU", name);
@@ -251,16 +252,32 @@ static PyObject *py_get_conv_algo(PyObject *self, PyObject *noargs) {
     return PyUnicode_FromString(vgg_conv_algo_name(vgg_get_conv_algo()));
 }
 
-static PyObject *py_conv3x3_algo(PyObject *self, PyObject *args) {
+/* A precision name ("fp32", "bf16"; NULL: fp32) -> enum vgg_precision, or -1. */
+static int parse_precision(const char *name) {
+    return name ? name_index("precision", name, PRECISION_NAMES, 2) : VGG_PRECISION_FP32;
+}
+
+static PyObject *py_conv3x3_algo(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
+    static char *kwlist[] = {"h", "w", "cin", "cout", "precision", NULL};
     Py_ssize_t h, w, cin, cout;
-    if (!PyArg_ParseTuple(args, "nnnn", &h, &w, &cin, &cout)) return NULL;
+    const char *pname = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnnn|$s", kwlist, &h, &w, &cin, &cout, &pname))
+        return NULL;
+    const int precision = parse_precision(pname);
+    if (precision < 0) return NULL;
     if (h < 1 || w < 1 || cin < 1 || cout < 1) {
         PyErr_SetString(PyExc_ValueError, "h, w, cin, cout: expected positive sizes");
         return NULL;
     }
-    return PyUnicode_FromString(
-        vgg_conv_algo_name(vgg_conv3x3_algo((size_t)h, (size_t)w, (size_t)cin, (size_t)cout)));
+    return PyUnicode_FromString(vgg_conv_algo_name(
+        vgg_conv3x3_algo_at((size_t)h, (size_t)w, (size_t)cin, (size_t)cout, precision)));
+}
+
+static PyObject *py_bf16_native(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyBool_FromLong(vgg_bf16_native());
 }
 
 /* ------------------------------------------------------------------------ */
@@ -268,11 +285,15 @@ static PyObject *py_conv3x3_algo(PyObject *self, PyObject *args) {
 
 static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "kernel", "bias", "relu", "out", NULL};
+    static char *kwlist[] = {"x", "kernel", "bias", "relu", "out", "precision", NULL};
     PyObject *xo, *ko, *bo, *outo = NULL;
     int relu = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pO", kwlist, &xo, &ko, &bo, &relu, &outo))
+    const char *pname = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pO$s", kwlist, &xo, &ko, &bo, &relu, &outo,
+                                     &pname))
         return NULL;
+    const int precision = parse_precision(pname);
+    if (precision < 0) return NULL;
     PyArrayObject *x = check_array(xo, "x", F32_ONLY, 4, 0);
     PyArrayObject *k = x ? check_array(ko, "kernel", F32_ONLY, 4, 0) : NULL;
     PyArrayObject *b = k ? check_array(bo, "bias", F32_ONLY, 1, 0) : NULL;
@@ -295,9 +316,10 @@ static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw
         return PyErr_NoMemory();
     }
     RELEASE_GIL(s);
-    int st = vgg_conv3x3_forward(PyArray_DATA(out), PyArray_DATA(x), PyArray_DATA(k),
-                                 PyArray_DATA(b), relu, n, h, w, cin, cout, ws, wsn,
-                                 py_abort_cb, &s);
+    int st = vgg_conv3x3_forward_by(vgg_conv3x3_algo_at(h, w, cin, cout, precision),
+                                    PyArray_DATA(out), PyArray_DATA(x), PyArray_DATA(k),
+                                    PyArray_DATA(b), relu, n, h, w, cin, cout, ws, wsn,
+                                    py_abort_cb, &s);
     ACQUIRE_GIL(s);
     PyMem_RawFree(ws);
     if (st != VGG_OK) {
@@ -696,6 +718,7 @@ static int parse_config(vgg16_config *cfg, int start, int stop, int pooling, PyO
     cfg->stop_layer = stop;
     cfg->pooling = pooling;
     cfg->reverse_channels = rev;
+    cfg->precision = VGG_PRECISION_FP32;
     if (so == NULL) {
         for (int i = 0; i < 3; i++) {
             cfg->scale[i] = 1.0f;
@@ -786,15 +809,18 @@ static int param_shape(int i, size_t classes, size_t dims[4], const char **layer
 static PyObject *py_vgg16_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "params", "stop_layer", "pooling", "scale", "shift",
-                             "reverse_channels", "workspace", "out", "start_layer", NULL};
+                             "reverse_channels", "workspace", "out", "start_layer", "precision",
+                             NULL};
     PyObject *xo, *po, *so, *sho, *wso, *outo = NULL, *seq = NULL, *result = NULL;
     PyArrayObject *out = NULL;
     int stop, pooling, rev, start = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiOOpO|Oi", kwlist, &xo, &po, &stop, &pooling,
-                                     &so, &sho, &rev, &wso, &outo, &start))
+    const char *pname = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiOOpO|Oi$s", kwlist, &xo, &po, &stop, &pooling,
+                                     &so, &sho, &rev, &wso, &outo, &start, &pname))
         return NULL;
     vgg16_config cfg;
     if (parse_config(&cfg, start, stop, pooling, so, sho, rev)) return NULL;
+    if ((cfg.precision = parse_precision(pname)) < 0) return NULL;
     PyArrayObject *x = check_array(xo, "x", start ? F32_ONLY : IMAGE_TYPES, 4, 0);
     PyArrayObject *ws = x ? check_array(wso, "workspace", F32_ONLY, 1, 1) : NULL;
     if (!ws) return NULL;
@@ -1642,7 +1668,7 @@ static PyMethodDef methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {"build_info", py_build_info, METH_NOARGS, "build_info() -> dict(openmp, blas, blas_coretype)"},
     {"isa_supported", py_isa_supported, METH_O,
-     "isa_supported(name) -> bool\n\nname: 'portable', 'avx2' or 'avx512'."},
+     "isa_supported(name) -> bool\n\nname: 'portable', 'avx2', 'avx512' or 'avx512_bf16'."},
     {"set_isa", py_set_isa, METH_O,
      "set_isa(name)\n\nThe instruction set of vggtl's own kernels: 'best', 'portable', 'avx2', "
      "'avx512'; ValueError if this CPU lacks it."},
@@ -1650,11 +1676,15 @@ static PyMethodDef methods[] = {
     {"set_conv_algo", py_set_conv_algo, METH_O,
      "set_conv_algo(name)\n\n3x3 convolutions: 'auto' (by shape), 'im2col' or 'winograd'."},
     {"get_conv_algo", py_get_conv_algo, METH_NOARGS, "get_conv_algo() -> the setting"},
-    {"conv3x3_algo", py_conv3x3_algo, METH_VARARGS,
-     "conv3x3_algo(h, w, cin, cout) -> 'im2col' or 'winograd': what a layer of this shape uses"},
+    {"conv3x3_algo", KW py_conv3x3_algo, METH_VARARGS | METH_KEYWORDS,
+     "conv3x3_algo(h, w, cin, cout, *, precision='fp32') -> 'im2col', 'winograd' or "
+     "'winograd_bf16': what a layer of this shape runs"},
+    {"bf16_native", py_bf16_native, METH_NOARGS,
+     "bf16_native() -> bool: bf16 products run on VDPBF16PS (else in plain C, same bits)"},
     {"conv3x3_forward", KW py_conv3x3_forward, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_forward(x (N,H,W,Cin) f32, kernel (3,3,Cin,Cout) f32, bias (Cout,) f32, "
-     "relu=True, out=None) -> (N,H,W,Cout)\n\nStride 1, 'same' zero padding."},
+     "relu=True, out=None, *, precision='fp32') -> (N,H,W,Cout)\n\nStride 1, 'same' zero "
+     "padding; the algorithm is conv3x3_algo's for the shape."},
     {"maxpool2x2_forward", KW py_maxpool2x2_forward, METH_VARARGS | METH_KEYWORDS,
      "maxpool2x2_forward(x (N,H,W,C) f32) -> (N,H//2,W//2,C)"},
     {"global_pool_forward", KW py_global_pool_forward, METH_VARARGS | METH_KEYWORDS,
@@ -1685,7 +1715,7 @@ static PyMethodDef methods[] = {
      "vgg16_workspace_floats(stop_layer, pooling, batch, h, w) -> int"},
     {"vgg16_forward", KW py_vgg16_forward, METH_VARARGS | METH_KEYWORDS,
      "vgg16_forward(x, params, stop_layer, pooling, scale, shift, reverse_channels, "
-     "workspace, out=None) -> features"},
+     "workspace, out=None, start_layer=0, *, precision='fp32') -> features"},
     {"vgg16_forward_images", py_vgg16_forward_images, METH_NOARGS,
      "vgg16_forward_images() -> int: images run through vgg16_forward since load"},
     {"dense_backward", KW py_dense_backward, METH_VARARGS | METH_KEYWORDS,

@@ -71,19 +71,43 @@ const char *vgg_blas_corename(void); /* the kernels OpenBLAS chose (its core typ
 /* instruction set and algorithms (cpu.c)                                     */
 
 /* The kernels vggtl vectorises itself are built for each of these; the best
- * the CPU supports is used unless vgg_set_isa says otherwise. */
-enum vgg_isa { VGG_ISA_BEST = -1, VGG_ISA_PORTABLE = 0, VGG_ISA_AVX2 = 1, VGG_ISA_AVX512 = 2 };
+ * the CPU supports is used unless vgg_set_isa says otherwise. AVX512_BF16 is
+ * AVX-512 plus VDPBF16PS: float32 work runs as under AVX512, and the bf16
+ * products (precision VGG_PRECISION_BF16) use the instruction; every other
+ * level computes the same bf16 sums in plain C (winograd_bf16.c). */
+enum vgg_isa {
+    VGG_ISA_BEST = -1,
+    VGG_ISA_PORTABLE = 0,
+    VGG_ISA_AVX2 = 1,
+    VGG_ISA_AVX512 = 2,
+    VGG_ISA_AVX512_BF16 = 3
+};
 int vgg_isa_supported(int isa);     /* non-zero if this CPU (and build) can run it */
 int vgg_set_isa(int isa);           /* VGG_ERR_ARG if not supported */
 int vgg_get_isa(void);
-const char *vgg_isa_name(int isa);  /* "portable", "avx2", "avx512"; NULL otherwise */
+/* "portable", "avx2", "avx512", "avx512_bf16"; NULL otherwise */
+const char *vgg_isa_name(int isa);
+/* non-zero when bf16 products run on VDPBF16PS (else in plain C, same bits) */
+int vgg_bf16_native(void);
 
 /* 3x3 convolution algorithm: AUTO chooses per layer shape (vgg_conv3x3_algo);
- * the others force one everywhere (tests, benchmarks). */
-enum vgg_conv_algo { VGG_CONV_AUTO = 0, VGG_CONV_IM2COL = 1, VGG_CONV_WINOGRAD = 2 };
-int vgg_set_conv_algo(int algo);    /* VGG_ERR_ARG if unknown */
+ * IM2COL and WINOGRAD force one everywhere (tests, benchmarks). WINOGRAD_BF16
+ * is never set: it is what a layer runs at precision VGG_PRECISION_BF16. */
+enum vgg_conv_algo {
+    VGG_CONV_AUTO = 0,
+    VGG_CONV_IM2COL = 1,
+    VGG_CONV_WINOGRAD = 2,
+    VGG_CONV_WINOGRAD_BF16 = 3
+};
+int vgg_set_conv_algo(int algo);    /* VGG_ERR_ARG unless AUTO, IM2COL or WINOGRAD */
 int vgg_get_conv_algo(void);
 const char *vgg_conv_algo_name(int algo);
+
+/* Precision of the frozen network's convolutions (vgg16_config.precision).
+ * BF16: layers that would run Winograd run F(2x2,3x3) with bfloat16 operands
+ * and float32 sums (winograd_bf16.c); features then differ from float32 ones
+ * by a few 1e-3 of their largest value. Training always runs float32. */
+enum vgg_precision { VGG_PRECISION_FP32 = 0, VGG_PRECISION_BF16 = 1 };
 
 /* ------------------------------------------------------------------------ */
 /* input conversion (input.c)                                                */
@@ -110,6 +134,8 @@ int vgg_input_convert(float *out, const void *x, int dtype, size_t n, size_t h, 
  *   - im2col + sgemm: each thread takes chunks of output pixels, im2col into
  *     its own column buffer, one sgemm, then bias and ReLU while in cache (the
  *     first layer, 3 channels, and tiny maps).
+ * (A third, bf16 Winograd F(2x2,3x3), runs only at VGG_PRECISION_BF16, through
+ * vgg16_forward.)
  * Results do not depend on the thread count.
  * workspace: vgg_conv3x3_workspace_floats(cin, cout) floats (at the current
  * thread count; independent of N, H, W). Less than that for Winograd makes the
@@ -120,6 +146,21 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
                         float *workspace, size_t workspace_floats,
                         vgg_abort_fn abort_cb, void *abort_ctx);
 
+/* vgg_conv3x3_forward by a given algorithm (VGG_CONV_IM2COL,
+ * VGG_CONV_WINOGRAD or VGG_CONV_WINOGRAD_BF16; Winograd falls back to im2col
+ * when the workspace is too small for it). Training (finetune.c, the dx of vgg_conv3x3_backward) always
+ * runs im2col: its gradients match autograd to 1e-5, while Winograd's rounding
+ * (a few 1e-6) flips ReLU and max-pool decisions and after ten SGD steps moves
+ * the weights by 3e-3 relative; and block5, the layers trained, is where
+ * Winograd gains nothing (14x14 maps). */
+int vgg_conv3x3_forward_by(int algo, float *out, const float *x, const float *kernel,
+                           const float *bias, int relu, size_t n, size_t h, size_t w, size_t cin,
+                           size_t cout, float *workspace, size_t workspace_floats,
+                           vgg_abort_fn abort_cb, void *abort_ctx);
+
+/* The algorithm a layer of this shape runs at `precision` under the current
+ * setting (vgg16_forward calls vgg_conv3x3_forward_by with it). */
+int vgg_conv3x3_algo_at(size_t h, size_t w, size_t cin, size_t cout, int precision);
 /* The algorithm vgg_conv3x3_forward uses for this shape under the current
  * setting (VGG_CONV_IM2COL or VGG_CONV_WINOGRAD). */
 int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout);
@@ -305,6 +346,7 @@ typedef struct {
     int pooling;               /* enum vgg_pooling */
     int start_layer;           /* 0: x holds images; L > 0: x holds the float32 output
                                   of layer L-1 (a cached cut), h, w and cin its shape */
+    int precision;             /* enum vgg_precision of the convolutions */
 } vgg16_config;
 
 /* Output shape of the network for an input of h x w: writes oh, ow, oc (a dense

@@ -61,6 +61,8 @@ static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, 
     VGG_CHECK(cfg && p, VGG_ERR_ARG);
     VGG_CHECK(cfg->stop_layer >= 0 && cfg->stop_layer < VGG16_NUM_LAYERS, VGG_ERR_ARG);
     VGG_CHECK(cfg->pooling >= VGG_POOL_NONE && cfg->pooling <= VGG_POOL_MAX, VGG_ERR_ARG);
+    VGG_CHECK(cfg->precision == VGG_PRECISION_FP32 || cfg->precision == VGG_PRECISION_BF16,
+              VGG_ERR_ARG);
     const int start = cfg->start_layer, stop = cfg->stop_layer;
     /* a cut is the output of a conv or pool layer */
     VGG_CHECK(start >= 0 && start <= stop && start <= VGG16_FLATTEN, VGG_ERR_ARG);
@@ -173,9 +175,10 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
         const layer_def *L = &LAYERS[l];
         switch (L->kind) {
         case VGG16_KIND_CONV:
-            st = vgg_conv3x3_forward(dst, cur, wt->conv_kernel[L->param],
-                                     wt->conv_bias[L->param], 1, m, h, w, ch, L->units, col,
-                                     col_n, abort_cb, abort_ctx);
+            st = vgg_conv3x3_forward_by(vgg_conv3x3_algo_at(h, w, ch, L->units, cfg->precision),
+                                        dst, cur, wt->conv_kernel[L->param],
+                                        wt->conv_bias[L->param], 1, m, h, w, ch, L->units, col,
+                                        col_n, abort_cb, abort_ctx);
             ch = L->units;
             break;
         case VGG16_KIND_POOL:

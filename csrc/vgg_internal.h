@@ -48,6 +48,14 @@
 #else
 #define VGG_X86_DISPATCH 0
 #endif
+/* The VDPBF16PS kernel (winograd_bf16.c) needs the avx512bf16 target and its
+ * intrinsics: GCC 10, Clang 9. Without them the bf16 path runs in plain C. */
+#if VGG_X86_DISPATCH && ((defined(__clang__) && __clang_major__ >= 9) || \
+                         (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
+#define VGG_HAVE_AVX512BF16 1
+#else
+#define VGG_HAVE_AVX512BF16 0
+#endif
 
 /* Returns status from the enclosing function when cond is false. */
 #define VGG_CHECK(cond, status) \
@@ -94,18 +102,6 @@ void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, 
  * fewer buffers than threads, both algorithms run on fewer threads). */
 size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads);
 
-/* conv3x3.c: vgg_conv3x3_forward by a given algorithm (VGG_CONV_IM2COL or
- * VGG_CONV_WINOGRAD; Winograd falls back to im2col when the workspace is too
- * small for it). Training (finetune.c, the dx of vgg_conv3x3_backward) always
- * runs im2col: its gradients match autograd to 1e-5, while Winograd's rounding
- * (a few 1e-6) flips ReLU and max-pool decisions and after ten SGD steps moves
- * the weights by 3e-3 relative; and block5, the layers trained, is where
- * Winograd gains nothing (14x14 maps). */
-int vgg_conv3x3_forward_by(int algo, float *out, const float *x, const float *kernel,
-                           const float *bias, int relu, size_t n, size_t h, size_t w, size_t cin,
-                           size_t cout, float *workspace, size_t workspace_floats,
-                           vgg_abort_fn abort_cb, void *abort_ctx);
-
 /* winograd.c: the F(4x4,3x3) path of vgg_conv3x3_forward (same contract);
  * workspace: the transformed kernel plus one block buffer per thread, for
  * `threads` threads (a smaller workspace runs on fewer threads, as long as one
@@ -116,6 +112,14 @@ int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel
                                  size_t cin, size_t cout, float *workspace,
                                  size_t workspace_floats, vgg_abort_fn abort_cb,
                                  void *abort_ctx);
+
+/* winograd_bf16.c: the bf16 F(2x2,3x3) path (same contract as above). */
+size_t vgg_winograd_bf16_workspace_floats(size_t cin, size_t cout, size_t threads);
+int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *kernel,
+                                      const float *bias, int relu, size_t n, size_t h, size_t w,
+                                      size_t cin, size_t cout, float *workspace,
+                                      size_t workspace_floats, vgg_abort_fn abort_cb,
+                                      void *abort_ctx);
 
 /* rng.c: counter-based random numbers (pure functions of their arguments). */
 uint64_t vgg_rng_mix(uint64_t z);

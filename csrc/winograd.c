@@ -280,7 +280,7 @@ typedef struct {
 
 static transforms transforms_for(int isa) {
 #if VGG_X86_DISPATCH
-    if (isa == VGG_ISA_AVX512)
+    if (isa == VGG_ISA_AVX512 || isa == VGG_ISA_AVX512_BF16)
         return (transforms){kernel_transform_avx512, input_transform_avx512,
                             output_transform_avx512};
     if (isa == VGG_ISA_AVX2)

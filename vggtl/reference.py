@@ -77,6 +77,63 @@ def conv3x3(x, kernel, bias, relu=True):
     return out.astype(np.float32)
 
 
+def bf16_round(a):
+    """float32 -> bfloat16 (round to nearest even) -> float32, as vggtl stores the
+    bf16 operands: NaN stays NaN, values below FLT_MIN become a signed zero."""
+    a = np.asarray(a, dtype=np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    mag = u & 0x7FFFFFFF
+    r = np.where(mag > 0x7F800000, u | 0x400000, r)               # NaN: quiet, kept
+    r = np.where(mag < 0x00800000, u & 0x80000000, r)              # subnormal: zero
+    return (r & 0xFFFF0000).astype(np.uint32).view(np.float32)
+
+
+def conv3x3_winograd_bf16(x, kernel, bias, relu=True):
+    """What a layer computes at ``precision="bf16"``: Winograd F(2x2, 3x3) whose
+    transformed input V = B^T d B and kernel U = G g G^T are computed in float32
+    (in the core's order of operations, so they are the same numbers) and rounded
+    to bfloat16; the 16 products per tile are summed here in float64, the
+    output transform A^T M A and the bias in float64."""
+    x = np.asarray(x, dtype=np.float32)
+    g = np.asarray(kernel, dtype=np.float32)
+    n, h, w, _ = x.shape
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    d = np.pad(x, ((0, 0), (1, 2 * th - h + 1), (1, 2 * tw - w + 1), (0, 0)))
+    half = np.float32(0.5)
+    # U (4, 4, Cin, Cout): G g over the kernel's rows, then over its columns
+    def gt(g0, g1, g2):
+        return [g0, (g0 + g1 + g2) * half, (g0 - g1 + g2) * half, g2]
+    rows = gt(g[0], g[1], g[2])                        # 4 x (3, Cin, Cout)
+    U = np.stack([np.stack(gt(r[0], r[1], r[2])) for r in rows])
+    U = bf16_round(U).astype(np.float64)
+
+    def bt(d0, d1, d2, d3):
+        return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+    out = np.zeros((n, 2 * th, 2 * tw, g.shape[3]))
+    AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+    for ty in range(th):
+        for tx in range(tw):
+            p = d[:, 2 * ty:2 * ty + 4, 2 * tx:2 * tx + 4, :]    # (n, 4, 4, Cin)
+            t = bt(p[:, 0], p[:, 1], p[:, 2], p[:, 3])           # over rows: 4 x (n, 4, Cin)
+            V = np.stack([np.stack(bt(r[:, 0], r[:, 1], r[:, 2], r[:, 3]), axis=1) for r in t],
+                         axis=1)                                 # (n, 4, 4, Cin)
+            V = bf16_round(V).astype(np.float64)
+            M = np.einsum("nabc,abco->nabo", V, U)
+            out[:, 2 * ty:2 * ty + 2, 2 * tx:2 * tx + 2] = np.einsum("ai,nijo,bj->nabo", AT, M, AT)
+    out = out[:, :h, :w] + _f64(bias)
+    if relu:
+        out = np.maximum(out, 0.0)
+    return out.astype(np.float32)
+
+
+def conv3x3_runs_bf16(h, w, cin):
+    """Whether a layer of this shape runs bf16 Winograd at ``precision="bf16"``
+    (the core's rule, under the default conv setting): at least 16 input
+    channels, and 2x2 tiles that at most double the pixels."""
+    return cin >= 16 and 4 * ((h + 1) // 2) * ((w + 1) // 2) <= 2 * h * w
+
+
 def maxpool2x2(x):
     """2x2 max-pooling, stride 2, 'valid': odd H or W drop the last row / column."""
     x = _f64(x)

@@ -1,0 +1,442 @@
+/*
+ * winograd_bf16.c - 3x3 convolution (stride 1, 'same' zero padding, NHWC) by
+ * Winograd F(2x2, 3x3) with bfloat16 operands and float32 sums: the
+ * precision="bf16" path of feature extraction.
+ *
+ * Why F(2x2) and not vggtl's fp32 F(4x4): rounding the transformed operands to
+ * bf16 (8 significant bits) costs F(4x4, 3x3) 4e-2 to 6e-2 of the largest output
+ * per layer, because its transforms add and subtract terms up to 8x the result;
+ * F(2x2, 3x3)'s transforms only add and subtract (points 0, +-1, inf) and cost
+ * 3e-3 to 4e-3, near a bf16 direct convolution's 2e-3
+ * (benchmarks/bf16_accuracy.py). F(2x2) does 16 products per 2x2 tile where
+ * direct convolution does 36: 2.25x fewer, and VDPBF16PS does twice the
+ * multiply-adds of a float32 FMA per cycle.
+ *
+ *   Y = A^T [ (G g G^T) (.) (B^T d B) ] A          (.) elementwise, 4x4
+ * Per block of tiles and for each of the 16 positions xi:
+ *   M_xi (tiles, Cout) fp32 = V_xi (tiles, Cin) bf16 @ U_xi (Cin, Cout) bf16
+ * The transforms run in float32 and round once, to nearest even, when they
+ * store V and U; the output transform (float32) fuses bias and ReLU.
+ *
+ * The products are vggtl's own kernel (no BLAS has a bf16 GEMM here):
+ *   - avx512_bf16: VDPBF16PS, 6 tiles x 64 output channels of float32 sums in
+ *     24 zmm registers; U is packed as (Cin/2, Cout, 2) so one load gives 16
+ *     channels' pairs, and a tile's pair of inputs is one broadcast dword.
+ *   - any other instruction set: the same sums in plain C, in the order the
+ *     instruction does them. VDPBF16PS adds a pair's odd product and then its
+ *     even one, each rounded to float32; a product of two bf16 values is exact
+ *     in float32, so the emulation gives the same bits (checked on 1e6 random
+ *     pairs, and by tests/test_bf16.py on whole layers), unless a product falls
+ *     below FLT_MIN (1.2e-38), which the instruction flushes to zero.
+ * bf16 inputs below FLT_MIN are stored as zero (the instruction reads them so).
+ * Each tile's row is summed on its own, in a fixed order, so a result depends
+ * neither on the thread count nor on the batch the image came in.
+ */
+#include "vgg_internal.h"
+
+#include <string.h>
+#if VGG_X86_DISPATCH && VGG_HAVE_AVX512BF16
+#include <immintrin.h>
+#endif
+
+#define TILE 2   /* output tile side */
+#define ALPHA 4  /* input tile side: TILE + 3 - 1 */
+#define NXI 16   /* ALPHA * ALPHA transformed positions */
+#define VW 16    /* channels per vector step */
+#define MR 6     /* tiles per register block */
+#define NR 64    /* output channels per register block: 4 vectors */
+
+/* Tiles per block: a multiple of MR. The 16 products of a block read each
+ * 64-channel panel of U (Cin x 128 bytes) once per block, from L2. */
+#define TB 96
+
+typedef uint16_t bf16;
+
+static size_t pairs(size_t cin) { return (cin + 1) / 2; }                 /* Cin padded to even, /2 */
+static size_t cout_pad(size_t cout) { return (cout + VW - 1) / VW * VW; }   /* whole vectors */
+
+/* Strides (in elements), one cache line more than packed so that the 16
+ * streams never share a cache set (see winograd.c). */
+#define PAD_BF16 32
+#define PAD_F32 16
+static size_t u_stride(size_t cin, size_t cout) { return 2 * pairs(cin) * cout_pad(cout) + PAD_BF16; }
+static size_t v_stride(size_t cin) { return NXI * 2 * pairs(cin) + PAD_BF16; }
+static size_t m_stride(size_t cout) { return NXI * cout_pad(cout) + PAD_F32; }
+
+/* bf16 counts in float32 units, rounded up to a cache line */
+static size_t bf16_as_floats(size_t n) { return (n + 31) / 32 * 16; }
+
+static size_t u_floats(size_t cin, size_t cout) { return bf16_as_floats(NXI * u_stride(cin, cout)); }
+static size_t thread_floats(size_t cin, size_t cout) {
+    return bf16_as_floats(TB * v_stride(cin)) + TB * m_stride(cout);
+}
+
+size_t vgg_winograd_bf16_workspace_floats(size_t cin, size_t cout, size_t threads) {
+    return u_floats(cin, cout) + thread_floats(cin, cout) * threads;
+}
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* float32 -> bf16, round to nearest even; NaN stays a (quiet) NaN, values
+ * below FLT_MIN become a signed zero (the instruction reads subnormals so). */
+ALWAYS_INLINE bf16 to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    const uint32_t mag = u & 0x7FFFFFFFu;
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t r = mag > 0x7F800000u ? (u >> 16) | 0x40u
+                       : mag < 0x00800000u ? (u >> 16) & 0x8000u
+                                          : rounded;
+    return (bf16)r;
+}
+
+ALWAYS_INLINE float from_bf16(bf16 b) {
+    const uint32_t u = (uint32_t)b << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* ---- the transforms, for 16 channels at a time (float32) ---------------- */
+
+/* o[i*os] = (B^T d)[i], i = 0..3, for d[r*ds]. */
+ALWAYS_INLINE void bt4(float *o, size_t os, const float *d, size_t ds) {
+    for (int v = 0; v < VW; v++) {
+        const float d0 = d[v], d1 = d[ds + v], d2 = d[2 * ds + v], d3 = d[3 * ds + v];
+        o[v] = d0 - d2;
+        o[os + v] = d1 + d2;
+        o[2 * os + v] = d2 - d1;
+        o[3 * os + v] = d1 - d3;
+    }
+}
+
+/* o[i*os] = (A^T m)[i], i = 0..1, for m[r*ms]. */
+ALWAYS_INLINE void at4(float *o, size_t os, const float *m, size_t ms) {
+    for (int v = 0; v < VW; v++) {
+        const float m0 = m[v], m1 = m[ms + v], m2 = m[2 * ms + v], m3 = m[3 * ms + v];
+        o[v] = m0 + m1 + m2;
+        o[os + v] = m1 - m2 - m3;
+    }
+}
+
+/* o[i*os] = (G g)[i], i = 0..3, for g[r*gs]. */
+ALWAYS_INLINE void g4(float *o, size_t os, const float *g, size_t gs) {
+    for (int v = 0; v < VW; v++) {
+        const float g0 = g[v], g1 = g[gs + v], g2 = g[2 * gs + v];
+        o[v] = g0;
+        o[os + v] = (g0 + g1 + g2) * 0.5f;
+        o[2 * os + v] = (g0 - g1 + g2) * 0.5f;
+        o[3 * os + v] = g2;
+    }
+}
+
+typedef struct {
+    size_t n, h, w, cin, cout, th, tw; /* tiles per image: th x tw */
+} wino_shape;
+
+/* U for input channels 2p and 2p+1: u[xi][p][n][c & 1] = bf16((G g G^T)_xi). */
+ALWAYS_INLINE void kernel_transform_body(bf16 *u, const float *kernel, const wino_shape *s,
+                                         size_t p) {
+    const size_t cin = s->cin, cout = s->cout, np = cout_pad(cout);
+    float g[9][VW], t[ALPHA][3][VW], r[ALPHA][ALPHA][VW];
+    for (size_t c = 2 * p; c < 2 * p + 2; c++) {
+        for (size_t k0 = 0; k0 < np; k0 += VW) {
+            const size_t len = c >= cin ? 0 : cout - k0 < VW ? cout - k0 : VW;
+            for (int q = 0; q < 9; q++) {
+                const float *src = kernel + ((size_t)q * cin + c) * cout + k0;
+                if (len == VW) {
+                    memcpy(g[q], src, sizeof g[q]);
+                } else { /* past Cout, or the padding channel of an odd Cin: zeros */
+                    for (size_t v = 0; v < VW; v++) g[q][v] = v < len ? src[v] : 0.0f;
+                }
+            }
+            for (int j = 0; j < 3; j++) g4(&t[0][j][0], 3 * VW, &g[j][0], 3 * VW);
+            for (int i = 0; i < ALPHA; i++) g4(&r[i][0][0], VW, &t[i][0][0], VW);
+            for (int xi = 0; xi < NXI; xi++) {
+                bf16 *dst = u + (size_t)xi * u_stride(cin, cout) + (p * np + k0) * 2 + (c & 1);
+                const float *val = &r[xi / ALPHA][xi % ALPHA][0];
+                for (int v = 0; v < VW; v++) dst[2 * v] = to_bf16(val[v]);
+            }
+        }
+    }
+}
+
+/* V (t1-t0, 16, Cin padded to even) <- bf16(B^T d B) of tiles t0..t1-1. */
+ALWAYS_INLINE void input_transform_body(bf16 *vbuf, const float *x, const wino_shape *s,
+                                        size_t t0, size_t t1) {
+    const size_t h = s->h, w = s->w, cin = s->cin, cinp = 2 * pairs(cin);
+    const size_t per_img = s->th * s->tw;
+    float d[ALPHA][ALPHA][VW], t[ALPHA][ALPHA][VW], r[ALPHA][ALPHA][VW];
+    for (size_t t_ = t0; t_ < t1; t_++) {
+        const size_t img = t_ / per_img, rem = t_ % per_img;
+        const long y0 = (long)(rem / s->tw) * TILE - 1, x0 = (long)(rem % s->tw) * TILE - 1;
+        const float *x_img = x + img * h * w * cin;
+        bf16 *dst = vbuf + (t_ - t0) * v_stride(cin);
+        for (size_t c0 = 0; c0 < cin; c0 += VW) {
+            const size_t len = cin - c0 < VW ? cin - c0 : VW;
+            for (int i = 0; i < ALPHA; i++) {
+                const long yy = y0 + i;
+                for (int j = 0; j < ALPHA; j++) {
+                    const long xx = x0 + j;
+                    if (yy < 0 || yy >= (long)h || xx < 0 || xx >= (long)w) {
+                        memset(d[i][j], 0, sizeof d[i][j]); /* zero padding */
+                    } else {
+                        const float *src = x_img + ((size_t)yy * w + (size_t)xx) * cin + c0;
+                        if (len == VW) {
+                            memcpy(d[i][j], src, sizeof d[i][j]);
+                        } else {
+                            for (size_t v = 0; v < VW; v++) d[i][j][v] = v < len ? src[v] : 0.0f;
+                        }
+                    }
+                }
+            }
+            for (int j = 0; j < ALPHA; j++) bt4(&t[0][j][0], ALPHA * VW, &d[0][j][0], ALPHA * VW);
+            for (int i = 0; i < ALPHA; i++) bt4(&r[i][0][0], VW, &t[i][0][0], VW);
+            for (int xi = 0; xi < NXI; xi++) {
+                const float *val = &r[xi / ALPHA][xi % ALPHA][0];
+                bf16 *o = dst + (size_t)xi * cinp + c0;
+                if (len == VW) {
+                    for (int v = 0; v < VW; v++) o[v] = to_bf16(val[v]);
+                } else {
+                    for (size_t v = 0; v < len; v++) o[v] = to_bf16(val[v]);
+                }
+            }
+        }
+        if (cinp > cin) /* the padding channel of an odd Cin */
+            for (int xi = 0; xi < NXI; xi++) dst[(size_t)xi * cinp + cin] = 0;
+    }
+}
+
+/* out tiles t0..t1-1 <- act(A^T M A + bias), cropped to the image. */
+ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const float *bias,
+                                         int relu, const wino_shape *s, size_t t0, size_t t1) {
+    const size_t h = s->h, w = s->w, cout = s->cout, np = cout_pad(cout);
+    const size_t per_img = s->th * s->tw;
+    float m[ALPHA][ALPHA][VW], t[TILE][ALPHA][VW], y[TILE][TILE][VW], b[VW];
+    for (size_t t_ = t0; t_ < t1; t_++) {
+        const size_t img = t_ / per_img, rem = t_ % per_img;
+        const size_t y0 = (rem / s->tw) * TILE, x0 = (rem % s->tw) * TILE;
+        const size_t ny = h - y0 < TILE ? h - y0 : TILE, nx = w - x0 < TILE ? w - x0 : TILE;
+        float *out_img = out + img * h * w * cout;
+        for (size_t k0 = 0; k0 < cout; k0 += VW) {
+            const size_t len = cout - k0 < VW ? cout - k0 : VW;
+            const float *src = mbuf + (t_ - t0) * m_stride(cout) + k0;
+            for (int xi = 0; xi < NXI; xi++) /* M rows are whole vectors (Cout padded) */
+                memcpy(&m[xi / ALPHA][xi % ALPHA][0], src + (size_t)xi * np, sizeof(float) * VW);
+            for (size_t v = 0; v < VW; v++) b[v] = v < len ? bias[k0 + v] : 0.0f;
+            for (int j = 0; j < ALPHA; j++) at4(&t[0][j][0], ALPHA * VW, &m[0][j][0], ALPHA * VW);
+            for (int i = 0; i < TILE; i++) at4(&y[i][0][0], VW, &t[i][0][0], VW);
+            for (size_t i = 0; i < ny; i++) {
+                for (size_t j = 0; j < nx; j++) {
+                    float *o = out_img + ((y0 + i) * w + x0 + j) * cout + k0;
+                    float val[VW];
+                    for (int v = 0; v < VW; v++) val[v] = y[i][j][v] + b[v];
+                    if (relu) /* written so that NaN propagates, as in torch */
+                        for (int v = 0; v < VW; v++) val[v] = val[v] < 0.0f ? 0.0f : val[v];
+                    if (len == VW) {
+                        memcpy(o, val, sizeof val);
+                    } else {
+                        for (size_t v = 0; v < len; v++) o[v] = val[v];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* ---- the products --------------------------------------------------------
+ * M (rows, np) fp32, row stride ms  =  V (rows, 2*kp) bf16, row stride vs
+ *                                      @ U packed (kp, np, 2) bf16
+ * rows is a multiple of MR, np of VW. */
+
+/* Plain C, in VDPBF16PS's order: per pair, the odd product then the even one,
+ * each sum rounded to float32 (-ffp-contract=off; and a fused multiply-add
+ * would round the same, the products being exact). */
+ALWAYS_INLINE void gemm_emulated_body(float *m, size_t ms, const bf16 *v, size_t vs,
+                                      const bf16 *u, size_t np, size_t kp, size_t rows) {
+    for (size_t n0 = 0; n0 < np; n0 += VW) {
+        for (size_t r0 = 0; r0 < rows; r0 += MR) {
+            float acc[MR][VW] = {{0.0f}};
+            for (size_t p = 0; p < kp; p++) {
+                const bf16 *up = u + (p * np + n0) * 2;
+                float b0[VW], b1[VW];
+                for (int l = 0; l < VW; l++) {
+                    b0[l] = from_bf16(up[2 * l]);
+                    b1[l] = from_bf16(up[2 * l + 1]);
+                }
+                for (int i = 0; i < MR; i++) {
+                    const bf16 *vp = v + (r0 + (size_t)i) * vs + 2 * p;
+                    const float a0 = from_bf16(vp[0]), a1 = from_bf16(vp[1]);
+                    for (int l = 0; l < VW; l++) {
+                        const float s = acc[i][l] + a1 * b1[l];
+                        acc[i][l] = s + a0 * b0[l];
+                    }
+                }
+            }
+            for (int i = 0; i < MR; i++)
+                memcpy(m + (r0 + (size_t)i) * ms + n0, acc[i], sizeof acc[i]);
+        }
+    }
+}
+
+#define DEFINE_KERNELS(suffix, attr)                                                       \
+    attr static void kernel_transform_##suffix(bf16 *u, const float *k, const wino_shape *s, \
+                                               size_t p) {                                 \
+        kernel_transform_body(u, k, s, p);                                                 \
+    }                                                                                      \
+    attr static void input_transform_##suffix(bf16 *v, const float *x, const wino_shape *s, \
+                                              size_t t0, size_t t1) {                      \
+        input_transform_body(v, x, s, t0, t1);                                             \
+    }                                                                                      \
+    attr static void output_transform_##suffix(float *o, const float *m, const float *b,   \
+                                               int relu, const wino_shape *s, size_t t0,   \
+                                               size_t t1) {                                \
+        output_transform_body(o, m, b, relu, s, t0, t1);                                   \
+    }                                                                                      \
+    attr static void gemm_emulated_##suffix(float *m, size_t ms, const bf16 *v, size_t vs, \
+                                            const bf16 *u, size_t np, size_t kp,           \
+                                            size_t rows) {                                 \
+        gemm_emulated_body(m, ms, v, vs, u, np, kp, rows);                                 \
+    }
+
+DEFINE_KERNELS(portable, )
+#if VGG_X86_DISPATCH
+DEFINE_KERNELS(avx2, __attribute__((target("avx2,fma"))))
+DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx2,fma"))))
+#endif
+
+#if VGG_X86_DISPATCH && VGG_HAVE_AVX512BF16
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma")))
+
+/* MR tiles x nv vectors of 16 output channels, summed over kp pairs. */
+BF16_TARGET ALWAYS_INLINE void block_native(float *m, size_t ms, const bf16 *v, size_t vs, const bf16 *u,
+                                size_t np, size_t kp, const int nv) {
+    __m512 acc[MR][NR / VW];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < nv; j++) acc[i][j] = _mm512_setzero_ps();
+    for (size_t p = 0; p < kp; p++) {
+        __m512bh b[NR / VW];
+        for (int j = 0; j < nv; j++)
+            b[j] = (__m512bh)_mm512_loadu_si512((const void *)(u + p * np * 2 + (size_t)j * 2 * VW));
+        for (int i = 0; i < MR; i++) {
+            int32_t pair;
+            memcpy(&pair, v + (size_t)i * vs + 2 * p, sizeof pair);
+            const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+            for (int j = 0; j < nv; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], a, b[j]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < nv; j++) _mm512_storeu_ps(m + (size_t)i * ms + (size_t)j * VW, acc[i][j]);
+}
+
+BF16_TARGET static void gemm_native(float *m, size_t ms, const bf16 *v, size_t vs, const bf16 *u,
+                                    size_t np, size_t kp, size_t rows) {
+    for (size_t n0 = 0; n0 < np; n0 += NR) {
+        const size_t left = (np - n0) / VW;
+        const bf16 *un = u + n0 * 2;
+        for (size_t r0 = 0; r0 < rows; r0 += MR) {
+            float *mr = m + r0 * ms + n0;
+            const bf16 *vr = v + r0 * vs;
+            /* a constant nv each, so the sums stay in registers */
+            if (left >= 4) block_native(mr, ms, vr, vs, un, np, kp, 4);
+            else if (left == 3) block_native(mr, ms, vr, vs, un, np, kp, 3);
+            else if (left == 2) block_native(mr, ms, vr, vs, un, np, kp, 2);
+            else block_native(mr, ms, vr, vs, un, np, kp, 1);
+        }
+    }
+}
+#endif
+
+typedef struct {
+    void (*kernel)(bf16 *, const float *, const wino_shape *, size_t);
+    void (*input)(bf16 *, const float *, const wino_shape *, size_t, size_t);
+    void (*output)(float *, const float *, const float *, int, const wino_shape *, size_t,
+                   size_t);
+    void (*gemm)(float *, size_t, const bf16 *, size_t, const bf16 *, size_t, size_t, size_t);
+} kernels;
+
+static kernels kernels_for(int isa) {
+#if VGG_X86_DISPATCH
+#if VGG_HAVE_AVX512BF16
+    if (isa == VGG_ISA_AVX512_BF16)
+        return (kernels){kernel_transform_avx512, input_transform_avx512, output_transform_avx512,
+                         gemm_native};
+#endif
+    if (isa == VGG_ISA_AVX512 || isa == VGG_ISA_AVX512_BF16)
+        return (kernels){kernel_transform_avx512, input_transform_avx512, output_transform_avx512,
+                         gemm_emulated_avx512};
+    if (isa == VGG_ISA_AVX2)
+        return (kernels){kernel_transform_avx2, input_transform_avx2, output_transform_avx2,
+                         gemm_emulated_avx2};
+#endif
+    (void)isa;
+    return (kernels){kernel_transform_portable, input_transform_portable,
+                     output_transform_portable, gemm_emulated_portable};
+}
+
+int vgg_bf16_native(void) {
+#if VGG_X86_DISPATCH && VGG_HAVE_AVX512BF16
+    return vgg_get_isa() == VGG_ISA_AVX512_BF16;
+#else
+    return 0;
+#endif
+}
+
+/* Blocks per thread between two polls of the abort callback. */
+#define BLOCKS_PER_POLL 4
+
+int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *kernel,
+                                      const float *bias, int relu, size_t n, size_t h, size_t w,
+                                      size_t cin, size_t cout, float *workspace,
+                                      size_t workspace_floats, vgg_abort_fn abort_cb,
+                                      void *abort_ctx) {
+    VGG_CHECK(out && x && kernel && bias && workspace, VGG_ERR_ARG);
+    VGG_CHECK(h >= 1 && w >= 1 && cin >= 1 && cout >= 1, VGG_ERR_SHAPE);
+    VGG_CHECK(cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM, VGG_ERR_SHAPE);
+    if (n == 0) return VGG_OK;
+    size_t tiles, check;
+    /* the strides below are products of cin and cout: reject sizes they would overflow */
+    VGG_CHECK(vgg_mul_ok(NXI * 2 * pairs(cin), cout_pad(cout) + PAD_BF16, &check), VGG_ERR_SHAPE);
+    const size_t u_n = u_floats(cin, cout), per_thread = thread_floats(cin, cout);
+    VGG_CHECK(workspace_floats >= u_n && workspace_floats - u_n >= per_thread, VGG_ERR_NOMEM);
+    /* as many threads as the knob asks and the workspace has block buffers for */
+    size_t nth = (size_t)vgg_get_num_threads();
+    if (nth > (workspace_floats - u_n) / per_thread) nth = (workspace_floats - u_n) / per_thread;
+    const wino_shape s = {n, h, w, cin, cout, (h + TILE - 1) / TILE, (w + TILE - 1) / TILE};
+    VGG_CHECK(vgg_mul_ok(s.th * s.tw, n, &tiles), VGG_ERR_SHAPE);
+    const kernels fn = kernels_for(vgg_get_isa());
+    bf16 *u = (bf16 *)workspace;
+    const size_t kp = pairs(cin), np = cout_pad(cout), cinp = 2 * kp;
+
+    /* 1. the kernel, by pairs of input channels */
+    VGG_OMP_FOR_N((int)nth)
+    for (size_t p = 0; p < kp; p++) fn.kernel(u, kernel, &s, p);
+
+    /* 2. blocks of tiles; a short block is padded with zero tiles up to whole
+     * register blocks (each row is summed on its own, so padding changes nothing) */
+    const size_t nblocks = (tiles + TB - 1) / TB;
+    const size_t per_poll = nth * BLOCKS_PER_POLL;
+    for (size_t b0 = 0; b0 < nblocks; b0 += per_poll) {
+        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
+        const size_t b1 = b0 + per_poll < nblocks ? b0 + per_poll : nblocks;
+        VGG_OMP_FOR_DYNAMIC_N((int)nth)
+        for (size_t bi = b0; bi < b1; bi++) {
+#ifdef _OPENMP
+            float *mine = workspace + u_n + (size_t)omp_get_thread_num() * per_thread;
+#else
+            float *mine = workspace + u_n;
+#endif
+            bf16 *vbuf = (bf16 *)mine;
+            float *mbuf = mine + bf16_as_floats(TB * v_stride(cin));
+            const size_t t0 = bi * TB, t1 = t0 + TB < tiles ? t0 + TB : tiles, nt = t1 - t0;
+            const size_t rows = (nt + MR - 1) / MR * MR;
+            fn.input(vbuf, x, &s, t0, t1);
+            if (rows > nt) memset(vbuf + nt * v_stride(cin), 0, (rows - nt) * v_stride(cin) * sizeof *vbuf);
+            for (size_t xi = 0; xi < NXI; xi++)
+                fn.gemm(mbuf + xi * np, m_stride(cout), vbuf + xi * cinp, v_stride(cin),
+                        u + xi * u_stride(cin, cout), np, kp, rows);
+            fn.output(out, mbuf, bias, relu, &s, t0, t1);
+        }
+    }
+    return VGG_OK;
+}
