@@ -109,14 +109,16 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
-def info(input_shape=(224, 224)) -> dict:
+def info(input_shape=(224, 224), precision: str = "fp32") -> dict:
     """Version, threads, the build (OpenMP, the BLAS and its configuration) and
     the kernels in use: the instruction set of vggtl's own kernels (``isa``; the
-    ones this CPU can run in ``isas``), OpenBLAS's core type, the convolution
-    setting and the algorithm each convolution takes at ``input_shape``
-    (``conv_plan``). See :mod:`vggtl.dispatch`."""
+    ones this CPU can run in ``isas``), OpenBLAS's core type, how bf16 products
+    run (``bf16_kernel``: 'vdpbf16ps' or 'emulated'), the convolution setting
+    and the algorithm each convolution takes at ``input_shape`` and
+    ``precision`` (``conv_plan``). See :mod:`vggtl.dispatch`."""
     b = _core.build_info()
     return {"version": __version__, "threads": get_num_threads(), "openmp": b["openmp"],
             "blas": b["blas"], "blas_coretype": b.get("blas_coretype"),
             "isa": get_isa(), "isas": _dispatch.supported_isas(),
-            "conv_algo": get_conv_algo(), "conv_plan": _dispatch.conv_plan(input_shape)}
+            "bf16_kernel": _dispatch.bf16_kernel(), "conv_algo": get_conv_algo(),
+            "conv_plan": _dispatch.conv_plan(input_shape, precision)}

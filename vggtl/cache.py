@@ -290,19 +290,23 @@ def make_key(base, layer=None, dtype="float32", view=None, input_size=None,
         "dtype": _check_dtype(dtype).name,
         "view": None if view is None else [str(view[0]), int(view[1])],
         "x": x_digest,
-        # Winograd and im2col features differ in the last bits: an entry holds
-        # one algorithm's (per layer run, as vggtl.set_conv_algo chose them)
-        "conv": _conv_algos(input_size, stop),
+        # Winograd and im2col features differ in the last bits, bf16 ones in the
+        # third digit: an entry holds one algorithm's per layer (as the setting
+        # and the model's precision chose them)
+        "conv": _conv_algos(input_size, stop, base.precision),
     }
 
 
-def _conv_algos(input_size, stop: int) -> str:
+_ALGO_LETTERS = {"im2col": "i", "winograd": "w", "winograd_bf16": "b"}
+
+
+def _conv_algos(input_size, stop: int, precision: str = "fp32") -> str:
     """The algorithm of each convolution up to layer ``stop``, one letter each
-    ('i' im2col, 'w' Winograd)."""
+    ('i' im2col, 'w' Winograd, 'b' bf16 Winograd)."""
     from .dispatch import conv_plan
     from .vgg16 import LAYER_NAMES
-    plan = conv_plan(tuple(input_size))
-    return "".join(plan[n][0] for n in LAYER_NAMES[:stop + 1] if n in plan)
+    plan = conv_plan(tuple(input_size), precision=precision)
+    return "".join(_ALGO_LETTERS[plan[n]] for n in LAYER_NAMES[:stop + 1] if n in plan)
 
 
 def _key_id(key: dict) -> str:

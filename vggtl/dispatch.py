@@ -8,7 +8,9 @@ read once when vggtl is imported, force a path (for tests, and for comparing
 paths on one machine):
 
 ``VGGTL_ISA``
-    ``best`` (the default), ``portable``, ``avx2`` or ``avx512``. Also sets
+    ``best`` (the default), ``portable``, ``avx2``, ``avx512`` or
+    ``avx512_bf16`` (AVX-512 plus VDPBF16PS, which only the bf16 path uses;
+    every other level computes the same bf16 sums in plain C). Also sets
     ``OPENBLAS_CORETYPE`` (unless already set) to the OpenBLAS kernels of that
     level (``Prescott``, ``Haswell``, ``SkylakeX``), so that the whole
     computation runs as it would on such a CPU. Asking for one this CPU cannot
@@ -25,12 +27,13 @@ from __future__ import annotations
 
 import os
 
-ISAS = ("portable", "avx2", "avx512")
+ISAS = ("portable", "avx2", "avx512", "avx512_bf16")
 CONV_ALGOS = ("auto", "im2col", "winograd")
 
 # OpenBLAS's DYNAMIC_ARCH core names for the same levels: the SSE3 baseline,
 # AVX2+FMA and AVX-512 kernels
-_BLAS_CORETYPE = {"portable": "Prescott", "avx2": "Haswell", "avx512": "SkylakeX"}
+_BLAS_CORETYPE = {"portable": "Prescott", "avx2": "Haswell", "avx512": "SkylakeX",
+                  "avx512_bf16": "SkylakeX"}
 
 
 def _env_choice(var: str, allowed) -> str | None:
@@ -74,8 +77,8 @@ def supported_isas() -> list:
 
 
 def set_isa(name: str) -> None:
-    """Use ``name``'s kernels ('best', 'portable', 'avx2', 'avx512'); ValueError
-    when this CPU cannot run it."""
+    """Use ``name``'s kernels ('best', 'portable', 'avx2', 'avx512',
+    'avx512_bf16'); ValueError when this CPU cannot run it."""
     from . import _core
     if not isinstance(name, str):
         raise TypeError(f"isa: expected a str, got {type(name).__name__}")
@@ -107,15 +110,25 @@ def get_conv_algo() -> str:
     return _core.get_conv_algo()
 
 
-def conv_plan(input_shape=(224, 224)) -> dict:
+def bf16_kernel() -> str:
+    """How bf16 products run now: 'vdpbf16ps' (the instruction) or 'emulated'
+    (the same sums, bit for bit, in plain C: CPUs without AVX512_BF16, or
+    another ISA forced)."""
+    from . import _core
+    return "vdpbf16ps" if _core.bf16_native() else "emulated"
+
+
+def conv_plan(input_shape=(224, 224), precision: str = "fp32") -> dict:
     """The algorithm each of VGG16's convolutions takes for an input of
-    ``input_shape`` (h, w[, c]) under the current setting: {layer name: algo}."""
+    ``input_shape`` (h, w[, c]) at ``precision`` ('fp32' or 'bf16', see
+    :class:`vggtl.VGG16`) under the current setting: {layer name: algo}, algo
+    one of 'im2col', 'winograd', 'winograd_bf16'."""
     from . import _core
     h, w = _hw(input_shape)
     plan, cin = {}, 3
     for name, kind, units in _core.vgg16_layers():
         if kind == "conv":
-            plan[name] = _core.conv3x3_algo(h, w, cin, units)
+            plan[name] = _core.conv3x3_algo(h, w, cin, units, precision=precision)
         elif kind == "pool":
             h, w = h // 2, w // 2
             if h < 1 or w < 1:

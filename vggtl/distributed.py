@@ -291,7 +291,7 @@ class _Spec:
         self.weights_path, self.weights_digest = weights_path, entry.key["weights"]
         self.base_config = {"include_top": base.include_top, "classes": base.classes,
                             "input_shape": base.input_shape, "pooling": base.pooling,
-                            "preprocess": base.preprocess}
+                            "preprocess": base.preprocess, "precision": base.precision}
         self.stop = base._resolve_layer(plan.layer)[0]
         self.layer, self.dtype = plan.layer, plan.dtype.name
         self.item_shape, self.input_size = plan.item_shape, plan.input_size

@@ -744,7 +744,8 @@ class TransferModel:
             "format": "vggtl.TransferModel", "format_version": FORMAT_VERSION,
             "name": self.name, "seed": self.seed,
             "base": {"input_shape": list(b.input_shape) if b.input_shape else None,
-                     "pooling": b.pooling, "preprocess": b.preprocess},
+                     "pooling": b.pooling, "preprocess": b.preprocess,
+                     "precision": b.precision},
             "head": [layer.get_config() for layer in self.layers],
             "compile": None if self.optimizer is None else {
                 "optimizer": self.optimizer.get_config(), "loss": self.loss,
@@ -815,7 +816,8 @@ def load_model(path) -> TransferModel:
         d.setdefault(parts[1], [None, None])[0 if parts[2] == "kernel" else 1] = arr
     base = VGG16(weights={k: tuple(v) for k, v in base_weights.items()}, include_top=False,
                  input_shape=tuple(b["input_shape"]) if b["input_shape"] else None,
-                 pooling=b["pooling"], preprocess=b["preprocess"])
+                 pooling=b["pooling"], preprocess=b["preprocess"],
+                 precision=b.get("precision", "fp32"))
     head = [from_config(c) for c in config["head"]]
     model = TransferModel(base, head, seed=config["seed"], name=config["name"])
     model.set_weights({k: tuple(v) for k, v in head_weights.items()})
