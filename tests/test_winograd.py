@@ -194,7 +194,7 @@ def test_environment_forces_each_path(isa, algo):
     assert (out["isa"], out["conv"], out["algo"]) == (isa, algo, algo)
     # OpenBLAS follows: for the baseline, Prescott's kernels (which it may name Katmai)
     assert out["blas"] in {"portable": ("Katmai", "Prescott"), "avx2": ("Haswell",),
-                           "avx512": ("SkylakeX",)}[isa]
+                           "avx512": ("SkylakeX",), "avx512_bf16": ("SkylakeX",)}[isa]
     assert max(out["errs"]) < TOL[algo] * 10, out  # the network: 13 layers of rounding
 
 

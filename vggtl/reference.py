@@ -190,12 +190,15 @@ def preprocess(x, mode):
 _preprocess = preprocess  # vgg16_forward's argument of the same name shadows it
 
 
-def vgg16_forward(x, weights, layer=None, include_top=False, pooling=None, preprocess=None):
+def vgg16_forward(x, weights, layer=None, include_top=False, pooling=None, preprocess=None,
+                  precision="fp32"):
     """The VGG16 network on x (N,H,W,1|3), walking Keras's layer list.
 
     weights: {name: (kernel, bias)} in Keras layouts. layer: stop after this layer
     (None: block5_pool, or predictions with include_top). pooling ('avg'/'max')
     applies to the output only when layer is None and include_top is False.
+    precision "bf16": the layers :func:`conv3x3_runs_bf16` names run
+    :func:`conv3x3_winograd_bf16`.
     """
     if layer is None:
         layer = "predictions" if include_top else "block5_pool"
@@ -204,7 +207,8 @@ def vgg16_forward(x, weights, layer=None, include_top=False, pooling=None, prepr
     a = _preprocess(x, preprocess)
     for name, kind in LAYERS:
         if kind == "conv":
-            a = conv3x3(a, *weights[name], relu=True)
+            bf16 = precision == "bf16" and conv3x3_runs_bf16(*a.shape[1:])
+            a = (conv3x3_winograd_bf16 if bf16 else conv3x3)(a, *weights[name], relu=True)
         elif kind == "pool":
             a = maxpool2x2(a)
         elif kind == "flatten":
