@@ -8,7 +8,10 @@ torch and from torch to ONNX) and the same float32 input, made before timing
 per size and batch: images/s (median of the repeats), the effective GFLOP/s
 (the direct convolution's 2*H*W*9*Cin*Cout per layer over the time), and each
 peer's ratio to vggtl; vggtl also runs with im2col forced, to show what
-Winograd brings. The sgemm rate of this machine (OpenBLAS through vggtl's own
+Winograd brings, and at precision="bf16" (F(2x2) Winograd on VDPBF16PS where
+the CPU has AVX512_BF16), next to torch in bfloat16 (the network and input cast
+to torch.bfloat16, oneDNN's kernels), with each one's error against its fp32
+features. The sgemm rate of this machine (OpenBLAS through vggtl's own
 dense layer, and torch's) is measured in the same run: a direct convolution
 cannot beat it, Winograd can.
 
@@ -81,15 +84,18 @@ def main():
     torch.set_num_threads(args.threads)
     vggtl.set_num_threads(args.threads)
     base = vggtl.VGG16(weights=None, include_top=False, seed=0, preprocess=None)
+    base16 = vggtl.VGG16(weights=base.get_weights(), preprocess=None, precision="bf16")
     net = torch_vgg16_features(base.get_weights()).eval()
+    net16 = torch_vgg16_features(base.get_weights()).eval().to(torch.bfloat16)
     info = vggtl.info()
     with tempfile.TemporaryDirectory() as tmp:
         sess, ort_version = onnx_session(net, args.threads, os.path.join(tmp, "vgg16.onnx"))
         cpu = _cpu_name()
         print(f"machine: {cpu}, {os.cpu_count()} cores; {args.threads} threads for every "
               f"engine")
-        print(f"vggtl {vggtl.__version__} (kernels {info['isa']}, OpenBLAS "
-              f"{info['blas_coretype']}); torch {torch.__version__}; onnxruntime {ort_version}")
+        print(f"vggtl {vggtl.__version__} (kernels {info['isa']}, bf16 products "
+              f"{info['bf16_kernel']}, OpenBLAS {info['blas_coretype']}); torch "
+              f"{torch.__version__}; onnxruntime {ort_version}")
         blas, mkl = sgemm_rates(args.repeats)
         print(f"sgemm 4096^3: OpenBLAS {blas:.0f} GFLOP/s, torch {mkl:.0f} GFLOP/s")
         rng = np.random.default_rng(0)
@@ -106,12 +112,27 @@ def main():
             times["vggtl im2col"] = median_time(lambda: base.predict(x, batch_size=batch),
                                                 args.repeats)
             vggtl.set_conv_algo("auto")
+            times["vggtl bf16"] = median_time(lambda: base16.predict(x, batch_size=batch),
+                                              args.repeats)
 
             def run_torch():
                 with torch.inference_mode():
                     net(xt)
             times["torch"] = median_time(run_torch, args.repeats)
             times["onnxruntime"] = median_time(lambda: sess.run(None, {"x": xo}), args.repeats)
+            xt16 = xt.to(torch.bfloat16)
+
+            def run_torch16():
+                with torch.inference_mode():
+                    return net16(xt16)
+            times["torch bf16"] = median_time(run_torch16, args.repeats)
+            # bf16 errors against each engine's own float32 features, on 2 images
+            f32, f16 = base.predict(x[:2]), base16.predict(x[:2])
+            with torch.inference_mode():
+                t32 = net(xt[:2]).numpy()
+                t16 = net16(xt16[:2]).float().numpy()
+            errs = {"vggtl": np.abs(f16 - f32).max() / np.abs(f32).max(),
+                    "torch": np.abs(t16 - t32).max() / np.abs(t32).max()}
             print(f"\n{size}x{size}, batch {batch} ({gf:.2f} GFLOP per image as a direct "
                   f"convolution):")
             for name, t in times.items():
@@ -120,6 +141,10 @@ def main():
             peer = min(times["torch"], times["onnxruntime"])
             print(f"  vggtl / faster peer: {peer / times['vggtl']:.2f}x; direct-convolution "
                   f"ceiling at the OpenBLAS rate: {blas / gf:.2f} img/s")
+            print(f"  bf16: vggtl {times['vggtl'] / times['vggtl bf16']:.2f}x its fp32, "
+                  f"{times['torch bf16'] / times['vggtl bf16']:.2f}x torch bf16; "
+                  f"max|bf16 - fp32| / max|fp32|: vggtl {errs['vggtl']:.1e}, "
+                  f"torch {errs['torch']:.1e}")
 
 
 def _cpu_name():
