@@ -188,13 +188,37 @@ int vgg_conv3x3_forward_by(int algo, float *out, const float *x, const float *ke
                            vgg_abort_fn abort_cb, void *abort_ctx) {
     if (algo == VGG_CONV_WINOGRAD_BF16 &&
         workspace_floats >= vgg_winograd_bf16_workspace_floats(cin, cout, 1))
-        return vgg_winograd_bf16_conv3x3_forward(out, x, kernel, bias, relu, n, h, w, cin, cout,
-                                                 workspace, workspace_floats, abort_cb, abort_ctx);
+        return vgg_winograd_bf16_conv3x3_forward(out, x, kernel, bias, relu, 0, n, h, w, cin,
+                                                 cout, workspace, workspace_floats, abort_cb,
+                                                 abort_ctx);
     if (algo == VGG_CONV_WINOGRAD && workspace_floats >= vgg_winograd_workspace_floats(cin, cout, 1))
-        return vgg_winograd_conv3x3_forward(out, x, kernel, bias, relu, n, h, w, cin, cout,
+        return vgg_winograd_conv3x3_forward(out, x, kernel, bias, relu, 0, n, h, w, cin, cout,
                                             workspace, workspace_floats, abort_cb, abort_ctx);
     return im2col_forward(out, x, kernel, bias, relu, n, h, w, cin, cout, workspace,
                           workspace_floats, abort_cb, abort_ctx);
+}
+
+/* im2col writes rows of output pixels through sgemm: a pool there would need the
+ * full-size rows anyway, so only the Winograd paths fuse it (their output
+ * transform holds whole tiles of even side). */
+int vgg_conv3x3_pool_forward_by(int *status, int algo, float *out, const float *x,
+                                const float *kernel, const float *bias, size_t n, size_t h,
+                                size_t w, size_t cin, size_t cout, float *workspace,
+                                size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx) {
+    if (h < 2 || w < 2) return 0;
+    if (algo == VGG_CONV_WINOGRAD_BF16 &&
+        workspace_floats >= vgg_winograd_bf16_workspace_floats(cin, cout, 1)) {
+        *status = vgg_winograd_bf16_conv3x3_forward(out, x, kernel, bias, 1, 1, n, h, w, cin,
+                                                    cout, workspace, workspace_floats, abort_cb,
+                                                    abort_ctx);
+        return 1;
+    }
+    if (algo == VGG_CONV_WINOGRAD && workspace_floats >= vgg_winograd_workspace_floats(cin, cout, 1)) {
+        *status = vgg_winograd_conv3x3_forward(out, x, kernel, bias, 1, 1, n, h, w, cin, cout,
+                                               workspace, workspace_floats, abort_cb, abort_ctx);
+        return 1;
+    }
+    return 0;
 }
 
 /* ---- backward -------------------------------------------------------------

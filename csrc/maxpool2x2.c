@@ -7,7 +7,6 @@
 
 #include <string.h>
 
-static inline float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
 
 int vgg_maxpool2x2_forward(float *out, const float *x, size_t n, size_t h, size_t w, size_t c) {
     VGG_CHECK(out && x, VGG_ERR_ARG);
@@ -22,9 +21,9 @@ int vgg_maxpool2x2_forward(float *out, const float *x, size_t n, size_t h, size_
             for (size_t ox = 0; ox < ow; ox++) {
                 const float *a = r0 + 2 * ox * c, *b = r1 + 2 * ox * c;
                 for (size_t ch = 0; ch < c; ch++) {
-                    float m = max_nan(a[ch], a[c + ch]);
-                    m = max_nan(m, b[ch]);
-                    o[ox * c + ch] = max_nan(m, b[c + ch]);
+                    float m = vgg_max_nan(a[ch], a[c + ch]);
+                    m = vgg_max_nan(m, b[ch]);
+                    o[ox * c + ch] = vgg_max_nan(m, b[c + ch]);
                 }
             }
         }

@@ -285,12 +285,12 @@ static PyObject *py_bf16_native(PyObject *self, PyObject *noargs) {
 
 static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "kernel", "bias", "relu", "out", "precision", NULL};
+    static char *kwlist[] = {"x", "kernel", "bias", "relu", "out", "precision", "pool", NULL};
     PyObject *xo, *ko, *bo, *outo = NULL;
-    int relu = 1;
+    int relu = 1, pool = 0;
     const char *pname = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pO$s", kwlist, &xo, &ko, &bo, &relu, &outo,
-                                     &pname))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pO$sp", kwlist, &xo, &ko, &bo, &relu, &outo,
+                                     &pname, &pool))
         return NULL;
     const int precision = parse_precision(pname);
     if (precision < 0) return NULL;
@@ -306,7 +306,15 @@ static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw
         PyErr_SetString(PyExc_ValueError, "x, kernel: expected non-empty H, W, Cin and Cout");
         return NULL;
     }
-    npy_intp shape[4] = {(npy_intp)n, (npy_intp)h, (npy_intp)w, (npy_intp)cout};
+    const int algo = vgg_conv3x3_algo_at(h, w, cin, cout, precision);
+    if (pool && (!relu || h < 2 || w < 2 || algo == VGG_CONV_IM2COL)) {
+        PyErr_Format(PyExc_ValueError, "pool: the fused 2x2 max-pool needs relu=True, H and W "
+                     ">= 2 and a Winograd layer; this one runs %s on %zu x %zu (relu=%s)",
+                     vgg_conv_algo_name(algo), h, w, relu ? "True" : "False");
+        return NULL;
+    }
+    npy_intp shape[4] = {(npy_intp)n, (npy_intp)(pool ? h / 2 : h), (npy_intp)(pool ? w / 2 : w),
+                         (npy_intp)cout};
     PyArrayObject *out = make_output(outo, 4, shape);
     if (!out) return NULL;
     const size_t wsn = vgg_conv3x3_workspace_floats(cin, cout);
@@ -316,10 +324,16 @@ static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw
         return PyErr_NoMemory();
     }
     RELEASE_GIL(s);
-    int st = vgg_conv3x3_forward_by(vgg_conv3x3_algo_at(h, w, cin, cout, precision),
-                                    PyArray_DATA(out), PyArray_DATA(x), PyArray_DATA(k),
+    int st = VGG_OK;
+    if (!pool)
+        st = vgg_conv3x3_forward_by(algo, PyArray_DATA(out), PyArray_DATA(x), PyArray_DATA(k),
                                     PyArray_DATA(b), relu, n, h, w, cin, cout, ws, wsn,
                                     py_abort_cb, &s);
+    /* checked above, and the workspace is the full size: a Winograd layer fuses */
+    else if (!vgg_conv3x3_pool_forward_by(&st, algo, PyArray_DATA(out), PyArray_DATA(x),
+                                          PyArray_DATA(k), PyArray_DATA(b), n, h, w, cin, cout,
+                                          ws, wsn, py_abort_cb, &s))
+        st = VGG_ERR_INTERNAL;
     ACQUIRE_GIL(s);
     PyMem_RawFree(ws);
     if (st != VGG_OK) {
@@ -1683,8 +1697,9 @@ static PyMethodDef methods[] = {
      "bf16_native() -> bool: bf16 products run on VDPBF16PS (else in plain C, same bits)"},
     {"conv3x3_forward", KW py_conv3x3_forward, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_forward(x (N,H,W,Cin) f32, kernel (3,3,Cin,Cout) f32, bias (Cout,) f32, "
-     "relu=True, out=None, *, precision='fp32') -> (N,H,W,Cout)\n\nStride 1, 'same' zero "
-     "padding; the algorithm is conv3x3_algo's for the shape."},
+     "relu=True, out=None, *, precision='fp32', pool=False) -> (N,H,W,Cout)\n\nStride 1, "
+     "'same' zero padding; the algorithm is conv3x3_algo's for the shape. pool=True: the 2x2 "
+     "max-pool fused into the output, (N,H/2,W/2,Cout) (Winograd layers, with ReLU)."},
     {"maxpool2x2_forward", KW py_maxpool2x2_forward, METH_VARARGS | METH_KEYWORDS,
      "maxpool2x2_forward(x (N,H,W,C) f32) -> (N,H//2,W//2,C)"},
     {"global_pool_forward", KW py_global_pool_forward, METH_VARARGS | METH_KEYWORDS,

@@ -158,6 +158,16 @@ int vgg_conv3x3_forward_by(int algo, float *out, const float *x, const float *ke
                            size_t cout, float *workspace, size_t workspace_floats,
                            vgg_abort_fn abort_cb, void *abort_ctx);
 
+/* vgg_conv3x3_forward_by(algo, ...) with ReLU, then a 2x2 max-pool,
+ * fused into the output write (out: (N, H/2, W/2, Cout), the same bits as the
+ * two layers run in turn) when algo is a Winograd one whose workspace fits:
+ * then returns 1 and stores the status in *status. Otherwise returns 0 and
+ * does nothing (the caller runs the two layers). */
+int vgg_conv3x3_pool_forward_by(int *status, int algo, float *out, const float *x,
+                                const float *kernel, const float *bias, size_t n, size_t h,
+                                size_t w, size_t cin, size_t cout, float *workspace,
+                                size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx);
+
 /* The algorithm a layer of this shape runs at `precision` under the current
  * setting (vgg16_forward calls vgg_conv3x3_forward_by with it). */
 int vgg_conv3x3_algo_at(size_t h, size_t w, size_t cin, size_t cout, int precision);

@@ -174,13 +174,30 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
         float *dst = (last && cfg->pooling == VGG_POOL_NONE) ? out : other;
         const layer_def *L = &LAYERS[l];
         switch (L->kind) {
-        case VGG16_KIND_CONV:
-            st = vgg_conv3x3_forward_by(vgg_conv3x3_algo_at(h, w, ch, L->units, cfg->precision),
-                                        dst, cur, wt->conv_kernel[L->param],
+        case VGG16_KIND_CONV: {
+            const int algo = vgg_conv3x3_algo_at(h, w, ch, L->units, cfg->precision);
+            /* a block's last conv and its pool in one pass, where the algorithm can
+             * (Winograd: the pool happens in the output transform); the pool's
+             * output then goes where the pool layer would have written it */
+            if (!last && LAYERS[l + 1].kind == VGG16_KIND_POOL) {
+                float *pdst = (l + 1 == stop && cfg->pooling == VGG_POOL_NONE) ? out : other;
+                if (vgg_conv3x3_pool_forward_by(&st, algo, pdst, cur, wt->conv_kernel[L->param],
+                                                wt->conv_bias[L->param], m, h, w, ch, L->units,
+                                                col, col_n, abort_cb, abort_ctx)) {
+                    ch = L->units;
+                    h /= 2;
+                    w /= 2;
+                    dst = pdst;
+                    l++; /* the pool is done */
+                    break;
+                }
+            }
+            st = vgg_conv3x3_forward_by(algo, dst, cur, wt->conv_kernel[L->param],
                                         wt->conv_bias[L->param], 1, m, h, w, ch, L->units, col,
                                         col_n, abort_cb, abort_ctx);
             ch = L->units;
             break;
+        }
         case VGG16_KIND_POOL:
             st = vgg_maxpool2x2_forward(dst, cur, m, h, w, ch);
             h /= 2;

@@ -70,6 +70,10 @@ static inline int vgg_mul_ok(size_t a, size_t b, size_t *r) {
     return 1;
 }
 
+/* The larger of a and b, NaN if a is NaN (2x2 max-pool: maxpool2x2.c and the
+ * fused pool of the Winograd output transforms, tile_store.h). */
+static inline float vgg_max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+
 /* Polls the abort callback (NULL: never abort). */
 static inline int vgg_should_abort(vgg_abort_fn cb, void *ctx) { return cb != NULL && cb(ctx) != 0; }
 
@@ -105,19 +109,20 @@ size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads)
 /* winograd.c: the F(4x4,3x3) path of vgg_conv3x3_forward (same contract);
  * workspace: the transformed kernel plus one block buffer per thread, for
  * `threads` threads (a smaller workspace runs on fewer threads, as long as one
- * buffer fits: set_num_threads may grow between sizing and running). */
+ * buffer fits: set_num_threads may grow between sizing and running). With
+ * `pool`, out is the 2x2 max-pool of the layer's output, (N, H/2, W/2, Cout). */
 size_t vgg_winograd_workspace_floats(size_t cin, size_t cout, size_t threads);
 int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel,
-                                 const float *bias, int relu, size_t n, size_t h, size_t w,
-                                 size_t cin, size_t cout, float *workspace,
+                                 const float *bias, int relu, int pool, size_t n, size_t h,
+                                 size_t w, size_t cin, size_t cout, float *workspace,
                                  size_t workspace_floats, vgg_abort_fn abort_cb,
                                  void *abort_ctx);
 
 /* winograd_bf16.c: the bf16 F(2x2,3x3) path (same contract as above). */
 size_t vgg_winograd_bf16_workspace_floats(size_t cin, size_t cout, size_t threads);
 int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *kernel,
-                                      const float *bias, int relu, size_t n, size_t h, size_t w,
-                                      size_t cin, size_t cout, float *workspace,
+                                      const float *bias, int relu, int pool, size_t n, size_t h,
+                                      size_t w, size_t cin, size_t cout, float *workspace,
                                       size_t workspace_floats, vgg_abort_fn abort_cb,
                                       void *abort_ctx);
 

@@ -38,6 +38,8 @@
 #define NXI 36   /* ALPHA * ALPHA transformed positions */
 #define VW 16    /* channels per vector step */
 
+#include "tile_store.h"
+
 /* Tiles per block, by what OpenBLAS does with each (tb x Cin) @ (Cin x Cout)
  * product. Up to 1e6 multiply-adds it runs its small-matrix kernels, which read
  * the operands in place and are fastest on short blocks; larger products go
@@ -203,17 +205,17 @@ ALWAYS_INLINE void input_transform_body(float *vbuf, const float *x, const wino_
     }
 }
 
-/* out tiles t0..t1-1 <- act(A^T M A + bias), cropped to the image. */
+/* out tiles t0..t1-1 <- act(A^T M A + bias), cropped to the image, or its 2x2
+ * max-pool (tile_store.h). */
 ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const float *bias,
-                                         int relu, const wino_shape *s, size_t t0, size_t t1) {
-    const size_t h = s->h, w = s->w, cout = s->cout;
+                                         int relu, int pool, const wino_shape *s, size_t t0,
+                                         size_t t1) {
+    const size_t cout = s->cout;
     const size_t per_img = s->th * s->tw;
     float m[ALPHA][ALPHA][VW], t[TILE][ALPHA][VW], y[TILE][TILE][VW], b[VW];
     for (size_t t_ = t0; t_ < t1; t_++) {
         const size_t img = t_ / per_img, rem = t_ % per_img;
         const size_t y0 = (rem / s->tw) * TILE, x0 = (rem % s->tw) * TILE;
-        const size_t ny = h - y0 < TILE ? h - y0 : TILE, nx = w - x0 < TILE ? w - x0 : TILE;
-        float *out_img = out + img * h * w * cout;
         for (size_t k0 = 0; k0 < cout; k0 += VW) {
             const size_t len = cout - k0 < VW ? cout - k0 : VW;
             const float *src = mbuf + (t_ - t0) * m_stride(cout) + k0;
@@ -230,20 +232,8 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
             /* t = A^T m (over rows), y = t A (over columns) */
             for (int j = 0; j < ALPHA; j++) at6(&t[0][j][0], ALPHA * VW, &m[0][j][0], ALPHA * VW);
             for (int i = 0; i < TILE; i++) at6(&y[i][0][0], VW, &t[i][0][0], VW);
-            for (size_t i = 0; i < ny; i++) {
-                for (size_t j = 0; j < nx; j++) {
-                    float *o = out_img + ((y0 + i) * w + x0 + j) * cout + k0;
-                    float val[VW];
-                    for (int v = 0; v < VW; v++) val[v] = y[i][j][v] + b[v];
-                    if (relu) /* written so that NaN propagates, as in torch */
-                        for (int v = 0; v < VW; v++) val[v] = val[v] < 0.0f ? 0.0f : val[v];
-                    if (len == VW) {
-                        memcpy(o, val, sizeof val);
-                    } else {
-                        for (size_t v = 0; v < len; v++) o[v] = val[v];
-                    }
-                }
-            }
+            vgg_tile_store(out, &y[0][0][0], TILE, b, relu, pool, s->h, s->w, cout, img, y0, x0,
+                           k0, len);
         }
     }
 }
@@ -260,9 +250,9 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
         input_transform_body(v, x, s, t0, t1);                                           \
     }                                                                                    \
     attr static void output_transform_##suffix(float *o, const float *m, const float *b, \
-                                               int relu, const wino_shape *s, size_t t0, \
-                                               size_t t1) {                              \
-        output_transform_body(o, m, b, relu, s, t0, t1);                                 \
+                                               int relu, int pool, const wino_shape *s,  \
+                                               size_t t0, size_t t1) {                   \
+        output_transform_body(o, m, b, relu, pool, s, t0, t1);                           \
     }
 
 DEFINE_TRANSFORMS(portable, )
@@ -274,7 +264,7 @@ DEFINE_TRANSFORMS(avx512, __attribute__((target("avx512f,avx2,fma"))))
 typedef struct {
     void (*kernel)(float *, const float *, const wino_shape *, size_t, size_t);
     void (*input)(float *, const float *, const wino_shape *, size_t, size_t);
-    void (*output)(float *, const float *, const float *, int, const wino_shape *, size_t,
+    void (*output)(float *, const float *, const float *, int, int, const wino_shape *, size_t,
                    size_t);
 } transforms;
 
@@ -295,7 +285,8 @@ static transforms transforms_for(int isa) {
 #define BLOCKS_PER_POLL 4
 
 int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel,
-                                 const float *bias, int relu, size_t n, size_t h, size_t w,
+                                 const float *bias, int relu, int pool, size_t n, size_t h,
+                                 size_t w,
                                  size_t cin, size_t cout, float *workspace,
                                  size_t workspace_floats, vgg_abort_fn abort_cb,
                                  void *abort_ctx) {
@@ -349,7 +340,7 @@ int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel
                 vgg_sgemm(0, 0, mt, cout, cin, 1.0f, vbuf + xi * cin, v_stride(cin),
                           u + xi * u_stride(cin, cout), cout, 0.0f, mbuf + xi * cout,
                           m_stride(cout));
-            fn.output(out, mbuf, bias, relu, &s, t0, t1);
+            fn.output(out, mbuf, bias, relu, pool, &s, t0, t1);
         }
     }
     return VGG_OK;

@@ -46,6 +46,8 @@
 #define MR 6     /* tiles per register block */
 #define NR 64    /* output channels per register block: 4 vectors */
 
+#include "tile_store.h"
+
 /* Tiles per block: a multiple of MR, sized so that a block's V (bf16) and M
  * (float32) take about BLOCK_BYTES, near L2 (1 MiB per core on the target):
  * the output transform then reads M from L2, and each 64-channel panel of U is
@@ -233,17 +235,17 @@ ALWAYS_INLINE void input_transform_body(bf16 *vbuf, const float *x, const wino_s
     }
 }
 
-/* out tiles t0..t1-1 <- act(A^T M A + bias), cropped to the image. */
+/* out tiles t0..t1-1 <- act(A^T M A + bias), cropped to the image, or its 2x2
+ * max-pool (tile_store.h: a 2 x 2 tile is one pool window). */
 ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const float *bias,
-                                         int relu, const wino_shape *s, size_t t0, size_t t1) {
-    const size_t h = s->h, w = s->w, cout = s->cout, np = cout_pad(cout);
+                                         int relu, int pool, const wino_shape *s, size_t t0,
+                                         size_t t1) {
+    const size_t cout = s->cout, np = cout_pad(cout);
     const size_t per_img = s->th * s->tw;
     float m[ALPHA][ALPHA][VW], t[TILE][ALPHA][VW], y[TILE][TILE][VW], b[VW];
     for (size_t t_ = t0; t_ < t1; t_++) {
         const size_t img = t_ / per_img, rem = t_ % per_img;
         const size_t y0 = (rem / s->tw) * TILE, x0 = (rem % s->tw) * TILE;
-        const size_t ny = h - y0 < TILE ? h - y0 : TILE, nx = w - x0 < TILE ? w - x0 : TILE;
-        float *out_img = out + img * h * w * cout;
         for (size_t k0 = 0; k0 < cout; k0 += VW) {
             const size_t len = cout - k0 < VW ? cout - k0 : VW;
             const float *src = mbuf + (t_ - t0) * m_stride(cout) + k0;
@@ -252,20 +254,8 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
             for (size_t v = 0; v < VW; v++) b[v] = v < len ? bias[k0 + v] : 0.0f;
             for (int j = 0; j < ALPHA; j++) at4(&t[0][j][0], ALPHA * VW, &m[0][j][0], ALPHA * VW);
             for (int i = 0; i < TILE; i++) at4(&y[i][0][0], VW, &t[i][0][0], VW);
-            for (size_t i = 0; i < ny; i++) {
-                for (size_t j = 0; j < nx; j++) {
-                    float *o = out_img + ((y0 + i) * w + x0 + j) * cout + k0;
-                    float val[VW];
-                    for (int v = 0; v < VW; v++) val[v] = y[i][j][v] + b[v];
-                    if (relu) /* written so that NaN propagates, as in torch */
-                        for (int v = 0; v < VW; v++) val[v] = val[v] < 0.0f ? 0.0f : val[v];
-                    if (len == VW) {
-                        memcpy(o, val, sizeof val);
-                    } else {
-                        for (size_t v = 0; v < len; v++) o[v] = val[v];
-                    }
-                }
-            }
+            vgg_tile_store(out, &y[0][0][0], TILE, b, relu, pool, s->h, s->w, cout, img, y0, x0,
+                           k0, len);
         }
     }
 }
@@ -315,9 +305,9 @@ ALWAYS_INLINE void gemm_emulated_body(float *m, size_t ms, const bf16 *v, size_t
         input_transform_body(v, x, s, t0, t1);                                             \
     }                                                                                      \
     attr static void output_transform_##suffix(float *o, const float *m, const float *b,   \
-                                               int relu, const wino_shape *s, size_t t0,   \
-                                               size_t t1) {                                \
-        output_transform_body(o, m, b, relu, s, t0, t1);                                   \
+                                               int relu, int pool, const wino_shape *s,    \
+                                               size_t t0, size_t t1) {                     \
+        output_transform_body(o, m, b, relu, pool, s, t0, t1);                             \
     }                                                                                      \
     attr static void gemm_emulated_##suffix(float *m, size_t ms, const bf16 *v, size_t vs, \
                                             const bf16 *u, size_t np, size_t kp,           \
@@ -376,7 +366,7 @@ BF16_TARGET static void gemm_native(float *m, size_t ms, const bf16 *v, size_t v
 typedef struct {
     void (*kernel)(bf16 *, const float *, const wino_shape *, size_t);
     void (*input)(bf16 *, const float *, const wino_shape *, size_t, size_t);
-    void (*output)(float *, const float *, const float *, int, const wino_shape *, size_t,
+    void (*output)(float *, const float *, const float *, int, int, const wino_shape *, size_t,
                    size_t);
     void (*gemm)(float *, size_t, const bf16 *, size_t, const bf16 *, size_t, size_t, size_t);
 } kernels;
@@ -412,7 +402,8 @@ int vgg_bf16_native(void) {
 #define BLOCKS_PER_POLL 4
 
 int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *kernel,
-                                      const float *bias, int relu, size_t n, size_t h, size_t w,
+                                      const float *bias, int relu, int pool, size_t n, size_t h,
+                                      size_t w,
                                       size_t cin, size_t cout, float *workspace,
                                       size_t workspace_floats, vgg_abort_fn abort_cb,
                                       void *abort_ctx) {
@@ -462,7 +453,7 @@ int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *k
             for (size_t xi = 0; xi < NXI; xi++)
                 fn.gemm(mbuf + xi * np, m_stride(cout), vbuf + xi * cinp, v_stride(cin),
                         u + xi * u_stride(cin, cout), np, kp, rows);
-            fn.output(out, mbuf, bias, relu, &s, t0, t1);
+            fn.output(out, mbuf, bias, relu, pool, &s, t0, t1);
         }
     }
     return VGG_OK;

@@ -248,3 +248,46 @@ def test_feature_cache_keeps_the_algorithms_apart(rng, kernels, conv_weights):
     assert keys == {"im2col": "i" * 13, "winograd": "w" * 13, "auto": "i" + "w" * 6 + "i" * 6}  # 5 x 5 and 2 x 2 maps: im2col
     vggtl.set_conv_algo("im2col")
     assert vggtl.cache.make_key(base, "block2_pool", X=X)["conv"] == "iiii"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_pool_gives_the_unfused_bits(rng, kernels, conv_weights, isa, precision):
+    # a block's last conv and its 2x2 max-pool run as one pass on the Winograd
+    # paths (the pool in the output transform): the same bits as the conv's
+    # output (a stop there is never fused) max-pooled by the pool layer; odd
+    # sizes drop a row and a column, and NaN is kept as the pool keeps it
+    vggtl.set_isa(isa)
+    base = vggtl.VGG16(weights=conv_weights, precision=precision)
+    X = rng.integers(0, 256, (3, 38, 35, 3), dtype=np.uint8)  # block2: 19 x 17
+    plan = dispatch.conv_plan((38, 35), precision=precision)
+    assert plan["block1_conv2"] != "im2col" and plan["block2_conv2"] != "im2col"
+    conv = base.predict(X, layer="block1_conv2")
+    np.testing.assert_array_equal(base.predict(X, layer="block1_pool"),
+                                  _core.maxpool2x2_forward(conv))
+    cut = base.predict(X, layer="block1_pool")
+    cut[1, 3, 4, 5] = np.nan
+    conv = base.forward_from(cut, after="block1_pool", layer="block2_conv2")
+    pooled = base.forward_from(cut, after="block1_pool", layer="block2_pool")
+    np.testing.assert_array_equal(pooled, _core.maxpool2x2_forward(conv))
+    assert np.isnan(pooled[1]).any() and not np.isnan(pooled[0]).any()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_pool_kernel_on_odd_shapes(rng, kernels, isa, precision):
+    # the layer itself, with pool=True, against its unfused output pooled:
+    # odd H and W (the last row / column dropped), tiles cut by the image edge,
+    # Cout not a multiple of 16, NaN in the input
+    vggtl.set_isa(isa)
+    for shape in ((2, 9, 11, 16, 20), (1, 14, 14, 64, 64), (3, 7, 6, 33, 70)):
+        x, k, b = _data(rng, *shape)
+        x[-1, 2, 3, 0] = np.nan
+        full = _core.conv3x3_forward(x, k, b, precision=precision)
+        got = _core.conv3x3_forward(x, k, b, precision=precision, pool=True)
+        np.testing.assert_array_equal(got, _core.maxpool2x2_forward(full))
+        assert np.isnan(got[-1]).any()
+    with pytest.raises(ValueError, match=r"pool: the fused 2x2 max-pool needs .* runs im2col"):
+        _core.conv3x3_forward(*_data(rng, 1, 9, 9, 3, 8), pool=True)
+    with pytest.raises(ValueError, match=r"pool: .*relu=False"):
+        _core.conv3x3_forward(*_data(rng, 1, 9, 9, 16, 8), relu=False, pool=True)
