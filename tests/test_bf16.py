@@ -302,3 +302,16 @@ def test_environment_forces_each_path_and_all_give_the_same_features():
                 np.testing.assert_array_equal(f, f2, err_msg=f"{isa} vs {other}")
             else:
                 assert _rel(f, f2) < BOUND, (isa, other)
+
+
+def test_emulated_bf16_warns_that_it_is_slow(kernels):
+    # without VDPBF16PS, bf16 gives the same features more slowly than fp32: say so
+    vggtl.set_isa("avx2" if dispatch.isa_supported("avx2") else "portable")
+    with pytest.warns(RuntimeWarning, match=r"precision='bf16': the bf16 products run emulated"):
+        vggtl.VGG16(weights=None, precision="bf16")
+    if dispatch.isa_supported("avx512_bf16"):
+        vggtl.set_isa("avx512_bf16")
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            vggtl.VGG16(weights=None, precision="bf16")

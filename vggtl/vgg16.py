@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -149,8 +150,9 @@ class VGG16:
         Arithmetic of the convolutions in :meth:`predict`, :meth:`extract` and
         :meth:`forward_from`. "fp32" (the default): float32 throughout. "bf16":
         layers with at least 16 input channels run Winograd F(2x2, 3x3) with
-        bfloat16 operands and float32 sums (VDPBF16PS on CPUs with AVX512_BF16,
-        the same bits in plain C elsewhere, slower); features differ from
+        bfloat16 operands and float32 sums (VDPBF16PS on CPUs with AVX512_BF16;
+        elsewhere the same bits in plain C, slower than "fp32", with a
+        RuntimeWarning); features differ from
         float32 ones by a few 1e-3 of their largest value (README, "bfloat16").
         Training (fine-tuning) always runs float32.
     """
@@ -169,6 +171,11 @@ class VGG16:
         self.classes = int(classes)
         self.input_shape = self._check_input_shape(input_shape)
         self.precision = _check_precision(precision)
+        if self.precision == "bf16" and not _core.bf16_native():
+            warnings.warn("precision='bf16': the bf16 products run emulated here (no "
+                          "AVX512_BF16 on this CPU, or $VGGTL_ISA / vggtl.set_isa chose another "
+                          "level): the same features as with VDPBF16PS, but slower than "
+                          "precision='fp32'", RuntimeWarning, stacklevel=2)
         if preprocess != "auto":
             _preprocess_params(preprocess)  # validates the mode before any file is read
         self._workspace = np.empty(0, dtype=np.float32)
