@@ -58,10 +58,11 @@ int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout) {
     return VGG_CONV_IM2COL;
 }
 
-/* At bf16 precision, a layer that would run either Winograd runs F(2x2) in
- * bf16 (F(4x4)'s transforms lose too much in bf16: winograd_bf16.c), as does
- * one F(4x4) declines only for its tile waste (2x2 tiles waste less: 5x5 maps);
- * the first layer and forced im2col stay float32 im2col. */
+/* At bf16 precision, layers with at least 16 input channels whose 2x2 tiles at
+ * most double the pixels run F(2x2) in bf16 (F(4x4)'s transforms lose too much
+ * in bf16: winograd_bf16.c). That includes maps F(4x4) declines for its tile
+ * waste (5x5, 2x2); the first layer, 1x1 maps and forced im2col keep the
+ * float32 choice. */
 int vgg_conv3x3_algo_at(size_t h, size_t w, size_t cin, size_t cout, int precision) {
     const int algo = vgg_conv3x3_algo(h, w, cin, cout);
     if (precision != VGG_PRECISION_BF16 || vgg_get_conv_algo() == VGG_CONV_IM2COL) return algo;

@@ -146,9 +146,9 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
                         float *workspace, size_t workspace_floats,
                         vgg_abort_fn abort_cb, void *abort_ctx);
 
-/* vgg_conv3x3_forward by a given algorithm (VGG_CONV_IM2COL,
- * VGG_CONV_WINOGRAD or VGG_CONV_WINOGRAD_BF16; Winograd falls back to im2col
- * when the workspace is too small for it). Training (finetune.c, the dx of vgg_conv3x3_backward) always
+/* vgg_conv3x3_forward by a given algorithm (VGG_CONV_IM2COL, VGG_CONV_WINOGRAD
+ * or VGG_CONV_WINOGRAD_BF16; Winograd falls back to im2col when the workspace is
+ * too small for it). Training (finetune.c, the dx of vgg_conv3x3_backward) always
  * runs im2col: its gradients match autograd to 1e-5, while Winograd's rounding
  * (a few 1e-6) flips ReLU and max-pool decisions and after ten SGD steps moves
  * the weights by 3e-3 relative; and block5, the layers trained, is where

@@ -16,7 +16,8 @@
  * Per block of tiles and for each of the 16 positions xi:
  *   M_xi (tiles, Cout) fp32 = V_xi (tiles, Cin) bf16 @ U_xi (Cin, Cout) bf16
  * The transforms run in float32 and round once, to nearest even, when they
- * store V and U; the output transform (float32) fuses bias and ReLU.
+ * store V and U; the output transform (float32) fuses bias, ReLU and, when the
+ * caller asks, the 2x2 max-pool (tile_store.h: a 2x2 tile is one pool window).
  *
  * The products are vggtl's own kernel (no BLAS has a bf16 GEMM here):
  *   - avx512_bf16: VDPBF16PS, 6 tiles x 64 output channels of float32 sums in
@@ -25,9 +26,9 @@
  *   - any other instruction set: the same sums in plain C, in the order the
  *     instruction does them. VDPBF16PS adds a pair's odd product and then its
  *     even one, each rounded to float32; a product of two bf16 values is exact
- *     in float32, so the emulation gives the same bits (checked on 1e6 random
- *     pairs, and by tests/test_bf16.py on whole layers), unless a product falls
- *     below FLT_MIN (1.2e-38), which the instruction flushes to zero.
+ *     in float32, so the emulation gives the same bits (tests/test_bf16.py
+ *     compares whole layers on every level the CPU runs), unless a product
+ *     falls below FLT_MIN (1.2e-38), which the instruction flushes to zero.
  * bf16 inputs below FLT_MIN are stored as zero (the instruction reads them so).
  * Each tile's row is summed on its own, in a fixed order, so a result depends
  * neither on the thread count nor on the batch the image came in.
@@ -55,7 +56,9 @@
  * per image) at 24 / 96 / 192 tiles per block:
  *   block1_conv2 ( 64 ->  64)  8.2 / 7.8 / 7.4
  *   block4_conv2 (512 -> 512)  5.8 / 6.4 / 7.2
- * The size depends on the layer only, never on the thread count. */
+ * The size depends on the layer only, never on the thread count (and, each
+ * row being summed on its own, it never changes a bit). Build with
+ * -DVGG_BF16_BLOCK_BYTES=n to measure another. */
 #ifndef VGG_BF16_BLOCK_BYTES
 #define BLOCK_BYTES ((size_t)1200 * 1024)
 #else
