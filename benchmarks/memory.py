@@ -64,17 +64,20 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--memmap-gb", type=float, default=None)
     ap.add_argument("--dir", default=None, help="folder for the temporary X.npy and cache")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = ap.parse_args()
     if args.memmap_gb:
         memmap_extract(args.memmap_gb, args.dir, args.batch)
         return
-    base = vggtl.VGG16(weights=None, input_shape=(224, 224, 3), preprocess="caffe")
+    base = vggtl.VGG16(weights=None, input_shape=(224, 224, 3), preprocess="caffe",
+                       precision=args.precision)
     X = np.random.default_rng(0).integers(0, 256, (args.n, 224, 224, 3), dtype=np.uint8)
     before = vm_hwm_mb()
     t = time.perf_counter()
     F = base.predict(X, batch_size=args.batch)
     dt = time.perf_counter() - t
-    print(f"predict of {args.n} uint8 224x224x3 images, batch {args.batch}: {dt:.0f} s; "
+    print(f"predict ({args.precision}) of {args.n} uint8 224x224x3 images, batch {args.batch}: "
+          f"{dt:.0f} s; "
           f"peak RSS {vm_hwm_mb():.0f} MB (before predict {before:.0f} MB; X {X.nbytes / 2**20:.0f} MB, "
           f"features {F.nbytes / 2**20:.0f} MB, a float32 copy of X would be "
           f"{X.nbytes * 4 / 2**20:.0f} MB)")

@@ -281,6 +281,21 @@ def test_workers_compute_with_the_clients_kernels(client, base, tmp_path):
     assert not np.array_equal(ref, reference(base, X)) or algo == "im2col"
 
 
+def test_workers_compute_at_the_bases_precision(client, base, tmp_path):
+    # a bf16 base travels with its precision: the workers' features are the
+    # single process's bf16 features (and not its float32 ones), in a 'b' entry
+    b16 = vggtl.VGG16(weights=base.get_weights(), input_shape=(SIZE, SIZE, 3),
+                      precision="bf16")
+    X = images(12)
+    ref = reference(b16, X)
+    F = vggtl.distributed.extract(X, b16, client=client, chunk=10, cache=tmp_path,
+                                  progress=False)
+    assert same_features(F, ref)
+    assert np.abs(ref - reference(base, X)).max() > 1e-4 * np.abs(ref).max()
+    (entry,) = vggtl.cache.info(tmp_path)["entries"]
+    assert entry["conv"] == "i" + "b" * 12
+
+
 def test_arguments(client, base, tmp_path):
     X = images(7, n=4)
     with pytest.raises(TypeError, match="X: expected"):

@@ -978,16 +978,18 @@ def _describe(folder: str) -> dict:
         done = sum(c is not None for c in m["chunks"])
         d.update({"layer": m["key"].get("layer"), "pooling": m["key"].get("pooling"),
                   "n": m["n"], "shape": tuple([m["n"]] + m["item_shape"]), "dtype": m["dtype"],
-                  "view": m["key"].get("view"), "complete": m["complete"],
+                  "view": m["key"].get("view"), "conv": m["key"].get("conv"),
+                  "complete": m["complete"],
                   "chunks_done": done, "chunks": len(m["chunks"]), "created": m.get("created")})
     return d
 
 
 def info(path=None) -> dict:
     """What the cache holds: ``{"path", "entries": [...], "bytes", "limit"}``, each
-    entry a dict of its id, folder, layer, pooling, n, shape, dtype, view, bytes,
-    complete, chunks done / total and last use (seconds since the epoch), least
-    recently used first."""
+    entry a dict of its id, folder, layer, pooling, n, shape, dtype, view, conv
+    (each convolution's algorithm, one letter: 'i' im2col, 'w' Winograd, 'b' bf16
+    Winograd), bytes, complete, chunks done / total and last use (seconds since
+    the epoch), least recently used first."""
     root = _root(path)
     entries = sorted((_describe(d) for d in _entries(root)), key=lambda e: e["last_used"])
     return {"path": root, "entries": entries, "bytes": sum(e["bytes"] for e in entries),
