@@ -92,13 +92,14 @@ def whole_base():
 
 def head_accuracy(X, y, seed, base_kw, conv_algo="auto"):
     trX, teX, trY, teY = vggtl.train_test_split(X, y, test_size=0.5, random_state=seed)
+    before = vggtl.get_conv_algo()
     vggtl.set_conv_algo(conv_algo)
     try:
         base = vggtl.VGG16(weights=None, include_top=False, input_shape=X.shape[1:], seed=seed,
                            **base_kw)
         Ftr, Fte = base.predict(trX), base.predict(teX)
     finally:
-        vggtl.set_conv_algo("auto")
+        vggtl.set_conv_algo(before)
     model = vggtl.TransferModel(base, head=[
         vggtl.Flatten(), vggtl.Dense(512, activation="relu"), vggtl.Dropout(0.5),
         vggtl.Dense(10, activation="softmax")], seed=seed, cache=False)

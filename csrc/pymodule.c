@@ -262,7 +262,7 @@ static PyObject *py_conv3x3_algo(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"h", "w", "cin", "cout", "precision", NULL};
     Py_ssize_t h, w, cin, cout;
     const char *pname = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnnn|$s", kwlist, &h, &w, &cin, &cout, &pname))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nnnn|$z", kwlist, &h, &w, &cin, &cout, &pname))
         return NULL;
     const int precision = parse_precision(pname);
     if (precision < 0) return NULL;
@@ -289,7 +289,7 @@ static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw
     PyObject *xo, *ko, *bo, *outo = NULL;
     int relu = 1, pool = 0;
     const char *pname = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pO$sp", kwlist, &xo, &ko, &bo, &relu, &outo,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pO$zp", kwlist, &xo, &ko, &bo, &relu, &outo,
                                      &pname, &pool))
         return NULL;
     const int precision = parse_precision(pname);
@@ -829,7 +829,7 @@ static PyObject *py_vgg16_forward(PyObject *self, PyObject *args, PyObject *kw) 
     PyArrayObject *out = NULL;
     int stop, pooling, rev, start = 0;
     const char *pname = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiOOpO|Oi$s", kwlist, &xo, &po, &stop, &pooling,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiOOpO|Oi$z", kwlist, &xo, &po, &stop, &pooling,
                                      &so, &sho, &rev, &wso, &outo, &start, &pname))
         return NULL;
     vgg16_config cfg;
@@ -1685,7 +1685,7 @@ static PyMethodDef methods[] = {
      "isa_supported(name) -> bool\n\nname: 'portable', 'avx2', 'avx512' or 'avx512_bf16'."},
     {"set_isa", py_set_isa, METH_O,
      "set_isa(name)\n\nThe instruction set of vggtl's own kernels: 'best', 'portable', 'avx2', "
-     "'avx512'; ValueError if this CPU lacks it."},
+     "'avx512', 'avx512_bf16'; ValueError if this CPU lacks it."},
     {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> the instruction set in use"},
     {"set_conv_algo", py_set_conv_algo, METH_O,
      "set_conv_algo(name)\n\n3x3 convolutions: 'auto' (by shape), 'im2col' or 'winograd'."},

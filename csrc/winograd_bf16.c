@@ -7,7 +7,7 @@
  * bf16 (8 significant bits) costs F(4x4, 3x3) 4e-2 to 6e-2 of the largest output
  * per layer, because its transforms add and subtract terms up to 8x the result;
  * F(2x2, 3x3)'s transforms only add and subtract (points 0, +-1, inf) and cost
- * 3e-3 to 4e-3, near a bf16 direct convolution's 2e-3
+ * 3e-3 to 4.5e-3, near a bf16 direct convolution's 2.3e-3 to 2.8e-3
  * (benchmarks/bf16_accuracy.py). F(2x2) does 16 products per 2x2 tile where
  * direct convolution does 36: 2.25x fewer, and VDPBF16PS does twice the
  * multiply-adds of a float32 FMA per cycle.
@@ -27,8 +27,11 @@
  *     instruction does them. VDPBF16PS adds a pair's odd product and then its
  *     even one, each rounded to float32; a product of two bf16 values is exact
  *     in float32, so the emulation gives the same bits (tests/test_bf16.py
- *     compares whole layers on every level the CPU runs), unless a product
- *     falls below FLT_MIN (1.2e-38), which the instruction flushes to zero.
+ *     compares whole layers on every level the CPU runs). The instruction also
+ *     flushes a sum below FLT_MIN (1.2e-38) to zero, and so does the emulation
+ *     (measured on this Zen 4: sums are flushed, products are not; a product
+ *     below about 2^-133 is the one case where it could still differ, rounded
+ *     once in the emulation before its sum).
  * bf16 inputs below FLT_MIN are stored as zero (the instruction reads them so).
  * Each tile's row is summed on its own, in a fixed order, so a result depends
  * neither on the thread count nor on the batch the image came in.
@@ -172,10 +175,14 @@ ALWAYS_INLINE void kernel_transform_body(bf16 *u, const float *kernel, const win
         for (size_t k0 = 0; k0 < np; k0 += VW) {
             const size_t len = c >= cin ? 0 : cout - k0 < VW ? cout - k0 : VW;
             for (int q = 0; q < 9; q++) {
+                if (len == 0) { /* the padding channel of an odd Cin: zeros */
+                    memset(g[q], 0, sizeof g[q]);
+                    continue;
+                }
                 const float *src = kernel + ((size_t)q * cin + c) * cout + k0;
                 if (len == VW) {
                     memcpy(g[q], src, sizeof g[q]);
-                } else { /* past Cout, or the padding channel of an odd Cin: zeros */
+                } else { /* past Cout: zeros */
                     for (size_t v = 0; v < VW; v++) g[q][v] = v < len ? src[v] : 0.0f;
                 }
             }
@@ -277,6 +284,14 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
  * (AVX2 has 16 ymm). A channel pair is one 32-bit word, the even channel in
  * its low half, and a bf16 is the high half of its float32: a shift and a mask
  * give the two operands as whole vectors. */
+/* dst = expr, a sum below FLT_MIN made a zero of its sign (the instruction's
+ * flush to zero), on vectors of U32 bits / F32 values */
+#define FTZ_ASSIGN(U32, F32, dst, expr)                                                     \
+    do {                                                                                    \
+        const U32 b_ = (U32)(expr); /* a zero exponent: subnormal (or zero) */              \
+        (dst) = (F32)(b_ & ((U32)((b_ & 0x7F800000u) != 0) | 0x80000000u));                 \
+    } while (0)
+
 #define DEFINE_EMULATED_BLOCK(name, lanes)                                                  \
     typedef float name##_f32 __attribute__((vector_size((lanes) * 4)));                    \
     typedef uint32_t name##_u32 __attribute__((vector_size((lanes) * 4)));                 \
@@ -297,8 +312,8 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
                 const bf16 *vp = v + (size_t)i * vs + 2 * p;                                \
                 const float a0 = from_bf16(vp[0]), a1 = from_bf16(vp[1]);                   \
                 for (int j = 0; j < nv; j++) {                                              \
-                    acc[i][j] = acc[i][j] + a1 * b1[j];                                     \
-                    acc[i][j] = acc[i][j] + a0 * b0[j];                                     \
+                    FTZ_ASSIGN(name##_u32, name##_f32, acc[i][j], acc[i][j] + a1 * b1[j]);  \
+                    FTZ_ASSIGN(name##_u32, name##_f32, acc[i][j], acc[i][j] + a0 * b0[j]);  \
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
@@ -352,7 +367,8 @@ ALWAYS_INLINE void gemm_emulated_body(float *m, size_t ms, const bf16 *v, size_t
 DEFINE_KERNELS(portable, , 0)
 #if VGG_X86_DISPATCH
 DEFINE_KERNELS(avx2, __attribute__((target("avx2,fma"))), 0)
-DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx512bw,avx2,fma"))), 1)
+DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx2,fma"))), 1) /* no BW: the
+                                                            avx512 level does not require it */
 #endif
 
 #if VGG_X86_DISPATCH && VGG_HAVE_AVX512BF16

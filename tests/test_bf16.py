@@ -95,6 +95,24 @@ def test_instruction_sets_give_the_same_bits(rng, kernels, isa):
         np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b, precision="bf16"), ref)
 
 
+@pytest.mark.parametrize("isa", ISAS[:-1])
+def test_sums_below_flt_min_are_flushed_as_the_instruction_does(kernels, isa):
+    # VDPBF16PS flushes a sum below FLT_MIN (1.2e-38) to zero; the emulation does
+    # too, so even features of tiny inputs are the same bits everywhere
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.standard_normal((1, 6, 6, 32), dtype=np.float32)) * np.float32(1e-20)
+    k = rng.standard_normal((3, 3, 32, 16), dtype=np.float32) * np.float32(1e-19)
+    b = np.zeros(16, np.float32)
+    widest = [i for i in dispatch.ISAS if dispatch.isa_supported(i)][-1]
+    vggtl.set_isa(widest)
+    ref = _core.conv3x3_forward(x, k, b, relu=False, precision="bf16")
+    assert (ref == 0).any() and (np.abs(ref) >= np.finfo(np.float32).tiny).any()
+    assert not ((ref != 0) & (np.abs(ref) < np.finfo(np.float32).tiny)).any()  # no subnormal
+    vggtl.set_isa(isa)
+    got = _core.conv3x3_forward(x, k, b, relu=False, precision="bf16")
+    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+
+
 def test_vdpbf16ps_is_used_where_the_cpu_has_it(kernels):
     if not dispatch.isa_supported("avx512_bf16"):
         assert dispatch.bf16_kernel() == "emulated"
@@ -191,13 +209,17 @@ def test_features_224_within_the_bound(rng, conv_weights):
     assert 1e-3 < err < BOUND, err
 
 
+@pytest.mark.skipif("ASAN_OPTIONS" in os.environ,
+                    reason="minutes under ASan, and no C path the other tests here miss")
 def test_tutorial_head_accuracy_barely_moves():
-    # The tutorial's head on scikit-learn's digits, trained on float32 and on
-    # bf16 features of the same random-weight base. The criterion (test
-    # accuracy within 0.5 points) is a mean over seeds, measured by
-    # benchmarks/bf16_accuracy.py (20 seeds, README); one seed's training moves
-    # by up to about 0.7 points for any change of the features, even 3e-6. Here:
-    # one seed, a regression guard that fails if bf16 features lose information.
+    # The tutorial's head on scikit-learn's digits (1,797 images, half for
+    # testing), trained on float32 and on bf16 features of the same random-weight
+    # base. The criterion (test accuracy within 0.5 points) is a mean over
+    # seeds, measured by benchmarks/bf16_accuracy.py (20 seeds: -0.29 points,
+    # README); one seed's training moves by up to about 1 point for any change
+    # of the features, even 3e-6, and by up to 4 with bf16. Here: the mean of 3
+    # seeds within 2 points, and 90% of the predictions the same, a regression
+    # guard that fails if bf16 features lose information.
     pytest.importorskip("sklearn")
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     try:
@@ -205,12 +227,15 @@ def test_tutorial_head_accuracy_barely_moves():
     finally:
         sys.path.pop(0)
     from vggtl.__main__ import digits_images
-    X, y = digits_images(900, 32)
-    a32, p32 = head_accuracy(X, y, 0, {})
-    a16, p16 = head_accuracy(X, y, 0, {"precision": "bf16"})
-    assert a32 > 70  # the head learns from these features at all
-    assert abs(a16 - a32) <= 2.0, (a32, a16)
-    assert (p16 == p32).mean() >= 0.9
+    X, y = digits_images(None, 32)
+    diffs = []
+    for seed in range(3):
+        a32, p32 = head_accuracy(X, y, seed, {})
+        a16, p16 = head_accuracy(X, y, seed, {"precision": "bf16"})
+        assert a32 > 70  # the head learns from these features at all (chance: 10)
+        assert (p16 == p32).mean() >= 0.9
+        diffs.append(a16 - a32)
+    assert abs(np.mean(diffs)) <= 2.0, diffs
 
 
 def test_precision_is_checked_and_reported():

@@ -31,7 +31,10 @@ from .vgg16 import LAYER_NAMES, VGG16
 
 LOSSES = {"binary_crossentropy": 0, "categorical_crossentropy": 1,
           "sparse_categorical_crossentropy": 2}
-FORMAT_VERSION = 1
+# 2: the base may have precision "bf16". A model is written with the lowest
+# version that holds it (fp32 models stay 1), so that an older vggtl refuses a
+# bf16 model instead of running it in float32, and still reads the others.
+FORMAT_VERSION = 2
 
 
 def _check_int(name, v, minimum):
@@ -741,7 +744,8 @@ class TransferModel:
     def get_config(self) -> dict:
         b = self.base
         return {
-            "format": "vggtl.TransferModel", "format_version": FORMAT_VERSION,
+            "format": "vggtl.TransferModel",
+            "format_version": 1 if b.precision == "fp32" else FORMAT_VERSION,
             "name": self.name, "seed": self.seed,
             "base": {"input_shape": list(b.input_shape) if b.input_shape else None,
                      "pooling": b.pooling, "preprocess": b.preprocess,

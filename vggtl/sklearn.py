@@ -65,6 +65,9 @@ _LOSSES = ("auto", "binary_crossentropy", "categorical_crossentropy",
 
 
 class VGG16Classifier(ClassifierMixin, BaseEstimator):
+    # what an estimator pickled before `precision` existed has (get_params reads it)
+    precision = "fp32"
+
     """VGG16 transfer learning as a scikit-learn classifier (fit, predict,
     predict_proba, score; works in ``Pipeline`` and ``GridSearchCV``).
 
@@ -91,13 +94,13 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
         ``unfreeze_from``) with the head for this many epochs, SGD(1e-4, momentum 0.9),
         with the same augmentation.
     preprocess : "auto" (what the weights expect), None, "caffe", "torch", "scale".
-    precision : "fp32" (default) or "bf16": the frozen base's convolutions, as
-        :class:`vggtl.VGG16` (bf16: faster on CPUs with AVX512_BF16, features
-        within about 1e-2 of float32 ones).
     cache : True (the feature cache's default folder), a folder, or False.
     random_state : int, None or a ``np.random.RandomState``: the random base
         weights, the head's initialisation, the shuffling and dropout.
     verbose : 0 (silent) or 1 (progress bars and a line per epoch).
+    precision : "fp32" (default) or "bf16": the frozen base's convolutions, as
+        :class:`vggtl.VGG16` (bf16: faster on CPUs with AVX512_BF16, features
+        within about 1e-2 of float32 ones).
 
     Attributes
     ----------
@@ -123,8 +126,8 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
                  learning_rate: float = 1e-4, epochs: int = 10, batch_size: int = 32,
                  loss: str = "auto", augment: Any = None, augment_views: Optional[int] = None,
                  fine_tune_epochs: int = 0, unfreeze_from: str = "block5_conv1",
-                 preprocess: Optional[str] = "auto", precision: str = "fp32",
-                 cache: Any = True, random_state: Any = 0, verbose: int = 0):
+                 preprocess: Optional[str] = "auto", cache: Any = True,
+                 random_state: Any = 0, verbose: int = 0, precision: str = "fp32"):
         self.weights = weights
         self.input_size = input_size
         self.image_shape = image_shape
