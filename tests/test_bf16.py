@@ -279,6 +279,13 @@ def test_a_saved_model_keeps_its_precision(rng, tmp_path):
     back = vggtl.load_model(path)
     assert back.base.precision == "bf16"
     np.testing.assert_array_equal(back.predict(X), model.predict(X))
+    # format 2 for a bf16 base (an older vggtl refuses it rather than run it in
+    # float32), 1 for float32 (older vggtl still read those)
+    from vggtl.model import _read_metadata
+    assert _read_metadata(path.read_bytes(), str(path))["format_version"] == 2
+    model.base.precision = "fp32"
+    model.save(path)
+    assert _read_metadata(path.read_bytes(), str(path))["format_version"] == 1
 
 
 # --- forced from the environment, in a fresh interpreter ---------------------------
