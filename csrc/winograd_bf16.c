@@ -275,15 +275,6 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
  *                                      @ U packed (kp, np, 2) bf16
  * rows is a multiple of MR, np of VW. */
 
-/* Plain C, in VDPBF16PS's order: per pair, the odd product then the even one,
- * each sum rounded to float32 (-ffp-contract=off; and a fused multiply-add
- * would round the same, the products being exact). MR tiles x nv vectors of
- * `lanes` output channels, in GCC/Clang vector types so that the sums stay in
- * registers (plain arrays were kept on the stack: 7x slower than float32):
- * 16 lanes x up to 4 vectors under AVX-512 (24 of 32 zmm), 8 x 1 otherwise
- * (AVX2 has 16 ymm). A channel pair is one 32-bit word, the even channel in
- * its low half, and a bf16 is the high half of its float32: a shift and a mask
- * give the two operands as whole vectors. */
 /* dst = expr, a sum below FLT_MIN made a zero of its sign (the instruction's
  * flush to zero), on vectors of U32 bits / F32 values */
 #define FTZ_ASSIGN(U32, F32, dst, expr)                                                     \
@@ -292,6 +283,16 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
         (dst) = (F32)(b_ & ((U32)((b_ & 0x7F800000u) != 0) | 0x80000000u));                 \
     } while (0)
 
+/* Plain C, in VDPBF16PS's order: per pair, the odd product then the even one,
+ * each sum rounded to float32 (-ffp-contract=off; and a fused multiply-add
+ * would round the same, the products being exact) and flushed to zero below
+ * FLT_MIN as the instruction does (FTZ_ASSIGN). MR tiles x nv vectors of
+ * `lanes` output channels, in GCC/Clang vector types so that the sums stay in
+ * registers (plain arrays were kept on the stack: 7x slower than float32):
+ * 16 lanes x up to 4 vectors under AVX-512 (24 of 32 zmm), 8 x 1 otherwise
+ * (AVX2 has 16 ymm). A channel pair is one 32-bit word, the even channel in
+ * its low half, and a bf16 is the high half of its float32: a shift and a mask
+ * give the two operands as whole vectors. */
 #define DEFINE_EMULATED_BLOCK(name, lanes)                                                  \
     typedef float name##_f32 __attribute__((vector_size((lanes) * 4)));                    \
     typedef uint32_t name##_u32 __attribute__((vector_size((lanes) * 4)));                 \
@@ -375,15 +376,16 @@ DEFINE_KERNELS(avx512, __attribute__((target("avx512f,avx2,fma"))), 1) /* no BW:
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16,avx2,fma")))
 
 /* MR tiles x nv vectors of 16 output channels, summed over kp pairs. */
-BF16_TARGET ALWAYS_INLINE void block_native(float *m, size_t ms, const bf16 *v, size_t vs, const bf16 *u,
-                                size_t np, size_t kp, const int nv) {
+BF16_TARGET ALWAYS_INLINE void block_native(float *m, size_t ms, const bf16 *v, size_t vs,
+                                            const bf16 *u, size_t np, size_t kp, const int nv) {
     __m512 acc[MR][NR / VW];
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < nv; j++) acc[i][j] = _mm512_setzero_ps();
     for (size_t p = 0; p < kp; p++) {
         __m512bh b[NR / VW];
         for (int j = 0; j < nv; j++)
-            b[j] = (__m512bh)_mm512_loadu_si512((const void *)(u + p * np * 2 + (size_t)j * 2 * VW));
+            b[j] = (__m512bh)_mm512_loadu_si512(
+                (const void *)(u + p * np * 2 + (size_t)j * 2 * VW));
         for (int i = 0; i < MR; i++) {
             int32_t pair;
             memcpy(&pair, v + (size_t)i * vs + 2 * p, sizeof pair);
@@ -392,7 +394,8 @@ BF16_TARGET ALWAYS_INLINE void block_native(float *m, size_t ms, const bf16 *v, 
         }
     }
     for (int i = 0; i < MR; i++)
-        for (int j = 0; j < nv; j++) _mm512_storeu_ps(m + (size_t)i * ms + (size_t)j * VW, acc[i][j]);
+        for (int j = 0; j < nv; j++)
+            _mm512_storeu_ps(m + (size_t)i * ms + (size_t)j * VW, acc[i][j]);
 }
 
 BF16_TARGET static void gemm_native(float *m, size_t ms, const bf16 *v, size_t vs, const bf16 *u,
