@@ -65,9 +65,6 @@ _LOSSES = ("auto", "binary_crossentropy", "categorical_crossentropy",
 
 
 class VGG16Classifier(ClassifierMixin, BaseEstimator):
-    # what an estimator pickled before `precision` existed has (get_params reads it)
-    precision = "fp32"
-
     """VGG16 transfer learning as a scikit-learn classifier (fit, predict,
     predict_proba, score; works in ``Pipeline`` and ``GridSearchCV``).
 
@@ -118,6 +115,9 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
     >>> clf.classes_.tolist(), clf.predict_proba(X[:2]).shape
     (['cat', 'dog'], (2, 2))
     """
+
+    # what an estimator pickled before `precision` existed has (get_params reads it)
+    precision = "fp32"
 
     def __init__(self, weights: Any = "imagenet",
                  input_size: Union[None, int, Tuple[int, int]] = None,

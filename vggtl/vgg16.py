@@ -152,9 +152,9 @@ class VGG16:
         layers with at least 16 input channels run Winograd F(2x2, 3x3) with
         bfloat16 operands and float32 sums (VDPBF16PS on CPUs with AVX512_BF16;
         elsewhere the same bits in plain C, slower than "fp32", with a
-        RuntimeWarning); features differ from
-        float32 ones by a few 1e-3 of their largest value (README, "bfloat16").
-        Training (fine-tuning) always runs float32.
+        RuntimeWarning). Features differ from float32 ones by a few 1e-3 of
+        their largest value per layer, about 1e-2 for the whole base (README,
+        "bfloat16"). Training (fine-tuning) always runs float32.
     """
 
     def __init__(self, weights="imagenet", include_top: bool = False,
