@@ -147,11 +147,7 @@ static int im2col_forward(float *out, const float *x, const float *kernel, const
         /* nth, not the knob: the column buffers were sized for nth threads */
         VGG_OMP_FOR_N((int)nth)
         for (size_t ci = c0; ci < c1; ci++) {
-#ifdef _OPENMP
-            float *col = workspace + (size_t)omp_get_thread_num() * rows * k;
-#else
-            float *col = workspace;
-#endif
+            float *col = workspace + vgg_thread_index() * rows * k;
             /* chunks of balanced sizes: none has a single row unless total does */
             const size_t r0 = ci * total / nchunks, r1 = (ci + 1) * total / nchunks;
             im2col_rows(col, x, r0, r1, h, w, cin);

@@ -253,11 +253,7 @@ int vgg_resize_bilinear(void *out, const void *x, int dtype, size_t n, size_t h,
     VGG_PRAGMA(omp parallel for schedule(static) num_threads(nth))
 #endif
     for (size_t i = 0; i < n; i++) {
-#ifdef _OPENMP
-        float *buf = buffers + (size_t)omp_get_thread_num() * buffer;
-#else
-        float *buf = buffers;
-#endif
+        float *buf = buffers + vgg_thread_index() * buffer;
         /* accumulators first (8-byte aligned when the workspace is), then the image */
         void *acc = buf;
         void *t = buf + 2 * owc;

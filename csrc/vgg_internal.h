@@ -57,6 +57,16 @@
 #define VGG_HAVE_AVX512BF16 0
 #endif
 
+/* This thread's index in the enclosing OpenMP team (0 without OpenMP): which of
+ * the per-thread buffers of a workspace is its own. */
+static inline size_t vgg_thread_index(void) {
+#ifdef _OPENMP
+    return (size_t)omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* Returns status from the enclosing function when cond is false. */
 #define VGG_CHECK(cond, status) \
     do {                        \
@@ -71,7 +81,7 @@ static inline int vgg_mul_ok(size_t a, size_t b, size_t *r) {
 }
 
 /* The larger of a and b, NaN if a is NaN (2x2 max-pool: maxpool2x2.c and the
- * fused pool of the Winograd output transforms, tile_store.h). */
+ * fused pool of the Winograd output transforms, winograd_tiles.h). */
 static inline float vgg_max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
 
 /* Polls the abort callback (NULL: never abort). */

@@ -38,7 +38,7 @@
 #define NXI 36   /* ALPHA * ALPHA transformed positions */
 #define VW 16    /* channels per vector step */
 
-#include "tile_store.h"
+#include "winograd_tiles.h"
 
 /* Tiles per block, by what OpenBLAS does with each (tb x Cin) @ (Cin x Cout)
  * product. Up to 1e6 multiply-adds it runs its small-matrix kernels, which read
@@ -122,10 +122,6 @@ ALWAYS_INLINE void g3(float *o, size_t os, const float *g, size_t gs) {
     }
 }
 
-typedef struct {
-    size_t n, h, w, cin, cout, th, tw; /* tiles per image: th x tw */
-} wino_shape;
-
 /* U (36, cin, cout) for input channels [c0, c1): u_xi = (G g G^T)_xi. */
 ALWAYS_INLINE void kernel_transform_body(float *u, const float *kernel, const wino_shape *s,
                                          size_t c0, size_t c1) {
@@ -134,16 +130,7 @@ ALWAYS_INLINE void kernel_transform_body(float *u, const float *kernel, const wi
     for (size_t c = c0; c < c1; c++) {
         for (size_t k0 = 0; k0 < cout; k0 += VW) {
             const size_t len = cout - k0 < VW ? cout - k0 : VW;
-            /* full vectors by fixed-length copies (vectorised; a per-lane bound
-             * made this loop scalar and half of a 50 x 50 forward) */
-            for (int p = 0; p < 9; p++) {
-                const float *src = kernel + ((size_t)p * cin + c) * cout + k0;
-                if (len == VW) {
-                    memcpy(g[p], src, sizeof g[p]);
-                } else {
-                    for (size_t v = 0; v < VW; v++) g[p][v] = v < len ? src[v] : 0.0f;
-                }
-            }
+            vgg_kernel_taps(g, kernel, cin, cout, c, k0, len);
             /* t (6 x 3) = G g, then r (6 x 6) = t G^T */
             for (int j = 0; j < 3; j++) g3(&t[0][j][0], 3 * VW, &g[j][0], 3 * VW);
             for (int i = 0; i < ALPHA; i++) g3(&r[i][0][0], VW, &t[i][0][0], VW);
@@ -172,22 +159,7 @@ ALWAYS_INLINE void input_transform_body(float *vbuf, const float *x, const wino_
         const float *x_img = x + img * h * w * cin;
         for (size_t c0 = 0; c0 < cin; c0 += VW) {
             const size_t len = cin - c0 < VW ? cin - c0 : VW;
-            for (int i = 0; i < ALPHA; i++) {
-                const long yy = y0 + i;
-                for (int j = 0; j < ALPHA; j++) {
-                    const long xx = x0 + j;
-                    if (yy < 0 || yy >= (long)h || xx < 0 || xx >= (long)w) {
-                        memset(d[i][j], 0, sizeof d[i][j]); /* zero padding */
-                    } else {
-                        const float *src = x_img + ((size_t)yy * w + (size_t)xx) * cin + c0;
-                        if (len == VW) {
-                            memcpy(d[i][j], src, sizeof d[i][j]);
-                        } else {
-                            for (size_t v = 0; v < VW; v++) d[i][j][v] = v < len ? src[v] : 0.0f;
-                        }
-                    }
-                }
-            }
+            vgg_tile_gather(&d[0][0][0], ALPHA, x_img, y0, x0, h, w, cin, c0, len);
             /* t = B^T d (over rows), r = t B (over columns) */
             for (int j = 0; j < ALPHA; j++) bt6(&t[0][j][0], ALPHA * VW, &d[0][j][0], ALPHA * VW);
             for (int i = 0; i < ALPHA; i++) bt6(&r[i][0][0], VW, &t[i][0][0], VW);
@@ -206,7 +178,7 @@ ALWAYS_INLINE void input_transform_body(float *vbuf, const float *x, const wino_
 }
 
 /* out tiles t0..t1-1 <- act(A^T M A + bias), cropped to the image, or its 2x2
- * max-pool (tile_store.h). */
+ * max-pool (winograd_tiles.h). */
 ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const float *bias,
                                          int relu, int pool, const wino_shape *s, size_t t0,
                                          size_t t1) {
@@ -322,11 +294,7 @@ int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel
         const size_t b1 = b0 + per_poll < nblocks ? b0 + per_poll : nblocks;
         VGG_OMP_FOR_DYNAMIC_N((int)nth)
         for (size_t bi = b0; bi < b1; bi++) {
-#ifdef _OPENMP
-            float *vbuf = workspace + u_n + (size_t)omp_get_thread_num() * per_thread;
-#else
-            float *vbuf = workspace + u_n;
-#endif
+            float *vbuf = workspace + u_n + vgg_thread_index() * per_thread;
             const size_t t0 = bi * tb, t1 = t0 + tb < tiles ? t0 + tb : tiles, nt = t1 - t0;
             /* a short block (the last) is padded with zero tiles up to the rows
              * that sgemm rounds the same way as in a full block, so a tile's

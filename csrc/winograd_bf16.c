@@ -17,7 +17,7 @@
  *   M_xi (tiles, Cout) fp32 = V_xi (tiles, Cin) bf16 @ U_xi (Cin, Cout) bf16
  * The transforms run in float32 and round once, to nearest even, when they
  * store V and U; the output transform (float32) fuses bias, ReLU and, when the
- * caller asks, the 2x2 max-pool (tile_store.h: a 2x2 tile is one pool window).
+ * caller asks, the 2x2 max-pool (winograd_tiles.h: a 2x2 tile is one pool window).
  *
  * The products are vggtl's own kernel (no BLAS has a bf16 GEMM here):
  *   - avx512_bf16: VDPBF16PS, 6 tiles x 64 output channels of float32 sums in
@@ -50,7 +50,7 @@
 #define MR 6     /* tiles per register block */
 #define NR 64    /* output channels per register block: 4 vectors */
 
-#include "tile_store.h"
+#include "winograd_tiles.h"
 
 /* Tiles per block: a multiple of MR, sized so that a block's V (bf16) and M
  * (float32) take about BLOCK_BYTES, near L2 (1 MiB per core on the target):
@@ -162,10 +162,6 @@ ALWAYS_INLINE void g4(float *o, size_t os, const float *g, size_t gs) {
     }
 }
 
-typedef struct {
-    size_t n, h, w, cin, cout, th, tw; /* tiles per image: th x tw */
-} wino_shape;
-
 /* U for input channels 2p and 2p+1: u[xi][p][n][c & 1] = bf16((G g G^T)_xi). */
 ALWAYS_INLINE void kernel_transform_body(bf16 *u, const float *kernel, const wino_shape *s,
                                          size_t p) {
@@ -174,18 +170,8 @@ ALWAYS_INLINE void kernel_transform_body(bf16 *u, const float *kernel, const win
     for (size_t c = 2 * p; c < 2 * p + 2; c++) {
         for (size_t k0 = 0; k0 < np; k0 += VW) {
             const size_t len = c >= cin ? 0 : cout - k0 < VW ? cout - k0 : VW;
-            for (int q = 0; q < 9; q++) {
-                if (len == 0) { /* the padding channel of an odd Cin: zeros */
-                    memset(g[q], 0, sizeof g[q]);
-                    continue;
-                }
-                const float *src = kernel + ((size_t)q * cin + c) * cout + k0;
-                if (len == VW) {
-                    memcpy(g[q], src, sizeof g[q]);
-                } else { /* past Cout: zeros */
-                    for (size_t v = 0; v < VW; v++) g[q][v] = v < len ? src[v] : 0.0f;
-                }
-            }
+            /* len 0: the padding channel of an odd Cin, zeros */
+            vgg_kernel_taps(g, kernel, cin, cout, c, k0, len);
             for (int j = 0; j < 3; j++) g4(&t[0][j][0], 3 * VW, &g[j][0], 3 * VW);
             for (int i = 0; i < ALPHA; i++) g4(&r[i][0][0], VW, &t[i][0][0], VW);
             for (int xi = 0; xi < NXI; xi++) {
@@ -211,22 +197,7 @@ ALWAYS_INLINE void input_transform_body(bf16 *vbuf, const float *x, const wino_s
         bf16 *dst = vbuf + (t_ - t0) * v_stride(cin);
         for (size_t c0 = 0; c0 < cin; c0 += VW) {
             const size_t len = cin - c0 < VW ? cin - c0 : VW;
-            for (int i = 0; i < ALPHA; i++) {
-                const long yy = y0 + i;
-                for (int j = 0; j < ALPHA; j++) {
-                    const long xx = x0 + j;
-                    if (yy < 0 || yy >= (long)h || xx < 0 || xx >= (long)w) {
-                        memset(d[i][j], 0, sizeof d[i][j]); /* zero padding */
-                    } else {
-                        const float *src = x_img + ((size_t)yy * w + (size_t)xx) * cin + c0;
-                        if (len == VW) {
-                            memcpy(d[i][j], src, sizeof d[i][j]);
-                        } else {
-                            for (size_t v = 0; v < VW; v++) d[i][j][v] = v < len ? src[v] : 0.0f;
-                        }
-                    }
-                }
-            }
+            vgg_tile_gather(&d[0][0][0], ALPHA, x_img, y0, x0, h, w, cin, c0, len);
             for (int j = 0; j < ALPHA; j++) bt4(&t[0][j][0], ALPHA * VW, &d[0][j][0], ALPHA * VW);
             for (int i = 0; i < ALPHA; i++) bt4(&r[i][0][0], VW, &t[i][0][0], VW);
             for (int xi = 0; xi < NXI; xi++) {
@@ -246,7 +217,7 @@ ALWAYS_INLINE void input_transform_body(bf16 *vbuf, const float *x, const wino_s
 }
 
 /* out tiles t0..t1-1 <- act(A^T M A + bias), cropped to the image, or its 2x2
- * max-pool (tile_store.h: a 2 x 2 tile is one pool window). */
+ * max-pool (winograd_tiles.h: a 2 x 2 tile is one pool window). */
 ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const float *bias,
                                          int relu, int pool, const wino_shape *s, size_t t0,
                                          size_t t1) {
@@ -492,11 +463,7 @@ int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *k
         const size_t b1 = b0 + per_poll < nblocks ? b0 + per_poll : nblocks;
         VGG_OMP_FOR_DYNAMIC_N((int)nth)
         for (size_t bi = b0; bi < b1; bi++) {
-#ifdef _OPENMP
-            float *mine = workspace + u_n + (size_t)omp_get_thread_num() * per_thread;
-#else
-            float *mine = workspace + u_n;
-#endif
+            float *mine = workspace + u_n + vgg_thread_index() * per_thread;
             bf16 *vbuf = (bf16 *)mine;
             float *mbuf = mine + bf16_as_floats(tb * v_stride(cin));
             const size_t t0 = bi * tb, t1 = t0 + tb < tiles ? t0 + tb : tiles, nt = t1 - t0;

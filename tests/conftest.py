@@ -105,6 +105,15 @@ def top_model(conv_weights):
 
 
 @pytest.fixture
+def kernels():
+    """Restores the instruction set and convolution algorithm a test changes."""
+    isa, algo = vggtl.get_isa(), vggtl.get_conv_algo()
+    yield
+    vggtl.set_isa(isa)
+    vggtl.set_conv_algo(algo)
+
+
+@pytest.fixture
 def restore_threads():
     """Restores vggtl's thread count after the test."""
     n = vggtl.get_num_threads()

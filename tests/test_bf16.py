@@ -16,9 +16,8 @@ import pytest
 import vggtl
 from vggtl import _core, dispatch, reference
 
-ISAS = [pytest.param(i, marks=pytest.mark.skipif(
-    not dispatch.isa_supported(i), reason=f"this CPU cannot run {i} kernels"))
-    for i in dispatch.ISAS]
+from test_winograd import ISAS  # each instruction set, skipped where this CPU lacks it
+
 
 # against the reference of the same bf16 arithmetic: only the order of the
 # float32 sums differs (measured 7e-8 to 3e-7 on these shapes)
@@ -32,14 +31,6 @@ BOUND = 2e-2
 # a multiple of the 6-row register block, and more than one 96-tile block
 SHAPES = [(1, 5, 7, 16, 16), (2, 9, 6, 33, 20), (3, 2, 2, 17, 48), (1, 5, 5, 64, 70),
           (2, 14, 14, 64, 64), (1, 4, 4, 512, 512), (1, 27, 20, 24, 130)]
-
-
-@pytest.fixture
-def kernels():
-    isa, algo = vggtl.get_isa(), vggtl.get_conv_algo()
-    yield
-    vggtl.set_isa(isa)
-    vggtl.set_conv_algo(algo)
 
 
 def _data(rng, n, h, w, cin, cout):

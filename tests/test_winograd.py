@@ -31,15 +31,6 @@ SHAPES = [(1, 1, 1, 16, 8), (2, 5, 7, 16, 33), (3, 13, 9, 24, 16), (1, 4, 4, 512
           (1, 9, 6, 3, 7)]
 
 
-@pytest.fixture
-def kernels():
-    """Restores the instruction set and algorithm a test changes."""
-    isa, algo = vggtl.get_isa(), vggtl.get_conv_algo()
-    yield
-    vggtl.set_isa(isa)
-    vggtl.set_conv_algo(algo)
-
-
 def _data(rng, n, h, w, cin, cout):
     x = rng.standard_normal((n, h, w, cin), dtype=np.float32)
     k = rng.standard_normal((3, 3, cin, cout), dtype=np.float32) / np.float32(np.sqrt(9 * cin))

@@ -1,0 +1,125 @@
+/*
+ * winograd_tiles.h - what both Winograd paths (winograd.c F(4x4) in float32,
+ * winograd_bf16.c F(2x2) in bf16) do alike around their transforms, VW
+ * channels at a time: read a kernel's 9 taps, gather an input patch with the
+ * 'same' zero padding, and write an output tile.
+ *
+ * The tile write adds the bias, then ReLU, and writes the layer's output or,
+ * with `pool`, its 2x2 max-pool (the next layer of VGG16 is a pool after every
+ * block's last conv), so the full-size activation is never written and read
+ * back. Same bits as the unfused layers: ReLU as in conv3x3.c and the pool's
+ * maximum as in maxpool2x2.c, over the same four values in the same order, NaN
+ * kept.
+ *
+ * Included by the files that define VW; the bodies take their caller's target.
+ */
+#ifndef VGG_WINOGRAD_TILES_H
+#define VGG_WINOGRAD_TILES_H
+
+#include "vgg_internal.h"
+
+#include <string.h>
+
+#define VGG_TILE_INLINE static inline __attribute__((always_inline))
+
+/* Sizes of a call: N images of h x w, Cin -> Cout, th x tw tiles per image. */
+typedef struct {
+    size_t n, h, w, cin, cout, th, tw;
+} wino_shape;
+
+/* g[q][0..VW) <- the 9 taps q = dy*3 + dx of input channel c, output channels
+ * k0..k0+len of an HWIO kernel; zeros past len (len 0: all zeros). Whole
+ * vectors by fixed-length copies: a per-lane bound made this scalar. */
+VGG_TILE_INLINE void vgg_kernel_taps(float g[9][VW], const float *kernel, size_t cin, size_t cout,
+                                     size_t c, size_t k0, size_t len) {
+    for (int q = 0; q < 9; q++) {
+        if (len == 0) {
+            memset(g[q], 0, sizeof g[q]);
+            continue;
+        }
+        const float *src = kernel + ((size_t)q * cin + c) * cout + k0;
+        if (len == VW) {
+            memcpy(g[q], src, sizeof g[q]);
+        } else {
+            for (size_t v = 0; v < VW; v++) g[q][v] = v < len ? src[v] : 0.0f;
+        }
+    }
+}
+
+/* d (side x side x VW) <- the input patch whose top-left pixel is (y0, x0)
+ * (either may be -1), channels c0..c0+len of image x_img (h, w, cin); zeros
+ * outside the image ('same' padding) and past len. */
+VGG_TILE_INLINE void vgg_tile_gather(float *d, int side, const float *x_img, long y0, long x0,
+                                     size_t h, size_t w, size_t cin, size_t c0, size_t len) {
+    for (int i = 0; i < side; i++) {
+        const long yy = y0 + i;
+        for (int j = 0; j < side; j++) {
+            const long xx = x0 + j;
+            float *o = d + ((size_t)i * (size_t)side + (size_t)j) * VW;
+            if (yy < 0 || yy >= (long)h || xx < 0 || xx >= (long)w) {
+                memset(o, 0, VW * sizeof(float)); /* zero padding */
+            } else {
+                const float *src = x_img + ((size_t)yy * w + (size_t)xx) * cin + c0;
+                if (len == VW) {
+                    memcpy(o, src, VW * sizeof(float));
+                } else {
+                    for (size_t v = 0; v < VW; v++) o[v] = v < len ? src[v] : 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* dst[0..len) <- val: a fixed-length copy for whole vectors (a variable-length
+ * one is a library call per pixel) */
+VGG_TILE_INLINE void vgg_tile_copy(float *dst, const float *val, size_t len) {
+    if (len == VW) memcpy(dst, val, VW * sizeof(float));
+    else memcpy(dst, val, len * sizeof(float));
+}
+
+/* out <- act(y + bias) for a side x side tile at (y0, x0) of image `img`, or its
+ * 2x2 max-pool (out then is (N, h/2, w/2, cout); y0, x0 and side are even, so
+ * pool windows never straddle tiles; windows past the image, whose second row or
+ * column is missing, are dropped, as maxpool2x2 floors). y is [side][side][VW];
+ * len of the VW channels from k0 are written. */
+VGG_TILE_INLINE void
+vgg_tile_store(float *out, const float *y, size_t side, const float *b, int relu, int pool,
+               size_t h, size_t w, size_t cout, size_t img, size_t y0, size_t x0, size_t k0,
+               size_t len) {
+    float val[VW];
+    if (!pool) {
+        const size_t ny = h - y0 < side ? h - y0 : side, nx = w - x0 < side ? w - x0 : side;
+        float *out_img = out + img * h * w * cout;
+        for (size_t i = 0; i < ny; i++) {
+            for (size_t j = 0; j < nx; j++) {
+                const float *t = y + (i * side + j) * VW;
+                for (int v = 0; v < VW; v++) val[v] = t[v] + b[v];
+                if (relu) /* written so that NaN propagates, as in torch */
+                    for (int v = 0; v < VW; v++) val[v] = val[v] < 0.0f ? 0.0f : val[v];
+                vgg_tile_copy(out_img + ((y0 + i) * w + x0 + j) * cout + k0, val, len);
+            }
+        }
+        return;
+    }
+    const size_t ph = h / 2, pw = w / 2;
+    float *out_img = out + img * ph * pw * cout;
+    for (size_t a = 0; a < side / 2 && y0 / 2 + a < ph; a++) {
+        for (size_t c = 0; c < side / 2 && x0 / 2 + c < pw; c++) {
+            float q[4][VW];
+            for (int k = 0; k < 4; k++) { /* (0,0), (0,1), (1,0), (1,1): maxpool2x2's order */
+                const float *t = y + ((2 * a + (size_t)(k >> 1)) * side + 2 * c + (size_t)(k & 1)) * VW;
+                for (int v = 0; v < VW; v++) q[k][v] = t[v] + b[v];
+                if (relu)
+                    for (int v = 0; v < VW; v++) q[k][v] = q[k][v] < 0.0f ? 0.0f : q[k][v];
+            }
+            for (int v = 0; v < VW; v++) {
+                float m = vgg_max_nan(q[0][v], q[1][v]);
+                m = vgg_max_nan(m, q[2][v]);
+                val[v] = vgg_max_nan(m, q[3][v]);
+            }
+            vgg_tile_copy(out_img + ((y0 / 2 + a) * pw + x0 / 2 + c) * cout + k0, val, len);
+        }
+    }
+}
+
+#endif
