@@ -31,6 +31,29 @@ int vgg_get_num_threads(void) {
     return g_num_threads;
 }
 
+size_t vgg_threads_for_buffers(size_t floats, size_t per_thread) {
+    const size_t fit = floats / per_thread, want = (size_t)vgg_get_num_threads();
+    return fit < want ? fit : want;
+}
+
+/* Blocks per thread between two polls of the abort callback: enough work that
+ * the barrier is negligible, little enough that Ctrl-C answers fast. */
+#define BLOCKS_PER_POLL 4
+
+int vgg_run_blocks(size_t nblocks, size_t nth, float *buffers, size_t per_thread,
+                   void (*block)(void *ctx, size_t bi, float *buffer), void *ctx,
+                   vgg_abort_fn abort_cb, void *abort_ctx) {
+    const size_t per_poll = nth * BLOCKS_PER_POLL;
+    for (size_t b0 = 0; b0 < nblocks; b0 += per_poll) {
+        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
+        const size_t b1 = b0 + per_poll < nblocks ? b0 + per_poll : nblocks;
+        VGG_OMP_FOR_DYNAMIC_N((int)nth)
+        for (size_t bi = b0; bi < b1; bi++)
+            block(ctx, bi, buffers + vgg_thread_index() * per_thread);
+    }
+    return VGG_OK;
+}
+
 int vgg_have_openmp(void) {
 #ifdef _OPENMP
     return 1;

@@ -67,6 +67,18 @@ static inline size_t vgg_thread_index(void) {
 #endif
 }
 
+/* threads.c: how many threads a workspace holding `floats` floats of per-thread
+ * buffers serves: the knob's count, or fewer when the buffers run short (the
+ * knob can have grown since the caller sized the workspace). */
+size_t vgg_threads_for_buffers(size_t floats, size_t per_thread);
+/* threads.c: block(ctx, bi, buffer) for bi in [0, nblocks), handed out to nth
+ * threads as they come free, each with its own buffer of per_thread floats
+ * from `buffers`; the abort callback is polled every few blocks per thread
+ * (VGG_ERR_CANCELLED). Blocks must not depend on which thread runs them. */
+int vgg_run_blocks(size_t nblocks, size_t nth, float *buffers, size_t per_thread,
+                   void (*block)(void *ctx, size_t bi, float *buffer), void *ctx,
+                   vgg_abort_fn abort_cb, void *abort_ctx);
+
 /* Returns status from the enclosing function when cond is false. */
 #define VGG_CHECK(cond, status) \
     do {                        \

@@ -253,13 +253,40 @@ static transforms transforms_for(int isa) {
                         output_transform_portable};
 }
 
-/* Blocks per thread between two polls of the abort callback. */
-#define BLOCKS_PER_POLL 4
+/* What a block of tiles needs (vgg_run_blocks hands out the blocks). */
+typedef struct {
+    transforms fn;
+    const wino_shape *s;
+    float *out;
+    const float *x, *u, *bias;
+    int relu, pool;
+    size_t tiles, tb, min_rows;
+} block_job;
+
+/* V (tb, 36, Cin) <- input transform of block bi's tiles; M (tb, 36, Cout) <- the
+ * 36 single-threaded sgemms; out <- output transform (bias, ReLU, pool). */
+static void run_block(void *ctx, size_t bi, float *vbuf) {
+    const block_job *j = ctx;
+    const size_t cin = j->s->cin, cout = j->s->cout;
+    const size_t t0 = bi * j->tb, t1 = t0 + j->tb < j->tiles ? t0 + j->tb : j->tiles,
+                 nt = t1 - t0;
+    /* a short block (the last) is padded with zero tiles up to the rows that
+     * sgemm rounds the same way as in a full block, so a tile's result never
+     * depends on the batch it came in (vgg_internal.h) */
+    const size_t mt = nt < j->min_rows ? j->min_rows : nt;
+    float *mbuf = vbuf + mt * v_stride(cin);
+    j->fn.input(vbuf, j->x, j->s, t0, t1);
+    if (mt > nt) memset(vbuf + nt * v_stride(cin), 0, (mt - nt) * v_stride(cin) * sizeof *vbuf);
+    /* tile-major V and M: a tile's 36 rows are adjacent for the transforms */
+    for (size_t xi = 0; xi < NXI; xi++)
+        vgg_sgemm(0, 0, mt, cout, cin, 1.0f, vbuf + xi * cin, v_stride(cin),
+                  j->u + xi * u_stride(cin, cout), cout, 0.0f, mbuf + xi * cout, m_stride(cout));
+    j->fn.output(j->out, mbuf, j->bias, j->relu, j->pool, j->s, t0, t1);
+}
 
 int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel,
                                  const float *bias, int relu, int pool, size_t n, size_t h,
-                                 size_t w,
-                                 size_t cin, size_t cout, float *workspace,
+                                 size_t w, size_t cin, size_t cout, float *workspace,
                                  size_t workspace_floats, vgg_abort_fn abort_cb,
                                  void *abort_ctx) {
     VGG_CHECK(out && x && kernel && bias && workspace, VGG_ERR_ARG);
@@ -270,10 +297,7 @@ int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel
     size_t u_n, tiles;
     VGG_CHECK(vgg_mul_ok(cin, cout, &u_n) && vgg_mul_ok(NXI, u_n + PAD, &u_n), VGG_ERR_SHAPE);
     VGG_CHECK(workspace_floats >= u_n && workspace_floats - u_n >= per_thread, VGG_ERR_NOMEM);
-    /* as many threads as the knob asks and the workspace has block buffers for:
-     * the knob can have grown since the caller sized the workspace */
-    size_t nth = (size_t)vgg_get_num_threads();
-    if (nth > (workspace_floats - u_n) / per_thread) nth = (workspace_floats - u_n) / per_thread;
+    const size_t nth = vgg_threads_for_buffers(workspace_floats - u_n, per_thread);
     const wino_shape s = {n, h, w, cin, cout, (h + TILE - 1) / TILE, (w + TILE - 1) / TILE};
     VGG_CHECK(vgg_mul_ok(s.th * s.tw, n, &tiles), VGG_ERR_SHAPE);
     const transforms fn = transforms_for(vgg_get_isa());
@@ -285,31 +309,9 @@ int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel
 
     /* 2. blocks of tiles */
     const size_t tb = tiles_per_block(cin, cout);
-    const size_t nblocks = (tiles + tb - 1) / tb;
     size_t min_rows = vgg_sgemm_stable_rows(cout, cin);
     if (min_rows > tb) min_rows = tb; /* short blocks: small products either way */
-    const size_t per_poll = nth * BLOCKS_PER_POLL;
-    for (size_t b0 = 0; b0 < nblocks; b0 += per_poll) {
-        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
-        const size_t b1 = b0 + per_poll < nblocks ? b0 + per_poll : nblocks;
-        VGG_OMP_FOR_DYNAMIC_N((int)nth)
-        for (size_t bi = b0; bi < b1; bi++) {
-            float *vbuf = workspace + u_n + vgg_thread_index() * per_thread;
-            const size_t t0 = bi * tb, t1 = t0 + tb < tiles ? t0 + tb : tiles, nt = t1 - t0;
-            /* a short block (the last) is padded with zero tiles up to the rows
-             * that sgemm rounds the same way as in a full block, so a tile's
-             * result never depends on the batch it came in (vgg_internal.h) */
-            const size_t mt = nt < min_rows ? min_rows : nt;
-            float *mbuf = vbuf + mt * v_stride(cin);
-            fn.input(vbuf, x, &s, t0, t1);
-            if (mt > nt) memset(vbuf + nt * v_stride(cin), 0, (mt - nt) * v_stride(cin) * sizeof *vbuf);
-            /* tile-major V and M: a tile's 36 rows are adjacent for the transforms */
-            for (size_t xi = 0; xi < NXI; xi++)
-                vgg_sgemm(0, 0, mt, cout, cin, 1.0f, vbuf + xi * cin, v_stride(cin),
-                          u + xi * u_stride(cin, cout), cout, 0.0f, mbuf + xi * cout,
-                          m_stride(cout));
-            fn.output(out, mbuf, bias, relu, pool, &s, t0, t1);
-        }
-    }
-    return VGG_OK;
+    block_job job = {fn, &s, out, x, u, bias, relu, pool, tiles, tb, min_rows};
+    return vgg_run_blocks((tiles + tb - 1) / tb, nth, workspace + u_n, per_thread, run_block,
+                          &job, abort_cb, abort_ctx);
 }

@@ -422,13 +422,41 @@ int vgg_bf16_native(void) {
 #endif
 }
 
-/* Blocks per thread between two polls of the abort callback. */
-#define BLOCKS_PER_POLL 4
+/* What a block of tiles needs (vgg_run_blocks hands out the blocks). */
+typedef struct {
+    kernels fn;
+    const wino_shape *s;
+    float *out;
+    const float *x, *bias;
+    const bf16 *u;
+    int relu, pool;
+    size_t tiles, tb;
+} block_job;
+
+/* V (tb, 16, Cin) bf16 <- input transform of block bi's tiles, padded with zero
+ * tiles up to whole register blocks (each row is summed on its own, so padding
+ * changes nothing); M (tb, 16, Cout) <- the 16 products; out <- output
+ * transform (bias, ReLU, pool). */
+static void run_block(void *ctx, size_t bi, float *mine) {
+    const block_job *j = ctx;
+    const size_t cin = j->s->cin, cout = j->s->cout;
+    const size_t kp = pairs(cin), np = cout_pad(cout), cinp = 2 * kp;
+    bf16 *vbuf = (bf16 *)mine;
+    float *mbuf = mine + bf16_as_floats(j->tb * v_stride(cin));
+    const size_t t0 = bi * j->tb, t1 = t0 + j->tb < j->tiles ? t0 + j->tb : j->tiles,
+                 nt = t1 - t0;
+    const size_t rows = (nt + MR - 1) / MR * MR;
+    j->fn.input(vbuf, j->x, j->s, t0, t1);
+    if (rows > nt) memset(vbuf + nt * v_stride(cin), 0, (rows - nt) * v_stride(cin) * sizeof *vbuf);
+    for (size_t xi = 0; xi < NXI; xi++)
+        j->fn.gemm(mbuf + xi * np, m_stride(cout), vbuf + xi * cinp, v_stride(cin),
+                   j->u + xi * u_stride(cin, cout), np, kp, rows);
+    j->fn.output(j->out, mbuf, j->bias, j->relu, j->pool, j->s, t0, t1);
+}
 
 int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *kernel,
                                       const float *bias, int relu, int pool, size_t n, size_t h,
-                                      size_t w,
-                                      size_t cin, size_t cout, float *workspace,
+                                      size_t w, size_t cin, size_t cout, float *workspace,
                                       size_t workspace_floats, vgg_abort_fn abort_cb,
                                       void *abort_ctx) {
     VGG_CHECK(out && x && kernel && bias && workspace, VGG_ERR_ARG);
@@ -440,41 +468,20 @@ int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *k
     VGG_CHECK(vgg_mul_ok(NXI * 2 * pairs(cin), cout_pad(cout) + PAD_BF16, &check), VGG_ERR_SHAPE);
     const size_t u_n = u_floats(cin, cout), per_thread = thread_floats(cin, cout);
     VGG_CHECK(workspace_floats >= u_n && workspace_floats - u_n >= per_thread, VGG_ERR_NOMEM);
-    /* as many threads as the knob asks and the workspace has block buffers for */
-    size_t nth = (size_t)vgg_get_num_threads();
-    if (nth > (workspace_floats - u_n) / per_thread) nth = (workspace_floats - u_n) / per_thread;
+    const size_t nth = vgg_threads_for_buffers(workspace_floats - u_n, per_thread);
     const wino_shape s = {n, h, w, cin, cout, (h + TILE - 1) / TILE, (w + TILE - 1) / TILE};
     VGG_CHECK(vgg_mul_ok(s.th * s.tw, n, &tiles), VGG_ERR_SHAPE);
     const kernels fn = kernels_for(vgg_get_isa());
     bf16 *u = (bf16 *)workspace;
-    const size_t kp = pairs(cin), np = cout_pad(cout), cinp = 2 * kp;
+    const size_t kp = pairs(cin);
 
     /* 1. the kernel, by pairs of input channels */
     VGG_OMP_FOR_N((int)nth)
     for (size_t p = 0; p < kp; p++) fn.kernel(u, kernel, &s, p);
 
-    /* 2. blocks of tiles; a short block is padded with zero tiles up to whole
-     * register blocks (each row is summed on its own, so padding changes nothing) */
+    /* 2. blocks of tiles */
     const size_t tb = tiles_per_block(cin, cout);
-    const size_t nblocks = (tiles + tb - 1) / tb;
-    const size_t per_poll = nth * BLOCKS_PER_POLL;
-    for (size_t b0 = 0; b0 < nblocks; b0 += per_poll) {
-        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
-        const size_t b1 = b0 + per_poll < nblocks ? b0 + per_poll : nblocks;
-        VGG_OMP_FOR_DYNAMIC_N((int)nth)
-        for (size_t bi = b0; bi < b1; bi++) {
-            float *mine = workspace + u_n + vgg_thread_index() * per_thread;
-            bf16 *vbuf = (bf16 *)mine;
-            float *mbuf = mine + bf16_as_floats(tb * v_stride(cin));
-            const size_t t0 = bi * tb, t1 = t0 + tb < tiles ? t0 + tb : tiles, nt = t1 - t0;
-            const size_t rows = (nt + MR - 1) / MR * MR;
-            fn.input(vbuf, x, &s, t0, t1);
-            if (rows > nt) memset(vbuf + nt * v_stride(cin), 0, (rows - nt) * v_stride(cin) * sizeof *vbuf);
-            for (size_t xi = 0; xi < NXI; xi++)
-                fn.gemm(mbuf + xi * np, m_stride(cout), vbuf + xi * cinp, v_stride(cin),
-                        u + xi * u_stride(cin, cout), np, kp, rows);
-            fn.output(out, mbuf, bias, relu, pool, &s, t0, t1);
-        }
-    }
-    return VGG_OK;
+    block_job job = {fn, &s, out, x, bias, u, relu, pool, tiles, tb};
+    return vgg_run_blocks((tiles + tb - 1) / tb, nth, workspace + u_n, per_thread, run_block,
+                          &job, abort_cb, abort_ctx);
 }
