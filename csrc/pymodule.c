@@ -163,6 +163,35 @@ static int py_abort_cb(void *ctx) {
 /* ------------------------------------------------------------------------ */
 /* threads and build info                                                   */
 
+static const char FORKED_MSG[] =
+    "vggtl runs on one thread in this process: it was forked (multiprocessing's 'fork' "
+    "start method, os.fork) after vggtl had started OpenMP threads, and OpenMP (libgomp) "
+    "cannot start threads again after fork; use multiprocessing.get_context('spawn') or "
+    "'forkserver' to keep every thread";
+
+/* Before a long call: one RuntimeWarning in a process forked after vggtl's
+ * threads had started (it runs on one thread from then on), and a RuntimeError,
+ * not libgomp's exit, when this thread's team cannot be started. 0, or -1 with
+ * an exception set. */
+static int threads_ready(void) {
+    static int warned;
+    if (vgg_threads_forked() && !warned) {
+        warned = 1;
+        if (PyErr_WarnEx(PyExc_RuntimeWarning, FORKED_MSG, 1) < 0) return -1;
+    }
+    int err = 0, st;
+    Py_BEGIN_ALLOW_THREADS
+    st = vgg_threads_start(&err);
+    Py_END_ALLOW_THREADS
+    if (st != VGG_OK) {
+        PyErr_Format(PyExc_RuntimeError, "could not start %d threads (%s): the process is at a "
+                     "memory or thread limit; call vggtl.set_num_threads(n) with fewer",
+                     vgg_get_num_threads(), strerror(err));
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
     (void)self;
     long n = PyLong_AsLong(arg);
@@ -172,6 +201,8 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
         return NULL;
     }
     vgg_set_num_threads((int)n);
+    if (n > 1 && vgg_threads_forked() && PyErr_WarnEx(PyExc_RuntimeWarning, FORKED_MSG, 1) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -292,6 +323,7 @@ static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|pO$zp", kwlist, &xo, &ko, &bo, &relu, &outo,
                                      &pname, &pool))
         return NULL;
+    if (threads_ready()) return NULL;
     const int precision = parse_precision(pname);
     if (precision < 0) return NULL;
     PyArrayObject *x = check_array(xo, "x", F32_ONLY, 4, 0);
@@ -512,6 +544,7 @@ static PyObject *py_input_convert(PyObject *self, PyObject *args, PyObject *kw) 
     float scale[3], shift[3];
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|p", kwlist, &xo, &so, &sho, &rev))
         return NULL;
+    if (threads_ready()) return NULL;
     if (parse_float3(so, "scale", scale) || parse_float3(sho, "shift", shift)) return NULL;
     PyArrayObject *x = check_array(xo, "x", IMAGE_TYPES, 4, 0);
     if (!x) return NULL;
@@ -545,6 +578,7 @@ static PyObject *py_resize(PyObject *self, PyObject *args, PyObject *kw) {
     PyObject *xo;
     Py_ssize_t oh, ow;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Onn", kwlist, &xo, &oh, &ow)) return NULL;
+    if (threads_ready()) return NULL;
     /* check_array's message lists float64, which the resize does not take */
     if (PyArray_Check(xo) && PyArray_TYPE((PyArrayObject *)xo) != NPY_UINT8 &&
         PyArray_TYPE((PyArrayObject *)xo) != NPY_FLOAT32) {
@@ -648,6 +682,7 @@ static PyObject *py_augment_apply(PyObject *self, PyObject *args, PyObject *kw) 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOid|OO", kwlist, &xo, &po, &mode, &cval, &io,
                                      &oo))
         return NULL;
+    if (threads_ready()) return NULL;
     PyArrayObject *x = check_array(xo, "x", IMAGE_TYPES, 4, 0);
     if (!x) return NULL;
     PyArrayObject *params = check_array(po, "params", AUG_F64, 2, 0);
@@ -832,6 +867,7 @@ static PyObject *py_vgg16_forward(PyObject *self, PyObject *args, PyObject *kw) 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiOOpO|Oi$z", kwlist, &xo, &po, &stop, &pooling,
                                      &so, &sho, &rev, &wso, &outo, &start, &pname))
         return NULL;
+    if (threads_ready()) return NULL;
     vgg16_config cfg;
     if (parse_config(&cfg, start, stop, pooling, so, sho, rev)) return NULL;
     if ((cfg.precision = parse_precision(pname)) < 0) return NULL;
@@ -1331,6 +1367,7 @@ static PyObject *py_head_predict(PyObject *self, PyObject *args, PyObject *kw) {
     PyObject *xo, *spec, *wso;
     Py_ssize_t batch;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOnO", kwlist, &xo, &spec, &batch, &wso)) return NULL;
+    if (threads_ready()) return NULL;
     vgg_head h;
     if (parse_head(spec, &h, 0)) return NULL;
     if (batch < 1) {
@@ -1364,6 +1401,7 @@ static PyObject *py_head_evaluate(PyObject *self, PyObject *args, PyObject *kw) 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOOnO", kwlist, &xo, &spec, &loss, &yo, &swo,
                                      &batch, &wso))
         return NULL;
+    if (threads_ready()) return NULL;
     vgg_head h;
     if (parse_head(spec, &h, 0)) return NULL;
     if (batch < 1) {
@@ -1411,6 +1449,7 @@ static PyObject *py_head_fit_epoch(PyObject *self, PyObject *args, PyObject *kw)
                                      &iterations, &loss, &yo, &swo, &batch, &shuffle, &seed,
                                      &epoch, &ordo, &wso))
         return NULL;
+    if (threads_ready()) return NULL;
     vgg_optimizer opt;
     if (parse_optimizer(oo, &opt)) return NULL;
     vgg_head h;
@@ -1447,6 +1486,7 @@ static PyObject *py_conv3x3_backward(PyObject *self, PyObject *args, PyObject *k
     int need_dx = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|p", kwlist, &go, &xo, &ko, &need_dx))
         return NULL;
+    if (threads_ready()) return NULL;
     PyArrayObject *g = check_array(go, "dout", F32_ONLY, 4, 0);
     PyArrayObject *x = g ? check_array(xo, "x", F32_ONLY, 4, 0) : NULL;
     PyArrayObject *k = x ? check_array(ko, "kernel", F32_ONLY, 4, 0) : NULL;
@@ -1616,6 +1656,7 @@ static PyObject *py_finetune_fit_epoch(PyObject *self, PyObject *args, PyObject 
                                      &iterations, &loss, &yo, &swo, &batch, &shuffle, &seed,
                                      &epoch, &ordo, &wso))
         return NULL;
+    if (threads_ready()) return NULL;
     vgg_optimizer opt;
     if (parse_optimizer(oo, &opt)) return NULL;
     const int nslots = vgg_optimizer_slots(&opt);

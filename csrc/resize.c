@@ -249,9 +249,7 @@ int vgg_resize_bilinear(void *out, const void *x, int dtype, size_t n, size_t h,
     const int nth = (int)(nbuf < knob ? nbuf : knob);
     (void)nth;
 
-#ifdef _OPENMP
-    VGG_PRAGMA(omp parallel for schedule(static) num_threads(nth))
-#endif
+    VGG_OMP_FOR_N(nth)
     for (size_t i = 0; i < n; i++) {
         float *buf = buffers + vgg_thread_index() * buffer;
         /* accumulators first (8-byte aligned when the workspace is), then the image */

@@ -45,7 +45,8 @@ enum vgg_status {
     VGG_ERR_NOMEM = 3,     /* workspace too small */
     VGG_ERR_INTERNAL = 4,  /* a broken invariant: a bug in vggtl */
     VGG_ERR_CANCELLED = 5, /* the abort callback asked to stop */
-    VGG_ERR_NONFINITE = 6  /* a loss or value became NaN or infinite */
+    VGG_ERR_NONFINITE = 6, /* a loss or value became NaN or infinite */
+    VGG_ERR_THREADS = 7    /* the threads of a team could not be started */
 };
 
 const char *vgg_status_str(int status);
@@ -61,6 +62,17 @@ typedef int (*vgg_abort_fn)(void *ctx);
  * Default: omp_get_max_threads() (so OMP_NUM_THREADS applies), 1 without OpenMP. */
 void vgg_set_num_threads(int n);
 int vgg_get_num_threads(void);
+/* Makes sure the calling thread can start a team of vgg_get_num_threads()
+ * threads: the first call, and the first after the count grew, starts the
+ * threads the team lacks and ends them again, so that a process at its memory
+ * or thread limit gets VGG_ERR_THREADS (and *err the errno of pthread_create)
+ * here, before any work, rather than libgomp exiting the process inside a
+ * parallel region. Other calls return at once. Thread-safe. */
+int vgg_threads_start(int *err);
+/* Non-zero in a process forked after a team of more than one thread had started
+ * (in it or an ancestor): libgomp cannot start threads again there, so the count
+ * is 1 and vgg_set_num_threads keeps it at 1. */
+int vgg_threads_forked(void);
 /* Non-zero if the core was compiled with OpenMP. */
 int vgg_have_openmp(void);
 /* A static string describing the BLAS (e.g. OpenBLAS's config string). */

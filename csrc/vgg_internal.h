@@ -9,29 +9,35 @@
 #include <string.h>
 
 /* OpenMP pragmas collapse to nothing without OpenMP; num_threads follows the
- * one knob, vgg_set_num_threads. */
+ * one knob, vgg_set_num_threads, through vgg_team (threads.c), which notes that
+ * a team of more than one thread may start: a process forked after that runs
+ * on one thread (libgomp's threads do not survive fork). */
 #ifdef _OPENMP
 #include <omp.h>
 #define VGG_PRAGMA(x) _Pragma(#x)
-#define VGG_OMP_FOR VGG_PRAGMA(omp parallel for schedule(static) num_threads(vgg_get_num_threads()))
+#define VGG_OMP_FOR \
+    VGG_PRAGMA(omp parallel for schedule(static) num_threads(vgg_team(vgg_get_num_threads())))
 /* A team of exactly n threads: for loops that index per-thread buffers sized
  * from a thread count read once (the knob may change in another thread). */
-#define VGG_OMP_FOR_N(n) VGG_PRAGMA(omp parallel for schedule(static) num_threads(n))
+#define VGG_OMP_FOR_N(n) VGG_PRAGMA(omp parallel for schedule(static) num_threads(vgg_team(n)))
 /* The same, blocks handed out as threads come free (uneven blocks, busy cores). */
-#define VGG_OMP_FOR_DYNAMIC_N(n) VGG_PRAGMA(omp parallel for schedule(dynamic) num_threads(n))
+#define VGG_OMP_FOR_DYNAMIC_N(n) \
+    VGG_PRAGMA(omp parallel for schedule(dynamic) num_threads(vgg_team(n)))
 /* Parallel only when the loop has enough work to pay for waking the team: a
  * region costs microseconds on an idle machine but far more on a loaded one,
  * and the head's per-batch loops are often tiny. */
 #define VGG_OMP_MIN_WORK 32768
+#define VGG_OMP_IF_THREADS(work) \
+    vgg_team((work) >= VGG_OMP_MIN_WORK ? vgg_get_num_threads() : 1)
 #define VGG_OMP_FOR_IF(work)                                                        \
     VGG_PRAGMA(omp parallel for schedule(static) if ((work) >= VGG_OMP_MIN_WORK)    \
-                   num_threads(vgg_get_num_threads()))
+                   num_threads(VGG_OMP_IF_THREADS(work)))
 #define VGG_OMP_FOR_REDUCE_SUM_IF(v, work)                                          \
     VGG_PRAGMA(omp parallel for schedule(static) reduction(+ : v)                   \
-                   if ((work) >= VGG_OMP_MIN_WORK) num_threads(vgg_get_num_threads()))
+                   if ((work) >= VGG_OMP_MIN_WORK) num_threads(VGG_OMP_IF_THREADS(work)))
 #define VGG_OMP_FOR_COLLAPSE2_IF(work)                                              \
     VGG_PRAGMA(omp parallel for collapse(2) schedule(static)                        \
-                   if ((work) >= VGG_OMP_MIN_WORK) num_threads(vgg_get_num_threads()))
+                   if ((work) >= VGG_OMP_MIN_WORK) num_threads(VGG_OMP_IF_THREADS(work)))
 #else
 #define VGG_OMP_FOR_N(n)
 #define VGG_OMP_FOR_DYNAMIC_N(n)
@@ -67,6 +73,10 @@ static inline size_t vgg_thread_index(void) {
 #endif
 }
 
+/* threads.c: n, the size of a team about to start; notes that one of more than
+ * one thread may have run (see vgg_threads_start and the fork handler there).
+ * Every parallel region takes its thread count through it. */
+int vgg_team(int n);
 /* threads.c: how many threads a workspace holding `floats` floats of per-thread
  * buffers serves: the knob's count, or fewer when the buffers run short (the
  * knob can have grown since the caller sized the workspace). */

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -145,3 +146,89 @@ def test_omp_num_threads_is_the_default():
                            text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == n
+
+
+# -- fork after OpenMP ---------------------------------------------------------------
+def _predict_in_child(conn, model, X):
+    """A forked child: predicts twice, tries to raise the thread count, and sends
+    back the features, the thread counts and the warnings it saw."""
+    import warnings
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        F = model.predict(X)
+        F2 = model.predict(X)
+        threads = vggtl.get_num_threads()
+        vggtl.set_num_threads(2)
+        after_set = vggtl.get_num_threads()
+    conn.send((F, F2, threads, after_set,
+               [(w.category.__name__, str(w.message)) for w in seen]))
+    conn.close()
+
+
+@pytest.mark.skipif(not vggtl.info()["openmp"], reason="needs OpenMP")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_after_predict_runs_on_one_thread(rng, close, tol, conv_weights,
+                                                         restore_threads):
+    # libgomp's threads do not survive fork: a child whose parent had run a team
+    # of two waited for ever in its first team (was: hung). It now runs on one
+    # thread, with one warning that says why and what to do.
+    import multiprocessing
+    vggtl.set_num_threads(2)
+    model = vggtl.VGG16(weights=conv_weights, pooling="avg")
+    X = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    expect = model.predict(X)  # a team of two threads, in this process
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_predict_in_child, args=(send, model, X))
+    p.start()
+    send.close()
+    try:
+        got = recv.recv() if recv.poll(120) else None
+    finally:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert got is not None, "the forked child hung in its first predict (libgomp after fork)"
+    F, F2, threads, after_set, warned = got
+    assert p.exitcode == 0
+    close(F, expect, rtol=tol.threads)
+    np.testing.assert_array_equal(F2, F)
+    assert threads == 1 and after_set == 1
+    # once for the predicts, once for the refused set_num_threads(2)
+    assert [c for c, _ in warned] == ["RuntimeWarning", "RuntimeWarning"], warned
+    assert all("forked" in m and "spawn" in m for _, m in warned), warned
+    assert vggtl.get_num_threads() == 2  # the parent keeps its threads
+
+
+_FORK_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import numpy as np, vggtl
+    vggtl.set_num_threads(2)
+
+    def child_threads():
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, str(vggtl.get_num_threads()).encode())
+            os._exit(0)
+        os.close(w)
+        out = os.read(r, 16).decode()
+        os.waitpid(pid, 0)
+        return out
+
+    model = vggtl.VGG16(weights=None, input_shape=(32, 32, 3))
+    head = vggtl.TransferModel(model, head=[vggtl.Dense(2, activation="softmax")])
+    before = child_threads()  # nothing computed yet: the child may use its threads
+    model.predict(np.zeros((1, 32, 32, 3), np.uint8))
+    print(before, child_threads())
+""")
+
+
+@pytest.mark.skipif(not vggtl.info()["openmp"], reason="needs OpenMP")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_before_any_work_keeps_its_threads():
+    r = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "1"]
