@@ -183,7 +183,7 @@ def test_a_child_forked_after_predict_runs_on_one_thread(rng, close, tol, conv_w
     p.start()
     send.close()
     try:
-        got = recv.recv() if recv.poll(120) else None
+        got = recv.recv() if recv.poll(60) else None
     finally:
         p.join(10)
         if p.is_alive():
@@ -232,3 +232,40 @@ def test_a_child_forked_before_any_work_keeps_its_threads():
                        timeout=120, env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["2", "1"]
+
+
+_LIMIT_SCRIPT = textwrap.dedent("""
+    import resource
+    import numpy as np, vggtl
+    # enough work for a parallel region (preprocessing: no workspace to allocate)
+    X = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
+    vggtl.set_num_threads(1)
+    one = vggtl.preprocess_input(X)
+    with open("/proc/self/status") as f:
+        vm = 1024 * int(next(l for l in f if l.startswith("VmSize:")).split()[1])
+    # room for a few 16 MiB thread stacks (OMP_STACKSIZE), not for 63 of them
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (160 << 20), resource.RLIM_INFINITY))
+    vggtl.set_num_threads(64)
+    try:
+        vggtl.preprocess_input(X)
+        print("no error")
+    except RuntimeError as e:
+        print("RuntimeError:", e)
+    vggtl.set_num_threads(2)  # fits: the process goes on
+    print("after:", bool(np.array_equal(vggtl.preprocess_input(X), one)))
+""")
+
+
+@pytest.mark.skipif(not vggtl.info()["openmp"], reason="needs OpenMP")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_threads_that_cannot_start_raise_instead_of_ending_the_process():
+    # under an address-space limit, 64 threads' stacks do not fit: libgomp printed
+    # "Thread creation failed" and exited the process (was: exit status 1 mid-call)
+    env = dict(os.environ, OMP_STACKSIZE="16M", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", _LIMIT_SCRIPT], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("RuntimeError: could not start 64 threads"), r.stdout
+    assert "vggtl.set_num_threads" in lines[0]
+    assert lines[1] == "after: True"
