@@ -805,11 +805,12 @@ static PyObject *py_vgg16_output_shape(PyObject *self, PyObject *args, PyObject 
 
 static PyObject *py_vgg16_workspace_floats(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", "start_layer", NULL};
+    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", "start_layer", "threads",
+                             NULL};
     int stop, pooling, start = 0;
-    Py_ssize_t batch, h, w;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn|i", kwlist, &stop, &pooling, &batch, &h,
-                                     &w, &start))
+    Py_ssize_t batch, h, w, threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn|in", kwlist, &stop, &pooling, &batch, &h,
+                                     &w, &start, &threads))
         return NULL;
     vgg16_config cfg;
     if (parse_config(&cfg, start, stop, pooling, NULL, NULL, 0)) return NULL;
@@ -817,7 +818,14 @@ static PyObject *py_vgg16_workspace_floats(PyObject *self, PyObject *args, PyObj
         PyErr_SetString(PyExc_ValueError, "batch, h, w: expected sizes >= 1");
         return NULL;
     }
-    size_t n = vgg16_workspace_floats(&cfg, (size_t)batch, (size_t)h, (size_t)w);
+    if (threads < 0 || threads > 4096) {
+        PyErr_Format(PyExc_ValueError, "threads: expected 0 (the knob's count) to 4096, got %zd",
+                     threads);
+        return NULL;
+    }
+    size_t n = threads ? vgg16_workspace_floats_for(&cfg, (size_t)batch, (size_t)h, (size_t)w,
+                                                    (size_t)threads)
+                       : vgg16_workspace_floats(&cfg, (size_t)batch, (size_t)h, (size_t)w);
     if (n == 0) {
         PyErr_Format(PyExc_ValueError, "input of %zd x %zd: too small for layer '%s'", h, w,
                      vgg16_layer_name(stop));
@@ -1768,7 +1776,8 @@ static PyMethodDef methods[] = {
     {"vgg16_output_shape", KW py_vgg16_output_shape, METH_VARARGS | METH_KEYWORDS,
      "vgg16_output_shape(stop_layer, pooling, classes, h, w) -> (oh, ow, oc)"},
     {"vgg16_workspace_floats", KW py_vgg16_workspace_floats, METH_VARARGS | METH_KEYWORDS,
-     "vgg16_workspace_floats(stop_layer, pooling, batch, h, w) -> int"},
+     "vgg16_workspace_floats(stop_layer, pooling, batch, h, w, start_layer=0, threads=0) -> int\n\n"
+     "threads: the convolutions' buffers for that many threads (0: the knob's count)"},
     {"vgg16_forward", KW py_vgg16_forward, METH_VARARGS | METH_KEYWORDS,
      "vgg16_forward(x, params, stop_layer, pooling, scale, shift, reverse_channels, "
      "workspace, out=None, start_layer=0, *, precision='fp32') -> features"},

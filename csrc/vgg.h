@@ -383,6 +383,12 @@ int vgg16_output_shape(size_t *oh, size_t *ow, size_t *oc, const vgg16_config *c
  * forward pass splits any N into passes of at most the number of images that
  * fit the workspace it is given, so memory does not grow with N. */
 size_t vgg16_workspace_floats(const vgg16_config *cfg, size_t batch, size_t h, size_t w);
+/* The same with the convolutions' buffers for `threads` threads rather than the
+ * knob's count: vgg16_forward given a workspace that holds fewer threads'
+ * buffers than the knob asks for runs the convolutions on as many threads as it
+ * holds (a memory budget: the caller picks the threads). 0 if threads < 1. */
+size_t vgg16_workspace_floats_for(const vgg16_config *cfg, size_t batch, size_t h, size_t w,
+                                  size_t threads);
 /* The least vgg16_forward accepts: one image, and the convolutions' buffers for
  * one thread (they then run single-threaded). 0 if the input is too small. */
 size_t vgg16_workspace_floats_min(const vgg16_config *cfg, size_t h, size_t w);

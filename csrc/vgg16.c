@@ -47,6 +47,20 @@ size_t vgg16_layer_units(int layer) {
     return (layer >= 0 && layer < VGG16_NUM_LAYERS) ? LAYERS[layer].units : 0;
 }
 
+/* The convolutions' workspace for a given number of threads: the largest of
+ * the conv layers from cfg->start_layer to cfg->stop_layer (it does not depend
+ * on the image size). cfg must have passed plan(). */
+static size_t conv_ws_for(const vgg16_config *cfg, size_t threads) {
+    size_t ch = cfg->start_layer ? LAYERS[cfg->start_layer - 1].units : 3, most = 0;
+    for (int l = cfg->start_layer; l <= cfg->stop_layer && l < VGG16_FLATTEN; l++) {
+        if (LAYERS[l].kind != VGG16_KIND_CONV) continue;
+        const size_t f = vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, threads);
+        if (f > most) most = f;
+        ch = LAYERS[l].units;
+    }
+    return most;
+}
+
 /* Shape after each layer up to cfg->stop_layer, for one image. Fills per-layer
  * h/w/c when the arrays are given; reports the largest activation and the
  * largest conv input depth. */
@@ -77,10 +91,6 @@ static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, 
         size_t a = 0;
         switch (LAYERS[l].kind) {
         case VGG16_KIND_CONV:
-            if (vgg_conv3x3_workspace_floats(ch, LAYERS[l].units) > p->conv_ws)
-                p->conv_ws = vgg_conv3x3_workspace_floats(ch, LAYERS[l].units);
-            if (vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, 1) > p->conv_ws_min)
-                p->conv_ws_min = vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, 1);
             ch = LAYERS[l].units;
             break;
         case VGG16_KIND_POOL:
@@ -106,6 +116,8 @@ static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, 
         }
         if (a > p->max_act) p->max_act = a;
     }
+    p->conv_ws = conv_ws_for(cfg, (size_t)vgg_get_num_threads());
+    p->conv_ws_min = conv_ws_for(cfg, 1);
     if (stop >= VGG16_FLATTEN) {
         p->oh = p->ow = 1;
         p->oc = flat;
@@ -134,14 +146,19 @@ int vgg16_output_shape(size_t *oh, size_t *ow, size_t *oc, const vgg16_config *c
 
 static size_t col_floats(const net_plan *p) { return p->conv_ws; }
 
-size_t vgg16_workspace_floats(const vgg16_config *cfg, size_t batch, size_t h, size_t w) {
+size_t vgg16_workspace_floats_for(const vgg16_config *cfg, size_t batch, size_t h, size_t w,
+                                  size_t threads) {
     net_plan p;
     /* classes only changes the tiny predictions buffer; 4096 bounds it for
      * ImageNet and any head a user gives below that */
-    if (plan(&p, cfg, 4096, h, w) != VGG_OK) return 0;
+    if (threads < 1 || plan(&p, cfg, 4096, h, w) != VGG_OK) return 0;
     size_t acts;
     if (!vgg_mul_ok(p.max_act, batch, &acts) || !vgg_mul_ok(acts, 2, &acts)) return 0;
-    return acts + col_floats(&p);
+    return acts + conv_ws_for(cfg, threads);
+}
+
+size_t vgg16_workspace_floats(const vgg16_config *cfg, size_t batch, size_t h, size_t w) {
+    return vgg16_workspace_floats_for(cfg, batch, h, w, (size_t)vgg_get_num_threads());
 }
 
 size_t vgg16_workspace_floats_min(const vgg16_config *cfg, size_t h, size_t w) {
@@ -261,10 +278,21 @@ int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size
     if (n == 0) return VGG_OK;
 
     size_t col_n = col_floats(&p);
-    /* set_num_threads may have grown since the caller sized the workspace: then
-     * the convolutions get the buffers of one thread (and use as many threads as
-     * they find buffers for) rather than the call failing */
-    if (workspace_floats < col_n + 2 * p.max_act) col_n = p.conv_ws_min;
+    /* a workspace sized for fewer threads than the knob asks for (a memory
+     * budget, or a knob that grew since): the convolutions get the buffers of
+     * the most threads that leave room for one image, and run on that many
+     * (they use as many threads as they find buffers for), rather than the call
+     * failing or the workspace growing */
+    if (workspace_floats < col_n + 2 * p.max_act) {
+        const size_t room = workspace_floats > 2 * p.max_act ? workspace_floats - 2 * p.max_act : 0;
+        size_t lo = 1, hi = (size_t)vgg_get_num_threads(); /* conv_ws_for grows with threads */
+        while (lo < hi) {
+            const size_t mid = lo + (hi - lo + 1) / 2;
+            if (conv_ws_for(cfg, mid) <= room) lo = mid;
+            else hi = mid - 1;
+        }
+        col_n = conv_ws_for(cfg, lo);
+    }
     VGG_CHECK(workspace_floats > col_n, VGG_ERR_NOMEM);
     size_t per_pass = (workspace_floats - col_n) / (2 * p.max_act);
     VGG_CHECK(per_pass >= 1, VGG_ERR_NOMEM);

@@ -38,20 +38,40 @@ PREPROCESS_MODES = ("caffe", "torch", "scale", None)
 
 # Scratch memory for the network's activations, per model. The core runs as many
 # images at a time as fit, so this, not batch_size, bounds memory (a batch of 16
-# at 224 x 224 fits: peak RSS stays under 1 GB, benchmarks/memory.py).
+# at 224 x 224 fits: peak RSS stays under 1 GB, benchmarks/memory.py). It holds
+# whatever the thread count: each thread of a convolution needs buffers of its
+# own, so with many threads the convolutions run on as many as it holds.
 _WORKSPACE_BYTES = 512 << 20
 
 
-def _images_per_pass(stop, pool, h, w, start=0):
-    """Images the core takes through the layers at a time: as many as the
-    workspace budget holds. Each pass transforms every Winograd layer's kernels
-    again (36 x Cin x Cout floats, 235 MB for the whole base), so passes are as
-    large as the budget allows, whatever batch_size says: features do not depend
-    on how images are grouped."""
-    one = _core.vgg16_workspace_floats(stop, pool, 1, h, w, start_layer=start)
-    per = _core.vgg16_workspace_floats(stop, pool, 2, h, w, start_layer=start) - one
-    fixed = one - per  # the convolution's workspace: the same for any number of images
-    return max(1, (_WORKSPACE_BYTES // 4 - fixed) // max(per, 1))
+def _pass_plan(stop, pool, h, w, n, start=0):
+    """(images per pass, workspace floats) within the workspace budget.
+
+    The convolutions' per-thread buffers come first: the most threads (up to
+    vggtl.set_num_threads) whose buffers leave room for one image, as the core
+    does with a workspace that holds fewer than the knob asks for. The rest
+    holds images. Each pass transforms every Winograd layer's kernels again
+    (36 x Cin x Cout floats, 235 MB for the whole base), so passes are as large
+    as the budget allows, whatever batch_size says: features do not depend on
+    how images are grouped. At least one image and one thread, even past the
+    budget (an image too large for it)."""
+    budget = _WORKSPACE_BYTES // 4
+
+    def floats(images, threads):
+        return _core.vgg16_workspace_floats(stop, pool, images, h, w, start_layer=start,
+                                            threads=threads)
+
+    per = floats(2, 1) - floats(1, 1)  # one more image's activations
+    lo, hi = 1, _core.get_num_threads()
+    while lo < hi:  # the buffers grow with the threads
+        mid = (lo + hi + 1) // 2
+        if floats(1, mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    fixed = floats(1, lo) - per
+    images = int(min(n, max(1, (budget - fixed) // max(per, 1))))
+    return images, floats(images, lo)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -355,14 +375,14 @@ class VGG16:
         out = np.empty((n, oc) if flat else (n, oh, ow, oc), dtype=np.float32)
         if n == 0:
             return out
-        fit = min(_images_per_pass(stop, pool, h, w), n)
+        fit, floats = _pass_plan(stop, pool, h, w, n)
         step = max(batch_size, fit)  # X is read (and converted) this many images at a time
         params = self._params(stop >= _INDEX["fc1"])
         scale, shift, rev = _preprocess_params(self.preprocess)
         # the workspace is reused across calls; the lock keeps two threads
         # predicting with one model from sharing it at the same time
         with self._lock:
-            ws = self._get_workspace(_core.vgg16_workspace_floats(stop, pool, fit, h, w))
+            ws = self._get_workspace(floats)
             for i in range(0, n, step):
                 xb = batch_for_core(X[i:i + step])
                 check_finite_batch(xb, "X", i)
@@ -391,12 +411,11 @@ class VGG16:
         out = np.empty((n, oc) if flat else (n, oh, ow, oc), dtype=np.float32)
         if n == 0:
             return out
-        fit = min(_images_per_pass(stop, _core.POOL_NONE, h, w, start), n)
+        fit, floats = _pass_plan(stop, _core.POOL_NONE, h, w, n, start)
         step = max(batch_size, fit)
         params = self._params(stop >= _INDEX["fc1"])
         with self._lock:
-            ws = self._get_workspace(_core.vgg16_workspace_floats(
-                stop, _core.POOL_NONE, fit, h, w, start_layer=start))
+            ws = self._get_workspace(floats)
             for i in range(0, n, step):
                 _core.vgg16_forward(F[i:i + step], params, stop, _core.POOL_NONE,
                                     (1.0,) * 3, (0.0,) * 3, False, ws, out=out[i:i + step],
