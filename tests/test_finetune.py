@@ -247,3 +247,40 @@ def test_fine_tune_reads_the_cut_from_the_cache_and_takes_augmented_views(tmp_pa
                         cache=str(tmp_path), augment=aug, augment_views=2)
     assert _core.vgg16_forward_images() - before == 2 * len(X)  # two views, once each
     assert len(H.history["loss"]) == 3 and np.isfinite(H.history["loss"]).all()
+
+
+def test_fine_tune_never_keeps_nan_weights():
+    # class weights of 1e20 with Adam: the losses stay finite while an update
+    # leaves NaN in the head and infinity in the moments; fine_tune returned
+    # normally with them (was). It now stops at that epoch's end and keeps the
+    # previous epoch's state, which a run of that many epochs reproduces bit for bit.
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 2, 16)
+
+    def tuned(epochs):
+        base = vggtl.VGG16(weights=None, input_shape=(32, 32, 3), preprocess="caffe")
+        model = vggtl.TransferModel(base, [vggtl.Flatten(), vggtl.Dense(8, activation="relu"),
+                                           vggtl.Dense(2, activation="softmax")], cache=False)
+        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+        try:
+            model.fine_tune(X, y, unfreeze_from="block5_conv1", optimizer=vggtl.Adam(1e-3),
+                            epochs=epochs, batch_size=16, verbose=0,
+                            class_weight={0: 1e20, 1: 1.0})
+        except FloatingPointError as e:
+            return model, e
+        return model, None
+
+    model, error = tuned(3)
+    assert error is not None and "while the loss stayed finite" in str(error), error
+    done = model._epochs_done
+    assert done == len(model.history.history["loss"]) >= 1
+    w = model.get_weights()
+    assert "block5_conv3" in w
+    assert all(np.isfinite(a).all() for kb in w.values() for a in kb)
+    expect, error = tuned(done)
+    assert error is None
+    expect = expect.get_weights()
+    for k in expect:
+        np.testing.assert_array_equal(w[k][0], expect[k][0], err_msg=k)
+        np.testing.assert_array_equal(w[k][1], expect[k][1], err_msg=k)

@@ -1026,6 +1026,32 @@ def test_nan_loss_stops_and_keeps_the_last_completed_epoch(rng, base):
     assert model.optimizer.iterations == 4 * len(rec.weights)
 
 
+def test_nan_weights_behind_a_finite_loss_are_not_kept(base):
+    # class weights of 1e20: the loss guard (which looks at each batch's loss
+    # before its update) saw finite losses while an update left NaN in the
+    # weights and infinity in Adam's moments; fit returned normally with them, or
+    # a later FloatingPointError said it kept "the last completed epoch's" NaN
+    # weights (was). Each epoch's end is checked now.
+    r = np.random.default_rng(0)
+    F = r.random((40, 1, 1, 512), dtype=np.float32)
+    y = r.integers(0, 2, 40)
+    model = model_of(base, [(16, "relu"), (2, "softmax")], opt=vggtl.Adam(),
+                     loss="categorical_crossentropy")
+    w0 = model.get_weights()
+    rec = Recorder()
+    with pytest.raises(FloatingPointError, match="NaN or infinite while the loss stayed finite") \
+            as e:
+        model.fit_features(F, y, batch_size=40, epochs=3, verbose=0,
+                           class_weight={0: 1e20, 1: 1.0}, callbacks=[rec])
+    assert "weights of the last completed epoch were kept" in str(e.value)
+    w = model.get_weights()
+    assert all(np.isfinite(a).all() for kb in w.values() for a in kb)
+    assert all(np.isfinite(a).all() for s in model._slots.values() for a in s if a is not None)
+    assert_weights_equal(w, rec.weights[-1] if rec.weights else w0)
+    assert model._epochs_done == len(rec.weights) == len(model.history.history.get("loss", []))
+    assert model.optimizer.iterations == len(rec.weights)
+
+
 def test_nan_loss_mid_epoch_restores_the_epoch_start(rng, base):
     # batch 1 is fine and updates the weights; batch 2 holds a huge feature
     # vector whose logits overflow: the batch-1 update must be undone

@@ -531,6 +531,15 @@ class TransferModel:
                 # history agree (and a later fit resumes from a real epoch boundary)
                 self._restore_training_state(snapshot)
                 raise
+            bad = self._nonfinite_state()
+            if bad is not None:
+                # the loss guard sees the loss before each update only: an update
+                # (huge class weights) can still leave NaN or infinity behind
+                self._restore_training_state(snapshot)
+                raise FloatingPointError(f"epoch {epoch + 1}: the {bad} became NaN or infinite "
+                                         f"while the loss stayed finite: lower the learning rate "
+                                         f"or the class weights; the weights of the last "
+                                         f"completed epoch were kept")
             self.optimizer.iterations = it
             self._epochs_done += 1
             logs = {"loss": loss_sum / seen}
@@ -566,6 +575,21 @@ class TransferModel:
         return (self.get_weights(),
                 {k: tuple(None if a is None else a.copy() for a in v) for k, v in slots.items()},
                 self.optimizer.iterations)
+
+    def _nonfinite_state(self) -> Optional[str]:
+        """What first holds NaN or infinity among the trainable weights and their
+        optimizer state ("layer 'dense' kernel"), or None."""
+        weights = dict(self._weights)
+        for name in self._tuned_base_layers():
+            weights[name] = self.base._weights[name]
+        for name, pair in weights.items():
+            for what, a in zip(("kernel", "bias"), pair):
+                if not np.isfinite(a).all():
+                    return f"layer '{name}' {what}"
+        for name, slots in {**self._slots, **self._conv_slots}.items():
+            if any(a is not None and not np.isfinite(a).all() for a in slots):
+                return f"optimizer state of layer '{name}'"
+        return None
 
     def _restore_training_state(self, state):
         weights, slots, iterations = state
