@@ -830,3 +830,121 @@ def test_a_young_unlocked_leftover_is_kept_and_saves_work_without_flock(tmp_path
     got = vggtl.VGG16(weights=str(path)).get_weights()
     want = _model(2).base.get_weights()
     assert all(np.array_equal(got[n][0], want[n][0]) for n in want)
+
+
+# -- crafted model files -----------------------------------------------------------------------
+def _crafted_models(tmp_path):
+    """(name, config change, tensors change, what the error must say) for crafted
+    model files. Each was (the name says which) a KeyError, TypeError,
+    RecursionError or OverflowError, a ValueError naming neither the file nor the
+    field, a silent acceptance, or 819 MB allocated before the check."""
+    def cfg(**kv):
+        return lambda c: c.update(kv)
+
+    def head(i, **kv):
+        return lambda c: c["head"][i].update(kv)
+
+    def drop(key):
+        return lambda c: c.pop(key)
+
+    def comp(**kv):
+        return lambda c: c["compile"].update(kv)
+
+    def opt(**kv):
+        return lambda c: c["compile"]["optimizer"].update(kv)
+
+    def nested(depth):  # written as text: json itself cannot build it
+        return lambda c: c.update(classes=f"@nested {depth}@")
+
+    def tensor(key, fn):
+        return lambda t: t.__setitem__(key, fn(t[key]))
+
+    nan_kernel = tensor("head/dense/kernel", lambda a: np.where(a > 0, np.nan, a).astype(a.dtype))
+    return [
+        ("no base (KeyError)", drop("base"), None, "'base' is missing"),
+        ("base is a list (TypeError)", cfg(base=[]), None, "base: expected an object"),
+        ("compile is a number (TypeError)", cfg(compile=5), None, "compile: expected an object"),
+        ("head layer is a string (a ValueError naming neither)", lambda c: c["head"].__setitem__(1, "x"),
+         None, "head[1]: expected a layer object"),
+        ("an unknown layer argument (TypeError)", head(1, kernel_initializer="zeros"), None,
+         "head[1]: unknown field 'kernel_initializer'"),
+        ("an unknown optimizer argument (TypeError)", opt(amsgrad=True), None,
+         "compile.optimizer: unknown field 'amsgrad'"),
+        ("units as a string", head(1, units="8"), None, "head[1].units"),
+        ("format_version as a string (TypeError)", cfg(format_version="2"), None,
+         "format_version"),
+        ("classes nested 100000 deep (RecursionError)", nested(100000), None, "nests too deeply"),
+        ("classes nested 50 deep", nested(50), None, "classes"),
+        ("epochs_done 1e400 (OverflowError)", cfg(epochs_done=float("inf")), None,
+         "epochs_done"),
+        ("iterations 2**70 (OverflowError in fit)", comp(iterations=2 ** 70), None,
+         "compile.iterations"),
+        ("input_shape 2**70 (OverflowError)", lambda c: c["base"].update(
+            input_shape=[2 ** 70, 32, 3]), None, "base.input_shape[0]"),
+        ("seed -1", cfg(seed=-1), None, "seed"),
+        ("a negative learning rate", opt(learning_rate=-1.0), None,
+         "compile.optimizer.learning_rate"),
+        ("dropout rate 1.5", lambda c: c["head"].insert(2, {"class_name": "Dropout",
+                                                           "name": "dropout", "rate": 1.5}),
+         None, "head[2].rate"),
+        ("an input layer in the middle", lambda c: c["head"].insert(
+            2, {"class_name": "Flatten", "name": "flatten_1"}), None, "head[2].class_name"),
+        ("two layers of one name", head(2, name="dense"), None, "head[2].name"),
+        ("5 classes for a 2-unit output", cfg(classes=["a", "b", "c", "d", "e"]), None,
+         "classes: expected a list of 1 to 2 labels"),
+        ("classes of mixed kinds", cfg(classes=["a", 1]), None, "classes"),
+        ("units 400000 (819 MB allocated before the check)", head(1, units=400_000), None,
+         "tensor 'head/dense/kernel': expected float32 (512, 400000)"),
+        ("units that disagree with the kernel", head(1, units=9), None,
+         "tensor 'head/dense/kernel'"),
+        ("NaN in a head kernel (accepted)", None, nan_kernel, "head/dense/kernel': holds NaN"),
+        ("a float64 head kernel (accepted)", None,
+         tensor("head/dense/kernel", lambda a: a.astype(np.float64)), "head/dense/kernel"),
+        ("a tensor no layer has (accepted)", None,
+         lambda t: t.__setitem__("base/fc1/kernel", np.zeros((2, 2), np.float32)),
+         "base/fc1/kernel"),
+        ("optimizer state without compile (ignored)", cfg(compile=None), None,
+         "optimizer state, but compile is null"),
+        ("Adam's state with plain SGD", lambda c: c["compile"].update(optimizer={
+            "class_name": "SGD", "learning_rate": 0.01, "decay": 0.0, "momentum": 0.0,
+            "nesterov": False}), None, "SGD has no such optimizer state"),
+    ]
+
+
+def test_crafted_model_metadata_is_a_value_error_naming_the_field(tmp_path):
+    import tracemalloc
+    from safetensors.numpy import load, save
+    path = tmp_path / "model.vggtl"
+    m = _model(3)
+    m.save(str(path))
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    config = json.loads(json.loads(raw[8:8 + n])["__metadata__"]["vggtl"])
+    tensors = load(raw)
+    for name, change, change_tensors, field in _crafted_models(tmp_path):
+        c = json.loads(json.dumps(config))
+        t = dict(tensors)
+        if change:
+            change(c)
+        if change_tensors:
+            change_tensors(t)
+        p = tmp_path / "crafted.vggtl"
+        text = json.dumps(c)
+        if isinstance(c.get("classes"), str) and c["classes"].startswith("@nested"):
+            depth = int(c["classes"].split()[1][:-1])
+            text = text.replace(json.dumps(c["classes"]), "[" * depth + "]" * depth)
+        p.write_bytes(save(t, metadata={"vggtl": text}))
+        tracemalloc.start()
+        try:
+            with pytest.raises(ValueError) as e:
+                vggtl.load_model(str(p))
+            peak = tracemalloc.get_traced_memory()[1]
+        except BaseException as error:  # another exception type: say which case
+            raise AssertionError(f"{name}: {type(error).__name__}: {error}") from None
+        finally:
+            tracemalloc.stop()
+        assert str(p) in str(e.value), (name, str(e.value))
+        assert field in str(e.value), (name, str(e.value))
+        # nothing large allocated: the file's tensors (59 MB) are read, little more
+        assert peak < 3 * len(raw) + (64 << 20), (name, peak)
+    assert vggtl.load_model(str(path)).get_weights()["dense"][0].shape == (512, 8)

@@ -13,10 +13,12 @@ epoch with the GIL released.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import sys
+import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -35,6 +37,17 @@ LOSSES = {"binary_crossentropy": 0, "categorical_crossentropy": 1,
 # version that holds it (fp32 models stay 1), so that an older vggtl refuses a
 # bf16 model instead of running it in float32, and still reads the others.
 FORMAT_VERSION = 2
+
+
+def _locked(method):
+    """Runs a TransferModel method holding the model's lock: a second thread's
+    fit, predict or save waits for the first one's to finish instead of
+    updating the same weights at the same time."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 def _check_int(name, v, minimum):
@@ -73,6 +86,7 @@ class TransferModel:
         if isinstance(head, Layer) or not isinstance(head, (list, tuple)) or len(head) == 0:
             raise TypeError("head: expected a non-empty list of layers, e.g. [Flatten(), "
                             "Dense(512, activation='relu'), Dropout(0.5), Dense(2, activation='softmax')]")
+        self._lock = threading.RLock()  # one call at a time (fit calls fit_features)
         self.base = base
         self.seed = _check_int("seed", seed, 0)
         self.name = name
@@ -161,6 +175,7 @@ class TransferModel:
         """Base layers with weights that are marked trainable (fine-tuning)."""
         return tuple(n for n in self.base.trainable_layers if n in self.base._weights)
 
+    @_locked
     def get_weights(self) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """The trainable weights ``{layer: (kernel, bias)}`` (copies): the head's
         Dense layers, plus the base's layers marked trainable (after
@@ -171,6 +186,7 @@ class TransferModel:
             out[name] = (k.copy(), b.copy())
         return out
 
+    @_locked
     def set_weights(self, weights: Dict[str, Tuple[np.ndarray, np.ndarray]]) -> None:
         """Set the head's weights (every Dense layer, exact shapes)."""
         new = {}
@@ -186,6 +202,8 @@ class TransferModel:
             if nw.shape != w.shape or nb.shape != b.shape:
                 raise ValueError(f"weights['{name}']: expected kernel {w.shape} and bias {b.shape}, "
                                  f"got {nw.shape} and {nb.shape}")
+            if not (np.isfinite(nw).all() and np.isfinite(nb).all()):
+                raise ValueError(f"weights['{name}']: contains NaN or infinity")
             new[name] = (nw, nb)
         # copy into the existing arrays: the optimizer and the core keep their addresses
         for name, (nw, nb) in new.items():
@@ -215,6 +233,7 @@ class TransferModel:
         print_fn("\n".join(lines))
 
     # -- compile ----------------------------------------------------------------
+    @_locked
     def compile(self, optimizer="adam", loss="categorical_crossentropy", metrics=None) -> None:
         """Choose the optimizer (a name or an instance), the loss
         ("binary_crossentropy", "categorical_crossentropy",
@@ -335,6 +354,7 @@ class TransferModel:
         return np.ascontiguousarray(F)
 
     # -- training -----------------------------------------------------------------
+    @_locked
     def fit(self, x, y, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
             validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
             class_weight=None, callbacks: Optional[List[Callback]] = None,
@@ -446,6 +466,7 @@ class TransferModel:
             x, y = x[:cut], np.asarray(y)[:cut]
         return x, y, validation_data
 
+    @_locked
     def fit_features(self, features, y, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
                      validation_data=None, shuffle: bool = True, class_weight=None,
                      callbacks: Optional[List[Callback]] = None,
@@ -602,6 +623,7 @@ class TransferModel:
         self.optimizer.iterations = iterations
 
     # -- fine-tuning ----------------------------------------------------------------
+    @_locked
     def fine_tune(self, x, y, unfreeze_from: Optional[str] = None, optimizer=None,
                   batch_size: int = 32, epochs: int = 1, verbose: int = 1,
                   validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
@@ -733,6 +755,7 @@ class TransferModel:
         return first
 
     # -- inference ----------------------------------------------------------------
+    @_locked
     def predict_features(self, features, batch_size: int = 32) -> np.ndarray:
         """The head's output (probabilities) on precomputed features."""
         batch_size = _check_int("batch_size", batch_size, 1)
@@ -742,10 +765,12 @@ class TransferModel:
         spec = self._spec(False)
         return _core.head_predict(F, spec, batch_size, self._workspace(spec, batch_size))
 
+    @_locked
     def predict(self, x, batch_size: int = 32) -> np.ndarray:
         """Class probabilities (N, units) for images x."""
         return self.predict_features(self.features(x, batch_size=batch_size), batch_size)
 
+    @_locked
     def evaluate_features(self, features, y, batch_size: int = 32):
         """[loss, accuracy] (or loss alone without metrics) on precomputed features."""
         if self.loss is None:
@@ -760,11 +785,13 @@ class TransferModel:
                                        self._workspace(spec, batch_size))
         return [ls / n, c / n] if self.metrics else ls / n
 
+    @_locked
     def evaluate(self, x, y, batch_size: int = 32):
         """[loss, accuracy] on images x and labels y, as Keras's ``evaluate``."""
         return self.evaluate_features(self.features(x, batch_size=batch_size), y, batch_size)
 
     # -- saving ---------------------------------------------------------------------
+    @_locked
     def get_config(self) -> dict:
         b = self.base
         return {
@@ -782,6 +809,7 @@ class TransferModel:
             "classes": None if self.classes_ is None else self.classes_.tolist(),
         }
 
+    @_locked
     def save(self, path) -> None:
         """Write the model (base and head weights as safetensors, the
         configuration as JSON metadata) atomically: a crash leaves the previous
@@ -831,6 +859,11 @@ def load_model(path) -> TransferModel:
         tensors = load(raw)
     except Exception as e:  # safetensors raises its own error types on damaged data
         raise ValueError(f"path: {path!r} is not a readable vggtl model file ({e})") from None
+    from . import _model_config
+    try:  # the whole configuration, against the tensors, before anything is built
+        _model_config.check(config, tensors, FORMAT_VERSION)
+    except ValueError as e:
+        raise ValueError(f"path: {path!r} holds an invalid vggtl model: {e}") from None
     b = config["base"]
     base_weights, head_weights, slots = {}, {}, {}
     for key, arr in tensors.items():
@@ -877,12 +910,16 @@ def _read_metadata(raw: bytes, path: str) -> dict:
     try:
         header = json.loads(raw[8:8 + n])
         config = json.loads(header["__metadata__"]["vggtl"])
+    except RecursionError:
+        raise ValueError(f"path: {path!r} is not a vggtl model file (its header nests "
+                         f"too deeply)") from None
     except (ValueError, KeyError, TypeError):
         raise ValueError(f"path: {path!r} is a safetensors file but not a vggtl model "
                          f"(no vggtl metadata)") from None
-    if config.get("format") != "vggtl.TransferModel":
+    if not isinstance(config, dict) or config.get("format") != "vggtl.TransferModel":
         raise ValueError(f"path: {path!r} is not a vggtl TransferModel file")
-    if config.get("format_version", 0) > FORMAT_VERSION:
+    version = config.get("format_version", 0)
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ValueError(f"path: {path!r} was written by a newer vggtl (format "
                          f"{config['format_version']}); upgrade vggtl to read it")
     return config
