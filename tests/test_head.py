@@ -1113,3 +1113,45 @@ def test_base_with_top_is_refused():
     top = vggtl.VGG16(weights=None, include_top=True, classes=2)
     with pytest.raises(ValueError, match="include_top=False"):
         vggtl.TransferModel(top, head=[vggtl.Dense(2, activation="softmax")])
+
+
+def test_two_threads_fitting_one_model_lose_no_update(base):
+    # the C epoch releases the GIL: two threads' fits on one model updated the same
+    # weights at once and each wrote back its own step count, so updates were lost
+    # (was). The model's lock makes them run one after the other: the result is
+    # that of two fits in a row, bit for bit.
+    import threading
+    r = np.random.default_rng(5)
+    F = r.standard_normal((512, 1, 1, 512), dtype=np.float32)
+    y = rule_labels(F)
+
+    def fresh():
+        return model_of(base, [(64, "relu"), (2, "softmax")], opt=vggtl.Adam(1e-3),
+                        loss="categorical_crossentropy")
+
+    def fit(model):
+        model.fit_features(F, y, batch_size=16, epochs=6, verbose=0)
+
+    serial = fresh()
+    fit(serial)
+    fit(serial)
+    shared = fresh()
+    start = threading.Barrier(2)
+    errors = []
+
+    def run():
+        try:
+            start.wait()
+            fit(shared)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert shared.optimizer.iterations == serial.optimizer.iterations == 2 * 6 * 32
+    assert shared._epochs_done == 12
+    assert_weights_equal(shared.get_weights(), serial.get_weights())
