@@ -84,6 +84,29 @@ def test_predict_rejects_values_that_overflow_float32(base_model):
         base_model.predict(X)
 
 
+@pytest.mark.parametrize("dtype,value", [(np.float32, 3e38), (np.float32, -1e6),
+                                         (np.uint64, np.iinfo(np.uint64).max),
+                                         (np.int64, 70000), (np.float64, 1e20)])
+def test_predict_refuses_pixels_far_beyond_16_bit(base_model, dtype, value):
+    # finite but extreme pixels gave NaN features (3e38 in float32) or features
+    # of 1e16 (uint64's maximum), silently (was)
+    X = np.zeros((3, 32, 32, 3), dtype)
+    X[1, 5, 5, 2] = value
+    with pytest.raises(ValueError, match=r"^X: image 1 has a pixel of .*expected pixels within "
+                                         r"\+-65535 .*scale the images first"):
+        base_model.predict(X, batch_size=1)
+    with pytest.raises(ValueError, match=r"^x: image 1 has a pixel of "):
+        vggtl.preprocess_input(X)
+
+
+def test_predict_takes_16_bit_images(base_model):
+    for X in (np.full((1, 32, 32, 3), 65535, np.uint16),
+              np.full((1, 32, 32, 3), -65535.0, np.float32),
+              np.full((1, 32, 32, 3), 65535, np.int64)):
+        F = base_model.predict(X)
+        assert np.isfinite(F).all() and F.max() > 0
+
+
 # --- predict: other arguments ------------------------------------------------------
 
 @pytest.mark.parametrize("batch_size", [0, -1, 1.5, True, "8", None])

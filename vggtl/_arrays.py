@@ -51,22 +51,31 @@ def batch_for_core(xb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(xb)
 
 
-_F32_MAX = float(np.finfo(np.float32).max)
+# The largest pixel magnitude vggtl takes: 16-bit images' white. Images are
+# 8- or 16-bit, or floats in 0-1 or 0-255 (or preprocessed, a few hundred at
+# most); far beyond, VGG16's features are no longer image features: from about
+# 1e34 they are NaN (sums overflow float32), and below that they grow with the
+# pixels (uint64's maximum gives features of 1e16).
+PIXEL_MAX = 65535.0
 
 
 def check_finite_batch(xb: np.ndarray, name: str, start: int) -> None:
-    """Raise if a float batch holds NaN or infinity, or (float64) values that
-    become infinite in float32, where the core computes: they would poison the
+    """Raise if a float batch (integers other than uint8 arrive as float32)
+    holds NaN, infinity or a pixel beyond +-PIXEL_MAX: they would poison the
     features silently."""
     if xb.dtype.kind != "f":
         return
-    ok = np.isfinite(xb)
-    if xb.dtype.itemsize > 4:
-        ok &= np.abs(xb) <= _F32_MAX
-    if not ok.all():
-        bad = start + int(np.flatnonzero(~ok.reshape(len(xb), -1).all(axis=1))[0])
-        raise ValueError(f"{name}: image {bad} contains NaN, infinite values or values beyond "
-                         f"float32's range")
+    ok = np.abs(xb) <= PIXEL_MAX  # False for NaN too
+    if ok.all():
+        return
+    i = int(np.flatnonzero(~ok.reshape(len(xb), -1).all(axis=1))[0])
+    if not np.isfinite(xb[i]).all():
+        raise ValueError(f"{name}: image {start + i} contains NaN, infinite values or values "
+                         f"beyond float32's range")
+    raise ValueError(f"{name}: image {start + i} has a pixel of {np.abs(xb[i]).max():.4g}; "
+                     f"expected pixels within +-{PIXEL_MAX:.0f} (8- or 16-bit images, floats "
+                     f"in 0-1 or 0-255): VGG16's features of such pixels are NaN or "
+                     f"meaningless; scale the images first")
 
 
 def release_pages(X, start: int, stop: int) -> None:

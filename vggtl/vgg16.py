@@ -360,7 +360,10 @@ class VGG16:
         set, or the softmax with the top). Returns float32: (N, h, w, c) for conv
         and pool layers, (N, units) past flatten or with pooling. X is read one
         batch at a time and never copied as a whole; the GIL is released while the
-        core computes and Ctrl-C stops it within about a second.
+        core computes and Ctrl-C stops it within about a second. Pixels must be
+        finite and within +-65535 (8- or 16-bit images, floats in 0-1 or 0-255):
+        others raise ValueError, since VGG16's features of them would be NaN or
+        meaningless.
         """
         X = as_images(X)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
