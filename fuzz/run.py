@@ -29,7 +29,7 @@ ROOT = os.path.dirname(HERE)
 # target -> the longest input libFuzzer makes (the seeds' sizes set it: HDF5 files
 # of the miniature network are 26 to 45 kB)
 TARGETS = {"pickle": 4096, "h5": 65536, "pth_zip": 32768, "pth_legacy": 16384,
-           "safetensors": 16384, "cache": 16384}
+           "safetensors": 16384, "cache": 16384, "model": 65536}
 _DONE = re.compile(r"Done (\d+) runs in (\d+) second")
 
 

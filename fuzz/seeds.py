@@ -176,9 +176,67 @@ def seeds_cache(d):
                                                chunks=[None] * len(body["chunks"])), b"")}
 
 
+def use_mini_vgg16_model() -> None:
+    """Make vggtl.VGG16 (and so load_model) take the miniature network's conv
+    weights (the model fuzz target only; the head's shapes stay the real ones)."""
+    from vggtl import vgg16 as V
+    mini = {n: ((3, 3, cin, cout), (cout,)) for n, cin, cout in mini_spec()}
+    V._expected_shapes = lambda classes, include_top: dict(mini)
+
+
+def model_input(file_bytes: bytes, rewrap=True) -> bytes:
+    """A fuzz input of the model target: a flag byte (1: the target writes the
+    file's tensors again with the metadata that follows, so that mutations of the
+    configuration's JSON reach load_model's checks whole; 0: the file as it is),
+    the metadata's length (uint32), the metadata (JSON), then a model file."""
+    n = int.from_bytes(file_bytes[:8], "little")
+    meta = json.loads(file_bytes[8:8 + n])["__metadata__"]["vggtl"].encode()
+    return struct.pack("<BI", 1 if rewrap else 0, len(meta)) + meta + file_bytes
+
+
+def seeds_model(d):
+    """TransferModel files (on the miniature base): compiled with Adam after two
+    epochs (optimizer state, string classes), SGD with momentum and a 1-unit
+    sigmoid on a pooled base, uncompiled with a global-pooling head in bf16."""
+    import warnings
+    import vggtl
+    use_mini_vgg16_model()
+    r = np.random.default_rng(8)
+    out = {}
+
+    def build(name, head, pooling=None, precision="fp32", compile_=None, fit=None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bf16 emulated here
+            base = vggtl.VGG16(weights=mini_weights(9), input_shape=(32, 32, 3),
+                               preprocess="caffe", pooling=pooling, precision=precision)
+        m = vggtl.TransferModel(base, head=head, seed=3)
+        if compile_:
+            m.compile(**compile_)
+        if fit:
+            F = r.standard_normal((8,) + m.feature_shape, dtype=np.float32)
+            m.fit_features(F, np.array(fit * 4), batch_size=4, epochs=2, verbose=0)
+        path = os.path.join(d, name)
+        m.save(path)
+        data = _read(path)
+        out[name.replace(".vggtl", ".bin")] = model_input(data)
+        return data
+
+    data = build("adam.vggtl", [vggtl.Flatten(), vggtl.Dense(4, activation="relu"),
+                                vggtl.Dropout(0.5), vggtl.Dense(2, activation="softmax")],
+                 compile_=dict(optimizer=vggtl.Adam(1e-3), loss="categorical_crossentropy",
+                               metrics=["accuracy"]), fit=["cat", "dog"])
+    out["adam_as_written.bin"] = model_input(data, rewrap=False)
+    build("sgd.vggtl", [vggtl.Dense(1, activation="sigmoid")], pooling="avg",
+          compile_=dict(optimizer=vggtl.SGD(0.01, momentum=0.9), loss="binary_crossentropy"),
+          fit=[0, 1])
+    build("bf16.vggtl", [vggtl.GlobalAveragePooling2D(), vggtl.Dense(3, activation="softmax")],
+          precision="bf16")
+    return out
+
+
 BUILDERS = {"pickle": seeds_pickle, "h5": seeds_h5, "pth_zip": seeds_pth_zip,
             "pth_legacy": seeds_pth_legacy, "safetensors": seeds_safetensors,
-            "cache": seeds_cache}
+            "cache": seeds_cache, "model": seeds_model}
 
 
 def build(target: str, out_dir: str) -> int:
