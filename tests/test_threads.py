@@ -258,6 +258,8 @@ _LIMIT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(not vggtl.info()["openmp"], reason="needs OpenMP")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.skipif("ASAN_OPTIONS" in os.environ,
+                    reason="ASan maps terabytes of shadow memory: no address-space limit fits it")
 def test_threads_that_cannot_start_raise_instead_of_ending_the_process():
     # under an address-space limit, 64 threads' stacks do not fit: libgomp printed
     # "Thread creation failed" and exited the process (was: exit status 1 mid-call)
