@@ -12,16 +12,18 @@
  * fewer. The transforms are additions, memory-bound.
  *
  * Steps, for a call (a pass of N images):
- *   1. U (36, Cin, Cout) <- the kernel transformed once (in the workspace).
+ *   1. U (36, Cin, Cout) <- the kernel transformed, packed for gemm.c; or U
+ *      prepared once by vgg_winograd_prepare and passed in (frozen weights).
  *   2. Tiles of all images are numbered (image, tile row, tile column) and cut
- *      into blocks of a fixed size set by Cin and Cout only (so the result does
- *      not depend on the thread count). Each thread takes whole blocks:
- *        V (tb, 36, Cin)  <- input transform of the block's tiles
- *        M (tb, 36, Cout) <- 36 single-threaded sgemms (strided rows)
- *        out              <- output transform, + bias, ReLU, written in place
- *      V and M are the thread's own; the block size follows OpenBLAS's small
- *      and packed sgemm paths (tiles_per_block), and the strides are padded by a
- *      cache line so the 36 streams never share a cache set.
+ *      into blocks; all threads work on one block at a time, phase by phase:
+ *        V (36, tb, Cin)  <- input transform of the block's tiles
+ *        M (36, tb, Cout) <- the 36 products (gemm.c), split by position and
+ *                            panels of output channels
+ *        out              <- output transform, + bias, ReLU (and the 2x2 pool)
+ *      Working together on a block keeps both cores busy on the small maps of
+ *      small images, where one layer has fewer blocks than there are threads.
+ *      Every tile's sums run in a fixed order (gemm.c), so neither the block
+ *      size, nor the batch, nor the thread count changes a bit.
  * The transforms are vectorised over 16 channels at a time; they are compiled
  * for AVX-512, AVX2+FMA and the baseline (cpu.c picks one at run time).
  *
@@ -40,40 +42,38 @@
 
 #include "winograd_tiles.h"
 
-/* Tiles per block, by what OpenBLAS does with each (tb x Cin) @ (Cin x Cout)
- * product. Up to 1e6 multiply-adds it runs its small-matrix kernels, which read
- * the operands in place and are fastest on short blocks; larger products go
- * through its packing path, which copies the Cin x Cout slice of U on every
- * call, and longer blocks amortise that copy. Measured per layer (224 x 224,
- * 8 images, 1 thread, AVX-512 kernels), ms at tb 32 / 64 / 128:
- *   block2_conv2 (128->128)  115 / 156 / 168   (32 is a small product)
- *   block3_conv2 (256->256)  164 / 139 / 129
- *   block4_conv2 (512->512)  172 / 158 / 147
- * The block size depends on the layer only, never on the thread count, so the
- * products (and the bits) are the same on any number of threads. */
-#define SHORT_TB 32
-#define LONG_TB 128
+_Static_assert(VW == VGG_GEMM_NR, "the kernel transform writes whole panels of U");
+
+/* The block buffers: V (36, tb, Cin) and M (36, tb, Cout), position-major so
+ * that each of the 36 products reads and writes whole matrices, sized so both
+ * stay in the shared L3 while U streams past them (a longer block reuses each
+ * slice of U on more rows). A tile's result does not depend on the block it is
+ * in (gemm.c), so the block size is free to follow the layer. */
+#define BLOCK_BYTES ((size_t)12 << 20)
+#define MIN_TB 24
 
 static size_t tiles_per_block(size_t cin, size_t cout) {
-    return (double)SHORT_TB * (double)cin * (double)cout <= 1e6 ? SHORT_TB : LONG_TB;
+    const size_t tb = BLOCK_BYTES / (sizeof(float) * NXI * (cin + cout));
+    return tb < MIN_TB ? MIN_TB : tb;
 }
 
-/* Strides of U's 36 slices and of a tile's rows in V and M, one cache line more
- * than packed. Packed, they are multiples of 4 KiB (Cin, Cout multiples of 32),
- * so the 36 streams the kernel transform writes, and the rows sgemm packs from
- * V, all fall in one cache set and evict each other: the kernel transform took
- * a third of a 50 x 50 forward before this. */
+/* Strides of the 36 slices of U, V and M, one cache line more than packed:
+ * packed, they are multiples of 4 KiB and the 36 streams a transform reads or
+ * writes would all fall in one cache set. */
 #define PAD 16
-static size_t u_stride(size_t cin, size_t cout) { return cin * cout + PAD; }
-static size_t v_stride(size_t cin) { return NXI * cin + PAD; }
-static size_t m_stride(size_t cout) { return NXI * cout + PAD; }
+static size_t u_stride(size_t cin, size_t cout) { return vgg_gemm_packed_floats(cin, cout) + PAD; }
+static size_t v_stride(size_t tb, size_t cin) { return tb * cin + PAD; }
+static size_t m_stride(size_t tb, size_t cout) { return tb * cout + PAD; }
 
-static size_t thread_floats(size_t cin, size_t cout) {
-    return tiles_per_block(cin, cout) * (v_stride(cin) + m_stride(cout));
+static size_t block_floats(size_t tb, size_t cin, size_t cout) {
+    return NXI * (v_stride(tb, cin) + m_stride(tb, cout));
 }
 
-size_t vgg_winograd_workspace_floats(size_t cin, size_t cout, size_t threads) {
-    return NXI * u_stride(cin, cout) + thread_floats(cin, cout) * threads;
+size_t vgg_winograd_prepared_floats(size_t cin, size_t cout) { return NXI * u_stride(cin, cout); }
+
+size_t vgg_winograd_workspace_floats(size_t cin, size_t cout, int prepared) {
+    const size_t tb = tiles_per_block(cin, cout);
+    return (prepared ? 0 : vgg_winograd_prepared_floats(cin, cout)) + block_floats(tb, cin, cout);
 }
 
 /* ---- the transforms, for 16 channels at a time ---------------------------
@@ -134,22 +134,19 @@ ALWAYS_INLINE void kernel_transform_body(float *u, const float *kernel, const wi
             /* t (6 x 3) = G g, then r (6 x 6) = t G^T */
             for (int j = 0; j < 3; j++) g3(&t[0][j][0], 3 * VW, &g[j][0], 3 * VW);
             for (int i = 0; i < ALPHA; i++) g3(&r[i][0][0], VW, &t[i][0][0], VW);
-            for (int xi = 0; xi < NXI; xi++) {
-                float *dst = u + (size_t)xi * u_stride(cin, cout) + c * cout + k0;
-                const float *val = &r[xi / ALPHA][xi % ALPHA][0];
-                if (len == VW) {
-                    memcpy(dst, val, sizeof(float) * VW);
-                } else {
-                    for (size_t v = 0; v < len; v++) dst[v] = val[v];
-                }
-            }
+            (void)len; /* the taps past len are zero, and so is their padding in U */
+            /* into panel k0 / 16 of the packed U_xi (gemm.c), row c */
+            for (int xi = 0; xi < NXI; xi++)
+                memcpy(u + (size_t)xi * u_stride(cin, cout) + (k0 * cin + c * VW),
+                       &r[xi / ALPHA][xi % ALPHA][0], sizeof(float) * VW);
         }
     }
 }
 
-/* V (t1-t0, 36, cin) <- B^T d B of tiles t0..t1-1. */
-ALWAYS_INLINE void input_transform_body(float *vbuf, const float *x, const wino_shape *s,
-                                        size_t t0, size_t t1) {
+/* V (36, tb, cin) rows tt..tt+(t1-t0) <- B^T d B of tiles t0..t1-1, where tt is
+ * the place of tile t0 in its block. */
+ALWAYS_INLINE void input_transform_body(float *vbuf, size_t vs, const float *x,
+                                        const wino_shape *s, size_t t0, size_t t1, size_t tt) {
     const size_t h = s->h, w = s->w, cin = s->cin;
     const size_t per_img = s->th * s->tw;
     float d[ALPHA][ALPHA][VW], t[ALPHA][ALPHA][VW], r[ALPHA][ALPHA][VW];
@@ -163,10 +160,10 @@ ALWAYS_INLINE void input_transform_body(float *vbuf, const float *x, const wino_
             /* t = B^T d (over rows), r = t B (over columns) */
             for (int j = 0; j < ALPHA; j++) bt6(&t[0][j][0], ALPHA * VW, &d[0][j][0], ALPHA * VW);
             for (int i = 0; i < ALPHA; i++) bt6(&r[i][0][0], VW, &t[i][0][0], VW);
-            float *dst = vbuf + (t_ - t0) * v_stride(cin) + c0;
+            float *dst = vbuf + (tt + t_ - t0) * cin + c0;
             for (int xi = 0; xi < NXI; xi++) {
                 const float *val = &r[xi / ALPHA][xi % ALPHA][0];
-                float *o = dst + (size_t)xi * cin;
+                float *o = dst + (size_t)xi * vs;
                 if (len == VW) {
                     memcpy(o, val, sizeof(float) * VW);
                 } else {
@@ -179,9 +176,9 @@ ALWAYS_INLINE void input_transform_body(float *vbuf, const float *x, const wino_
 
 /* out tiles t0..t1-1 <- act(A^T M A + bias), cropped to the image, or its 2x2
  * max-pool (winograd_tiles.h). */
-ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const float *bias,
-                                         int relu, int pool, const wino_shape *s, size_t t0,
-                                         size_t t1) {
+ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, size_t ms,
+                                         const float *bias, int relu, int pool,
+                                         const wino_shape *s, size_t t0, size_t t1, size_t tt) {
     const size_t cout = s->cout;
     const size_t per_img = s->th * s->tw;
     float m[ALPHA][ALPHA][VW], t[TILE][ALPHA][VW], y[TILE][TILE][VW], b[VW];
@@ -190,9 +187,9 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
         const size_t y0 = (rem / s->tw) * TILE, x0 = (rem % s->tw) * TILE;
         for (size_t k0 = 0; k0 < cout; k0 += VW) {
             const size_t len = cout - k0 < VW ? cout - k0 : VW;
-            const float *src = mbuf + (t_ - t0) * m_stride(cout) + k0;
+            const float *src = mbuf + (tt + t_ - t0) * cout + k0;
             for (int xi = 0; xi < NXI; xi++) {
-                const float *p = src + (size_t)xi * cout;
+                const float *p = src + (size_t)xi * ms;
                 float *dst = &m[xi / ALPHA][xi % ALPHA][0];
                 if (len == VW) {
                     memcpy(dst, p, sizeof(float) * VW);
@@ -217,14 +214,16 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
                                                size_t c0, size_t c1) {                   \
         kernel_transform_body(u, k, s, c0, c1);                                          \
     }                                                                                    \
-    attr static void input_transform_##suffix(float *v, const float *x, const wino_shape *s, \
-                                              size_t t0, size_t t1) {                    \
-        input_transform_body(v, x, s, t0, t1);                                           \
+    attr static void input_transform_##suffix(float *v, size_t vs, const float *x,       \
+                                              const wino_shape *s, size_t t0, size_t t1, \
+                                              size_t tt) {                               \
+        input_transform_body(v, vs, x, s, t0, t1, tt);                                   \
     }                                                                                    \
-    attr static void output_transform_##suffix(float *o, const float *m, const float *b, \
-                                               int relu, int pool, const wino_shape *s,  \
-                                               size_t t0, size_t t1) {                   \
-        output_transform_body(o, m, b, relu, pool, s, t0, t1);                           \
+    attr static void output_transform_##suffix(float *o, const float *m, size_t ms,      \
+                                               const float *b, int relu, int pool,       \
+                                               const wino_shape *s, size_t t0, size_t t1, \
+                                               size_t tt) {                              \
+        output_transform_body(o, m, ms, b, relu, pool, s, t0, t1, tt);                   \
     }
 
 DEFINE_TRANSFORMS(portable, )
@@ -235,9 +234,9 @@ DEFINE_TRANSFORMS(avx512, __attribute__((target("avx512f,avx2,fma"))))
 
 typedef struct {
     void (*kernel)(float *, const float *, const wino_shape *, size_t, size_t);
-    void (*input)(float *, const float *, const wino_shape *, size_t, size_t);
-    void (*output)(float *, const float *, const float *, int, int, const wino_shape *, size_t,
-                   size_t);
+    void (*input)(float *, size_t, const float *, const wino_shape *, size_t, size_t, size_t);
+    void (*output)(float *, const float *, size_t, const float *, int, int, const wino_shape *,
+                   size_t, size_t, size_t);
 } transforms;
 
 static transforms transforms_for(int isa) {
@@ -253,65 +252,102 @@ static transforms transforms_for(int isa) {
                         output_transform_portable};
 }
 
-/* What a block of tiles needs (vgg_run_blocks hands out the blocks). */
-typedef struct {
-    transforms fn;
-    const wino_shape *s;
-    float *out;
-    const float *x, *u, *bias;
-    int relu, pool;
-    size_t tiles, tb, min_rows;
-} block_job;
+/* Tiles per transform task: a few, so a block splits evenly over the threads. */
+#define TILES_PER_TASK 4
 
-/* V (tb, 36, Cin) <- input transform of block bi's tiles; M (tb, 36, Cout) <- the
- * 36 single-threaded sgemms; out <- output transform (bias, ReLU, pool). */
-static void run_block(void *ctx, size_t bi, float *vbuf) {
-    const block_job *j = ctx;
-    const size_t cin = j->s->cin, cout = j->s->cout;
-    const size_t t0 = bi * j->tb, t1 = t0 + j->tb < j->tiles ? t0 + j->tb : j->tiles,
-                 nt = t1 - t0;
-    /* a short block (the last) is padded with zero tiles up to the rows that
-     * sgemm rounds the same way as in a full block, so a tile's result never
-     * depends on the batch it came in (vgg_internal.h) */
-    const size_t mt = nt < j->min_rows ? j->min_rows : nt;
-    float *mbuf = vbuf + mt * v_stride(cin);
-    j->fn.input(vbuf, j->x, j->s, t0, t1);
-    if (mt > nt) memset(vbuf + nt * v_stride(cin), 0, (mt - nt) * v_stride(cin) * sizeof *vbuf);
-    /* tile-major V and M: a tile's 36 rows are adjacent for the transforms */
-    for (size_t xi = 0; xi < NXI; xi++)
-        vgg_sgemm(0, 0, mt, cout, cin, 1.0f, vbuf + xi * cin, v_stride(cin),
-                  j->u + xi * u_stride(cin, cout), cout, 0.0f, mbuf + xi * cout, m_stride(cout));
-    j->fn.output(j->out, mbuf, j->bias, j->relu, j->pool, j->s, t0, t1);
+/* One block of nt tiles from tile t0, all threads together: the input
+ * transform (tasks of tiles), the 36 products (tasks of one position and a
+ * group of panels), the output transform (tasks of tiles); each phase waits for
+ * the one before. Who computes what never changes a value. */
+static void run_block(const transforms *fn, const wino_shape *s, float *out, const float *x,
+                      const float *u, const float *bias, int relu, int pool, float *vbuf,
+                      float *mbuf, size_t tb, size_t t0, size_t nt, int nth) {
+    const size_t cin = s->cin, cout = s->cout;
+    const size_t vs = v_stride(tb, cin), ms = m_stride(tb, cout), us = u_stride(cin, cout);
+    const size_t ntasks = (nt + TILES_PER_TASK - 1) / TILES_PER_TASK;
+    /* panel groups per position: enough tasks for every thread to get several */
+    const size_t np = (cout + VGG_GEMM_NR - 1) / VGG_GEMM_NR;
+    size_t groups = (4 * (size_t)nth + NXI - 1) / NXI;
+    if (groups > np) groups = np;
+    const size_t per_group = (np + groups - 1) / groups;
+    groups = (np + per_group - 1) / per_group;
+    VGG_OMP_PARALLEL_N(nth)
+    {
+        VGG_OMP_FOR_NOWAIT_STATIC
+        for (size_t i = 0; i < ntasks; i++) {
+            const size_t a = i * TILES_PER_TASK, b = a + TILES_PER_TASK < nt ? a + TILES_PER_TASK : nt;
+            fn->input(vbuf, vs, x, s, t0 + a, t0 + b, a);
+        }
+        VGG_OMP_BARRIER
+        VGG_OMP_FOR_NOWAIT_DYNAMIC
+        for (size_t i = 0; i < NXI * groups; i++) {
+            const size_t xi = i / groups, p0 = (i % groups) * per_group;
+            const size_t p1 = p0 + per_group < np ? p0 + per_group : np;
+            const size_t c0 = p0 * VGG_GEMM_NR, c1 = p1 * VGG_GEMM_NR < cout ? p1 * VGG_GEMM_NR : cout;
+            vgg_gemm(mbuf + xi * ms + c0, cout, vbuf + xi * vs, cin,
+                     u + xi * us + p0 * VGG_GEMM_NR * cin, nt, c1 - c0, cin);
+        }
+        VGG_OMP_BARRIER
+        VGG_OMP_FOR_NOWAIT_STATIC
+        for (size_t i = 0; i < ntasks; i++) {
+            const size_t a = i * TILES_PER_TASK, b = a + TILES_PER_TASK < nt ? a + TILES_PER_TASK : nt;
+            fn->output(out, mbuf, ms, bias, relu, pool, s, t0 + a, t0 + b, a);
+        }
+    }
+}
+
+/* U <- the kernel transformed, split by input channel. */
+static void prepare(float *u, const float *kernel, const wino_shape *s, const transforms *fn) {
+    VGG_OMP_FOR_N(vgg_get_num_threads())
+    for (size_t c = 0; c < s->cin; c++) fn->kernel(u, kernel, s, c, c + 1);
+}
+
+int vgg_winograd_prepare(float *u, size_t u_floats, const float *kernel, size_t cin,
+                         size_t cout) {
+    VGG_CHECK(u && kernel, VGG_ERR_ARG);
+    VGG_CHECK(cin >= 1 && cout >= 1 && cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM,
+              VGG_ERR_SHAPE);
+    VGG_CHECK(u_floats >= vgg_winograd_prepared_floats(cin, cout), VGG_ERR_SHAPE);
+    const wino_shape s = {0, 0, 0, cin, cout, 0, 0};
+    const transforms fn = transforms_for(vgg_get_isa());
+    prepare(u, kernel, &s, &fn);
+    return VGG_OK;
 }
 
 int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel,
-                                 const float *bias, int relu, int pool, size_t n, size_t h,
-                                 size_t w, size_t cin, size_t cout, float *workspace,
-                                 size_t workspace_floats, vgg_abort_fn abort_cb,
-                                 void *abort_ctx) {
-    VGG_CHECK(out && x && kernel && bias && workspace, VGG_ERR_ARG);
+                                 const float *u_prepared, const float *bias, int relu, int pool,
+                                 size_t n, size_t h, size_t w, size_t cin, size_t cout,
+                                 float *workspace, size_t workspace_floats,
+                                 vgg_abort_fn abort_cb, void *abort_ctx) {
+    VGG_CHECK(out && x && (kernel || u_prepared) && bias && workspace, VGG_ERR_ARG);
     VGG_CHECK(h >= 1 && w >= 1 && cin >= 1 && cout >= 1, VGG_ERR_SHAPE);
     VGG_CHECK(cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM, VGG_ERR_SHAPE);
     if (n == 0) return VGG_OK;
-    const size_t per_thread = thread_floats(cin, cout);
-    size_t u_n, tiles;
-    VGG_CHECK(vgg_mul_ok(cin, cout, &u_n) && vgg_mul_ok(NXI, u_n + PAD, &u_n), VGG_ERR_SHAPE);
-    VGG_CHECK(workspace_floats >= u_n && workspace_floats - u_n >= per_thread, VGG_ERR_NOMEM);
-    const size_t nth = vgg_threads_for_buffers(workspace_floats - u_n, per_thread);
+    size_t tiles, check;
+    /* the strides are products of cin and cout: reject sizes they would overflow */
+    VGG_CHECK(vgg_mul_ok(cin + PAD, cout + PAD, &check) && vgg_mul_ok(NXI, check, &check),
+              VGG_ERR_SHAPE);
+    const size_t u_n = u_prepared ? 0 : vgg_winograd_prepared_floats(cin, cout);
+    VGG_CHECK(workspace_floats >= u_n, VGG_ERR_NOMEM);
+    /* the longest block the workspace holds, up to the layer's own size */
+    size_t tb = tiles_per_block(cin, cout);
+    while (tb > 1 && block_floats(tb, cin, cout) > workspace_floats - u_n) tb /= 2;
+    VGG_CHECK(block_floats(tb, cin, cout) <= workspace_floats - u_n, VGG_ERR_NOMEM);
     const wino_shape s = {n, h, w, cin, cout, (h + TILE - 1) / TILE, (w + TILE - 1) / TILE};
     VGG_CHECK(vgg_mul_ok(s.th * s.tw, n, &tiles), VGG_ERR_SHAPE);
+    if (tb > tiles) tb = tiles;
     const transforms fn = transforms_for(vgg_get_isa());
-    float *u = workspace;
-
-    /* 1. the kernel, split by input channel */
-    VGG_OMP_FOR_N((int)nth)
-    for (size_t c = 0; c < cin; c++) fn.kernel(u, kernel, &s, c, c + 1);
-
-    /* 2. blocks of tiles */
-    const size_t tb = tiles_per_block(cin, cout);
-    size_t min_rows = vgg_sgemm_stable_rows(cout, cin);
-    if (min_rows > tb) min_rows = tb; /* short blocks: small products either way */
-    block_job job = {fn, &s, out, x, u, bias, relu, pool, tiles, tb, min_rows};
-    return vgg_run_blocks((tiles + tb - 1) / tb, nth, workspace + u_n, per_thread, run_block,
-                          &job, abort_cb, abort_ctx);
+    const int nth = vgg_get_num_threads();
+    float *vbuf = workspace + u_n, *mbuf = vbuf + NXI * v_stride(tb, cin);
+    const float *u = u_prepared;
+    if (!u) {
+        prepare(workspace, kernel, &s, &fn);
+        u = workspace;
+    }
+    for (size_t t0 = 0; t0 < tiles; t0 += tb) {
+        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
+        const size_t nt = tiles - t0 < tb ? tiles - t0 : tb;
+        run_block(&fn, &s, out, x, u, bias, relu, pool, vbuf, mbuf, tb, t0, nt, nth);
+    }
+    return VGG_OK;
 }
