@@ -50,23 +50,24 @@ void vgg_gemm_pack_b(float *bp, const float *b, size_t ldb, size_t k, size_t n) 
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* C rows [0, mr) x the panel's `cols` columns (+)= A rows @ the panel's kc rows.
+/* C rows [0, mr) x the panel's `cols` columns (+)= A rows @ the panel's kc rows,
+ * row p of the panel at b + p * bs (16 floats; bs is 16 in a packed panel).
  * `more` continues the chains from C's current values (a later k block). The
  * sums of columns past `cols` (zero padding) are computed and dropped. */
-typedef void (*kernel_fn)(size_t mr, const float *a, size_t lda, const float *b, float *c,
-                          size_t ldc, size_t kc, int more, size_t cols);
+typedef void (*kernel_fn)(size_t mr, const float *a, size_t lda, const float *b, size_t bs,
+                          float *c, size_t ldc, size_t kc, int more, size_t cols);
 
 /* ---- portable: the same chains through fmaf ------------------------------ */
 
 #define PORT_MR 4
 
-static void kernel_portable(size_t mr, const float *a, size_t lda, const float *b, float *c,
-                            size_t ldc, size_t kc, int more, size_t cols) {
+static void kernel_portable(size_t mr, const float *a, size_t lda, const float *b, size_t bs,
+                            float *c, size_t ldc, size_t kc, int more, size_t cols) {
     float acc[PORT_MR][NR];
     for (size_t i = 0; i < mr; i++)
         for (size_t j = 0; j < NR; j++) acc[i][j] = more && j < cols ? c[i * ldc + j] : 0.0f;
     for (size_t p = 0; p < kc; p++) {
-        const float *bk = b + p * NR;
+        const float *bk = b + p * bs;
         for (size_t i = 0; i < mr; i++) {
             const float ai = a[i * lda + p];
             for (size_t j = 0; j < NR; j++) acc[i][j] = fmaf(ai, bk[j], acc[i][j]);
@@ -83,8 +84,8 @@ static void kernel_portable(size_t mr, const float *a, size_t lda, const float *
 #include <immintrin.h>
 
 #define DEFINE_KERNEL(name, attr, MR, VT, VL, VZERO, VLOAD, VSTORE, VSET1, VFMA)              \
-    attr static void name(size_t mr, const float *a, size_t lda, const float *b, float *c,   \
-                          size_t ldc, size_t kc, int more, size_t cols) {                   \
+    attr static void name(size_t mr, const float *a, size_t lda, const float *b, size_t bs,  \
+                          float *c, size_t ldc, size_t kc, int more, size_t cols) {         \
         enum { NV = NR / VL };                                                               \
         VT acc[MR][NV];                                                                      \
         float tmp[MR][NR];                                                                   \
@@ -100,7 +101,7 @@ static void kernel_portable(size_t mr, const float *a, size_t lda, const float *
         for (int i = 0; i < MR; i++) ar[i] = a + (size_t)((size_t)i < mr ? i : 0) * lda;    \
         for (size_t p = 0; p < kc; p++) {                                                    \
             VT bv[NV];                                                                       \
-            for (int v = 0; v < NV; v++) bv[v] = VLOAD(b + p * NR + v * VL);                 \
+            for (int v = 0; v < NV; v++) bv[v] = VLOAD(b + p * bs + v * VL);                 \
             for (int i = 0; i < MR; i++) {                                                   \
                 const VT ai = VSET1(ar[i][p]);                                               \
                 for (int v = 0; v < NV; v++) acc[i][v] = VFMA(ai, bv[v], acc[i][v]);         \
@@ -140,20 +141,22 @@ AVX512_KERNEL(4)
 AVX512_KERNEL(1)
 
 /* kernel for `mr` rows (at most the widest's MR) */
-AVX2_ATTR static void kernel_avx2(size_t mr, const float *a, size_t lda, const float *b, float *c,
-                                  size_t ldc, size_t kc, int more, size_t cols) {
-    if (mr > 4) kernel_avx2_6(mr, a, lda, b, c, ldc, kc, more, cols);
-    else if (mr > 2) kernel_avx2_4(mr, a, lda, b, c, ldc, kc, more, cols);
-    else if (mr == 2) kernel_avx2_2(mr, a, lda, b, c, ldc, kc, more, cols);
-    else kernel_avx2_1(mr, a, lda, b, c, ldc, kc, more, cols);
+AVX2_ATTR static void kernel_avx2(size_t mr, const float *a, size_t lda, const float *b,
+                                  size_t bs, float *c, size_t ldc, size_t kc, int more,
+                                  size_t cols) {
+    if (mr > 4) kernel_avx2_6(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else if (mr > 2) kernel_avx2_4(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else if (mr == 2) kernel_avx2_2(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else kernel_avx2_1(mr, a, lda, b, bs, c, ldc, kc, more, cols);
 }
 
 AVX512_ATTR static void kernel_avx512(size_t mr, const float *a, size_t lda, const float *b,
-                                      float *c, size_t ldc, size_t kc, int more, size_t cols) {
-    if (mr > 8) kernel_avx512_14(mr, a, lda, b, c, ldc, kc, more, cols);
-    else if (mr > 4) kernel_avx512_8(mr, a, lda, b, c, ldc, kc, more, cols);
-    else if (mr > 1) kernel_avx512_4(mr, a, lda, b, c, ldc, kc, more, cols);
-    else kernel_avx512_1(mr, a, lda, b, c, ldc, kc, more, cols);
+                                      size_t bs, float *c, size_t ldc, size_t kc, int more,
+                                      size_t cols) {
+    if (mr > 8) kernel_avx512_14(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else if (mr > 4) kernel_avx512_8(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else if (mr > 1) kernel_avx512_4(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else kernel_avx512_1(mr, a, lda, b, bs, c, ldc, kc, more, cols);
 }
 #endif
 
@@ -190,9 +193,67 @@ void vgg_gemm(float *c, size_t ldc, const float *a, size_t lda, const float *bp,
             const float *b = bp + (p * k + k0) * NR;
             for (size_t i0 = 0; i0 < m; i0 += mr) {
                 const size_t rows = m - i0 < mr ? m - i0 : mr;
-                kern(rows, a + i0 * lda + k0, lda, b, c + i0 * ldc + p * NR, ldc, kc, k0 > 0,
+                kern(rows, a + i0 * lda + k0, lda, b, NR, c + i0 * ldc + p * NR, ldc, kc, k0 > 0,
                      cols);
             }
+        }
+    }
+}
+
+void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
+                size_t m, size_t n, size_t k) {
+    size_t mr;
+    const kernel_fn kern = kernel_for(vgg_get_isa(), &mr);
+    const size_t np = (n + NR - 1) / NR;
+    float edge[KC * NR]; /* a short last panel, zero-padded: B's rows end before 16 columns */
+    if (k == 0) {
+        for (size_t i = 0; i < m; i++) memset(c + i * ldc, 0, n * sizeof *c);
+        return;
+    }
+    for (size_t k0 = 0; k0 < k; k0 += KC) {
+        const size_t kc = k - k0 < KC ? k - k0 : KC;
+        for (size_t p = 0; p < np; p++) {
+            const size_t cols = n - p * NR < NR ? n - p * NR : NR;
+            const float *bb = b + k0 * ldb + p * NR;
+            size_t bs = ldb;
+            if (cols < NR) {
+                vgg_gemm_pack_b(edge, bb, ldb, kc, cols);
+                bb = edge;
+                bs = NR;
+            }
+            for (size_t i0 = 0; i0 < m; i0 += mr) {
+                const size_t rows = m - i0 < mr ? m - i0 : mr;
+                kern(rows, a + i0 * lda + k0, lda, bb, bs, c + i0 * ldc + p * NR, ldc, kc, k0 > 0,
+                     cols);
+            }
+        }
+    }
+}
+
+/* Blocks of at least this many rows, or panels of columns, per thread. */
+#define MIN_ROWS_PER_THREAD 16
+
+void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
+                         size_t ldb, size_t m, size_t n, size_t k) {
+    size_t nth = (size_t)vgg_get_num_threads();
+    if ((double)m * (double)n * (double)k < (double)(1 << 20)) nth = 1; /* not worth a team */
+    const size_t np = (n + NR - 1) / NR;
+    /* by rows when there are enough of them, else by panels of columns */
+    const int by_rows = m >= MIN_ROWS_PER_THREAD * nth || m >= np;
+    const size_t units = by_rows ? m : np;
+    if (nth > units) nth = units;
+    if (nth <= 1) {
+        vgg_gemm_b(c, ldc, a, lda, b, ldb, m, n, k);
+        return;
+    }
+    VGG_OMP_FOR_N((int)nth)
+    for (size_t t = 0; t < nth; t++) {
+        const size_t u0 = t * units / nth, u1 = (t + 1) * units / nth;
+        if (by_rows) {
+            vgg_gemm_b(c + u0 * ldc, ldc, a + u0 * lda, lda, b, ldb, u1 - u0, n, k);
+        } else {
+            const size_t j0 = u0 * NR, j1 = u1 * NR < n ? u1 * NR : n;
+            vgg_gemm_b(c + j0, ldc, a, lda, b + j0, ldb, m, j1 - j0, k);
         }
     }
 }

@@ -147,6 +147,14 @@ size_t vgg_gemm_packed_floats(size_t k, size_t n);
 void vgg_gemm_pack_b(float *bp, const float *b, size_t ldb, size_t k, size_t n);
 void vgg_gemm(float *c, size_t ldc, const float *a, size_t lda, const float *bp, size_t m,
               size_t n, size_t k);
+/* The same sums with B as it is stored (row-major, leading dimension ldb): for
+ * the dense layers, whose kernels are read once per call. The _parallel form
+ * splits C by rows or by panels of columns across the core's threads (call it
+ * from serial code); the bits are the same either way. */
+void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
+                size_t m, size_t n, size_t k);
+void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
+                         size_t ldb, size_t m, size_t n, size_t k);
 
 /* conv3x3.c: vgg_conv3x3_workspace_floats for a given number of threads (with
  * fewer buffers than threads, both algorithms run on fewer threads). */

@@ -1,25 +1,23 @@
 """Which kernels run: the instruction set and the 3x3 convolution algorithm.
 
 One build of vggtl runs on every x86-64 CPU. Its own vectorised kernels (the
-Winograd transforms) are compiled for AVX-512, AVX2+FMA and the baseline, and
-the best the CPU has is used; the sgemm inside every convolution is
-OpenBLAS's, which picks its own kernels for the CPU. Two environment variables,
-read once when vggtl is imported, force a path (for tests, and for comparing
-paths on one machine):
+Winograd transforms and the matrix products of every convolution and of the
+dense layers' forward pass, csrc/gemm.c) are compiled for AVX-512, AVX2+FMA and
+the baseline, and the best the CPU has is used. They give the same bits on
+every level: each output is one chain of fused multiply-adds in a fixed order.
+OpenBLAS, with whatever kernels it picks (``OPENBLAS_CORETYPE``), computes only
+training gradients. Two environment variables, read once when vggtl is
+imported, force a path (for tests, and for comparing paths on one machine):
 
 ``VGGTL_ISA``
     ``best`` (the default), ``portable``, ``avx2``, ``avx512`` or
     ``avx512_bf16`` (AVX-512 plus VDPBF16PS, which only the bf16 path uses;
-    every other level computes the same bf16 sums in plain C). Also sets
-    ``OPENBLAS_CORETYPE`` (unless already set) to the OpenBLAS kernels of that
-    level (``Prescott``, ``Haswell``, ``SkylakeX``), so that the whole
-    computation runs as it would on such a CPU. Asking for one this CPU cannot
-    run is an error at import.
+    every other level computes the same bf16 sums in plain C). Asking for one
+    this CPU cannot run is an error at import.
 ``VGGTL_CONV``
     ``auto`` (the default: by layer shape), ``im2col`` or ``winograd``.
 
-:func:`set_isa` and :func:`set_conv_algo` change both at run time (vggtl's own
-kernels only: OpenBLAS chooses its kernels once, when it loads).
+:func:`set_isa` and :func:`set_conv_algo` change both at run time.
 :func:`conv_plan` says which algorithm each convolution of VGG16 takes for an
 input size; :func:`vggtl.info` reports all of it.
 """
@@ -30,12 +28,6 @@ import os
 ISAS = ("portable", "avx2", "avx512", "avx512_bf16")
 CONV_ALGOS = ("auto", "im2col", "winograd")
 
-# OpenBLAS's DYNAMIC_ARCH core names for the same levels: the SSE3 baseline,
-# AVX2+FMA and AVX-512 kernels
-_BLAS_CORETYPE = {"portable": "Prescott", "avx2": "Haswell", "avx512": "SkylakeX",
-                  "avx512_bf16": "SkylakeX"}
-
-
 def _env_choice(var: str, allowed) -> str | None:
     v = os.environ.get(var, "").strip().lower()
     if not v:
@@ -43,13 +35,6 @@ def _env_choice(var: str, allowed) -> str | None:
     if v not in allowed:
         raise ValueError(f"${var}: expected one of {', '.join(map(repr, allowed))}, got {v!r}")
     return v
-
-
-def _set_blas_coretype() -> None:
-    """Before OpenBLAS loads: point it at the kernels $VGGTL_ISA names."""
-    isa = _env_choice("VGGTL_ISA", ("best",) + ISAS)
-    if isa in _BLAS_CORETYPE and "OPENBLAS_CORETYPE" not in os.environ:
-        os.environ["OPENBLAS_CORETYPE"] = _BLAS_CORETYPE[isa]
 
 
 def _apply_env() -> None:
