@@ -49,7 +49,8 @@ static void pack_kernel(float *kp, const float *kernel, size_t cin, size_t cout,
 size_t vgg_conv3x3_prepared_floats(int algo, size_t cin, size_t cout) {
     switch (algo) {
     case VGG_CONV_IM2COL: return packed_kernel_floats(cin, cout);
-    case VGG_CONV_WINOGRAD: return vgg_winograd_prepared_floats(cin, cout);
+    case VGG_CONV_WINOGRAD: return vgg_winograd_prepared_floats(4, cin, cout);
+    case VGG_CONV_WINOGRAD6: return vgg_winograd_prepared_floats(6, cin, cout);
     case VGG_CONV_WINOGRAD_BF16: return vgg_winograd_bf16_prepared_floats(cin, cout);
     default: return 0;
     }
@@ -66,7 +67,9 @@ int vgg_conv3x3_prepare(float *prepared, size_t prepared_floats, int algo, const
         pack_kernel(prepared, kernel, cin, cout, vgg_get_num_threads());
         return VGG_OK;
     case VGG_CONV_WINOGRAD:
-        return vgg_winograd_prepare(prepared, prepared_floats, kernel, cin, cout);
+        return vgg_winograd_prepare(4, prepared, prepared_floats, kernel, cin, cout);
+    case VGG_CONV_WINOGRAD6:
+        return vgg_winograd_prepare(6, prepared, prepared_floats, kernel, cin, cout);
     case VGG_CONV_WINOGRAD_BF16:
         return vgg_winograd_bf16_prepare(prepared, prepared_floats, kernel, cin, cout);
     default:
@@ -76,7 +79,8 @@ int vgg_conv3x3_prepare(float *prepared, size_t prepared_floats, int algo, const
 
 size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads) {
     const size_t a = packed_kernel_floats(cin, cout) + chunk_rows(cin) * 9 * cin * threads,
-                 b = vgg_winograd_workspace_floats(cin, cout, 0),
+                 b4 = vgg_winograd_workspace_floats(4, cin, cout, 0),
+                 b6 = vgg_winograd_workspace_floats(6, cin, cout, 0), b = b4 > b6 ? b4 : b6,
                  c = vgg_winograd_bf16_workspace_floats(cin, cout, threads, 0);
     const size_t ab = a > b ? a : b;
     return ab > c ? ab : c;
@@ -86,19 +90,23 @@ size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout) {
     return vgg_conv3x3_workspace_floats_for(cin, cout, (size_t)vgg_get_num_threads());
 }
 
-/* Winograd computes whole 4x4 tiles: a map whose tiles would more than double
+/* Winograd computes whole tiles: a map whose 4x4 tiles would more than double
  * the pixels computed (1x1, 2x2, 5x5, ...) gains too little over im2col; so does
- * a layer with few input channels (the first, 3), where the sgemm is thin. */
+ * a layer with few input channels (the first, 3), where the product is thin.
+ * Where Winograd runs, F(6x6) when its tiles need at least WINO6_GAIN fewer
+ * multiplies than F(4x4)'s (maps of 6, 12, 24, 48 or 224 pixels; not 3, 14,
+ * 16 or 32, which 4x4 tiles cover as well or better). */
 #define WINO_MIN_CIN 16
+#define WINO6_GAIN 0.05
 
 int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout) {
     (void)cout;
     const int forced = vgg_get_conv_algo();
     if (forced != VGG_CONV_AUTO) return forced;
-    const size_t th = (h + 3) / 4, tw = (w + 3) / 4;
-    const double padded = 16.0 * (double)th * (double)tw;
-    if (cin >= WINO_MIN_CIN && padded <= 2.0 * (double)h * (double)w) return VGG_CONV_WINOGRAD;
-    return VGG_CONV_IM2COL;
+    const double t4 = (double)((h + 3) / 4) * (double)((w + 3) / 4),
+                 t6 = (double)((h + 5) / 6) * (double)((w + 5) / 6);
+    if (cin < WINO_MIN_CIN || 16.0 * t4 > 2.0 * (double)h * (double)w) return VGG_CONV_IM2COL;
+    return 64.0 * t6 <= (1.0 - WINO6_GAIN) * 36.0 * t4 ? VGG_CONV_WINOGRAD6 : VGG_CONV_WINOGRAD;
 }
 
 /* At bf16 precision, layers with at least 16 input channels whose 2x2 tiles at
@@ -220,7 +228,8 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
 }
 
 static int is_winograd(int algo) {
-    return algo == VGG_CONV_WINOGRAD || algo == VGG_CONV_WINOGRAD_BF16;
+    return algo == VGG_CONV_WINOGRAD || algo == VGG_CONV_WINOGRAD6 ||
+           algo == VGG_CONV_WINOGRAD_BF16;
 }
 
 int vgg_conv3x3_run(int algo, const float *prepared, int relu, int pool, float *out,
@@ -236,8 +245,9 @@ int vgg_conv3x3_run(int algo, const float *prepared, int relu, int pool, float *
         st = vgg_winograd_bf16_conv3x3_forward(out, x, kernel, prepared, bias, relu, pool, n, h,
                                                w, cin, cout, workspace, workspace_floats,
                                                abort_cb, abort_ctx);
-    else if (algo == VGG_CONV_WINOGRAD)
-        st = vgg_winograd_conv3x3_forward(out, x, kernel, prepared, bias, relu, pool, n, h, w,
+    else if (algo == VGG_CONV_WINOGRAD || algo == VGG_CONV_WINOGRAD6)
+        st = vgg_winograd_conv3x3_forward(algo == VGG_CONV_WINOGRAD6 ? 6 : 4, out, x, kernel,
+                                          prepared, bias, relu, pool, n, h, w,
                                           cin, cout, workspace, workspace_floats, abort_cb,
                                           abort_ctx);
     if (st != VGG_ERR_NOMEM || pool) return st;

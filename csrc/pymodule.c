@@ -206,7 +206,8 @@ static int name_index(const char *arg, const char *name, const char *const *name
 
 static const char *const ISA_NAMES[] = {"portable", "avx2", "avx512", "avx512_bf16"};
 static const char *const PRECISION_NAMES[] = {"fp32", "bf16"};
-static const char *const ALGO_NAMES[] = {"auto", "im2col", "winograd", "winograd_bf16"};
+static const char *const ALGO_NAMES[] = {"auto", "im2col", "winograd", "winograd_bf16",
+                                         "winograd6"};
 
 static PyObject *py_isa_supported(PyObject *self, PyObject *arg) {
     (void)self;
@@ -240,9 +241,13 @@ static PyObject *py_set_conv_algo(PyObject *self, PyObject *arg) {
     (void)self;
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
-    const int algo = name_index("conv_algo", name, ALGO_NAMES, 3);
+    const int algo = name_index("conv_algo", name, ALGO_NAMES, 5);
     if (algo < 0) return NULL;
-    vgg_set_conv_algo(algo); /* the three names are the three valid values */
+    if (vgg_set_conv_algo(algo) != VGG_OK) {
+        PyErr_Format(PyExc_ValueError, "conv_algo: '%s' runs only at precision='bf16' and "
+                     "cannot be forced", name);
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -282,11 +287,11 @@ static PyObject *py_conv3x3_prepare(PyObject *self, PyObject *args, PyObject *kw
     PyObject *ko;
     const char *aname;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "Os", kwlist, &ko, &aname)) return NULL;
-    const int algo = name_index("algo", aname, ALGO_NAMES, 4);
+    const int algo = name_index("algo", aname, ALGO_NAMES, 5);
     if (algo < 0) return NULL;
     if (algo == VGG_CONV_AUTO) {
-        PyErr_SetString(PyExc_ValueError, "algo: expected 'im2col', 'winograd' or "
-                        "'winograd_bf16', got 'auto'");
+        PyErr_SetString(PyExc_ValueError, "algo: expected 'im2col', 'winograd', "
+                        "'winograd6' or 'winograd_bf16', got 'auto'");
         return NULL;
     }
     PyArrayObject *k = check_array(ko, "kernel", F32_ONLY, 4, 0);
@@ -331,7 +336,7 @@ static int parse_prepared(PyObject *po, vgg16_weights *wt) {
         if (e == Py_None) continue;
         if (!PyArg_ParseTuple(e, "sO;prepared: expected (algo, array) or None per conv", &aname, &ao))
             goto done;
-        const int algo = name_index("prepared algo", aname, ALGO_NAMES, 4);
+        const int algo = name_index("prepared algo", aname, ALGO_NAMES, 5);
         if (algo < 0) goto done;
         PyArrayObject *a = check_array(ao, "prepared array", F32_ONLY, 1, 0);
         if (!a) goto done;
@@ -1766,14 +1771,16 @@ static PyMethodDef methods[] = {
      "'avx512', 'avx512_bf16'; ValueError if this CPU lacks it."},
     {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> the instruction set in use"},
     {"set_conv_algo", py_set_conv_algo, METH_O,
-     "set_conv_algo(name)\n\n3x3 convolutions: 'auto' (by shape), 'im2col' or 'winograd'."},
+     "set_conv_algo(name)\n\n3x3 convolutions: 'auto' (by shape), 'im2col', 'winograd' "
+     "(F(4x4)) or 'winograd6' (F(6x6))."},
     {"get_conv_algo", py_get_conv_algo, METH_NOARGS, "get_conv_algo() -> the setting"},
     {"conv3x3_prepare", KW py_conv3x3_prepare, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_prepare(kernel, algo) -> float32 array: the kernel (3, 3, Cin, Cout) in the form "
-     "algo ('im2col', 'winograd', 'winograd_bf16') computes with, for vgg16_forward's prepared="},
+     "algo ('im2col', 'winograd', 'winograd6', 'winograd_bf16') computes with, for "
+     "vgg16_forward's prepared="},
     {"conv3x3_algo", KW py_conv3x3_algo, METH_VARARGS | METH_KEYWORDS,
-     "conv3x3_algo(h, w, cin, cout, *, precision='fp32') -> 'im2col', 'winograd' or "
-     "'winograd_bf16': what a layer of this shape runs"},
+     "conv3x3_algo(h, w, cin, cout, *, precision='fp32') -> 'im2col', 'winograd', "
+     "'winograd6' or 'winograd_bf16': what a layer of this shape runs"},
     {"bf16_native", py_bf16_native, METH_NOARGS,
      "bf16_native() -> bool: bf16 products run on VDPBF16PS (else in plain C, same bits)"},
     {"conv3x3_forward", KW py_conv3x3_forward, METH_VARARGS | METH_KEYWORDS,

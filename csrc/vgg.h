@@ -96,10 +96,12 @@ int vgg_bf16_native(void);
 enum vgg_conv_algo {
     VGG_CONV_AUTO = 0,
     VGG_CONV_IM2COL = 1,
-    VGG_CONV_WINOGRAD = 2,
-    VGG_CONV_WINOGRAD_BF16 = 3
+    VGG_CONV_WINOGRAD = 2,       /* F(4x4, 3x3) */
+    VGG_CONV_WINOGRAD_BF16 = 3,  /* F(2x2, 3x3), bf16 operands */
+    VGG_CONV_WINOGRAD6 = 4       /* F(6x6, 3x3) */
 };
-int vgg_set_conv_algo(int algo);    /* VGG_ERR_ARG unless AUTO, IM2COL or WINOGRAD */
+/* VGG_ERR_ARG unless AUTO, IM2COL, WINOGRAD or WINOGRAD6 */
+int vgg_set_conv_algo(int algo);
 int vgg_get_conv_algo(void);
 const char *vgg_conv_algo_name(int algo);
 

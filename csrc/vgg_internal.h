@@ -160,18 +160,19 @@ void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const
  * fewer buffers than threads, both algorithms run on fewer threads). */
 size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads);
 
-/* winograd.c: the F(4x4,3x3) path of vgg_conv3x3_forward (same contract), with
- * the kernel's transform U either prepared beforehand by vgg_winograd_prepare
- * (u_prepared, vgg_winograd_prepared_floats floats; kernel may then be NULL) or,
- * when u_prepared is NULL, made from `kernel` into the start of the workspace.
- * The workspace: vgg_winograd_workspace_floats(cin, cout, prepared) floats (less
- * runs shorter blocks, as long as a block of one tile fits). With `pool`, out is
- * the 2x2 max-pool of the layer's output, (N, H/2, W/2, Cout). */
-size_t vgg_winograd_prepared_floats(size_t cin, size_t cout);
-int vgg_winograd_prepare(float *u, size_t u_floats, const float *kernel, size_t cin,
+/* winograd.c: the Winograd F(tile x tile, 3x3) paths of vgg_conv3x3_forward
+ * (tile 4 or 6; same contract), with the kernel's transform U either prepared
+ * beforehand by vgg_winograd_prepare (u_prepared, vgg_winograd_prepared_floats
+ * floats; kernel may then be NULL) or, when u_prepared is NULL, made from
+ * `kernel` into the start of the workspace. The workspace:
+ * vgg_winograd_workspace_floats(tile, cin, cout, prepared) floats (less runs
+ * shorter blocks, as long as a block of one tile fits). With `pool`, out is the
+ * 2x2 max-pool of the layer's output, (N, H/2, W/2, Cout). */
+size_t vgg_winograd_prepared_floats(int tile, size_t cin, size_t cout);
+int vgg_winograd_prepare(int tile, float *u, size_t u_floats, const float *kernel, size_t cin,
                          size_t cout);
-size_t vgg_winograd_workspace_floats(size_t cin, size_t cout, int prepared);
-int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel,
+size_t vgg_winograd_workspace_floats(int tile, size_t cin, size_t cout, int prepared);
+int vgg_winograd_conv3x3_forward(int tile, float *out, const float *x, const float *kernel,
                                  const float *u_prepared, const float *bias, int relu, int pool,
                                  size_t n, size_t h, size_t w, size_t cin, size_t cout,
                                  float *workspace, size_t workspace_floats,

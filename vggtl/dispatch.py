@@ -15,7 +15,8 @@ imported, force a path (for tests, and for comparing paths on one machine):
     every other level computes the same bf16 sums in plain C). Asking for one
     this CPU cannot run is an error at import.
 ``VGGTL_CONV``
-    ``auto`` (the default: by layer shape), ``im2col`` or ``winograd``.
+    ``auto`` (the default: by layer shape), ``im2col``, ``winograd`` (F(4x4, 3x3))
+    or ``winograd6`` (F(6x6, 3x3)).
 
 :func:`set_isa` and :func:`set_conv_algo` change both at run time.
 :func:`conv_plan` says which algorithm each convolution of VGG16 takes for an
@@ -26,7 +27,7 @@ from __future__ import annotations
 import os
 
 ISAS = ("portable", "avx2", "avx512", "avx512_bf16")
-CONV_ALGOS = ("auto", "im2col", "winograd")
+CONV_ALGOS = ("auto", "im2col", "winograd", "winograd6")
 
 def _env_choice(var: str, allowed) -> str | None:
     v = os.environ.get(var, "").strip().lower()
@@ -77,7 +78,8 @@ def get_isa() -> str:
 
 
 def set_conv_algo(name: str) -> None:
-    """3x3 convolutions by 'auto' (per layer shape), 'im2col' or 'winograd'.
+    """3x3 convolutions by 'auto' (per layer shape), 'im2col', 'winograd' (F(4x4))
+    or 'winograd6' (F(6x6)).
 
     Winograd F(4x4, 3x3) does 4x fewer multiplications; its features differ from
     the direct convolution's by a few 1e-6 of their largest value (float32
@@ -90,7 +92,7 @@ def set_conv_algo(name: str) -> None:
 
 
 def get_conv_algo() -> str:
-    """The setting: 'auto', 'im2col' or 'winograd'."""
+    """The setting: 'auto', 'im2col', 'winograd' or 'winograd6'."""
     from . import _core
     return _core.get_conv_algo()
 
@@ -107,7 +109,7 @@ def conv_plan(input_shape=(224, 224), precision: str = "fp32") -> dict:
     """The algorithm each of VGG16's convolutions takes for an input of
     ``input_shape`` (h, w[, c]) at ``precision`` ('fp32' or 'bf16', see
     :class:`vggtl.VGG16`) under the current setting: {layer name: algo}, algo
-    one of 'im2col', 'winograd', 'winograd_bf16'."""
+    one of 'im2col', 'winograd', 'winograd6', 'winograd_bf16'."""
     from . import _core
     h, w = _hw(input_shape)
     plan, cin = {}, 3
