@@ -209,30 +209,36 @@ def test_read_rows_of_a_memmap_leave_resident_memory(tmp_path):
 
 
 def test_workspace_stays_in_the_budget_whatever_the_thread_count(rng, close, tol, conv_weights,
-                                                                 restore_threads):
-    # every thread of a convolution has buffers of its own: at 64 threads the
-    # workspace of one 32 x 32 image was 1.16 GiB, and 1.2 GiB at 224 x 224 (was:
-    # the 512 MB budget grew with the thread count). Now the convolutions run on
-    # as many threads as the budget holds buffers for.
-    budget = vggtl.vgg16._WORKSPACE_BYTES
+                                                                 restore_threads, monkeypatch):
+    # every thread of a convolution has buffers of its own, and the workspace
+    # held them for every thread: past the budget, with one image per pass (was:
+    # 1.2 GiB at 256 threads, whatever the image size). Now the convolutions run
+    # on as many threads as the budget holds buffers for. Here a budget that holds
+    # one 32 x 32 image and 16 threads' buffers, with 32 threads asked for.
+    stop = vggtl.LAYER_NAMES.index("block5_pool")
+    vggtl.set_num_threads(16)
+    budget = 4 * _core.vgg16_workspace_floats(stop, _core.POOL_NONE, 1, 32, 32)
     X = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     vggtl.set_num_threads(1)
     one = vggtl.VGG16(weights=conv_weights).predict(X)
     F4 = vggtl.VGG16(weights=conv_weights).predict(X, layer="block4_pool")
-    vggtl.set_num_threads(64)
+    monkeypatch.setattr(vggtl.vgg16, "_WORKSPACE_BYTES", budget)
+    vggtl.set_num_threads(32)
+    assert 4 * _core.vgg16_workspace_floats(stop, _core.POOL_NONE, 1, 32, 32) > budget
     model = vggtl.VGG16(weights=conv_weights)
     close(model.predict(X), one, rtol=tol.threads)
     assert model._workspace.nbytes <= budget
     close(model.forward_from(F4, "block4_pool"), one, rtol=tol.threads)
     assert model._workspace.nbytes <= budget
-    # and at 224 x 224, for the thread counts of large machines
+    # and the real budget, for the thread counts of large machines
     from vggtl.vgg16 import _pass_plan
-    stop = vggtl.LAYER_NAMES.index("block5_pool")
-    for threads in (1, 2, 16, 64):
+    monkeypatch.undo()
+    for threads in (1, 2, 64, 256, 1024):
         vggtl.set_num_threads(threads)
         for size in (32, 224):
             images, floats = _pass_plan(stop, _core.POOL_NONE, size, size, 1000)
-            assert images >= 1 and 4 * floats <= budget, (threads, size, images, floats)
+            assert images >= 1 and 4 * floats <= vggtl.vgg16._WORKSPACE_BYTES, \
+                (threads, size, images, floats)
             # the core runs that workspace (a pass of `images` at least fits)
             assert floats >= _core.vgg16_workspace_floats(stop, _core.POOL_NONE, images, size,
                                                           size, threads=1)

@@ -9,6 +9,7 @@ kernels (in, out), float32. ``get_weights()`` returns ``{layer: (kernel, bias)}`
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import warnings
@@ -50,11 +51,9 @@ def _pass_plan(stop, pool, h, w, n, start=0):
     The convolutions' per-thread buffers come first: the most threads (up to
     vggtl.set_num_threads) whose buffers leave room for one image, as the core
     does with a workspace that holds fewer than the knob asks for. The rest
-    holds images. Each pass transforms every Winograd layer's kernels again
-    (36 x Cin x Cout floats, 235 MB for the whole base), so passes are as large
-    as the budget allows, whatever batch_size says: features do not depend on
-    how images are grouped. At least one image and one thread, even past the
-    budget (an image too large for it)."""
+    holds images: passes are as large as the budget allows, whatever batch_size
+    says (features do not depend on how images are grouped). At least one image
+    and one thread, even past the budget (an image too large for it)."""
     budget = _WORKSPACE_BYTES // 4
 
     def floats(images, threads):
@@ -202,6 +201,9 @@ class VGG16:
         self._lock = threading.Lock()
         self._trainable = set()  # layer names marked trainable (for fine-tuning)
         self._weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        # conv name -> (algo, its kernel prepared for algo): transformed once,
+        # reused by every call while the weights stay (see _writing)
+        self._prepared: Dict[str, Tuple[str, np.ndarray]] = {}
         # "imagenet", a path, a dict or None -> (dict or None, the weights' preprocessing)
         loaded, wanted = _weights.resolve_weights(weights, include_top=self.include_top)
         self.preprocess = wanted if preprocess == "auto" else preprocess
@@ -265,6 +267,15 @@ class VGG16:
                 fan_in, fan_out = kshape
             self._weights[name] = (_glorot_uniform(rng, kshape, fan_in, fan_out),
                                    np.zeros(bshape, dtype=np.float32))
+        self._freeze_arrays()
+
+    def _freeze_arrays(self):
+        """Makes every weight array read-only (writes go through _writing) and
+        drops the kernels prepared from earlier ones."""
+        for k, b in self._weights.values():
+            k.flags.writeable = False
+            b.flags.writeable = False
+        self._prepared = {}
 
     def set_weights(self, weights: Mapping) -> None:
         """Set all weights from ``{layer: (kernel, bias)}`` (Keras layouts).
@@ -307,7 +318,9 @@ class VGG16:
                     raise ValueError(f"weights['{name}'] {what}: contains NaN or infinity")
                 arrays.append(a)
             new[name] = (arrays[0], arrays[1])
-        self._weights = new
+        with self._lock:
+            self._weights = new
+            self._freeze_arrays()
 
     def get_weights(self) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """``{layer: (kernel, bias)}`` in Keras layouts (HWIO / (in, out)); copies."""
@@ -386,11 +399,13 @@ class VGG16:
         # predicting with one model from sharing it at the same time
         with self._lock:
             ws = self._get_workspace(floats)
+            prepared = self._prepared_for(0, stop, h, w)
             for i in range(0, n, step):
                 xb = batch_for_core(X[i:i + step])
                 check_finite_batch(xb, "X", i)
                 _core.vgg16_forward(xb, params, stop, pool, scale, shift, rev, ws,
-                                    out=out[i:i + step], precision=self.precision)
+                                    out=out[i:i + step], precision=self.precision,
+                                    prepared=prepared)
         return out
 
     def forward_from(self, F, after: str, layer: Optional[str] = None,
@@ -419,10 +434,12 @@ class VGG16:
         params = self._params(stop >= _INDEX["fc1"])
         with self._lock:
             ws = self._get_workspace(floats)
+            prepared = self._prepared_for(start, stop, h, w)
             for i in range(0, n, step):
                 _core.vgg16_forward(F[i:i + step], params, stop, _core.POOL_NONE,
                                     (1.0,) * 3, (0.0,) * 3, False, ws, out=out[i:i + step],
-                                    start_layer=start, precision=self.precision)
+                                    start_layer=start, precision=self.precision,
+                                    prepared=prepared)
         return out
 
     def extract(self, X, layer: Optional[str] = None, cache=True, batch_size: int = 32,
@@ -436,6 +453,46 @@ class VGG16:
         from . import cache as _cache
         return _cache.extract(self, X, layer=layer, cache=cache, batch_size=batch_size,
                               progress=progress, dtype=dtype, **kwargs)
+
+    # -- prepared kernels -------------------------------------------------------
+    def _prepared_for(self, start: int, stop: int, h: int, w: int):
+        """The 13 entries of the core's ``prepared=``: (algo, kernel prepared for
+        it) for each conv run from layer ``start`` to ``stop`` on h x w maps, None
+        for the others. Prepared once per layer and algorithm (a Winograd kernel
+        is 4x the float32 weights), dropped when the weights change (_writing)."""
+        entries = [None] * len(CONV_LAYERS)
+        cin = _LAYERS[start - 1][2] if start else 3
+        for i, (name, kind, units) in enumerate(_LAYERS[start:stop + 1], start):
+            if kind == "conv":
+                algo = _core.conv3x3_algo(h, w, cin, units, precision=self.precision)
+                got = self._prepared.get(name)
+                if got is None or got[0] != algo:
+                    got = (algo, _core.conv3x3_prepare(self._weights[name][0], algo))
+                    self._prepared[name] = got
+                entries[CONV_LAYERS.index(name)] = got
+            elif kind == "pool":
+                h, w = h // 2, w // 2
+            if units:
+                cin = units
+        return entries
+
+    @contextlib.contextmanager
+    def _writing(self, names):
+        """Lets the kernels and biases of layers ``names`` be written in place
+        (set_weights of a TransferModel, fine-tuning), and drops what was derived
+        from them on the way out. The arrays are read-only otherwise, so that no
+        write can leave a stale prepared kernel behind unnoticed."""
+        names = [n for n in names if n in self._weights]
+        for n in names:
+            for a in self._weights[n]:
+                a.flags.writeable = True
+        try:
+            yield
+        finally:
+            for n in names:
+                for a in self._weights[n]:
+                    a.flags.writeable = False
+                self._prepared.pop(n, None)
 
     def _check_image_size(self, h, w, c):
         if self.input_shape is not None:
