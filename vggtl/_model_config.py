@@ -34,7 +34,13 @@ _OPTIMIZER_FIELDS = {  # class_name -> hyperparameters, as Optimizer.get_config 
 
 
 def _show(v) -> str:
-    r = repr(v)
+    """v for a message, short whatever the file holds."""
+    if isinstance(v, (list, dict)) and len(v) > 8:
+        return f"{'a list' if isinstance(v, list) else 'an object'} of {len(v)} items"
+    try:
+        r = repr(v)
+    except RecursionError:
+        return "a value nested too deeply"
     return r if len(r) <= 80 else r[:77] + "..."
 
 
