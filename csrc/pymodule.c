@@ -241,13 +241,12 @@ static PyObject *py_set_conv_algo(PyObject *self, PyObject *arg) {
     (void)self;
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
-    const int algo = name_index("conv_algo", name, ALGO_NAMES, 5);
-    if (algo < 0) return NULL;
-    if (vgg_set_conv_algo(algo) != VGG_OK) {
-        PyErr_Format(PyExc_ValueError, "conv_algo: '%s' runs only at precision='bf16' and "
-                     "cannot be forced", name);
-        return NULL;
-    }
+    /* the settings; winograd_bf16 is what a layer runs at precision='bf16', not one */
+    static const char *const SETTABLE[] = {"auto", "im2col", "winograd", "winograd6"};
+    const int i = name_index("conv_algo", name, SETTABLE, 4);
+    if (i < 0) return NULL;
+    const int algo = i == 3 ? VGG_CONV_WINOGRAD6 : i;
+    if (vgg_set_conv_algo(algo) != VGG_OK) return raise_status(VGG_ERR_INTERNAL, "set_conv_algo");
     Py_RETURN_NONE;
 }
 
@@ -814,6 +813,7 @@ static int parse_config(vgg16_config *cfg, int start, int stop, int pooling, PyO
     cfg->pooling = pooling;
     cfg->reverse_channels = rev;
     cfg->precision = VGG_PRECISION_FP32;
+    cfg->prepared = 0;
     if (so == NULL) {
         for (int i = 0; i < 3; i++) {
             cfg->scale[i] = 1.0f;
@@ -851,14 +851,16 @@ static PyObject *py_vgg16_output_shape(PyObject *self, PyObject *args, PyObject 
 
 static PyObject *py_vgg16_workspace_floats(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", "start_layer", NULL};
-    int stop, pooling, start = 0;
+    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", "start_layer",
+                             "prepared", NULL};
+    int stop, pooling, start = 0, prepared = 0;
     Py_ssize_t batch, h, w;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn|i", kwlist, &stop, &pooling, &batch, &h,
-                                     &w, &start))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn|i$p", kwlist, &stop, &pooling, &batch, &h,
+                                     &w, &start, &prepared))
         return NULL;
     vgg16_config cfg;
     if (parse_config(&cfg, start, stop, pooling, NULL, NULL, 0)) return NULL;
+    cfg.prepared = prepared;
     if (batch < 1 || h < 1 || w < 1) {
         PyErr_SetString(PyExc_ValueError, "batch, h, w: expected sizes >= 1");
         return NULL;
@@ -969,6 +971,8 @@ static PyObject *py_vgg16_forward(PyObject *self, PyObject *args, PyObject *kw) 
     }
     wt.classes = classes;
     if (parse_prepared(prepo, &wt)) goto done;
+    /* with prepared kernels, the workspace is one sized for them */
+    cfg.prepared = prepo != NULL && prepo != Py_None;
 
     size_t oh, ow, oc;
     if (vgg16_output_shape(&oh, &ow, &oc, &cfg, classes, h, w) != VGG_OK) {
@@ -1815,7 +1819,8 @@ static PyMethodDef methods[] = {
     {"vgg16_output_shape", KW py_vgg16_output_shape, METH_VARARGS | METH_KEYWORDS,
      "vgg16_output_shape(stop_layer, pooling, classes, h, w) -> (oh, ow, oc)"},
     {"vgg16_workspace_floats", KW py_vgg16_workspace_floats, METH_VARARGS | METH_KEYWORDS,
-     "vgg16_workspace_floats(stop_layer, pooling, batch, h, w) -> int"},
+     "vgg16_workspace_floats(stop_layer, pooling, batch, h, w, start_layer=0, *, prepared=False) "
+     "-> int (prepared: for a call with every kernel prepared)"},
     {"vgg16_forward", KW py_vgg16_forward, METH_VARARGS | METH_KEYWORDS,
      "vgg16_forward(x, params, stop_layer, pooling, scale, shift, reverse_channels, "
      "workspace, out=None, start_layer=0, *, precision='fp32') -> features"},

@@ -387,6 +387,10 @@ typedef struct {
     int start_layer;           /* 0: x holds images; L > 0: x holds the float32 output
                                   of layer L-1 (a cached cut), h, w and cin its shape */
     int precision;             /* enum vgg_precision of the convolutions */
+    int prepared;              /* non-zero: every conv run comes with its kernel prepared
+                                  (vgg16_weights.conv_prepared) for the algorithm it
+                                  runs, and the workspace is sized without room to
+                                  prepare one; a missing one is VGG_ERR_ARG */
 } vgg16_config;
 
 /* Output shape of the network for an input of h x w: writes oh, ow, oc (a dense

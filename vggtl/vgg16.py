@@ -45,12 +45,12 @@ _WORKSPACE_BYTES = 512 << 20
 
 def _images_per_pass(stop, pool, h, w, start=0):
     """Images the core takes through the layers at a time: as many as the
-    workspace budget holds. Each pass transforms every Winograd layer's kernels
-    again (36 x Cin x Cout floats, 235 MB for the whole base), so passes are as
-    large as the budget allows, whatever batch_size says: features do not depend
-    on how images are grouped."""
-    one = _core.vgg16_workspace_floats(stop, pool, 1, h, w, start_layer=start)
-    per = _core.vgg16_workspace_floats(stop, pool, 2, h, w, start_layer=start) - one
+    workspace budget holds (the kernels come prepared, VGG16._prepared_for, so
+    the workspace holds activations and block buffers only). Features do not
+    depend on how images are grouped."""
+    one = _core.vgg16_workspace_floats(stop, pool, 1, h, w, start_layer=start, prepared=True)
+    per = _core.vgg16_workspace_floats(stop, pool, 2, h, w, start_layer=start,
+                                       prepared=True) - one
     fixed = one - per  # the convolution's workspace: the same for any number of images
     return max(1, (_WORKSPACE_BYTES // 4 - fixed) // max(per, 1))
 
@@ -377,7 +377,8 @@ class VGG16:
         # the workspace is reused across calls; the lock keeps two threads
         # predicting with one model from sharing it at the same time
         with self._lock:
-            ws = self._get_workspace(_core.vgg16_workspace_floats(stop, pool, fit, h, w))
+            ws = self._get_workspace(_core.vgg16_workspace_floats(stop, pool, fit, h, w,
+                                                                  prepared=True))
             prepared = self._prepared_for(0, stop, h, w)
             for i in range(0, n, step):
                 xb = batch_for_core(X[i:i + step])
@@ -413,7 +414,7 @@ class VGG16:
         params = self._params(stop >= _INDEX["fc1"])
         with self._lock:
             ws = self._get_workspace(_core.vgg16_workspace_floats(
-                stop, _core.POOL_NONE, fit, h, w, start_layer=start))
+                stop, _core.POOL_NONE, fit, h, w, start_layer=start, prepared=True))
             prepared = self._prepared_for(start, stop, h, w)
             for i in range(0, n, step):
                 _core.vgg16_forward(F[i:i + step], params, stop, _core.POOL_NONE,
