@@ -425,8 +425,8 @@ def _check_array_out(a: np.ndarray, where: str = "numpy array") -> None:
         orders.append(ok)
     if not any(orders):
         _refuse(f"{where}: strides {strides} for shape {shape} and item size {item}")
-    root = a
-    while isinstance(root, np.ndarray) and root.base is not None:
+    root = a  # the object that owns the memory: follow the bases (as_strided's too)
+    while getattr(root, "base", None) is not None:
         root = root.base
     if isinstance(root, np.ndarray):
         if root is not a:
