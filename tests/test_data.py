@@ -614,30 +614,9 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
 
+from pickle_files import array_then_dtype_state, shared_lists  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _ops(obj) -> bytes:
-    """The opcodes that push obj (no PROTO, no STOP, no memo): to splice into a pickle."""
-    buf = io.BytesIO()
-    p = pickle.Pickler(buf, protocol=3)
-    p.fast = True  # no BINPUT: the spliced opcodes leave the pickle's memo alone
-    p.dump(obj)
-    return buf.getvalue()[2:-1]
-
-
-def array_then_dtype_state(type_str, n, data, state):
-    """A protocol-3 pickle of an array of n items of dtype(type_str) that gets its
-    dtype's BUILD state only after the array has taken the dtype: never what NumPy
-    writes (it builds the dtype first), but what a crafted file can do. Without a
-    check, the state changes an array that already exists."""
-    return (b"\x80\x03"
-            + b"cnumpy\ndtype\n" + _ops(type_str) + b"\x89\x88\x87Rq\x01"       # memo 1: the dtype
-            + b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
-            + b"K\x00\x85C\x01b\x87R"                                          # an empty array
-            + b"(K\x01" + _ops((n,)) + b"h\x01\x89" + _ops(bytes(data)) + b"tb"  # its state
-            + b"h\x01" + _ops(state) + b"b0"                                   # then the dtype's
-            + b".")
 
 
 # (type string, items, their bytes, a state NumPy never writes for that dtype)
@@ -686,14 +665,11 @@ def test_dtype_state_as_numpy_writes_it_loads(tmp_path, type_str, n, raw):
 
 
 SEGFAULT = textwrap.dedent("""
-    import pickle, numpy as np
+    import sys
+    sys.path.insert(0, {tests!r})
+    from pickle_files import dtype_state_twice
     from vggtl import data
-    # y = np.array(['abc', 'de']); after the array, its dtype (memo 14) gets a second
-    # state, size -1: NumPy applies it to the dtype the array already uses
-    b = pickle.dumps(np.array(['abc', 'de']), protocol=2)
-    assert b.endswith(b"b.") and b[152:155] == b"q\\x0e("
-    b = b[:-1] + b"h\\x0e(K\\x03X\\x01\\x00\\x00\\x00<NNNJ\\xff\\xff\\xff\\xffK\\x04K\\x08tb0."
-    open({path!r}, "wb").write(b)
+    open({path!r}, "wb").write(dtype_state_twice())
     try:
         y = data.load_pickle({path!r})
     except data.UnsafePickleError as e:
@@ -710,7 +686,8 @@ def test_second_dtype_state_cannot_corrupt_memory(tmp_path):
     vs. prev_size"). A dtype now gets its state once. Run in a child process, so
     that a regression fails this test instead of killing the test run."""
     path = str(tmp_path / "y.pickle")
-    r = subprocess.run([sys.executable, "-c", SEGFAULT.format(path=path)], cwd=REPO,
+    code = SEGFAULT.format(tests=os.path.join(REPO, "tests"), path=path)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"exit {r.returncode}: {r.stdout[-500:]} {r.stderr[-1000:]}"
     assert r.stdout.startswith(f"UnsafePickleError: {path}: the pickle sets the state of a "
@@ -745,10 +722,7 @@ def test_memo_references_cannot_expand_a_small_pickle(tmp_path):
     2 kB X.pickle became a 192 MB array (peak far above it). What a pickle may
     expand to is now bounded by its own size: a ValueError naming the file, before
     any array is made."""
-    inner = list(range(200))
-    row = [inner] * 200
-    X = [row] * 600  # 600 images of 200 x 200: 24 million values
-    path = dump(tmp_path / "X.pickle", X, 2)
+    path = dump_bytes(tmp_path / "X.pickle", shared_lists((600, 200, 200)))  # 600 images
     assert os.path.getsize(path) < 4096
     tracemalloc.start()
     try:

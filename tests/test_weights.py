@@ -708,7 +708,6 @@ def test_optional_packages_missing(every_format, monkeypatch):
 # These use the miniature VGG16 of fuzz/seeds.py (VGG16's names and layouts, 2 channels):
 # the files are a few kB, in the real layouts (Keras's legacy .h5 by weight_files.py,
 # Keras 3's layers/<class>/vars/<i>, a .keras zip, torch.save's zip).
-import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
@@ -725,59 +724,9 @@ def mini(monkeypatch):
     return seeds.mini_weights(1)
 
 
-def _keras3_h5(path, w):
-    """Keras 3's .weights.h5 layout: layers/conv2d[_i]/vars/{0,1}."""
-    with h5py.File(path, "w") as f:
-        for i, (k, b) in enumerate(w.values()):
-            v = f.create_group(f"layers/conv2d{'' if i == 0 else f'_{i}'}/vars")
-            v.create_dataset("0", data=k)
-            v.create_dataset("1", data=b)
-        f.create_group("vars")
-    return path
-
-
-def _keras_zip(path, h5_bytes, method=zipfile.ZIP_STORED):
-    """A .keras file: metadata, config and model.weights.h5 (Keras stores them)."""
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("metadata.json", '{"keras_version": "3.0.0"}')
-        z.writestr("config.json", '{"class_name": "Functional"}')
-        z.writestr("model.weights.h5", h5_bytes, compress_type=method)
-    return path
-
-
 # the first kernel's dataset, and its layer group, in each layout
 _FIRST = {"legacy": ("block1_conv1/block1_conv1_W_1:0", "block1_conv1"),
           "keras3": ("layers/conv2d/vars/0", "layers")}
-
-
-def _point_elsewhere(h5path, layout, how, other, secret):
-    """Replace the first kernel of a weights file by one whose data are not in the
-    file: HDF5 external storage (``secret``, a local file), a virtual dataset or an
-    external link (into ``other``), a soft link (to a copy elsewhere in the file),
-    or the whole layer group as an external link."""
-    ds, group = _FIRST[layout]
-    with h5py.File(h5path, "a") as f:
-        k = f[ds][()]
-        if how == "group_link":
-            with h5py.File(other, "a") as o:
-                f.copy(f[group], o, name=group)
-            del f[group]
-            f[group] = h5py.ExternalLink(other, "/" + group)
-            return ds
-        del f[ds]
-        if how == "external":
-            f.create_dataset(ds, shape=k.shape, dtype="<f4",
-                             external=[(secret, 0, h5py.h5f.UNLIMITED)])
-        elif how == "virtual":
-            lay = h5py.VirtualLayout(shape=k.shape, dtype="<f4")
-            lay[...] = h5py.VirtualSource(other, "data", shape=k.shape)
-            f.create_virtual_dataset(ds, lay)
-        elif how == "soft_link":
-            f.create_dataset("stash", data=k)
-            f[ds] = h5py.SoftLink("/stash")
-        elif how == "external_link":
-            f[ds] = h5py.ExternalLink(other, "/data")
-    return ds
 
 
 @pytest.mark.parametrize("how", ["external", "virtual", "soft_link", "external_link",
@@ -798,19 +747,19 @@ def test_hdf5_data_outside_the_file_is_refused(mini, tmp_path, layout, how):
     if layout == "legacy":
         wf.write_keras_legacy_h5(h5, mini)
     else:
-        _keras3_h5(h5, mini)
-    ds = _point_elsewhere(h5, "legacy" if layout == "legacy" else "keras3", how, other, secret)
+        wf.write_keras3_h5(h5, mini)
+    ds, group = _FIRST["legacy" if layout == "legacy" else "keras3"]
+    wf.point_elsewhere(h5, ds, group, how, other, secret)
     p = h5
     if layout == "keras":
-        p = _keras_zip(str(tmp_path / "model.keras"), open(h5, "rb").read())
+        p = wf.write_keras_zip(str(tmp_path / "model.keras"), open(h5, "rb").read())
     with pytest.raises(vggtl.WeightsError) as e:
         W.load_weights(p, cache=False)
     msg = str(e.value)
     assert msg.startswith(p + ": ") and "inside the file itself" in msg, msg
     named = {"external": (ds, "secret.bin"), "virtual": (ds, "other.h5"),
              "soft_link": (ds, "/stash"), "external_link": (ds, "other.h5"),
-             "group_link": (_FIRST["legacy" if layout == "legacy" else "keras3"][1],
-                            "other.h5")}[how]
+             "group_link": (group, "other.h5")}[how]
     for part in named:
         assert part in msg, msg
 
@@ -830,7 +779,8 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-@pytest.mark.parametrize("how", ["external", "virtual_unlimited", "external_link"])
+@pytest.mark.parametrize("how", ["external", "virtual", "virtual_unlimited",
+                                 "external_link"])
 def test_hdf5_fifo_named_in_the_file_is_never_opened(mini, tmp_path, how):
     """A FIFO as the external file, the virtual dataset's source or the external
     link's target: opening it blocks until someone writes, so vggtl hung for ever
@@ -840,19 +790,8 @@ def test_hdf5_fifo_named_in_the_file_is_never_opened(mini, tmp_path, how):
     fifo = str(tmp_path / "pipe")
     os.mkfifo(fifo)
     p = wf.write_keras_legacy_h5(str(tmp_path / "w.h5"), mini)
-    ds = _FIRST["legacy"][0]
-    with h5py.File(p, "a") as f:
-        del f[ds]
-        if how == "external":
-            f.create_dataset(ds, shape=(3, 3, 3, 2), dtype="<f4",
-                             external=[(fifo, 0, h5py.h5f.UNLIMITED)])
-        elif how == "virtual_unlimited":
-            lay = h5py.VirtualLayout(shape=(3, 3, 3, 2), maxshape=(None, 3, 3, 2), dtype="<f4")
-            src = h5py.VirtualSource(fifo, "data", shape=(3, 3, 3, 2), maxshape=(None, 3, 3, 2))
-            lay[:h5py.h5s.UNLIMITED] = src[:h5py.h5s.UNLIMITED]
-            f.create_virtual_dataset(ds, lay)
-        else:
-            f[ds] = h5py.ExternalLink(fifo, "/data")
+    ds, group = _FIRST["legacy"]
+    wf.point_elsewhere(p, ds, group, how, fifo, fifo)
     try:
         r = subprocess.run([sys.executable, "-c", CHILD.format(fuzz=os.path.join(REPO, "fuzz"),
                                                                path=p)],
@@ -900,15 +839,6 @@ def test_hdf5_plugin_filters_and_non_numeric_data_are_never_read(mini, tmp_path,
 
 
 # -- zip members ---------------------------------------------------------------------------
-def _rezip(src, dst, methods):
-    """Copy a zip, each member compressed as ``methods(name)`` says (zipfile writes
-    every method; PyTorch and Keras write stored members only)."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for i in zin.infolist():
-            zout.writestr(i.filename, zin.read(i), compress_type=methods(i.filename))
-    return dst
-
-
 def _mini_pth(path, sd=None):
     sd = sd if sd is not None else collections.OrderedDict(
         (k, torch.from_numpy(v)) for k, v in seeds.mini_state_dict(2).items())
@@ -945,31 +875,12 @@ def test_pth_member_compressed_with_bzip2_or_lzma_is_refused(mini, tmp_path, mem
     only; zipfile decompresses a bzip2 or LZMA member's whole input in one call,
     however far it expands. Such a member is now refused before any of it is read."""
     src = _mini_pth(str(tmp_path / "src.pth"))
-    p = _rezip(src, str(tmp_path / "m.pth"),
+    p = wf.rezip(src, str(tmp_path / "m.pth"),
                lambda n: method if n.endswith("/" + member) else zipfile.ZIP_STORED)
     err, _ = _peak(lambda: W.load_weights(p, cache=False))
     assert isinstance(err, vggtl.WeightsError), err
     assert str(err).startswith(p + ": ") and ("bzip2" if method == zipfile.ZIP_BZIP2
                                               else "LZMA") in str(err), err
-
-
-def _raw_zip(path, members):
-    """Write a zip by hand: ``members`` are (name, method, compressed bytes, CRC-32,
-    uncompressed size), so a record can claim any size and method (zipfile's writer
-    computes them from the data it compresses itself)."""
-    out, central = bytearray(), bytearray()
-    for name, method, payload, crc, size in members:
-        enc = name.encode()
-        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, method, 0,
-                               0x21, crc, len(payload), size, len(enc), 0, 0, 0, 0, 0,
-                               len(out)) + enc
-        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc,
-                           len(payload), size, len(enc), 0) + enc + payload
-    eocd = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members), len(members),
-                       len(central), len(out), 0)
-    with open(path, "wb") as f:
-        f.write(bytes(out + central + eocd))
-    return path
 
 
 def _stored_members(src):
@@ -993,13 +904,13 @@ def test_byteorder_bomb_allocates_nothing(mini, tmp_path, bz2_bomb):
     del text
     bomb = [(n, zipfile.ZIP_BZIP2, bz2_bomb, crc, 6 + (64 << 20)) if n.endswith("/byteorder")
             else m for m, (n, *_) in zip(members, members)]
-    p = _raw_zip(str(tmp_path / "bomb.pth"), bomb)
+    p = wf.raw_zip(str(tmp_path / "bomb.pth"), bomb)
     assert os.path.getsize(p) < 8192
     err, peak = _peak(lambda: W.load_weights(p, cache=False))
     assert isinstance(err, vggtl.WeightsError) and "byteorder record" in str(err), err
     assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB for a {os.path.getsize(p)}-byte file"
     long = b"little" + b" " * (1 << 20)
-    p = _raw_zip(str(tmp_path / "long.pth"),
+    p = wf.raw_zip(str(tmp_path / "long.pth"),
                  [(n, zipfile.ZIP_STORED, long, zlib.crc32(long), len(long))
                   if n.endswith("/byteorder") else m for m, (n, *_) in zip(members, members)])
     err, _ = _peak(lambda: W.load_weights(p, cache=False))
@@ -1017,7 +928,7 @@ def test_storage_read_only_as_far_as_its_tensor_needs(mini, tmp_path):
     big[:w0.numel()] = w0.reshape(-1)
     sd["features.0.weight"] = big[:w0.numel()].view(w0.shape)
     src = _mini_pth(str(tmp_path / "src.pth"), sd)
-    p = _rezip(src, str(tmp_path / "view.pth"), lambda n: zipfile.ZIP_DEFLATED)
+    p = wf.rezip(src, str(tmp_path / "view.pth"), lambda n: zipfile.ZIP_DEFLATED)
     assert os.path.getsize(p) < 1 << 20
     got = {}
     err, peak = _peak(lambda: got.update(W.load_weights(p, cache=False)))
@@ -1066,12 +977,12 @@ def test_deflated_member_claiming_more_than_deflate_can_give_is_refused(mini, tm
                ("archive/byteorder", zipfile.ZIP_STORED, b"little", zlib.crc32(b"little"), 6)]
     members += [(f"archive/data/{k}", zipfile.ZIP_DEFLATED, stream, 0, big * 4)
                 for k in keys.values()]
-    p = _raw_zip(str(tmp_path / "claim.pth"), members)
+    p = wf.raw_zip(str(tmp_path / "claim.pth"), members)
     err, peak = _peak(lambda: W.load_weights(p, cache=False))
     assert isinstance(err, vggtl.WeightsError), err
     assert "more than deflate can produce" in str(err) and str(err).startswith(p), err
     assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB"
-    p = _raw_zip(str(tmp_path / "claim.keras"),
+    p = wf.raw_zip(str(tmp_path / "claim.keras"),
                  [("metadata.json", 0, b"{}", zlib.crc32(b"{}"), 2),
                   ("model.weights.h5", zipfile.ZIP_DEFLATED, stream, 0, 1 << 30)])
     err, peak = _peak(lambda: W.load_weights(p, cache=False))
@@ -1084,17 +995,17 @@ def test_keras_members_compressed_as_keras_and_zip_tools_do_load(mini, tmp_path)
     """What stays readable: Keras stores its members; a .keras or .pth repacked by a
     zip tool (deflate) loads the same. bzip2 and LZMA, which neither framework
     writes, are refused."""
-    h5 = _keras3_h5(str(tmp_path / "w.weights.h5"), mini)
+    h5 = wf.write_keras3_h5(str(tmp_path / "w.weights.h5"), mini)
     data = open(h5, "rb").read()
     for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        p = _keras_zip(str(tmp_path / f"m{method}.keras"), data, method)
+        p = wf.write_keras_zip(str(tmp_path / f"m{method}.keras"), data, method)
         same(W.load_weights(p, cache=False), mini)
     src = _mini_pth(str(tmp_path / "src.pth"))
     ref = W.load_weights(src, cache=False)
-    same(W.load_weights(_rezip(src, str(tmp_path / "d.pth"), lambda n: zipfile.ZIP_DEFLATED),
+    same(W.load_weights(wf.rezip(src, str(tmp_path / "d.pth"), lambda n: zipfile.ZIP_DEFLATED),
                         cache=False), ref)
     for method, name in ((zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "LZMA")):
-        p = _keras_zip(str(tmp_path / f"m{method}.keras"), data, method)
+        p = wf.write_keras_zip(str(tmp_path / f"m{method}.keras"), data, method)
         with pytest.raises(vggtl.WeightsError, match=f"model.weights.h5 is compressed with "
                                                      f"{name}") as e:
             W.load_weights(p, cache=False)
