@@ -5,7 +5,8 @@ which runs whatever code the file asks for. :func:`load_pickle` reads the same
 files with a restricted unpickler: it builds NumPy arrays and scalars (pickled
 by NumPy 1.x or 2.x, protocols 2 to 5), lists, tuples, sets, dicts, numbers and
 strings, and refuses every other global with :class:`UnsafePickleError` *before*
-calling anything.
+calling anything. Dtype states must be the ones NumPy writes, every array handed
+out is checked, and what a pickle stands for is bounded by its size.
 
     >>> X, y = vggtl.load_pickles("X.pickle", "y.pickle")       # doctest: +SKIP
     >>> enc = vggtl.LabelEncoder().fit(y)                         # doctest: +SKIP
@@ -409,10 +410,13 @@ _EXPAND_RATIO = 16
 _EXPAND_FLOOR = 64 << 20
 
 
-def _check_array_out(a: np.ndarray, where: str = "numpy array") -> None:
+def _check_array_out(a: np.ndarray, checked: dict, where: str = "numpy array") -> None:
     """An array the unpickler made: a dtype exactly as NumPy makes it, strides of a
-    C- or Fortran-ordered block, and no more bytes than its buffer holds."""
-    _check_canonical_dtype(a.dtype, where)
+    C- or Fortran-ordered block, and no more bytes than its buffer holds. Dtypes
+    already checked are in ``checked`` (by id)."""
+    if id(a.dtype) not in checked:
+        _check_canonical_dtype(a.dtype, where)
+        checked[id(a.dtype)] = a.dtype
     item = a.dtype.itemsize
     shape, strides = a.shape, a.strides
     orders = []
@@ -441,27 +445,46 @@ def _check_array_out(a: np.ndarray, where: str = "numpy array") -> None:
         _refuse(f"{where}: {a.nbytes} bytes over a buffer of {cap}")
 
 
+_CONTAINERS = frozenset((list, tuple, set, frozenset, dict))
+# bytes per element np.asarray gives Python numbers (int64, float64, complex128)
+_NUMBER_SIZE = {bool: 1, int: 8, float: 8, complex: 16, type(None): 8}
+_NUMBER_TYPES = frozenset(_NUMBER_SIZE)
+
+
 def _leaf_extent(o, checked: dict):
     """(elements, bytes per element) of a non-container as np.asarray makes it;
-    arrays and scalars are checked (once each: ``checked`` holds them by id)."""
+    arrays and scalars are checked, once each (``checked``: by id, and their dtypes)."""
     t = type(o)
     if t is np.ndarray or isinstance(o, np.generic):
         if id(o) not in checked:
             if t is np.ndarray:
-                _check_array_out(o)
-            else:
+                _check_array_out(o, checked)
+            elif id(o.dtype) not in checked:
                 _check_canonical_dtype(o.dtype, "numpy scalar")
+                checked[id(o.dtype)] = o.dtype
             checked[id(o)] = o
         return o.size, o.dtype.itemsize
     if t is str:
         return 1, 4 * max(len(o), 1)
     if t is bytes or t is bytearray:
         return 1, max(len(o), 1)
-    if t is bool:
-        return 1, 1
-    if t is complex:
-        return 1, 16
-    return 1, 8  # int, float, None
+    return 1, _NUMBER_SIZE.get(t, 8)
+
+
+def _items_extent(items, types: set, done: dict, checked: dict):
+    """(elements, largest element) of a container's items. Lists of plain numbers or
+    of strings, what labels and nested pixel lists are, are summed at C speed."""
+    if types <= _NUMBER_TYPES:
+        return len(items), max(_NUMBER_SIZE[t] for t in types) if types else 0
+    if types == {str}:
+        return len(items), 4 * max(1, max(map(len, items)))
+    n, item = 0, 0
+    for c in items:
+        cn, ci = done[id(c)] if type(c) in _CONTAINERS else _leaf_extent(c, checked)
+        n += cn
+        if ci > item:
+            item = ci
+    return n, item
 
 
 def _check_loaded(obj, file_size: int, path: str) -> None:
@@ -471,39 +494,34 @@ def _check_loaded(obj, file_size: int, path: str) -> None:
     the longest), at most :data:`_EXPAND_RATIO` times the file's size (or
     :data:`_EXPAND_FLOOR`). Each object is visited once, however often the pickle
     refers to it, so the walk costs what reading the pickle did."""
-    containers = (list, tuple, set, frozenset, dict)
     done = {}     # id -> (elements, bytes per element) of a finished container
-    open_ = {}    # id -> container on the path from obj: seen again, it holds itself
-    checked = {}
+    open_ = {}    # id -> (container, its item types) on the path from obj: seen again,
+    checked = {}  # it holds itself
     todo = [obj]
     while todo:
         o = todo[-1]
         k = id(o)
-        if type(o) not in containers:
-            todo.pop()
-            continue
-        if k in done:
+        if type(o) not in _CONTAINERS or k in done:
             todo.pop()
             continue
         items = (*o.keys(), *o.values()) if type(o) is dict else o
         if k not in open_:
-            open_[k] = o
+            types = set(map(type, items))
+            if not types & _CONTAINERS:  # no containers inside: done at once
+                done[k] = _items_extent(items, types, done, checked)
+                todo.pop()
+                continue
+            open_[k] = (o, types)
             for c in items:
-                if type(c) in containers and id(c) not in done:
+                if type(c) in _CONTAINERS and id(c) not in done:
                     if id(c) in open_:
                         raise ValueError(f"{path}: the pickle holds a {type(c).__name__} "
                                          "that contains itself; expected images or labels")
                     todo.append(c)
             continue
-        n, item = 0, 0
-        for c in items:
-            cn, ci = done[id(c)] if type(c) in containers else _leaf_extent(c, checked)
-            n += cn
-            item = max(item, ci)
-        done[k] = (n, item)
-        del open_[k]
+        done[k] = _items_extent(items, open_.pop(k)[1], done, checked)
         todo.pop()
-    n, item = done[id(obj)] if type(obj) in containers else _leaf_extent(obj, checked)
+    n, item = done[id(obj)] if type(obj) in _CONTAINERS else _leaf_extent(obj, checked)
     limit = max(_EXPAND_FLOOR, _EXPAND_RATIO * file_size)
     if n * item > limit:
         raise ValueError(
@@ -519,8 +537,10 @@ def load_pickle(path):
     A ``.npy`` file (recognised by its magic bytes) is opened memory-mapped,
     read-only, without pickles. Raises ``FileNotFoundError`` for a missing file,
     :class:`UnsafePickleError` for a pickle that asks for anything outside the
-    allow-list (nothing it names is called), and ``ValueError`` naming the file
-    for an empty, truncated or corrupt one.
+    allow-list (nothing it names is called) or makes a dtype or an array NumPy
+    would not, and ``ValueError`` naming the file for an empty, truncated or
+    corrupt one, and for one whose shared references stand for more than
+    :data:`_EXPAND_RATIO` times its size as one array (see :func:`_check_loaded`).
     """
     path = os.fspath(path)
     if not os.path.exists(path):

@@ -37,6 +37,13 @@ other dense weights (out, in) -> (in, out).
 unpickler that knows only the globals a tensor state dict needs
 (:data:`ALLOWED_GLOBALS`) and refuses any other, naming it, before anything runs.
 
+Only data kept inside the file are read. HDF5 soft, external and user-defined
+links, external storage, virtual datasets and filters that libhdf5 would load as
+plugins are refused from the file's metadata, before anything behind them is
+opened (:func:`_h5_get`). Zip members (``.pth``, ``.keras``) must be stored or
+deflated, with sizes deflate can produce and no larger than the reader expects,
+and are read a bounded chunk at a time (:func:`_zip_check`).
+
 ``weights="imagenet"`` looks, in this order, for the files in :data:`IMAGENET_FILES`:
 
 1. ``$VGGTL_WEIGHTS``: a weights file, or a folder holding one of those files;
