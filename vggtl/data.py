@@ -494,9 +494,11 @@ def _check_loaded(obj, file_size: int, path: str) -> None:
     the longest), at most :data:`_EXPAND_RATIO` times the file's size (or
     :data:`_EXPAND_FLOOR`). Each object is visited once, however often the pickle
     refers to it, so the walk costs what reading the pickle did."""
-    done = {}     # id -> (elements, bytes per element) of a finished container
-    open_ = {}    # id -> (container, its item types) on the path from obj: seen again,
-    checked = {}  # it holds itself
+    done = {}  # id -> (elements, bytes per element) of a finished container
+    # id -> (container, its item types) on the path from obj: met again below
+    # itself, it contains itself
+    open_ = {}
+    checked = {}  # arrays, scalars and dtypes checked, by id
     todo = [obj]
     while todo:
         o = todo[-1]
@@ -526,9 +528,10 @@ def _check_loaded(obj, file_size: int, path: str) -> None:
     if n * item > limit:
         raise ValueError(
             f"{path}: the pickle stands for {n} values ({n * item} bytes as one array) in "
-            f"a file of {file_size} bytes: it refers to the same lists or arrays over and "
-            f"over; vggtl reads at most {limit} bytes from a pickle of this size. Save "
-            f"the data as one NumPy array (pickle.dump(np.asarray(X), f) or np.save)")
+            f"a file of {file_size} bytes (it refers to the same lists or arrays over and "
+            f"over, or pads short strings to a long one); vggtl reads at most {limit} "
+            f"bytes from a pickle of this size. Save the data as one NumPy array "
+            f"(pickle.dump(np.asarray(X), f) or np.save)")
 
 
 def load_pickle(path):

@@ -251,9 +251,10 @@ def _import_h5py():
     return h5py
 
 
-# HDF5's own filters (deflate, shuffle, fletcher32, szip, nbit, scaleoffset) and
-# h5py's lzf: any other id makes libhdf5 look for a plugin library to load
-_H5_FILTERS = {1, 2, 3, 4, 5, 6, 32000}
+# HDF5's own filters (deflate, shuffle, fletcher32, nbit, scaleoffset) and h5py's
+# lzf: any other id makes libhdf5 look for a plugin library to load (szip too, in
+# a libhdf5 built without it)
+_H5_FILTERS = {1, 2, 3, 5, 6, 32000}
 
 
 def _h5_get(group, name: str, where: str):
@@ -284,15 +285,20 @@ def _h5_get(group, name: str, where: str):
 
 def _h5_refuse_link(group, key: bytes, kind: int, where: str):
     h5py = _import_h5py()
+
+    def text(b):
+        return repr(b.decode(errors="replace") if isinstance(b, bytes) else b)
+
     try:
         target = group.id.links.get_val(key)  # the link's text; nothing is followed
-    except Exception:
-        target = "?"
+    except Exception:  # a damaged link: its kind is enough to refuse it
+        target = None
     if kind == h5py.h5l.TYPE_EXTERNAL:
-        what = f"an external link to {target[1].decode(errors='replace')!r} in the file " \
-               f"{target[0].decode(errors='replace')!r}"
+        what = "an external link"
+        if isinstance(target, tuple) and len(target) == 2:
+            what += f" to {text(target[1])} in the file {text(target[0])}"
     elif kind == h5py.h5l.TYPE_SOFT:
-        what = f"a soft link to {target.decode(errors='replace')!r}"
+        what = "a soft link" + (f" to {text(target)}" if target is not None else "")
     else:
         what = f"a link of user-defined type {kind}"
     raise WeightsError(f"'{where}' is {what}; vggtl reads only data kept inside the file "
