@@ -777,3 +777,14 @@ def test_shared_references_that_tutorials_make_still_load(tmp_path, rng):
     np.testing.assert_array_equal(X, np.array(nested))
     big = np.zeros((300, 224, 224, 3), np.uint8)  # 45 MB: expands to its own size
     assert data.load_pickle(dump(tmp_path / "b.pickle", big, 4)).shape == big.shape
+
+
+def test_numbers_among_strings_count_as_strings(tmp_path):
+    """np.asarray turns numbers mixed with strings (also in different sublists) into
+    strings of up to 32 characters, 128 bytes each: counted so."""
+    y = [[7] * 600_000, ["a"]]  # 1.2 MB of pickle: 600,001 values as '<U32', 77 MB
+    path = dump(tmp_path / "y.pickle", y, 4)
+    assert os.path.getsize(path) * 16 < 600_001 * 128
+    with pytest.raises(ValueError, match=r"600001 values \(76800128 bytes"):
+        data.load_pickle(path)
+    assert data.load_pickle(dump(tmp_path / "n.pickle", [[7] * 600_000, [1.5]])) is not None

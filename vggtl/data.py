@@ -449,11 +449,16 @@ _CONTAINERS = frozenset((list, tuple, set, frozenset, dict))
 # bytes per element np.asarray gives Python numbers (int64, float64, complex128)
 _NUMBER_SIZE = {bool: 1, int: 8, float: 8, complex: 16, type(None): 8}
 _NUMBER_TYPES = frozenset(_NUMBER_SIZE)
+# what an element is: np.asarray turns numbers mixed with strings into strings of
+# up to 32 characters
+_NUM, _TEXT = 1, 2
+_NUMBER_AS_TEXT = 4 * 32
 
 
 def _leaf_extent(o, checked: dict):
-    """(elements, bytes per element) of a non-container as np.asarray makes it;
-    arrays and scalars are checked, once each (``checked``: by id, and their dtypes)."""
+    """(elements, bytes per element, _NUM or _TEXT) of a non-container as np.asarray
+    makes it; arrays and scalars are checked, once each (``checked``: by id, and
+    their dtypes)."""
     t = type(o)
     if t is np.ndarray or isinstance(o, np.generic):
         if id(o) not in checked:
@@ -463,28 +468,32 @@ def _leaf_extent(o, checked: dict):
                 _check_canonical_dtype(o.dtype, "numpy scalar")
                 checked[id(o.dtype)] = o.dtype
             checked[id(o)] = o
-        return o.size, o.dtype.itemsize
+        return o.size, o.dtype.itemsize, _TEXT if o.dtype.kind in "US" else _NUM
     if t is str:
-        return 1, 4 * max(len(o), 1)
+        return 1, 4 * max(len(o), 1), _TEXT
     if t is bytes or t is bytearray:
-        return 1, max(len(o), 1)
-    return 1, _NUMBER_SIZE.get(t, 8)
+        return 1, max(len(o), 1), _TEXT
+    return 1, _NUMBER_SIZE.get(t, 8), _NUM
 
 
 def _items_extent(items, types: set, done: dict, checked: dict):
-    """(elements, largest element) of a container's items. Lists of plain numbers or
-    of strings, what labels and nested pixel lists are, are summed at C speed."""
+    """(elements, largest element, kinds) of a container's items. Lists of plain
+    numbers or of strings, what labels and nested pixel lists are, are summed at C
+    speed."""
     if types <= _NUMBER_TYPES:
-        return len(items), max(_NUMBER_SIZE[t] for t in types) if types else 0
+        return len(items), max(_NUMBER_SIZE[t] for t in types) if types else 0, _NUM
     if types == {str}:
-        return len(items), 4 * max(1, max(map(len, items)))
-    n, item = 0, 0
+        return len(items), 4 * max(1, max(map(len, items))), _TEXT
+    n, item, kinds = 0, 0, 0
     for c in items:
-        cn, ci = done[id(c)] if type(c) in _CONTAINERS else _leaf_extent(c, checked)
+        cn, ci, ck = done[id(c)] if type(c) in _CONTAINERS else _leaf_extent(c, checked)
         n += cn
+        kinds |= ck
         if ci > item:
             item = ci
-    return n, item
+    if kinds == _NUM | _TEXT:
+        item = max(item, _NUMBER_AS_TEXT)
+    return n, item, kinds
 
 
 def _check_loaded(obj, file_size: int, path: str) -> None:
@@ -494,7 +503,7 @@ def _check_loaded(obj, file_size: int, path: str) -> None:
     the longest), at most :data:`_EXPAND_RATIO` times the file's size (or
     :data:`_EXPAND_FLOOR`). Each object is visited once, however often the pickle
     refers to it, so the walk costs what reading the pickle did."""
-    done = {}  # id -> (elements, bytes per element) of a finished container
+    done = {}  # id -> (elements, bytes per element, kinds) of a finished container
     # id -> (container, its item types) on the path from obj: met again below
     # itself, it contains itself
     open_ = {}
@@ -523,7 +532,7 @@ def _check_loaded(obj, file_size: int, path: str) -> None:
             continue
         done[k] = _items_extent(items, open_.pop(k)[1], done, checked)
         todo.pop()
-    n, item = done[id(obj)] if type(obj) in _CONTAINERS else _leaf_extent(obj, checked)
+    n, item, _ = done[id(obj)] if type(obj) in _CONTAINERS else _leaf_extent(obj, checked)
     limit = max(_EXPAND_FLOOR, _EXPAND_RATIO * file_size)
     if n * item > limit:
         raise ValueError(
