@@ -41,8 +41,9 @@ Only data kept inside the file are read. HDF5 soft, external and user-defined
 links, external storage, virtual datasets and filters that libhdf5 would load as
 plugins are refused from the file's metadata, before anything behind them is
 opened (:func:`_h5_get`). Zip members (``.pth``, ``.keras``) must be stored or
-deflated, with sizes deflate can produce and no larger than the reader expects,
-and are read a bounded chunk at a time (:func:`_zip_check`).
+deflated, with sizes deflate can produce and no larger than the reader expects
+(:func:`_zip_check`), and are never read past their declared size; a storage is
+read a bounded chunk at a time, and only as far as its tensor needs.
 
 ``weights="imagenet"`` looks, in this order, for the files in :data:`IMAGENET_FILES`:
 
