@@ -187,18 +187,6 @@ def test_weights_changed_in_place_miss(home, X):
     assert n == 0
 
 
-def test_weights_digest_is_remembered(base):
-    vc.forget_weights(base)
-    t = time.perf_counter()
-    d1 = vc._weights_digest(base, 17)
-    first = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(20):
-        assert vc._weights_digest(base, 17) == d1
-    again = (time.perf_counter() - t) / 20
-    assert again < first / 5, (first, again)
-
-
 def test_array_digest(rng):
     a = rng.integers(0, 256, (50, 40, 40, 3), dtype=np.uint8)
     d = vc.array_digest(a)
@@ -359,7 +347,9 @@ def test_random_damage_is_never_returned(home, base, X, rng, monkeypatch):
     F = np.array(base.extract(X, progress=False))
     folder = only_entry(home)
     for _ in range(15):
-        names = sorted(p for p in os.listdir(folder) if p != "lock")
+        # not the lock, nor vggtl's marker: an entry whose marker is gone too is no
+        # longer known as vggtl's, and is computed without the cache
+        names = sorted(p for p in os.listdir(folder) if p not in ("lock", vc.MARKER))
         path = os.path.join(folder, names[rng.integers(len(names))])
         size = os.path.getsize(path)
         if size and rng.random() < 0.8:
@@ -719,13 +709,3 @@ def test_progress_bar_shows_images_per_second(home, base, X, capsys):
     assert capsys.readouterr().err == ""
     base.extract(X[:8], progress=False)
     assert capsys.readouterr().err == ""
-
-
-def test_digest128_is_xxh64_with_two_seeds():
-    # XXH64's published test vectors: empty input with seed 0, and "abc"
-    from vggtl import _core
-    d = _core.digest128(b"")
-    assert int.from_bytes(d[:8], "little") == 0xEF46DB3751D8E999
-    assert int.from_bytes(_core.digest128(b"abc")[:8], "little") == 0x44BC2CF5AD770999
-    assert _core.digest128(b"abd") != _core.digest128(b"abc")
-    assert len(d) == 16
