@@ -120,47 +120,58 @@ def _kept_mode(name: str, dir_fd: Optional[int]) -> Optional[int]:
     return stat.S_IMODE(st.st_mode) & 0o777 if stat.S_ISREG(st.st_mode) else None
 
 
-def _create_temp(folder: str, base: str, dir_fd: Optional[int]):
-    """(temporary name, descriptor, final mode): a new private file beside ``base``.
+class _Temp:
+    """A temporary file beside ``base`` in ``folder`` (or in the folder open as
+    ``dir_fd``): its name is known before the file exists, so that whatever stops
+    the write (a Ctrl-C landing as the os.open call returns included) can remove it.
+    Not tempfile.mkstemp, which could make a file whose name we never learnt."""
 
-    Not tempfile.mkstemp: a Ctrl-C landing inside it after the file exists but
-    before it returns would leave a file whose name we never learnt. Here the name
-    is known before the file is made, and the os.open call and the assignment of
-    its result cannot be split by a signal handler."""
-    keep = _kept_mode(base if dir_fd is not None else os.path.join(folder, base), dir_fd)
-    prefix = "." + base + "."
-    for _ in range(100):
-        name = f"{prefix}{secrets.token_hex(6)}.part"
-        p = name if dir_fd is not None else os.path.join(folder, name)
-        try:
-            # a new file is made with 0666 so that the kernel applies the umask (and
-            # a default ACL) as for any file; the result is its final mode
-            fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                         0o600 if keep is not None else 0o666, dir_fd=dir_fd)
-            break
-        except FileExistsError:
-            continue  # someone else's: never ours to remove
-    else:
-        raise FileExistsError(errno.EEXIST, f"no free temporary name in {folder}")
-    try:
-        final = keep if keep is not None else stat.S_IMODE(os.fstat(fd).st_mode) & 0o777
-        if final != 0o600:
-            os.fchmod(fd, 0o600)  # private until complete
-    except BaseException:
-        os.close(fd)
-        os.unlink(p, dir_fd=dir_fd)
-        raise
-    return p, fd, final
+    def __init__(self, folder: str, base: str, dir_fd: Optional[int]):
+        self.folder, self.base, self.dir_fd = folder, base, dir_fd
+        self.path: Optional[str] = None  # relative to dir_fd, or a path
+        self.fd = -1
+        self.mode = 0o600  # the final file's
 
+    def _at(self, name: str) -> str:
+        return name if self.dir_fd is not None else os.path.join(self.folder, name)
 
-def _lock_and_sweep(fd: int, folder: str, base: str, mine: str, dir_fd: Optional[int]) -> None:
-    if fcntl is None:
-        return
-    try:  # held until the file is renamed or removed: "in use"
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError:  # a file system without flock (ENOSYS, ENOLCK, EOPNOTSUPP)
-        return  # without a lock of our own, others' locks say nothing either
-    _remove_leftovers(folder, "." + base + ".", os.path.basename(mine), dir_fd)
+    def create(self) -> None:
+        keep = _kept_mode(self._at(self.base), self.dir_fd)
+        prefix = "." + self.base + "."
+        for _ in range(100):
+            self.path = self._at(f"{prefix}{secrets.token_hex(6)}.part")
+            try:
+                # a new file is made with 0666 so that the kernel applies the umask (and
+                # a default ACL) as for any file; what it gets is its final mode
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW |
+                                  O_CLOEXEC, 0o600 if keep is not None else 0o666,
+                                  dir_fd=self.dir_fd)
+                break
+            except FileExistsError:
+                self.path = None  # someone else's: never ours to remove
+        else:
+            raise FileExistsError(errno.EEXIST, f"no free temporary name in {self.folder}")
+        self.mode = keep if keep is not None else stat.S_IMODE(os.fstat(self.fd).st_mode) & 0o777
+        if self.mode != 0o600:
+            os.fchmod(self.fd, 0o600)  # private until complete
+        if fcntl is not None:
+            try:  # held until the file is renamed or removed: "in use"
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+            except OSError:  # a file system without flock (ENOSYS, ENOLCK, EOPNOTSUPP)
+                return  # without a lock of our own, others' locks say nothing either
+            _remove_leftovers(self.folder, prefix, os.path.basename(self.path), self.dir_fd)
+
+    def discard(self) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path, dir_fd=self.dir_fd)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 @contextmanager
@@ -169,28 +180,21 @@ def atomic_path(path) -> Iterator[str]:
     the file there is fsynced and renamed to ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    tmp, fd = None, -1
+    t = _Temp(folder, os.path.basename(path), None)
     try:
-        tmp, fd, final = _create_temp(folder, base, None)
-        _lock_and_sweep(fd, folder, base, tmp, None)
-        yield tmp
-        with open(tmp, "rb+") as f:  # the writer may have reopened it by name
-            os.fchmod(f.fileno(), final)
+        t.create()
+        yield t.path
+        with open(t.path, "rb+") as f:  # the writer may have made it anew by its name
+            os.fchmod(f.fileno(), t.mode)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(t.path, path)
     except BaseException as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        t.discard()
         if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, IsADirectoryError)):
             raise _named(e, path) from e
         raise
     finally:
-        if fd >= 0:
-            os.close(fd)
+        t.close()
     fsync_dir(folder)
 
 
@@ -215,28 +219,22 @@ def atomic_open_at(dir_fd: int, name: str, shown: Optional[str] = None) -> Itera
     symlink, and the file is written through the descriptor that made it, never
     reopened by name. ``shown``: the path errors name (default ``name``)."""
     shown = shown or name
-    tmp, fd = None, -1
+    t = _Temp(os.path.dirname(shown), name, dir_fd)
     try:
-        tmp, fd, final = _create_temp(shown, name, dir_fd)
-        _lock_and_sweep(fd, shown, name, tmp, dir_fd)
-        with os.fdopen(os.dup(fd), "wb") as f:
+        t.create()
+        with os.fdopen(os.dup(t.fd), "wb") as f:
             yield f
             f.flush()
-            os.fchmod(fd, final)
-            os.fsync(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fchmod(t.fd, t.mode)
+        os.fsync(t.fd)
+        os.replace(t.path, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp, dir_fd=dir_fd)
-            except OSError:
-                pass
+        t.discard()
         if isinstance(e, OSError) and not isinstance(e, (FileNotFoundError, IsADirectoryError)):
             raise _named(e, shown) from e
         raise
     finally:
-        if fd >= 0:
-            os.close(fd)
+        t.close()
     fsync_dir(dir_fd)
 
 
