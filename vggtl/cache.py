@@ -663,10 +663,6 @@ def _remove_entry_tree(path: str) -> None:
 
 
 # -- locks -------------------------------------------------------------------------
-def _lock_wait_s() -> float:
-    return float(LOCK_WAIT_S)
-
-
 def _progress(dir_fd: Optional[int]) -> tuple:
     """What changes while a lock holder works on the entry: the entry's and its
     chunk folder's times (each file written or renamed there), the manifest's, and
@@ -772,7 +768,7 @@ class _Locked:
             fd = getattr(self, attr)
             if fd is not None:
                 setattr(self, attr, None)
-                os.close(fd)  # the lock's: releases the flock
+                os.close(fd)  # closing the lock file releases its flock
 
     def _enter(self):
         for _ in range(100):
@@ -830,7 +826,7 @@ class _Locked:
         """Poll for the lock until it is free; give up (_Stalled) once nothing in the
         entry has changed for LOCK_WAIT_S (at once if it is as it was when an earlier
         wait here gave up)."""
-        limit = _lock_wait_s()
+        limit = float(LOCK_WAIT_S)
         seen = _progress(self.dfd)
         since = time.monotonic()
         if _stalled.get(self.lock_path) == seen:
