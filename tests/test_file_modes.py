@@ -133,6 +133,7 @@ def test_a_replaced_file_keeps_its_mode(isolated, rng):
     root = isolated / "features"
     with umask(0o022):
         model.base.extract(X, cache=root, progress=False)
+        model.base.extract(X, cache=root, progress=False)  # a hit: writes "verified"
         entry, cached = _cache_files(root)
         os.chmod(cached["manifest.json"], 0o660)
         os.unlink(cached["data.npy"])  # damaged: recomputed, the manifest rewritten

@@ -151,9 +151,10 @@ class _Temp:
                 self.path = None  # someone else's: never ours to remove
         else:
             raise FileExistsError(errno.EEXIST, f"no free temporary name in {self.folder}")
-        self.mode = keep if keep is not None else stat.S_IMODE(os.fstat(self.fd).st_mode) & 0o777
-        if self.mode != 0o600:
-            os.fchmod(self.fd, 0o600)  # private until complete
+        made = stat.S_IMODE(os.fstat(self.fd).st_mode) & 0o777
+        self.mode = keep if keep is not None else made
+        if made != 0o600:
+            os.fchmod(self.fd, 0o600)  # private (and writable by its owner) until complete
         if fcntl is not None:
             try:  # held until the file is renamed or removed: "in use"
                 fcntl.flock(self.fd, fcntl.LOCK_EX)

@@ -1010,11 +1010,16 @@ class _Entry:
                 return _read_small(name, cfd, limit, os.path.join(self.chunk_dir, name))
 
     def has_chunk_file(self, name: str) -> bool:
+        """``chunks/<name>`` is there (_Damaged if it is not a regular file)."""
         with self.folder() as dfd:
             if dfd is None:
                 return False
             with self.chunks(dfd) as cfd:
-                return cfd is not None and _lexists(name, cfd)
+                fd = _open_file(name, cfd, shown=os.path.join(self.chunk_dir, name)) \
+                    if cfd is not None else None
+        if fd is not None:
+            os.close(fd)
+        return fd is not None
 
     def write_chunk_file(self, name: str, src: str) -> None:
         """Copy the file ``src`` to ``chunks/<name>``, atomically."""
