@@ -194,13 +194,20 @@ def seeds_pickle(d):
     return out
 
 
-def cache_input(manifest_body: dict, data: bytes, verified: bytes = b"", rewrap=True) -> bytes:
-    """A fuzz input of the cache target: a flag byte (1: the target wraps the
-    manifest with its correct SHA-256, 0: taken as it is), three lengths, then the
-    manifest, data.npy and the verified stamp."""
-    m = json.dumps(manifest_body if rewrap else manifest_body).encode()
-    return struct.pack("<BIII", 1 if rewrap else 0, len(m), len(data), len(verified)) + \
-        m + data + verified
+# cache_input's ``special``: what the cache target plants in the entry (flag bits)
+FIFO_MANIFEST, FIFO_DATA, FIFO_VERIFIED, FIFO_LOCK = 2, 4, 8, 16
+CHUNKS_SYMLINK, MANIFEST_SYMLINK = 32, 64
+
+
+def cache_input(manifest_body: dict, data: bytes, verified: bytes = b"", rewrap=True,
+                special: int = 0) -> bytes:
+    """A fuzz input of the cache target: a flag byte (bit 0: the target wraps the
+    manifest with its correct SHA-256, else it is taken as it is; ``special``: the
+    FIFOs and symlinks it plants), three lengths, then the manifest, data.npy and
+    the verified stamp."""
+    m = json.dumps(manifest_body).encode()
+    return struct.pack("<BIII", (1 if rewrap else 0) | special, len(m), len(data),
+                       len(verified)) + m + data + verified
 
 
 def seeds_cache(d):
@@ -212,15 +219,25 @@ def seeds_cache(d):
     X = np.random.default_rng(7).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     root = os.path.join(d, "features")
     base.extract(X, cache=root, progress=False)
+    base.extract(X, cache=root, progress=False)  # a hit: writes the verified stamp
     (entry,) = [os.path.join(root, e) for e in os.listdir(root) if vc._ENTRY_RE.match(e)]
     with open(os.path.join(entry, "manifest.json"), "rb") as f:
         wrapped = f.read()
     body = json.loads(wrapped)["manifest"]
     data = _read(os.path.join(entry, "data.npy"))
-    return {"complete.bin": cache_input(body, data),
-            "as_written.bin": struct.pack("<BIII", 0, len(wrapped), len(data), 0) + wrapped + data,
-            "incomplete.bin": cache_input(dict(body, complete=False,
-                                               chunks=[None] * len(body["chunks"])), b"")}
+    with open(os.path.join(entry, "verified"), "rb") as f:
+        verified = f.read()
+    incomplete = dict(body, complete=False, chunks=[None] * len(body["chunks"]))
+    seeds = {"complete.bin": cache_input(body, data),
+             "as_written.bin": struct.pack("<BIII", 0, len(wrapped), len(data), 0) + wrapped + data,
+             "incomplete.bin": cache_input(incomplete, b"")}
+    # what someone sharing the folder could plant (a FIFO hung extract, info and clear)
+    for name, special in (("fifo_manifest", FIFO_MANIFEST), ("fifo_data", FIFO_DATA),
+                          ("fifo_verified", FIFO_VERIFIED), ("fifo_lock", FIFO_LOCK),
+                          ("manifest_symlink", MANIFEST_SYMLINK)):
+        seeds[name + ".bin"] = cache_input(body, data, verified, special=special)
+    seeds["chunks_symlink.bin"] = cache_input(incomplete, b"", special=CHUNKS_SYMLINK)
+    return seeds
 
 
 BUILDERS = {"pickle": seeds_pickle, "h5": seeds_h5, "pth_zip": seeds_pth_zip,
