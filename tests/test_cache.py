@@ -875,12 +875,19 @@ def test_weights_changed_in_place_where_the_old_sample_did_not_look_miss(home, X
     d0 = vc._weights_digest(base, 17)
     for name in ("block1_conv1", "block3_conv2", "block5_conv3"):
         k, b = base._weights[name]
-        k.reshape(-1)[-1] += np.float32(1e-3)
+        with base._writing([name]):
+            k.reshape(-1)[-1] += np.float32(1e-3)
         assert vc._weights_digest(base, 17) != d0, name
-        k.reshape(-1)[-1] -= np.float32(1e-3)
-        b[0] += np.float32(1e-3)
+        with base._writing([name]):
+            k.reshape(-1)[-1] -= np.float32(1e-3)
+            b[0] += np.float32(1e-3)
         assert vc._weights_digest(base, 17) != d0, name
-        b[0] -= np.float32(1e-3)
+        with base._writing([name]):
+            b[0] -= np.float32(1e-3)
+        assert vc._weights_digest(base, 17) == d0, name  # the same values again
+    # every way in is through _writing: the arrays themselves refuse a write
+    with pytest.raises(ValueError, match="read-only"):
+        base._weights["block1_conv1"][0].reshape(-1)[0] = 1.0
 
 
 def test_clear_and_eviction_remove_only_vggtls_own_folders(home, base, rng, monkeypatch):
@@ -1140,3 +1147,22 @@ def test_a_slow_writer_that_makes_progress_is_waited_for(tmp_path):
         writer.kill()
     assert r["ok"] and r["memmap"] == [True] and r["computed"] == [0] and r["warnings"] == [], r
     assert r["took"][0] > 1.5, r  # it waited longer than the bound
+
+
+def test_the_weights_digest_is_hashed_once_per_version(home, X, monkeypatch):
+    # hashing 58 MB of weights on every extraction would cost tens of ms per call;
+    # the digest is remembered until the weights change (a new version)
+    base = vggtl.VGG16(weights=None, seed=4)
+    calls = []
+    real = vc._hash_weights
+    monkeypatch.setattr(vc, "_hash_weights", lambda b, s: calls.append(s) or real(b, s))
+    base.extract(X, progress=False)
+    base.extract(X, progress=False)
+    assert len(calls) == 1
+    with base._writing(["block2_conv1"]):
+        pass  # a write, even of the same values, starts a new version
+    base.extract(X, progress=False)
+    assert len(calls) == 2
+    base.set_weights(base.get_weights())
+    base.extract(X, progress=False)
+    assert len(calls) == 3

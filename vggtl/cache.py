@@ -289,9 +289,23 @@ def array_digest(X) -> str:
 
 
 def _weights_digest(base, stop: int) -> str:
-    """SHA-256 of every value of the weights of every layer up to index ``stop``,
-    computed again on each call (layers on several threads): whatever changed
-    them, in place or not, changes it."""
+    """SHA-256 of every value of the weights of every layer up to index ``stop``
+    (layers on several threads), remembered per weights version: a VGG16's
+    weight arrays are read-only, and every way of changing them (set_weights,
+    fine-tuning, TransferModel.set_weights: VGG16._writing) starts a new
+    version, so a remembered digest is never stale."""
+    version = getattr(base, "_weights_version", None)
+    memo = base.__dict__.setdefault("_digest_memo", {}) if version is not None else {}
+    got = memo.get((stop, version))
+    if got is None:
+        got = _hash_weights(base, stop)
+        if version is not None:
+            memo.clear()  # only the current version's digests are of use
+            memo[(stop, version)] = got
+    return got
+
+
+def _hash_weights(base, stop: int) -> str:
     from .vgg16 import CONV_LAYERS, DENSE_LAYERS, _INDEX
     layers = [(name, base._weights[name]) for name in CONV_LAYERS + DENSE_LAYERS
               if _INDEX[name] <= stop and name in base._weights]
@@ -313,8 +327,9 @@ def _weights_digest(base, stop: int) -> str:
 
 
 def forget_weights(base) -> None:
-    """Nothing to do any more (kept for code that calls it): the weights are
-    hashed in full on every extraction, so no digest is remembered."""
+    """Forget the remembered digests of ``base``'s weights (not needed: a change
+    of the weights starts a new version; kept for code that calls it)."""
+    base.__dict__.pop("_digest_memo", None)
 
 
 def make_key(base, layer=None, dtype="float32", view=None, input_size=None,
