@@ -77,17 +77,18 @@ int vgg_conv3x3_prepare(float *prepared, size_t prepared_floats, int algo, const
     }
 }
 
-size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads) {
-    const size_t a = packed_kernel_floats(cin, cout) + chunk_rows(cin) * 9 * cin * threads,
-                 b4 = vgg_winograd_workspace_floats(4, cin, cout, 0),
-                 b6 = vgg_winograd_workspace_floats(6, cin, cout, 0), b = b4 > b6 ? b4 : b6,
-                 c = vgg_winograd_bf16_workspace_floats(cin, cout, threads, 0);
+size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads, int prepared) {
+    const size_t a = (prepared ? 0 : packed_kernel_floats(cin, cout)) +
+                     chunk_rows(cin) * 9 * cin * threads,
+                 b4 = vgg_winograd_workspace_floats(4, cin, cout, prepared),
+                 b6 = vgg_winograd_workspace_floats(6, cin, cout, prepared), b = b4 > b6 ? b4 : b6,
+                 c = vgg_winograd_bf16_workspace_floats(cin, cout, threads, prepared);
     const size_t ab = a > b ? a : b;
     return ab > c ? ab : c;
 }
 
 size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout) {
-    return vgg_conv3x3_workspace_floats_for(cin, cout, (size_t)vgg_get_num_threads());
+    return vgg_conv3x3_workspace_floats_for(cin, cout, (size_t)vgg_get_num_threads(), 0);
 }
 
 /* Winograd computes whole tiles: a map whose 4x4 tiles would more than double

@@ -272,13 +272,12 @@ static PyObject *py_set_conv_algo(PyObject *self, PyObject *arg) {
     (void)self;
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
-    const int algo = name_index("conv_algo", name, ALGO_NAMES, 5);
-    if (algo < 0) return NULL;
-    if (vgg_set_conv_algo(algo) != VGG_OK) {
-        PyErr_Format(PyExc_ValueError, "conv_algo: '%s' runs only at precision='bf16' and "
-                     "cannot be forced", name);
-        return NULL;
-    }
+    /* the settings; winograd_bf16 is what a layer runs at precision='bf16', not one */
+    static const char *const SETTABLE[] = {"auto", "im2col", "winograd", "winograd6"};
+    const int i = name_index("conv_algo", name, SETTABLE, 4);
+    if (i < 0) return NULL;
+    const int algo = i == 3 ? VGG_CONV_WINOGRAD6 : i;
+    if (vgg_set_conv_algo(algo) != VGG_OK) return raise_status(VGG_ERR_INTERNAL, "set_conv_algo");
     Py_RETURN_NONE;
 }
 
@@ -849,6 +848,7 @@ static int parse_config(vgg16_config *cfg, int start, int stop, int pooling, PyO
     cfg->pooling = pooling;
     cfg->reverse_channels = rev;
     cfg->precision = VGG_PRECISION_FP32;
+    cfg->prepared = 0;
     if (so == NULL) {
         for (int i = 0; i < 3; i++) {
             cfg->scale[i] = 1.0f;
@@ -886,15 +886,16 @@ static PyObject *py_vgg16_output_shape(PyObject *self, PyObject *args, PyObject 
 
 static PyObject *py_vgg16_workspace_floats(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", "start_layer", "threads",
-                             NULL};
-    int stop, pooling, start = 0;
+    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", "start_layer",
+                             "prepared", "threads", NULL};
+    int stop, pooling, start = 0, prepared = 0;
     Py_ssize_t batch, h, w, threads = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn|in", kwlist, &stop, &pooling, &batch, &h,
-                                     &w, &start, &threads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn|i$pn", kwlist, &stop, &pooling, &batch, &h,
+                                     &w, &start, &prepared, &threads))
         return NULL;
     vgg16_config cfg;
     if (parse_config(&cfg, start, stop, pooling, NULL, NULL, 0)) return NULL;
+    cfg.prepared = prepared;
     if (batch < 1 || h < 1 || w < 1) {
         PyErr_SetString(PyExc_ValueError, "batch, h, w: expected sizes >= 1");
         return NULL;
@@ -1013,6 +1014,8 @@ static PyObject *py_vgg16_forward(PyObject *self, PyObject *args, PyObject *kw) 
     }
     wt.classes = classes;
     if (parse_prepared(prepo, &wt)) goto done;
+    /* with prepared kernels, the workspace is one sized for them */
+    cfg.prepared = prepo != NULL && prepo != Py_None;
 
     size_t oh, ow, oc;
     if (vgg16_output_shape(&oh, &ow, &oc, &cfg, classes, h, w) != VGG_OK) {
@@ -1791,18 +1794,6 @@ static PyObject *py_finetune_fit_epoch(PyObject *self, PyObject *args, PyObject 
     return epoch_result(st, &stats, it, "finetune_fit_epoch");
 }
 
-static PyObject *py_digest128(PyObject *self, PyObject *arg) {
-    (void)self;
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) != 0) return NULL; /* contiguous bytes */
-    uint8_t out[16];
-    Py_BEGIN_ALLOW_THREADS
-    vgg_digest128(out, view.buf, (size_t)view.len);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
-    return PyBytes_FromStringAndSize((const char *)out, 16);
-}
-
 /* ------------------------------------------------------------------------ */
 /* module                                                                   */
 
@@ -1864,8 +1855,9 @@ static PyMethodDef methods[] = {
     {"vgg16_output_shape", KW py_vgg16_output_shape, METH_VARARGS | METH_KEYWORDS,
      "vgg16_output_shape(stop_layer, pooling, classes, h, w) -> (oh, ow, oc)"},
     {"vgg16_workspace_floats", KW py_vgg16_workspace_floats, METH_VARARGS | METH_KEYWORDS,
-     "vgg16_workspace_floats(stop_layer, pooling, batch, h, w, start_layer=0, threads=0) -> int\n\n"
-     "threads: the convolutions' buffers for that many threads (0: the knob's count)"},
+     "vgg16_workspace_floats(stop_layer, pooling, batch, h, w, start_layer=0, *, prepared=False, "
+     "threads=0) -> int (prepared: for a call with every kernel prepared; threads: the "
+     "convolutions' buffers for that many threads, 0: the knob's count)"},
     {"vgg16_forward", KW py_vgg16_forward, METH_VARARGS | METH_KEYWORDS,
      "vgg16_forward(x, params, stop_layer, pooling, scale, shift, reverse_channels, "
      "workspace, out=None, start_layer=0, *, precision='fp32') -> features"},
@@ -1902,8 +1894,6 @@ static PyMethodDef methods[] = {
     {"finetune_fit_epoch", KW py_finetune_fit_epoch, METH_VARARGS | METH_KEYWORDS,
      "finetune_fit_epoch(x, tail, head, optimizer, iterations, loss, y, sample_weight, batch, "
      "shuffle, seed, epoch, order, workspace) -> (loss_sum, correct, seen, batches, iterations)"},
-    {"digest128", py_digest128, METH_O,
-     "digest128(buffer) -> 16 bytes: XXH64 with two seeds (fast, not cryptographic)"},
     {NULL, NULL, 0, NULL},
 };
 

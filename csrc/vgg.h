@@ -399,6 +399,10 @@ typedef struct {
     int start_layer;           /* 0: x holds images; L > 0: x holds the float32 output
                                   of layer L-1 (a cached cut), h, w and cin its shape */
     int precision;             /* enum vgg_precision of the convolutions */
+    int prepared;              /* non-zero: every conv run comes with its kernel prepared
+                                  (vgg16_weights.conv_prepared) for the algorithm it
+                                  runs, and the workspace is sized without room to
+                                  prepare one; a missing one is VGG_ERR_ARG */
 } vgg16_config;
 
 /* Output shape of the network for an input of h x w: writes oh, ow, oc (a dense
@@ -609,10 +613,6 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
                              size_t batch, int shuffle, uint64_t seed, uint64_t epoch,
                              int64_t *order, float *workspace, size_t workspace_floats,
                              vgg_abort_fn abort_cb, void *abort_ctx);
-
-/* hash.c: a 128-bit non-cryptographic digest (XXH64 with two seeds) of len
- * bytes, for the feature cache's content keys. Thread-safe, no state. */
-void vgg_digest128(uint8_t out[16], const void *data, size_t len);
 
 #ifdef __cplusplus
 }

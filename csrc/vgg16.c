@@ -54,7 +54,8 @@ static size_t conv_ws_for(const vgg16_config *cfg, size_t threads) {
     size_t ch = cfg->start_layer ? LAYERS[cfg->start_layer - 1].units : 3, most = 0;
     for (int l = cfg->start_layer; l <= cfg->stop_layer && l < VGG16_FLATTEN; l++) {
         if (LAYERS[l].kind != VGG16_KIND_CONV) continue;
-        const size_t f = vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, threads);
+        const size_t f = vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, threads,
+                                                          cfg->prepared);
         if (f > most) most = f;
         ch = LAYERS[l].units;
     }
@@ -195,6 +196,8 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
             const int algo = vgg_conv3x3_algo_at(h, w, ch, L->units, cfg->precision);
             const float *prep = wt->conv_prepared_algo[L->param] == algo
                                     ? wt->conv_prepared[L->param] : NULL;
+            /* a workspace sized for prepared kernels has no room to prepare one */
+            if (cfg->prepared && !prep) return VGG_ERR_ARG;
             /* a block's last conv and its pool in one pass, where the algorithm can
              * (Winograd: the pool happens in the output transform); the pool's
              * output then goes where the pool layer would have written it */

@@ -167,8 +167,10 @@ void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const
                          size_t ldb, size_t m, size_t n, size_t k);
 
 /* conv3x3.c: vgg_conv3x3_workspace_floats for a given number of threads (with
- * fewer buffers than threads, both algorithms run on fewer threads). */
-size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads);
+ * fewer buffers than threads, the algorithms run on fewer threads); `prepared`:
+ * without room for the kernel's transform or packing (the layer's kernel comes
+ * prepared, vgg_conv3x3_prepare). */
+size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads, int prepared);
 
 /* winograd.c: the Winograd F(tile x tile, 3x3) paths of vgg_conv3x3_forward
  * (tile 4 or 6; same contract), with the kernel's transform U either prepared

@@ -151,7 +151,7 @@ def test_plan_uses_bf16_where_winograd_would_run(kernels):
     assert _core.conv3x3_algo(1, 1, 512, 512, precision="bf16") == "im2col"
     assert _core.conv3x3_algo(14, 14, 8, 64, precision="bf16") == "im2col"
     # float32 plans are untouched; forcing im2col forces it at bf16 too
-    assert dispatch.conv_plan((224, 224))["block3_conv1"] == "winograd"
+    assert dispatch.conv_plan((224, 224))["block3_conv1"] == "winograd6"
     vggtl.set_conv_algo("im2col")
     assert set(dispatch.conv_plan((224, 224), precision="bf16").values()) == {"im2col"}
     assert vggtl.info((64, 64), precision="bf16")["conv_plan"]["block2_conv1"] == "im2col"

@@ -163,3 +163,30 @@ def test_features_are_a_hash_of_the_inputs_alone(images):
     assert hashlib.sha256(b.predict(X).tobytes()).digest() == \
         hashlib.sha256(first.tobytes()).digest()
     np.testing.assert_array_equal(a.predict(X), first)
+
+
+def test_prepared_kernels_follow_the_weights(images):
+    # each layer's kernel is prepared once per model (its Winograd transform);
+    # whatever changes the weights in place drops it, so the features are
+    # always those of a fresh model with the same weights
+    X = images[48][:4]
+    y = np.array([0, 1, 0, 1])
+    base = vggtl.VGG16(weights=None, seed=1, input_shape=(48, 48, 3))
+    before = base.predict(X)
+    model = vggtl.TransferModel(base, head=[vggtl.Flatten(), vggtl.Dense(2, activation="softmax")],
+                                seed=2)
+    model.compile(optimizer=vggtl.SGD(learning_rate=0.5), loss="categorical_crossentropy")
+    model.fine_tune(X, np.eye(2, dtype=np.float32)[y], unfreeze_from="block5_conv1", epochs=1,
+                    verbose=0, cache=False)
+    after = base.predict(X)
+    assert not np.array_equal(after, before)  # block 5 was trained
+    np.testing.assert_array_equal(after, vggtl.VGG16(weights=base.get_weights(),
+                                                     input_shape=(48, 48, 3)).predict(X))
+    # TransferModel.set_weights writes the tuned layers in place too
+    w = model.get_weights()
+    w["block5_conv3"] = (w["block5_conv3"][0] * np.float32(0.5), w["block5_conv3"][1])
+    model.set_weights(w)
+    np.testing.assert_array_equal(base.predict(X), vggtl.VGG16(weights=base.get_weights(),
+                                                               input_shape=(48, 48, 3)).predict(X))
+    with pytest.raises(ValueError, match="read-only"):
+        base._weights["block5_conv3"][0][0, 0, 0, 0] = 1.0

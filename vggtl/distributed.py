@@ -51,6 +51,8 @@ from __future__ import annotations
 import collections
 import mmap
 import os
+import stat
+import tempfile
 import threading
 import time
 import warnings
@@ -60,9 +62,9 @@ import numpy as np
 
 from . import _core
 from ._arrays import as_images
-from .cache import (DTYPES, _check_dtype, _cached, _Entry, _Plan, _root, _Unwritable,
-                    _weights_digest, array_digest, block_digest, combine_digests, digest_rows,
-                    make_key)
+from .cache import (DTYPES, _check_dtype, _cached, _Damaged, _Entry, _Plan, _root, _Stalled,
+                    _Unwritable, _weights_digest, array_digest, block_digest, combine_digests,
+                    digest_rows, make_key)
 
 __all__ = ["extract", "worker_info"]
 
@@ -302,33 +304,23 @@ class _Spec:
 
 
 def _kernels() -> Optional[dict]:
-    """The kernels this process computes with (vggtl's instruction set and conv
-    algorithm, OpenBLAS's core type), or None if this vggtl has no such choice."""
+    """What this process computes with that changes the features: the 3x3
+    algorithm setting (the instruction set and OpenBLAS's kernels do not: every
+    level gives the same bits), or None if this vggtl has no such choice."""
     try:
         from . import dispatch
     except ImportError:
         return None
-    return {"isa": dispatch.get_isa(), "conv_algo": dispatch.get_conv_algo(),
-            "blas_coretype": _core.build_info().get("blas_coretype")}
+    return {"conv_algo": dispatch.get_conv_algo()}
 
 
 def _use_kernels(wanted: Optional[dict]) -> None:
-    """Compute with the client's kernels, so that every chunk is what the client
-    would have computed (other kernels round differently)."""
+    """Compute with the client's algorithm setting, so that every chunk is what
+    the client would have computed; each worker runs its own CPU's best
+    instruction set, which gives the same bits."""
     if wanted is None or _kernels() == wanted:
         return
     from . import dispatch
-    here = _core.build_info().get("blas_coretype")
-    if here != wanted["blas_coretype"]:
-        raise RuntimeError(f"kernels: this worker's OpenBLAS uses {here} kernels, the client's "
-                           f"{wanted['blas_coretype']}; the features would differ. Start the "
-                           f"client and the workers with one VGGTL_ISA (e.g. VGGTL_ISA=avx2)")
-    try:
-        dispatch.set_isa(wanted["isa"])
-    except ValueError as e:
-        raise RuntimeError(f"kernels: the client computes with {wanted['isa']} kernels, which "
-                           f"this worker cannot run ({e}); start the client with a VGGTL_ISA "
-                           f"every worker supports") from None
     dispatch.set_conv_algo(wanted["conv_algo"])
 
 
@@ -341,6 +333,7 @@ def _worker_base(spec: _Spec):
         if base is not None:
             _bases.move_to_end(ident)
             return base
+    _check_regular(spec.weights_path)
     base = VGG16(weights=spec.weights_path, **spec.base_config)
     if _weights_digest(base, spec.stop) != spec.weights_digest:
         raise RuntimeError(f"weights: {spec.weights_path} does not hold the weights of the cache "
@@ -351,6 +344,20 @@ def _worker_base(spec: _Spec):
         while len(_bases) > _KEEP_BASES:
             _bases.popitem(last=False)
     return base
+
+
+def _check_regular(path: str) -> None:
+    """The weights the client wrote: a regular file in a real folder, not a symlink
+    or FIFO planted in the shared cache."""
+    for p, want, kind in ((os.path.dirname(path), stat.S_ISDIR, "folder"),
+                          (path, stat.S_ISREG, "regular file")):
+        try:
+            mode = os.stat(p, follow_symlinks=False).st_mode
+        except OSError as e:
+            raise RuntimeError(f"weights: cannot read {path}: {e.strerror or e}") from None
+        if not want(mode):
+            raise RuntimeError(f"weights: {p} is not a {kind} (a symlink or special file "
+                               f"planted in the cache?)")
 
 
 def _default_threads(per_host: Dict[str, int]) -> int:
@@ -413,10 +420,14 @@ class _DistPlan(_Plan):
         raise AssertionError("a distributed plan computes on the workers (run_chunks)")
 
     def _weights_file(self, entry: _Entry) -> str:
-        path = os.path.join(entry.chunk_dir, f"weights-{entry.key['weights'][:16]}.safetensors")
-        if not os.path.exists(path):
-            self.base.save_weights(path)  # atomic: a worker sees all of it or nothing
-        return path
+        name = f"weights-{entry.key['weights'][:16]}.safetensors"
+        if not entry.has_chunk_file(name):
+            # saved apart, then copied into the entry through its folder's descriptor
+            # (atomic: a worker sees all of it or nothing)
+            with tempfile.TemporaryDirectory(prefix="vggtl-") as tmp:
+                self.base.save_weights(os.path.join(tmp, name))
+                entry.write_chunk_file(name, os.path.join(tmp, name))
+        return os.path.join(entry.chunk_dir, name)
 
     def run_chunks(self, entry: _Entry, m: dict, missing: List[int], update):
         from distributed import as_completed
@@ -568,8 +579,15 @@ def extract(X, base, client=None, layer: Optional[str] = None, chunk: Optional[i
                      client, chunk, threads, retries)
     key = make_key(base, layer, dt.name, None, (h, w),
                    x_digest=x_digest if x_digest is not None else source.digest(client))
+    entry = _Entry(root, key)
     try:
-        return _cached(_Entry(root, key), plan)
+        return _cached(entry, plan)
     except _Unwritable as e:
         raise PermissionError(f"cache: {root} cannot be written ({e}); vggtl.distributed needs "
                               f"a folder the client and every worker can write") from None
+    except _Damaged as e:
+        raise RuntimeError(f"cache: the entry {entry.dir} is damaged or not vggtl's ({e}); "
+                           f"vggtl.cache.clear removes a damaged entry of vggtl's") from None
+    except _Stalled as e:
+        raise TimeoutError(f"cache: {e}; the workers hand their chunks over through the "
+                           f"cache, so vggtl.distributed cannot compute without it") from None

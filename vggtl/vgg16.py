@@ -48,17 +48,19 @@ _WORKSPACE_BYTES = 512 << 20
 def _pass_plan(stop, pool, h, w, n, start=0):
     """(images per pass, workspace floats) within the workspace budget.
 
-    The convolutions' per-thread buffers come first: the most threads (up to
-    vggtl.set_num_threads) whose buffers leave room for one image, as the core
-    does with a workspace that holds fewer than the knob asks for. The rest
-    holds images: passes are as large as the budget allows, whatever batch_size
-    says (features do not depend on how images are grouped). At least one image
-    and one thread, even past the budget (an image too large for it)."""
+    The kernels come prepared (VGG16._prepared_for), so the workspace holds
+    activations and the convolutions' buffers only. Those buffers come first:
+    the most threads (up to vggtl.set_num_threads) whose buffers leave room for
+    one image, as the core does with a workspace that holds fewer than the knob
+    asks for. The rest holds images: passes are as large as the budget allows,
+    whatever batch_size says (features do not depend on how images are
+    grouped). At least one image and one thread, even past the budget (an image
+    too large for it)."""
     budget = _WORKSPACE_BYTES // 4
 
     def floats(images, threads):
         return _core.vgg16_workspace_floats(stop, pool, images, h, w, start_layer=start,
-                                            threads=threads)
+                                            prepared=True, threads=threads)
 
     per = floats(2, 1) - floats(1, 1)  # one more image's activations
     lo, hi = 1, _core.get_num_threads()
@@ -276,6 +278,7 @@ class VGG16:
             k.flags.writeable = False
             b.flags.writeable = False
         self._prepared = {}
+        self._weights_version = getattr(self, "_weights_version", 0) + 1
 
     def set_weights(self, weights: Mapping) -> None:
         """Set all weights from ``{layer: (kernel, bias)}`` (Keras layouts).
@@ -480,8 +483,10 @@ class VGG16:
     def _writing(self, names):
         """Lets the kernels and biases of layers ``names`` be written in place
         (set_weights of a TransferModel, fine-tuning), and drops what was derived
-        from them on the way out. The arrays are read-only otherwise, so that no
-        write can leave a stale prepared kernel behind unnoticed."""
+        from them on the way out (prepared kernels; the weights version that the
+        feature cache's digest is remembered under). The arrays are read-only
+        otherwise, so that no write can leave a stale prepared kernel or digest
+        behind unnoticed."""
         names = [n for n in names if n in self._weights]
         for n in names:
             for a in self._weights[n]:
@@ -493,6 +498,7 @@ class VGG16:
                 for a in self._weights[n]:
                     a.flags.writeable = False
                 self._prepared.pop(n, None)
+            self._weights_version += 1  # what was derived from them (digests) is stale
 
     def _check_image_size(self, h, w, c):
         if self.input_shape is not None:
