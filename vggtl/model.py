@@ -589,7 +589,7 @@ class TransferModel:
             r = _core.head_fit_epoch(
                 Fe, spec, self.optimizer.as_core_tuple(steps), self.optimizer.iterations,
                 loss_code, te, swe, batch_size, shuffle, self.seed, self._epochs_done, order, ws,
-                outputs=outputs)
+                outputs)
             return r, te, outputs
 
         def validate():
@@ -802,7 +802,7 @@ class TransferModel:
             r = _core.finetune_fit_epoch(
                 Fe, tail, head, self.optimizer.as_core_tuple(-(-n // batch_size)),
                 self.optimizer.iterations, loss_code, targets, sw, batch_size, shuffle, self.seed,
-                self._epochs_done, order, ws, outputs=outputs)
+                self._epochs_done, order, ws, outputs)
             return r, targets, outputs
 
         def validate():
