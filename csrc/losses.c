@@ -15,7 +15,8 @@
  *
  * Any other output (linear, relu) is read as probabilities p, clipped to
  * [e, 1-e] (e = 1e-7) with a zero gradient outside the clip:
- *   BCE:    l_i = mean_k -(y ln(p + e) + (1-y) ln(1 - p + e))
+ *   BCE:    l_i = mean_k -(y ln(p + e) + (1-y) ln((1 + e) - p))   (1 + e in float32,
+ *           as TensorFlow's graph optimizer folds Keras's 1 - p + e)
  *   CCE:    q = p / sum p, clipped; l_i = -sum_k y ln q
  *   SPARSE: r = clip(p); l_i = -ln(r_label / sum r)   (clip, log, then the sparse
  *           softmax crossentropy of the logs: a normalisation after the clip)
@@ -68,13 +69,17 @@ static double row_probabilities(float *d, const float *p_in, const float *y, int
     const double e = (double)KERAS_EPSILON;
     double li = 0.0;
     if (kind == VGG_LOSS_BCE) {
+        /* Keras writes ln(1 - p + e); model.fit runs it as a TensorFlow graph whose
+         * optimizer folds the constants into (1 + e) - p, with 1 + e rounded to
+         * float32 (1 + 2^-23): at the clip, 2^-22 rather than 1 - (1 - 2^-23) + 1e-7 */
+        const double one_e = (double)(1.0f + KERAS_EPSILON);
         for (size_t k = 0; k < c; k++) {
             const float p = p_in[k] < lo ? lo : (p_in[k] > hi ? hi : p_in[k]);
             const double yk = y[k];
-            li -= yk * log((double)p + e) + (1.0 - yk) * log(1.0 - (double)p + e);
+            li -= yk * log((double)p + e) + (1.0 - yk) * log(one_e - (double)p);
             if (d) {
                 const int inside = p_in[k] >= lo && p_in[k] <= hi;
-                const double g = -yk / ((double)p + e) + (1.0 - yk) / (1.0 - (double)p + e);
+                const double g = -yk / ((double)p + e) + (1.0 - yk) / (one_e - (double)p);
                 d[k] = inside ? (float)(scale * g / (double)c) : 0.0f;
             }
         }

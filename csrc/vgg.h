@@ -421,7 +421,8 @@ int vgg_dropout_backward(float *dx, const float *dy, float rate, uint64_t seed,
  *     dout gets d loss / dz (CCE's is softmax(z) - y, TensorFlow's kernel).
  *   - linear or relu: `out` holds probabilities p, clipped to [e, 1-e] (e = 1e-7,
  *     gradient only inside, as tf.clip_by_value):
- *     BCE: l_i = mean_k -(y ln(p + e) + (1-y) ln(1 - p + e));
+ *     BCE: l_i = mean_k -(y ln(p + e) + (1-y) ln((1 + e) - p)), 1 + e rounded to
+ *     float32 (Keras's 1 - p + e as TensorFlow's graph optimizer folds it);
  *     CCE: q = p / sum(p), clipped, l_i = -sum_k y ln q;
  *     SPARSE_CCE: r = clip(p), l_i = -ln(r_label / sum(r)).
  * loss = sum_i w_i l_i / n (Keras's "sum_over_batch_size"; w_i = 1 without

@@ -60,13 +60,15 @@ def act64(x, name):
 
 
 def np_bce(yhat, y, w=None):
-    """TensorFlow's Keras's binary_crossentropy on probabilities (a linear output):
-    clip to [e, 1-e], -(y ln(p + e) + (1-y) ln(1 - p + e)), per-sample mean over
-    the last axis, then sum_i w_i l_i / n. Returns (loss, per_sample)."""
+    """TensorFlow's Keras's binary_crossentropy on probabilities (a linear output),
+    as model.fit's graph runs it: clip to [e, 1-e], -(y ln(p + e) + (1-y) ln((1 + e)
+    - p)) with 1 + e in float32, per-sample mean over the last axis, then
+    sum_i w_i l_i / n. Returns (loss, per_sample)."""
     p = np.clip(np.asarray(yhat, np.float64), float(LO), float(HI))
     y = np.asarray(y, np.float64)
     e = float(EPS)
-    per = -(y * np.log(p + e) + (1 - y) * np.log(1 - p + e)).mean(axis=-1)
+    one_e = float(np.float32(1) + EPS)  # TensorFlow's graph folds 1 - p + e into (1 + e) - p
+    per = -(y * np.log(p + e) + (1 - y) * np.log(one_e - p)).mean(axis=-1)
     w = np.ones(len(per)) if w is None else np.asarray(w, np.float64)
     return float((w * per).sum() / len(per)), per
 
@@ -282,7 +284,7 @@ def test_loss_known_values():
     p = yhat.astype(np.float64)
     e = 1e-7
     assert math.isclose(per[0], -math.log(p[0, 0] + e), rel_tol=1e-6)  # both units: -ln 0.8
-    assert math.isclose(per[1], -(math.log(p[1, 0] + e) + math.log(1 - p[1, 1] + e)) / 2,
+    assert math.isclose(per[1], -(math.log(p[1, 0] + e) + math.log(1 + e - p[1, 1])) / 2,
                         rel_tol=1e-6)
     assert math.isclose(loss, (per[0] + per[1]) / 2, rel_tol=1e-6)
     # CCE of an unnormalised row: -ln(2/(2+6)) = ln 4 (normalised, then clipped)
@@ -341,12 +343,10 @@ def test_bce_gradient_is_zero_beyond_the_clip(rng, weighted):
     ref, ref_per = np_bce(yhat, y, w)
     np.testing.assert_allclose(per, ref_per, rtol=1e-6)
     assert math.isclose(loss, ref, rel_tol=1e-6)
-    # fully wrong and clipped: the mean of -ln(1e-7 + 1e-7) and -ln(1 - (1 - 1e-7) + 1e-7)
-    # in float32 (1 - 1e-7 rounds to 1 - 2^-23), as TensorFlow's Keras gives
-    e = float(EPS)
-    assert math.isclose(per[0], (-math.log(float(LO) + e) - math.log(1.0 - float(HI) + e)) / 2,
-                        rel_tol=1e-6)
-    assert math.isclose(per[0], 15.379094, rel_tol=1e-6)
+    # fully wrong and clipped: the mean of -ln(1e-7 + 1e-7) and -ln((1 + 2^-23) - (1 - 2^-23))
+    # (1 - 1e-7 and 1 + 1e-7 round to those in float32), as TensorFlow's Keras gives in fit
+    assert math.isclose(per[0], (-math.log(2e-7) - math.log(2.0 ** -22)) / 2, rel_tol=1e-6)
+    assert math.isclose(per[0], 15.337093, rel_tol=1e-6)
     # inside the clip the gradient still matches finite differences
     h = np.where(outside, 1e-12, 1e-6)  # steps that do not cross the clip bounds
     g = num_grad(lambda v: np_bce(v, y, w)[0], yhat.astype(np.float64), h=h)
