@@ -32,6 +32,11 @@ EXPECTED_FAILED_CHECKS = {
         "the last bits (about 1e-7 relative) when the samples batched with it change; the "
         "check asks for rtol=1e-7 on float64 outputs. Predictions and same-order results "
         "are identical.",
+    "check_sample_weight_equivalence_on_dense_data":
+        "an integer sample weight k is not the same training as k copies of the sample: "
+        "Keras's sample_weight scales the sample's loss within its batch, while copies "
+        "change the batches, their order and their number (and so every update), as in "
+        "Keras; the losses agree, the trained networks do not.",
     "check_methods_subset_invariance":
         "the same: predicting a subset batches the samples differently, and with OpenBLAS's "
         "AVX2 kernels the last bits of the float32 features can change (Winograd's "
