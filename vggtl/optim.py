@@ -245,7 +245,11 @@ class Optimizer:
         return {"class_name": type(self).__name__, "learning_rate": lr, "decay": self.decay}
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "class_name")
+        try:
+            cfg = self.get_config()
+        except ValueError:  # a custom schedule: shown, though it cannot be saved
+            cfg = {"learning_rate": self.schedule, "decay": self.decay}
+        args = ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k != "class_name")
         return f"{type(self).__name__}({args})"
 
 
