@@ -31,31 +31,83 @@ static size_t chunk_rows(size_t cin) {
     return rows < MIN_CHUNK_ROWS ? MIN_CHUNK_ROWS : rows;
 }
 
-size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads) {
-    const size_t a = chunk_rows(cin) * 9 * cin * threads,
-                 b = vgg_winograd_workspace_floats(cin, cout, threads),
-                 c = vgg_winograd_bf16_workspace_floats(cin, cout, threads);
+/* im2col's workspace: the kernel packed for gemm.c, then a column buffer per thread */
+static size_t packed_kernel_floats(size_t cin, size_t cout) {
+    return vgg_gemm_packed_floats(9 * cin, cout);
+}
+
+/* kp <- the HWIO kernel, a (9 Cin, Cout) matrix, in gemm.c's panels, a panel per task */
+static void pack_kernel(float *kp, const float *kernel, size_t cin, size_t cout, int nth) {
+    const size_t k = 9 * cin, np = (cout + VGG_GEMM_NR - 1) / VGG_GEMM_NR;
+    VGG_OMP_FOR_N(nth)
+    for (size_t p = 0; p < np; p++) {
+        const size_t c0 = p * VGG_GEMM_NR, len = cout - c0 < VGG_GEMM_NR ? cout - c0 : VGG_GEMM_NR;
+        vgg_gemm_pack_b(kp + p * VGG_GEMM_NR * k, kernel + c0, cout, k, len);
+    }
+}
+
+size_t vgg_conv3x3_prepared_floats(int algo, size_t cin, size_t cout) {
+    switch (algo) {
+    case VGG_CONV_IM2COL: return packed_kernel_floats(cin, cout);
+    case VGG_CONV_WINOGRAD: return vgg_winograd_prepared_floats(4, cin, cout);
+    case VGG_CONV_WINOGRAD6: return vgg_winograd_prepared_floats(6, cin, cout);
+    case VGG_CONV_WINOGRAD_BF16: return vgg_winograd_bf16_prepared_floats(cin, cout);
+    default: return 0;
+    }
+}
+
+int vgg_conv3x3_prepare(float *prepared, size_t prepared_floats, int algo, const float *kernel,
+                        size_t cin, size_t cout) {
+    VGG_CHECK(prepared && kernel, VGG_ERR_ARG);
+    switch (algo) {
+    case VGG_CONV_IM2COL:
+        VGG_CHECK(cin >= 1 && cout >= 1 && 9 * cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM,
+                  VGG_ERR_SHAPE);
+        VGG_CHECK(prepared_floats >= packed_kernel_floats(cin, cout), VGG_ERR_SHAPE);
+        pack_kernel(prepared, kernel, cin, cout, vgg_get_num_threads());
+        return VGG_OK;
+    case VGG_CONV_WINOGRAD:
+        return vgg_winograd_prepare(4, prepared, prepared_floats, kernel, cin, cout);
+    case VGG_CONV_WINOGRAD6:
+        return vgg_winograd_prepare(6, prepared, prepared_floats, kernel, cin, cout);
+    case VGG_CONV_WINOGRAD_BF16:
+        return vgg_winograd_bf16_prepare(prepared, prepared_floats, kernel, cin, cout);
+    default:
+        return VGG_ERR_ARG;
+    }
+}
+
+size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads, int prepared) {
+    const size_t a = (prepared ? 0 : packed_kernel_floats(cin, cout)) +
+                     chunk_rows(cin) * 9 * cin * threads,
+                 b4 = vgg_winograd_workspace_floats(4, cin, cout, prepared),
+                 b6 = vgg_winograd_workspace_floats(6, cin, cout, prepared), b = b4 > b6 ? b4 : b6,
+                 c = vgg_winograd_bf16_workspace_floats(cin, cout, threads, prepared);
     const size_t ab = a > b ? a : b;
     return ab > c ? ab : c;
 }
 
 size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout) {
-    return vgg_conv3x3_workspace_floats_for(cin, cout, (size_t)vgg_get_num_threads());
+    return vgg_conv3x3_workspace_floats_for(cin, cout, (size_t)vgg_get_num_threads(), 0);
 }
 
-/* Winograd computes whole 4x4 tiles: a map whose tiles would more than double
+/* Winograd computes whole tiles: a map whose 4x4 tiles would more than double
  * the pixels computed (1x1, 2x2, 5x5, ...) gains too little over im2col; so does
- * a layer with few input channels (the first, 3), where the sgemm is thin. */
+ * a layer with few input channels (the first, 3), where the product is thin.
+ * Where Winograd runs, F(6x6) when its tiles need at least WINO6_GAIN fewer
+ * multiplies than F(4x4)'s (maps of 6, 12, 24, 48 or 224 pixels; not 3, 14,
+ * 16 or 32, which 4x4 tiles cover as well or better). */
 #define WINO_MIN_CIN 16
+#define WINO6_GAIN 0.05
 
 int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout) {
     (void)cout;
     const int forced = vgg_get_conv_algo();
     if (forced != VGG_CONV_AUTO) return forced;
-    const size_t th = (h + 3) / 4, tw = (w + 3) / 4;
-    const double padded = 16.0 * (double)th * (double)tw;
-    if (cin >= WINO_MIN_CIN && padded <= 2.0 * (double)h * (double)w) return VGG_CONV_WINOGRAD;
-    return VGG_CONV_IM2COL;
+    const double t4 = (double)((h + 3) / 4) * (double)((w + 3) / 4),
+                 t6 = (double)((h + 5) / 6) * (double)((w + 5) / 6);
+    if (cin < WINO_MIN_CIN || 16.0 * t4 > 2.0 * (double)h * (double)w) return VGG_CONV_IM2COL;
+    return 64.0 * t6 <= (1.0 - WINO6_GAIN) * 36.0 * t4 ? VGG_CONV_WINOGRAD6 : VGG_CONV_WINOGRAD;
 }
 
 /* At bf16 precision, layers with at least 16 input channels whose 2x2 tiles at
@@ -115,11 +167,13 @@ static void bias_act_rows(float *out, const float *bias, int relu, size_t rows, 
  * the barrier is negligible, little enough that Ctrl-C answers fast. */
 #define CHUNKS_PER_POLL 8
 
-static int im2col_forward(float *out, const float *x, const float *kernel, const float *bias,
-                          int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
-                          float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
-                          void *abort_ctx) {
-    VGG_CHECK(out && x && kernel && bias && workspace, VGG_ERR_ARG);
+/* kp_prepared: the kernel already packed (vgg_conv3x3_prepare), or NULL to pack
+ * it into the start of the workspace. */
+static int im2col_forward(float *out, const float *x, const float *kernel,
+                          const float *kp_prepared, const float *bias, int relu, size_t n,
+                          size_t h, size_t w, size_t cin, size_t cout, float *workspace,
+                          size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx) {
+    VGG_CHECK(out && x && (kernel || kp_prepared) && bias && workspace, VGG_ERR_ARG);
     VGG_CHECK(h >= 1 && w >= 1 && cin >= 1 && cout >= 1, VGG_ERR_SHAPE);
     VGG_CHECK(9 * cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM, VGG_ERR_SHAPE);
     if (n == 0) return VGG_OK;
@@ -127,43 +181,38 @@ static int im2col_forward(float *out, const float *x, const float *kernel, const
     VGG_CHECK(vgg_mul_ok(h, w, &hw) && vgg_mul_ok(hw, n, &total), VGG_ERR_SHAPE);
 
     const size_t k = 9 * cin;
-    /* full-size chunks for as many threads as the workspace has buffers for (the
-     * knob can have grown since it was sized), so that chunk boundaries, and with
-     * them the bits, never depend on the thread count; a smaller workspace than
-     * one full buffer gets shorter chunks on one thread */
+    const size_t packed = kp_prepared ? 0 : packed_kernel_floats(cin, cout);
+    VGG_CHECK(workspace_floats > packed, VGG_ERR_NOMEM);
+    float *cols = workspace + packed;
+    const size_t col_floats = workspace_floats - packed;
+    /* as many threads as the workspace has full column buffers for (the knob can
+     * have grown since it was sized); less than one full buffer gets shorter
+     * chunks on one thread. A pixel's result never depends on its chunk (gemm.c). */
     size_t nth = (size_t)vgg_get_num_threads();
     const size_t full = chunk_rows(cin) * k;
-    if (nth > workspace_floats / full) nth = workspace_floats / full ? workspace_floats / full : 1;
-    size_t rows = workspace_floats / (k * nth);
+    if (nth > col_floats / full) nth = col_floats / full ? col_floats / full : 1;
+    size_t rows = col_floats / (k * nth);
     VGG_CHECK(rows >= 1, VGG_ERR_NOMEM);
     if (rows > chunk_rows(cin)) rows = chunk_rows(cin);
     const size_t nchunks = (total + rows - 1) / rows;
     const size_t per_poll = nth * CHUNKS_PER_POLL;
-    const size_t min_rows = vgg_sgemm_stable_rows(cout, k);
 
+    const float *kp = kp_prepared;
+    if (!kp) {
+        pack_kernel(workspace, kernel, cin, cout, (int)nth);
+        kp = workspace;
+    }
     for (size_t c0 = 0; c0 < nchunks; c0 += per_poll) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
         const size_t c1 = c0 + per_poll < nchunks ? c0 + per_poll : nchunks;
         /* nth, not the knob: the column buffers were sized for nth threads */
         VGG_OMP_FOR_N((int)nth)
         for (size_t ci = c0; ci < c1; ci++) {
-            float *col = workspace + vgg_thread_index() * rows * k;
+            float *col = cols + vgg_thread_index() * rows * k;
             /* chunks of balanced sizes: none has a single row unless total does */
             const size_t r0 = ci * total / nchunks, r1 = (ci + 1) * total / nchunks;
             im2col_rows(col, x, r0, r1, h, w, cin);
-            /* single-threaded BLAS inside the OpenMP region (see threads.c) */
-            if (r1 - r0 < min_rows && rows * k >= min_rows * (k + cout)) {
-                /* a short chunk is padded with zero rows up to the rows that sgemm
-                 * rounds the same way as in a full chunk, so a pixel's result never
-                 * depends on the batch it came in (vgg_internal.h) */
-                float *tmp = col + min_rows * k;
-                memset(col + (r1 - r0) * k, 0, (min_rows - (r1 - r0)) * k * sizeof *col);
-                vgg_sgemm(0, 0, min_rows, cout, k, 1.0f, col, k, kernel, cout, 0.0f, tmp, cout);
-                memcpy(out + r0 * cout, tmp, (r1 - r0) * cout * sizeof *tmp);
-            } else {
-                vgg_sgemm(0, 0, r1 - r0, cout, k, 1.0f, col, k, kernel, cout, 0.0f,
-                          out + r0 * cout, cout);
-            }
+            vgg_gemm(out + r0 * cout, cout, col, k, kp, r1 - r0, cout, k);
             bias_act_rows(out + r0 * cout, bias, relu, r1 - r0, cout);
         }
     }
@@ -179,43 +228,54 @@ int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const f
                                   abort_ctx);
 }
 
+static int is_winograd(int algo) {
+    return algo == VGG_CONV_WINOGRAD || algo == VGG_CONV_WINOGRAD6 ||
+           algo == VGG_CONV_WINOGRAD_BF16;
+}
+
+int vgg_conv3x3_run(int algo, const float *prepared, int relu, int pool, float *out,
+                    const float *x, const float *kernel, const float *bias, size_t n, size_t h,
+                    size_t w, size_t cin, size_t cout, float *workspace, size_t workspace_floats,
+                    vgg_abort_fn abort_cb, void *abort_ctx) {
+    int st = VGG_ERR_NOMEM;
+    /* im2col writes rows of output pixels: a pool there would need the full-size
+     * rows anyway, so only the Winograd paths fuse it (their output transform
+     * holds whole tiles of even side) */
+    VGG_CHECK(!pool || (is_winograd(algo) && h >= 2 && w >= 2), VGG_ERR_ARG);
+    if (algo == VGG_CONV_WINOGRAD_BF16)
+        st = vgg_winograd_bf16_conv3x3_forward(out, x, kernel, prepared, bias, relu, pool, n, h,
+                                               w, cin, cout, workspace, workspace_floats,
+                                               abort_cb, abort_ctx);
+    else if (algo == VGG_CONV_WINOGRAD || algo == VGG_CONV_WINOGRAD6)
+        st = vgg_winograd_conv3x3_forward(algo == VGG_CONV_WINOGRAD6 ? 6 : 4, out, x, kernel,
+                                          prepared, bias, relu, pool, n, h, w,
+                                          cin, cout, workspace, workspace_floats, abort_cb,
+                                          abort_ctx);
+    if (st != VGG_ERR_NOMEM || pool) return st;
+    /* im2col: the algorithm asked for, or the fallback when the workspace is too
+     * small for Winograd (its prepared kernel is then of no use) */
+    return im2col_forward(out, x, kernel, algo == VGG_CONV_IM2COL ? prepared : NULL, bias, relu, n,
+                          h, w, cin, cout, workspace, workspace_floats, abort_cb, abort_ctx);
+}
+
 int vgg_conv3x3_forward_by(int algo, float *out, const float *x, const float *kernel,
                            const float *bias, int relu, size_t n, size_t h, size_t w, size_t cin,
                            size_t cout, float *workspace, size_t workspace_floats,
                            vgg_abort_fn abort_cb, void *abort_ctx) {
-    if (algo == VGG_CONV_WINOGRAD_BF16 &&
-        workspace_floats >= vgg_winograd_bf16_workspace_floats(cin, cout, 1))
-        return vgg_winograd_bf16_conv3x3_forward(out, x, kernel, bias, relu, 0, n, h, w, cin,
-                                                 cout, workspace, workspace_floats, abort_cb,
-                                                 abort_ctx);
-    if (algo == VGG_CONV_WINOGRAD && workspace_floats >= vgg_winograd_workspace_floats(cin, cout, 1))
-        return vgg_winograd_conv3x3_forward(out, x, kernel, bias, relu, 0, n, h, w, cin, cout,
-                                            workspace, workspace_floats, abort_cb, abort_ctx);
-    return im2col_forward(out, x, kernel, bias, relu, n, h, w, cin, cout, workspace,
-                          workspace_floats, abort_cb, abort_ctx);
+    return vgg_conv3x3_run(algo, NULL, relu, 0, out, x, kernel, bias, n, h, w, cin, cout,
+                           workspace, workspace_floats, abort_cb, abort_ctx);
 }
 
-/* im2col writes rows of output pixels through sgemm: a pool there would need the
- * full-size rows anyway, so only the Winograd paths fuse it (their output
- * transform holds whole tiles of even side). */
 int vgg_conv3x3_pool_forward_by(int *status, int algo, float *out, const float *x,
                                 const float *kernel, const float *bias, size_t n, size_t h,
                                 size_t w, size_t cin, size_t cout, float *workspace,
                                 size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx) {
-    if (h < 2 || w < 2) return 0;
-    if (algo == VGG_CONV_WINOGRAD_BF16 &&
-        workspace_floats >= vgg_winograd_bf16_workspace_floats(cin, cout, 1)) {
-        *status = vgg_winograd_bf16_conv3x3_forward(out, x, kernel, bias, 1, 1, n, h, w, cin,
-                                                    cout, workspace, workspace_floats, abort_cb,
-                                                    abort_ctx);
-        return 1;
-    }
-    if (algo == VGG_CONV_WINOGRAD && workspace_floats >= vgg_winograd_workspace_floats(cin, cout, 1)) {
-        *status = vgg_winograd_conv3x3_forward(out, x, kernel, bias, 1, 1, n, h, w, cin, cout,
-                                               workspace, workspace_floats, abort_cb, abort_ctx);
-        return 1;
-    }
-    return 0;
+    if (!is_winograd(algo) || h < 2 || w < 2) return 0;
+    const int st = vgg_conv3x3_run(algo, NULL, 1, 1, out, x, kernel, bias, n, h, w, cin, cout,
+                                   workspace, workspace_floats, abort_cb, abort_ctx);
+    if (st == VGG_ERR_NOMEM) return 0;
+    *status = st;
+    return 1;
 }
 
 /* ---- backward -------------------------------------------------------------
@@ -282,6 +342,6 @@ int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, con
     }
     /* a zero bias of cin floats: the column buffer is free again and large enough */
     memset(col, 0, cin * sizeof(float));
-    return vgg_conv3x3_forward_by(VGG_CONV_IM2COL, dx, dout, wt, col, 0, n, h, w, cout, cin, fwd,
-                                  fwd_ws, abort_cb, abort_ctx);
+    return im2col_forward(dx, dout, wt, NULL, col, 0, n, h, w, cout, cin, fwd, fwd_ws, abort_cb,
+                          abort_ctx);
 }

@@ -79,7 +79,8 @@ const char *vgg_isa_name(int isa) {
 }
 
 int vgg_set_conv_algo(int algo) {
-    VGG_CHECK(algo == VGG_CONV_AUTO || algo == VGG_CONV_IM2COL || algo == VGG_CONV_WINOGRAD,
+    VGG_CHECK(algo == VGG_CONV_AUTO || algo == VGG_CONV_IM2COL || algo == VGG_CONV_WINOGRAD ||
+                  algo == VGG_CONV_WINOGRAD6,
               VGG_ERR_ARG);
     __atomic_store_n(&g_conv_algo, algo, __ATOMIC_RELAXED);
     return VGG_OK;
@@ -93,6 +94,7 @@ const char *vgg_conv_algo_name(int algo) {
     case VGG_CONV_IM2COL: return "im2col";
     case VGG_CONV_WINOGRAD: return "winograd";
     case VGG_CONV_WINOGRAD_BF16: return "winograd_bf16";
+    case VGG_CONV_WINOGRAD6: return "winograd6";
     default: return NULL;
     }
 }

@@ -1,7 +1,7 @@
 /*
  * dense.c - fully connected layer: out (N,Out) = act(x (N,In) @ W (In,Out) + b).
- * The bias is broadcast into out first so the sgemm with beta = 1 adds the
- * product to it; the activation then runs in place.
+ * The forward product is vggtl's own (gemm.c), the bias added after it and the
+ * activation run in place; the backward products are BLAS's.
  */
 #include "vgg_internal.h"
 
@@ -13,10 +13,13 @@ int vgg_dense_forward(float *out, const float *x, const float *kernel, const flo
               VGG_ERR_SHAPE);
     VGG_CHECK(activation >= VGG_ACT_LINEAR && activation <= VGG_ACT_SIGMOID, VGG_ERR_ARG);
     if (n == 0) return VGG_OK;
+    /* vggtl's own product (gemm.c), not BLAS: a row's output is then a function
+     * of that row alone, whatever batch it came in (predictions do not change
+     * with their neighbours); the bias is added after the product, as Keras does */
+    vgg_gemm_b_parallel(out, outdim, x, in, kernel, outdim, n, outdim, in);
     VGG_OMP_FOR_IF(n * outdim)
     for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < outdim; j++) out[i * outdim + j] = bias[j];
-    vgg_sgemm_parallel(0, 0, n, outdim, in, 1.0f, x, in, kernel, outdim, 1.0f, out, outdim);
+        for (size_t j = 0; j < outdim; j++) out[i * outdim + j] += bias[j];
     return vgg_activation_forward(out, activation, n, outdim);
 }
 

@@ -206,7 +206,8 @@ static int name_index(const char *arg, const char *name, const char *const *name
 
 static const char *const ISA_NAMES[] = {"portable", "avx2", "avx512", "avx512_bf16"};
 static const char *const PRECISION_NAMES[] = {"fp32", "bf16"};
-static const char *const ALGO_NAMES[] = {"auto", "im2col", "winograd"};
+static const char *const ALGO_NAMES[] = {"auto", "im2col", "winograd", "winograd_bf16",
+                                         "winograd6"};
 
 static PyObject *py_isa_supported(PyObject *self, PyObject *arg) {
     (void)self;
@@ -240,9 +241,12 @@ static PyObject *py_set_conv_algo(PyObject *self, PyObject *arg) {
     (void)self;
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
-    const int algo = name_index("conv_algo", name, ALGO_NAMES, 3);
-    if (algo < 0) return NULL;
-    vgg_set_conv_algo(algo); /* the three names are the three valid values */
+    /* the settings; winograd_bf16 is what a layer runs at precision='bf16', not one */
+    static const char *const SETTABLE[] = {"auto", "im2col", "winograd", "winograd6"};
+    const int i = name_index("conv_algo", name, SETTABLE, 4);
+    if (i < 0) return NULL;
+    const int algo = i == 3 ? VGG_CONV_WINOGRAD6 : i;
+    if (vgg_set_conv_algo(algo) != VGG_OK) return raise_status(VGG_ERR_INTERNAL, "set_conv_algo");
     Py_RETURN_NONE;
 }
 
@@ -272,6 +276,82 @@ static PyObject *py_conv3x3_algo(PyObject *self, PyObject *args, PyObject *kw) {
     }
     return PyUnicode_FromString(vgg_conv_algo_name(
         vgg_conv3x3_algo_at((size_t)h, (size_t)w, (size_t)cin, (size_t)cout, precision)));
+}
+
+/* conv3x3_prepare(kernel, algo) -> the kernel (3, 3, Cin, Cout) float32 in the
+ * form `algo` computes with, a flat float32 array for vgg16_forward's prepared= */
+static PyObject *py_conv3x3_prepare(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"kernel", "algo", NULL};
+    PyObject *ko;
+    const char *aname;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Os", kwlist, &ko, &aname)) return NULL;
+    const int algo = name_index("algo", aname, ALGO_NAMES, 5);
+    if (algo < 0) return NULL;
+    if (algo == VGG_CONV_AUTO) {
+        PyErr_SetString(PyExc_ValueError, "algo: expected 'im2col', 'winograd', "
+                        "'winograd6' or 'winograd_bf16', got 'auto'");
+        return NULL;
+    }
+    PyArrayObject *k = check_array(ko, "kernel", F32_ONLY, 4, 0);
+    if (!k) return NULL;
+    if (check_dim(k, "kernel", 0, 3) || check_dim(k, "kernel", 1, 3)) return NULL;
+    const size_t cin = dim(k, 2), cout = dim(k, 3);
+    if (cin == 0 || cout == 0) {
+        PyErr_SetString(PyExc_ValueError, "kernel: expected non-empty Cin and Cout");
+        return NULL;
+    }
+    const size_t floats = vgg_conv3x3_prepared_floats(algo, cin, cout);
+    npy_intp shape[1] = {(npy_intp)floats};
+    PyArrayObject *out = (PyArrayObject *)PyArray_EMPTY(1, shape, NPY_FLOAT32, 0);
+    if (!out) return NULL;
+    RELEASE_GIL(s);
+    const int st = vgg_conv3x3_prepare(PyArray_DATA(out), floats, algo, PyArray_DATA(k), cin, cout);
+    ACQUIRE_GIL(s);
+    if (st != VGG_OK) {
+        Py_DECREF(out);
+        return raise_status(st, "conv3x3_prepare");
+    }
+    return (PyObject *)out;
+}
+
+/* vgg16_forward's prepared=: a sequence of 13 entries, None or (algo, array) with
+ * the array from conv3x3_prepare of that conv's kernel. */
+static int parse_prepared(PyObject *po, vgg16_weights *wt) {
+    if (po == NULL || po == Py_None) return 0;
+    PyObject *seq = PySequence_Fast(po, "prepared: expected a sequence of 13 entries");
+    if (!seq) return -1;
+    int rc = -1;
+    if (PySequence_Fast_GET_SIZE(seq) != VGG16_NUM_CONV) {
+        PyErr_Format(PyExc_ValueError, "prepared: expected %d entries, got %zd", VGG16_NUM_CONV,
+                     PySequence_Fast_GET_SIZE(seq));
+        goto done;
+    }
+    static const size_t cin_of[VGG16_NUM_CONV] = {3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512};
+    static const size_t cout_of[VGG16_NUM_CONV] = {64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512};
+    for (int i = 0; i < VGG16_NUM_CONV; i++) {
+        PyObject *e = PySequence_Fast_GET_ITEM(seq, i), *ao;
+        const char *aname;
+        if (e == Py_None) continue;
+        if (!PyArg_ParseTuple(e, "sO;prepared: expected (algo, array) or None per conv", &aname, &ao))
+            goto done;
+        const int algo = name_index("prepared algo", aname, ALGO_NAMES, 5);
+        if (algo < 0) goto done;
+        PyArrayObject *a = check_array(ao, "prepared array", F32_ONLY, 1, 0);
+        if (!a) goto done;
+        const size_t need = vgg_conv3x3_prepared_floats(algo, cin_of[i], cout_of[i]);
+        if (need == 0 || dim(a, 0) != need) {
+            PyErr_Format(PyExc_ValueError, "prepared[%d]: expected %zu floats for '%s', got %zu",
+                         i, need, aname, dim(a, 0));
+            goto done;
+        }
+        wt->conv_prepared[i] = PyArray_DATA(a);
+        wt->conv_prepared_algo[i] = algo;
+    }
+    rc = 0;
+done:
+    Py_DECREF(seq);
+    return rc;
 }
 
 static PyObject *py_bf16_native(PyObject *self, PyObject *noargs) {
@@ -733,6 +813,7 @@ static int parse_config(vgg16_config *cfg, int start, int stop, int pooling, PyO
     cfg->pooling = pooling;
     cfg->reverse_channels = rev;
     cfg->precision = VGG_PRECISION_FP32;
+    cfg->prepared = 0;
     if (so == NULL) {
         for (int i = 0; i < 3; i++) {
             cfg->scale[i] = 1.0f;
@@ -770,14 +851,16 @@ static PyObject *py_vgg16_output_shape(PyObject *self, PyObject *args, PyObject 
 
 static PyObject *py_vgg16_workspace_floats(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", "start_layer", NULL};
-    int stop, pooling, start = 0;
+    static char *kwlist[] = {"stop_layer", "pooling", "batch", "h", "w", "start_layer",
+                             "prepared", NULL};
+    int stop, pooling, start = 0, prepared = 0;
     Py_ssize_t batch, h, w;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn|i", kwlist, &stop, &pooling, &batch, &h,
-                                     &w, &start))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iinnn|i$p", kwlist, &stop, &pooling, &batch, &h,
+                                     &w, &start, &prepared))
         return NULL;
     vgg16_config cfg;
     if (parse_config(&cfg, start, stop, pooling, NULL, NULL, 0)) return NULL;
+    cfg.prepared = prepared;
     if (batch < 1 || h < 1 || w < 1) {
         PyErr_SetString(PyExc_ValueError, "batch, h, w: expected sizes >= 1");
         return NULL;
@@ -824,13 +907,14 @@ static PyObject *py_vgg16_forward(PyObject *self, PyObject *args, PyObject *kw) 
     (void)self;
     static char *kwlist[] = {"x", "params", "stop_layer", "pooling", "scale", "shift",
                              "reverse_channels", "workspace", "out", "start_layer", "precision",
-                             NULL};
-    PyObject *xo, *po, *so, *sho, *wso, *outo = NULL, *seq = NULL, *result = NULL;
+                             "prepared", NULL};
+    PyObject *xo, *po, *so, *sho, *wso, *outo = NULL, *seq = NULL, *result = NULL, *prepo = NULL;
     PyArrayObject *out = NULL;
     int stop, pooling, rev, start = 0;
     const char *pname = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiOOpO|Oi$z", kwlist, &xo, &po, &stop, &pooling,
-                                     &so, &sho, &rev, &wso, &outo, &start, &pname))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiiOOpO|Oi$zO", kwlist, &xo, &po, &stop,
+                                     &pooling, &so, &sho, &rev, &wso, &outo, &start, &pname,
+                                     &prepo))
         return NULL;
     vgg16_config cfg;
     if (parse_config(&cfg, start, stop, pooling, so, sho, rev)) return NULL;
@@ -886,6 +970,9 @@ static PyObject *py_vgg16_forward(PyObject *self, PyObject *args, PyObject *kw) 
         }
     }
     wt.classes = classes;
+    if (parse_prepared(prepo, &wt)) goto done;
+    /* with prepared kernels, the workspace is one sized for them */
+    cfg.prepared = prepo != NULL && prepo != Py_None;
 
     size_t oh, ow, oc;
     if (vgg16_output_shape(&oh, &ow, &oc, &cfg, classes, h, w) != VGG_OK) {
@@ -1720,11 +1807,16 @@ static PyMethodDef methods[] = {
      "'avx512', 'avx512_bf16'; ValueError if this CPU lacks it."},
     {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> the instruction set in use"},
     {"set_conv_algo", py_set_conv_algo, METH_O,
-     "set_conv_algo(name)\n\n3x3 convolutions: 'auto' (by shape), 'im2col' or 'winograd'."},
+     "set_conv_algo(name)\n\n3x3 convolutions: 'auto' (by shape), 'im2col', 'winograd' "
+     "(F(4x4)) or 'winograd6' (F(6x6))."},
     {"get_conv_algo", py_get_conv_algo, METH_NOARGS, "get_conv_algo() -> the setting"},
+    {"conv3x3_prepare", KW py_conv3x3_prepare, METH_VARARGS | METH_KEYWORDS,
+     "conv3x3_prepare(kernel, algo) -> float32 array: the kernel (3, 3, Cin, Cout) in the form "
+     "algo ('im2col', 'winograd', 'winograd6', 'winograd_bf16') computes with, for "
+     "vgg16_forward's prepared="},
     {"conv3x3_algo", KW py_conv3x3_algo, METH_VARARGS | METH_KEYWORDS,
-     "conv3x3_algo(h, w, cin, cout, *, precision='fp32') -> 'im2col', 'winograd' or "
-     "'winograd_bf16': what a layer of this shape runs"},
+     "conv3x3_algo(h, w, cin, cout, *, precision='fp32') -> 'im2col', 'winograd', "
+     "'winograd6' or 'winograd_bf16': what a layer of this shape runs"},
     {"bf16_native", py_bf16_native, METH_NOARGS,
      "bf16_native() -> bool: bf16 products run on VDPBF16PS (else in plain C, same bits)"},
     {"conv3x3_forward", KW py_conv3x3_forward, METH_VARARGS | METH_KEYWORDS,
@@ -1759,7 +1851,8 @@ static PyMethodDef methods[] = {
     {"vgg16_output_shape", KW py_vgg16_output_shape, METH_VARARGS | METH_KEYWORDS,
      "vgg16_output_shape(stop_layer, pooling, classes, h, w) -> (oh, ow, oc)"},
     {"vgg16_workspace_floats", KW py_vgg16_workspace_floats, METH_VARARGS | METH_KEYWORDS,
-     "vgg16_workspace_floats(stop_layer, pooling, batch, h, w) -> int"},
+     "vgg16_workspace_floats(stop_layer, pooling, batch, h, w, start_layer=0, *, prepared=False) "
+     "-> int (prepared: for a call with every kernel prepared)"},
     {"vgg16_forward", KW py_vgg16_forward, METH_VARARGS | METH_KEYWORDS,
      "vgg16_forward(x, params, stop_layer, pooling, scale, shift, reverse_channels, "
      "workspace, out=None, start_layer=0, *, precision='fp32') -> features"},

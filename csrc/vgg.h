@@ -96,10 +96,12 @@ int vgg_bf16_native(void);
 enum vgg_conv_algo {
     VGG_CONV_AUTO = 0,
     VGG_CONV_IM2COL = 1,
-    VGG_CONV_WINOGRAD = 2,
-    VGG_CONV_WINOGRAD_BF16 = 3
+    VGG_CONV_WINOGRAD = 2,       /* F(4x4, 3x3) */
+    VGG_CONV_WINOGRAD_BF16 = 3,  /* F(2x2, 3x3), bf16 operands */
+    VGG_CONV_WINOGRAD6 = 4       /* F(6x6, 3x3) */
 };
-int vgg_set_conv_algo(int algo);    /* VGG_ERR_ARG unless AUTO, IM2COL or WINOGRAD */
+/* VGG_ERR_ARG unless AUTO, IM2COL, WINOGRAD or WINOGRAD6 */
+int vgg_set_conv_algo(int algo);
 int vgg_get_conv_algo(void);
 const char *vgg_conv_algo_name(int algo);
 
@@ -167,6 +169,28 @@ int vgg_conv3x3_pool_forward_by(int *status, int algo, float *out, const float *
                                 const float *kernel, const float *bias, size_t n, size_t h,
                                 size_t w, size_t cin, size_t cout, float *workspace,
                                 size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx);
+
+/* A kernel in the form an algorithm computes with (IM2COL: packed for the
+ * products; WINOGRAD: its transform U; WINOGRAD_BF16: its bf16 transform): the
+ * weights of a frozen network are prepared once and passed to every later call
+ * (vgg16_weights.conv_prepared) instead of being transformed again each time.
+ * The form does not depend on the instruction set. prepared: at least
+ * vgg_conv3x3_prepared_floats(algo, cin, cout) floats (0 for another algo).
+ * Threads: OpenMP. VGG_ERR_ARG for an unknown algo or NULL, _SHAPE for sizes. */
+size_t vgg_conv3x3_prepared_floats(int algo, size_t cin, size_t cout);
+int vgg_conv3x3_prepare(float *prepared, size_t prepared_floats, int algo, const float *kernel,
+                        size_t cin, size_t cout);
+
+/* The layer by `algo` (IM2COL, WINOGRAD or WINOGRAD_BF16), its kernel prepared
+ * for that algo beforehand (prepared) or, when prepared is NULL, from `kernel`
+ * in the workspace; ReLU when relu; with pool, out is the layer's 2x2 max-pool
+ * (N, H/2, W/2, Cout) fused into the output transform: Winograd algos only
+ * (VGG_ERR_ARG otherwise), VGG_ERR_NOMEM when the workspace is too small for
+ * Winograd (without pool the layer then runs im2col). */
+int vgg_conv3x3_run(int algo, const float *prepared, int relu, int pool, float *out,
+                    const float *x, const float *kernel, const float *bias, size_t n, size_t h,
+                    size_t w, size_t cin, size_t cout, float *workspace, size_t workspace_floats,
+                    vgg_abort_fn abort_cb, void *abort_ctx);
 
 /* The algorithm a layer of this shape runs at `precision` under the current
  * setting (vgg16_forward calls vgg_conv3x3_forward_by with it). */
@@ -337,10 +361,16 @@ size_t vgg16_layer_units(int layer);
  * conv_kernel[i]: (3,3,Cin_i,Cout_i) HWIO; conv_bias[i]: (Cout_i).
  * dense_kernel[0] fc1 (25088,4096), [1] fc2 (4096,4096), [2] predictions
  * (4096, classes); dense_bias likewise. Dense pointers are read only when the
- * network runs past VGG16_FLATTEN. */
+ * network runs past VGG16_FLATTEN.
+ * conv_prepared[i] (optional, NULL: none): conv i's kernel prepared by
+ * vgg_conv3x3_prepare for algorithm conv_prepared_algo[i], used when the layer
+ * runs that algorithm (and must then match conv_kernel[i]); any other layer
+ * prepares its kernel in the workspace on every call. */
 typedef struct {
     const float *conv_kernel[VGG16_NUM_CONV];
     const float *conv_bias[VGG16_NUM_CONV];
+    const float *conv_prepared[VGG16_NUM_CONV];
+    int conv_prepared_algo[VGG16_NUM_CONV];
     const float *dense_kernel[VGG16_NUM_DENSE];
     const float *dense_bias[VGG16_NUM_DENSE];
     size_t classes;
@@ -357,6 +387,10 @@ typedef struct {
     int start_layer;           /* 0: x holds images; L > 0: x holds the float32 output
                                   of layer L-1 (a cached cut), h, w and cin its shape */
     int precision;             /* enum vgg_precision of the convolutions */
+    int prepared;              /* non-zero: every conv run comes with its kernel prepared
+                                  (vgg16_weights.conv_prepared) for the algorithm it
+                                  runs, and the workspace is sized without room to
+                                  prepare one; a missing one is VGG_ERR_ARG */
 } vgg16_config;
 
 /* Output shape of the network for an input of h x w: writes oh, ow, oc (a dense

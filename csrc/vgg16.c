@@ -76,13 +76,17 @@ static int plan(net_plan *p, const vgg16_config *cfg, size_t classes, size_t h, 
     for (int l = start; l <= stop; l++) {
         size_t a = 0;
         switch (LAYERS[l].kind) {
-        case VGG16_KIND_CONV:
-            if (vgg_conv3x3_workspace_floats(ch, LAYERS[l].units) > p->conv_ws)
-                p->conv_ws = vgg_conv3x3_workspace_floats(ch, LAYERS[l].units);
-            if (vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, 1) > p->conv_ws_min)
-                p->conv_ws_min = vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, 1);
+        case VGG16_KIND_CONV: {
+            const size_t nth = (size_t)vgg_get_num_threads();
+            const size_t ws = vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, nth,
+                                                               cfg->prepared),
+                         ws1 = vgg_conv3x3_workspace_floats_for(ch, LAYERS[l].units, 1,
+                                                                cfg->prepared);
+            if (ws > p->conv_ws) p->conv_ws = ws;
+            if (ws1 > p->conv_ws_min) p->conv_ws_min = ws1;
             ch = LAYERS[l].units;
             break;
+        }
         case VGG16_KIND_POOL:
             VGG_CHECK(h >= 2 && w >= 2, VGG_ERR_SHAPE);
             h /= 2;
@@ -176,14 +180,21 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
         switch (L->kind) {
         case VGG16_KIND_CONV: {
             const int algo = vgg_conv3x3_algo_at(h, w, ch, L->units, cfg->precision);
+            const float *prep = wt->conv_prepared_algo[L->param] == algo
+                                    ? wt->conv_prepared[L->param] : NULL;
+            /* a workspace sized for prepared kernels has no room to prepare one */
+            if (cfg->prepared && !prep) return VGG_ERR_ARG;
             /* a block's last conv and its pool in one pass, where the algorithm can
              * (Winograd: the pool happens in the output transform); the pool's
              * output then goes where the pool layer would have written it */
-            if (!last && LAYERS[l + 1].kind == VGG16_KIND_POOL) {
+            if (!last && LAYERS[l + 1].kind == VGG16_KIND_POOL &&
+                algo != VGG_CONV_IM2COL && h >= 2 &&
+                w >= 2) {
                 float *pdst = (l + 1 == stop && cfg->pooling == VGG_POOL_NONE) ? out : other;
-                if (vgg_conv3x3_pool_forward_by(&st, algo, pdst, cur, wt->conv_kernel[L->param],
-                                                wt->conv_bias[L->param], m, h, w, ch, L->units,
-                                                col, col_n, abort_cb, abort_ctx)) {
+                st = vgg_conv3x3_run(algo, prep, 1, 1, pdst, cur, wt->conv_kernel[L->param],
+                                     wt->conv_bias[L->param], m, h, w, ch, L->units, col, col_n,
+                                     abort_cb, abort_ctx);
+                if (st != VGG_ERR_NOMEM) {
                     ch = L->units;
                     h /= 2;
                     w /= 2;
@@ -192,9 +203,9 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
                     break;
                 }
             }
-            st = vgg_conv3x3_forward_by(algo, dst, cur, wt->conv_kernel[L->param],
-                                        wt->conv_bias[L->param], 1, m, h, w, ch, L->units, col,
-                                        col_n, abort_cb, abort_ctx);
+            st = vgg_conv3x3_run(algo, prep, 1, 0, dst, cur, wt->conv_kernel[L->param],
+                                 wt->conv_bias[L->param], m, h, w, ch, L->units, col, col_n,
+                                 abort_cb, abort_ctx);
             ch = L->units;
             break;
         }

@@ -32,7 +32,17 @@
 #define VGG_OMP_FOR_COLLAPSE2_IF(work)                                              \
     VGG_PRAGMA(omp parallel for collapse(2) schedule(static)                        \
                    if ((work) >= VGG_OMP_MIN_WORK) num_threads(vgg_get_num_threads()))
+/* A team for a region of several work-shared loops (Winograd's phases): the
+ * loops split their iterations without waiting, and barriers order the phases. */
+#define VGG_OMP_PARALLEL_N(n) VGG_PRAGMA(omp parallel num_threads(n))
+#define VGG_OMP_FOR_NOWAIT_STATIC VGG_PRAGMA(omp for schedule(static) nowait)
+#define VGG_OMP_FOR_NOWAIT_DYNAMIC VGG_PRAGMA(omp for schedule(dynamic) nowait)
+#define VGG_OMP_BARRIER VGG_PRAGMA(omp barrier)
 #else
+#define VGG_OMP_PARALLEL_N(n)
+#define VGG_OMP_FOR_NOWAIT_STATIC
+#define VGG_OMP_FOR_NOWAIT_DYNAMIC
+#define VGG_OMP_BARRIER
 #define VGG_OMP_FOR_N(n)
 #define VGG_OMP_FOR_DYNAMIC_N(n)
 #define VGG_OMP_FOR_IF(work)
@@ -124,29 +134,63 @@ void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, 
                         const float *a, size_t lda, const float *b, size_t ldb, float beta,
                         float *c, size_t ldc);
 
+/* gemm.c: vggtl's own single-threaded sgemm, C (m, n) = A (m, k) @ B (k, n)
+ * (row-major, leading dimensions ldc and lda) with B packed by vgg_gemm_pack_b
+ * into panels of VGG_GEMM_NR columns (vgg_gemm_packed_floats(k, n) floats).
+ * Each element of C is one chain of fused multiply-adds over k in order, so
+ * its bits depend on its row of A and on B only: not on m, on the row's place,
+ * on the thread or on the instruction set. A slice of panels p0.. is the
+ * product with columns 16*p0.. (bp + p0 * VGG_GEMM_NR * k). Safe inside
+ * OpenMP regions (no threads of its own). */
+#define VGG_GEMM_NR 16
+size_t vgg_gemm_packed_floats(size_t k, size_t n);
+void vgg_gemm_pack_b(float *bp, const float *b, size_t ldb, size_t k, size_t n);
+void vgg_gemm(float *c, size_t ldc, const float *a, size_t lda, const float *bp, size_t m,
+              size_t n, size_t k);
+/* The same sums with B as it is stored (row-major, leading dimension ldb): for
+ * the dense layers, whose kernels are read once per call. The _parallel form
+ * splits C by rows or by panels of columns across the core's threads (call it
+ * from serial code); the bits are the same either way. */
+void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
+                size_t m, size_t n, size_t k);
+void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
+                         size_t ldb, size_t m, size_t n, size_t k);
+
 /* conv3x3.c: vgg_conv3x3_workspace_floats for a given number of threads (with
- * fewer buffers than threads, both algorithms run on fewer threads). */
-size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads);
+ * fewer buffers than threads, the algorithms run on fewer threads); `prepared`:
+ * without room for the kernel's transform or packing (the layer's kernel comes
+ * prepared, vgg_conv3x3_prepare). */
+size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads, int prepared);
 
-/* winograd.c: the F(4x4,3x3) path of vgg_conv3x3_forward (same contract);
- * workspace: the transformed kernel plus one block buffer per thread, for
- * `threads` threads (a smaller workspace runs on fewer threads, as long as one
- * buffer fits: set_num_threads may grow between sizing and running). With
- * `pool`, out is the 2x2 max-pool of the layer's output, (N, H/2, W/2, Cout). */
-size_t vgg_winograd_workspace_floats(size_t cin, size_t cout, size_t threads);
-int vgg_winograd_conv3x3_forward(float *out, const float *x, const float *kernel,
-                                 const float *bias, int relu, int pool, size_t n, size_t h,
-                                 size_t w, size_t cin, size_t cout, float *workspace,
-                                 size_t workspace_floats, vgg_abort_fn abort_cb,
-                                 void *abort_ctx);
+/* winograd.c: the Winograd F(tile x tile, 3x3) paths of vgg_conv3x3_forward
+ * (tile 4 or 6; same contract), with the kernel's transform U either prepared
+ * beforehand by vgg_winograd_prepare (u_prepared, vgg_winograd_prepared_floats
+ * floats; kernel may then be NULL) or, when u_prepared is NULL, made from
+ * `kernel` into the start of the workspace. The workspace:
+ * vgg_winograd_workspace_floats(tile, cin, cout, prepared) floats (less runs
+ * shorter blocks, as long as a block of one tile fits). With `pool`, out is the
+ * 2x2 max-pool of the layer's output, (N, H/2, W/2, Cout). */
+size_t vgg_winograd_prepared_floats(int tile, size_t cin, size_t cout);
+int vgg_winograd_prepare(int tile, float *u, size_t u_floats, const float *kernel, size_t cin,
+                         size_t cout);
+size_t vgg_winograd_workspace_floats(int tile, size_t cin, size_t cout, int prepared);
+int vgg_winograd_conv3x3_forward(int tile, float *out, const float *x, const float *kernel,
+                                 const float *u_prepared, const float *bias, int relu, int pool,
+                                 size_t n, size_t h, size_t w, size_t cin, size_t cout,
+                                 float *workspace, size_t workspace_floats,
+                                 vgg_abort_fn abort_cb, void *abort_ctx);
 
-/* winograd_bf16.c: the bf16 F(2x2,3x3) path (same contract as above). */
-size_t vgg_winograd_bf16_workspace_floats(size_t cin, size_t cout, size_t threads);
+/* winograd_bf16.c: the bf16 F(2x2,3x3) path, the same contract (its workspace
+ * holds a block buffer per thread: `threads` of them, fewer run on fewer). */
+size_t vgg_winograd_bf16_prepared_floats(size_t cin, size_t cout);
+int vgg_winograd_bf16_prepare(float *u, size_t u_floats, const float *kernel, size_t cin,
+                              size_t cout);
+size_t vgg_winograd_bf16_workspace_floats(size_t cin, size_t cout, size_t threads, int prepared);
 int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *kernel,
-                                      const float *bias, int relu, int pool, size_t n, size_t h,
-                                      size_t w, size_t cin, size_t cout, float *workspace,
-                                      size_t workspace_floats, vgg_abort_fn abort_cb,
-                                      void *abort_ctx);
+                                      const float *u_prepared, const float *bias, int relu,
+                                      int pool, size_t n, size_t h, size_t w, size_t cin,
+                                      size_t cout, float *workspace, size_t workspace_floats,
+                                      vgg_abort_fn abort_cb, void *abort_ctx);
 
 /* rng.c: counter-based random numbers (pure functions of their arguments). */
 uint64_t vgg_rng_mix(uint64_t z);

@@ -98,8 +98,10 @@ static size_t thread_floats(size_t cin, size_t cout) {
     return bf16_as_floats(tb * v_stride(cin)) + tb * m_stride(cout);
 }
 
-size_t vgg_winograd_bf16_workspace_floats(size_t cin, size_t cout, size_t threads) {
-    return u_floats(cin, cout) + thread_floats(cin, cout) * threads;
+size_t vgg_winograd_bf16_prepared_floats(size_t cin, size_t cout) { return u_floats(cin, cout); }
+
+size_t vgg_winograd_bf16_workspace_floats(size_t cin, size_t cout, size_t threads, int prepared) {
+    return (prepared ? 0 : u_floats(cin, cout)) + thread_floats(cin, cout) * threads;
 }
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -454,32 +456,55 @@ static void run_block(void *ctx, size_t bi, float *mine) {
     j->fn.output(j->out, mbuf, j->bias, j->relu, j->pool, j->s, t0, t1);
 }
 
+/* the strides are products of cin and cout: reject sizes they would overflow */
+static int sizes_ok(size_t cin, size_t cout) {
+    size_t check;
+    return cin >= 1 && cout >= 1 && cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM &&
+           vgg_mul_ok(NXI * 2 * pairs(cin), cout_pad(cout) + PAD_BF16, &check);
+}
+
+/* U <- the kernel transformed, by pairs of input channels, on nth threads. */
+static void prepare(bf16 *u, const float *kernel, const wino_shape *s, const kernels *fn,
+                    int nth) {
+    const size_t kp = pairs(s->cin);
+    VGG_OMP_FOR_N(nth)
+    for (size_t p = 0; p < kp; p++) fn->kernel(u, kernel, s, p);
+}
+
+int vgg_winograd_bf16_prepare(float *u, size_t u_floats_given, const float *kernel, size_t cin,
+                              size_t cout) {
+    VGG_CHECK(u && kernel, VGG_ERR_ARG);
+    VGG_CHECK(sizes_ok(cin, cout), VGG_ERR_SHAPE);
+    VGG_CHECK(u_floats_given >= u_floats(cin, cout), VGG_ERR_SHAPE);
+    const wino_shape s = {0, 0, 0, cin, cout, 0, 0};
+    const kernels fn = kernels_for(vgg_get_isa());
+    prepare((bf16 *)u, kernel, &s, &fn, vgg_get_num_threads());
+    return VGG_OK;
+}
+
 int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *kernel,
-                                      const float *bias, int relu, int pool, size_t n, size_t h,
-                                      size_t w, size_t cin, size_t cout, float *workspace,
-                                      size_t workspace_floats, vgg_abort_fn abort_cb,
-                                      void *abort_ctx) {
-    VGG_CHECK(out && x && kernel && bias && workspace, VGG_ERR_ARG);
-    VGG_CHECK(h >= 1 && w >= 1 && cin >= 1 && cout >= 1, VGG_ERR_SHAPE);
-    VGG_CHECK(cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM, VGG_ERR_SHAPE);
+                                      const float *u_prepared, const float *bias, int relu,
+                                      int pool, size_t n, size_t h, size_t w, size_t cin,
+                                      size_t cout, float *workspace, size_t workspace_floats,
+                                      vgg_abort_fn abort_cb, void *abort_ctx) {
+    VGG_CHECK(out && x && (kernel || u_prepared) && bias && workspace, VGG_ERR_ARG);
+    VGG_CHECK(h >= 1 && w >= 1, VGG_ERR_SHAPE);
+    VGG_CHECK(sizes_ok(cin, cout), VGG_ERR_SHAPE);
     if (n == 0) return VGG_OK;
-    size_t tiles, check;
-    /* the strides below are products of cin and cout: reject sizes they would overflow */
-    VGG_CHECK(vgg_mul_ok(NXI * 2 * pairs(cin), cout_pad(cout) + PAD_BF16, &check), VGG_ERR_SHAPE);
-    const size_t u_n = u_floats(cin, cout), per_thread = thread_floats(cin, cout);
+    size_t tiles;
+    const size_t u_n = u_prepared ? 0 : u_floats(cin, cout), per_thread = thread_floats(cin, cout);
     VGG_CHECK(workspace_floats >= u_n && workspace_floats - u_n >= per_thread, VGG_ERR_NOMEM);
     const size_t nth = vgg_threads_for_buffers(workspace_floats - u_n, per_thread);
     const wino_shape s = {n, h, w, cin, cout, (h + TILE - 1) / TILE, (w + TILE - 1) / TILE};
     VGG_CHECK(vgg_mul_ok(s.th * s.tw, n, &tiles), VGG_ERR_SHAPE);
     const kernels fn = kernels_for(vgg_get_isa());
-    bf16 *u = (bf16 *)workspace;
-    const size_t kp = pairs(cin);
+    const bf16 *u = (const bf16 *)u_prepared;
+    if (!u) {
+        prepare((bf16 *)workspace, kernel, &s, &fn, (int)nth);
+        u = (const bf16 *)workspace;
+    }
 
-    /* 1. the kernel, by pairs of input channels */
-    VGG_OMP_FOR_N((int)nth)
-    for (size_t p = 0; p < kp; p++) fn.kernel(u, kernel, &s, p);
-
-    /* 2. blocks of tiles */
+    /* blocks of tiles */
     const size_t tb = tiles_per_block(cin, cout);
     block_job job = {fn, &s, out, x, bias, u, relu, pool, tiles, tb};
     return vgg_run_blocks((tiles + tb - 1) / tb, nth, workspace + u_n, per_thread, run_block,

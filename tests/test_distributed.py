@@ -1,8 +1,8 @@
 """vggtl.distributed on a real Dask LocalCluster: 2 worker processes, 1 Dask thread each.
 
 The oracle is the single process: features must equal ``base.predict`` bit for bit
-(the core's results do not depend on thread count, nor, with OpenBLAS's AVX-512
-kernels, on batch composition), and the entry must be the one
+(the core's results depend neither on the thread count nor on how images are
+grouped into chunks and batches), and the entry must be the one
 ``vggtl.cache.extract`` finds for the same X.
 """
 import os
@@ -57,17 +57,10 @@ def reference(base, X):
         vggtl.set_num_threads(n)
 
 
-# Bit for bit needs OpenBLAS kernels that round a row the same whatever rows come
-# with it: its AVX-512 (SkylakeX) kernels. Its AVX2 kernels round a row by its
-# place in the product, so chunks grouped unlike predict's passes differ in the last
-# bits (measured 2.8e-6 relative): on such a CPU the check is that bound.
-BIT_EXACT = vggtl.info()["blas_coretype"] == "SkylakeX"
-
-
 def same_features(F, ref):
-    if BIT_EXACT:
-        return np.array_equal(F, ref)
-    return F.shape == ref.shape and np.abs(F - ref).max() <= 1e-5 * np.abs(ref).max()
+    """Bit for bit: an image's features do not depend on the chunk or batch it
+    came in, nor on the process or the thread count (csrc/gemm.c)."""
+    return F.shape == ref.shape and np.array_equal(F, ref)
 
 
 def counts(client):
@@ -252,10 +245,8 @@ def test_fit_on_distributed_features_is_unchanged(client, tmp_path):
     expected = model()
     F = vggtl.distributed.extract(X, base, client=client, chunk=7, cache=tmp_path,
                                   progress=False)
-    # the single process's features (the same bits, where BIT_EXACT; else what fit
-    # finds in the cache)
-    h0 = expected.fit_features(reference(base, X) if BIT_EXACT else np.array(F), y,
-                               batch_size=8, epochs=3, verbose=0)
+    # the single process's features, the same bits as the cache's
+    h0 = expected.fit_features(reference(base, X), y, batch_size=8, epochs=3, verbose=0)
     got = model()
     with no_compute_here(base):
         h1 = got.fit(X, y, batch_size=8, epochs=3, verbose=0)

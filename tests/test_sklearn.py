@@ -23,24 +23,15 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 import vggtl  # noqa: E402
 from vggtl.sklearn import VGG16Classifier  # noqa: E402
 
-# Each check VGG16Classifier may not pass, and why (xfail, not strict: it passes
-# where OpenBLAS uses its AVX-512 kernels).
+# Each check VGG16Classifier may not pass, and why. A sample's features and
+# probabilities are a function of that sample alone (csrc/gemm.c), so the
+# sample-order and subset invariance checks hold bit for bit.
 EXPECTED_FAILED_CHECKS = {
-    "check_methods_sample_order_invariance":
-        "the C core computes in float32, and OpenBLAS's AVX2 sgemm kernels round a row "
-        "differently by its place in the product, so a sample's probabilities can differ in "
-        "the last bits (about 1e-7 relative) when the samples batched with it change; the "
-        "check asks for rtol=1e-7 on float64 outputs. Predictions and same-order results "
-        "are identical.",
     "check_sample_weight_equivalence_on_dense_data":
         "an integer sample weight k is not the same training as k copies of the sample: "
         "Keras's sample_weight scales the sample's loss within its batch, while copies "
         "change the batches, their order and their number (and so every update), as in "
         "Keras; the losses agree, the trained networks do not.",
-    "check_methods_subset_invariance":
-        "the same: predicting a subset batches the samples differently, and with OpenBLAS's "
-        "AVX2 kernels the last bits of the float32 features can change (Winograd's "
-        "transforms make it a few 1e-6 relative); rtol=1e-7 is asked for.",
 }
 
 

@@ -166,15 +166,12 @@ def test_non_contiguous_and_read_only_inputs(rng, base_model):
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 7])
 def test_batch_size_not_dividing_n(rng, close, base_model, batch_size):
     X = _images(rng, 5, 33, 35)
-    # each image is its own, whatever batch it came in, up to rounding: OpenBLAS's
-    # AVX2 kernels round a row by its place in the product (1e-6 relative after
-    # im2col, a few 1e-6 after Winograd's transforms); its AVX-512 ones give the
-    # same bits (see vgg_sgemm_stable_rows in csrc/vgg_internal.h)
+    # each image is its own, whatever batch it came in, bit for bit (csrc/gemm.c)
     whole = base_model.predict(X, batch_size=32)
     got = base_model.predict(X, batch_size=batch_size)
-    close(got, whole, rtol=1e-5)
+    np.testing.assert_array_equal(got, whole)
     for i in range(5):
-        close(got[i:i + 1], base_model.predict(X[i:i + 1]), rtol=1e-5)
+        np.testing.assert_array_equal(got[i:i + 1], base_model.predict(X[i:i + 1]))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])

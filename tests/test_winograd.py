@@ -1,6 +1,6 @@
 """Every kernel path against the NumPy reference: each instruction set this CPU
 can run (portable, AVX2, AVX-512) times each 3x3 algorithm (im2col, Winograd
-F(4x4,3x3)), set in-process with vggtl.set_isa / set_conv_algo and, as a user
+F(4x4,3x3) and F(6x6,3x3)), set in-process with vggtl.set_isa / set_conv_algo and, as a user
 or CI forces it, by $VGGTL_ISA / $VGGTL_CONV in a fresh interpreter."""
 import json
 import os
@@ -16,12 +16,12 @@ from vggtl import _core, dispatch, reference
 ISAS = [pytest.param(i, marks=pytest.mark.skipif(
     not dispatch.isa_supported(i), reason=f"this CPU cannot run {i} kernels"))
     for i in dispatch.ISAS]
-ALGOS = ["im2col", "winograd"]
+ALGOS = ["im2col", "winograd", "winograd6"]
 
 # max|got - ref| / max|ref| against the float64 reference: im2col is a plain
-# float32 sum; Winograd adds the rounding of its transforms (measured 2e-6 to
-# 5e-6 on these shapes)
-TOL = {"im2col": 1e-5, "winograd": 3e-5}
+# float32 sum; Winograd adds the rounding of its transforms, F(6x6) about twice
+# F(4x4)'s
+TOL = {"im2col": 1e-5, "winograd": 3e-5, "winograd6": 6e-5}
 
 # odd sizes (partial 4x4 tiles on both sides), 1-pixel maps, thin and deep
 # channels, several images whose tiles share blocks, Cin 16 (the least Winograd
@@ -55,18 +55,18 @@ def test_conv3x3_every_path_matches_reference(rng, close, kernels, isa, algo, sh
 def test_instruction_sets_give_the_same_bits(rng, kernels, isa):
     # the transforms are the same operations in the same order, vectorised wider
     # (no FMA contraction in them): an ISA changes speed, not results
-    vggtl.set_conv_algo("winograd")
-    x, k, b = _data(rng, 2, 13, 10, 32, 48)
-    vggtl.set_isa("portable")
-    base = _core.conv3x3_forward(x, k, b)
-    vggtl.set_isa(isa)
-    np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b), base)
+    for algo in ALGOS:
+        vggtl.set_conv_algo(algo)
+        x, k, b = _data(rng, 2, 13, 10, 32, 48)
+        vggtl.set_isa("portable")
+        base = _core.conv3x3_forward(x, k, b)
+        vggtl.set_isa(isa)
+        np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b), base, err_msg=algo)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_thread_count_does_not_change_a_bit(rng, kernels, algo, restore_threads):
-    # Winograd's tile blocks and im2col's row chunks are sized by the layer, not
-    # by the thread count, and each is one single-threaded sgemm
+    # each output's sums run in a fixed order whichever thread computes them
     vggtl.set_conv_algo(algo)
     x, k, b = _data(rng, 3, 30, 22, 64, 96)
     vggtl.set_num_threads(1)
@@ -75,14 +75,11 @@ def test_thread_count_does_not_change_a_bit(rng, kernels, algo, restore_threads)
     np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b), one)
 
 
-@pytest.mark.skipif(_core.build_info()["blas_coretype"] != "SkylakeX",
-                    reason="bit-identical batches need OpenBLAS's AVX-512 (SkylakeX) kernels; its "
-                           "AVX2 kernels round a row by its place in the product "
-                           "(test_vgg16.py checks 1e-5 there)")
 @pytest.mark.parametrize("algo", ALGOS)
 def test_an_image_gives_the_same_bits_in_any_batch(rng, kernels, algo):
-    # a lone tile or a short chunk is padded to the rows OpenBLAS treats like a
-    # full block (vgg_sgemm_stable_rows): block4 at 4 x 4 has one tile per image
+    # every output is one chain of fused multiply-adds over its own inputs
+    # (gemm.c): a lone tile, a short block or chunk, any place in the batch give
+    # the same bits; block4 at 4 x 4 has one tile per image
     vggtl.set_conv_algo(algo)
     for shape in ((7, 4, 4, 512, 512), (7, 8, 8, 256, 256), (7, 2, 2, 512, 512)):
         x, k, b = _data(rng, *shape)
@@ -111,9 +108,16 @@ def test_nan_and_inf_are_never_lost(rng, kernels, algo):
 
 def test_auto_picks_winograd_where_it_pays(kernels):
     vggtl.set_conv_algo("auto")
-    plan = vggtl.info()["conv_plan"]
+    plan = vggtl.info()["conv_plan"]  # 224 x 224
     assert plan["block1_conv1"] == "im2col"  # 3 input channels: a thin product
-    assert all(plan[n] == "winograd" for n in reference.CONV_LAYERS[1:])
+    # 6x6 tiles cover 224 and 112 with 18% fewer multiplies than 4x4 ones, 56 and
+    # 28 with 9% fewer, 14 with as many
+    assert [plan[n] for n in reference.CONV_LAYERS[1:]] == \
+        ["winograd6"] * 9 + ["winograd"] * 3
+    assert set(dispatch.conv_plan((48, 48)).values()) == {"im2col", "winograd6", "winograd"}
+    assert dispatch.conv_plan((48, 48))["block4_conv3"] == "winograd6"  # 6 x 6: one tile
+    assert dispatch.conv_plan((48, 48))["block5_conv3"] == "winograd"  # 3 x 3
+    assert set(list(dispatch.conv_plan((32, 32)).values())[1:10]) == {"winograd"}
     # a 1 x 1 map would be computed as a whole 4 x 4 tile: 16x the work
     assert _core.conv3x3_algo(1, 1, 512, 512) == "im2col"
     assert _core.conv3x3_algo(2, 2, 512, 512) == "im2col"
@@ -121,7 +125,7 @@ def test_auto_picks_winograd_where_it_pays(kernels):
     assert dispatch.conv_plan((32, 32))["block5_conv1"] == "im2col"  # 2 x 2 maps
 
 
-def test_features_224_within_1e3_of_float64_torch(rng, kernels, conv_weights):
+def test_features_224_within_1e4_of_float64_torch(rng, kernels, conv_weights):
     # the issue's accuracy target for the fast path, at full size, against torch
     # in float64 on the same weights (the NumPy reference would take minutes)
     torch = pytest.importorskip("torch")
@@ -133,11 +137,13 @@ def test_features_224_within_1e3_of_float64_torch(rng, kernels, conv_weights):
     with torch.no_grad():
         ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2)).double()).numpy().transpose(0, 2, 3, 1)
     errs = {}
-    for algo in ALGOS:
+    for algo in ALGOS + ["auto"]:
         vggtl.set_conv_algo(algo)
         got = base.predict(X)
         errs[algo] = float(np.abs(got - ref).max() / np.abs(ref).max())
-    assert errs["winograd"] < 1e-3 and errs["im2col"] < 1e-4, errs
+    # what runs by default (F(6x6) on most layers at 224) keeps the 1e-4 bound
+    assert errs["auto"] < 1e-4 and errs["im2col"] < 1e-4, errs
+    assert errs["winograd"] < 1e-4 and errs["winograd6"] < 1e-4, errs
 
 
 # --- forced from the environment, in a fresh interpreter ---------------------------
@@ -183,9 +189,6 @@ def test_environment_forces_each_path(isa, algo):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert (out["isa"], out["conv"], out["algo"]) == (isa, algo, algo)
-    # OpenBLAS follows: for the baseline, Prescott's kernels (which it may name Katmai)
-    assert out["blas"] in {"portable": ("Katmai", "Prescott"), "avx2": ("Haswell",),
-                           "avx512": ("SkylakeX",), "avx512_bf16": ("SkylakeX",)}[isa]
     assert max(out["errs"]) < TOL[algo] * 10, out  # the network: 13 layers of rounding
 
 
@@ -228,15 +231,17 @@ def test_info_reports_the_paths():
 
 
 def test_feature_cache_keeps_the_algorithms_apart(rng, kernels, conv_weights):
-    # features of the two algorithms differ in the last bits: one never stands
-    # in for the other in the cache
+    # features of the algorithms differ in the last bits: one never stands in
+    # for another in the cache
     base = vggtl.VGG16(weights=conv_weights)
     X = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
     keys = {}
-    for algo in ("im2col", "winograd", "auto"):
+    for algo in ("im2col", "winograd", "winograd6", "auto"):
         vggtl.set_conv_algo(algo)
         keys[algo] = vggtl.cache.make_key(base, X=X)["conv"]
-    assert keys == {"im2col": "i" * 13, "winograd": "w" * 13, "auto": "i" + "w" * 6 + "i" * 6}  # 5 x 5 and 2 x 2 maps: im2col
+    # 40 x 40: 6x6 tiles pay at 40 and 10, not at 20; 5 x 5 and 2 x 2 maps: im2col
+    assert keys == {"im2col": "i" * 13, "winograd": "w" * 13, "winograd6": "6" * 13,
+                    "auto": "i6ww666iiiiii"}
     vggtl.set_conv_algo("im2col")
     assert vggtl.cache.make_key(base, "block2_pool", X=X)["conv"] == "iiii"
 

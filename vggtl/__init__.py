@@ -6,10 +6,7 @@
     >>> base.predict(X).shape
     (2, 1, 1, 512)
 """
-# $VGGTL_ISA also chooses OpenBLAS's kernels, which it reads once, as it loads
 from . import dispatch as _dispatch
-
-_dispatch._set_blas_coretype()
 
 # The C core is linked against scipy-openblas32; importing that package loads the
 # library into the process (RTLD_GLOBAL) so the extension finds it by soname.

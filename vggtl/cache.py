@@ -297,12 +297,12 @@ def make_key(base, layer=None, dtype="float32", view=None, input_size=None,
     }
 
 
-_ALGO_LETTERS = {"im2col": "i", "winograd": "w", "winograd_bf16": "b"}
+_ALGO_LETTERS = {"im2col": "i", "winograd": "w", "winograd6": "6", "winograd_bf16": "b"}
 
 
 def _conv_algos(input_size, stop: int, precision: str = "fp32") -> str:
     """The algorithm of each convolution up to layer ``stop``, one letter each
-    ('i' im2col, 'w' Winograd, 'b' bf16 Winograd)."""
+    ('i' im2col, 'w' Winograd F(4x4), '6' Winograd F(6x6), 'b' bf16 Winograd)."""
     from .dispatch import conv_plan
     from .vgg16 import LAYER_NAMES
     plan = conv_plan(tuple(input_size), precision=precision)

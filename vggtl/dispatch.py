@@ -1,25 +1,24 @@
 """Which kernels run: the instruction set and the 3x3 convolution algorithm.
 
 One build of vggtl runs on every x86-64 CPU. Its own vectorised kernels (the
-Winograd transforms) are compiled for AVX-512, AVX2+FMA and the baseline, and
-the best the CPU has is used; the sgemm inside every convolution is
-OpenBLAS's, which picks its own kernels for the CPU. Two environment variables,
-read once when vggtl is imported, force a path (for tests, and for comparing
-paths on one machine):
+Winograd transforms and the matrix products of every convolution and of the
+dense layers' forward pass, csrc/gemm.c) are compiled for AVX-512, AVX2+FMA and
+the baseline, and the best the CPU has is used. They give the same bits on
+every level: each output is one chain of fused multiply-adds in a fixed order.
+OpenBLAS, with whatever kernels it picks (``OPENBLAS_CORETYPE``), computes only
+training gradients. Two environment variables, read once when vggtl is
+imported, force a path (for tests, and for comparing paths on one machine):
 
 ``VGGTL_ISA``
     ``best`` (the default), ``portable``, ``avx2``, ``avx512`` or
     ``avx512_bf16`` (AVX-512 plus VDPBF16PS, which only the bf16 path uses;
-    every other level computes the same bf16 sums in plain C). Also sets
-    ``OPENBLAS_CORETYPE`` (unless already set) to the OpenBLAS kernels of that
-    level (``Prescott``, ``Haswell``, ``SkylakeX``), so that the whole
-    computation runs as it would on such a CPU. Asking for one this CPU cannot
-    run is an error at import.
+    every other level computes the same bf16 sums in plain C). Asking for one
+    this CPU cannot run is an error at import.
 ``VGGTL_CONV``
-    ``auto`` (the default: by layer shape), ``im2col`` or ``winograd``.
+    ``auto`` (the default: by layer shape), ``im2col``, ``winograd`` (F(4x4, 3x3))
+    or ``winograd6`` (F(6x6, 3x3)).
 
-:func:`set_isa` and :func:`set_conv_algo` change both at run time (vggtl's own
-kernels only: OpenBLAS chooses its kernels once, when it loads).
+:func:`set_isa` and :func:`set_conv_algo` change both at run time.
 :func:`conv_plan` says which algorithm each convolution of VGG16 takes for an
 input size; :func:`vggtl.info` reports all of it.
 """
@@ -28,13 +27,7 @@ from __future__ import annotations
 import os
 
 ISAS = ("portable", "avx2", "avx512", "avx512_bf16")
-CONV_ALGOS = ("auto", "im2col", "winograd")
-
-# OpenBLAS's DYNAMIC_ARCH core names for the same levels: the SSE3 baseline,
-# AVX2+FMA and AVX-512 kernels
-_BLAS_CORETYPE = {"portable": "Prescott", "avx2": "Haswell", "avx512": "SkylakeX",
-                  "avx512_bf16": "SkylakeX"}
-
+CONV_ALGOS = ("auto", "im2col", "winograd", "winograd6")
 
 def _env_choice(var: str, allowed) -> str | None:
     v = os.environ.get(var, "").strip().lower()
@@ -43,13 +36,6 @@ def _env_choice(var: str, allowed) -> str | None:
     if v not in allowed:
         raise ValueError(f"${var}: expected one of {', '.join(map(repr, allowed))}, got {v!r}")
     return v
-
-
-def _set_blas_coretype() -> None:
-    """Before OpenBLAS loads: point it at the kernels $VGGTL_ISA names."""
-    isa = _env_choice("VGGTL_ISA", ("best",) + ISAS)
-    if isa in _BLAS_CORETYPE and "OPENBLAS_CORETYPE" not in os.environ:
-        os.environ["OPENBLAS_CORETYPE"] = _BLAS_CORETYPE[isa]
 
 
 def _apply_env() -> None:
@@ -92,7 +78,8 @@ def get_isa() -> str:
 
 
 def set_conv_algo(name: str) -> None:
-    """3x3 convolutions by 'auto' (per layer shape), 'im2col' or 'winograd'.
+    """3x3 convolutions by 'auto' (per layer shape), 'im2col', 'winograd' (F(4x4))
+    or 'winograd6' (F(6x6)).
 
     Winograd F(4x4, 3x3) does 4x fewer multiplications; its features differ from
     the direct convolution's by a few 1e-6 of their largest value (float32
@@ -105,7 +92,7 @@ def set_conv_algo(name: str) -> None:
 
 
 def get_conv_algo() -> str:
-    """The setting: 'auto', 'im2col' or 'winograd'."""
+    """The setting: 'auto', 'im2col', 'winograd' or 'winograd6'."""
     from . import _core
     return _core.get_conv_algo()
 
@@ -122,7 +109,7 @@ def conv_plan(input_shape=(224, 224), precision: str = "fp32") -> dict:
     """The algorithm each of VGG16's convolutions takes for an input of
     ``input_shape`` (h, w[, c]) at ``precision`` ('fp32' or 'bf16', see
     :class:`vggtl.VGG16`) under the current setting: {layer name: algo}, algo
-    one of 'im2col', 'winograd', 'winograd_bf16'."""
+    one of 'im2col', 'winograd', 'winograd6', 'winograd_bf16'."""
     from . import _core
     h, w = _hw(input_shape)
     plan, cin = {}, 3

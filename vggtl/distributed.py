@@ -302,33 +302,23 @@ class _Spec:
 
 
 def _kernels() -> Optional[dict]:
-    """The kernels this process computes with (vggtl's instruction set and conv
-    algorithm, OpenBLAS's core type), or None if this vggtl has no such choice."""
+    """What this process computes with that changes the features: the 3x3
+    algorithm setting (the instruction set and OpenBLAS's kernels do not: every
+    level gives the same bits), or None if this vggtl has no such choice."""
     try:
         from . import dispatch
     except ImportError:
         return None
-    return {"isa": dispatch.get_isa(), "conv_algo": dispatch.get_conv_algo(),
-            "blas_coretype": _core.build_info().get("blas_coretype")}
+    return {"conv_algo": dispatch.get_conv_algo()}
 
 
 def _use_kernels(wanted: Optional[dict]) -> None:
-    """Compute with the client's kernels, so that every chunk is what the client
-    would have computed (other kernels round differently)."""
+    """Compute with the client's algorithm setting, so that every chunk is what
+    the client would have computed; each worker runs its own CPU's best
+    instruction set, which gives the same bits."""
     if wanted is None or _kernels() == wanted:
         return
     from . import dispatch
-    here = _core.build_info().get("blas_coretype")
-    if here != wanted["blas_coretype"]:
-        raise RuntimeError(f"kernels: this worker's OpenBLAS uses {here} kernels, the client's "
-                           f"{wanted['blas_coretype']}; the features would differ. Start the "
-                           f"client and the workers with one VGGTL_ISA (e.g. VGGTL_ISA=avx2)")
-    try:
-        dispatch.set_isa(wanted["isa"])
-    except ValueError as e:
-        raise RuntimeError(f"kernels: the client computes with {wanted['isa']} kernels, which "
-                           f"this worker cannot run ({e}); start the client with a VGGTL_ISA "
-                           f"every worker supports") from None
     dispatch.set_conv_algo(wanted["conv_algo"])
 
 

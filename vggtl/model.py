@@ -29,7 +29,7 @@ from . import optim as _optim
 from . import metrics as _metrics
 from .callbacks import Callback, EarlyStopping, History
 from .layers import INPUT_LAYERS, Dense, Dropout, Flatten, Layer, from_config
-from .vgg16 import LAYER_NAMES, VGG16
+from .vgg16 import CONV_LAYERS, LAYER_NAMES, VGG16
 
 LOSSES = {"binary_crossentropy": 0, "categorical_crossentropy": 1,
           "sparse_categorical_crossentropy": 2}
@@ -191,9 +191,10 @@ class TransferModel:
                                  f"got {nw.shape} and {nb.shape}")
             new[name] = (nw, nb)
         # copy into the existing arrays: the optimizer and the core keep their addresses
-        for name, (nw, nb) in new.items():
-            targets[name][0][...] = nw
-            targets[name][1][...] = nb
+        with self.base._writing(list(new)):
+            for name, (nw, nb) in new.items():
+                targets[name][0][...] = nw
+                targets[name][1][...] = nb
 
     def count_params(self) -> int:
         return self.base.count_params() + sum(w.size + b.size for w, b in self._weights.values())
@@ -792,17 +793,21 @@ class TransferModel:
         tail = (first, tuple(convs))
         head = self._spec(with_slots=True)
         h, w = F.shape[1:3]
-        ws = np.empty(_core.finetune_workspace_floats(tail, head, batch_size, h, w), np.float32)
+        tuned = [n for n, c in zip(CONV_LAYERS, convs) if c is not None]
+        with self.base._writing(tuned):  # the core trains the base's arrays in place
+            ws = np.empty(_core.finetune_workspace_floats(tail, head, batch_size, h, w),
+                          np.float32)
         order = np.empty(n, dtype=np.int64)
         loss_code = LOSSES[self.loss]
         outputs = np.empty((n, self.output_units), np.float32) if self._metric_objs else None
 
         def run_epoch():
             Fe = F if epoch_features is None else epoch_features(self._epochs_done)
-            r = _core.finetune_fit_epoch(
-                Fe, tail, head, self.optimizer.as_core_tuple(-(-n // batch_size)),
-                self.optimizer.iterations, loss_code, targets, sw, batch_size, shuffle, self.seed,
-                self._epochs_done, order, ws, outputs)
+            with self.base._writing(tuned):
+                r = _core.finetune_fit_epoch(
+                    Fe, tail, head, self.optimizer.as_core_tuple(-(-n // batch_size)),
+                    self.optimizer.iterations, loss_code, targets, sw, batch_size, shuffle,
+                    self.seed, self._epochs_done, order, ws, outputs)
             return r, targets, outputs
 
         def validate():

@@ -9,6 +9,7 @@ kernels (in, out), float32. ``get_weights()`` returns ``{layer: (kernel, bias)}`
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import warnings
@@ -44,12 +45,12 @@ _WORKSPACE_BYTES = 512 << 20
 
 def _images_per_pass(stop, pool, h, w, start=0):
     """Images the core takes through the layers at a time: as many as the
-    workspace budget holds. Each pass transforms every Winograd layer's kernels
-    again (36 x Cin x Cout floats, 235 MB for the whole base), so passes are as
-    large as the budget allows, whatever batch_size says: features do not depend
-    on how images are grouped."""
-    one = _core.vgg16_workspace_floats(stop, pool, 1, h, w, start_layer=start)
-    per = _core.vgg16_workspace_floats(stop, pool, 2, h, w, start_layer=start) - one
+    workspace budget holds (the kernels come prepared, VGG16._prepared_for, so
+    the workspace holds activations and block buffers only). Features do not
+    depend on how images are grouped."""
+    one = _core.vgg16_workspace_floats(stop, pool, 1, h, w, start_layer=start, prepared=True)
+    per = _core.vgg16_workspace_floats(stop, pool, 2, h, w, start_layer=start,
+                                       prepared=True) - one
     fixed = one - per  # the convolution's workspace: the same for any number of images
     return max(1, (_WORKSPACE_BYTES // 4 - fixed) // max(per, 1))
 
@@ -183,6 +184,9 @@ class VGG16:
         self._warned_unit_range = False  # _warn_if_unit_range: once per model
         self._trainable = set()  # layer names marked trainable (for fine-tuning)
         self._weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        # conv name -> (algo, its kernel prepared for algo): transformed once,
+        # reused by every call while the weights stay (see _writing)
+        self._prepared: Dict[str, Tuple[str, np.ndarray]] = {}
         # "imagenet", a path, a dict or None -> (dict or None, the weights' preprocessing)
         loaded, wanted = _weights.resolve_weights(weights, include_top=self.include_top)
         self.preprocess = wanted if preprocess == "auto" else preprocess
@@ -246,6 +250,15 @@ class VGG16:
                 fan_in, fan_out = kshape
             self._weights[name] = (_glorot_uniform(rng, kshape, fan_in, fan_out),
                                    np.zeros(bshape, dtype=np.float32))
+        self._freeze_arrays()
+
+    def _freeze_arrays(self):
+        """Makes every weight array read-only (writes go through _writing) and
+        drops the kernels prepared from earlier ones."""
+        for k, b in self._weights.values():
+            k.flags.writeable = False
+            b.flags.writeable = False
+        self._prepared = {}
 
     def set_weights(self, weights: Mapping) -> None:
         """Set all weights from ``{layer: (kernel, bias)}`` (Keras layouts).
@@ -288,7 +301,9 @@ class VGG16:
                     raise ValueError(f"weights['{name}'] {what}: contains NaN or infinity")
                 arrays.append(a)
             new[name] = (arrays[0], arrays[1])
-        self._weights = new
+        with self._lock:
+            self._weights = new
+            self._freeze_arrays()
 
     def get_weights(self) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """``{layer: (kernel, bias)}`` in Keras layouts (HWIO / (in, out)); copies."""
@@ -363,14 +378,17 @@ class VGG16:
         # the workspace is reused across calls; the lock keeps two threads
         # predicting with one model from sharing it at the same time
         with self._lock:
-            ws = self._get_workspace(_core.vgg16_workspace_floats(stop, pool, fit, h, w))
+            ws = self._get_workspace(_core.vgg16_workspace_floats(stop, pool, fit, h, w,
+                                                                  prepared=True))
+            prepared = self._prepared_for(0, stop, h, w)
             for i in range(0, n, step):
                 xb = batch_for_core(X[i:i + step])
                 check_finite_batch(xb, "X", i)
                 if i == 0:
                     self._warn_if_unit_range(xb)
                 _core.vgg16_forward(xb, params, stop, pool, scale, shift, rev, ws,
-                                    out=out[i:i + step], precision=self.precision)
+                                    out=out[i:i + step], precision=self.precision,
+                                    prepared=prepared)
         return out
 
     def forward_from(self, F, after: str, layer: Optional[str] = None,
@@ -399,11 +417,13 @@ class VGG16:
         params = self._params(stop >= _INDEX["fc1"])
         with self._lock:
             ws = self._get_workspace(_core.vgg16_workspace_floats(
-                stop, _core.POOL_NONE, fit, h, w, start_layer=start))
+                stop, _core.POOL_NONE, fit, h, w, start_layer=start, prepared=True))
+            prepared = self._prepared_for(start, stop, h, w)
             for i in range(0, n, step):
                 _core.vgg16_forward(F[i:i + step], params, stop, _core.POOL_NONE,
                                     (1.0,) * 3, (0.0,) * 3, False, ws, out=out[i:i + step],
-                                    start_layer=start, precision=self.precision)
+                                    start_layer=start, precision=self.precision,
+                                    prepared=prepared)
         return out
 
     def extract(self, X, layer: Optional[str] = None, cache=True, batch_size: int = 32,
@@ -429,14 +449,55 @@ class VGG16:
         if not (0.0 <= lo and hi <= 1.0 and hi > 0.0):
             return
         self._warned_unit_range = True
-        what = {"scale": "divides by 255 itself", "caffe": "subtracts the ImageNet mean of "
-                "0..255 pixels", "torch": "divides by 255 itself, then standardises"}.get(self.preprocess,
-                                                                          "expects 0..255")
+        what = {"scale": "divides by 255 itself",
+                "caffe": "subtracts the ImageNet mean of 0..255 pixels",
+                "torch": "divides by 255 itself, then standardises"}.get(self.preprocess,
+                                                                         "expects 0..255")
         warnings.warn(f"X: float images with every value in [0, 1] (max {hi:.3g}), but "
                       f"preprocess={self.preprocess!r} expects pixels in 0..255 (it {what}): "
                       f"the network sees near-black images. Pass the images as loaded (X, "
                       f"not X / 255.0), or VGG16(preprocess=None) if X is already what the "
                       f"network should see", UserWarning, stacklevel=3)
+
+    # -- prepared kernels -------------------------------------------------------
+    def _prepared_for(self, start: int, stop: int, h: int, w: int):
+        """The 13 entries of the core's ``prepared=``: (algo, kernel prepared for
+        it) for each conv run from layer ``start`` to ``stop`` on h x w maps, None
+        for the others. Prepared once per layer and algorithm (a Winograd kernel
+        is 4x the float32 weights), dropped when the weights change (_writing)."""
+        entries = [None] * len(CONV_LAYERS)
+        cin = _LAYERS[start - 1][2] if start else 3
+        for i, (name, kind, units) in enumerate(_LAYERS[start:stop + 1], start):
+            if kind == "conv":
+                algo = _core.conv3x3_algo(h, w, cin, units, precision=self.precision)
+                got = self._prepared.get(name)
+                if got is None or got[0] != algo:
+                    got = (algo, _core.conv3x3_prepare(self._weights[name][0], algo))
+                    self._prepared[name] = got
+                entries[CONV_LAYERS.index(name)] = got
+            elif kind == "pool":
+                h, w = h // 2, w // 2
+            if units:
+                cin = units
+        return entries
+
+    @contextlib.contextmanager
+    def _writing(self, names):
+        """Lets the kernels and biases of layers ``names`` be written in place
+        (set_weights of a TransferModel, fine-tuning), and drops what was derived
+        from them on the way out. The arrays are read-only otherwise, so that no
+        write can leave a stale prepared kernel behind unnoticed."""
+        names = [n for n in names if n in self._weights]
+        for n in names:
+            for a in self._weights[n]:
+                a.flags.writeable = True
+        try:
+            yield
+        finally:
+            for n in names:
+                for a in self._weights[n]:
+                    a.flags.writeable = False
+                self._prepared.pop(n, None)
 
     def _check_image_size(self, h, w, c):
         if self.input_shape is not None:

@@ -1,0 +1,259 @@
+/*
+ * gemm.c - vggtl's own single-threaded sgemm for the frozen network's
+ * convolutions:  C (m, n) = A (m, k) @ B (k, n), B packed beforehand.
+ *
+ * Why not BLAS: a BLAS chooses its kernels and its summation order by the CPU,
+ * by $OPENBLAS_CORETYPE and by the shape of each call, so an image's features
+ * used to change with the batch it came in. Here every element of C is one
+ * chain of fused multiply-adds over k = 0, 1, ..., k-1 starting from zero:
+ *   c[i][j] = fma(a[i][k-1], b[k-1][j], ... fma(a[i][0], b[0][j], 0))
+ * whatever m, n, the row's place in A, the blocking, the thread that runs it
+ * and the instruction set (AVX2 and AVX-512 fuse exactly as fmaf does). So a
+ * row of C is a function of its row of A and of B alone, on every CPU.
+ *
+ * B is packed once per product (or once per layer, by the caller) into panels
+ * of NR = 16 columns, zero-padded: panel p holds columns 16p .. 16p+15 as
+ * k rows of 16 floats, bp[(p * k + kk) * 16 + j]. A is read in place (rows of
+ * stride lda), C written in place (stride ldc).
+ *
+ * Loops: k in blocks of KC (a block of a panel, 16 KiB, stays in L1 while every
+ * row of A passes over it; continuing a chain from the stored partial sum is
+ * exact, so the blocking never shows in the bits), then panels, then MR rows.
+ * The micro-kernel holds MR x 16 (AVX2: 6 x 16, 12 ymm) sums in registers.
+ */
+#include "vgg_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+#define NR VGG_GEMM_NR
+#define KC 256
+
+size_t vgg_gemm_packed_floats(size_t k, size_t n) { return (n + NR - 1) / NR * NR * k; }
+
+void vgg_gemm_pack_b(float *bp, const float *b, size_t ldb, size_t k, size_t n) {
+    const size_t np = (n + NR - 1) / NR;
+    for (size_t p = 0; p < np; p++) {
+        const size_t j0 = p * NR, len = n - j0 < NR ? n - j0 : NR;
+        float *dst = bp + p * k * NR;
+        for (size_t kk = 0; kk < k; kk++) {
+            const float *src = b + kk * ldb + j0;
+            float *d = dst + kk * NR;
+            if (len == NR) {
+                memcpy(d, src, NR * sizeof *d);
+            } else {
+                for (size_t j = 0; j < NR; j++) d[j] = j < len ? src[j] : 0.0f;
+            }
+        }
+    }
+}
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* C rows [0, mr) x the panel's `cols` columns (+)= A rows @ the panel's kc rows,
+ * row p of the panel at b + p * bs (16 floats; bs is 16 in a packed panel).
+ * `more` continues the chains from C's current values (a later k block). The
+ * sums of columns past `cols` (zero padding) are computed and dropped. */
+typedef void (*kernel_fn)(size_t mr, const float *a, size_t lda, const float *b, size_t bs,
+                          float *c, size_t ldc, size_t kc, int more, size_t cols);
+
+/* ---- portable: the same chains through fmaf ------------------------------ */
+
+#define PORT_MR 4
+
+static void kernel_portable(size_t mr, const float *a, size_t lda, const float *b, size_t bs,
+                            float *c, size_t ldc, size_t kc, int more, size_t cols) {
+    float acc[PORT_MR][NR];
+    for (size_t i = 0; i < mr; i++)
+        for (size_t j = 0; j < NR; j++) acc[i][j] = more && j < cols ? c[i * ldc + j] : 0.0f;
+    for (size_t p = 0; p < kc; p++) {
+        const float *bk = b + p * bs;
+        for (size_t i = 0; i < mr; i++) {
+            const float ai = a[i * lda + p];
+            for (size_t j = 0; j < NR; j++) acc[i][j] = fmaf(ai, bk[j], acc[i][j]);
+        }
+    }
+    for (size_t i = 0; i < mr; i++)
+        for (size_t j = 0; j < cols; j++) c[i * ldc + j] = acc[i][j];
+}
+
+/* ---- x86: one body, instantiated per vector width ------------------------
+ * VL floats a vector, NR / VL vectors a panel row; MR rows, a compile-time
+ * constant in each instantiation so the sums stay in registers. */
+#if VGG_X86_DISPATCH
+#include <immintrin.h>
+
+#define DEFINE_KERNEL(name, attr, MR, VT, VL, VZERO, VLOAD, VSTORE, VSET1, VFMA)              \
+    attr static void name(size_t mr, const float *a, size_t lda, const float *b, size_t bs,  \
+                          float *c, size_t ldc, size_t kc, int more, size_t cols) {         \
+        enum { NV = NR / VL };                                                               \
+        VT acc[MR][NV];                                                                      \
+        float tmp[MR][NR];                                                                   \
+        if (more && cols < NR)                                                               \
+            for (size_t i = 0; i < mr; i++)                                                  \
+                for (size_t j = 0; j < NR; j++) tmp[i][j] = j < cols ? c[i * ldc + j] : 0.0f; \
+        for (int i = 0; i < MR; i++)                                                         \
+            for (int v = 0; v < NV; v++)                                                     \
+                acc[i][v] = !more || (size_t)i >= mr ? VZERO()                               \
+                            : cols < NR            ? VLOAD(&tmp[i][v * VL])                  \
+                                                   : VLOAD(c + (size_t)i * ldc + v * VL);    \
+        const float *ar[MR];                                                                 \
+        for (int i = 0; i < MR; i++) ar[i] = a + (size_t)((size_t)i < mr ? i : 0) * lda;    \
+        for (size_t p = 0; p < kc; p++) {                                                    \
+            VT bv[NV];                                                                       \
+            for (int v = 0; v < NV; v++) bv[v] = VLOAD(b + p * bs + v * VL);                 \
+            for (int i = 0; i < MR; i++) {                                                   \
+                const VT ai = VSET1(ar[i][p]);                                               \
+                for (int v = 0; v < NV; v++) acc[i][v] = VFMA(ai, bv[v], acc[i][v]);         \
+            }                                                                                \
+        }                                                                                    \
+        if (cols == NR) {                                                                    \
+            for (int i = 0; i < MR; i++)                                                     \
+                if ((size_t)i < mr)                                                          \
+                    for (int v = 0; v < NV; v++) VSTORE(c + (size_t)i * ldc + v * VL, acc[i][v]); \
+        } else {                                                                             \
+            for (int i = 0; i < MR; i++)                                                     \
+                for (int v = 0; v < NV; v++) VSTORE(&tmp[i][v * VL], acc[i][v]);             \
+            for (size_t i = 0; i < mr; i++)                                                  \
+                memcpy(c + i * ldc, tmp[i], cols * sizeof(float));                           \
+        }                                                                                    \
+    }
+
+#define AVX2_ATTR __attribute__((target("avx2,fma")))
+#define AVX512_ATTR __attribute__((target("avx512f,avx2,fma")))
+
+/* Each row count gets its own copy so that short edge blocks do not run (and
+ * wait on) the sums of absent rows. */
+#define AVX2_KERNEL(R)                                                                       \
+    DEFINE_KERNEL(kernel_avx2_##R, AVX2_ATTR, R, __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, \
+                  _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps)
+AVX2_KERNEL(6)
+AVX2_KERNEL(4)
+AVX2_KERNEL(2)
+AVX2_KERNEL(1)
+
+#define AVX512_KERNEL(R)                                                                     \
+    DEFINE_KERNEL(kernel_avx512_##R, AVX512_ATTR, R, __m512, 16, _mm512_setzero_ps,         \
+                  _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps)
+AVX512_KERNEL(14)
+AVX512_KERNEL(8)
+AVX512_KERNEL(4)
+AVX512_KERNEL(1)
+
+/* kernel for `mr` rows (at most the widest's MR) */
+AVX2_ATTR static void kernel_avx2(size_t mr, const float *a, size_t lda, const float *b,
+                                  size_t bs, float *c, size_t ldc, size_t kc, int more,
+                                  size_t cols) {
+    if (mr > 4) kernel_avx2_6(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else if (mr > 2) kernel_avx2_4(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else if (mr == 2) kernel_avx2_2(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else kernel_avx2_1(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+}
+
+AVX512_ATTR static void kernel_avx512(size_t mr, const float *a, size_t lda, const float *b,
+                                      size_t bs, float *c, size_t ldc, size_t kc, int more,
+                                      size_t cols) {
+    if (mr > 8) kernel_avx512_14(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else if (mr > 4) kernel_avx512_8(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else if (mr > 1) kernel_avx512_4(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+    else kernel_avx512_1(mr, a, lda, b, bs, c, ldc, kc, more, cols);
+}
+#endif
+
+/* (kernel, rows per call) for an instruction set */
+static kernel_fn kernel_for(int isa, size_t *mr) {
+#if VGG_X86_DISPATCH
+    if (isa == VGG_ISA_AVX512 || isa == VGG_ISA_AVX512_BF16) {
+        *mr = 14;
+        return kernel_avx512;
+    }
+    if (isa == VGG_ISA_AVX2) {
+        *mr = 6;
+        return kernel_avx2;
+    }
+#endif
+    (void)isa;
+    *mr = PORT_MR;
+    return kernel_portable;
+}
+
+void vgg_gemm(float *c, size_t ldc, const float *a, size_t lda, const float *bp, size_t m,
+              size_t n, size_t k) {
+    size_t mr;
+    const kernel_fn kern = kernel_for(vgg_get_isa(), &mr);
+    const size_t np = (n + NR - 1) / NR;
+    if (k == 0) {
+        for (size_t i = 0; i < m; i++) memset(c + i * ldc, 0, n * sizeof *c);
+        return;
+    }
+    for (size_t k0 = 0; k0 < k; k0 += KC) {
+        const size_t kc = k - k0 < KC ? k - k0 : KC;
+        for (size_t p = 0; p < np; p++) {
+            const size_t cols = n - p * NR < NR ? n - p * NR : NR;
+            const float *b = bp + (p * k + k0) * NR;
+            for (size_t i0 = 0; i0 < m; i0 += mr) {
+                const size_t rows = m - i0 < mr ? m - i0 : mr;
+                kern(rows, a + i0 * lda + k0, lda, b, NR, c + i0 * ldc + p * NR, ldc, kc, k0 > 0,
+                     cols);
+            }
+        }
+    }
+}
+
+void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
+                size_t m, size_t n, size_t k) {
+    size_t mr;
+    const kernel_fn kern = kernel_for(vgg_get_isa(), &mr);
+    const size_t np = (n + NR - 1) / NR;
+    float edge[KC * NR]; /* a short last panel, zero-padded: B's rows end before 16 columns */
+    if (k == 0) {
+        for (size_t i = 0; i < m; i++) memset(c + i * ldc, 0, n * sizeof *c);
+        return;
+    }
+    for (size_t k0 = 0; k0 < k; k0 += KC) {
+        const size_t kc = k - k0 < KC ? k - k0 : KC;
+        for (size_t p = 0; p < np; p++) {
+            const size_t cols = n - p * NR < NR ? n - p * NR : NR;
+            const float *bb = b + k0 * ldb + p * NR;
+            size_t bs = ldb;
+            if (cols < NR) {
+                vgg_gemm_pack_b(edge, bb, ldb, kc, cols);
+                bb = edge;
+                bs = NR;
+            }
+            for (size_t i0 = 0; i0 < m; i0 += mr) {
+                const size_t rows = m - i0 < mr ? m - i0 : mr;
+                kern(rows, a + i0 * lda + k0, lda, bb, bs, c + i0 * ldc + p * NR, ldc, kc, k0 > 0,
+                     cols);
+            }
+        }
+    }
+}
+
+/* Blocks of at least this many rows, or panels of columns, per thread. */
+#define MIN_ROWS_PER_THREAD 16
+
+void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
+                         size_t ldb, size_t m, size_t n, size_t k) {
+    size_t nth = (size_t)vgg_get_num_threads();
+    if ((double)m * (double)n * (double)k < (double)(1 << 20)) nth = 1; /* not worth a team */
+    const size_t np = (n + NR - 1) / NR;
+    /* by rows when there are enough of them, else by panels of columns */
+    const int by_rows = m >= MIN_ROWS_PER_THREAD * nth || m >= np;
+    const size_t units = by_rows ? m : np;
+    if (nth > units) nth = units;
+    if (nth <= 1) {
+        vgg_gemm_b(c, ldc, a, lda, b, ldb, m, n, k);
+        return;
+    }
+    VGG_OMP_FOR_N((int)nth)
+    for (size_t t = 0; t < nth; t++) {
+        const size_t u0 = t * units / nth, u1 = (t + 1) * units / nth;
+        if (by_rows) {
+            vgg_gemm_b(c + u0 * ldc, ldc, a + u0 * lda, lda, b, ldb, u1 - u0, n, k);
+        } else {
+            const size_t j0 = u0 * NR, j1 = u1 * NR < n ? u1 * NR : n;
+            vgg_gemm_b(c + j0, ldc, a, lda, b + j0, ldb, m, j1 - j0, k);
+        }
+    }
+}
