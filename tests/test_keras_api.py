@@ -287,3 +287,14 @@ def test_images_divided_by_255_warn_once(mode):
         b.predict(X.astype(np.float32))  # 0..255 floats
         vggtl.VGG16(weights=None, input_shape=(32, 32, 3), preprocess="scale").predict(X)  # uint8
         vggtl.VGG16(weights=None, input_shape=(32, 32, 3), preprocess=None).predict(X / 255.0)
+
+
+def test_metrics_come_back_with_the_model(base, tmp_path):
+    m = model_of(base, metrics=["accuracy", "AUC",
+                                vggtl.metrics.TopKCategoricalAccuracy(k=1, name="top1")])
+    m.save(tmp_path / "m.vggtl")
+    with pytest.warns(RuntimeWarning, match="'top1'"):
+        back = vggtl.load_model(tmp_path / "m.vggtl")
+    assert back.metrics == ["accuracy", "auc"]
+    F, y = features(8)
+    assert len(back.evaluate_features(F, y)) == 3

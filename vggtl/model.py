@@ -1025,7 +1025,7 @@ def load_model(path, compile: bool = True) -> TransferModel:
     comp = config.get("compile") if compile else None
     if comp:
         model.compile(optimizer=_optim.get(comp["optimizer"]), loss=comp["loss"],
-                      metrics=comp["metrics"])
+                      metrics=_saved_metrics(comp.get("metrics"), path))
         model.optimizer.iterations = int(comp.get("iterations", 0))
         for (name, i), arr in slots.items():
             dst = model._slots.get(name, (None,) * 4)[i]
@@ -1035,6 +1035,22 @@ def load_model(path, compile: bool = True) -> TransferModel:
             dst[...] = arr
     model._epochs_done = int(config.get("epochs_done", 0))
     return model
+
+
+def _saved_metrics(names, path) -> list:
+    """The compiled metrics of a saved model, by name: Keras's names come back
+    with their defaults (AUC(), top-5); a metric vggtl cannot rebuild by its
+    name (a custom name) is left out, with a warning."""
+    out = []
+    for name in names if isinstance(names, list) else []:
+        try:
+            _metrics.get(name)
+            out.append(name)
+        except ValueError:
+            warnings.warn(f"path: {path!r} was compiled with the metric {name!r}, which "
+                          f"load_model cannot rebuild by its name; compile again to use it",
+                          RuntimeWarning, stacklevel=3)
+    return out
 
 
 def _read_metadata(raw: bytes, path: str) -> dict:
