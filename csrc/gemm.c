@@ -88,10 +88,11 @@ static void kernel_portable(size_t mr, const float *a, size_t lda, const float *
                           float *c, size_t ldc, size_t kc, int more, size_t cols) {         \
         enum { NV = NR / VL };                                                               \
         VT acc[MR][NV];                                                                      \
-        float tmp[MR][NR];                                                                   \
-        if (more && cols < NR)                                                               \
-            for (size_t i = 0; i < mr; i++)                                                  \
-                for (size_t j = 0; j < NR; j++) tmp[i][j] = j < cols ? c[i * ldc + j] : 0.0f; \
+        float tmp[MR][NR]; /* a short panel's sums: C has fewer than NR columns there */    \
+        if (cols < NR)                                                                       \
+            for (size_t i = 0; i < MR; i++)                                                  \
+                for (size_t j = 0; j < NR; j++)                                              \
+                    tmp[i][j] = more && i < mr && j < cols ? c[i * ldc + j] : 0.0f;          \
         for (int i = 0; i < MR; i++)                                                         \
             for (int v = 0; v < NV; v++)                                                     \
                 acc[i][v] = !more || (size_t)i >= mr ? VZERO()                               \

@@ -1778,18 +1778,6 @@ static PyObject *py_finetune_fit_epoch(PyObject *self, PyObject *args, PyObject 
     return epoch_result(st, &stats, it, "finetune_fit_epoch");
 }
 
-static PyObject *py_digest128(PyObject *self, PyObject *arg) {
-    (void)self;
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) != 0) return NULL; /* contiguous bytes */
-    uint8_t out[16];
-    Py_BEGIN_ALLOW_THREADS
-    vgg_digest128(out, view.buf, (size_t)view.len);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
-    return PyBytes_FromStringAndSize((const char *)out, 16);
-}
-
 /* ------------------------------------------------------------------------ */
 /* module                                                                   */
 
@@ -1892,8 +1880,6 @@ static PyMethodDef methods[] = {
      "finetune_fit_epoch(x, tail, head, optimizer, iterations, loss, y, sample_weight, batch, "
      "shuffle, seed, epoch, order, workspace, outputs=None) -> (loss_sum, correct, seen, batches, "
      "iterations, grad_batches)"},
-    {"digest128", py_digest128, METH_O,
-     "digest128(buffer) -> 16 bytes: XXH64 with two seeds (fast, not cryptographic)"},
     {NULL, NULL, 0, NULL},
 };
 

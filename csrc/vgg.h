@@ -617,10 +617,6 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
                              int64_t *order, float *outputs, float *workspace,
                              size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx);
 
-/* hash.c: a 128-bit non-cryptographic digest (XXH64 with two seeds) of len
- * bytes, for the feature cache's content keys. Thread-safe, no state. */
-void vgg_digest128(uint8_t out[16], const void *data, size_t len);
-
 #ifdef __cplusplus
 }
 #endif

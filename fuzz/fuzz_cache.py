@@ -2,14 +2,21 @@
 stamp of one entry, as vggtl.cache finds them on disk).
 
 An input is a flag byte, three little-endian uint32 lengths, then the bytes of
-manifest.json, data.npy and verified (fuzz/seeds.py: cache_input). With the flag
-set, the target wraps the manifest with its correct SHA-256, so that mutations
-reach the checks of its fields and not only the digest.
+manifest.json, data.npy and verified (fuzz/seeds.py: cache_input). With bit 0 of
+the flag set, the target wraps the manifest with its correct SHA-256, so that
+mutations reach the checks of its fields and not only the digest. Bits 1 to 4 put a
+FIFO in place of manifest.json, data.npy, verified or lock; bit 5 a symlink to a
+folder outside the entry in place of chunks/, bit 6 one to a file outside in place
+of manifest.json, as someone sharing the cache folder could (fuzz/seeds.py:
+cache_input's ``special``).
 
-Contract (vggtl.cache: "nothing is used unless its CRC matches the manifest"):
+Contract (vggtl.cache: "nothing is used unless its CRC matches the manifest"; "a
+symlink, a FIFO or any other special file ... makes the entry damaged"):
 ``load_manifest`` gives None or a manifest and never raises; ``try_read`` gives None
 or a read-only array of the manifest's shape and dtype whose every chunk matches its
-CRC, and never raises; ``info`` and ``clear`` of the folder never raise.
+CRC, and raises nothing but the cache's "damaged entry" (only when a special file
+is there); ``info`` and ``clear`` of the folder never raise; nothing waits on a
+FIFO, and nothing outside the entry is read or changed.
 
     python fuzz/fuzz_cache.py -max_total_time=600 -timeout=10 -rss_limit_mb=2048 \
         -max_len=65536 CORPUS/cache
@@ -31,7 +38,31 @@ with _harness.instrumented_imports():
     from vggtl import cache as vc
 
 ROOT = os.path.join(_harness.scratch_dir(), "features")
+OUTSIDE = os.path.join(_harness.scratch_dir(), "outside")
 _HEAD = struct.Struct("<BIII")
+_FIFO_BITS = {1: "manifest.json", 2: "data.npy", 3: "verified", 4: "lock"}
+_OUTSIDE_TEXT = b'{"manifest": {"format": "vggtl.features"}}'
+
+
+def _plant(entry, flags: int) -> bool:
+    """Special files in the entry as ``flags`` asks; True if any."""
+    planted = False
+    for bit, name in _FIFO_BITS.items():
+        if flags >> bit & 1:
+            path = os.path.join(entry.dir, name)
+            if os.path.lexists(path):
+                os.unlink(path)
+            os.mkfifo(path)
+            planted = True
+    if flags >> 5 & 1:
+        os.symlink(OUTSIDE, entry.chunk_dir)
+        planted = True
+    if flags >> 6 & 1 and not flags >> 1 & 1:
+        if os.path.lexists(entry.manifest_path):
+            os.unlink(entry.manifest_path)
+        os.symlink(os.path.join(OUTSIDE, "secret.json"), entry.manifest_path)
+        planted = True
+    return planted
 
 
 def _key_of(manifest_bytes: bytes):
@@ -51,10 +82,10 @@ def _key_of(manifest_bytes: bytes):
 def one_input(raw: bytes) -> None:
     if len(raw) < _HEAD.size:
         return
-    rewrap, lm, ld, lv = _HEAD.unpack_from(raw)
+    flags, lm, ld, lv = _HEAD.unpack_from(raw)
     body = raw[_HEAD.size:]
     manifest, data, verified = body[:lm], body[lm:lm + ld], body[lm + ld:lm + ld + lv]
-    if rewrap & 1:
+    if flags & 1:
         try:
             m = json.loads(manifest)
             manifest = json.dumps({"manifest": m, "sha256": hashlib.sha256(
@@ -64,17 +95,28 @@ def one_input(raw: bytes) -> None:
     key = _key_of(manifest)
     entry = vc._Entry(ROOT, key)
     shutil.rmtree(ROOT, ignore_errors=True)
+    shutil.rmtree(OUTSIDE, ignore_errors=True)
     os.makedirs(entry.dir)
+    os.makedirs(OUTSIDE)
+    with open(os.path.join(OUTSIDE, "secret.json"), "wb") as f:
+        f.write(_OUTSIDE_TEXT)
+    with open(os.path.join(entry.dir, vc.MARKER), "wb") as f:
+        f.write(vc._MARKER_TEXT)
     for path, content in ((entry.manifest_path, manifest), (entry.data_path, data),
                           (entry.stamp_path, verified)):
         if content:
             with open(path, "wb") as f:
                 f.write(content)
+    special = _plant(entry, flags)
     vc._verified_here.clear()
 
     m = vc.load_manifest(entry.manifest_path)
     assert m is None or isinstance(m, dict)
-    got = entry.try_read()
+    try:
+        got = entry.try_read()
+    except vc._Damaged:
+        assert special, "a damaged entry without any special file in it"
+        got = None
     if got is not None:
         m = vc.load_manifest(entry.manifest_path, key)
         assert m is not None and m["complete"]
@@ -88,6 +130,9 @@ def one_input(raw: bytes) -> None:
     info = vc.info(ROOT)
     assert len(info["entries"]) == 1
     vc.clear(ROOT)
+    assert os.listdir(OUTSIDE) == ["secret.json"]
+    with open(os.path.join(OUTSIDE, "secret.json"), "rb") as f:
+        assert f.read() == _OUTSIDE_TEXT
 
 
 if __name__ == "__main__":

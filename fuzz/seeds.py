@@ -67,41 +67,66 @@ def _read(path):
 
 def seeds_h5(d):
     """Keras legacy .h5 (with and without the weightless layers), Keras 3
-    .weights.h5 and .keras (a zip holding one)."""
-    import h5py
+    .weights.h5 and .keras (a zip holding one); the same with a kernel whose data
+    are not in the file (external storage, virtual datasets, soft and external
+    links, a layer group linked from another file: all refused), and .keras files
+    whose weights member is deflated (read), bzip2- or LZMA-compressed (refused)."""
     import weight_files as wf
     out = {}
     w = mini_weights(1)
     out["legacy.h5"] = _read(wf.write_keras_legacy_h5(os.path.join(d, "a.h5"), w))
     out["legacy_plain.h5"] = _read(wf.write_keras_legacy_h5(os.path.join(d, "b.h5"), w,
                                                             weightless=False))
-    p = os.path.join(d, "k3.weights.h5")
-    with h5py.File(p, "w") as f:  # Keras 3: layers/<class>[_N]/vars/{0,1}
-        for i, (name, (k, b)) in enumerate(w.items()):
-            v = f.create_group(f"layers/conv2d{'' if i == 0 else f'_{i}'}/vars")
-            v.attrs["name"] = name
-            v.create_dataset("0", data=k)
-            v.create_dataset("1", data=b)
-        f.create_group("vars")
-    out["keras3.weights.h5"] = _read(p)
-    bio = io.BytesIO()
-    with zipfile.ZipFile(bio, "w") as z:
-        z.writestr("metadata.json", json.dumps({"keras_version": "3.0.0"}))
-        z.writestr("config.json", json.dumps({"class_name": "Functional"}))
-        z.writestr("model.weights.h5", out["keras3.weights.h5"])
-    out["model.keras"] = bio.getvalue()
+    out["keras3.weights.h5"] = _read(wf.write_keras3_h5(os.path.join(d, "k3.weights.h5"), w,
+                                                        names=True))
+    out["model.keras"] = wf.write_keras_zip(io.BytesIO(), out["keras3.weights.h5"]).getvalue()
+    for method, name in ((zipfile.ZIP_DEFLATED, "deflate"), (zipfile.ZIP_BZIP2, "bzip2"),
+                         (zipfile.ZIP_LZMA, "lzma")):
+        out[f"model_{name}.keras"] = wf.write_keras_zip(io.BytesIO(), out["keras3.weights.h5"],
+                                                        method).getvalue()
+    # names of files that are nowhere: the seeds must not depend on this machine's
+    # files, and vggtl never opens them anyway
+    cwd = os.getcwd()
+    os.chdir(d)  # "group_link" writes the group it moves into other.h5, here
+    try:
+        for layout, ds, group in (("legacy", "block1_conv1/block1_conv1_W_1:0", "block1_conv1"),
+                                  ("keras3", "layers/conv2d/vars/0", "layers")):
+            for how in ("external", "virtual", "virtual_unlimited", "soft_link",
+                        "external_link", "group_link"):
+                p = f"{layout}_{how}.h5"
+                if layout == "legacy":
+                    wf.write_keras_legacy_h5(p, w, weightless=False)
+                else:
+                    wf.write_keras3_h5(p, w, names=True)
+                wf.point_elsewhere(p, ds, group, how, "other.h5", "missing/weights.bin")
+                out[p] = _read(p)
+    finally:
+        os.chdir(cwd)
     return out
 
 
 def seeds_pth_zip(d):
-    """torch.save's zip format (needs torch), plain and wrapped in {"state_dict": }."""
+    """torch.save's zip format (needs torch), plain and wrapped in {"state_dict": };
+    the plain one with every member deflated (as a zip tool repacks it: read), and
+    with a storage, the byteorder record or data.pkl compressed with bzip2 or LZMA
+    (which torch.load cannot read either: refused)."""
     import torch
+    import weight_files as wf
     sd = collections.OrderedDict((k, torch.from_numpy(v)) for k, v in mini_state_dict(2).items())
     out = {}
     for name, obj in (("plain.pth", sd), ("wrapped.pth", {"epoch": 1, "state_dict": sd})):
         p = os.path.join(d, name)
         torch.save(obj, p)
         out[name] = _read(p)
+    plain = os.path.join(d, "plain.pth")
+    variants = {"deflate.pth": lambda n: zipfile.ZIP_DEFLATED}
+    for method, mname in ((zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "lzma")):
+        for member, tag in (("/data/0", "storage"), ("/byteorder", "byteorder"),
+                            ("/data.pkl", "pickle")):
+            variants[f"{mname}_{tag}.pth"] = (
+                lambda n, m=method, e=member: m if n.endswith(e) else zipfile.ZIP_STORED)
+    for name, methods in variants.items():
+        out[name] = _read(wf.rezip(plain, os.path.join(d, name), methods))
     return out
 
 
@@ -134,7 +159,9 @@ def seeds_safetensors(d):
 
 
 def seeds_pickle(d):
-    """The tutorial's X and y pickles: NumPy arrays at protocols 2 to 5, lists."""
+    """The tutorial's X and y pickles: NumPy arrays at protocols 2 to 5, lists; shared
+    references and crafted dtype states (tests/pickle_files.py)."""
+    import pickle_files as pf
     r = np.random.default_rng(6)
     X = r.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
     out = {}
@@ -144,16 +171,43 @@ def seeds_pickle(d):
     out["list.pickle"] = pickle.dumps([X[0], X[1]], protocol=2)
     out["strings.pickle"] = pickle.dumps(np.array(["cat", "dog", "cat"]), protocol=4)
     out["onehot.pickle"] = pickle.dumps(np.eye(2, dtype=np.float32)[[0, 1, 1]], protocol=3)
+    # shared references (pickle's memo): labels that are the same strings, one-hot rows
+    # from one list, an image list holding one array three times, a list holding
+    # itself, and nested lists that stand for 24 million values in 2 kB (refused)
+    names = ["cat", "dog", "golden_retriever"]
+    out["shared_labels.pickle"] = pickle.dumps([names[i % 3] for i in range(300)], protocol=4)
+    rows = [[1, 0], [0, 1]]
+    out["shared_rows.pickle"] = pickle.dumps([rows[i % 2] for i in range(200)], protocol=2)
+    out["shared_array.pickle"] = pickle.dumps([X[0]] * 3, protocol=2)
+    cyclic = [1]
+    cyclic.append(cyclic)
+    out["cyclic.pickle"] = pickle.dumps(cyclic, protocol=2)
+    out["shared_lists.pickle"] = pf.shared_lists((600, 200, 200))
+    # dtype states: what NumPy writes, and what it never writes (refused)
+    u3 = ("U3", 2, "abcde\0".encode("utf-32-le"))
+    out["dtype_state.pickle"] = pf.array_then_dtype_state(*u3, np.dtype("U3").__reduce__()[2])
+    out["dtype_state_size.pickle"] = pf.array_then_dtype_state(
+        *u3, (3, "<", None, None, None, -1, 4, 8))
+    out["dtype_state_S.pickle"] = pf.array_then_dtype_state(
+        "S3", 2, b"abcde\0", (3, "|", None, None, None, -1, -1, 0))
+    out["dtype_state_twice.pickle"] = pf.dtype_state_twice()
     return out
 
 
-def cache_input(manifest_body: dict, data: bytes, verified: bytes = b"", rewrap=True) -> bytes:
-    """A fuzz input of the cache target: a flag byte (1: the target wraps the
-    manifest with its correct SHA-256, 0: taken as it is), three lengths, then the
-    manifest, data.npy and the verified stamp."""
-    m = json.dumps(manifest_body if rewrap else manifest_body).encode()
-    return struct.pack("<BIII", 1 if rewrap else 0, len(m), len(data), len(verified)) + \
-        m + data + verified
+# cache_input's ``special``: what the cache target plants in the entry (flag bits)
+FIFO_MANIFEST, FIFO_DATA, FIFO_VERIFIED, FIFO_LOCK = 2, 4, 8, 16
+CHUNKS_SYMLINK, MANIFEST_SYMLINK = 32, 64
+
+
+def cache_input(manifest_body: dict, data: bytes, verified: bytes = b"", rewrap=True,
+                special: int = 0) -> bytes:
+    """A fuzz input of the cache target: a flag byte (bit 0: the target wraps the
+    manifest with its correct SHA-256, else it is taken as it is; ``special``: the
+    FIFOs and symlinks it plants), three lengths, then the manifest, data.npy and
+    the verified stamp."""
+    m = json.dumps(manifest_body).encode()
+    return struct.pack("<BIII", (1 if rewrap else 0) | special, len(m), len(data),
+                       len(verified)) + m + data + verified
 
 
 def seeds_cache(d):
@@ -165,15 +219,25 @@ def seeds_cache(d):
     X = np.random.default_rng(7).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     root = os.path.join(d, "features")
     base.extract(X, cache=root, progress=False)
+    base.extract(X, cache=root, progress=False)  # a hit: writes the verified stamp
     (entry,) = [os.path.join(root, e) for e in os.listdir(root) if vc._ENTRY_RE.match(e)]
     with open(os.path.join(entry, "manifest.json"), "rb") as f:
         wrapped = f.read()
     body = json.loads(wrapped)["manifest"]
     data = _read(os.path.join(entry, "data.npy"))
-    return {"complete.bin": cache_input(body, data),
-            "as_written.bin": struct.pack("<BIII", 0, len(wrapped), len(data), 0) + wrapped + data,
-            "incomplete.bin": cache_input(dict(body, complete=False,
-                                               chunks=[None] * len(body["chunks"])), b"")}
+    with open(os.path.join(entry, "verified"), "rb") as f:
+        verified = f.read()
+    incomplete = dict(body, complete=False, chunks=[None] * len(body["chunks"]))
+    seeds = {"complete.bin": cache_input(body, data),
+             "as_written.bin": struct.pack("<BIII", 0, len(wrapped), len(data), 0) + wrapped + data,
+             "incomplete.bin": cache_input(incomplete, b"")}
+    # what someone sharing the folder could plant (a FIFO hung extract, info and clear)
+    for name, special in (("fifo_manifest", FIFO_MANIFEST), ("fifo_data", FIFO_DATA),
+                          ("fifo_verified", FIFO_VERIFIED), ("fifo_lock", FIFO_LOCK),
+                          ("manifest_symlink", MANIFEST_SYMLINK)):
+        seeds[name + ".bin"] = cache_input(body, data, verified, special=special)
+    seeds["chunks_symlink.bin"] = cache_input(incomplete, b"", special=CHUNKS_SYMLINK)
+    return seeds
 
 
 BUILDERS = {"pickle": seeds_pickle, "h5": seeds_h5, "pth_zip": seeds_pth_zip,

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -192,18 +193,6 @@ def test_weights_changed_in_place_miss(home, X):
     assert n == 0
 
 
-def test_weights_digest_is_remembered(base):
-    vc.forget_weights(base)
-    t = time.perf_counter()
-    d1 = vc._weights_digest(base, 17)
-    first = time.perf_counter() - t
-    t = time.perf_counter()
-    for _ in range(20):
-        assert vc._weights_digest(base, 17) == d1
-    again = (time.perf_counter() - t) / 20
-    assert again < first / 5, (first, again)
-
-
 def test_array_digest(rng):
     a = rng.integers(0, 256, (50, 40, 40, 3), dtype=np.uint8)
     d = vc.array_digest(a)
@@ -364,7 +353,9 @@ def test_random_damage_is_never_returned(home, base, X, rng, monkeypatch):
     F = np.array(base.extract(X, progress=False))
     folder = only_entry(home)
     for _ in range(15):
-        names = sorted(p for p in os.listdir(folder) if p != "lock")
+        # not the lock, nor vggtl's marker: an entry whose marker is gone too is no
+        # longer known as vggtl's, and is computed without the cache
+        names = sorted(p for p in os.listdir(folder) if p not in ("lock", vc.MARKER))
         path = os.path.join(folder, names[rng.integers(len(names))])
         size = os.path.getsize(path)
         if size and rng.random() < 0.8:
@@ -726,11 +717,452 @@ def test_progress_bar_shows_images_per_second(home, base, X, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_digest128_is_xxh64_with_two_seeds():
-    # XXH64's published test vectors: empty input with seed 0, and "abc"
-    from vggtl import _core
-    d = _core.digest128(b"")
-    assert int.from_bytes(d[:8], "little") == 0xEF46DB3751D8E999
-    assert int.from_bytes(_core.digest128(b"abc")[:8], "little") == 0x44BC2CF5AD770999
-    assert _core.digest128(b"abd") != _core.digest128(b"abc")
-    assert len(d) == 16
+# ---- a hostile shared cache (issue 17) --------------------------------------------------------
+# An attacker who can hand you arrays, or who shares the cache folder with you (another
+# user of a group-writable folder, a Dask worker's account), must get neither wrong
+# features for your X, nor a write, read or removal outside vggtl's own entries, nor a
+# process that waits for ever.
+
+_P1, _P2 = 0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F
+_P3, _P4, _P5 = 0x165667B19E3779F9, 0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5
+_M64 = (1 << 64) - 1
+_OLD_SEEDS = (0, 0x5851F42D4C957F2D)  # the two seeds of the key vggtl used before (XXH64)
+
+
+def _rotl(x, r):
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _round(acc, v):
+    return (_rotl((acc + v * _P2) & _M64, 31) * _P1) & _M64
+
+
+def _xxh64(data: bytes, seed: int) -> int:
+    """XXH64, as the reference implementation (checked on its published vectors)."""
+    n, p = len(data), 0
+    word = lambda i: int.from_bytes(data[i:i + 8], "little")  # noqa: E731
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed, (seed - _P1) & _M64]
+        while p + 32 <= n:
+            v = [_round(v[j], word(p + 8 * j)) for j in range(4)]
+            p += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M64
+        for x in v:
+            h = (((h ^ _round(0, x)) * _P1) + _P4) & _M64
+    else:
+        h = (seed + _P5) & _M64
+    h = (h + n) & _M64
+    while p + 8 <= n:
+        h = (_rotl(h ^ _round(0, word(p)), 27) * _P1 + _P4) & _M64
+        p += 8
+    if p + 4 <= n:
+        h = (_rotl(h ^ (int.from_bytes(data[p:p + 4], "little") * _P1 & _M64), 23) * _P2
+             + _P3) & _M64
+        p += 4
+    while p < n:
+        h = (_rotl(h ^ (data[p] * _P5 & _M64), 11) * _P1) & _M64
+        p += 1
+    h ^= h >> 33
+    h = h * _P2 & _M64
+    h ^= h >> 29
+    h = h * _P3 & _M64
+    return h ^ (h >> 32)
+
+
+def _xxh64_twins(n, rng):
+    """Two uint8 image arrays (n, 32, 32, 3) differing in a third of their bytes whose
+    XXH64 under both of the old key's seeds are equal. In each lane, over each pair of
+    32-byte stripes: flipping the top bit of the first word flips the top bit of
+    (acc + word * P2) for every seed, which the rotation and the multiplication turn
+    into a difference of +-2**30 * P1, the same for both seeds when that bit agrees;
+    the second word absorbs it (word' = word + difference / P2)."""
+    inv_p2 = pow(_P2, -1, 1 << 64)
+    a = bytearray(rng.integers(0, 256, n * 32 * 32 * 3, dtype=np.uint8).tobytes())
+    b = bytearray(a)
+    seeds = _OLD_SEEDS
+    lanes = [[(s + _P1 + _P2) & _M64, (s + _P2) & _M64, s, (s - _P1) & _M64] for s in seeds]
+    for pair in range(len(a) // 64):
+        for lane in range(4):
+            i, j = pair * 64 + 8 * lane, pair * 64 + 32 + 8 * lane
+            while True:
+                w = int.from_bytes(a[i:i + 8], "little")
+                tops = {((acc[lane] + w * _P2) & _M64) >> 63 for acc in lanes}
+                if len(tops) == 1:
+                    break
+                a[i:i + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+            w2 = w ^ (1 << 63)
+            acc0 = lanes[0][lane]
+            diff = (_round(acc0, w) - _round(acc0, w2)) & _M64
+            u = int.from_bytes(a[j:j + 8], "little")
+            u2 = (u + diff * inv_p2) & _M64
+            b[i:i + 8], b[j:j + 8] = w2.to_bytes(8, "little"), u2.to_bytes(8, "little")
+            for acc in lanes:
+                acc[lane] = _round(_round(acc[lane], w), u)
+    shape = (n, 32, 32, 3)
+    return np.frombuffer(bytes(a), np.uint8).reshape(shape), \
+        np.frombuffer(bytes(b), np.uint8).reshape(shape)
+
+
+def test_crafted_arrays_colliding_under_the_old_key_get_their_own_features(home, base, rng):
+    """Class 5: two arrays made to share the old content key (XXH64 under its two
+    seeds) differ in a third of their bytes; each must get its own features."""
+    assert _xxh64(b"", 0) == 0xEF46DB3751D8E999 and _xxh64(b"abc", 0) == 0x44BC2CF5AD770999
+    XA, XB = _xxh64_twins(4, rng)
+    for seed in _OLD_SEEDS:  # the construction works: the old key could not tell them apart
+        assert _xxh64(XA.tobytes(), seed) == _xxh64(XB.tobytes(), seed)
+    assert (XA != XB).mean() > 0.3
+    assert vc.array_digest(XA) != vc.array_digest(XB)
+    base.extract(XA, progress=False)
+    FB, n = count(lambda: base.extract(XB, progress=False))
+    assert n == len(XB)
+    same_features(FB, base.predict(XB))
+    assert not np.allclose(FB, base.predict(XA), rtol=1e-3)
+
+
+def test_entries_of_the_old_key_format_are_recomputed_not_read(home, base, X):
+    """Class 5: an entry whose manifest is of format 1 (XXH64 keys) is a miss: its
+    features are computed again and the entry rewritten in the current format; a
+    digest of the old kind is refused where one can be passed."""
+    F = np.array(base.extract(X, progress=False))
+    folder = only_entry(home)
+    m = manifest(folder)
+    assert m["version"] == vc.FORMAT_VERSION == 2 and m["key"]["format"] == 2
+    assert m["key"]["x"].startswith("sha256tree:")
+    with open(os.path.join(folder, "manifest.json"), "wb") as f:
+        f.write(vc._wrap_manifest(dict(m, version=1)))
+    G, n = count(lambda: base.extract(X, progress=False))
+    assert n == N and manifest(folder)["version"] == 2
+    np.testing.assert_array_equal(G, F)
+    old_style = "0" * 64  # a SHA-256 hex over XXH64 block digests, as array_digest gave
+    with pytest.raises(ValueError, match="x_digest"):
+        base.extract(X, x_digest=old_style, progress=False)
+
+
+def test_array_digest_hashes_memmaps_block_by_block_and_releases_them(tmp_path, rng,
+                                                                      monkeypatch):
+    """Class 5: a memmap is hashed where it lies (blocks of rows, never copied whole)
+    and each block is dropped from resident memory once hashed (madvise)."""
+    a = rng.integers(0, 256, (60, 40, 40, 3), dtype=np.uint8)
+    np.save(tmp_path / "a.npy", a)
+    mm = np.load(tmp_path / "a.npy", mmap_mode="r")
+    monkeypatch.setattr(vc, "HASH_BLOCK", 40 * 40 * 3 * 7)
+    released = []
+    real = vc.release_pages
+    monkeypatch.setattr(vc, "release_pages", lambda X, i, j: (released.append((i, j)),
+                                                              real(X, i, j)))
+    d = vc.array_digest(mm)
+    assert sorted(released) == [(i, i + 7) for i in range(0, 60, 7)]
+    assert d == vc.array_digest(a)
+
+
+def test_weights_changed_in_place_where_the_old_sample_did_not_look_miss(home, X):
+    """Class 6: TransferModel.set_weights copies into the base's arrays in place;
+    values the old memo never sampled (it read every 4093rd) changed that way must
+    change the key."""
+    base = vggtl.VGG16(weights=None, seed=4, input_shape=(32, 32, 3))
+    model = vggtl.TransferModel(base, head=[vggtl.Flatten(), vggtl.Dense(2, activation="softmax")])
+    for layer in base.layers[15:]:
+        layer.trainable = True
+    base.extract(X, progress=False)
+    w = model.get_weights()
+    k = w["block5_conv3"][0]
+    k.reshape(-1)[1:4093] += np.float32(0.05)  # none of the values the old key sampled
+    model.set_weights(w)
+    F, n = count(lambda: base.extract(X, progress=False))
+    assert n == N
+    same_features(F, base.predict(X))
+    # and the digest covers every value of every layer below the cut
+    d0 = vc._weights_digest(base, 17)
+    for name in ("block1_conv1", "block3_conv2", "block5_conv3"):
+        k, b = base._weights[name]
+        with base._writing([name]):
+            k.reshape(-1)[-1] += np.float32(1e-3)
+        assert vc._weights_digest(base, 17) != d0, name
+        with base._writing([name]):
+            k.reshape(-1)[-1] -= np.float32(1e-3)
+            b[0] += np.float32(1e-3)
+        assert vc._weights_digest(base, 17) != d0, name
+        with base._writing([name]):
+            b[0] -= np.float32(1e-3)
+        assert vc._weights_digest(base, 17) == d0, name  # the same values again
+    # every way in is through _writing: the arrays themselves refuse a write
+    with pytest.raises(ValueError, match="read-only"):
+        base._weights["block1_conv1"][0].reshape(-1)[0] = 1.0
+
+
+def test_clear_and_eviction_remove_only_vggtls_own_folders(home, base, rng, monkeypatch):
+    """Class 7: a folder whose name happens to be 32 hex digits (an MLflow run), and
+    other folders vggtl did not make, are not entries: not listed, evicted or cleared.
+    An empty path is refused, never taken as the current folder."""
+    os.makedirs(home)
+    mlflow = home / ("a1b2c3d4" * 4)
+    (mlflow / "artifacts").mkdir(parents=True)
+    (mlflow / "meta.yaml").write_text("run_id: a1b2c3d4\n")
+    (mlflow / "artifacts" / "model.pkl").write_bytes(b"\0" * 100000)
+    trash = home / ".trash-notes"
+    trash.mkdir()
+    (trash / "keep.txt").write_text("mine")
+    stage = home / ".new-thesis"
+    stage.mkdir()
+    (stage / "draft.tex").write_text("mine")
+    old = time.time() - 7200
+    os.utime(stage, (old, old))
+    Xs = [rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    base.extract(Xs[0], progress=False)
+    ids = [e["id"] for e in vc.info()["entries"]]
+    assert len(ids) == 1 and mlflow.name not in ids
+    vc.set_size_limit(1)  # every other entry must go after each extraction
+    try:
+        base.extract(Xs[1], progress=False)
+        base.extract(Xs[2], progress=False)
+    finally:
+        vc.set_size_limit(None)
+    assert len(vc.info()["entries"]) == 1
+    assert vc.clear()["removed"] == 1 and vc.info()["entries"] == []
+    assert (mlflow / "artifacts" / "model.pkl").stat().st_size == 100000
+    assert (mlflow / "meta.yaml").exists() and (trash / "keep.txt").exists()
+    assert (stage / "draft.tex").exists()
+    assert sorted(os.listdir(home)) == sorted([mlflow.name, trash.name, stage.name])
+
+    monkeypatch.chdir(home.parent)
+    before = sorted(os.listdir("."))
+    with pytest.raises(ValueError, match="cache"):
+        base.extract(Xs[0], cache="", progress=False)
+    with pytest.raises(ValueError, match="path"):
+        vc.info("")
+    with pytest.raises(ValueError, match="path"):
+        vc.clear("")
+    assert sorted(os.listdir(".")) == before
+
+
+def test_entries_made_before_the_marker_are_still_vggtls(home, base, X):
+    """Class 7: an entry of an earlier vggtl (no marker, a manifest of the cache's
+    format) is listed and removed by clear."""
+    base.extract(X, progress=False)
+    folder = only_entry(home)
+    os.unlink(os.path.join(folder, vc.MARKER))
+    (e,) = vc.info()["entries"]
+    assert e["path"] == folder and e["complete"]
+    assert vc.clear()["removed"] == 1 and entries(home) == []
+
+
+def _incomplete_entry(base, X, monkeypatch):
+    """An entry with one chunk done and its chunk folder, as Ctrl-C leaves it."""
+    undo = _interrupting(base, after_calls=1, monkeypatch=monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        base.extract(X, batch_size=4, progress=False)
+    undo()
+
+
+def _one_warning(w, *words):
+    """The one RuntimeWarning recorded in ``w`` (warnings or their messages), which
+    must name every one of ``words``."""
+    msgs = [m if isinstance(m, str) else str(m.message) for m in w
+            if isinstance(m, str) or issubclass(m.category, RuntimeWarning)]
+    assert len(msgs) == 1, msgs
+    for word in words:
+        assert str(word) in msgs[0], (word, msgs[0])
+    return msgs[0]
+
+
+@pytest.mark.parametrize("plant", ["chunks symlink", "lock symlink", "entry symlink"])
+def test_planted_symlinks_never_redirect_a_write(home, base, X, tmp_path, monkeypatch, plant):
+    """Class 8: a symlink planted in a shared cache (the chunk folder pointing at
+    another folder, a dangling lock pointing where a file would be created, the
+    entry folder itself) is never followed: the features are computed without the
+    cache, one warning says which entry and what is wrong, nothing is written
+    outside the entry."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _incomplete_entry(base, X, monkeypatch)
+    folder = only_entry(home)
+    if plant == "chunks symlink":
+        shutil.rmtree(os.path.join(folder, "chunks"))
+        os.symlink(outside, os.path.join(folder, "chunks"))
+    elif plant == "lock symlink":
+        os.unlink(os.path.join(folder, "lock"))
+        os.symlink(outside / "created", os.path.join(folder, "lock"))
+    else:
+        shutil.rmtree(folder)
+        os.symlink(outside, folder)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        F, n = count(lambda: base.extract(X, batch_size=4, progress=False))
+    assert n == N and not isinstance(F, np.memmap)
+    same_features(F, base.predict(X))
+    _one_warning(w, folder, "symlink")
+    assert os.listdir(outside) == []
+
+
+FIFO_CHILD = textwrap.dedent("""
+    import json, warnings, numpy as np, vggtl
+    from vggtl import _core, cache
+    cache.CHUNK_PIXELS = {chunk} * 32 * 32
+    X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
+    base = vggtl.VGG16(weights=None, seed=2)
+    out = {{}}
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        c0 = _core.vgg16_forward_images()
+        F = base.extract(X, cache={root!r}, batch_size=4, progress=False)
+        out["computed"] = _core.vgg16_forward_images() - c0
+        out["memmap"] = isinstance(F, np.memmap)
+        P = base.predict(X)
+        out["ok"] = bool(np.abs(F - P).max() <= 1e-5 * np.abs(P).max())
+        out["info"] = [e["valid"] for e in cache.info({root!r})["entries"]]
+        out["clear"] = cache.clear({root!r})
+        out["warnings"] = [str(x.message) for x in w]
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "lock", "verified", "manifest symlink"])
+def test_special_files_in_an_entry_never_hang_or_are_read(tmp_path, name):
+    """Class 8: a FIFO in place of manifest.json, lock or verified (and a symlink to
+    another user's file in place of the manifest): extract, info and clear return
+    (in a child with a deadline): the features are right, computed in memory with one
+    warning; info lists the entry, clear removes it."""
+    root = str(tmp_path / "features")
+    ref = child(tmp_path / "xdg", kwargs=f"dict(cache={root!r})")
+    finish(ref)
+    finish(child(tmp_path / "xdg", kwargs=f"dict(cache={root!r})"))  # a hit: writes verified
+    folder = only_entry(root)
+    assert os.path.exists(os.path.join(folder, "verified"))
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"manifest": {"format": "vggtl.features"}, "sha256": "x"}')
+    if name == "manifest symlink":
+        os.unlink(os.path.join(folder, "manifest.json"))
+        os.symlink(secret, os.path.join(folder, "manifest.json"))
+    else:
+        os.unlink(os.path.join(folder, name))
+        os.mkfifo(os.path.join(folder, name))
+    p = subprocess.run([sys.executable, "-c", FIFO_CHILD.format(chunk=CHUNK, n=N, root=root)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg")))
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["ok"] and not r["memmap"] and r["computed"] == N, r
+    what = "symlink" if name == "manifest symlink" else "FIFO"
+    assert len(r["warnings"]) == 1 and folder in r["warnings"][0] and what in r["warnings"][0], r
+    assert len(r["info"]) == 1 and r["clear"]["removed"] == 1, r
+    assert entries(root) == [] and secret.exists()
+
+
+STOPPED_WRITER = textwrap.dedent("""
+    import sys, time, numpy as np, vggtl
+    from vggtl import cache
+    cache.CHUNK_PIXELS = {chunk} * 32 * 32
+    X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
+    base = vggtl.VGG16(weights=None, seed=2)
+    real = base.predict
+    calls = [0]
+
+    def predict(*a, **kw):  # one chunk per call; stuck: in the second, after the first
+        calls[0] += 1
+        if calls[0] == (2 if {stuck} else 1):
+            print("holding", flush=True)  # the entry's lock, for writing
+        if calls[0] == 2 and {stuck}:
+            time.sleep(1000)
+        time.sleep({delay})
+        return real(*a, **kw)
+
+    base.predict = predict
+    base.extract(X, cache={root!r}, batch_size=4, progress=False)
+    print("done", flush=True)
+""")
+
+WAITER = textwrap.dedent("""
+    import json, time, warnings, numpy as np, vggtl
+    from vggtl import _core, cache
+    cache.CHUNK_PIXELS = {chunk} * 32 * 32
+    cache.LOCK_WAIT_S = {bound}
+    X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
+    base = vggtl.VGG16(weights=None, seed=2)
+    out = {{"took": [], "memmap": [], "computed": []}}
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for _ in range({calls}):
+            t, c0 = time.monotonic(), _core.vgg16_forward_images()
+            F = base.extract(X, cache={root!r}, batch_size=4, progress=False)
+            out["took"].append(time.monotonic() - t)
+            out["computed"].append(_core.vgg16_forward_images() - c0)
+            out["memmap"].append(isinstance(F, np.memmap))
+        P = base.predict(X)
+        out["ok"] = bool(np.abs(F - P).max() <= 1e-5 * np.abs(P).max())
+    out["warnings"] = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
+    print(json.dumps(out))
+""")
+
+
+def _start_writer(root, stuck, delay=0.0, n=N):
+    p = subprocess.Popen([sys.executable, "-c", STOPPED_WRITER.format(
+        chunk=CHUNK, n=n, root=root, stuck=stuck, delay=delay)], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline().strip()
+    assert line == "holding", p.stderr.read() if p.poll() is not None else line
+    return p
+
+
+def test_a_stopped_writer_does_not_make_others_wait_for_ever(tmp_path):
+    """Class 9: a writer SIGSTOPped while it holds an entry's lock (mid-extraction).
+    Another process, with a bound of 1 s, computes without the cache after it,
+    with one warning naming the lock and the stopped process; a second call there
+    does not wait again. Once the writer is killed, the entry completes normally."""
+    root = str(tmp_path / "features")
+    writer = _start_writer(root, stuck=True)
+    try:
+        os.kill(writer.pid, signal.SIGSTOP)
+        p = subprocess.run([sys.executable, "-c", WAITER.format(
+            chunk=CHUNK, n=N, root=root, bound=1.0, calls=2)], cwd=REPO, capture_output=True,
+            text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+    finally:
+        writer.kill()
+        writer.wait(timeout=60)
+    assert r["ok"] and r["memmap"] == [False, False] and r["computed"] == [N, N], r
+    assert 1.0 <= r["took"][0] < 60 and r["took"][1] < r["took"][0], r
+    lock = os.path.join(only_entry(root), "lock")
+    _one_warning(r["warnings"], lock, f"process {writer.pid}")
+    F, n = count(lambda: vggtl.VGG16(weights=None, seed=2).extract(
+        np.random.default_rng(1).integers(0, 256, (N, 32, 32, 3), dtype=np.uint8),
+        cache=root, batch_size=4, progress=False))
+    assert isinstance(F, np.memmap) and n == N - CHUNK  # the writer's first chunk was kept
+
+
+def test_a_slow_writer_that_makes_progress_is_waited_for(tmp_path):
+    """Class 9: the bound is on progress, not on time: a writer that takes longer
+    than the bound in all, but writes a chunk more often, is waited for; the waiter
+    then reads its entry (no compute, no warning)."""
+    root = str(tmp_path / "features")
+    writer = _start_writer(root, stuck=False, delay=0.5, n=4 * N)  # 20 chunks, 0.5 s each
+    try:
+        p = subprocess.run([sys.executable, "-c", WAITER.format(
+            chunk=CHUNK, n=4 * N, root=root, bound=1.5, calls=1)], cwd=REPO,
+            capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        assert writer.wait(timeout=120) == 0
+    finally:
+        writer.kill()
+    assert r["ok"] and r["memmap"] == [True] and r["computed"] == [0] and r["warnings"] == [], r
+    assert r["took"][0] > 1.5, r  # it waited longer than the bound
+
+
+def test_the_weights_digest_is_hashed_once_per_version(home, X, monkeypatch):
+    # hashing 58 MB of weights on every extraction would cost tens of ms per call;
+    # the digest is remembered until the weights change (a new version)
+    base = vggtl.VGG16(weights=None, seed=4)
+    calls = []
+    real = vc._hash_weights
+    monkeypatch.setattr(vc, "_hash_weights", lambda b, s: calls.append(s) or real(b, s))
+    base.extract(X, progress=False)
+    base.extract(X, progress=False)
+    assert len(calls) == 1
+    with base._writing(["block2_conv1"]):
+        pass  # a write, even of the same values, starts a new version
+    base.extract(X, progress=False)
+    assert len(calls) == 2
+    base.set_weights(base.get_weights())
+    base.extract(X, progress=False)
+    assert len(calls) == 3

@@ -701,3 +701,185 @@ def test_label_binarizer_then_to_categorical_as_pyimagesearch():
         vggtl.to_categorical([3], num_classes=2)
     with pytest.raises(ValueError, match="neg_label"):
         vggtl.LabelBinarizer(neg_label=1, pos_label=0)
+
+
+# crafted dtype states, and arrays as NumPy would never make them
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+from pickle_files import array_then_dtype_state, shared_lists  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# (type string, items, their bytes, a state NumPy never writes for that dtype)
+U3 = ("U3", 2, "abcde\0".encode("utf-32-le"))
+S3 = ("S3", 2, b"abcde\0")
+FORGED_STATES = {
+    "U-size-minus-1": (*U3, (3, "<", None, None, None, -1, 4, 8)),
+    "U-size-8": (*U3, (3, "<", None, None, None, 8, 4, 8)),
+    "U-size-13": (*U3, (3, "<", None, None, None, 13, 4, 8)),
+    "U-alignment-minus-1": (*U3, (3, "<", None, None, None, 12, -1, 8)),
+    "U-alignment-1": (*U3, (3, "<", None, None, None, 12, 1, 8)),
+    "U-flags-0": (*U3, (3, "<", None, None, None, 12, 4, 0)),
+    "U-byteorder-|": (*U3, (3, "|", None, None, None, 12, 4, 8)),
+    "S-size-minus-1": (*S3, (3, "|", None, None, None, -1, 1, 0)),
+    "S-size-100": (*S3, (3, "|", None, None, None, 100, 1, 0)),
+    "S-alignment-minus-1": (*S3, (3, "|", None, None, None, 3, -1, 0)),
+    "S-byteorder-<": (*S3, (3, "<", None, None, None, 3, 1, 0)),
+    "u1-byteorder-<": ("u1", 2, b"\1\2", (3, "<", None, None, None, -1, -1, 0)),
+    "f8-byteorder-|": ("f8", 1, bytes(8), (3, "|", None, None, None, -1, -1, 0)),
+    "f8-size-4": ("f8", 1, bytes(8), (3, "<", None, None, None, 4, -1, 0)),
+    "bool-flags-true": ("?", 1, b"\1", (3, "|", None, None, None, -1, -1, True)),
+}
+
+
+@pytest.mark.parametrize("case", list(FORGED_STATES))
+def test_dtype_state_not_as_numpy_writes_it_is_refused(tmp_path, case):
+    """NumPy's dtype.__setstate__ applies a string dtype's size and alignment as they
+    come: a state with size -1 made an array of itemsize -1 (y.astype('U5') then
+    wrote out of bounds). Every field of a dtype state must now be the one NumPy
+    writes for that dtype in that byte order."""
+    type_str, n, raw, state = FORGED_STATES[case]
+    path = dump_bytes(tmp_path / "y.pickle", array_then_dtype_state(type_str, n, raw, state))
+    with pytest.raises(UnsafePickleError, match="numpy.dtype state") as e:
+        data.load_pickle(path)
+    assert path in str(e.value)
+
+
+@pytest.mark.parametrize("type_str, n, raw", [U3, S3, ("u1", 2, b"\1\2"), ("f8", 1, bytes(8))])
+def test_dtype_state_as_numpy_writes_it_loads(tmp_path, type_str, n, raw):
+    """The same pickles with the state NumPy writes load (the control of the test above)."""
+    d = np.dtype(type_str)
+    path = dump_bytes(tmp_path / "y.pickle",
+                      array_then_dtype_state(type_str, n, raw, d.__reduce__()[2]))
+    got = data.load_pickle(path)
+    np.testing.assert_array_equal(got, np.frombuffer(raw, d))
+
+
+SEGFAULT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from pickle_files import dtype_state_twice
+    from vggtl import data
+    open({path!r}, "wb").write(dtype_state_twice())
+    try:
+        y = data.load_pickle({path!r})
+    except data.UnsafePickleError as e:
+        print("UnsafePickleError:", e)
+    else:
+        print("itemsize", y.dtype.itemsize, flush=True)
+        print(y.astype("U5"))
+""")
+
+
+def test_second_dtype_state_cannot_corrupt_memory(tmp_path):
+    """A dtype's state set a second time, after an array took the dtype: the array's
+    itemsize became -1 and y.astype('U5') segfaulted or aborted ("corrupted size
+    vs. prev_size"). A dtype now gets its state once. Run in a child process, so
+    that a regression fails this test instead of killing the test run."""
+    path = str(tmp_path / "y.pickle")
+    code = SEGFAULT.format(tests=os.path.join(REPO, "tests"), path=path)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stdout[-500:]} {r.stderr[-1000:]}"
+    assert r.stdout.startswith(f"UnsafePickleError: {path}: the pickle sets the state of a "
+                               f"dtype twice"), r.stdout
+
+
+def test_every_returned_array_is_checked():
+    """What the unpickler hands out is checked as a whole, whatever let it through:
+    arrays with strides of no C or Fortran block, over a buffer too small, or of a
+    dtype NumPy would not make, are refused (here made by hand, since the pickle
+    checks above keep a pickle from making them)."""
+    a = np.arange(12, dtype=np.uint8)
+    ok = [a, a.reshape(3, 4), np.asfortranarray(a.reshape(3, 4)),
+          np.frombuffer(b"abcd", np.uint8).reshape(2, 2), np.float32(1)]
+    data._check_loaded(ok, 1 << 20, "X.pickle")
+    strided = np.lib.stride_tricks.as_strided(a, shape=(4, 4), strides=(1, 1))
+    over = np.lib.stride_tricks.as_strided(a, shape=(24,), strides=(1,))
+    meta = np.zeros(2, dtype=np.dtype("u1", metadata={"a": 1}))
+    for bad, match in ((strided, "strides"), (over, "bytes over a buffer of 12"),
+                       ([a, (strided,)], "strides")):
+        with pytest.raises(UnsafePickleError, match=match):
+            data._check_loaded(bad, 1 << 20, "X.pickle")
+    data._check_loaded(meta, 1 << 20, "X.pickle")  # metadata: not a different dtype
+
+
+# ---------------------------------------------------------------------------
+# shared references: a few kB standing for hundreds of MB
+
+
+def test_memo_references_cannot_expand_a_small_pickle(tmp_path):
+    """Nested lists that refer to the same lists over and over (pickle's memo): a
+    2 kB X.pickle became a 192 MB array (peak far above it). What a pickle may
+    expand to is now bounded by its own size: a ValueError naming the file, before
+    any array is made."""
+    path = dump_bytes(tmp_path / "X.pickle", shared_lists((600, 200, 200)))  # 600 images
+    assert os.path.getsize(path) < 4096
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="refers to the same lists or arrays") as e:
+            vggtl.load_pickles(path, dump(tmp_path / "y.pickle", [0] * 600))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(e.value).startswith(path + ": ") and "24000000 values" in str(e.value)
+    assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB for a {os.path.getsize(path)}-byte file"
+
+
+def test_padded_strings_cannot_expand_a_small_pickle(tmp_path):
+    """np.asarray pads every string to the longest: 20,000 one-letter labels and one
+    of 1,000 letters made an 80 MB array from a 60 kB pickle. Bounded the same way."""
+    y = [str(i % 10) for i in range(20000)] + ["b" * 1000]
+    path = dump(tmp_path / "y.pickle", y, 4)
+    with pytest.raises(ValueError, match=r"20001 values \(80004000 bytes"):
+        data.load_pickle(path)
+
+
+def test_cyclic_lists_are_refused(tmp_path):
+    a = []
+    a.append(a)
+    b = [1, [2, a]]
+    for obj in (a, b, {"k": b}):
+        with pytest.raises(ValueError, match="contains itself") as e:
+            data.load_pickle(dump(tmp_path / "c.pickle", obj))
+        assert str(tmp_path) in str(e.value)
+
+
+def test_shared_references_that_tutorials_make_still_load(tmp_path, rng):
+    """What users' pickles do share stays readable: labels that are the same few
+    strings (200,000 references to 30-letter class names), one-hot rows taken from
+    one list of rows, an image list holding one array several times, nested lists
+    of pixel ints, and large arrays of any size the file holds."""
+    names = [f"class_{i}_" + "x" * 22 for i in range(3)]
+    y = [names[i % 3] for i in range(200_000)]
+    path = dump(tmp_path / "y.pickle", y, 4)
+    assert os.path.getsize(path) * 16 < 200_000 * 4 * 30  # beyond 16x, under the floor
+    got = data.load_pickle(path)
+    assert got == y and data._labels_array(got, path).shape == (200_000,)
+    rows = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    onehot = [rows[i % 3] for i in range(50_000)]
+    assert data._labels_array(data.load_pickle(dump(tmp_path / "o.pickle", onehot)),
+                              "o").shape == (50_000, 3)
+    img = rng.integers(0, 256, (50, 50, 1), dtype=np.uint8)
+    X = data._as_images(data.load_pickle(dump(tmp_path / "X.pickle", [img] * 8)), "X")
+    assert X.shape == (8, 50, 50, 1)
+    nested = rng.integers(0, 256, (20, 50, 50)).tolist()
+    X = data._as_images(data.load_pickle(dump(tmp_path / "n.pickle", nested)), "n")
+    np.testing.assert_array_equal(X, np.array(nested))
+    big = np.zeros((300, 224, 224, 3), np.uint8)  # 45 MB: expands to its own size
+    assert data.load_pickle(dump(tmp_path / "b.pickle", big, 4)).shape == big.shape
+
+
+def test_numbers_among_strings_count_as_strings(tmp_path):
+    """np.asarray turns numbers mixed with strings (also in different sublists) into
+    strings of up to 32 characters, 128 bytes each: counted so."""
+    y = [[7] * 600_000, ["a"]]  # 1.2 MB of pickle: 600,001 values as '<U32', 77 MB
+    path = dump(tmp_path / "y.pickle", y, 4)
+    assert os.path.getsize(path) * 16 < 600_001 * 128
+    with pytest.raises(ValueError, match=r"600001 values \(76800128 bytes"):
+        data.load_pickle(path)
+    assert data.load_pickle(dump(tmp_path / "n.pickle", [[7] * 600_000, [1.5]])) is not None

@@ -322,21 +322,22 @@ def _die_writing_chunk(marker, name):
     """Installed on every worker: the first worker to write chunk ``name`` dies
     after writing it to its temporary file, before the rename."""
     import vggtl.cache as vc
-    real = vc._atomic_path_real = getattr(vc, "_atomic_path_real", vc.atomic_path)
+    real = vc._atomic_open_at_real = getattr(vc, "_atomic_open_at_real", vc.atomic_open_at)
 
     @contextmanager
-    def dying(path):
-        with real(path) as tmp:
-            yield tmp
-            if os.path.basename(path) == name and not os.path.exists(marker):
+    def dying(dir_fd, base, shown=None):
+        with real(dir_fd, base, shown) as f:
+            yield f
+            if base == name and not os.path.exists(marker):
+                f.flush()
                 open(marker, "w").close()
                 os._exit(1)
-    vc.atomic_path = dying
+    vc.atomic_open_at = dying
 
 
 def _restore_atomic_path():
     import vggtl.cache as vc
-    vc.atomic_path = getattr(vc, "_atomic_path_real", vc.atomic_path)
+    vc.atomic_open_at = getattr(vc, "_atomic_open_at_real", vc.atomic_open_at)
 
 
 def test_worker_killed_mid_chunk_still_completes(client, base, tmp_path):

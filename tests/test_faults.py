@@ -6,8 +6,9 @@ a predict with SIGINT.
 
 Kill points. A child process installs an audit hook (sys.addaudithook) that counts
 the file-system operations vggtl makes under one folder (opening a file for writing,
-rename, remove, mkdir, rmtree, utime) and SIGKILLs itself at the K-th, before that
-operation happens. A dry run counts the operations of a whole write; the K are drawn
+rename, remove, mkdir, rmtree, utime; by path, or by a name relative to a folder the
+feature cache holds open) and SIGKILLs itself at the K-th, before that operation
+happens. A dry run counts the operations of a whole write; the K are drawn
 from that range with a fixed seed, so every run kills at the same points and a
 failure is reproducible (the K is in the assertion message).
 
@@ -59,8 +60,12 @@ KILL_HOOK = textwrap.dedent("""
                     return
             elif event not in _EVENTS:
                 return
-            if not isinstance(args[0], (str, bytes, os.PathLike)) or \\
-                    not os.path.abspath(os.fsdecode(args[0])).startswith(folder):
+            if not isinstance(args[0], (str, bytes, os.PathLike)):
+                return
+            path = os.fsdecode(args[0])
+            # a relative name is one inside a folder vggtl holds open (dir_fd: the
+            # feature cache's entries); nothing else here writes by relative name
+            if os.path.isabs(path) and not os.path.abspath(path).startswith(folder):
                 return
             OPS[0] += 1
             if OPS[0] == kill_at:

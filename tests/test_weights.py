@@ -702,3 +702,311 @@ def test_optional_packages_missing(every_format, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     with pytest.raises(ImportError, match="pip install safetensors"):
         vggtl.load_weights(every_format["safetensors"])
+
+
+# -- data that do not lie inside the file; zip members that decompress past what they hold --
+# These use the miniature VGG16 of fuzz/seeds.py (VGG16's names and layouts, 2 channels):
+# the files are a few kB, in the real layouts (Keras's legacy .h5 by weight_files.py,
+# Keras 3's layers/<class>/vars/<i>, a .keras zip, torch.save's zip).
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+import tracemalloc  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "fuzz"))
+import seeds  # noqa: E402  (fuzz/seeds.py: the miniature VGG16)
+
+
+@pytest.fixture
+def mini(monkeypatch):
+    monkeypatch.setattr(W, "CONV_SPEC", seeds.mini_spec())
+    return seeds.mini_weights(1)
+
+
+# the first kernel's dataset, and its layer group, in each layout
+_FIRST = {"legacy": ("block1_conv1/block1_conv1_W_1:0", "block1_conv1"),
+          "keras3": ("layers/conv2d/vars/0", "layers")}
+
+
+@pytest.mark.parametrize("how", ["external", "virtual", "soft_link", "external_link",
+                                 "group_link"])
+@pytest.mark.parametrize("layout", ["legacy", "keras3", "keras"])
+def test_hdf5_data_outside_the_file_is_refused(mini, tmp_path, layout, how):
+    """A Keras file whose kernel keeps its data in another file (external storage, a
+    virtual dataset, an external link, a layer group linked from another file) or
+    behind a soft link: vggtl followed it, so a local file's bytes became weights
+    (here: a file of exactly the kernel's size; /proc/self/environ works the same).
+    Now a WeightsError names the file and the dataset, and nothing is read."""
+    secret = str(tmp_path / "secret.bin")
+    open(secret, "wb").write(np.arange(54, dtype="<f4").tobytes())  # 3x3x3x2 floats
+    other = str(tmp_path / "other.h5")
+    with h5py.File(other, "w") as o:
+        o.create_dataset("data", data=np.full((3, 3, 3, 2), 7, np.float32))
+    h5 = str(tmp_path / "w.h5")
+    if layout == "legacy":
+        wf.write_keras_legacy_h5(h5, mini)
+    else:
+        wf.write_keras3_h5(h5, mini)
+    ds, group = _FIRST["legacy" if layout == "legacy" else "keras3"]
+    wf.point_elsewhere(h5, ds, group, how, other, secret)
+    p = h5
+    if layout == "keras":
+        p = wf.write_keras_zip(str(tmp_path / "model.keras"), open(h5, "rb").read())
+    with pytest.raises(vggtl.WeightsError) as e:
+        W.load_weights(p, cache=False)
+    msg = str(e.value)
+    assert msg.startswith(p + ": ") and "inside the file itself" in msg, msg
+    named = {"external": (ds, "secret.bin"), "virtual": (ds, "other.h5"),
+             "soft_link": (ds, "/stash"), "external_link": (ds, "other.h5"),
+             "group_link": (group, "other.h5")}[how]
+    for part in named:
+        assert part in msg, msg
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {fuzz!r})
+    import seeds
+    seeds.use_mini_vgg16()
+    from vggtl import weights as W
+    try:
+        W.load_weights({path!r}, cache=False)
+        print("loaded")
+    except W.WeightsError as e:
+        print("WeightsError:", e)
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("how", ["external", "virtual", "virtual_unlimited",
+                                 "external_link"])
+def test_hdf5_fifo_named_in_the_file_is_never_opened(mini, tmp_path, how):
+    """A FIFO as the external file, the virtual dataset's source or the external
+    link's target: opening it blocks until someone writes, so vggtl hung for ever
+    (a virtual dataset with an unlimited mapping already when its shape was asked).
+    Now the load ends at once with a WeightsError; run in a child process, so that
+    a regression fails here instead of hanging the test run."""
+    fifo = str(tmp_path / "pipe")
+    os.mkfifo(fifo)
+    p = wf.write_keras_legacy_h5(str(tmp_path / "w.h5"), mini)
+    ds, group = _FIRST["legacy"]
+    wf.point_elsewhere(p, ds, group, how, fifo, fifo)
+    try:
+        r = subprocess.run([sys.executable, "-c", CHILD.format(fuzz=os.path.join(REPO, "fuzz"),
+                                                               path=p)],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"loading a file that names a FIFO ({how}) hung")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("WeightsError: " + p) and ds in r.stdout, r.stdout
+
+
+def test_hdf5_plugin_filters_and_non_numeric_data_are_never_read(mini, tmp_path, monkeypatch):
+    """A dataset with a filter that is not one of HDF5's own makes libhdf5 search its
+    plugin folders for a library to load; one of variable-length strings is read
+    from HDF5's global heap (which libhdf5 does not check: see _h5_attr). Both are
+    refused from the dataset's header, before any of its data is read."""
+    read = []
+    real = h5py.Dataset.__getitem__
+    monkeypatch.setattr(h5py.Dataset, "__getitem__",
+                        lambda self, key: read.append(self.name) or real(self, key))
+    p = wf.write_keras_legacy_h5(str(tmp_path / "filter.h5"), mini)
+    ds = _FIRST["legacy"][0]
+    with h5py.File(p, "a") as f:
+        k = f[ds][()]
+        del f[ds]
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk(k.shape)
+        dcpl.set_filter(32004, h5py.h5z.FLAG_OPTIONAL)  # LZ4's id, a plugin
+        sid = h5py.h5s.create_simple(k.shape)
+        h5py.h5d.create(f.id, ds.encode(), h5py.h5t.IEEE_F32LE, sid, dcpl=dcpl).write(
+            h5py.h5s.ALL, h5py.h5s.ALL, k)
+    read.clear()
+    with pytest.raises(vggtl.WeightsError, match=r"'block1_conv1/block1_conv1_W_1:0' is "
+                                                 r"stored with filter 32004"):
+        W.load_weights(p, cache=False)
+    assert read == []
+    p = wf.write_keras_legacy_h5(str(tmp_path / "vlen.h5"), mini)
+    with h5py.File(p, "a") as f:
+        del f[ds]
+        f.create_dataset(ds, data=np.array(["x"] * 54, dtype=object).reshape(3, 3, 3, 2),
+                         dtype=h5py.string_dtype())
+    read.clear()
+    with pytest.raises(vggtl.WeightsError, match="expected float32"):
+        W.load_weights(p, cache=False)
+    assert read == []
+
+
+# -- zip members ---------------------------------------------------------------------------
+def _mini_pth(path, sd=None):
+    sd = sd if sd is not None else collections.OrderedDict(
+        (k, torch.from_numpy(v)) for k, v in seeds.mini_state_dict(2).items())
+    torch.save(sd, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bz2_bomb():
+    """bzip2 of 64 MiB of spaces after 'little': about 100 bytes."""
+    import bz2
+    return bz2.compress(b"little" + b" " * (64 << 20), 9)
+
+
+def _peak(fn):
+    """fn()'s exception (or None) and the peak of memory traced while it ran."""
+    tracemalloc.start()
+    try:
+        try:
+            fn()
+            err = None
+        except Exception as e:  # noqa: BLE001  the caller checks it
+            err = e
+        return err, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA],
+                         ids=["bzip2", "lzma"])
+@pytest.mark.parametrize("member", ["data.pkl", "byteorder", "data/0"])
+def test_pth_member_compressed_with_bzip2_or_lzma_is_refused(mini, tmp_path, member, method):
+    """torch.save stores its members and torch.load reads stored and deflated ones
+    only; zipfile decompresses a bzip2 or LZMA member's whole input in one call,
+    however far it expands. Such a member is now refused before any of it is read."""
+    src = _mini_pth(str(tmp_path / "src.pth"))
+    p = wf.rezip(src, str(tmp_path / "m.pth"),
+               lambda n: method if n.endswith("/" + member) else zipfile.ZIP_STORED)
+    err, _ = _peak(lambda: W.load_weights(p, cache=False))
+    assert isinstance(err, vggtl.WeightsError), err
+    assert str(err).startswith(p + ": ") and ("bzip2" if method == zipfile.ZIP_BZIP2
+                                              else "LZMA") in str(err), err
+
+
+def _stored_members(src):
+    """(name, ZIP_STORED, bytes, crc, size) of every member of a zip."""
+    import zlib
+    with zipfile.ZipFile(src) as z:
+        return [(i.filename, zipfile.ZIP_STORED, z.read(i), zlib.crc32(z.read(i)), i.file_size)
+                for i in z.infolist()]
+
+
+def test_byteorder_bomb_allocates_nothing(mini, tmp_path, bz2_bomb):
+    """A byteorder record of 64 MiB of spaces after 'little' (bzip2: 100 bytes; 2 GB
+    works the same) was read whole: a 3 kB checkpoint held the record's size in
+    memory. Now the record is refused by its method before reading, and a stored
+    one longer than 'little' or 'big' by its size."""
+    import zlib
+    src = _mini_pth(str(tmp_path / "src.pth"))
+    members = _stored_members(src)
+    text = b"little" + b" " * (64 << 20)
+    crc = zlib.crc32(text)
+    del text
+    bomb = [(n, zipfile.ZIP_BZIP2, bz2_bomb, crc, 6 + (64 << 20)) if n.endswith("/byteorder")
+            else m for m, (n, *_) in zip(members, members)]
+    p = wf.raw_zip(str(tmp_path / "bomb.pth"), bomb)
+    assert os.path.getsize(p) < 8192
+    err, peak = _peak(lambda: W.load_weights(p, cache=False))
+    assert isinstance(err, vggtl.WeightsError) and "byteorder record" in str(err), err
+    assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB for a {os.path.getsize(p)}-byte file"
+    long = b"little" + b" " * (1 << 20)
+    p = wf.raw_zip(str(tmp_path / "long.pth"),
+                 [(n, zipfile.ZIP_STORED, long, zlib.crc32(long), len(long))
+                  if n.endswith("/byteorder") else m for m, (n, *_) in zip(members, members)])
+    err, _ = _peak(lambda: W.load_weights(p, cache=False))
+    assert isinstance(err, vggtl.WeightsError) and "at most 16" in str(err), err
+
+
+def test_storage_read_only_as_far_as_its_tensor_needs(mini, tmp_path):
+    """A tensor that is a view into a 64 MiB storage (legal for torch.save), deflated
+    to 64 kB: the storage was allocated and decompressed whole. Now only the
+    tensor's part is read: the weights load, and memory stays small."""
+    sd = collections.OrderedDict((k, torch.from_numpy(v))
+                                 for k, v in seeds.mini_state_dict(2).items())
+    w0 = sd["features.0.weight"]
+    big = torch.zeros(16 << 20)
+    big[:w0.numel()] = w0.reshape(-1)
+    sd["features.0.weight"] = big[:w0.numel()].view(w0.shape)
+    src = _mini_pth(str(tmp_path / "src.pth"), sd)
+    p = wf.rezip(src, str(tmp_path / "view.pth"), lambda n: zipfile.ZIP_DEFLATED)
+    assert os.path.getsize(p) < 1 << 20
+    got = {}
+    err, peak = _peak(lambda: got.update(W.load_weights(p, cache=False)))
+    assert err is None, err
+    same(got, seeds.mini_weights(2))
+    assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB"
+
+
+def test_deflated_member_claiming_more_than_deflate_can_give_is_refused(mini, tmp_path):
+    """A storage whose zip record claims 1 GiB from 1 kB of deflate (and whose pickle
+    agrees): the reader allocated the claimed size before finding the stream short.
+    Deflate expands at most 1032:1, so the claim is refused before anything is
+    allocated; likewise for a .keras file's model.weights.h5."""
+    import zlib
+    big = 1 << 28  # float32 elements: 1 GiB
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __init__(self, a):
+            self.a, self.storage = a, Storage()
+
+        def __reduce__(self):
+            stride = tuple(int(np.prod(self.a.shape[i + 1:])) for i in range(self.a.ndim))
+            return torch._utils._rebuild_tensor_v2, (self.storage, 0, self.a.shape, stride,
+                                                     False, collections.OrderedDict())
+
+    sd = collections.OrderedDict((k, Tensor(v)) for k, v in seeds.mini_state_dict(2).items())
+    keys = {}
+
+    def persistent_id(obj):
+        if isinstance(obj, Storage):
+            keys.setdefault(id(obj), str(len(keys)))
+            return ("storage", torch.FloatStorage, keys[id(obj)], "cpu", big)
+        return None
+
+    buf = io.BytesIO()
+    pk = pickle.Pickler(buf, protocol=2)
+    pk.persistent_id = persistent_id
+    pk.dump(sd)
+    pkl = buf.getvalue()
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = c.compress(bytes(1024)) + c.flush()  # raw deflate, as zip members hold it
+    members = [("archive/data.pkl", zipfile.ZIP_STORED, pkl, zlib.crc32(pkl), len(pkl)),
+               ("archive/byteorder", zipfile.ZIP_STORED, b"little", zlib.crc32(b"little"), 6)]
+    members += [(f"archive/data/{k}", zipfile.ZIP_DEFLATED, stream, 0, big * 4)
+                for k in keys.values()]
+    p = wf.raw_zip(str(tmp_path / "claim.pth"), members)
+    err, peak = _peak(lambda: W.load_weights(p, cache=False))
+    assert isinstance(err, vggtl.WeightsError), err
+    assert "more than deflate can produce" in str(err) and str(err).startswith(p), err
+    assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB"
+    p = wf.raw_zip(str(tmp_path / "claim.keras"),
+                 [("metadata.json", 0, b"{}", zlib.crc32(b"{}"), 2),
+                  ("model.weights.h5", zipfile.ZIP_DEFLATED, stream, 0, 1 << 30)])
+    err, peak = _peak(lambda: W.load_weights(p, cache=False))
+    assert isinstance(err, vggtl.WeightsError), err
+    assert "more than deflate can produce" in str(err) and str(err).startswith(p), err
+    assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB"
+
+
+def test_keras_members_compressed_as_keras_and_zip_tools_do_load(mini, tmp_path):
+    """What stays readable: Keras stores its members; a .keras or .pth repacked by a
+    zip tool (deflate) loads the same. bzip2 and LZMA, which neither framework
+    writes, are refused."""
+    h5 = wf.write_keras3_h5(str(tmp_path / "w.weights.h5"), mini)
+    data = open(h5, "rb").read()
+    for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        p = wf.write_keras_zip(str(tmp_path / f"m{method}.keras"), data, method)
+        same(W.load_weights(p, cache=False), mini)
+    src = _mini_pth(str(tmp_path / "src.pth"))
+    ref = W.load_weights(src, cache=False)
+    same(W.load_weights(wf.rezip(src, str(tmp_path / "d.pth"), lambda n: zipfile.ZIP_DEFLATED),
+                        cache=False), ref)
+    for method, name in ((zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "LZMA")):
+        p = wf.write_keras_zip(str(tmp_path / f"m{method}.keras"), data, method)
+        with pytest.raises(vggtl.WeightsError, match=f"model.weights.h5 is compressed with "
+                                                     f"{name}") as e:
+            W.load_weights(p, cache=False)
+        assert str(e.value).startswith(p)

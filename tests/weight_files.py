@@ -207,3 +207,104 @@ def write_torch_2017(path, arrays, views=()):
             f.write(struct.pack("<q", a.size))
             f.write(a.tobytes())
     return path
+
+
+# -- crafted files: real layouts with one part changed, for the bad-input tests and the
+# fuzz seeds (fuzz/seeds.py) -----------------------------------------------------------
+def write_keras3_h5(path, weights, names=False):
+    """Keras 3's .weights.h5 layout: layers/conv2d[_i]/vars/{0,1} (``names``: each
+    vars group with a fixed-length 'name' attribute; Keras 3 writes none there)."""
+    import h5py
+    with h5py.File(path, "w") as f:
+        for i, (name, (k, b)) in enumerate(weights.items()):
+            v = f.create_group(f"layers/conv2d{'' if i == 0 else f'_{i}'}/vars")
+            if names:
+                v.attrs["name"] = name
+            v.create_dataset("0", data=k)
+            v.create_dataset("1", data=b)
+        f.create_group("vars")
+    return path
+
+
+def write_keras_zip(path_or_file, h5_bytes, method=None):
+    """A .keras file: metadata.json, config.json and model.weights.h5, stored as
+    Keras stores them (or compressed with zipfile's ``method``)."""
+    import zipfile
+    with zipfile.ZipFile(path_or_file, "w") as z:
+        z.writestr("metadata.json", '{"keras_version": "3.0.0"}')
+        z.writestr("config.json", '{"class_name": "Functional"}')
+        z.writestr("model.weights.h5", h5_bytes,
+                   compress_type=zipfile.ZIP_STORED if method is None else method)
+    return path_or_file
+
+
+def point_elsewhere(h5path, dataset, group, how, other, secret):
+    """Make ``dataset`` of an HDF5 weights file one whose data do not lie in the
+    file: ``how`` is "external" (HDF5 external storage in the file ``secret``),
+    "virtual" (a virtual dataset mapping other:/data), "virtual_unlimited" (the
+    same with an unlimited mapping), "soft_link" (a soft link to a copy at /stash),
+    "external_link" (to other:/data), or "group_link" (``group`` moved into
+    ``other`` and replaced by an external link to it). Keras writes none of these."""
+    import h5py
+    with h5py.File(h5path, "a") as f:
+        k = f[dataset][()]
+        if how == "group_link":
+            with h5py.File(other, "a") as o:
+                f.copy(f[group], o, name=group)
+            del f[group]
+            f[group] = h5py.ExternalLink(other, "/" + group)
+            return
+        del f[dataset]
+        if how == "external":
+            f.create_dataset(dataset, shape=k.shape, dtype="<f4",
+                             external=[(secret, 0, h5py.h5f.UNLIMITED)])
+        elif how == "virtual":
+            lay = h5py.VirtualLayout(shape=k.shape, dtype="<f4")
+            lay[...] = h5py.VirtualSource(other, "data", shape=k.shape)
+            f.create_virtual_dataset(dataset, lay)
+        elif how == "virtual_unlimited":
+            big = (None,) + k.shape[1:]
+            lay = h5py.VirtualLayout(shape=k.shape, maxshape=big, dtype="<f4")
+            src = h5py.VirtualSource(other, "data", shape=k.shape, maxshape=big)
+            lay[:h5py.h5s.UNLIMITED] = src[:h5py.h5s.UNLIMITED]
+            f.create_virtual_dataset(dataset, lay)
+        elif how == "soft_link":
+            f.create_dataset("stash", data=k)
+            f[dataset] = h5py.SoftLink("/stash")
+        elif how == "external_link":
+            f[dataset] = h5py.ExternalLink(other, "/data")
+        else:
+            raise ValueError(how)
+
+
+def rezip(src, dst, methods):
+    """Copy a zip with each member compressed as ``methods(name)`` says (zipfile
+    writes every method; PyTorch and Keras write stored members only)."""
+    import zipfile
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for i in zin.infolist():
+            zout.writestr(i.filename, zin.read(i), compress_type=methods(i.filename))
+    return dst
+
+
+def raw_zip(path_or_file, members):
+    """Write a zip by hand: ``members`` are (name, method, compressed bytes, CRC-32,
+    uncompressed size), so that a record can claim any size and method (zipfile's
+    writer computes them from the data it compresses itself)."""
+    import struct
+    out, central = bytearray(), bytearray()
+    for name, method, payload, crc, size in members:
+        enc = name.encode()
+        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0, method, 0,
+                               0x21, crc, len(payload), size, len(enc), 0, 0, 0, 0, 0,
+                               len(out)) + enc
+        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc,
+                           len(payload), size, len(enc), 0) + enc + payload
+    eocd = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members), len(members),
+                       len(central), len(out), 0)
+    data = bytes(out + central + eocd)
+    if isinstance(path_or_file, str):
+        with open(path_or_file, "wb") as f:
+            f.write(data)
+        return path_or_file
+    return data

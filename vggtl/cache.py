@@ -9,21 +9,28 @@
 Design
 ------
 Key. An entry is named by a SHA-256 over a JSON record of everything that changes
-the features and nothing else (:func:`make_key`): a digest of the weights of the
-layers below the cut (kept per layer and hashed again only when its arrays are
-replaced or a strided sample of their values changes, as fine-tuning in place
-does; repeated calls cost microseconds, not 58 MB of hashing), the cut layer, the global pooling, the preprocessing (mode and its
+the features and nothing else (:func:`make_key`): the key's format version, a
+SHA-256 of all the weights of the layers below the cut (every value, hashed again
+on every call: 58 MB for the whole conv base, tens of milliseconds on a CPU with
+SHA instructions, so a weight changed in place by any path can never serve old
+features), the cut layer, the global pooling, the preprocessing (mode and its
 affine parameters), the input size the network sees, the storage dtype, the
-augmentation view (None, or the caller's ``(config digest, view index)``) and a
-digest of X (:func:`array_digest`: dtype, shape and bytes; 8 MiB blocks hashed
-in C with XXH64 under two seeds on several threads, their digests combined by
-SHA-256; a memmap is read block by block; ~4 GB/s per core).
-Batch size, threads, chunking and progress are not part of it.
+augmentation view (None, or the caller's ``(config digest, view index)``), each
+convolution's algorithm, and a digest of X (:func:`array_digest`: dtype, shape and
+bytes; a SHA-256 of each 8 MiB block of rows, on several threads without the GIL,
+the blocks' digests hashed again with the dtype and shape; a memmap is read block
+by block). Batch size, threads, chunking and progress are not part of it. The
+digests are cryptographic: arrays that share a key are the same array, even when
+someone crafts them to collide.
 
 Layout. ``<root>/<first 32 hex digits of the key>/`` (root: ``$XDG_CACHE_HOME/vggtl/
 features``, else ``~/.cache/vggtl/features``, or the path given) holds:
 
-    lock            flock'ed: shared to read, exclusive to write or remove
+    vggtl-entry     vggtl's marker: only a folder carrying it is ever written or
+                    removed (the folder is made under another name with it, then
+                    renamed into place)
+    lock            flock'ed: shared to read, exclusive to write or remove; a
+                    writer records its process id and host in it
     manifest.json   the key, N, item shape, dtype, chunk size, batch size and one
                     CRC-32 per chunk (null: not done yet), wrapped with a SHA-256
                     of itself; replaced atomically after every chunk
@@ -54,15 +61,28 @@ Crash safety: every file is complete or absent (rename), and nothing is used unl
 its CRC matches the manifest, which only records a chunk after the chunk is durable.
 Killing a process at any point can cost work, never return wrong features.
 
+A shared folder. Every file of an entry is opened relative to the entry folder's
+descriptor, with ``O_NOFOLLOW`` and ``O_NONBLOCK``, and must be a regular file (the
+folders: folders); a symlink, a FIFO or any other special file where vggtl expects
+its own, or a folder without vggtl's marker, makes the entry damaged: the features
+are computed in memory, with one RuntimeWarning, and nothing is written or read
+through it. Files get ``0666`` less the umask (a replaced file keeps its mode), so
+the members of a group share a cache folder under ``umask 002``.
+
 Eviction: an entry's last use is its manifest's mtime (touched on every hit).
 With a size limit, after each new entry the least recently used others that no
-process holds are removed until the folder fits.
+process holds are removed until the folder fits. Only folders carrying vggtl's
+marker (or, from vggtl before it, a manifest of this cache's format) are entries;
+nothing else under the root is listed, evicted or cleared.
 
 Concurrency: a second process (or thread) wanting an entry that is being written
-waits on the lock, then reads it; the work is done once. Removing an entry (clear,
-LRU eviction) takes its lock without waiting, renames the folder away, then deletes
-it; a waiter that finds its lock file gone starts over. Without ``fcntl`` (Windows)
-there is no locking.
+waits on the lock, then reads it; the work is done once. The wait is bounded: when
+nothing in the entry has changed for ``LOCK_WAIT_S`` seconds (a holder stopped or
+hung; a working writer changes the entry at every chunk), the features are computed
+in memory, with one RuntimeWarning naming the lock and its holder. Removing an entry
+(clear, LRU eviction) takes its lock without waiting, renames the folder away, then
+deletes it; a waiter that finds its lock file gone starts over. Without ``fcntl``
+(Windows) there is no locking.
 
 Read-only or full disk: if the folder cannot be written, the features are computed in
 memory (a plain ndarray) and a RuntimeWarning says so once per folder; complete
@@ -76,24 +96,23 @@ import io
 import json
 import os
 import re
-import shutil
+import secrets
+import socket
+import stat
 import sys
 import threading
 import time
 import uuid
 import warnings
-import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from . import _core
-
 from ._arrays import as_images, release_pages
-from ._atomic import atomic_path, atomic_write_bytes
+from ._atomic import O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK, atomic_open_at, atomic_write_at
 
 try:
     import fcntl
@@ -103,15 +122,25 @@ except ImportError:  # Windows: no advisory locks; single-process use stays safe
 __all__ = ["extract", "info", "clear", "set_size_limit", "get_size_limit", "array_digest",
            "make_key", "default_dir", "forget_weights"]
 
-FORMAT_VERSION = 1
+# The key's and the manifest's format: entries of another version are never read
+# (their keys name other folders, their manifests are refused) but recomputed.
+FORMAT_VERSION = 2
 # A chunk is at most CHUNK_BYTES of features and CHUNK_PIXELS of input pixels (the
 # latter bounds the compute lost to a Ctrl-C: 32 images at 224 x 224, a few seconds).
 CHUNK_BYTES = 4 << 20
 CHUNK_PIXELS = 32 * 224 * 224
 HASH_BLOCK = 8 << 20
 RACY_NS = 2_000_000_000  # a stamp taken within 2 s of the file's ctime is not trusted
+# Seconds a lock may stay held while nothing in its entry changes before a waiter
+# stops waiting and computes without the cache (a writer changes the entry at
+# least once per chunk, and a chunk is a few seconds of work).
+LOCK_WAIT_S = 600.0
+MARKER = "vggtl-entry"
+_MARKER_TEXT = b"vggtl feature cache entry\n"
+_X_DIGEST = re.compile(r"sha256tree:[0-9a-f]{64}")
 _KEY_HEX = 32
 _ENTRY_RE = re.compile(r"^[0-9a-f]{%d}$" % _KEY_HEX)
+_STAGE_AGE_S = 60.0  # a half-made entry folder (".new-...") older than this is a leftover
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
 
 _state_lock = threading.Lock()
@@ -119,11 +148,26 @@ _warned: set = set()
 _limit: Optional[int] = None
 _limit_set = False
 _verified_here: Dict[str, tuple] = {}  # data.npy path -> stamp checked by this process
-_weight_memo: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_stalled: Dict[str, tuple] = {}  # lock path -> the entry as it was when a wait gave up
 
 
 class _Unwritable(Exception):
     """The cache folder cannot be written (read-only, permissions, disk full)."""
+
+
+class _Damaged(Exception):
+    """Something in an entry is not what vggtl puts there (a symlink, a FIFO or
+    another special file, a folder without vggtl's marker): the entry is not used."""
+
+
+class _Stalled(Exception):
+    """An entry's lock stayed held while nothing in the entry changed."""
+
+    def __init__(self, lock: str, holder: str, seconds: float):
+        super().__init__(f"the feature cache entry lock {lock} is held by {holder} and nothing "
+                         f"in the entry has changed for {seconds:.0f} s (a stopped or hung "
+                         f"process?)")
+        self.lock = lock
 
 
 # -- where ---------------------------------------------------------------------------
@@ -133,12 +177,19 @@ def default_dir() -> str:
     return os.path.join(vggtl_cache_dir(), "features")
 
 
-def _root(cache) -> str:
+def _root(cache, what: str = "cache") -> str:
+    kinds = "True, False or a folder path" if what == "cache" else "None or a folder path"
     if cache is True or cache is None:
         return os.path.abspath(default_dir())
     if isinstance(cache, (str, os.PathLike)):
-        return os.path.abspath(os.fspath(cache))
-    raise TypeError(f"cache: expected True, False or a folder path, got {type(cache).__name__}")
+        path = os.fspath(cache)
+        if not isinstance(path, str):
+            raise TypeError(f"{what}: expected a folder path (str), got {path!r}")
+        if path == "":
+            raise ValueError(f"{what}: expected {kinds}, got an empty path "
+                             f"'' (the current folder is never taken by default; pass '.' for it)")
+        return os.path.abspath(path)
+    raise TypeError(f"{what}: expected {kinds}, got {type(cache).__name__}")
 
 
 # -- size limit ----------------------------------------------------------------------
@@ -181,11 +232,12 @@ def get_size_limit() -> Optional[int]:
 
 # -- digests -------------------------------------------------------------------------
 def block_digest(b: np.ndarray) -> bytes:
-    """The 128-bit digest of one block of rows (its bytes in C order), as
-    :func:`array_digest` takes it."""
+    """The SHA-256 of one block of rows (its bytes in C order), as
+    :func:`array_digest` takes it. A C-contiguous block (a memmap's included) is
+    hashed where it lies; only another layout is copied, one block at a time."""
     if not b.flags.c_contiguous:
         b = np.ascontiguousarray(b)
-    return _core.digest128(memoryview(b.reshape(-1).view(np.uint8)))
+    return hashlib.sha256(memoryview(b.reshape(-1).view(np.uint8))).digest()
 
 
 def digest_rows(shape, dtype) -> int:
@@ -198,18 +250,24 @@ def digest_rows(shape, dtype) -> int:
 def combine_digests(shape, dtype, digests) -> str:
     """:func:`array_digest` from the shape, dtype and the blocks' digests in order
     (so that blocks can be hashed elsewhere, e.g. by vggtl.distributed's workers)."""
-    h = hashlib.sha256(json.dumps({"dtype": np.dtype(dtype).str,
-                                   "shape": [int(s) for s in shape]}).encode())
+    shape = [int(s) for s in shape]
+    head = _canonical({"hash": "sha256", "dtype": np.dtype(dtype).str, "shape": shape,
+                       "block_rows": digest_rows(shape, dtype)})
+    h = hashlib.sha256(len(head).to_bytes(8, "little") + head)
     for d in digests:
+        if not isinstance(d, bytes) or len(d) != 32:
+            raise ValueError(f"digests: expected 32-byte SHA-256 digests, got {d!r:.40}")
         h.update(d)
-    return h.hexdigest()
+    return "sha256tree:" + h.hexdigest()
 
 
 def array_digest(X) -> str:
-    """Digest (hex) of an array's dtype, shape and bytes in C order, as a tree: a
-    SHA-256 of the header and of each 8 MiB block's 128-bit digest, blocks hashed
-    in C (XXH64 with two seeds, ~4 GB/s per core, GIL released) on several
-    threads. A memmap is read block by block, never loaded whole."""
+    """Digest of an array's dtype, shape and bytes in C order, as
+    ``"sha256tree:<64 hex digits>"``: the SHA-256 of each 8 MiB block of rows
+    (hashlib, the GIL released, on up to 4 threads), then a SHA-256 of the dtype,
+    the shape and those digests. Cryptographic: no one can make two arrays that
+    share it. A memmap is read block by block, each block dropped from resident
+    memory once hashed, never loaded whole."""
     X = np.asarray(X) if not isinstance(X, np.ndarray) else X
     shape = X.shape
     if X.ndim == 0:
@@ -230,39 +288,48 @@ def array_digest(X) -> str:
     return combine_digests(shape, X.dtype, digests)
 
 
-def _sample(k: np.ndarray, b: np.ndarray) -> bytes:
-    # every 4093rd kernel value and the whole bias: any training step changes it,
-    # so weights updated in place are noticed even without set_weights
-    return k.reshape(-1)[::4093].tobytes() + b.tobytes()
-
-
 def _weights_digest(base, stop: int) -> str:
-    """Digest of the weights of every layer up to index ``stop``; each layer's own
-    digest is kept until its arrays change (other objects or other values)."""
+    """SHA-256 of every value of the weights of every layer up to index ``stop``
+    (layers on several threads), remembered per weights version: a VGG16's
+    weight arrays are read-only, and every way of changing them (set_weights,
+    fine-tuning, TransferModel.set_weights: VGG16._writing) starts a new
+    version, so a remembered digest is never stale."""
+    version = getattr(base, "_weights_version", None)
+    memo = base.__dict__.setdefault("_digest_memo", {}) if version is not None else {}
+    got = memo.get((stop, version))
+    if got is None:
+        got = _hash_weights(base, stop)
+        if version is not None:
+            memo.clear()  # only the current version's digests are of use
+            memo[(stop, version)] = got
+    return got
+
+
+def _hash_weights(base, stop: int) -> str:
     from .vgg16 import CONV_LAYERS, DENSE_LAYERS, _INDEX
-    memo = _weight_memo.setdefault(base, {})
-    h = hashlib.sha256()
-    for name in CONV_LAYERS + DENSE_LAYERS:
-        if _INDEX[name] > stop or name not in base._weights:
-            continue
-        k, b = base._weights[name]
-        sample = _sample(k, b)
-        m = memo.get(name)
-        if m is None or m[0]() is not k or m[1]() is not b or m[2] != sample:
-            d = hashlib.sha256(repr((k.dtype.str, k.shape, b.shape)).encode())
-            d.update(memoryview(np.ascontiguousarray(k).reshape(-1).view(np.uint8)))
-            d.update(memoryview(np.ascontiguousarray(b).reshape(-1).view(np.uint8)))
-            m = (weakref.ref(k), weakref.ref(b), sample, d.hexdigest())
-            memo[name] = m
-        h.update(f"{name}:{m[3]};".encode())
-    return h.hexdigest()
+    layers = [(name, base._weights[name]) for name in CONV_LAYERS + DENSE_LAYERS
+              if _INDEX[name] <= stop and name in base._weights]
+
+    def one(item):
+        name, (k, b) = item
+        d = hashlib.sha256(repr((name, k.dtype.str, k.shape, b.dtype.str, b.shape)).encode())
+        for a in (k, b):
+            d.update(memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)))
+        return f"{name}:{d.hexdigest()};".encode()
+
+    workers = min(4, os.cpu_count() or 1, len(layers))
+    if workers < 2:
+        parts = [one(x) for x in layers]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            parts = list(ex.map(one, layers))
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def forget_weights(base) -> None:
-    """Drop the remembered weight digests of ``base`` (they are recomputed on the
-    next extract). Only needed after changing weight arrays in place in a way the
-    sampled check could miss; :meth:`VGG16.set_weights` needs nothing."""
-    _weight_memo.pop(base, None)
+    """Forget the remembered digests of ``base``'s weights (not needed: a change
+    of the weights starts a new version; kept for code that calls it)."""
+    base.__dict__.pop("_digest_memo", None)
 
 
 def make_key(base, layer=None, dtype="float32", view=None, input_size=None,
@@ -276,6 +343,9 @@ def make_key(base, layer=None, dtype="float32", view=None, input_size=None,
         if X is None:
             raise ValueError("make_key: needs X or x_digest")
         x_digest = array_digest(X)
+    elif not isinstance(x_digest, str) or not _X_DIGEST.fullmatch(x_digest):
+        raise ValueError(f"x_digest: expected what vggtl.cache.array_digest returns "
+                         f"('sha256tree:' and 64 hex digits), got {x_digest!r:.80}")
     if input_size is None:
         input_size = tuple(as_images(X).shape[1:3])
     scale, shift, rev = _preprocess_params(base.preprocess)
@@ -357,27 +427,168 @@ def _npy_header(shape, dtype: np.dtype) -> bytes:
     return bio.getvalue()
 
 
-def _read_json(path) -> Optional[dict]:
+# errno of an O_NOFOLLOW / O_DIRECTORY open of something of the wrong kind: a
+# symlink (ELOOP; EMLINK on FreeBSD), a socket (ENXIO), a folder, not a folder
+_WRONG_KIND = {errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR, errno.ENOTDIR,
+               errno.ENODEV}
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISREG, "a file")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _what_is(name: str, dir_fd: Optional[int]) -> str:
     try:
-        with open(path, "rb") as f:
-            raw = f.read(1 << 24)
+        return _kind(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return "something else"
+
+
+def _open_file(name: str, dir_fd: Optional[int], flags: int = os.O_RDONLY,
+               shown: Optional[str] = None) -> Optional[int]:
+    """A descriptor of the regular file ``name`` (relative to ``dir_fd``, or a
+    path), opened without following a symlink or waiting on a FIFO; None if there
+    is none. Anything but a regular file there raises _Damaged."""
+    try:
+        fd = os.open(name, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o666, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in _WRONG_KIND:
+            raise _Damaged(f"{shown or name} is {_what_is(name, dir_fd)}, not a regular "
+                           f"file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _Damaged(f"{shown or name} is {_kind(mode)}, not a regular file")
+    return fd
+
+
+def _open_dir(name: str, dir_fd: Optional[int] = None, shown: Optional[str] = None) -> Optional[int]:
+    """A descriptor of the folder ``name`` (relative to ``dir_fd``, or a path), which
+    must be a folder and not a symlink to one (_Damaged otherwise); None if absent."""
+    try:
+        return os.open(name, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                       dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in _WRONG_KIND:
+            raise _Damaged(f"{shown or name} is {_what_is(name, dir_fd)}, not a "
+                           f"folder") from None
+        raise
+
+
+def _read_fd(fd: int, limit: int) -> bytes:
+    """At most ``limit`` + 1 bytes from ``fd`` (one more tells "too long")."""
+    parts, left = [], limit + 1
+    while left > 0:
+        b = os.read(fd, min(left, 1 << 20))
+        if not b:
+            break
+        parts.append(b)
+        left -= len(b)
+    return b"".join(parts)
+
+
+def _read_small(name: str, dir_fd: Optional[int], limit: int = 1 << 24,
+                shown: Optional[str] = None) -> Optional[bytes]:
+    """The bytes of the regular file ``name`` (None if absent; at most ``limit`` + 1)."""
+    fd = _open_file(name, dir_fd, shown=shown)
+    if fd is None:
+        return None
+    try:
+        return _read_fd(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def _read_json(name: str, dir_fd: Optional[int] = None, shown: Optional[str] = None,
+               limit: int = 1 << 24) -> Optional[dict]:
+    """A JSON object from a regular file; None when absent, unreadable, over
+    ``limit`` bytes or not a JSON object. _Damaged when not a regular file."""
+    try:
+        raw = _read_small(name, dir_fd, limit, shown)
+    except OSError:
+        return None
+    if raw is None or len(raw) > limit:
+        return None
+    try:
         obj = json.loads(raw)
-        return obj if isinstance(obj, dict) else None
-    except (OSError, ValueError, RecursionError, MemoryError):
-        return None  # unreadable, not JSON, or nested too deep: as if absent
+    except (ValueError, RecursionError, MemoryError):
+        return None  # not JSON, or nested too deep: as if absent
+    return obj if isinstance(obj, dict) else None
 
 
-def _tree_size(path) -> int:
+def _lexists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+
+
+def _remove_at(name: str, dir_fd: Optional[int], depth: int = 0) -> None:
+    """Remove ``name`` in the folder ``dir_fd`` (or a path): a file, a symlink (not
+    what it points to), a FIFO, or a whole folder tree, following no symlink.
+    Best effort: errors are ignored."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return
+    if stat.S_ISDIR(st.st_mode) and depth < 16:
+        try:
+            fd = _open_dir(name, dir_fd)
+        except (OSError, _Damaged):
+            return
+        if fd is None:
+            return
+        try:
+            for child in os.listdir(fd):
+                _remove_at(child, fd, depth + 1)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        try:
+            os.rmdir(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+    elif not stat.S_ISDIR(st.st_mode):
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+
+
+def _tree_size(dir_fd: int, depth: int = 0) -> int:
+    """Bytes of the files under the folder ``dir_fd`` (symlinks not followed)."""
     total = 0
     try:
-        with os.scandir(path) as it:
+        with os.scandir(dir_fd) as it:
             for e in it:
                 try:
                     if e.is_dir(follow_symlinks=False):
-                        total += _tree_size(e.path)
+                        sub = _open_dir(e.name, dir_fd) if depth < 16 else None
+                        if sub is not None:
+                            try:
+                                total += _tree_size(sub, depth + 1)
+                            finally:
+                                os.close(sub)
                     else:
                         total += e.stat(follow_symlinks=False).st_size
-                except OSError:
+                except (OSError, _Damaged):
                     pass
     except OSError:
         pass
@@ -388,70 +599,283 @@ def _stamp(st: os.stat_result) -> list:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+# -- vggtl's own folders ----------------------------------------------------------------
+def _is_ours(dir_fd: int) -> bool:
+    """The folder carries vggtl's marker (or, made by vggtl before the marker, a
+    manifest of the feature cache's format): only such a folder is ever written
+    into or removed."""
+    try:
+        if _read_small(MARKER, dir_fd, limit=256) == _MARKER_TEXT:
+            return True
+    except (OSError, _Damaged):
+        pass
+    try:
+        obj = _read_json("manifest.json", dir_fd)
+    except _Damaged:
+        return False
+    m = obj.get("manifest") if obj else None
+    return isinstance(m, dict) and m.get("format") == "vggtl.features"
+
+
+def _make_entry_dir(folder: str) -> None:
+    """Create an entry folder with vggtl's marker in one step: made under a
+    temporary name, marked, renamed into place (a folder already there, made by
+    another process meanwhile, stays)."""
+    root, name = os.path.split(folder)
+    os.makedirs(root, exist_ok=True)
+    stage = os.path.join(root, f".new-{name}-{secrets.token_hex(4)}")
+    os.mkdir(stage, 0o777)
+    try:
+        dfd = _open_dir(stage)
+        try:
+            fd = os.open(MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                         0o666, dir_fd=dfd)
+            try:
+                os.write(fd, _MARKER_TEXT)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        try:
+            os.rename(stage, folder)
+        except OSError as e:
+            # made meanwhile (EEXIST, ENOTEMPTY), or something else is there
+            # (ENOTDIR: a file or a symlink), which opening it reports
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise
+    finally:
+        _remove_entry_tree(stage)  # gone when renamed
+
+
+def _remove_entry_tree(path: str) -> None:
+    """Remove an entry folder that is vggtl's (checked here again), its marker and
+    manifest last, so that a removal cut short leaves a folder still known as ours."""
+    try:
+        fd = _open_dir(path)
+    except (OSError, _Damaged):
+        return
+    if fd is None:
+        return
+    try:
+        if not _is_ours(fd):
+            return
+        last = (MARKER, "manifest.json")
+        for name in os.listdir(fd):
+            if name not in last:
+                _remove_at(name, fd)
+        for name in reversed(last):
+            _remove_at(name, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 # -- locks -------------------------------------------------------------------------
+def _progress(dir_fd: Optional[int]) -> tuple:
+    """What changes while a lock holder works on the entry: the entry's and its
+    chunk folder's times (each file written or renamed there), the manifest's, and
+    the size of every temporary file (data.npy being assembled)."""
+    out: list = []
+    if dir_fd is None:
+        return ()
+    try:
+        out.append(os.fstat(dir_fd).st_mtime_ns)
+        for name in sorted(os.listdir(dir_fd)):
+            if name.endswith(".part") or name in ("chunks", "manifest.json"):
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                out.append((name, st.st_size, st.st_mtime_ns))
+    except OSError:
+        pass
+    return tuple(out)
+
+
+def _flock_pids(fd: int) -> List[int]:
+    """The processes holding an flock on the file open as ``fd``, as /proc/locks
+    shows them (Linux; only this machine's and this PID namespace's)."""
+    try:
+        st = os.fstat(fd)
+        with open("/proc/locks") as f:
+            lines = f.read(1 << 22).splitlines()
+    except OSError:
+        return []
+    exact = "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    found: Dict[bool, List[int]] = {True: [], False: []}
+    for line in lines:
+        f = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"; waiters: "1: ->"
+        if len(f) < 6 or f[1] != "FLOCK" or f[5].rsplit(":", 1)[-1] != str(st.st_ino):
+            continue
+        try:
+            pid = int(f[4])
+        except ValueError:
+            continue
+        # an overlay file system may show another device number: the inode alone then
+        found[f[5] == exact].append(pid)
+    pids = found[True] or found[False]
+    return list(dict.fromkeys(pids))
+
+
+def _describe_holder(fd: int) -> str:
+    """Who holds the lock open as ``fd``: the processes /proc/locks shows, else what
+    the last writer recorded in the lock file."""
+    who = []
+    for pid in _flock_pids(fd):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                name = f.read(64).strip()
+        except OSError:
+            name = ""
+        who.append(f"process {pid}" + (f" ({name})" if name else ""))
+    if who:
+        return ", ".join(who) + " on this machine"
+    try:
+        rec = os.pread(fd, 256, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        rec = ""
+    if rec.startswith("pid "):
+        return f"a process not shown here; the last writer recorded: {rec!r}"
+    return "a process not shown here (on another machine?)"
+
+
+def _record_holder(fd: int) -> None:
+    """Write who holds the lock for writing into it, for waiters to name."""
+    rec = f"pid {os.getpid()} on {socket.gethostname()} since " \
+          f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode()
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, rec, 0)
+    except OSError:
+        pass  # only information
+
+
 class _Locked:
-    """An flock on ``<entry>/lock``, checked to be the entry's current lock file
-    (an entry removed while we waited has its folder renamed away: start over)."""
+    """An flock on ``<folder>/lock``, checked to be the entry's current lock file
+    in the folder still at its path (an entry removed while we waited has its
+    folder renamed away: start over). ``dfd``: the entry folder, open, while held
+    (None: no entry). ``create``: make the folder, marked as vggtl's, if absent;
+    a folder without the marker is refused (_Damaged). A wait ends when the lock
+    is free, or with _Stalled when nothing in the entry changed for LOCK_WAIT_S."""
 
     def __init__(self, folder: str, exclusive: bool, create: bool, blocking: bool = True,
                  on_wait: Optional[Callable[[], None]] = None):
         self.folder, self.exclusive, self.create = folder, exclusive, create
         self.blocking, self.on_wait = blocking, on_wait
         self.fd: Optional[int] = None
+        self.dfd: Optional[int] = None
         self.busy = False
+        self.lock_path = os.path.join(folder, "lock")
 
     def __enter__(self):
-        path = os.path.join(self.folder, "lock")
+        try:
+            return self._enter()
+        except BaseException:
+            self._close()
+            raise
+
+    def _close(self) -> None:
+        for attr in ("fd", "dfd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                setattr(self, attr, None)
+                os.close(fd)  # closing the lock file releases its flock
+
+    def _enter(self):
         for _ in range(100):
-            if self.create:
+            self._close()
+            self.dfd = _open_dir(self.folder)
+            if self.dfd is None:
+                if not self.create:
+                    return self  # no entry
                 with _writing(f"cannot create {self.folder}"):
-                    os.makedirs(self.folder, exist_ok=True)
-                    try:
-                        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-                    except FileNotFoundError:
-                        continue  # the folder was removed between the two calls
+                    _make_entry_dir(self.folder)
+                continue
+            if self.create:
+                if not _is_ours(self.dfd):
+                    raise _Damaged(f"{self.folder} is not a vggtl cache entry (it has no "
+                                   f"{MARKER} marker)")
+                with _writing(f"cannot create {self.lock_path}"):
+                    self.fd = _open_file("lock", self.dfd, os.O_RDWR | os.O_CREAT,
+                                         shown=self.lock_path)
             else:
                 try:
-                    fd = os.open(path, os.O_RDONLY)
+                    self.fd = _open_file("lock", self.dfd, shown=self.lock_path)
                 except OSError:
-                    return self  # no entry, or no lock readable: read without one
+                    self.fd = None
+                if self.fd is None:
+                    return self  # no lock readable: read without one
             if fcntl is None:
-                self.fd = fd
                 return self
             mode = fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH
             try:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if not self.blocking:
-                        os.close(fd)
-                        self.busy = True
-                        return self
-                    if self.on_wait is not None:
-                        self.on_wait()
-                    fcntl.flock(fd, mode)
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
-            except OSError:
-                same = False
-            if same:
-                self.fd = fd
+                fcntl.flock(self.fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not self.blocking:
+                    self._close()
+                    self.busy = True
+                    return self
+                if self.on_wait is not None:
+                    self.on_wait()
+                self._wait(mode)
+            if self._current():
+                if self.exclusive:
+                    _record_holder(self.fd)
                 return self
-            os.close(fd)  # removed (or removed and made again) while we waited: again
-        raise _Unwritable(f"cannot lock {path}: it keeps being removed")
+        raise _Unwritable(f"cannot lock {self.lock_path}: it keeps being removed")
+
+    def _current(self) -> bool:
+        try:
+            return os.path.samestat(os.fstat(self.dfd), os.stat(self.folder,
+                                                                follow_symlinks=False)) and \
+                os.path.samestat(os.fstat(self.fd), os.stat("lock", dir_fd=self.dfd,
+                                                            follow_symlinks=False))
+        except OSError:
+            return False
+
+    def _wait(self, mode: int) -> None:
+        """Poll for the lock until it is free; give up (_Stalled) once nothing in the
+        entry has changed for LOCK_WAIT_S (at once if it is as it was when an earlier
+        wait here gave up)."""
+        limit = float(LOCK_WAIT_S)
+        seen = _progress(self.dfd)
+        since = time.monotonic()
+        if _stalled.get(self.lock_path) == seen:
+            since -= limit
+        delay = 0.005
+        while True:
+            time.sleep(delay)
+            delay = min(0.2, delay * 2)
+            try:
+                fcntl.flock(self.fd, mode | fcntl.LOCK_NB)
+                _stalled.pop(self.lock_path, None)
+                return
+            except BlockingIOError:
+                pass
+            now = time.monotonic()
+            state = _progress(self.dfd)
+            if state != seen:
+                seen, since = state, now
+            elif now - since >= limit:
+                _stalled[self.lock_path] = state
+                raise _Stalled(self.lock_path, _describe_holder(self.fd), now - since)
 
     def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)  # releases the flock
-            self.fd = None
+        self._close()
         return False
 
 
 # -- one entry ---------------------------------------------------------------------------
 class _Entry:
+    """One entry's files. Every operation goes through the entry folder's
+    descriptor (the one held with its lock, else opened for the call) and names
+    relative to it, so a symlink planted in place of the folder or any file in it
+    is never followed."""
+
     def __init__(self, root: str, key: dict):
         self.root, self.key = root, key
         self.id = _key_id(key)
@@ -460,17 +884,71 @@ class _Entry:
         self.data_path = os.path.join(self.dir, "data.npy")
         self.stamp_path = os.path.join(self.dir, "verified")
         self.chunk_dir = os.path.join(self.dir, "chunks")
+        self._dfd: Optional[int] = None
 
     def chunk_path(self, k: int) -> str:
         return os.path.join(self.chunk_dir, f"{k:06d}.bin")
 
+    # folders ----------------------------------------------------------------
+    @contextmanager
+    def locked(self, exclusive: bool, create: bool, blocking: bool = True,
+               on_wait: Optional[Callable[[], None]] = None) -> Iterator[_Locked]:
+        with _Locked(self.dir, exclusive, create, blocking, on_wait) as lk:
+            self._dfd = lk.dfd
+            try:
+                yield lk
+            finally:
+                self._dfd = None
+
+    @contextmanager
+    def folder(self, required: bool = False) -> Iterator[Optional[int]]:
+        """The entry folder's descriptor (None if there is no entry, or
+        FileNotFoundError when ``required``)."""
+        if self._dfd is not None:
+            yield self._dfd
+            return
+        fd = _open_dir(self.dir)
+        if fd is None and required:
+            raise FileNotFoundError(errno.ENOENT, "the cache entry is gone", self.dir)
+        try:
+            yield fd
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    @contextmanager
+    def chunks(self, dfd: int, create: bool = False) -> Iterator[Optional[int]]:
+        """The chunk folder's descriptor (None if absent and not ``create``)."""
+        cfd = _open_dir("chunks", dfd, shown=self.chunk_dir)
+        if cfd is None and create:
+            try:
+                os.mkdir("chunks", 0o777, dir_fd=dfd)
+            except FileExistsError:
+                pass
+            cfd = _open_dir("chunks", dfd, shown=self.chunk_dir)
+            if cfd is None:
+                raise FileNotFoundError(errno.ENOENT, "removed while in use", self.chunk_dir)
+        try:
+            yield cfd
+        finally:
+            if cfd is not None:
+                os.close(cfd)
+
+    def has_chunks(self) -> bool:
+        with self.folder() as dfd:
+            return dfd is not None and _lexists("chunks", dfd)
+
     # manifest ---------------------------------------------------------------
     def read_manifest(self) -> Optional[dict]:
-        return load_manifest(self.manifest_path, self.key)
+        with self.folder() as dfd:
+            if dfd is None:
+                return None
+            return _check_manifest(_read_json("manifest.json", dfd, self.manifest_path),
+                                   self.key)
 
     def write_manifest(self, m: dict) -> None:
-        with _writing(f"cannot write {self.manifest_path}"):
-            atomic_write_bytes(self.manifest_path, _wrap_manifest(m))
+        with _writing(f"cannot write {self.manifest_path}"), self.folder(True) as dfd:
+            atomic_write_at(dfd, "manifest.json", _wrap_manifest(m), self.manifest_path)
 
     # verification ------------------------------------------------------------
     def region(self, m: dict, k: int) -> Tuple[int, int]:
@@ -484,34 +962,46 @@ class _Entry:
     def chunk_bytes(self, m: dict, k: int) -> int:
         return self.region(m, k)[1]
 
-    def bad_regions(self, m: dict) -> List[int]:
-        """Chunks whose region in data.npy is short or fails its CRC (all when the
-        file is missing or its header differs)."""
+    def bad_regions(self, m: dict, fd: Optional[int] = None) -> List[int]:
+        """Chunks whose region in data.npy (open as ``fd``, or opened here) is short
+        or fails its CRC (all when the file is missing or its header differs)."""
         ks = list(range(len(m["chunks"])))
+        if fd is None:
+            with self.folder() as dfd:
+                try:
+                    own = _open_file("data.npy", dfd, shown=self.data_path) \
+                        if dfd is not None else None
+                except OSError:
+                    own = None
+            if own is None:
+                return ks
+            try:
+                return self.bad_regions(m, own)
+            finally:
+                os.close(own)
+        header = _npy_header((m["n"], *m["item_shape"]), DTYPES[m["dtype"]])
         try:
-            fd = os.open(self.data_path, os.O_RDONLY)
-        except OSError:
-            return ks
-        try:
-            header = _npy_header((m["n"], *m["item_shape"]), DTYPES[m["dtype"]])
             if os.pread(fd, len(header), 0) != header:
                 return ks
+        except OSError:
+            return ks
 
-            def check(k):
-                if m["chunks"][k] is None:
-                    return k
-                off, length = self.region(m, k)
+        def check(k):
+            if m["chunks"][k] is None:
+                return k
+            off, length = self.region(m, k)
+            try:
                 data = os.pread(fd, length, off)
-                return None if len(data) == length and zlib.crc32(data) == m["chunks"][k] else k
+            except OSError:
+                return k
+            return None if len(data) == length and zlib.crc32(data) == m["chunks"][k] else k
 
-            if len(ks) < 2:
-                res = [check(k) for k in ks]
-            else:
-                with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
-                    res = list(ex.map(check, ks))
-            return [k for k in res if k is not None]
-        finally:
-            os.close(fd)
+        if len(ks) < 2:
+            res = [check(k) for k in ks]
+        else:
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as ex:
+                res = list(ex.map(check, ks))
+        return [k for k in res if k is not None]
 
     def write_chunk(self, k: int, data: np.ndarray) -> int:
         """Write chunk k's features atomically (complete or absent, never half);
@@ -519,20 +1009,54 @@ class _Entry:
         raw = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
         crc = zlib.crc32(raw)
         with _writing(f"cannot write {self.chunk_path(k)}"):
-            with atomic_path(self.chunk_path(k)) as tmp:
-                with open(tmp, "wb") as f:
+            with self.folder(True) as dfd, self.chunks(dfd, create=True) as cfd:
+                with atomic_open_at(cfd, f"{k:06d}.bin", self.chunk_path(k)) as f:
                     f.write(raw)
         return crc
+
+    def read_chunk_file(self, name: str, limit: int) -> Optional[bytes]:
+        """The bytes of ``chunks/<name>`` (at most ``limit`` + 1), None if absent."""
+        with self.folder() as dfd:
+            if dfd is None:
+                return None
+            with self.chunks(dfd) as cfd:
+                if cfd is None:
+                    return None
+                return _read_small(name, cfd, limit, os.path.join(self.chunk_dir, name))
+
+    def has_chunk_file(self, name: str) -> bool:
+        """``chunks/<name>`` is there (_Damaged if it is not a regular file)."""
+        with self.folder() as dfd:
+            if dfd is None:
+                return False
+            with self.chunks(dfd) as cfd:
+                fd = _open_file(name, cfd, shown=os.path.join(self.chunk_dir, name)) \
+                    if cfd is not None else None
+        if fd is not None:
+            os.close(fd)
+        return fd is not None
+
+    def write_chunk_file(self, name: str, src: str) -> None:
+        """Copy the file ``src`` to ``chunks/<name>``, atomically."""
+        with _writing(f"cannot write {os.path.join(self.chunk_dir, name)}"):
+            with self.folder(True) as dfd, self.chunks(dfd, create=True) as cfd, \
+                    open(src, "rb") as f, \
+                    atomic_open_at(cfd, name, os.path.join(self.chunk_dir, name)) as out:
+                while True:
+                    block = f.read(1 << 20)
+                    if not block:
+                        break
+                    out.write(block)
 
     def chunk_file_ok(self, m: dict, k: int) -> bool:
         if m["chunks"][k] is None:
             return False
         try:
-            with open(self.chunk_path(k), "rb") as f:
-                data = f.read(self.chunk_bytes(m, k) + 1)
+            data = self.read_chunk_file(f"{k:06d}.bin", self.chunk_bytes(m, k))
         except OSError:
             return False
-        return len(data) == self.chunk_bytes(m, k) and zlib.crc32(data) == m["chunks"][k]
+        return data is not None and len(data) == self.chunk_bytes(m, k) and \
+            zlib.crc32(data) == m["chunks"][k]
 
     def trusted(self, st: os.stat_result) -> bool:
         """data.npy is as it was at a full check (see the module docstring)."""
@@ -540,89 +1064,112 @@ class _Entry:
         here = _verified_here.get(self.data_path)
         if here is not None and here[0] == stamp and here[1] - st.st_ctime_ns > RACY_NS:
             return True
-        rec = _read_json(self.stamp_path)
+        with self.folder() as dfd:
+            rec = _read_json("verified", dfd, self.stamp_path, limit=4096) \
+                if dfd is not None else None
         return bool(rec) and rec.get("stamp") == stamp and \
             isinstance(rec.get("at"), int) and rec["at"] - st.st_ctime_ns > RACY_NS
 
     def record_verified(self, st: os.stat_result, at: int) -> None:
         _verified_here[self.data_path] = (_stamp(st), at)
         try:
-            atomic_write_bytes(self.stamp_path, _canonical({"stamp": _stamp(st), "at": at}))
+            with self.folder(True) as dfd:
+                atomic_write_at(dfd, "verified", _canonical({"stamp": _stamp(st), "at": at}),
+                                self.stamp_path)
         except OSError:
             pass  # read-only: this process remembers it
 
     # reading --------------------------------------------------------------------
     def try_read(self, check: bool = True) -> Optional[np.ndarray]:
         """The complete entry as a read-only memmap, or None (missing, incomplete,
-        damaged). ``check=False`` after this process wrote it."""
-        m = self.read_manifest()
-        if m is None or not m["complete"]:
-            return None
-        try:
-            st = os.stat(self.data_path)
-        except OSError:
-            return None
-        header = _npy_header((m["n"], *m["item_shape"]), DTYPES[m["dtype"]])
+        damaged). ``check=False`` after this process wrote it. _Damaged when a
+        file of the entry is not a regular file (a symlink, a FIFO...)."""
+        with self.folder() as dfd:
+            if dfd is None:
+                return None
+            m = _check_manifest(_read_json("manifest.json", dfd, self.manifest_path), self.key)
+            if m is None or not m["complete"]:
+                return None
+            try:
+                fd = _open_file("data.npy", dfd, shown=self.data_path)
+            except OSError:
+                return None
+            if fd is None:
+                return None
+            try:
+                arr = self._map(m, fd, check)
+            except (OSError, ValueError):
+                arr = None
+            finally:
+                os.close(fd)
+            if arr is not None:
+                self.touch()
+            return arr
+
+    def _map(self, m: dict, fd: int, check: bool) -> Optional[np.ndarray]:
+        shape, dtype = (m["n"], *m["item_shape"]), DTYPES[m["dtype"]]
+        header = _npy_header(shape, dtype)
+        st = os.fstat(fd)
         if st.st_size != len(header) + m["n"] * _item_bytes(m):
             return None
         if check and not self.trusted(st):
             at = time.time_ns()
-            if self.bad_regions(m):
+            if self.bad_regions(m, fd):
                 return None
             self.record_verified(st, at)
-        try:
-            with open(self.data_path, "rb") as f:
-                if f.read(len(header)) != header:
-                    return None
-            arr = np.load(self.data_path, mmap_mode="r")
-        except (OSError, ValueError):
+        if os.pread(fd, len(header), 0) != header:
             return None
-        if arr.shape != (m["n"], *m["item_shape"]) or arr.dtype != DTYPES[m["dtype"]]:
-            return None
-        self.touch()
+        with open(fd, "rb", closefd=False) as f:
+            arr = np.memmap(f, dtype=dtype, mode="r", offset=len(header), shape=shape)
+        arr.filename = self.data_path
         return arr
 
     def touch(self) -> None:
         try:  # least-recently-used order is the manifest's mtime
-            os.utime(self.manifest_path)
+            with self.folder() as dfd:
+                if dfd is not None:
+                    os.utime("manifest.json", dir_fd=dfd, follow_symlinks=False)
         except OSError:
             pass
 
     # writing --------------------------------------------------------------------
     def clean_temporaries(self) -> None:
-        for folder in (self.dir, self.chunk_dir):
-            try:
-                names = os.listdir(folder)
-            except OSError:
-                continue
-            for name in names:
-                if name.startswith(".") and name.endswith(".part"):
+        with self.folder() as dfd:
+            if dfd is None:
+                return
+            with self.chunks(dfd) as cfd:
+                for folder in (dfd, cfd):
+                    if folder is None:
+                        continue
                     try:
-                        os.unlink(os.path.join(folder, name))
+                        names = os.listdir(folder)
                     except OSError:
-                        pass
+                        continue
+                    for name in names:
+                        if name.startswith(".") and name.endswith(".part"):
+                            try:
+                                os.unlink(name, dir_fd=folder)
+                            except OSError:
+                                pass
 
     def drop_leftovers(self) -> None:
         """Chunk files of a complete entry (a process killed between the last
         manifest write and their removal): removed if nobody holds the entry."""
         try:
-            with _Locked(self.dir, exclusive=True, create=False, blocking=False) as lk:
+            with self.locked(exclusive=True, create=False, blocking=False) as lk:
                 if lk.fd is not None:
                     m = self.read_manifest()
                     if m is not None and m["complete"]:
-                        shutil.rmtree(self.chunk_dir, ignore_errors=True)
-        except OSError:
+                        _remove_at("chunks", lk.dfd)
+        except (OSError, _Damaged, _Unwritable):
             pass
 
     def reset(self) -> None:
-        """Forget everything but the lock (a manifest of another format or key)."""
-        with _writing(f"cannot clear {self.dir}"):
-            shutil.rmtree(self.chunk_dir, ignore_errors=True)
-            for p in (self.data_path, self.stamp_path, self.manifest_path):
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
+        """Forget everything but the lock and the marker (a manifest of another
+        format or key)."""
+        with _writing(f"cannot clear {self.dir}"), self.folder(True) as dfd:
+            for name in ("chunks", "data.npy", "verified", "manifest.json"):
+                _remove_at(name, dfd)
 
     def build(self, plan: "_Plan") -> None:
         """Compute what is missing and assemble data.npy (exclusive lock held)."""
@@ -633,8 +1180,9 @@ class _Entry:
             m = plan.new_manifest(self.key)
             self.write_manifest(m)
         nchunks = len(m["chunks"])
-        in_data = set(range(nchunks)) - set(self.bad_regions(m)) \
-            if os.path.exists(self.data_path) else set()
+        with self.folder(True) as dfd:
+            has_data = _lexists("data.npy", dfd)
+        in_data = set(range(nchunks)) - set(self.bad_regions(m)) if has_data else set()
         in_files = {k for k in range(nchunks) if k not in in_data and self.chunk_file_ok(m, k)}
         missing = [k for k in range(nchunks) if k not in in_data and k not in in_files]
         if missing or m["complete"]:
@@ -643,8 +1191,9 @@ class _Entry:
             m["complete"] = False
             self.write_manifest(m)
         if missing:
-            with _writing(f"cannot create {self.chunk_dir}"):
-                os.makedirs(self.chunk_dir, exist_ok=True)
+            with _writing(f"cannot create {self.chunk_dir}"), self.folder(True) as dfd, \
+                    self.chunks(dfd, create=True):
+                pass
             done = sum(min(m["chunk"], m["n"] - k * m["chunk"]) for k in range(nchunks)
                        if k not in missing)
             bar = _Progress(plan.progress, m["n"], done, plan.desc)
@@ -660,39 +1209,42 @@ class _Entry:
             self.assemble(m, in_files)
         m["complete"] = True
         self.write_manifest(m)
-        shutil.rmtree(self.chunk_dir, ignore_errors=True)
+        with self.folder() as dfd:
+            if dfd is not None:
+                _remove_at("chunks", dfd)
 
     def assemble(self, m: dict, in_files: set) -> None:
         """data.npy from the chunk files (and good regions of the old data.npy),
         each chunk's CRC checked as it is copied."""
         header = _npy_header((m["n"], *m["item_shape"]), DTYPES[m["dtype"]])
-        old = None
-        try:
-            if len(in_files) < len(m["chunks"]):
-                try:
-                    old = open(self.data_path, "rb")  # noqa: SIM115 (closed below)
-                except OSError:
-                    raise _Changed(-1) from None  # gone since it was checked
-            with _writing(f"cannot write {self.data_path}"):
-                with atomic_path(self.data_path) as tmp:
-                    with open(tmp, "wb") as out:
-                        out.write(header)
-                        for k in range(len(m["chunks"])):
-                            if k in in_files:
-                                with open(self.chunk_path(k), "rb") as f:
-                                    data = f.read()
-                            else:
-                                off, length = self.region(m, k)
-                                old.seek(off)
-                                data = old.read(length)
-                            if len(data) != self.chunk_bytes(m, k) or \
-                                    zlib.crc32(data) != m["chunks"][k]:
-                                # changed under us since it was checked: start over
-                                raise _Changed(k)
-                            out.write(data)
-        finally:
-            if old is not None:
-                old.close()
+        with self.folder(True) as dfd:
+            old = None
+            try:
+                if len(in_files) < len(m["chunks"]):
+                    try:
+                        old = _open_file("data.npy", dfd, shown=self.data_path)
+                    except OSError:
+                        old = None
+                    if old is None:
+                        raise _Changed(-1)  # gone since it was checked
+                with _writing(f"cannot write {self.data_path}"), self.chunks(dfd) as cfd, \
+                        atomic_open_at(dfd, "data.npy", self.data_path) as out:
+                    out.write(header)
+                    for k in range(len(m["chunks"])):
+                        if k in in_files:
+                            data = _read_small(f"{k:06d}.bin", cfd, self.chunk_bytes(m, k),
+                                               self.chunk_path(k)) if cfd is not None else None
+                        else:
+                            off, length = self.region(m, k)
+                            data = os.pread(old, length, off)
+                        if data is None or len(data) != self.chunk_bytes(m, k) or \
+                                zlib.crc32(data) != m["chunks"][k]:
+                            # changed under us since it was checked: start over
+                            raise _Changed(k)
+                        out.write(data)
+            finally:
+                if old is not None:
+                    os.close(old)
 
 
 class _Changed(Exception):
@@ -711,8 +1263,17 @@ def _wrap_manifest(m: dict) -> bytes:
 
 def load_manifest(path, key: Optional[dict] = None) -> Optional[dict]:
     """An entry's manifest if it is intact (its own SHA-256 matches, its fields are
-    consistent) and, when given, for ``key``; else None. Never raises on bad data."""
-    obj = _read_json(path)
+    consistent) and, when given, for ``key``; else None. Never raises on bad data,
+    never follows a symlink or waits on a FIFO (None for them)."""
+    try:
+        return _check_manifest(_read_json(os.fspath(path)), key)
+    except _Damaged:
+        return None
+
+
+def _check_manifest(obj: Optional[dict], key: Optional[dict] = None) -> Optional[dict]:
+    """The manifest wrapped in ``obj`` (manifest.json as read) if intact and for
+    ``key`` (see load_manifest), else None."""
     if not obj or not isinstance(obj.get("manifest"), dict):
         return None
     m = obj["manifest"]
@@ -839,13 +1400,14 @@ class _Progress:
             self.bar.close()
 
 
-def _warn_once(root: str, why: str) -> None:
+def _warn_once(what: str, message: str) -> None:
+    """One RuntimeWarning per folder, entry or lock (``what``) and process."""
     with _state_lock:
-        if root in _warned:
+        if what in _warned:
             return
-        _warned.add(root)
-    warnings.warn(f"vggtl: the feature cache in {root} cannot be written ({why}); features "
-                  f"are computed in memory, without caching", RuntimeWarning, stacklevel=4)
+        _warned.add(what)
+    warnings.warn(f"{message}; features are computed in memory, without caching",
+                  RuntimeWarning, stacklevel=4)
 
 
 # -- the public entry point ----------------------------------------------------------------
@@ -878,9 +1440,11 @@ def extract(base, X, layer: Optional[str] = None, cache=True, batch_size: int = 
     Returns
     -------
     A read-only ``np.memmap`` of shape (N, *base.output_shape(layer)) and ``dtype``
-    (a plain ndarray with ``cache=False``, for N == 0, or when the folder cannot be
-    written, which a RuntimeWarning says once). Ctrl-C stops the extraction; what
-    was done is kept and the next call resumes there.
+    (a plain ndarray with ``cache=False``, for N == 0, or when the entry cannot be
+    used, which a RuntimeWarning says once: the folder cannot be written, the entry
+    is damaged or not vggtl's (a symlink or special file in it), or another process
+    holds it without progress for ``LOCK_WAIT_S`` seconds). Ctrl-C stops the
+    extraction; what was done is kept and the next call resumes there.
     """
     from .vgg16 import VGG16
     if not isinstance(base, VGG16):
@@ -912,8 +1476,14 @@ def extract(base, X, layer: Optional[str] = None, cache=True, batch_size: int = 
     try:
         return _cached(entry, plan)
     except _Unwritable as e:
-        _warn_once(root, str(e))
-        return _in_memory(plan)
+        _warn_once(root, f"vggtl: the feature cache in {root} cannot be written ({e})")
+    except _Damaged as e:
+        _warn_once(entry.dir, f"vggtl: the feature cache entry {entry.dir} is damaged or not "
+                              f"vggtl's ({e}); it is neither read nor written (vggtl.cache.clear "
+                              f"removes a damaged entry of vggtl's)")
+    except _Stalled as e:
+        _warn_once(e.lock, f"vggtl: {e}")
+    return _in_memory(plan)
 
 
 def _in_memory(plan: _Plan) -> np.ndarray:
@@ -930,15 +1500,16 @@ def _cached(entry: _Entry, plan: _Plan) -> np.ndarray:
             print(f"vggtl: waiting for another process computing {entry.dir}", file=sys.stderr,
                   flush=True)
 
-    with _Locked(entry.dir, exclusive=False, create=False, on_wait=waiting):
+    with entry.locked(exclusive=False, create=False, on_wait=waiting):
         F = entry.try_read()
+        leftovers = F is not None and entry.has_chunks()
     if F is not None:
-        if os.path.isdir(entry.chunk_dir):
+        if leftovers:
             entry.drop_leftovers()
         return F
 
     for _ in range(3):
-        with _Locked(entry.dir, exclusive=True, create=True, on_wait=waiting):
+        with entry.locked(exclusive=True, create=True, on_wait=waiting):
             F = entry.try_read()
             if F is not None:
                 return F
@@ -956,6 +1527,8 @@ def _cached(entry: _Entry, plan: _Plan) -> np.ndarray:
 
 # -- info, clear, eviction ---------------------------------------------------------------
 def _entries(root: str) -> List[str]:
+    """Candidate entry folders: names of 32 hex digits (whether each is vggtl's is
+    checked where it is opened)."""
     try:
         names = os.listdir(root)
     except OSError:
@@ -963,17 +1536,30 @@ def _entries(root: str) -> List[str]:
     return sorted(os.path.join(root, nm) for nm in names if _ENTRY_RE.match(nm))
 
 
-def _describe(folder: str) -> dict:
-    m = load_manifest(os.path.join(folder, "manifest.json"))
+def _describe(folder: str) -> Optional[dict]:
+    """One entry, or None when ``folder`` is not a vggtl entry (no marker, not a
+    folder, a symlink)."""
     try:
-        used = os.stat(os.path.join(folder, "manifest.json")).st_mtime
-    except OSError:
+        dfd = _open_dir(folder)
+    except (OSError, _Damaged):
+        return None
+    if dfd is None:
+        return None
+    try:
+        if not _is_ours(dfd):
+            return None
         try:
-            used = os.stat(folder).st_mtime
+            m = _check_manifest(_read_json("manifest.json", dfd))
+        except _Damaged:
+            m = None
+        try:
+            used = os.stat("manifest.json", dir_fd=dfd, follow_symlinks=False).st_mtime
         except OSError:
-            used = 0.0
-    d = {"id": os.path.basename(folder), "path": folder, "bytes": _tree_size(folder),
-         "last_used": used, "complete": False, "valid": m is not None}
+            used = os.fstat(dfd).st_mtime
+        d = {"id": os.path.basename(folder), "path": folder, "bytes": _tree_size(dfd),
+             "last_used": used, "complete": False, "valid": m is not None}
+    finally:
+        os.close(dfd)
     if m is not None:
         done = sum(c is not None for c in m["chunks"])
         d.update({"layer": m["key"].get("layer"), "pooling": m["key"].get("pooling"),
@@ -989,18 +1575,42 @@ def info(path=None) -> dict:
     entry a dict of its id, folder, layer, pooling, n, shape, dtype, view, conv
     (each convolution's algorithm, one letter: 'i' im2col, 'w' Winograd, 'b' bf16
     Winograd), bytes, complete, chunks done / total and last use (seconds since
-    the epoch), least recently used first."""
-    root = _root(path)
-    entries = sorted((_describe(d) for d in _entries(root)), key=lambda e: e["last_used"])
+    the epoch), least recently used first. Only folders carrying vggtl's marker
+    are entries; anything else in the folder is not listed (nor ever removed)."""
+    root = _root(path, "path")
+    found = (_describe(d) for d in _entries(root))
+    entries = sorted((d for d in found if d is not None), key=lambda e: e["last_used"])
     return {"path": root, "entries": entries, "bytes": sum(e["bytes"] for e in entries),
             "limit": get_size_limit()}
 
 
 def _remove(root: str, folder: str) -> bool:
-    """Remove one entry unless another process holds it; True if removed."""
-    with _Locked(folder, exclusive=True, create=False, blocking=False) as lk:
-        if lk.busy:
+    """Remove one entry unless another process holds it; True if removed. Only a
+    folder carrying vggtl's marker is removed (False for anything else)."""
+    try:
+        dfd = _open_dir(folder)
+    except _Damaged:
+        return False
+    if dfd is None:
+        return True
+    fd = None
+    try:
+        if not _is_ours(dfd):
             return False
+        try:
+            fd = _open_file("lock", dfd)
+        except (OSError, _Damaged):
+            fd = None  # none, unreadable, or a lock no one can take (a FIFO, a symlink)
+        if fd is not None and fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+        try:  # the folder checked is the one at the path (not replaced meanwhile)
+            if not os.path.samestat(os.fstat(dfd), os.stat(folder, follow_symlinks=False)):
+                return False
+        except FileNotFoundError:
+            return True
         trash = os.path.join(root, f".trash-{os.path.basename(folder)}-{uuid.uuid4().hex[:8]}")
         try:
             os.rename(folder, trash)  # one step: nobody sees a half-removed entry
@@ -1010,20 +1620,33 @@ def _remove(root: str, folder: str) -> bool:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise PermissionError(f"cannot remove {folder}: {e.strerror}") from None
             raise
-    shutil.rmtree(trash, ignore_errors=True)
+    finally:
+        for d in (fd, dfd):
+            if d is not None:
+                os.close(d)
+    _remove_entry_tree(trash)
     return True
 
 
 def _clean_trash(root: str) -> None:
+    """Finish removals cut short (".trash-*") and entry folders never renamed into
+    place (".new-*", after a minute): each only if it carries vggtl's marker."""
     try:
         names = os.listdir(root)
     except OSError:
         return
+    now = time.time()
     for nm in names:
-        if nm.startswith(".trash-"):
-            shutil.rmtree(os.path.join(root, nm), ignore_errors=True)
-
-
+        p = os.path.join(root, nm)
+        if nm.startswith(".new-"):
+            try:
+                if now - os.stat(p, follow_symlinks=False).st_mtime < _STAGE_AGE_S:
+                    continue
+            except OSError:
+                continue
+        elif not nm.startswith(".trash-"):
+            continue
+        _remove_entry_tree(p)
 def clear(path=None, *, layer: Optional[str] = None, incomplete: Optional[bool] = None,
           max_bytes=None) -> dict:
     """Remove cache entries; returns ``{"removed", "bytes_freed", "busy"}``.
@@ -1032,8 +1655,9 @@ def clear(path=None, *, layer: Optional[str] = None, incomplete: Optional[bool] 
     ``incomplete=True``: only unfinished extractions (False: only finished ones);
     ``max_bytes``: least recently used entries first, until the rest fits. Entries
     another process is writing or reading right now are left (counted in "busy").
+    Only folders carrying vggtl's marker are entries: nothing else is removed.
     """
-    root = _root(path)
+    root = _root(path, "path")
     limit = _parse_size(max_bytes, "max_bytes")
     entries = info(root)["entries"]
     chosen = [e for e in entries

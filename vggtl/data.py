@@ -5,7 +5,8 @@ which runs whatever code the file asks for. :func:`load_pickle` reads the same
 files with a restricted unpickler: it builds NumPy arrays and scalars (pickled
 by NumPy 1.x or 2.x, protocols 2 to 5), lists, tuples, sets, dicts, numbers and
 strings, and refuses every other global with :class:`UnsafePickleError` *before*
-calling anything.
+calling anything. Dtype states must be the ones NumPy writes, every array handed
+out is checked, and what a pickle stands for is bounded by its size.
 
     >>> X, y = vggtl.load_pickles("X.pickle", "y.pickle")       # doctest: +SKIP
     >>> enc = vggtl.LabelEncoder().fit(y)                         # doctest: +SKIP
@@ -101,21 +102,49 @@ def _safe_dtype(obj, align=False, copy=False):
     return _check_plain_dtype(d, "numpy.dtype")
 
 
-def _check_dtype_state(d: np.dtype, state) -> None:
-    """A dtype's BUILD state must be the one NumPy writes for a plain dtype:
-    (3, byteorder, None, None, None, elsize, alignment, flags[, None])."""
+def _check_dtype_state(d: np.dtype, state) -> np.dtype:
+    """A dtype's BUILD state must be, field for field, the one NumPy itself writes
+    for this dtype in the byte order the state names: (3, byteorder, None, None,
+    None, elsize, alignment, flags). NumPy's ``__setstate__`` applies the size and
+    alignment of a string dtype as they come: -1 gave an array of itemsize -1,
+    which ``astype`` then read and wrote out of bounds. Returns the dtype the
+    state describes."""
     if (type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4)
             or (len(state) == 9 and state[8] is not None)):
         _refuse(f"numpy.dtype state: unexpected {type(state).__name__} {state!r:.80}")
-    _, byteorder, subdescr, names, fields, elsize, alignment, flags = state[:8]
-    if byteorder not in ("<", ">", "|", "=") or subdescr is not None or names is not None \
-            or fields is not None:
+    byteorder, subdescr, names, fields = state[1:5]
+    if subdescr is not None or names is not None or fields is not None:
         _refuse("numpy.dtype state: sub-arrays and fields are refused")
-    if type(elsize) is not int or elsize not in (-1, d.itemsize) or \
-            type(alignment) is not int or alignment not in (-1, d.alignment) or \
-            type(flags) is not int or flags & ~(d.flags | _DTYPE_SAFE_FLAGS):
-        _refuse(f"numpy.dtype state: size {elsize}, alignment {alignment} or flags {flags} "
-                f"do not fit dtype {d}")
+    if type(byteorder) is not str or byteorder not in ("<", ">", "|"):
+        _refuse(f"numpy.dtype state: byte order {byteorder!r:.20}, expected '<', '>' or '|'")
+    want = d.newbyteorder("=" if byteorder == "|" else byteorder)
+    ref = want.__reduce__()[2]
+    for i, field in ((1, "byte order"), (5, "size"), (6, "alignment"), (7, "flags")):
+        if type(state[i]) is not type(ref[i]) or state[i] != ref[i]:
+            _refuse(f"numpy.dtype state: {field} {state[i]!r:.20} where NumPy writes "
+                    f"{ref[i]!r} for dtype {want}")
+    return want
+
+
+def _same_dtype(d: np.dtype, ref: np.dtype) -> bool:
+    return (d == ref and d.itemsize == ref.itemsize and d.alignment == ref.alignment
+            and d.flags == ref.flags and d.str == ref.str)
+
+
+def _check_canonical_dtype(d: np.dtype, where: str) -> None:
+    """d must be a plain dtype exactly as NumPy builds it from its type string."""
+    _check_plain_dtype(d, where)
+    item = d.itemsize
+    if item <= 0 or (d.kind == "U" and item % 4):
+        _refuse(f"{where}: dtype of {d.kind!r} kind with item size {item}")
+    try:
+        ref = np.dtype(d.str)
+    except (TypeError, ValueError):
+        _refuse(f"{where}: a dtype NumPy cannot name ({d.kind!r}, size {item})")
+    if not _same_dtype(d, ref):
+        _refuse(f"{where}: dtype {ref} with size {item}, alignment {d.alignment} and flags "
+                f"{d.flags}, which NumPy does not make (it makes {ref.itemsize}, "
+                f"{ref.alignment}, {ref.flags})")
 
 
 def _check_shape(shape, where: str) -> int:
@@ -296,8 +325,10 @@ class _SafeUnpickler(pickle._Unpickler):
 
     BUILD is where NumPy applies a dtype's or an array's state; NumPy's own
     dtype.__setstate__ accepts flags that mark a uint8 dtype as holding object
-    pointers, so the state is checked against what NumPy writes before it is
-    applied, and BUILD on anything but a dtype or an ndarray is refused.
+    pointers, and sizes that do not fit the dtype, so the state is checked against
+    what NumPy writes before it is applied, and BUILD on anything but a dtype or an
+    ndarray is refused. A dtype gets its state once, right after the pickle made
+    it: a second BUILD would change a dtype that arrays already use.
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
@@ -305,15 +336,22 @@ class _SafeUnpickler(pickle._Unpickler):
     def __init__(self, file, file_size: int, **kw):
         super().__init__(_BoundedReader(file, file_size), **kw)
         self._file_size = file_size
+        self._unbuilt = {}  # id -> dtype made by this pickle, not yet given its state
 
     def find_class(self, module, name):
         try:
-            return _ALLOWED[(module, name)]
+            obj = _ALLOWED[(module, name)]
         except (KeyError, TypeError):
             raise UnsafePickleError(
                 f"the pickle asks for the global {module}.{name}, which vggtl does not "
                 "allow (only NumPy arrays, NumPy scalars and plain Python values); "
                 "nothing was run") from None
+        return self._new_dtype if obj is _safe_dtype else obj
+
+    def _new_dtype(self, *args):
+        d = _safe_dtype(*args)
+        self._unbuilt[id(d)] = d  # the reference keeps the id unique
+        return d
 
     def persistent_load(self, pid):
         raise UnsafePickleError("the pickle uses persistent ids, which vggtl does not allow")
@@ -322,8 +360,16 @@ class _SafeUnpickler(pickle._Unpickler):
         state = self.stack.pop()
         inst = self.stack[-1]
         if isinstance(inst, np.dtype):
-            _check_dtype_state(inst, state)
-        elif type(inst) is np.ndarray:
+            if self._unbuilt.get(id(inst)) is not inst:
+                _refuse("the pickle sets the state of a dtype twice, or of one it did not "
+                        "make (NumPy sets it once)")
+            want = _check_dtype_state(inst, state)
+            del self._unbuilt[id(inst)]
+            inst.__setstate__(state)
+            if not _same_dtype(inst, want):
+                _refuse(f"numpy.dtype state: gave {inst!r:.40}, expected {want}")
+            return
+        if type(inst) is np.ndarray:
             _check_array_state(inst, state)
         else:
             _refuse(f"the pickle sets the state of a {type(inst).__name__}, which vggtl "
@@ -357,6 +403,147 @@ class _SafeUnpickler(pickle._Unpickler):
 
 _NPY_MAGIC = b"\x93NUMPY"
 
+# What a pickle may expand to, as one array (np.asarray / np.stack of what it
+# holds): this many times its own size, and never less than the floor. Shared
+# references (the memo) let a few kB of nested lists stand for hundreds of MB; a
+# pickle of arrays or of plain lists expands to about its own size, labels that
+# share their strings to a few times it.
+_EXPAND_RATIO = 16
+_EXPAND_FLOOR = 64 << 20
+
+
+def _check_array_out(a: np.ndarray, checked: dict, where: str = "numpy array") -> None:
+    """An array the unpickler made: a dtype exactly as NumPy makes it, strides of a
+    C- or Fortran-ordered block, and no more bytes than its buffer holds. Dtypes
+    already checked are in ``checked`` (by id)."""
+    if id(a.dtype) not in checked:
+        _check_canonical_dtype(a.dtype, where)
+        checked[id(a.dtype)] = a.dtype
+    item = a.dtype.itemsize
+    shape, strides = a.shape, a.strides
+    orders = []
+    for dims in (range(a.ndim - 1, -1, -1), range(a.ndim)):  # C, then Fortran
+        step, ok = item, True
+        for i in dims:
+            if shape[i] > 1 and strides[i] != step:
+                ok = False
+            step *= shape[i]
+        orders.append(ok)
+    if not any(orders):
+        _refuse(f"{where}: strides {strides} for shape {shape} and item size {item}")
+    root = a  # the object that owns the memory: follow the bases (as_strided's too)
+    while getattr(root, "base", None) is not None:
+        root = root.base
+    if isinstance(root, np.ndarray):
+        if root is not a:
+            _check_canonical_dtype(root.dtype, where)
+        cap = root.nbytes
+    else:
+        try:
+            cap = memoryview(root).nbytes
+        except TypeError:
+            _refuse(f"{where}: data in a {type(root).__name__}")
+    if a.nbytes > cap:
+        _refuse(f"{where}: {a.nbytes} bytes over a buffer of {cap}")
+
+
+_CONTAINERS = frozenset((list, tuple, set, frozenset, dict))
+# bytes per element np.asarray gives Python numbers (int64, float64, complex128)
+_NUMBER_SIZE = {bool: 1, int: 8, float: 8, complex: 16, type(None): 8}
+_NUMBER_TYPES = frozenset(_NUMBER_SIZE)
+# what an element is: np.asarray turns numbers mixed with strings into strings of
+# up to 32 characters
+_NUM, _TEXT = 1, 2
+_NUMBER_AS_TEXT = 4 * 32
+
+
+def _leaf_extent(o, checked: dict):
+    """(elements, bytes per element, _NUM or _TEXT) of a non-container as np.asarray
+    makes it; arrays and scalars are checked, once each (``checked``: by id, and
+    their dtypes)."""
+    t = type(o)
+    if t is np.ndarray or isinstance(o, np.generic):
+        if id(o) not in checked:
+            if t is np.ndarray:
+                _check_array_out(o, checked)
+            elif id(o.dtype) not in checked:
+                _check_canonical_dtype(o.dtype, "numpy scalar")
+                checked[id(o.dtype)] = o.dtype
+            checked[id(o)] = o
+        return o.size, o.dtype.itemsize, _TEXT if o.dtype.kind in "US" else _NUM
+    if t is str:
+        return 1, 4 * max(len(o), 1), _TEXT
+    if t is bytes or t is bytearray:
+        return 1, max(len(o), 1), _TEXT
+    return 1, _NUMBER_SIZE.get(t, 8), _NUM
+
+
+def _items_extent(items, types: set, done: dict, checked: dict):
+    """(elements, largest element, kinds) of a container's items. Lists of plain
+    numbers or of strings, what labels and nested pixel lists are, are summed at C
+    speed."""
+    if types <= _NUMBER_TYPES:
+        return len(items), max(_NUMBER_SIZE[t] for t in types) if types else 0, _NUM
+    if types == {str}:
+        return len(items), 4 * max(1, max(map(len, items))), _TEXT
+    n, item, kinds = 0, 0, 0
+    for c in items:
+        cn, ci, ck = done[id(c)] if type(c) in _CONTAINERS else _leaf_extent(c, checked)
+        n += cn
+        kinds |= ck
+        if ci > item:
+            item = ci
+    if kinds == _NUM | _TEXT:
+        item = max(item, _NUMBER_AS_TEXT)
+    return n, item, kinds
+
+
+def _check_loaded(obj, file_size: int, path: str) -> None:
+    """Check everything a pickle made before it is handed out: every array and
+    scalar (:func:`_check_array_out`), and the size of the one array its lists
+    would become (elements times the largest element: np.asarray pads strings to
+    the longest), at most :data:`_EXPAND_RATIO` times the file's size (or
+    :data:`_EXPAND_FLOOR`). Each object is visited once, however often the pickle
+    refers to it, so the walk costs what reading the pickle did."""
+    done = {}  # id -> (elements, bytes per element, kinds) of a finished container
+    # id -> (container, its item types) on the path from obj: met again below
+    # itself, it contains itself
+    open_ = {}
+    checked = {}  # arrays, scalars and dtypes checked, by id
+    todo = [obj]
+    while todo:
+        o = todo[-1]
+        k = id(o)
+        if type(o) not in _CONTAINERS or k in done:
+            todo.pop()
+            continue
+        items = (*o.keys(), *o.values()) if type(o) is dict else o
+        if k not in open_:
+            types = set(map(type, items))
+            if not types & _CONTAINERS:  # no containers inside: done at once
+                done[k] = _items_extent(items, types, done, checked)
+                todo.pop()
+                continue
+            open_[k] = (o, types)
+            for c in items:
+                if type(c) in _CONTAINERS and id(c) not in done:
+                    if id(c) in open_:
+                        raise ValueError(f"{path}: the pickle holds a {type(c).__name__} "
+                                         "that contains itself; expected images or labels")
+                    todo.append(c)
+            continue
+        done[k] = _items_extent(items, open_.pop(k)[1], done, checked)
+        todo.pop()
+    n, item, _ = done[id(obj)] if type(obj) in _CONTAINERS else _leaf_extent(obj, checked)
+    limit = max(_EXPAND_FLOOR, _EXPAND_RATIO * file_size)
+    if n * item > limit:
+        raise ValueError(
+            f"{path}: the pickle stands for {n} values ({n * item} bytes as one array) in "
+            f"a file of {file_size} bytes (it refers to the same lists or arrays over and "
+            f"over, or pads short strings to a long one); vggtl reads at most {limit} "
+            f"bytes from a pickle of this size. Save the data as one NumPy array "
+            f"(pickle.dump(np.asarray(X), f) or np.save)")
+
 
 def load_pickle(path):
     """Read one pickle with the restricted unpickler (see the module docstring).
@@ -364,8 +551,10 @@ def load_pickle(path):
     A ``.npy`` file (recognised by its magic bytes) is opened memory-mapped,
     read-only, without pickles. Raises ``FileNotFoundError`` for a missing file,
     :class:`UnsafePickleError` for a pickle that asks for anything outside the
-    allow-list (nothing it names is called), and ``ValueError`` naming the file
-    for an empty, truncated or corrupt one.
+    allow-list (nothing it names is called) or makes a dtype or an array NumPy
+    would not, and ``ValueError`` naming the file for an empty, truncated or
+    corrupt one, and for one whose shared references stand for more than
+    :data:`_EXPAND_RATIO` times its size as one array (see :func:`_check_loaded`).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -395,6 +584,10 @@ def load_pickle(path):
         except Exception as e:  # a corrupt stream fails in many ways
             raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") \
                 from None
+        try:
+            _check_loaded(obj, size, path)
+        except UnsafePickleError as e:
+            raise UnsafePickleError(f"{path}: {e}") from None
         if f.read(1):
             warnings.warn(f"{path}: the file holds more data after the first pickle; only "
                           "the first object was read", stacklevel=2)

@@ -51,6 +51,8 @@ from __future__ import annotations
 import collections
 import mmap
 import os
+import stat
+import tempfile
 import threading
 import time
 import warnings
@@ -60,9 +62,9 @@ import numpy as np
 
 from . import _core
 from ._arrays import as_images
-from .cache import (DTYPES, _check_dtype, _cached, _Entry, _Plan, _root, _Unwritable,
-                    _weights_digest, array_digest, block_digest, combine_digests, digest_rows,
-                    make_key)
+from .cache import (DTYPES, _check_dtype, _cached, _Damaged, _Entry, _Plan, _root, _Stalled,
+                    _Unwritable, _weights_digest, array_digest, block_digest, combine_digests,
+                    digest_rows, make_key)
 
 __all__ = ["extract", "worker_info"]
 
@@ -331,6 +333,7 @@ def _worker_base(spec: _Spec):
         if base is not None:
             _bases.move_to_end(ident)
             return base
+    _check_regular(spec.weights_path)
     base = VGG16(weights=spec.weights_path, **spec.base_config)
     if _weights_digest(base, spec.stop) != spec.weights_digest:
         raise RuntimeError(f"weights: {spec.weights_path} does not hold the weights of the cache "
@@ -341,6 +344,20 @@ def _worker_base(spec: _Spec):
         while len(_bases) > _KEEP_BASES:
             _bases.popitem(last=False)
     return base
+
+
+def _check_regular(path: str) -> None:
+    """The weights the client wrote: a regular file in a real folder, not a symlink
+    or FIFO planted in the shared cache."""
+    for p, want, kind in ((os.path.dirname(path), stat.S_ISDIR, "folder"),
+                          (path, stat.S_ISREG, "regular file")):
+        try:
+            mode = os.stat(p, follow_symlinks=False).st_mode
+        except OSError as e:
+            raise RuntimeError(f"weights: cannot read {path}: {e.strerror or e}") from None
+        if not want(mode):
+            raise RuntimeError(f"weights: {p} is not a {kind} (a symlink or special file "
+                               f"planted in the cache?)")
 
 
 def _default_threads(per_host: Dict[str, int]) -> int:
@@ -403,10 +420,14 @@ class _DistPlan(_Plan):
         raise AssertionError("a distributed plan computes on the workers (run_chunks)")
 
     def _weights_file(self, entry: _Entry) -> str:
-        path = os.path.join(entry.chunk_dir, f"weights-{entry.key['weights'][:16]}.safetensors")
-        if not os.path.exists(path):
-            self.base.save_weights(path)  # atomic: a worker sees all of it or nothing
-        return path
+        name = f"weights-{entry.key['weights'][:16]}.safetensors"
+        if not entry.has_chunk_file(name):
+            # saved apart, then copied into the entry through its folder's descriptor
+            # (atomic: a worker sees all of it or nothing)
+            with tempfile.TemporaryDirectory(prefix="vggtl-") as tmp:
+                self.base.save_weights(os.path.join(tmp, name))
+                entry.write_chunk_file(name, os.path.join(tmp, name))
+        return os.path.join(entry.chunk_dir, name)
 
     def run_chunks(self, entry: _Entry, m: dict, missing: List[int], update):
         from distributed import as_completed
@@ -558,8 +579,15 @@ def extract(X, base, client=None, layer: Optional[str] = None, chunk: Optional[i
                      client, chunk, threads, retries)
     key = make_key(base, layer, dt.name, None, (h, w),
                    x_digest=x_digest if x_digest is not None else source.digest(client))
+    entry = _Entry(root, key)
     try:
-        return _cached(_Entry(root, key), plan)
+        return _cached(entry, plan)
     except _Unwritable as e:
         raise PermissionError(f"cache: {root} cannot be written ({e}); vggtl.distributed needs "
                               f"a folder the client and every worker can write") from None
+    except _Damaged as e:
+        raise RuntimeError(f"cache: the entry {entry.dir} is damaged or not vggtl's ({e}); "
+                           f"vggtl.cache.clear removes a damaged entry of vggtl's") from None
+    except _Stalled as e:
+        raise TimeoutError(f"cache: {e}; the workers hand their chunks over through the "
+                           f"cache, so vggtl.distributed cannot compute without it") from None

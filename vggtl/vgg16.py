@@ -259,6 +259,7 @@ class VGG16:
             k.flags.writeable = False
             b.flags.writeable = False
         self._prepared = {}
+        self._weights_version = getattr(self, "_weights_version", 0) + 1
 
     def set_weights(self, weights: Mapping) -> None:
         """Set all weights from ``{layer: (kernel, bias)}`` (Keras layouts).
@@ -485,8 +486,10 @@ class VGG16:
     def _writing(self, names):
         """Lets the kernels and biases of layers ``names`` be written in place
         (set_weights of a TransferModel, fine-tuning), and drops what was derived
-        from them on the way out. The arrays are read-only otherwise, so that no
-        write can leave a stale prepared kernel behind unnoticed."""
+        from them on the way out (prepared kernels; the weights version that the
+        feature cache's digest is remembered under). The arrays are read-only
+        otherwise, so that no write can leave a stale prepared kernel or digest
+        behind unnoticed."""
         names = [n for n in names if n in self._weights]
         for n in names:
             for a in self._weights[n]:
@@ -498,6 +501,7 @@ class VGG16:
                 for a in self._weights[n]:
                     a.flags.writeable = False
                 self._prepared.pop(n, None)
+            self._weights_version += 1  # what was derived from them (digests) is stale
 
     def _check_image_size(self, h, w, c):
         if self.input_shape is not None:

@@ -37,6 +37,14 @@ other dense weights (out, in) -> (in, out).
 unpickler that knows only the globals a tensor state dict needs
 (:data:`ALLOWED_GLOBALS`) and refuses any other, naming it, before anything runs.
 
+Only data kept inside the file are read. HDF5 soft, external and user-defined
+links, external storage, virtual datasets and filters that libhdf5 would load as
+plugins are refused from the file's metadata, before anything behind them is
+opened (:func:`_h5_get`). Zip members (``.pth``, ``.keras``) must be stored or
+deflated, with sizes deflate can produce and no larger than the reader expects
+(:func:`_zip_check`), and are never read past their declared size; a storage is
+read a bounded chunk at a time, and only as far as its tensor needs.
+
 ``weights="imagenet"`` looks, in this order, for the files in :data:`IMAGENET_FILES`:
 
 1. ``$VGGTL_WEIGHTS``: a weights file, or a folder holding one of those files;
@@ -219,11 +227,13 @@ def _h5_kind(path: str) -> str:
     h5py = _import_h5py()
     try:
         with h5py.File(path, "r") as f:
-            g = f["model_weights"] if "model_weights" in f else f
+            g = _h5_model_weights(f)
             if _h5_attr_list(g, "layer_names"):
                 return "keras-h5"
-            if "layers" in f or "vars" in f:
+            if f.id.links.exists(b"layers") or f.id.links.exists(b"vars"):
                 return "keras3-h5"
+    except WeightsError:
+        raise
     except Exception as e:  # h5py: OSError, and RuntimeError, KeyError, ValueError for
         # damaged metadata ("bad heap free list")
         raise WeightsError(f"{path}: an HDF5 file that cannot be read (truncated or "
@@ -240,6 +250,102 @@ def _import_h5py():
         raise ImportError("reading Keras .h5 weight files needs h5py: pip install h5py "
                           "(or pip install 'vggtl[keras]')") from None
     return h5py
+
+
+# HDF5's own filters (deflate, shuffle, fletcher32, nbit, scaleoffset) and h5py's
+# lzf: any other id makes libhdf5 look for a plugin library to load (szip too, in
+# a libhdf5 built without it)
+_H5_FILTERS = {1, 2, 3, 5, 6, 32000}
+
+
+def _h5_get(group, name: str, where: str):
+    """``group[name]`` reached through hard links only, or None when a component
+    is missing. A soft or external link anywhere on the way is refused before it
+    is followed: an external link opens another file (any local file, or a FIFO
+    that blocks the open for ever), and a soft link may lead to one. A dataset is
+    checked by :func:`_h5_check_dataset` before it is handed out. ``where`` names
+    ``name`` in messages."""
+    h5py = _import_h5py()
+    obj = group.file if name.startswith("/") else group
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if not isinstance(obj, h5py.Group):
+            return None
+        key = part.encode("utf8")
+        if not obj.id.links.exists(key):  # the link itself, not its target
+            return None
+        info = obj.id.links.get_info(key)
+        if info.type != h5py.h5l.TYPE_HARD:
+            _h5_refuse_link(obj, key, info.type, where)
+        obj = obj[key]
+    if isinstance(obj, h5py.Dataset):
+        _h5_check_dataset(obj, where)
+    return obj
+
+
+def _h5_refuse_link(group, key: bytes, kind: int, where: str):
+    h5py = _import_h5py()
+
+    def text(b):
+        return repr(b.decode(errors="replace") if isinstance(b, bytes) else b)
+
+    try:
+        target = group.id.links.get_val(key)  # the link's text; nothing is followed
+    except Exception:  # a damaged link: its kind is enough to refuse it
+        target = None
+    if kind == h5py.h5l.TYPE_EXTERNAL:
+        what = "an external link"
+        if isinstance(target, tuple) and len(target) == 2:
+            what += f" to {text(target[1])} in the file {text(target[0])}"
+    elif kind == h5py.h5l.TYPE_SOFT:
+        what = "a soft link" + (f" to {text(target)}" if target is not None else "")
+    else:
+        what = f"a link of user-defined type {kind}"
+    raise WeightsError(f"'{where}' is {what}; vggtl reads only data kept inside the file "
+                       f"itself (Keras writes no links): refused, nothing was opened")
+
+
+def _h5_check_dataset(ds, where: str) -> None:
+    """Refuse a dataset whose data do not lie inside the file itself (external
+    storage, a virtual dataset), that needs a filter libhdf5 would load as a
+    plugin, or that holds anything but integers or floats. Looks only at the
+    dataset's header: asking a virtual dataset its shape may already open its
+    source files."""
+    h5py = _import_h5py()
+    dcpl = ds.id.get_create_plist()
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        n = dcpl.get_virtual_count()
+        src = ", ".join(repr(dcpl.get_virtual_filename(i)) for i in range(min(n, 3)))
+        raise WeightsError(f"dataset '{where}' is a virtual dataset whose data come from "
+                           f"{src or 'other datasets'}; vggtl reads only data kept inside the "
+                           f"file itself (Keras writes no virtual datasets): refused, "
+                           f"nothing was opened")
+    if dcpl.get_external_count():
+        name = dcpl.get_external(0)[0].decode(errors="replace")
+        raise WeightsError(f"dataset '{where}' keeps its data in the external file "
+                           f"{name!r}; vggtl reads only data kept inside the file itself "
+                           f"(Keras writes no external storage): refused, nothing was opened")
+    if layout not in (h5py.h5d.COMPACT, h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED):
+        raise WeightsError(f"dataset '{where}' has an unknown storage layout ({layout})")
+    for i in range(dcpl.get_nfilters()):
+        code = dcpl.get_filter(i)[0]
+        if code not in _H5_FILTERS:
+            raise WeightsError(f"dataset '{where}' is stored with filter {code}, which is "
+                               f"not one of HDF5's own (libhdf5 would load a plugin "
+                               f"library for it): refused")
+    t = ds.id.get_type()
+    if not isinstance(t, (h5py.h5t.TypeIntegerID, h5py.h5t.TypeFloatID)):
+        raise WeightsError(f"dataset '{where}' holds {type(t).__name__[4:-2].lower() or 'data'} "
+                           f"values, expected float32")
+
+
+def _h5_model_weights(f):
+    """Keras 2 ``save``'s ``model_weights`` group, else the root (``save_weights``)."""
+    h5py = _import_h5py()
+    g = _h5_get(f, "model_weights", "model_weights")
+    return g if isinstance(g, h5py.Group) else f
 
 
 def _h5_attr(attrs, name, default=None):
@@ -283,20 +389,22 @@ def _h5_attr_list(group, name) -> List[str]:
 
 def _keras_legacy_layers(f, path: str) -> List[Tuple[str, list]]:
     """[(layer name, [datasets])] of the layers with weights, in the file's order."""
-    g = f["model_weights"] if "model_weights" in f else f
+    h5py = _import_h5py()
+    g = _h5_model_weights(f)
     out = []
     for name in _h5_attr_list(g, "layer_names"):
-        if name not in g:
+        lg = _h5_get(g, name, name)
+        if not isinstance(lg, h5py.Group):
             raise WeightsError(f"{path}: layer '{name}' is listed in layer_names but has no "
                                f"group (corrupt file)")
-        lg = g[name]
         wnames = _h5_attr_list(lg, "weight_names")
         if wnames:
-            try:
-                out.append((name, [lg[w] for w in wnames]))
-            except KeyError as e:
-                raise WeightsError(f"{path}: layer '{name}': a dataset listed in weight_names "
-                                   f"is missing ({e})") from None
+            ds = [_h5_get(lg, w, f"{name}/{w}") for w in wnames]
+            for w, d in zip(wnames, ds):
+                if not isinstance(d, h5py.Dataset):
+                    raise WeightsError(f"{path}: layer '{name}': the dataset '{w}' listed in "
+                                       f"weight_names is missing")
+            out.append((name, ds))
     return out
 
 
@@ -309,11 +417,24 @@ def _keras3_layers(f) -> List[Tuple[str, list]]:
     datasets "0", "1", ... Named by the group's ``name`` attribute when it is a
     fixed-length string, else by its path (Keras 3 writes a variable-length one,
     which is not read: :func:`_h5_attr`); ordered as Keras created them."""
+    h5py = _import_h5py()
     found = []
+
+    def check_links(group, path):
+        # visititems follows hard links only: any other link is refused here,
+        # naming it (Keras writes none), before anything reads through it
+        for key in group.keys():  # link names; no link is followed
+            if not path and key.startswith("optimizer"):
+                continue
+            info = group.id.links.get_info(key.encode("utf8"))
+            if info.type != h5py.h5l.TYPE_HARD:
+                _h5_refuse_link(group, key.encode("utf8"), info.type, path + key)
 
     def visit(path, obj):
         if path.startswith("optimizer"):
             return
+        if isinstance(obj, h5py.Group):
+            check_links(obj, path + "/")
         if path.endswith("vars") and hasattr(obj, "keys") and len(obj.keys()):
             keys = sorted(obj.keys(), key=_natural_key)
             if keys == [str(i) for i in range(len(keys))]:
@@ -324,8 +445,10 @@ def _keras3_layers(f) -> List[Tuple[str, list]]:
                 if isinstance(name, (bytes, np.bytes_)):
                     name = name.decode("utf8")
                 owner = path[: -len("/vars")] if path.endswith("/vars") else path
-                found.append((str(name) if name else owner, owner, [obj[k] for k in keys]))
+                found.append((str(name) if name else owner, owner,
+                              [_h5_get(obj, k, f"{path}/{k}") for k in keys]))
 
+    check_links(f, "")
     f.visititems(visit)
     # h5py lists conv2d_10 before conv2d_2; Keras numbered them in creation order
     found.sort(key=lambda t: _natural_key(t[1]))
@@ -406,12 +529,76 @@ def _read_keras_h5(path: str, include_top: bool, kind: str) -> dict:
                            f"{type(e).__name__}: {e}") from None
 
 
+# -- zip members (.keras, torch.save's zip format) ---------------------------------------
+# zlib's bound on what deflate can produce: a 258-byte match per two bits, plus the
+# odd literal and block header
+_DEFLATE_MAX_RATIO = 1032
+_ZIP_METHODS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
+_ZIP_CHUNK = 1 << 22  # what one read of a member may decompress
+_PICKLE_MEMBER_MAX = 64 << 20  # a state dict's data.pkl: a few kB; its tensors are apart
+_BYTEORDER_MAX = 16  # "little" or "big"
+# a .keras file's model.weights.h5: VGG16 with its top, a head and Adam's two
+# moments per weight stay under 3 GB
+_KERAS_WEIGHTS_MAX = 4 << 30
+
+
+def _zip_check(info: zipfile.ZipInfo, path: str, what: str, archive_size: int,
+               limit: Optional[int] = None) -> None:
+    """Refuse a zip member whose declared size cannot be trusted before anything of
+    it is read: methods other than stored and deflate (neither PyTorch nor Keras
+    writes them, and zipfile decompresses a bzip2 or LZMA member's whole input in
+    one call, however large its output), a stored member whose sizes differ or that
+    reaches past the archive, a deflated one claiming more than deflate can
+    produce from its compressed bytes, and one larger than ``limit``."""
+    method = info.compress_type
+    if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        name = _ZIP_METHODS.get(method, f"compression method {method}")
+        raise WeightsError(f"{path}: {what} is compressed with {name}, which neither PyTorch "
+                           f"nor Keras writes; refused (vggtl reads stored and deflated zip "
+                           f"members only)")
+    if info.flag_bits & 0x1:
+        raise WeightsError(f"{path}: {what} is encrypted; refused")
+    if method == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise WeightsError(f"{path}: {what} is stored with {info.compress_size} bytes for "
+                           f"{info.file_size} (corrupt file)")
+    if method == zipfile.ZIP_DEFLATED and \
+            info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 1024:
+        raise WeightsError(f"{path}: {what} claims {info.file_size} bytes from "
+                           f"{info.compress_size} deflated bytes, more than deflate can "
+                           f"produce (a decompression bomb?); refused")
+    if info.header_offset + info.compress_size > archive_size:
+        raise WeightsError(f"{path}: {what} reaches past the end of the file (truncated "
+                           f"or corrupt file)")
+    if limit is not None and info.file_size > limit:
+        raise WeightsError(f"{path}: {what} holds {info.file_size} bytes, expected at most "
+                           f"{limit}; refused")
+
+
+def _zip_read_into(f, buf: memoryview) -> int:
+    """Fill ``buf`` from the open member ``f`` a bounded chunk at a time (a read of
+    n bytes decompresses at most about n); returns the bytes read."""
+    pos, n = 0, buf.nbytes
+    while pos < n:
+        chunk = f.read(min(n - pos, _ZIP_CHUNK))
+        if not chunk:
+            break
+        buf[pos:pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return pos
+
+
 def _read_keras_zip(path: str, include_top: bool) -> dict:
     import io
     h5py = _import_h5py()
     try:
         with zipfile.ZipFile(path) as z:
-            data = z.read("model.weights.h5")
+            info = z.getinfo("model.weights.h5")
+            _zip_check(info, path, "model.weights.h5", os.path.getsize(path),
+                       _KERAS_WEIGHTS_MAX)
+            with z.open(info) as m:
+                data = m.read(info.file_size)  # decompresses at most the declared size
+        if len(data) != info.file_size:
+            raise WeightsError(f"{path}: model.weights.h5 is cut short (truncated file)")
         with h5py.File(io.BytesIO(data), "r") as f:
             return _from_keras_layers(_keras3_layers(f), path, include_top)
     except WeightsError:
@@ -454,19 +641,23 @@ class _StorageType(_Frozen):
 
 
 class _Storage(_Frozen):
-    """A storage of ``numel`` elements whose bytes are read only when a tensor needs them."""
+    """A storage of ``numel`` elements whose bytes are read only when a tensor needs
+    them, and only as far as it needs them: ``reader(storage, n)`` reads the first
+    ``n`` elements. A tensor's extent is checked against VGG16's shapes before it is
+    read, so no storage size claimed by a file is ever allocated on trust."""
     __slots__ = ("key", "stype", "numel", "root", "offset", "_reader", "_array")
 
     def __init__(self, key, stype, numel, reader, root=None, offset=0):
         self.key, self.stype, self.numel = key, stype, numel
         self.root, self.offset, self._reader, self._array = root, offset, reader, None
 
-    def array(self) -> np.ndarray:
-        if self._array is None:
+    def array(self, need: int) -> np.ndarray:
+        """At least the first ``need`` (<= numel) elements."""
+        if self._array is None or self._array.size < need:
             if self.root is not None:  # a view of another storage (old files)
-                self._array = self.root.array()[self.offset:self.offset + self.numel]
+                self._array = self.root.array(self.offset + need)[self.offset:self.offset + need]
             else:
-                self._array = self._reader(self)
+                self._array = self._reader(self, need)
         return self._array
 
 
@@ -480,12 +671,12 @@ class _Tensor(_Frozen):
     def numpy(self) -> np.ndarray:
         """The tensor's values, checked to lie inside its storage."""
         st = self.storage
-        base = st.array()
         need = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride)) + 1 \
             if all(self.shape) else 0
-        if need > base.size:  # as_strided must never reach past the storage
+        if need > st.numel:  # as_strided must never reach past the storage
             raise WeightsError(f"a tensor of shape {self.shape} reaches element {need} of a "
-                               f"storage of {base.size} (corrupt file)")
+                               f"storage of {st.numel} (corrupt file)")
+        base = st.array(need)
         if st.stype.name == "BFloat16Storage":  # the high half of a float32
             base = (base.astype(np.uint32) << 16).view(np.float32)
         item = base.dtype.itemsize
@@ -611,27 +802,29 @@ def _read_torch_zip(path: str):
         names = z.namelist()
         pkl = next(n for n in names if n == "data.pkl" or n.endswith("/data.pkl"))
         prefix = pkl[: -len("data.pkl")]
-        order = "<"
-        if prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() == b"big":
-            order = ">"
         infos = {i.filename: i for i in z.infolist()}
         archive_size = os.path.getsize(path)
+        order = "<"
+        if prefix + "byteorder" in infos:
+            info = infos[prefix + "byteorder"]
+            _zip_check(info, path, "the byteorder record", archive_size, _BYTEORDER_MAX)
+            with z.open(info) as f:
+                if f.read(_BYTEORDER_MAX).strip() == b"big":
+                    order = ">"
 
-        def read(st: _Storage) -> np.ndarray:
+        def read(st: _Storage, count: int) -> np.ndarray:
             name = f"{prefix}data/{st.key}"
             info = infos.get(name)
             dt = st.stype.dtype.newbyteorder(order)
-            nbytes = st.numel * dt.itemsize
-            if info is None or info.file_size != nbytes or (
-                    info.compress_type == zipfile.ZIP_STORED and nbytes > archive_size):
+            if info is None or info.file_size != st.numel * dt.itemsize:
                 raise WeightsError(f"{path}: storage {st.key} is missing or of the wrong size "
                                    f"(truncated or corrupt file)")
-            a = np.empty(st.numel, dtype=dt)
+            _zip_check(info, path, f"storage {st.key}", archive_size)
+            a = np.empty(count, dtype=dt)  # what the tensor needs, checked against VGG16
             try:
                 with z.open(info) as f:
-                    n = f.readinto(memoryview(a).cast("B"))
-            except Exception as e:  # BadZipFile, OSError, EOFError, zlib.error, and
-                # NotImplementedError for a compression method zipfile lacks
+                    n = _zip_read_into(f, memoryview(a).cast("B"))
+            except Exception as e:  # BadZipFile, OSError, EOFError, zlib.error
                 raise WeightsError(f"{path}: storage {st.key} cannot be read (truncated or "
                                    f"corrupt file): {e}") from None
             if n != a.nbytes:
@@ -646,6 +839,7 @@ def _read_torch_zip(path: str):
                 storages[key] = _Storage(key, stype, numel, read)
             return storages[key]
 
+        _zip_check(infos[pkl], path, pkl, archive_size, _PICKLE_MEMBER_MAX)
         with z.open(pkl) as f:
             # bounded: a length field in the pickle never allocates past the member
             obj = _RestrictedUnpickler(_data._BoundedReader(f, infos[pkl].file_size), path,
@@ -685,8 +879,8 @@ def _read_torch_legacy(path: str):
         storages: Dict[str, _Storage] = {}
         locations: Dict[str, int] = {}
 
-        def read(st: _Storage) -> np.ndarray:
-            a = np.empty(st.numel, dtype=st.stype.dtype.newbyteorder(order))
+        def read(st: _Storage, count: int) -> np.ndarray:
+            a = np.empty(count, dtype=st.stype.dtype.newbyteorder(order))
             f.seek(locations[st.key])
             if f.readinto(memoryview(a).cast("B")) != a.nbytes:
                 raise WeightsError(f"{path}: storage {st.key} is cut short (truncated file)")
