@@ -110,8 +110,8 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
                              const vgg_optimizer *opt, int64_t *iterations, const void *x,
                              int dtype, size_t n, size_t h, size_t w, const vgg_targets *t,
                              size_t batch, int shuffle, uint64_t seed, uint64_t epoch,
-                             int64_t *order, float *workspace, size_t workspace_floats,
-                             vgg_abort_fn abort_cb, void *abort_ctx) {
+                             int64_t *order, float *outputs, float *workspace,
+                             size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx) {
     VGG_CHECK(stats && tail && head && opt && iterations && x && t && order && workspace,
               VGG_ERR_ARG);
     VGG_CHECK(dtype == VGG_F32 || dtype == VGG_F16, VGG_ERR_ARG);
@@ -166,8 +166,9 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
             cur = p.act[l];
         }
         /* the head's step: loss, head update, and dL/d(tail output) into g_a */
+        const size_t moved_before = stats->grad_batches;
         st = vgg_head_train_maps(stats, head, opt, it, cur, m, t, order, i0, seed, p.g_a,
-                                 p.head_ws, p.head_n);
+                                 outputs, p.head_ws, p.head_n);
         if (st != VGG_OK) return st;
         /* tail backward */
         float *g = p.g_a, *g_next = p.g_b;
@@ -192,6 +193,16 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
             g = g_next;
             g_next = tmp;
         }
+        /* as the head's: non-finite gradients refused, a moving conv counted
+         * when the head's gradients were all 0 */
+        int moved = 0;
+        for (int l = p.first; l <= p.last; l++) {
+            if (vgg16_layer_kind(l) != VGG16_KIND_CONV) continue;
+            const size_t cin = conv_cin(l, &p), cout = vgg16_layer_units(l);
+            if (!vgg_grad_ok(p.db[l], cout, &moved) || !vgg_grad_ok(p.dw[l], 9 * cin * cout, &moved))
+                return VGG_ERR_NONFINITE;
+        }
+        if (stats->grad_batches == moved_before) stats->grad_batches += (size_t)moved;
         for (int l = p.first; l <= p.last; l++) {
             if (vgg16_layer_kind(l) != VGG16_KIND_CONV) continue;
             const int k = conv_index(l);
@@ -202,6 +213,10 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
                 st = vgg_optimizer_step(tail->bias[k], p.db[l], tail->slots[k][2], tail->slots[k][3],
                                         cout, opt, it);
             if (st != VGG_OK) return st;
+            int unused = 0; /* an overflowed update: as the head's (head.c) */
+            if (!vgg_grad_ok(tail->kernel[k], 9 * cin * cout, &unused) ||
+                !vgg_grad_ok(tail->bias[k], cout, &unused))
+                return VGG_ERR_NONFINITE;
         }
         *iterations = it + 1;
         stats->batches++;

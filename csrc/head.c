@@ -8,9 +8,13 @@
  * Memory: parameters and optimizer slots are the caller's (vgg_head borrows
  * them and updates them in place); everything else lives in the caller's
  * workspace, laid out for a batch of B samples as
- *   [ input B*D0 | act_0 B*w_0 | ... | act_{L-1} | grad A B*wmax | grad B B*wmax
- *     | d_input B*D0 | targets B*C | labels B | weights B | dW_l, db_l per dense ]
+ *   [ input B*D0 | act_0 B*w_0 | ... | act_{L-1} | logits B*C | grad A B*wmax
+ *     | grad B B*wmax | d_input B*D0 | targets B*C | labels B | weights B
+ *     | dW_l, db_l per dense ]
  * where w_l is layer l's output width. Nothing is allocated here.
+ *
+ * The loss is TensorFlow's Keras's (losses.c): on the logits of a softmax or
+ * sigmoid output layer, which the forward keeps before the activation.
  */
 #include "vgg_internal.h"
 
@@ -64,7 +68,8 @@ size_t vgg_head_output_size(const vgg_head *head) {
 }
 
 typedef struct {
-    float *input, *act[VGG_HEAD_MAX_LAYERS], *grad_a, *grad_b, *d_input, *targets, *weights;
+    float *input, *act[VGG_HEAD_MAX_LAYERS], *logits, *grad_a, *grad_b, *d_input, *targets,
+        *weights;
     int32_t *labels;
     float *dw[VGG_HEAD_MAX_LAYERS], *db[VGG_HEAD_MAX_LAYERS];
     const float *out_of[VGG_HEAD_MAX_LAYERS]; /* what layer l output in the last forward */
@@ -95,6 +100,8 @@ static size_t plan_workspace(head_plan *p, const vgg_head *h, size_t batch, floa
         TAKE(p->act[l], bd);
         if (p->widths[l] > wmax) wmax = p->widths[l];
     }
+    if (!vgg_mul_ok(batch, p->out, &bd)) return 0;
+    TAKE(p->logits, bd);
     if (!vgg_mul_ok(batch, wmax, &bd)) return 0;
     TAKE(p->grad_a, bd);
     TAKE(p->grad_b, bd);
@@ -182,15 +189,36 @@ static void gather_targets(head_plan *p, const vgg_targets *t, const int64_t *or
     }
 }
 
-/* Forward through the layers; dropout only when training. Returns the output
- * activation (m, out) or NULL on error (status in *st). */
+/* The output layer's activation, which decides what the loss reads (losses.c). */
+static int output_activation(const vgg_head *h) {
+    return h->layers[h->n_layers - 1].activation;
+}
+
+/* What the loss reads: the output layer's logits for softmax / sigmoid, else its output. */
+static const float *loss_input(const vgg_head *h, const head_plan *p, const float *y) {
+    const int a = output_activation(h);
+    return a == VGG_ACT_SOFTMAX || a == VGG_ACT_SIGMOID ? p->logits : y;
+}
+
+/* Forward through the layers; dropout only when training. The output layer's
+ * pre-activation is kept in p->logits. Returns the output activation (m, out)
+ * or NULL on error (status in *st). */
 static const float *forward(const vgg_head *h, head_plan *p, size_t m, int training,
                             uint64_t seed, int64_t iteration, int *st) {
     const float *cur = p->input;
     size_t width = p->d0;
     for (size_t l = 0; l < h->n_layers; l++) {
         const vgg_head_layer *L = &h->layers[l];
-        if (L->kind == VGG_HEAD_DENSE) {
+        if (L->kind == VGG_HEAD_DENSE && l + 1 == h->n_layers) {
+            *st = vgg_dense_forward(p->logits, cur, L->kernel, L->bias, VGG_ACT_LINEAR, m, width,
+                                    L->units);
+            if (*st == VGG_OK) {
+                memcpy(p->act[l], p->logits, m * L->units * sizeof(float));
+                *st = vgg_activation_forward(p->act[l], L->activation, m, L->units);
+            }
+            cur = p->act[l];
+            width = L->units;
+        } else if (L->kind == VGG_HEAD_DENSE) {
             *st = vgg_dense_forward(p->act[l], cur, L->kernel, L->bias, L->activation, m, width,
                                     L->units);
             cur = p->act[l];
@@ -255,32 +283,42 @@ int vgg_head_check_targets(const vgg_targets *t, size_t n, size_t out) {
 
 /* One update on the batch in p->input (targets gathered): forward with dropout,
  * loss, backward, optimizer step. When d_input is not NULL it gets dL/d(input)
- * (m, D0) for a caller that trains what feeds the head. A non-finite loss
+ * (m, D0) for a caller that trains what feeds the head; when outputs is not
+ * NULL, row order[first + i] of it gets sample i's output. A non-finite loss
  * returns VGG_ERR_NONFINITE before anything is updated. */
 static int train_step(vgg_fit_stats *stats, vgg_head *head, head_plan *pp, size_t m,
                   const vgg_optimizer *opt, int64_t it, uint64_t seed, int loss_kind,
-                  float *d_input) {
+                  float *d_input, float *outputs, const int64_t *order, size_t first) {
     head_plan p = *pp;
     int st;
     const float *y = forward(head, &p, m, 1, seed, it, &st);
     if (!y) return st;
     double loss;
     float *g = p.grad_a, *g_next = p.grad_b;
-    st = vgg_loss_forward_backward(&loss, g, NULL, y, p.targets, p.labels, p.weights,
-                                   loss_kind, m, p.out);
+    const int out_act = output_activation(head);
+    st = vgg_loss_forward_backward(&loss, g, NULL, loss_input(head, &p, y), p.targets, p.labels,
+                                   p.weights, loss_kind, out_act, m, p.out);
     if (st != VGG_OK) return st;
     if (!isfinite(loss)) return VGG_ERR_NONFINITE;
+    if (outputs)
+        for (size_t i = 0; i < m; i++) {
+            const size_t s = order ? (size_t)order[first + i] : first + i;
+            memcpy(outputs + s * p.out, y + i * p.out, p.out * sizeof(float));
+        }
     stats->loss_sum += loss * (double)m;
     stats->correct += (double)count_correct(y, &p, loss_kind, m);
     stats->seen += m;
 
-    /* backward: g holds dL/d(output of layer l) */
+    /* backward: g holds dL/d(output of layer l); for the output layer on
+     * logits, dL/d(its pre-activation) already */
+    const int on_logits = loss_input(head, &p, y) == p.logits;
     for (size_t l = head->n_layers; l-- > 0;) {
         const vgg_head_layer *L = &head->layers[l];
         const float *in = l == 0 ? p.input : p.out_of[l - 1];
         const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
         if (L->kind == VGG_HEAD_DENSE) {
-            st = vgg_activation_backward(g, g, p.act[l], L->activation, m, L->units);
+            const int skip = on_logits && l + 1 == head->n_layers;
+            st = skip ? VGG_OK : vgg_activation_backward(g, g, p.act[l], L->activation, m, L->units);
             if (st == VGG_OK)
                 st = vgg_dense_backward(l > 0 ? g_next : d_input, p.dw[l], p.db[l], g, in,
                                         L->kernel, m, in_w, L->units);
@@ -296,6 +334,18 @@ static int train_step(vgg_fit_stats *stats, vgg_head *head, head_plan *pp, size_
     /* a head that starts with a dropout leaves dL/d(input) in g */
     if (d_input && head->layers[0].kind != VGG_HEAD_DENSE)
         memcpy(d_input, g, m * p.d0 * sizeof(float));
+    /* a gradient that overflowed would spoil the weights: refused like a
+     * non-finite loss. Dead units give exactly zero gradients: counted, so that
+     * the caller can say so instead of reporting a constant loss. */
+    int moved = 0;
+    for (size_t l = 0; l < head->n_layers; l++) {
+        if (head->layers[l].kind != VGG_HEAD_DENSE) continue;
+        const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
+        if (!vgg_grad_ok(p.db[l], head->layers[l].units, &moved) ||
+            !vgg_grad_ok(p.dw[l], in_w * head->layers[l].units, &moved))
+            return VGG_ERR_NONFINITE;
+    }
+    stats->grad_batches += (size_t)moved;
     /* one update of every parameter, after all gradients are known */
     for (size_t l = 0; l < head->n_layers; l++) {
         vgg_head_layer *L = &head->layers[l];
@@ -307,6 +357,12 @@ static int train_step(vgg_fit_stats *stats, vgg_head *head, head_plan *pp, size_
             st = vgg_optimizer_step(L->bias, p.db[l], L->slots[2], L->slots[3], L->units,
                                     opt, it);
         if (st != VGG_OK) return st;
+        /* finite gradients can still overflow the optimizer's state (Adam's g^2 on
+         * logits of 1e20): the caller goes back to its last good weights */
+        int unused = 0;
+        if (!vgg_grad_ok(L->kernel, in_w * L->units, &unused) ||
+            !vgg_grad_ok(L->bias, L->units, &unused))
+            return VGG_ERR_NONFINITE;
     }
     return VGG_OK;
 }
@@ -345,14 +401,15 @@ static void reduce_backward(float *d_maps, const float *d_input, const float *ma
 int vgg_head_train_maps(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer *opt,
                         int64_t iteration, const float *maps, size_t m, const vgg_targets *t,
                         const int64_t *order, size_t first, uint64_t seed, float *d_maps,
-                        float *workspace, size_t workspace_floats) {
+                        float *outputs, float *workspace, size_t workspace_floats) {
     VGG_CHECK(stats && head && opt && maps && t && d_maps && workspace && m >= 1, VGG_ERR_ARG);
     head_plan p;
     int st = use_workspace(&p, head, m, workspace, workspace_floats);
     if (st != VGG_OK) return st;
     gather(p.input, maps, VGG_F32, head, NULL, 0, m);
     gather_targets(&p, t, order, first, m);
-    st = train_step(stats, head, &p, m, opt, iteration, seed, t->loss, p.d_input);
+    st = train_step(stats, head, &p, m, opt, iteration, seed, t->loss, p.d_input, outputs, order,
+                    first);
     if (st != VGG_OK) return st;
     reduce_backward(d_maps, p.d_input, maps, head, m);
     return VGG_OK;
@@ -398,8 +455,9 @@ int vgg_head_evaluate(vgg_fit_stats *stats, const void *x, int dtype, size_t n,
         const float *y = forward(head, &p, m, 0, 0, 0, &st);
         if (!y) return st;
         double loss;
-        st = vgg_loss_forward_backward(&loss, NULL, NULL, y, p.targets, p.labels, p.weights,
-                                       t->loss, m, p.out);
+        st = vgg_loss_forward_backward(&loss, NULL, NULL, loss_input(head, &p, y), p.targets,
+                                       p.labels, p.weights, t->loss, output_activation(head), m,
+                                       p.out);
         if (st != VGG_OK) return st;
         stats->loss_sum += loss * (double)m;
         stats->correct += (double)count_correct(y, &p, t->loss, m);
@@ -412,7 +470,7 @@ int vgg_head_evaluate(vgg_fit_stats *stats, const void *x, int dtype, size_t n,
 int vgg_head_fit_epoch(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer *opt,
                        int64_t *iterations, const void *x, int dtype, size_t n,
                        const vgg_targets *t, size_t batch, int shuffle, uint64_t seed,
-                       uint64_t epoch, int64_t *order, float *workspace,
+                       uint64_t epoch, int64_t *order, float *outputs, float *workspace,
                        size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx) {
     int st = check_common(head, x, dtype, batch);
     if (st != VGG_OK) return st;
@@ -438,7 +496,7 @@ int vgg_head_fit_epoch(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer
         const int64_t it = *iterations;
         gather(p.input, x, dtype, head, order, i0, m);
         gather_targets(&p, t, order, i0, m);
-        st = train_step(stats, head, &p, m, opt, it, seed, t->loss, NULL);
+        st = train_step(stats, head, &p, m, opt, it, seed, t->loss, NULL, outputs, order, i0);
         if (st != VGG_OK) return st;
         *iterations = it + 1;
         stats->batches++;

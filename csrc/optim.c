@@ -1,6 +1,7 @@
 /*
  * optim.c - SGD (momentum, Nesterov), Adam and RMSprop with Keras 3's update
- * rules and the legacy `decay` of Keras 2 (formulas in vgg.h). Scalars of a
+ * rules, the legacy `decay` of Keras 2 and a table of per-step learning rates
+ * for schedules (formulas in vgg.h). Scalars of a
  * step (decayed learning rate, Adam's bias correction) are computed once in
  * double; the elementwise update runs in float, OpenMP over elements.
  */
@@ -25,8 +26,16 @@ int vgg_optimizer_step(float *param, const float *grad, float *slot0, float *slo
     const int slots = vgg_optimizer_slots(opt);
     VGG_CHECK(slots < 1 || slot0, VGG_ERR_ARG);
     VGG_CHECK(slots < 2 || slot1, VGG_ERR_ARG);
+    double base = opt->learning_rate;
+    if (opt->lr_steps) {
+        VGG_CHECK(iterations >= opt->lr_first &&
+                      (uint64_t)(iterations - opt->lr_first) < (uint64_t)opt->lr_count,
+                  VGG_ERR_ARG);
+        base = opt->lr_steps[iterations - opt->lr_first];
+        VGG_CHECK(base >= 0.0 && isfinite(base), VGG_ERR_ARG);
+    }
     /* legacy Keras decay: lr / (1 + decay * iterations) */
-    const double lr = opt->learning_rate / (1.0 + opt->decay * (double)iterations);
+    const double lr = base / (1.0 + opt->decay * (double)iterations);
     switch (opt->kind) {
     case VGG_OPT_SGD: {
         const float lrf = (float)lr, mu = (float)opt->momentum;

@@ -1207,11 +1207,13 @@ static int parse_targets(vgg_targets *t, int loss, PyObject *to, PyObject *swo, 
 
 static PyObject *py_loss_forward_backward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"yhat", "y", "loss", "sample_weight", NULL};
+    static char *kwlist[] = {"yhat", "y", "loss", "sample_weight", "activation", NULL};
     PyObject *yho, *to, *swo = NULL;
-    int loss;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|O", kwlist, &yho, &to, &loss, &swo))
+    int loss, act;
+    const char *acts = "linear";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOi|Os", kwlist, &yho, &to, &loss, &swo, &acts))
         return NULL;
+    if (parse_activation(acts, &act)) return NULL;
     PyArrayObject *yh = check_array(yho, "yhat", F32_ONLY, 2, 0);
     if (!yh) return NULL;
     const size_t n = dim(yh, 0), c = dim(yh, 1);
@@ -1233,7 +1235,7 @@ static PyObject *py_loss_forward_backward(PyObject *self, PyObject *args, PyObje
     int st;
     Py_BEGIN_ALLOW_THREADS
     st = vgg_loss_forward_backward(&value, PyArray_DATA(d), PyArray_DATA(per), PyArray_DATA(yh),
-                                   t.targets, t.labels, t.sample_weight, loss, n, c);
+                                   t.targets, t.labels, t.sample_weight, loss, act, n, c);
     Py_END_ALLOW_THREADS
     if (st != VGG_OK) {
         Py_DECREF(d);
@@ -1246,14 +1248,27 @@ static PyObject *py_loss_forward_backward(PyObject *self, PyObject *args, PyObje
     return r;
 }
 
-/* (kind, learning_rate, decay, beta_1, beta_2, epsilon, momentum, nesterov, rho) */
+/* (kind, learning_rate, decay, beta_1, beta_2, epsilon, momentum, nesterov, rho
+ *  [, lr_steps, lr_first]): lr_steps a float64 array of per-step learning rates
+ * (borrowed: the tuple holds it during the call) or None. */
 static int parse_optimizer(PyObject *o, vgg_optimizer *opt) {
     memset(opt, 0, sizeof *opt);
-    if (!PyArg_ParseTuple(o, "iddddddpd;optimizer: expected (kind, learning_rate, decay, beta_1, "
-                             "beta_2, epsilon, momentum, nesterov, rho)",
+    PyObject *steps = Py_None;
+    long long first = 0;
+    if (!PyArg_ParseTuple(o, "iddddddpd|OL;optimizer: expected (kind, learning_rate, decay, "
+                             "beta_1, beta_2, epsilon, momentum, nesterov, rho[, lr_steps, "
+                             "lr_first])",
                           &opt->kind, &opt->learning_rate, &opt->decay, &opt->beta_1, &opt->beta_2,
-                          &opt->epsilon, &opt->momentum, &opt->nesterov, &opt->rho))
+                          &opt->epsilon, &opt->momentum, &opt->nesterov, &opt->rho, &steps, &first))
         return -1;
+    if (steps != Py_None) {
+        static const int F64_ONLY[] = {NPY_FLOAT64, -1};
+        PyArrayObject *a = check_array(steps, "lr_steps", F64_ONLY, 1, 0);
+        if (!a) return -1;
+        opt->lr_steps = PyArray_DATA(a);
+        opt->lr_count = dim(a, 0);
+        opt->lr_first = (int64_t)first;
+    }
     if (opt->kind < VGG_OPT_SGD || opt->kind > VGG_OPT_RMSPROP) {
         PyErr_Format(PyExc_ValueError, "optimizer: unknown kind %d", opt->kind);
         return -1;
@@ -1516,32 +1531,44 @@ static PyObject *py_head_evaluate(PyObject *self, PyObject *args, PyObject *kw) 
     return Py_BuildValue("(ddn)", stats.loss_sum, stats.correct, (Py_ssize_t)stats.seen);
 }
 
-/* What an epoch call returns: (loss_sum, correct, seen, batches, iterations), or
- * the exception its status calls for. */
+/* What an epoch call returns: (loss_sum, correct, seen, batches, iterations,
+ * batches with a non-zero gradient), or the exception its status calls for. */
 static PyObject *epoch_result(int st, const vgg_fit_stats *stats, int64_t it, const char *what) {
     if (st == VGG_ERR_NONFINITE) {
-        PyErr_Format(PyExc_FloatingPointError, "the loss became NaN or infinite at update %lld "
+        PyErr_Format(PyExc_FloatingPointError, "the loss or a gradient became NaN or infinite at update %lld "
                      "(batch %zu of the epoch): lower the learning rate or check the inputs",
                      (long long)it, stats->batches + 1);
         return NULL;
     }
     if (st != VGG_OK) return raise_status(st, what);
-    return Py_BuildValue("(ddnnL)", stats->loss_sum, stats->correct, (Py_ssize_t)stats->seen,
-                         (Py_ssize_t)stats->batches, (long long)it);
+    return Py_BuildValue("(ddnnLn)", stats->loss_sum, stats->correct, (Py_ssize_t)stats->seen,
+                         (Py_ssize_t)stats->batches, (long long)it,
+                         (Py_ssize_t)stats->grad_batches);
+}
+
+/* An epoch's optional outputs: None, or a writeable float32 (n, units) array. */
+static int parse_outputs(PyObject *o, size_t n, size_t units, float **out) {
+    *out = NULL;
+    if (o == Py_None) return 0;
+    PyArrayObject *a = check_array(o, "outputs", F32_ONLY, 2, 1);
+    if (!a || check_dim(a, "outputs", 0, n) || check_dim(a, "outputs", 1, units)) return -1;
+    *out = PyArray_DATA(a);
+    return 0;
 }
 
 static PyObject *py_head_fit_epoch(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "head", "optimizer", "iterations", "loss", "y", "sample_weight",
-                             "batch", "shuffle", "seed", "epoch", "order", "workspace", NULL};
-    PyObject *xo, *spec, *oo, *yo, *swo, *ordo, *wso;
+                             "batch", "shuffle", "seed", "epoch", "order", "workspace", "outputs",
+                             NULL};
+    PyObject *xo, *spec, *oo, *yo, *swo, *ordo, *wso, *outo = Py_None;
     long long iterations;
     int loss, shuffle;
     Py_ssize_t batch;
     unsigned long long seed, epoch;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLiOOnpKKOO", kwlist, &xo, &spec, &oo,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLiOOnpKKOO|O", kwlist, &xo, &spec, &oo,
                                      &iterations, &loss, &yo, &swo, &batch, &shuffle, &seed,
-                                     &epoch, &ordo, &wso))
+                                     &epoch, &ordo, &wso, &outo))
         return NULL;
     if (threads_ready()) return NULL;
     vgg_optimizer opt;
@@ -1560,12 +1587,15 @@ static PyObject *py_head_fit_epoch(PyObject *self, PyObject *args, PyObject *kw)
     if (!order || check_dim(order, "order", 0, dim(x, 0))) return NULL;
     vgg_targets t;
     if (parse_targets(&t, loss, yo, swo, dim(x, 0), vgg_head_output_size(&h))) return NULL;
+    float *outputs;
+    if (parse_outputs(outo, dim(x, 0), vgg_head_output_size(&h), &outputs)) return NULL;
     vgg_fit_stats stats;
     int64_t it = (int64_t)iterations;
     RELEASE_GIL(s);
     int st = vgg_head_fit_epoch(&stats, &h, &opt, &it, PyArray_DATA(x), feature_dtype(x),
                                 dim(x, 0), &t, (size_t)batch, shuffle, seed, epoch,
-                                PyArray_DATA(order), PyArray_DATA(ws), dim(ws, 0), py_abort_cb, &s);
+                                PyArray_DATA(order), outputs, PyArray_DATA(ws), dim(ws, 0),
+                                py_abort_cb, &s);
     ACQUIRE_GIL(s);
     return epoch_result(st, &stats, it, "head_fit_epoch");
 }
@@ -1740,15 +1770,15 @@ static PyObject *py_finetune_fit_epoch(PyObject *self, PyObject *args, PyObject 
     (void)self;
     static char *kwlist[] = {"x", "tail", "head", "optimizer", "iterations", "loss", "y",
                              "sample_weight", "batch", "shuffle", "seed", "epoch", "order",
-                             "workspace", NULL};
-    PyObject *xo, *tspec, *hspec, *oo, *yo, *swo, *ordo, *wso;
+                             "workspace", "outputs", NULL};
+    PyObject *xo, *tspec, *hspec, *oo, *yo, *swo, *ordo, *wso, *outo = Py_None;
     long long iterations;
     int loss, shuffle;
     Py_ssize_t batch;
     unsigned long long seed, epoch;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOLiOOnpKKOO", kwlist, &xo, &tspec, &hspec, &oo,
-                                     &iterations, &loss, &yo, &swo, &batch, &shuffle, &seed,
-                                     &epoch, &ordo, &wso))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOLiOOnpKKOO|O", kwlist, &xo, &tspec, &hspec,
+                                     &oo, &iterations, &loss, &yo, &swo, &batch, &shuffle, &seed,
+                                     &epoch, &ordo, &wso, &outo))
         return NULL;
     if (threads_ready()) return NULL;
     vgg_optimizer opt;
@@ -1783,12 +1813,14 @@ static PyObject *py_finetune_fit_epoch(PyObject *self, PyObject *args, PyObject 
     if (!order || check_dim(order, "order", 0, dim(x, 0))) return NULL;
     vgg_targets tg;
     if (parse_targets(&tg, loss, yo, swo, dim(x, 0), vgg_head_output_size(&hd))) return NULL;
+    float *outputs;
+    if (parse_outputs(outo, dim(x, 0), vgg_head_output_size(&hd), &outputs)) return NULL;
     vgg_fit_stats stats;
     int64_t it = (int64_t)iterations;
     RELEASE_GIL(s);
     int st = vgg16_finetune_fit_epoch(&stats, &t, &hd, &opt, &it, PyArray_DATA(x), feature_dtype(x),
                                       dim(x, 0), dim(x, 1), dim(x, 2), &tg, (size_t)batch, shuffle,
-                                      seed, epoch, PyArray_DATA(order), PyArray_DATA(ws),
+                                      seed, epoch, PyArray_DATA(order), outputs, PyArray_DATA(ws),
                                       dim(ws, 0), py_abort_cb, &s);
     ACQUIRE_GIL(s);
     return epoch_result(st, &stats, it, "finetune_fit_epoch");
@@ -1872,7 +1904,8 @@ static PyMethodDef methods[] = {
     {"dropout_backward", KW py_dropout_backward, METH_VARARGS | METH_KEYWORDS,
      "dropout_backward(dy f32, rate, seed, stream) -> dx"},
     {"loss_forward_backward", KW py_loss_forward_backward, METH_VARARGS | METH_KEYWORDS,
-     "loss_forward_backward(yhat (N,C), y, loss 0|1|2, sample_weight=None) -> (loss, dyhat, per_sample)"},
+     "loss_forward_backward(yhat (N,C), y, loss 0|1|2, sample_weight=None, activation='linear') "
+     "-> (loss, dyhat, per_sample); with activation 'softmax' or 'sigmoid' yhat holds the logits"},
     {"optimizer_step", KW py_optimizer_step, METH_VARARGS | METH_KEYWORDS,
      "optimizer_step(param, grad, slot0, slot1, optimizer tuple, iterations) -> None (in place)"},
     {"head_workspace_floats", KW py_head_workspace_floats, METH_VARARGS | METH_KEYWORDS,
@@ -1883,7 +1916,8 @@ static PyMethodDef methods[] = {
      "head_evaluate(x, head, loss, y, sample_weight, batch, workspace) -> (loss_sum, correct, seen)"},
     {"head_fit_epoch", KW py_head_fit_epoch, METH_VARARGS | METH_KEYWORDS,
      "head_fit_epoch(x, head, optimizer, iterations, loss, y, sample_weight, batch, shuffle, seed, "
-     "epoch, order, workspace) -> (loss_sum, correct, seen, batches, iterations)"},
+     "epoch, order, workspace, outputs=None) -> (loss_sum, correct, seen, batches, iterations, "
+     "grad_batches)"},
     {"conv3x3_backward", KW py_conv3x3_backward, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_backward(dout (N,H,W,Cout), x (N,H,W,Cin), kernel (3,3,Cin,Cout), need_dx=True) "
      "-> (dx|None, dw, db); dout is the gradient before the activation"},
@@ -1893,7 +1927,8 @@ static PyMethodDef methods[] = {
      "finetune_workspace_floats(tail, head, batch, h, w) -> int"},
     {"finetune_fit_epoch", KW py_finetune_fit_epoch, METH_VARARGS | METH_KEYWORDS,
      "finetune_fit_epoch(x, tail, head, optimizer, iterations, loss, y, sample_weight, batch, "
-     "shuffle, seed, epoch, order, workspace) -> (loss_sum, correct, seen, batches, iterations)"},
+     "shuffle, seed, epoch, order, workspace, outputs=None) -> (loss_sum, correct, seen, batches, "
+     "iterations, grad_batches)"},
     {NULL, NULL, 0, NULL},
 };
 

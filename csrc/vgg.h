@@ -463,19 +463,28 @@ int vgg_dropout_forward(float *y, const float *x, float rate, uint64_t seed, uin
 int vgg_dropout_backward(float *dx, const float *dy, float rate, uint64_t seed,
                          uint64_t stream, size_t count);
 
-/* losses.c: Keras's losses on probabilities (keras/src/backend/numpy/nn.py),
- * epsilon 1e-7:
- *   BCE:  p = clip(yhat, e, 1-e); l_i = mean_k -(y ln p + (1-y) ln(1-p))
- *   CCE:  q = yhat / sum(yhat); p = clip(q, e, 1-e); l_i = -sum_k y ln p
- *   SPARSE_CCE: CCE with y the one-hot row of labels[i]
+/* losses.c: the crossentropies as TensorFlow's Keras computes them (tf-keras
+ * 2.x and Keras 3's TensorFlow backend), for the output `out` (n, c) of a layer
+ * whose activation is `activation`:
+ *   - softmax or sigmoid: TF's Keras reads the logits the activation kept
+ *     (_keras_logits), so `out` holds those logits z (the pre-activation) and
+ *     BCE = mean_k sigmoid_cross_entropy_with_logits(z, y),
+ *     CCE = softmax_cross_entropy_with_logits(z, y), SPARSE_CCE = its sparse form;
+ *     dout gets d loss / dz (CCE's is softmax(z) - y, TensorFlow's kernel).
+ *   - linear or relu: `out` holds probabilities p, clipped to [e, 1-e] (e = 1e-7,
+ *     gradient only inside, as tf.clip_by_value):
+ *     BCE: l_i = mean_k -(y ln(p + e) + (1-y) ln((1 + e) - p)), 1 + e rounded to
+ *     float32 (Keras's 1 - p + e as TensorFlow's graph optimizer folds it);
+ *     CCE: q = p / sum(p), clipped, l_i = -sum_k y ln q;
+ *     SPARSE_CCE: r = clip(p), l_i = -ln(r_label / sum(r)).
  * loss = sum_i w_i l_i / n (Keras's "sum_over_batch_size"; w_i = 1 without
- * sample weights). dyhat (n, c) gets d loss / d yhat (clip passes gradient only
- * inside [e, 1-e], as torch.clamp). targets (n, c) float for BCE / CCE; labels
- * (n) int32 in [0, c) for SPARSE_CCE. per_sample (n) gets l_i when not NULL. */
+ * sample weights). targets (n, c) float for BCE / CCE; labels (n) int32 in
+ * [0, c) for SPARSE_CCE. dout (n, c) and per_sample (n, gets l_i) may be NULL. */
 enum vgg_loss { VGG_LOSS_BCE = 0, VGG_LOSS_CCE = 1, VGG_LOSS_SPARSE_CCE = 2 };
-int vgg_loss_forward_backward(double *loss, float *dyhat, float *per_sample, const float *yhat,
+int vgg_loss_forward_backward(double *loss, float *dout, float *per_sample, const float *out,
                               const float *targets, const int32_t *labels,
-                              const float *sample_weight, int kind, size_t n, size_t c);
+                              const float *sample_weight, int kind, int activation, size_t n,
+                              size_t c);
 
 /* ------------------------------------------------------------------------ */
 /* optimizers (optim.c)                                                       */
@@ -496,6 +505,13 @@ enum vgg_optimizer_kind { VGG_OPT_SGD = 0, VGG_OPT_ADAM = 1, VGG_OPT_RMSPROP = 2
 typedef struct {
     int kind;
     double learning_rate, decay;
+    /* a schedule: when lr_steps is not NULL, update `iterations` uses
+     * lr_steps[iterations - lr_first] (>= 0, lr_count values) in place of
+     * learning_rate, still divided by (1 + decay * iterations) as Keras's legacy
+     * optimizers do; an iteration outside the table is VGG_ERR_ARG */
+    const double *lr_steps;
+    int64_t lr_first;
+    size_t lr_count;
     double beta_1, beta_2, epsilon; /* Adam (epsilon also RMSprop) */
     double momentum;                /* SGD, RMSprop */
     int nesterov;                   /* SGD */
@@ -565,6 +581,7 @@ typedef struct {
     double correct;
     size_t seen;
     size_t batches;
+    size_t grad_batches; /* training: batches in which some gradient was not exactly 0 */
 } vgg_fit_stats;
 
 /* Loss and accuracy without updating anything (dropout off). */
@@ -576,12 +593,16 @@ int vgg_head_evaluate(vgg_fit_stats *stats, const void *x, int dtype, size_t n,
 /* One epoch: order <- a permutation of 0..n-1 from (seed, epoch) when shuffle,
  * else identity; then per batch of `batch` samples in that order: forward with
  * dropout (masks from (seed, iteration)), loss, backward, one optimizer step,
- * *iterations += 1. order (n) is the caller's scratch. Stops with
- * VGG_ERR_NONFINITE before updating when a batch loss is NaN or infinite. */
+ * *iterations += 1. order (n) is the caller's scratch. outputs (n, units), when
+ * not NULL, gets each sample's output as the loss saw it (dropout on, before the
+ * batch's update: what Keras's training metrics read), at the sample's index.
+ * Stops with VGG_ERR_NONFINITE before updating when a batch loss or a gradient
+ * is NaN or infinite. stats->grad_batches counts the batches whose gradients
+ * were not all exactly 0. */
 int vgg_head_fit_epoch(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer *opt,
                        int64_t *iterations, const void *x, int dtype, size_t n,
                        const vgg_targets *t, size_t batch, int shuffle, uint64_t seed,
-                       uint64_t epoch, int64_t *order, float *workspace,
+                       uint64_t epoch, int64_t *order, float *outputs, float *workspace,
                        size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx);
 
 /* ------------------------------------------------------------------------ */
@@ -605,14 +626,14 @@ size_t vgg16_finetune_workspace_floats(const vgg16_tail *tail, const vgg_head *h
                                        size_t batch, size_t h, size_t w);
 
 /* One epoch: x (n, h, w, c) float32 / float16 is the cut; order, shuffling,
- * dropout, targets and stats as vgg_head_fit_epoch; per batch one step of the
+ * dropout, targets, outputs and stats as vgg_head_fit_epoch; per batch one step of the
  * head and of every tail conv with the same optimizer and iteration. */
 int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *head,
                              const vgg_optimizer *opt, int64_t *iterations, const void *x,
                              int dtype, size_t n, size_t h, size_t w, const vgg_targets *t,
                              size_t batch, int shuffle, uint64_t seed, uint64_t epoch,
-                             int64_t *order, float *workspace, size_t workspace_floats,
-                             vgg_abort_fn abort_cb, void *abort_ctx);
+                             int64_t *order, float *outputs, float *workspace,
+                             size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx);
 
 #ifdef __cplusplus
 }

@@ -232,14 +232,29 @@ static inline float vgg_half_to_float(uint16_t h) {
     return f;
 }
 
+/* Training's scan of a gradient (or of updated weights) a (n floats): returns 0
+ * when an element is NaN or infinite, and sets *nonzero when an element is not
+ * exactly 0 (else a gradient vanished). */
+static inline int vgg_grad_ok(const float *a, size_t n, int *nonzero) {
+    float probe = 0.0f; /* becomes NaN once an element is NaN or infinite */
+    int nz = 0;
+    for (size_t i = 0; i < n; i++) {
+        probe += a[i] * 0.0f;
+        nz |= a[i] != 0.0f;
+    }
+    if (nz) *nonzero = 1;
+    return probe == 0.0f;
+}
+
 /* head.c, for finetune.c: one training step of the head on per-sample maps
  * (m, h, w, c) float32 already in batch order, targets taken at order[first..];
- * d_maps (m, h, w, c) gets dL/d(maps). The workspace is the head's for batch m
- * (vgg_head_workspace_floats(head, m)). */
+ * d_maps (m, h, w, c) gets dL/d(maps); outputs (n, units) or NULL gets the head's
+ * output of sample order[first + i] at that row. The workspace is the head's for
+ * batch m (vgg_head_workspace_floats(head, m)). */
 int vgg_head_train_maps(vgg_fit_stats *stats, vgg_head *head, const vgg_optimizer *opt,
                         int64_t iteration, const float *maps, size_t m, const vgg_targets *t,
                         const int64_t *order, size_t first, uint64_t seed, float *d_maps,
-                        float *workspace, size_t workspace_floats);
+                        float *outputs, float *workspace, size_t workspace_floats);
 int vgg_head_check_targets(const vgg_targets *t, size_t n, size_t out);
 
 #endif /* VGG_INTERNAL_H */

@@ -538,8 +538,8 @@ def test_split_contiguous_parts_are_views():
 
 def test_split_errors():
     X = np.zeros((10, 2))
-    with pytest.raises(ValueError, match="single class"):
-        vggtl.train_test_split(X, [1] * 10)
+    tr, te = vggtl.train_test_split(X, [1] * 10, return_indices=True)  # one class: as scikit-learn
+    assert len(tr) == 7 and len(te) == 3
     with pytest.raises(ValueError, match="only one sample"):
         vggtl.train_test_split(X, [0] * 9 + [1])
     with pytest.raises(ValueError, match="X has 10 samples but y has 9"):
@@ -608,6 +608,101 @@ def test_public_names():
 
 
 # ---------------------------------------------------------------------------
+# scikit-learn's split and LabelBinarizer, index for index
+
+def _split_cases():
+    rng = np.random.default_rng(4)
+    y3 = rng.integers(0, 3, 101)
+    ys = np.array(["cat", "dog", "bird"])[rng.integers(0, 3, 57)]
+    onehot = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 60)]
+    col = rng.integers(0, 12, (80, 1))  # 2-D labels: scikit-learn orders them as strings
+    cases = []
+    for n, y in ((101, y3), (57, ys), (60, onehot), (80, col), (10, np.array([0, 1] * 5)),
+                 (2000, rng.integers(0, 2, 2000))):
+        for kw in ({"test_size": 0.25}, {"test_size": 0.2, "train_size": 0.5}, {"test_size": 7},
+                   {"train_size": 0.6}, {"train_size": 5, "test_size": 3}, {}):
+            for rs in (42, 0, 7):
+                cases.append((n, y, kw, rs))
+    return cases
+
+
+@pytest.mark.parametrize("stratified", [True, False], ids=["stratified", "shuffled"])
+def test_split_equals_scikit_learn(stratified):
+    sk = pytest.importorskip("sklearn.model_selection")
+    checked = 0
+    for n, y, kw, rs in _split_cases():
+        X = np.arange(n)
+        try:
+            ref = sk.train_test_split(X, y, random_state=rs, stratify=y if stratified else None, **kw)
+        except ValueError:
+            with pytest.raises(ValueError):
+                vggtl.train_test_split(X, y, random_state=rs, stratify=y if stratified else None,
+                                       **kw)
+            continue
+        got = vggtl.train_test_split(X, y, random_state=rs, stratify=y if stratified else None, **kw)
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b, err_msg=f"n={n} {kw} random_state={rs}")
+        checked += 1
+    assert checked >= 90  # the rest: both refuse (too few samples per class)
+
+
+def test_split_equals_scikit_learn_unshuffled_and_random_states():
+    sk = pytest.importorskip("sklearn.model_selection")
+    X, y = np.arange(50).reshape(25, 2), np.arange(25) % 3
+    for kw in ({"test_size": 0.3}, {"train_size": 10}, {"train_size": 0.4, "test_size": 0.4}):
+        got = vggtl.train_test_split(X, y, shuffle=False, stratify=None, **kw)
+        ref = sk.train_test_split(X, y, shuffle=False, **kw)
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)
+    # a RandomState instance is consumed as scikit-learn consumes it
+    got = vggtl.train_test_split(X, y, stratify=y, random_state=np.random.RandomState(3))
+    ref = sk.train_test_split(X, y, stratify=y, random_state=np.random.RandomState(3))
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a, b)
+    # the seed's call, and vggtl's defaults (stratified on y, random_state=42)
+    y2 = np.eye(2)[np.arange(40) % 2]
+    seed = sk.train_test_split(np.arange(40), y2, test_size=0.25, stratify=y2, random_state=42)
+    for a, b in zip(vggtl.train_test_split(np.arange(40), y2, test_size=0.25), seed):
+        np.testing.assert_array_equal(a, b)
+    # three arrays, as scikit-learn takes any number
+    got = vggtl.train_test_split(X, y, np.arange(25) * 10, random_state=1, stratify=None)
+    ref = sk.train_test_split(X, y, np.arange(25) * 10, random_state=1)
+    assert len(got) == 6 and all(np.array_equal(a, b) for a, b in zip(got, ref))
+    with pytest.raises(ValueError, match="test_size"):
+        vggtl.train_test_split(X, y, test_size=True)
+    with pytest.raises(ValueError, match="train_size"):
+        vggtl.train_test_split(X, y, train_size=25)
+
+
+@pytest.mark.parametrize("y", [[0, 1, 1, 0, 1], ["dog", "cat", "dog"], [3, 1, 2, 3, 7],
+                               [5, 5, 5], [0.0, 2.0, 1.0], ["a", "b", "c", "b"],
+                               [[0, 1, 1], [1, 0, 0], [0, 0, 1]]])
+def test_label_binarizer_equals_scikit_learn(y):
+    skp = pytest.importorskip("sklearn.preprocessing")
+    for kw in ({}, {"neg_label": -1, "pos_label": 2}):
+        ours, ref = vggtl.LabelBinarizer(**kw), skp.LabelBinarizer(**kw)
+        a, b = ours.fit_transform(y), ref.fit_transform(y)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ours.classes_, ref.classes_)
+        assert ours.y_type_ == ref.y_type_
+        np.testing.assert_array_equal(ours.inverse_transform(a), ref.inverse_transform(b))
+
+
+def test_label_binarizer_then_to_categorical_as_pyimagesearch():
+    labels = ["dog", "cat", "cat", "dog"]
+    lb = vggtl.LabelBinarizer()
+    one = lb.fit_transform(labels)
+    assert one.tolist() == [[1], [0], [0], [1]]  # two classes: one column
+    two = vggtl.to_categorical(one)
+    assert two.dtype == np.float32 and two.tolist() == [[0, 1], [1, 0], [1, 0], [0, 1]]
+    assert vggtl.to_categorical([0, 2], num_classes=4).tolist() == [[1, 0, 0, 0], [0, 0, 1, 0]]
+    with pytest.raises(ValueError, match="num_classes"):
+        vggtl.to_categorical([3], num_classes=2)
+    with pytest.raises(ValueError, match="neg_label"):
+        vggtl.LabelBinarizer(neg_label=1, pos_label=0)
+
+
 # crafted dtype states, and arrays as NumPy would never make them
 import struct  # noqa: E402
 import subprocess  # noqa: E402

@@ -889,6 +889,14 @@ def _crafted_models(tmp_path):
         ("seed -1", cfg(seed=-1), None, "seed"),
         ("a negative learning rate", opt(learning_rate=-1.0), None,
          "compile.optimizer.learning_rate"),
+        ("a schedule of 400 digits (OverflowError)", opt(learning_rate={
+            "class_name": "ExponentialDecay", "config": {
+                "initial_learning_rate": 1e-3, "decay_steps": 10 ** 400, "decay_rate": 0.9}}),
+         None, "compile.optimizer.learning_rate.config.decay_steps"),
+        ("a schedule vggtl does not have", opt(learning_rate={
+            "class_name": "PiecewiseConstantDecay", "config": {}}), None,
+         "compile.optimizer.learning_rate.class_name"),
+        ("100 metrics", comp(metrics=[f"m{i}" for i in range(100)]), None, "compile.metrics"),
         ("dropout rate 1.5", lambda c: c["head"].insert(2, {"class_name": "Dropout",
                                                            "name": "dropout", "rate": 1.5}),
          None, "head[2].rate"),

@@ -2,8 +2,8 @@
 Keras's update rules (reference.md section 5; RMSprop as Keras 3) over several
 iterations with the legacy decay, and against Keras 3 itself (torch backend):
 InverseTimeDecay(lr, 1, lr / epochs) is the legacy decay, Keras's optimizers
-driven by that schedule make the same updates, and Keras's losses give the
-values the core computes. Keras is not a test requirement: those tests skip
+driven by that schedule make the same updates, and Keras's losses from logits
+give the values the core computes. Keras is not a test requirement: those tests skip
 without it.
 """
 import math
@@ -218,20 +218,30 @@ def test_keras_optimizers_with_the_schedule_make_the_same_updates(keras, rng, na
 
 @KERAS_WARNINGS
 def test_keras_losses_equal_the_core(keras, rng):
+    # from the logits (what TensorFlow's Keras computes for softmax / sigmoid outputs):
+    # Keras 3's from_logits=True losses, the same formulas on every backend
     n, c = 6, 3
-    logits = rng.standard_normal((n, c)) * 3
-    yhat = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
-    yhat[0] = [1.0, 0.0, 0.0]  # beyond the clip range
-    yhat[1] = [1e-9, 1.0 - 1e-9, 0.0]
+    logits = (rng.standard_normal((n, c)) * 3).astype(np.float32)
+    logits[0] = [40.0, -40.0, 0.0]  # saturated
     labels = rng.integers(0, c, n)
-    labels[:2] = [2, 0]  # confidently wrong: clipped losses
+    labels[0] = 2
     onehot = np.eye(c, dtype=np.float32)[labels]
     w = rng.uniform(0.5, 2.0, n).astype(np.float32)
-    cases = [(0, onehot, keras.losses.BinaryCrossentropy()),
-             (1, onehot, keras.losses.CategoricalCrossentropy()),
-             (2, labels.astype(np.int32), keras.losses.SparseCategoricalCrossentropy())]
+    cases = [(0, onehot, keras.losses.BinaryCrossentropy(from_logits=True)),
+             (1, onehot, keras.losses.CategoricalCrossentropy(from_logits=True)),
+             (2, labels.astype(np.int32), keras.losses.SparseCategoricalCrossentropy(from_logits=True))]
     for kind, y, loss_obj in cases:
         for sw in (None, w):
-            ref = float(keras.ops.convert_to_numpy(loss_obj(y, yhat, sample_weight=sw)))
-            got = _core.loss_forward_backward(yhat, y, kind, sample_weight=sw)[0]
+            ref = float(keras.ops.convert_to_numpy(loss_obj(y, logits, sample_weight=sw)))
+            got = _core.loss_forward_backward(logits, y, kind, sample_weight=sw,
+                                              activation="softmax")[0]
             assert math.isclose(got, ref, rel_tol=1e-5), (kind, sw is not None, got, ref)
+    # on probabilities, categorical crossentropy is the same in Keras 3 and
+    # TensorFlow's Keras (normalise, clip); BCE and sparse differ (tests/test_keras_oracle.py)
+    yhat = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    yhat[1] = [1e-9, 1.0 - 1e-9, 0.0]
+    for sw in (None, w):
+        ref = float(keras.ops.convert_to_numpy(
+            keras.losses.CategoricalCrossentropy()(onehot, yhat, sample_weight=sw)))
+        got = _core.loss_forward_backward(yhat, onehot, 1, sample_weight=sw)[0]
+        assert math.isclose(got, ref, rel_tol=1e-5), (sw is not None, got, ref)

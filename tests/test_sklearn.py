@@ -23,10 +23,16 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 import vggtl  # noqa: E402
 from vggtl.sklearn import VGG16Classifier  # noqa: E402
 
-# Each check VGG16Classifier may not pass, and why. None: a sample's features and
+# Each check VGG16Classifier may not pass, and why. A sample's features and
 # probabilities are a function of that sample alone (csrc/gemm.c), so the
 # sample-order and subset invariance checks hold bit for bit.
-EXPECTED_FAILED_CHECKS = {}
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "an integer sample weight k is not the same training as k copies of the sample: "
+        "Keras's sample_weight scales the sample's loss within its batch, while copies "
+        "change the batches, their order and their number (and so every update), as in "
+        "Keras; the losses agree, the trained networks do not.",
+}
 
 
 @pytest.fixture(autouse=True, scope="module")

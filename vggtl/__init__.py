@@ -25,13 +25,15 @@ from . import data
 from . import cache
 from . import distributed  # Dask itself is imported on first use
 from .layers import Dense, Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D
-from .optim import SGD, Adam, RMSprop
-from .callbacks import Callback, EarlyStopping, History
+from .optim import SGD, Adam, RMSprop, CosineDecay, ExponentialDecay, InverseTimeDecay
+from .callbacks import (Callback, CSVLogger, EarlyStopping, History, ModelCheckpoint,
+                        ReduceLROnPlateau)
 from .model import TransferModel, load_model
 from .augment import Augment
 from . import metrics
 from .metrics import accuracy_score, classification_report, confusion_matrix
-from .data import LabelEncoder, load_pickle, load_pickles, resize, train_test_split
+from .data import (LabelBinarizer, LabelEncoder, load_pickle, load_pickles, resize,
+                   to_categorical, train_test_split)
 from .plots import plot_confusion_matrix, plot_history  # matplotlib: imported when drawing
 
 __version__ = "0.1.0"
@@ -49,6 +51,8 @@ __all__ = [
     "load_pickle",
     "load_pickles",
     "LabelEncoder",
+    "LabelBinarizer",
+    "to_categorical",
     "train_test_split",
     "resize",
     "metrics",
@@ -66,9 +70,15 @@ __all__ = [
     "SGD",
     "Adam",
     "RMSprop",
+    "InverseTimeDecay",
+    "ExponentialDecay",
+    "CosineDecay",
     "Callback",
     "EarlyStopping",
     "History",
+    "ModelCheckpoint",
+    "ReduceLROnPlateau",
+    "CSVLogger",
     "set_num_threads",
     "get_num_threads",
     "set_isa",

@@ -23,6 +23,7 @@ _MAX_TEXT = 256           # layer and model names; a class label
 _MAX_SIDE = 1 << 16       # input_shape height and width
 _MAX_HEAD = 32            # layers after the input layer (the C core's VGG_HEAD_MAX_LAYERS)
 _MAX_CLASSES = 1 << 20
+_MAX_METRICS = 16
 _INT64 = (1 << 63) - 1
 _UINT64 = (1 << 64) - 1
 INPUT_CLASSES = ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
@@ -69,9 +70,34 @@ def _int(field: str, v, lo: int, hi: int) -> int:
 
 
 def _number(field: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    try:  # an int of 400 digits is no float: OverflowError
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(float(v))
+    except OverflowError:
+        ok = False
+    if not ok:
         _fail(field, "a finite number", v)
     return float(v)
+
+
+def _schedule(field: str, v) -> None:
+    """A learning-rate schedule as Optimizer.get_config writes it:
+    {"class_name": ..., "config": {its arguments}}."""
+    import inspect
+    from .optim import SCHEDULES
+    _fields(field, v, ("class_name", "config"))
+    kind = _choice(f"{field}.class_name", v["class_name"], tuple(SCHEDULES))
+    params = tuple(inspect.signature(SCHEDULES[kind].__init__).parameters)[1:]
+    cfg = _fields(f"{field}.config", v["config"], (), params)
+    for k, x in cfg.items():
+        if k == "name":
+            if x is not None and not (isinstance(x, str) and len(x) <= _MAX_TEXT):
+                _fail(f"{field}.config.name", f"null or a string of at most {_MAX_TEXT} "
+                      f"characters", x)
+        elif k == "staircase":
+            if not isinstance(x, bool):
+                _fail(f"{field}.config.staircase", "true or false", x)
+        elif not (k == "warmup_target" and x is None):
+            _number(f"{field}.config.{k}", x)
 
 
 def _choice(field: str, v, choices):
@@ -184,18 +210,23 @@ def check(config, tensors: Mapping, format_version: int) -> None:
             if k == "nesterov":
                 if not isinstance(v, bool):
                     _fail("compile.optimizer.nesterov", "true or false", v)
+            elif k == "learning_rate" and isinstance(v, dict):
+                _schedule("compile.optimizer.learning_rate", v)
             elif k != "class_name":
                 _number(f"compile.optimizer.{k}", v)
         from . import optim as _optim
         try:
             slots = _optim.get(opt).slots()  # its own range checks ("momentum: ...")
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OverflowError) as e:
             raise ValueError(f"compile.optimizer.{e}") from None
         _choice("compile.loss", comp["loss"], tuple(LOSSES))
+        # metrics by name; load_model rebuilds those it knows and warns about the rest
         metrics = comp["metrics"]
-        if not isinstance(metrics, list) or len(metrics) > 1 or \
-                any(m not in ("accuracy", "acc") for m in metrics):
-            _fail("compile.metrics", "[] or ['accuracy']", metrics)
+        if not isinstance(metrics, list) or len(metrics) > _MAX_METRICS or \
+                any(not isinstance(m, str) or not 0 < len(m) <= _MAX_TEXT for m in metrics) or \
+                len(set(metrics)) != len(metrics):
+            _fail("compile.metrics", f"a list of at most {_MAX_METRICS} distinct metric names",
+                  metrics)
         _int("compile.iterations", comp.get("iterations", 0), 0, _INT64)
 
     # the class labels: one per output unit at most (two for a 1-unit output)

@@ -4,6 +4,7 @@
                         height_shift_range=0.2, shear_range=0.15, horizontal_flip=True,
                         fill_mode="nearest", seed=42)
     for xb, yb in aug.flow(trainX, trainY, batch_size=32): ...   # as ImageDataGenerator.flow
+    model.fit(aug.flow(trainX, trainY, batch_size=32), epochs=20)  # as Keras's fit
     x2 = aug.apply(x, {"theta": 10.0, "zx": 1.1})                  # as apply_transform
     model.fit(trainX, trainY, epochs=20, augment=aug)                # exact: new transforms per epoch
     model.fit(trainX, trainY, epochs=20, augment=aug, augment_views=5)  # 5 cached views
@@ -299,7 +300,9 @@ class Augment:
         """Batches of augmented images, as Keras's ``ImageDataGenerator.flow``:
         ``(x_batch, y_batch)`` (or x_batch alone when y is None) forever, a fresh
         order (when shuffle) and fresh transforms every epoch; ``len()`` is the
-        batches per epoch. x (N, H, W, C) is not copied."""
+        batches per epoch. x (N, H, W, C) is not copied.
+        ``model.fit(aug.flow(X, Y, batch_size=BS), steps_per_epoch=len(X) // BS, ...)``
+        trains as ``model.fit(X, Y, batch_size=BS, augment=aug)`` does."""
         return AugmentIterator(self, x, y, batch_size, shuffle)
 
     def __repr__(self):

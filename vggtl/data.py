@@ -46,6 +46,8 @@ __all__ = [
     "load_pickle",
     "load_pickles",
     "LabelEncoder",
+    "LabelBinarizer",
+    "to_categorical",
     "train_test_split",
     "resize",
     "to_npy",
@@ -845,6 +847,119 @@ class LabelEncoder:
     one_hot = to_categorical
 
 
+class LabelBinarizer:
+    """scikit-learn's ``LabelBinarizer`` (same arrays, without scikit-learn): labels
+    -> one column per class of ``neg_label`` / ``pos_label`` (int64), except that
+    two classes give **one** column (1 for ``classes_[1]``), as the PyImageSearch
+    code relies on before calling ``to_categorical``::
+
+        lb = vggtl.LabelBinarizer()
+        labels = vggtl.to_categorical(lb.fit_transform(labels))   # (N, 2) for two classes
+
+    ``classes_`` are the sorted distinct labels (ints, floats with integral values,
+    strings); a 0/1 matrix (multilabel indicator) keeps its columns. One class
+    gives a single column of ``neg_label``. ``inverse_transform`` maps rows back
+    (one column: > threshold, default halfway between the labels; else argmax).
+    """
+
+    def __init__(self, neg_label: int = 0, pos_label: int = 1, sparse_output: bool = False):
+        if neg_label >= pos_label:
+            raise ValueError(f"neg_label={neg_label} must be strictly less than "
+                             f"pos_label={pos_label}")
+        if sparse_output:
+            raise ValueError("sparse_output: vggtl returns dense arrays only")
+        self.neg_label, self.pos_label, self.sparse_output = neg_label, pos_label, False
+        self.classes_ = None
+        self.y_type_ = None
+
+    def __repr__(self):
+        return f"LabelBinarizer(classes_={None if self.classes_ is None else self.classes_.tolist()})"
+
+    @staticmethod
+    def _kind(y: np.ndarray) -> str:
+        if y.ndim == 2 and y.shape[1] > 1:
+            if y.dtype.kind in "biuf" and bool(np.isin(y, (0, 1)).all()):
+                return "multilabel-indicator"
+            raise ValueError(f"y: expected labels (N,) or a 0/1 matrix, found shape {y.shape}")
+        if y.dtype.kind == "f" and not bool((np.mod(y, 1) == 0).all()):
+            raise ValueError("y: continuous values; LabelBinarizer needs class labels")
+        return "binary" if len(np.unique(y)) <= 2 else "multiclass"
+
+    def fit(self, y):
+        y = _labels_array(y, "y")
+        self.y_type_ = self._kind(y)
+        self.classes_ = np.arange(y.shape[1]) if self.y_type_ == "multilabel-indicator" \
+            else np.unique(y)
+        return self
+
+    def fit_transform(self, y) -> np.ndarray:
+        return self.fit(y).transform(y)
+
+    def transform(self, y) -> np.ndarray:
+        if self.classes_ is None:
+            raise RuntimeError("LabelBinarizer: call fit(y) first")
+        y = _labels_array(y, "y")
+        if self._kind(y) == "multilabel-indicator":
+            if self.y_type_ != "multilabel-indicator" or y.shape[1] != len(self.classes_):
+                raise ValueError(f"y: a 0/1 matrix of shape {y.shape} for a binarizer fitted "
+                                 f"on {self.y_type_} labels")
+            return np.where(y == 1, self.pos_label, self.neg_label).astype(np.int64)
+        if (y.dtype.kind in "US") != (self.classes_.dtype.kind in "US"):
+            raise ValueError(f"y: labels of dtype {y.dtype} but the binarizer was fitted on "
+                             f"{self.classes_.dtype} labels")
+        unknown = ~np.isin(y, self.classes_)
+        if unknown.any() and len(self.classes_) > 2:
+            pass  # scikit-learn gives an all-negative row for an unseen label
+        elif unknown.any():
+            raise ValueError(f"y: labels {np.unique(y[unknown])[:5].tolist()} are not among "
+                             f"the fitted classes {self.classes_.tolist()}")
+        k = len(self.classes_)
+        if k == 1:
+            return np.full((len(y), 1), self.neg_label, dtype=np.int64)
+        out = np.full((len(y), k), self.neg_label, dtype=np.int64)
+        for j, c in enumerate(self.classes_):
+            out[y == c, j] = self.pos_label
+        return out[:, 1:] if k == 2 else out
+
+    def inverse_transform(self, Y, threshold=None) -> np.ndarray:
+        if self.classes_ is None:
+            raise RuntimeError("LabelBinarizer: call fit(y) first")
+        Y = np.asarray(Y)
+        if threshold is None:
+            threshold = (self.pos_label + self.neg_label) / 2.0
+        if self.y_type_ == "multilabel-indicator":
+            return (Y > threshold).astype(np.int64)
+        if Y.ndim != 2:
+            raise ValueError(f"Y: expected rows (N, k), got shape {Y.shape}")
+        if Y.shape[1] == 1 and len(self.classes_) <= 2:
+            return self.classes_[(Y[:, 0] > threshold).astype(np.intp) if
+                                 len(self.classes_) == 2 else np.zeros(len(Y), np.intp)]
+        return self.classes_[Y.argmax(axis=1)]
+
+
+def to_categorical(y, num_classes=None, dtype="float32") -> np.ndarray:
+    """Keras's ``to_categorical``: integer class vector -> one-hot rows. A trailing
+    axis of 1 is dropped (so ``LabelBinarizer``'s one column for two classes gives
+    two columns); ``num_classes`` defaults to ``max(y) + 1``."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not bool((np.mod(y, 1) == 0).all())):
+        raise ValueError(f"y: expected integer class indices, got {y.dtype}")
+    y = y.astype(np.int64)
+    shape = y.shape
+    if len(shape) > 1 and shape[-1] == 1:
+        shape = shape[:-1]
+    y = y.reshape(-1)
+    if y.size and y.min() < 0:
+        raise ValueError(f"y: class indices must be >= 0, found {y.min()}")
+    if num_classes is None:
+        num_classes = int(y.max()) + 1 if y.size else 0
+    elif y.size and y.max() >= num_classes:
+        raise ValueError(f"y: class {y.max()} does not fit num_classes={num_classes}")
+    out = np.zeros((len(y), num_classes), dtype=dtype)
+    out[np.arange(len(y)), y] = 1
+    return out.reshape(shape + (num_classes,))
+
+
 # ---------------------------------------------------------------------------
 # splits
 
@@ -860,104 +975,169 @@ def _take(A, idx: np.ndarray):
     return A[idx]
 
 
-def _test_count(test_size, n: int) -> int:
-    if isinstance(test_size, bool):
-        raise TypeError("test_size: expected a float in (0, 1) or an int, got a bool")
-    if isinstance(test_size, (float, np.floating)):
-        if not 0.0 < test_size < 1.0:
-            raise ValueError(f"test_size: expected a float in (0, 1), got {test_size}")
-        n_test = math.ceil(float(test_size) * n)
-    elif isinstance(test_size, (int, np.integer)):
-        n_test = int(test_size)
-    else:
-        raise TypeError(f"test_size: expected a float or an int, got {type(test_size).__name__}")
-    if not 1 <= n_test <= n - 1:
-        raise ValueError(f"test_size={test_size} with {n} samples leaves {n_test} test and "
-                         f"{n - n_test} training samples; both need at least one")
-    return n_test
+def _size_kind(v, name: str):
+    """scikit-learn's reading of test_size / train_size: 'i', 'f' or None."""
+    if v is None:
+        return None
+    kind = np.asarray(v).dtype.kind
+    if kind not in ("i", "u", "f") or np.ndim(v) != 0:
+        raise ValueError(f"{name}: expected a float in (0, 1), an int or None, got {v!r}")
+    return "f" if kind == "f" else "i"
 
 
-def _stratified_test_counts(counts: np.ndarray, n_test: int, rng) -> np.ndarray:
-    """Test samples per class, proportional to the class sizes (largest
-    remainders get the leftover samples, ties broken at random)."""
-    exact = counts * (n_test / counts.sum())
-    take = np.floor(exact).astype(np.int64)
-    left = n_test - int(take.sum())
-    if left > 0:
-        frac = exact - take
-        order = np.lexsort((rng.random(len(counts)), -frac))
-        take[order[:left]] += 1
-    return take
+def _split_sizes(n: int, test_size, train_size):
+    """(n_train, n_test) exactly as scikit-learn's _validate_shuffle_split."""
+    if test_size is None and train_size is None:
+        test_size = 0.25
+    te, tr = _size_kind(test_size, "test_size"), _size_kind(train_size, "train_size")
+    for name, v, kind in (("test_size", test_size, te), ("train_size", train_size, tr)):
+        if (kind == "i" and not 0 < v < n) or (kind == "f" and not 0 < v < 1):
+            raise ValueError(f"{name}={v!r}: expected an int in [1, {n - 1}] (of {n} samples) "
+                             f"or a float in the (0, 1) range")
+    if te == "f" and tr == "f" and train_size + test_size > 1:
+        raise ValueError(f"test_size + train_size = {train_size + test_size}: expected at most 1")
+    n_test = math.ceil(test_size * n) if te == "f" else (int(test_size) if te else None)
+    n_train = math.floor(train_size * n) if tr == "f" else (int(train_size) if tr else None)
+    if n_train is None:
+        n_train = n - n_test
+    elif n_test is None:
+        n_test = n - n_train
+    if n_train + n_test > n:
+        raise ValueError(f"test_size={test_size!r} and train_size={train_size!r} ask for "
+                         f"{n_train + n_test} samples of {n}")
+    if n_train == 0:
+        raise ValueError(f"test_size={test_size!r} with {n} samples leaves no training sample")
+    return n_train, n_test
 
 
-def train_test_split(X, y, test_size=0.25, stratify=True, random_state=42,
-                     return_indices=False, shuffle=True):
-    """Split X and y into train and test parts, as scikit-learn's (same argument
-    names and return order: ``X_train, X_test, y_train, y_test``).
+def _random_state(random_state) -> np.random.RandomState:
+    """scikit-learn's check_random_state; a Generator seeds a RandomState with one draw."""
+    if random_state is None:
+        return np.random.mtrand._rand
+    if isinstance(random_state, np.random.RandomState):
+        return random_state
+    if isinstance(random_state, np.random.Generator):
+        return np.random.RandomState(int(random_state.integers(0, 2 ** 32)))
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
+        return np.random.RandomState(int(random_state))
+    raise ValueError(f"random_state: expected None, an int or a numpy RandomState, got "
+                     f"{random_state!r}")
 
-    stratify: True keeps the class proportions of y in both parts (y may be
-    labels or one-hot rows), an array stratifies on it instead, False / None
-    does not. random_state: an int, None or a ``np.random.Generator`` (the
-    permutation is NumPy's, not scikit-learn's). shuffle=False (with
-    stratify=False) takes the last samples as the test part.
+
+def _approximate_mode(class_counts, n_draws, rng):
+    """scikit-learn's _approximate_mode: samples per class, ties broken by rng."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            inds = rng.choice(inds, size=add_now, replace=False)
+            floored[inds] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
+
+
+def _stratified_indices(key, n_train, n_test, rng):
+    """scikit-learn's StratifiedShuffleSplit, first split."""
+    key = np.asarray(key)
+    if key.ndim == 2:  # one-hot or multi-column labels: each distinct row is a class
+        key = np.array([" ".join(row.astype("str")) for row in key])
+    classes, y_indices, class_counts = np.unique(key, return_inverse=True, return_counts=True)
+    y_indices = y_indices.reshape(-1)
+    if class_counts.min() < 2:
+        raise ValueError(f"y: class {classes[class_counts < 2].tolist()} has only one sample; a "
+                         f"stratified split needs at least two per class (pass stratify=None)")
+    for name, m in (("train", n_train), ("test", n_test)):
+        if m < len(classes):
+            raise ValueError(f"{name} part of {m} samples for {len(classes)} classes: a "
+                             f"stratified split needs one per class")
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train, test = [], []
+    for i in range(len(classes)):
+        perm = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
+        train.extend(perm[:n_i[i]])
+        test.extend(perm[n_i[i]:n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def train_test_split(*arrays, test_size=None, train_size=None, random_state=42, shuffle=True,
+                     stratify=True, return_indices=False):
+    """Split arrays into train and test parts: scikit-learn's ``train_test_split``,
+    the same indices for the same arguments (its ShuffleSplit and
+    StratifiedShuffleSplit, redone on NumPy's legacy RandomState; scikit-learn is
+    not needed). Returns ``X_train, X_test, y_train, y_test, ...`` in its order.
+
+        vggtl.train_test_split(X, y, test_size=0.25, stratify=y, random_state=42)
+
+    gives scikit-learn's split of the seed. Arguments as scikit-learn's:
+    ``test_size`` / ``train_size`` (floats are fractions, ints counts; test_size
+    0.25 when both are None), ``random_state`` (None, an int, a RandomState; a
+    ``np.random.Generator`` seeds a RandomState with one draw), ``shuffle``
+    (False: the first samples train, the next test, no stratification),
+    ``stratify`` (an array of labels or one-hot rows; None or False: not stratified).
+
+    Two defaults differ from scikit-learn's, for the tutorial: ``stratify=True``
+    stratifies on the second array (y; with one array there is nothing to
+    stratify on) and ``random_state=42``; pass ``stratify=None, random_state=None``
+    for scikit-learn's defaults.
 
     Nothing is copied that need not be: ``return_indices=True`` returns only
-    ``(train_idx, test_idx)`` and never reads X (a memory-mapped X stays on
-    disk); otherwise a part whose indices form one run is a view of X (the case
-    with shuffle=False), and other parts copy only their own rows.
+    ``(train_idx, test_idx)`` and never reads the arrays (a memory-mapped X stays
+    on disk); otherwise a part whose indices form one run is a view (the case
+    with shuffle=False), and other parts copy only their own rows. Lists of
+    labels come back as arrays.
     """
-    n = len(X)
-    y_arr = y if isinstance(y, np.ndarray) else _labels_array(y, "y")
-    if len(y_arr) != n:
-        raise ValueError(f"X has {n} samples but y has {len(y_arr)}; expected one label each")
-    n_test = _test_count(test_size, n)
-    strat = None
+    if not arrays:
+        raise ValueError("train_test_split: expected at least one array")
+    for i, a in enumerate(arrays):
+        if np.ndim(a) == 0 or isinstance(a, (str, bytes)):
+            raise TypeError(f"arrays[{i}]: expected an array (pass test_size=... and the "
+                            f"others by name), got {a!r}")
+    n = len(arrays[0])
+    parts = [arrays[0]]
+    for i, a in enumerate(arrays[1:], 1):
+        a = a if isinstance(a, np.ndarray) else _labels_array(a, "y" if i == 1 else f"arrays[{i}]")
+        if len(a) != n:
+            raise ValueError(f"X has {n} samples but {'y' if i == 1 else f'arrays[{i}]'} has "
+                             f"{len(a)}; expected one label each")
+        parts.append(a)
+    n_train, n_test = _split_sizes(n, test_size, train_size)
     if stratify is True:
-        strat = y_arr
-    elif stratify is not None and stratify is not False:
-        strat = _labels_array(stratify, "stratify")
+        strat = parts[1] if len(parts) > 1 else None
+    elif stratify is None or stratify is False:
+        strat = None
+    else:
+        strat = stratify if isinstance(stratify, np.ndarray) else np.asarray(
+            _labels_array(stratify, "stratify"))
         if len(strat) != n:
             raise ValueError(f"stratify has {len(strat)} labels for {n} samples")
     if not shuffle:
         if strat is not None:
             raise ValueError("shuffle=False: a stratified split needs shuffling; pass "
-                             "stratify=False")
-        train_idx, test_idx = np.arange(n - n_test), np.arange(n - n_test, n)
+                             "stratify=None")
+        train_idx, test_idx = np.arange(n_train), np.arange(n_train, n_train + n_test)
     else:
-        rng = np.random.default_rng(random_state)
+        rng = _random_state(random_state)
         if strat is None:
             perm = rng.permutation(n)
-            test_idx, train_idx = perm[:n_test], perm[n_test:]
+            test_idx, train_idx = perm[:n_test], perm[n_test:n_test + n_train]
         else:
-            key = strat.argmax(axis=1) if strat.ndim == 2 else strat
-            classes, codes = np.unique(key, return_inverse=True)
-            codes = codes.reshape(-1)
-            counts = np.bincount(codes, minlength=len(classes))
-            if len(classes) < 2:
-                raise ValueError(f"y: found a single class ({classes[0]!r}); a stratified "
-                                 "split needs at least two (pass stratify=False)")
-            if counts.min() < 2:
-                raise ValueError(f"y: class {classes[counts.argmin()]!r} has only one sample; "
-                                 "a stratified split needs at least two per class")
-            if n_test < len(classes) or n - n_test < len(classes):
-                raise ValueError(f"test_size={test_size}: {n_test} test and {n - n_test} "
-                                 f"training samples for {len(classes)} classes; both parts "
-                                 "need one per class")
-            per_class = _stratified_test_counts(counts, n_test, rng)
-            order = np.argsort(codes, kind="stable")
-            starts = np.concatenate([[0], np.cumsum(counts)])
-            tests, trains = [], []
-            for c in range(len(classes)):
-                members = rng.permutation(order[starts[c]:starts[c + 1]])
-                tests.append(members[:per_class[c]])
-                trains.append(members[per_class[c]:])
-            test_idx = rng.permutation(np.concatenate(tests))
-            train_idx = rng.permutation(np.concatenate(trains))
-    train_idx, test_idx = train_idx.astype(np.intp), test_idx.astype(np.intp)
+            train_idx, test_idx = _stratified_indices(strat, n_train, n_test, rng)
+    train_idx = np.asarray(train_idx, dtype=np.intp)
+    test_idx = np.asarray(test_idx, dtype=np.intp)
     if return_indices:
         return train_idx, test_idx
-    return _take(X, train_idx), _take(X, test_idx), _take(y_arr, train_idx), \
-        _take(y_arr, test_idx)
+    out = []
+    for a in parts:
+        out += [_take(a, train_idx), _take(a, test_idx)]
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -55,6 +55,10 @@ import warnings
 import numpy as np
 
 __all__ = [
+    "AUC",
+    "Metric",
+    "SparseTopKCategoricalAccuracy",
+    "TopKCategoricalAccuracy",
     "UndefinedMetricWarning",
     "accuracy_score",
     "confusion_matrix",
@@ -540,3 +544,162 @@ def classification_report(y_true, y_pred, *, labels=None, target_names=None,
             report_dict["accuracy"] = report_dict["accuracy"]["precision"]
         return report_dict
     return report
+
+
+# ---------------------------------------------------------------------------
+# training metrics: what ``compile(metrics=[...])`` accepts beyond "accuracy"
+
+
+class Metric:
+    """A metric ``fit`` and ``evaluate`` report, computed as TensorFlow's Keras
+    does (tf-keras 2.x) on the targets and the model's outputs of a whole epoch
+    (Keras accumulates batch by batch; for these metrics the result is the same).
+    ``name`` is the history key ("val_" + name for validation)."""
+
+    name = "metric"
+
+    def __call__(self, y_true, y_pred) -> float:
+        return self.result_of(np.asarray(y_true), np.asarray(y_pred, dtype=np.float32))
+
+    def result_of(self, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _class_indices(y_true: np.ndarray, units: int) -> np.ndarray:
+    y = np.asarray(y_true)
+    if y.ndim == 2 and y.shape[1] == units and units > 1:
+        return y.argmax(axis=1)
+    return y.reshape(len(y)).astype(np.int64)
+
+
+class TopKCategoricalAccuracy(Metric):
+    """How often the true class is among the k highest outputs (Keras's
+    ``top_k_categorical_accuracy``, through ``tf.math.in_top_k``: classes tied
+    with the k-th score count as in the top k; a non-finite row never does).
+    Targets may be one-hot rows or class indices."""
+
+    def __init__(self, k: int = 5, name: str = "top_k_categorical_accuracy"):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k: expected an int >= 1, got {k!r}")
+        self.k = int(k)
+        self.name = name
+
+    def result_of(self, y_true, y_pred):
+        y_pred = np.asarray(y_pred, np.float32).reshape(len(y_pred), -1)
+        truth = _class_indices(y_true, y_pred.shape[1])
+        score = y_pred[np.arange(len(y_pred)), truth]
+        above = (y_pred > score[:, None]).sum(axis=1)
+        ok = (above < self.k) & np.isfinite(y_pred).all(axis=1)
+        return float(ok.mean()) if len(ok) else 0.0
+
+
+class SparseTopKCategoricalAccuracy(TopKCategoricalAccuracy):
+    """:class:`TopKCategoricalAccuracy` under Keras's name for integer labels."""
+
+    def __init__(self, k: int = 5, name: str = "sparse_top_k_categorical_accuracy"):
+        super().__init__(k, name)
+
+
+class AUC(Metric):
+    """Area under the ROC (or precision-recall) curve, as Keras's ``AUC``: the
+    outputs (clipped to [0, 1]) and the 0/1 targets are flattened into one binary
+    problem (``multi_label=False``), counted into ``num_thresholds`` evenly spaced
+    thresholds, and the curve summed by ``summation_method`` ("interpolation",
+    "minoring", "majoring"); PR with interpolation uses Keras's
+    ``interpolate_pr_auc``. Targets may be one-hot rows or class indices."""
+
+    def __init__(self, num_thresholds: int = 200, curve: str = "ROC",
+                 summation_method: str = "interpolation", name: str = "auc"):
+        if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, (int, np.integer)) \
+                or num_thresholds < 2:
+            raise ValueError(f"num_thresholds: expected an int > 1, got {num_thresholds!r}")
+        if str(curve).upper() not in ("ROC", "PR"):
+            raise ValueError(f"curve: expected 'ROC' or 'PR', got {curve!r}")
+        if summation_method not in ("interpolation", "minoring", "majoring"):
+            raise ValueError(f"summation_method: expected 'interpolation', 'minoring' or "
+                             f"'majoring', got {summation_method!r}")
+        self.num_thresholds = int(num_thresholds)
+        self.curve = str(curve).upper()
+        self.summation_method = summation_method
+        self.name = name
+
+    def _counts(self, y_true, y_pred):
+        """tp, fp, tn, fn per threshold, by Keras's bucket algorithm (float32)."""
+        y_pred = np.asarray(y_pred, np.float32).reshape(len(y_pred), -1)
+        units = y_pred.shape[1]
+        y = np.asarray(y_true)
+        if not (y.ndim == 2 and y.shape == y_pred.shape):
+            idx = _class_indices(y, units)
+            if units == 1:
+                y = idx.reshape(-1, 1).astype(np.float32)
+            else:
+                y = np.zeros_like(y_pred)
+                y[np.arange(len(idx)), idx] = 1.0
+        t = (y.reshape(-1) != 0).astype(np.float64)
+        p = np.clip(y_pred.reshape(-1), np.float32(0), np.float32(1))
+        T = self.num_thresholds
+        # the first threshold is 0 - epsilon: bucket -1 joins bucket 0
+        bucket = np.maximum(np.ceil(p * np.float32(T - 1)) - np.float32(1), 0).astype(np.int64)
+        tp_b = np.bincount(bucket, weights=t, minlength=T)
+        fp_b = np.bincount(bucket, weights=1.0 - t, minlength=T)
+        tp = np.cumsum(tp_b[::-1])[::-1]
+        fp = np.cumsum(fp_b[::-1])[::-1]
+        return tp, fp, fp_b.sum() - fp, tp_b.sum() - tp
+
+    def result_of(self, y_true, y_pred):
+        tp, fp, tn, fn = self._counts(y_true, y_pred)
+
+        def div(a, b):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(b == 0, 0.0, a / np.where(b == 0, 1.0, b))
+        T = self.num_thresholds
+        if self.curve == "PR" and self.summation_method == "interpolation":
+            dtp = tp[:T - 1] - tp[1:]
+            p = tp + fp
+            dp = p[:T - 1] - p[1:]
+            slope = div(dtp, np.maximum(dp, 0))
+            intercept = tp[1:] - slope * p[1:]
+            ratio = np.where((p[:T - 1] > 0) & (p[1:] > 0), div(p[:T - 1], np.maximum(p[1:], 0)),
+                             1.0)
+            with np.errstate(divide="ignore"):
+                inc = div(slope * (dtp + intercept * np.log(ratio)),
+                          np.maximum(tp[1:] + fn[1:], 0))
+            return float(inc.sum())
+        recall = div(tp, tp + fn)
+        if self.curve == "ROC":
+            x, y = div(fp, fp + tn), recall
+        else:
+            x, y = recall, div(tp, tp + fp)
+        if self.summation_method == "interpolation":
+            heights = (y[:T - 1] + y[1:]) / 2.0
+        elif self.summation_method == "minoring":
+            heights = np.minimum(y[:T - 1], y[1:])
+        else:
+            heights = np.maximum(y[:T - 1], y[1:])
+        return float(((x[:T - 1] - x[1:]) * heights).sum())
+
+
+_METRIC_NAMES = {
+    "auc": AUC,
+    "top_k_categorical_accuracy": TopKCategoricalAccuracy,
+    "sparse_top_k_categorical_accuracy": SparseTopKCategoricalAccuracy,
+}
+
+
+def get(identifier):
+    """"accuracy" (or "acc"), a :class:`Metric` instance, or a name: "AUC" /
+    "auc", "top_k_categorical_accuracy", "sparse_top_k_categorical_accuracy"."""
+    if isinstance(identifier, Metric):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier in ("accuracy", "acc"):
+            return "accuracy"
+        cls = _METRIC_NAMES.get(identifier.lower())
+        if cls is not None:
+            return cls()
+    raise ValueError(f"metrics: expected 'accuracy', 'AUC', 'top_k_categorical_accuracy', "
+                     f"'sparse_top_k_categorical_accuracy' or a vggtl.metrics.Metric, got "
+                     f"{identifier!r}")

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,6 +28,7 @@ import numpy as np
 from . import _core
 from ._atomic import atomic_write_bytes
 from . import optim as _optim
+from . import metrics as _metrics
 from .callbacks import Callback, EarlyStopping, History
 from .layers import INPUT_LAYERS, Dense, Dropout, Flatten, Layer, from_config
 from .vgg16 import CONV_LAYERS, LAYER_NAMES, VGG16
@@ -110,6 +112,7 @@ class TransferModel:
         self.loss: Optional[str] = None
         self.metrics: List[str] = []
         self._slots: Dict[str, tuple] = {}
+        self._metric_objs: Dict[str, _metrics.Metric] = {}
         self._epochs_done = 0
         self.stop_training = False
         self.classes_: Optional[np.ndarray] = None
@@ -238,17 +241,26 @@ class TransferModel:
     def compile(self, optimizer="adam", loss="categorical_crossentropy", metrics=None) -> None:
         """Choose the optimizer (a name or an instance), the loss
         ("binary_crossentropy", "categorical_crossentropy",
-        "sparse_categorical_crossentropy") and the metrics (["accuracy"])."""
+        "sparse_categorical_crossentropy") and the metrics: "accuracy", "AUC",
+        "top_k_categorical_accuracy" or :mod:`vggtl.metrics` objects
+        (``vggtl.metrics.AUC(curve="PR")``, ``TopKCategoricalAccuracy(k=3)``).
+
+        The losses are TensorFlow's Keras's: when the last Dense has a softmax or
+        sigmoid activation they are computed from its logits (never clipped);
+        otherwise its output is read as probabilities clipped to [1e-7, 1 - 1e-7]."""
         opt = _optim.get(optimizer)
         if not isinstance(loss, str) or loss not in LOSSES:
             raise ValueError(f"loss: expected one of {sorted(LOSSES)}, got {loss!r}")
-        metrics = list(metrics or [])
-        for m in metrics:
-            if m not in ("accuracy", "acc"):
-                raise ValueError(f"metrics: only 'accuracy' is supported, got {m!r}")
+        if isinstance(metrics, (str, _metrics.Metric)):
+            metrics = [metrics]
+        objs = [_metrics.get(m) for m in list(metrics or [])]
+        names = ["accuracy" if m == "accuracy" else m.name for m in objs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metrics: names must be unique, got {names}")
         self.optimizer = opt
         self.loss = loss
-        self.metrics = ["accuracy"] if metrics else []
+        self.metrics = names
+        self._metric_objs = {m.name: m for m in objs if m != "accuracy"}
         # fresh optimizer state, as a re-compile in Keras gives
         self._slots = {}
         n = opt.slots()
@@ -356,25 +368,59 @@ class TransferModel:
 
     # -- training -----------------------------------------------------------------
     @_locked
-    def fit(self, x, y, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
+    def fit(self, x, y=None, batch_size: Optional[int] = None, epochs: int = 1, verbose: int = 1,
             validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
             class_weight=None, callbacks: Optional[List[Callback]] = None,
-            initial_epoch: int = 0, cache=None, augment=None, augment_views=None) -> History:
+            initial_epoch: int = 0, cache=None, augment=None, augment_views=None,
+            sample_weight=None, steps_per_epoch: Optional[int] = None,
+            validation_steps: Optional[int] = None,
+            validation_batch_size: Optional[int] = None) -> History:
         """Train the head on images x (the base's features are computed once, and
         kept in the feature cache: a second fit on the same images computes nothing).
 
         Arguments as Keras's ``Model.fit``. ``y``: integer labels, one-hot rows or
-        strings. ``cache``: None (the model's ``cache``), True, a folder or False.
+        strings. ``batch_size`` defaults to 32. ``cache``: None (the model's
+        ``cache``), True, a folder or False.
         ``augment``: a :class:`vggtl.Augment`; alone, every epoch trains on the base
         run on freshly augmented images (the tutorial's ``aug.flow``; one backbone
         pass per epoch). With ``augment_views=K``: K augmented views of every image
         are extracted once into the feature cache and each epoch draws one view per
         image (K passes in all, then none; with ``cache=False`` the K views are kept
         in memory). Validation images are not augmented.
-        Returns a :class:`History` whose ``history`` has "loss", "accuracy" and,
-        with validation, "val_loss" and "val_accuracy".
+        ``x=aug.flow(X, Y, batch_size=BS)`` (y None) is the same as
+        ``fit(X, Y, batch_size=BS, augment=aug)``, with the flow's ``shuffle``.
+        ``steps_per_epoch``: batches per epoch (Keras's; the tutorial's
+        ``len(trainX) // BS`` leaves out ``len(trainX) % BS`` images, drawn anew
+        every epoch); ``validation_steps``: validation on the first
+        ``validation_steps * validation_batch_size`` images (``validation_batch_size``
+        defaults to ``batch_size``, to 32 with a flow, as Keras).
+        ``sample_weight``: one weight per image, multiplied with ``class_weight``'s;
+        ``validation_data`` may be ``(x, y, sample_weight)``.
+        Returns a :class:`History` whose ``history`` has "loss", the metrics and,
+        with validation, "val_loss" and the "val_" metrics.
         """
-        x, y, validation_data = self._split(x, y, validation_data, validation_split)
+        from .augment import AugmentIterator
+        flow = isinstance(x, AugmentIterator)
+        if flow:
+            if y is not None:
+                raise ValueError("y: expected None when x is aug.flow(X, Y, ...): the flow "
+                                 "gives the labels")
+            if x.y is None:
+                raise ValueError("x: the flow has no labels; use aug.flow(X, Y, batch_size=BS)")
+            if augment is not None or augment_views is not None:
+                raise ValueError("augment: x is already aug.flow(...); pass augment= or a "
+                                 "flow, not both")
+            if batch_size is not None and batch_size != x.batch_size:
+                raise ValueError(f"batch_size: x is a flow of batches of {x.batch_size}; do not "
+                                 f"pass batch_size={batch_size!r} (as Keras)")
+            batch_size, augment, shuffle = x.batch_size, x.augment, x.shuffle
+            x, y = x.x, x.y
+        elif y is None:
+            raise ValueError("y: expected the labels (y=None only with x=aug.flow(X, Y, ...))")
+        batch_size = 32 if batch_size is None else _check_int("batch_size", batch_size, 1)
+        x, y, validation_data, sample_weight = self._split(x, y, validation_data,
+                                                           validation_split, sample_weight)
+        per_epoch = self._samples_per_epoch(len(x), batch_size, steps_per_epoch)
         cache = self.cache if cache is None else cache
         epoch_features = None
         if augment is None and augment_views is None:
@@ -386,13 +432,38 @@ class TransferModel:
             F = epoch_features(self._epochs_done)
         val = None
         if validation_data is not None:
-            vx, vy = self._unpack_validation(validation_data)
+            vx, vy, vsw = self._unpack_validation(validation_data)
+            vx, vy, vsw = self._validation_steps(vx, vy, vsw, validation_steps,
+                                                 validation_batch_size or (32 if flow else
+                                                                           batch_size))
             val = (self.features(vx, batch_size=max(batch_size, 32), cache=cache,
-                                 progress=bool(verbose)), vy)
+                                 progress=bool(verbose)), vy, vsw)
         return self.fit_features(F, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                                  validation_data=val, shuffle=shuffle, class_weight=class_weight,
                                  callbacks=callbacks, initial_epoch=initial_epoch,
-                                 _epoch_features=epoch_features)
+                                 sample_weight=sample_weight, _epoch_features=epoch_features,
+                                 _per_epoch=per_epoch)
+
+    @staticmethod
+    def _samples_per_epoch(n: int, batch_size: int, steps_per_epoch) -> Optional[int]:
+        if steps_per_epoch is None:
+            return None
+        steps = _check_int("steps_per_epoch", steps_per_epoch, 1)
+        full = -(-n // batch_size)
+        if steps > full:
+            raise ValueError(f"steps_per_epoch: {steps} batches of {batch_size} is more than the "
+                             f"{n} training images give ({full} batches); use at most {full}, "
+                             f"e.g. len(trainX) // batch_size")
+        return None if steps == full else steps * batch_size
+
+    @staticmethod
+    def _validation_steps(vx, vy, vsw, steps, batch):
+        if steps is None:
+            return vx, vy, vsw
+        steps = _check_int("validation_steps", steps, 1)
+        batch = _check_int("validation_batch_size", batch, 1)
+        m = min(len(vx), steps * batch)
+        return vx[:m], np.asarray(vy)[:m], None if vsw is None else np.asarray(vsw)[:m]
 
     def _augmented_features(self, x, augment, views, batch_size: int, cache, progress: bool,
                             layer: Optional[str] = None):
@@ -447,12 +518,15 @@ class TransferModel:
 
     @staticmethod
     def _unpack_validation(validation_data):
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data: expected a tuple (x_val, y_val)")
-        return validation_data
+        """(x, y, sample_weight or None) of Keras's (x, y) or (x, y, sample_weight)."""
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data: expected a tuple (x_val, y_val) or (x_val, y_val, "
+                             "val_sample_weight)")
+        vx, vy = validation_data[:2]
+        return vx, vy, validation_data[2] if len(validation_data) == 3 else None
 
     @staticmethod
-    def _split(x, y, validation_data, validation_split):
+    def _split(x, y, validation_data, validation_split, sample_weight=None):
         if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
             raise ValueError(f"validation_split: expected a float in [0, 1), got {validation_split!r}")
         if validation_split and validation_data is None:
@@ -463,19 +537,40 @@ class TransferModel:
             if cut == 0 or cut == n:
                 raise ValueError(f"validation_split: {validation_split} of {n} samples leaves an "
                                  f"empty training or validation set")
-            validation_data = (x[cut:], np.asarray(y)[cut:])
+            if sample_weight is None:
+                validation_data = (x[cut:], np.asarray(y)[cut:])
+            else:
+                sw = np.asarray(sample_weight)
+                validation_data = (x[cut:], np.asarray(y)[cut:], sw[cut:])
+                sample_weight = sw[:cut]
             x, y = x[:cut], np.asarray(y)[:cut]
-        return x, y, validation_data
+        return x, y, validation_data, sample_weight
+
+    def _weights_of(self, targets, class_weight, sample_weight, name="sample_weight"):
+        """Per-sample weights: class_weight's times sample_weight (as Keras), or None."""
+        sw = self._sample_weight(targets, class_weight)
+        if sample_weight is None:
+            return sw
+        w = np.asarray(sample_weight)
+        if w.dtype.kind not in "biuf" or w.shape != (len(targets),):
+            raise ValueError(f"{name}: expected {len(targets)} numbers (one per sample), got "
+                             f"{w.dtype} of shape {w.shape}")
+        w = w.astype(np.float32)
+        if not (np.isfinite(w).all() and (w >= 0).all()):
+            raise ValueError(f"{name}: expected finite weights >= 0")
+        return np.ascontiguousarray(w if sw is None else sw * w, dtype=np.float32)
 
     @_locked
     def fit_features(self, features, y, batch_size: int = 32, epochs: int = 1, verbose: int = 1,
                      validation_data=None, shuffle: bool = True, class_weight=None,
                      callbacks: Optional[List[Callback]] = None,
-                     initial_epoch: int = 0, _epoch_features=None) -> History:
+                     initial_epoch: int = 0, sample_weight=None, _epoch_features=None,
+                     _per_epoch=None) -> History:
         """``fit`` on features already computed by the base (``model.features(x)``,
         ``base.predict(x)`` or a cache): no backbone work at all.
         (``_epoch_features``, private: fit's augmentation, epoch -> that epoch's
-        features, of the shape of ``features``.)"""
+        features, of the shape of ``features``; ``_per_epoch``: images per epoch,
+        fit's ``steps_per_epoch``.)"""
         if self.optimizer is None:
             raise RuntimeError("fit: the model is not compiled; call model.compile(optimizer=..., "
                                "loss=..., metrics=['accuracy']) first")
@@ -488,32 +583,74 @@ class TransferModel:
             raise ValueError("x: expected at least one training sample, got 0")
         _check_finite(F, "x")
         targets = self._targets(y, n)
-        sw = self._sample_weight(targets, class_weight)
+        sw = self._weights_of(targets, class_weight, sample_weight)
         val = None
         if validation_data is not None:
-            vF, vy = self._unpack_validation(validation_data)
+            vF, vy, vsw = self._unpack_validation(validation_data)
             vF = self._as_features(vF, "validation_data")
             _check_finite(vF, "validation_data x")
-            val = (vF, self._targets(vy, len(vF), name="validation_data y"))
+            vt = self._targets(vy, len(vF), name="validation_data y")
+            val = (vF, vt, self._weights_of(vt, None, vsw, "validation_data sample_weight"))
         spec = self._spec(with_slots=True)
         ws = self._workspace(spec, batch_size)
-        order = np.empty(n, dtype=np.int64)
         loss_code = LOSSES[self.loss]
+        m = n if _per_epoch is None else min(n, _per_epoch)
+        order = np.empty(m, dtype=np.int64)
+        outputs = np.empty((m, self.output_units), np.float32) if self._metric_objs else None
 
         def run_epoch():
             Fe = F if _epoch_features is None else \
                 self._as_features(_epoch_features(self._epochs_done))
-            return _core.head_fit_epoch(
-                Fe, spec, self.optimizer.as_core_tuple(), self.optimizer.iterations, loss_code,
-                targets, sw, batch_size, shuffle, self.seed, self._epochs_done, order, ws)
+            te, swe = targets, sw
+            if m < n:  # steps_per_epoch: this epoch's images, drawn from (seed, epoch)
+                pick = np.sort(np.random.default_rng([self.seed, 0x73746570, self._epochs_done])
+                               .permutation(n)[:m])
+                Fe, te = np.ascontiguousarray(Fe[pick]), np.ascontiguousarray(te[pick])
+                swe = None if swe is None else np.ascontiguousarray(swe[pick])
+            steps = -(-m // batch_size)
+            r = _core.head_fit_epoch(
+                Fe, spec, self.optimizer.as_core_tuple(steps), self.optimizer.iterations,
+                loss_code, te, swe, batch_size, shuffle, self.seed, self._epochs_done, order, ws,
+                outputs)
+            return r, te, outputs
 
         def validate():
-            vspec = self._spec(False)
-            return _core.head_evaluate(val[0], vspec, loss_code, val[1], None, batch_size,
-                                       self._workspace(vspec, batch_size))
+            return self._evaluate_spec(val[0], val[1], val[2], batch_size)
 
-        return self._run_epochs(run_epoch, validate if val is not None else None, n, batch_size,
+        return self._run_epochs(run_epoch, validate if val is not None else None, m, batch_size,
                                 epochs, initial_epoch, verbose, callbacks)
+
+    def _evaluate_spec(self, F, targets, sw, batch_size, spec=None):
+        """(loss_sum, correct, seen, targets, outputs or None) of the head on features."""
+        spec = self._spec(False) if spec is None else spec
+        ws = self._workspace(spec, batch_size)
+        ls, c, n = _core.head_evaluate(F, spec, LOSSES[self.loss], targets, sw, batch_size, ws)
+        out = _core.head_predict(F, spec, batch_size, ws) if self._metric_objs else None
+        return ls, c, n, targets, out
+
+    def _metric_logs(self, prefix, loss, correct, seen, targets, outputs):
+        logs = {prefix + "loss": loss}
+        for name in self.metrics:
+            if name == "accuracy":
+                logs[prefix + name] = correct / seen
+            else:
+                logs[prefix + name] = self._metric_objs[name].result_of(targets, outputs)
+        return logs
+
+    def _zero_gradient_warning(self, epoch, loss):
+        act = self.layers[-1].activation
+        if act in ("softmax", "sigmoid"):
+            cause = ("the units that feed the output are all inactive (dead ReLUs) or the "
+                     "features are far outside the range the head can learn from; check the "
+                     "images' scale (0..255 with the base's preprocess, not divided by 255 "
+                     "twice) or lower the learning rate")
+        else:
+            cause = (f"the last Dense has activation='{act}', so the crossentropy reads its "
+                     f"output as probabilities clipped to [1e-7, 1 - 1e-7], where the gradient "
+                     f"is zero: use activation='softmax' (or 'sigmoid' for one unit) on the last "
+                     f"Dense, or check the images' scale")
+        warnings.warn(f"epoch {epoch + 1}: every gradient was exactly zero, so nothing trained "
+                      f"(the loss stays at {loss:.4f}): {cause}", RuntimeWarning, stacklevel=4)
 
     def _run_epochs(self, run_epoch, validate, n, batch_size, epochs, initial_epoch, verbose,
                     callbacks) -> History:
@@ -521,7 +658,8 @@ class TransferModel:
         validation, the per-epoch line, early stopping, and on a NaN loss the
         state of the last completed epoch restored."""
         history = History()
-        cbs = [history] + list(callbacks or [])
+        # History last, as Keras: it records what the other callbacks add (ReduceLROnPlateau's "lr")
+        cbs = list(callbacks or []) + [history]
         for cb in cbs:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks: expected vggtl callbacks, got {type(cb).__name__}")
@@ -530,15 +668,15 @@ class TransferModel:
         self.stop_training = False
         for cb in cbs:
             cb.on_train_begin()
-        acc_key = "accuracy" if self.metrics else None
         self.history = history  # also what a Ctrl-C leaves: the completed epochs
+        warned = False
         for epoch in range(initial_epoch, epochs):
             for cb in cbs:
                 cb.on_epoch_begin(epoch)
             snapshot = self._training_state()
             t0 = time.perf_counter()
             try:
-                loss_sum, correct, seen, _, it = run_epoch()
+                (loss_sum, correct, seen, batches, it, moved), te, outputs = run_epoch()
             except FloatingPointError as e:
                 # keep the last good state: weights, optimizer slots and step count
                 # as they were at the end of the previous epoch
@@ -564,27 +702,26 @@ class TransferModel:
                                          f"completed epoch were kept")
             self.optimizer.iterations = it
             self._epochs_done += 1
-            logs = {"loss": loss_sum / seen}
-            if acc_key:
-                logs[acc_key] = correct / seen
+            logs = self._metric_logs("", loss_sum / seen, correct, seen, te, outputs)
+            if batches and moved == 0 and logs["loss"] > 1e-6 and not warned:
+                self._zero_gradient_warning(epoch, logs["loss"])
+                warned = True
             if validate is not None:
                 try:
-                    vl, vc, vn = validate()
+                    vl, vc, vn, vt, vout = validate()
                 except KeyboardInterrupt:
                     # the epoch's training is done but it has no history entry yet:
                     # undo it too, as above
                     self._restore_training_state(snapshot)
                     self._epochs_done -= 1
                     raise
-                logs["val_loss"] = vl / vn
-                if acc_key:
-                    logs["val_" + acc_key] = vc / vn
+                logs.update(self._metric_logs("val_", vl / vn, vc, vn, vt, vout))
             if verbose:
                 dt = time.perf_counter() - t0
                 parts = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
                 print(f"Epoch {epoch + 1}/{epochs} - {dt:.2f}s - {parts}", file=sys.stdout, flush=True)
             for cb in cbs:
-                cb.on_epoch_end(epoch, dict(logs))
+                cb.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
         for cb in cbs:
@@ -630,7 +767,7 @@ class TransferModel:
                   validation_data=None, validation_split: float = 0.0, shuffle: bool = True,
                   class_weight=None, callbacks: Optional[List[Callback]] = None,
                   initial_epoch: int = 0, cache=None, augment=None,
-                  augment_views=None) -> History:
+                  augment_views=None, sample_weight=None) -> History:
         """Train the top of the base together with the head (the tutorial's
         continuation: ``for layer in base.layers[15:]: layer.trainable = True``,
         re-compile with ``SGD(1e-4, momentum=0.9)``, fit again).
@@ -642,8 +779,8 @@ class TransferModel:
         runs only the unfrozen layers and the head, in C. ``optimizer`` defaults
         to ``SGD(learning_rate=1e-4, momentum=0.9)`` and, like Keras's
         re-compile, starts from fresh state; the loss and metrics are those of
-        ``compile``. ``cache``, ``augment`` and ``augment_views`` as :meth:`fit`,
-        at the cut: the cut's features come from the feature cache, and with
+        ``compile``. ``cache``, ``augment``, ``augment_views`` and ``sample_weight``
+        as :meth:`fit`, at the cut: the cut's features come from the feature cache, and with
         ``augment_views=K`` the K augmented views are cached at the cut too.
         Other arguments as :meth:`fit`.
         """
@@ -658,7 +795,8 @@ class TransferModel:
         initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
         first = self._unfreeze(unfreeze_from)
         cut = LAYER_NAMES[first - 1]
-        x, y, validation_data = self._split(x, y, validation_data, validation_split)
+        x, y, validation_data, sample_weight = self._split(x, y, validation_data,
+                                                           validation_split, sample_weight)
         cache = self.cache if cache is None else cache
         # the frozen part, once (and kept in the feature cache): the last frozen layer's output
         epoch_features = None
@@ -673,12 +811,13 @@ class TransferModel:
         if n == 0:
             raise ValueError("x: expected at least one training sample, got 0")
         targets = self._targets(y, n)
-        sw = self._sample_weight(targets, class_weight)
+        sw = self._weights_of(targets, class_weight, sample_weight)
         val = None
         if validation_data is not None:
-            vx, vy = self._unpack_validation(validation_data)
-            val = (self._cut_features(vx, cut, batch_size, cache, verbose),
-                   self._targets(vy, len(vx), name="validation_data y"))
+            vx, vy, vsw = self._unpack_validation(validation_data)
+            vt = self._targets(vy, len(vx), name="validation_data y")
+            val = (self._cut_features(vx, cut, batch_size, cache, verbose), vt,
+                   self._weights_of(vt, None, vsw, "validation_data sample_weight"))
         # a fresh optimizer and state, as a re-compile in Keras gives
         self.compile(optimizer=optimizer if optimizer is not None else
                      _optim.SGD(learning_rate=1e-4, momentum=0.9),
@@ -706,21 +845,21 @@ class TransferModel:
                           np.float32)
         order = np.empty(n, dtype=np.int64)
         loss_code = LOSSES[self.loss]
+        outputs = np.empty((n, self.output_units), np.float32) if self._metric_objs else None
 
         def run_epoch():
             Fe = F if epoch_features is None else epoch_features(self._epochs_done)
             with self.base._writing(tuned):
-                return _core.finetune_fit_epoch(
-                    Fe, tail, head, self.optimizer.as_core_tuple(), self.optimizer.iterations,
-                    loss_code, targets, sw, batch_size, shuffle, self.seed, self._epochs_done,
-                    order, ws)
+                r = _core.finetune_fit_epoch(
+                    Fe, tail, head, self.optimizer.as_core_tuple(-(-n // batch_size)),
+                    self.optimizer.iterations, loss_code, targets, sw, batch_size, shuffle,
+                    self.seed, self._epochs_done, order, ws, outputs)
+            return r, targets, outputs
 
         def validate():
             F5 = self.base.forward_from(np.asarray(val[0], np.float32), cut,
                                         batch_size=max(batch_size, 32))
-            vspec = self._spec(False)
-            return _core.head_evaluate(F5, vspec, loss_code, val[1], None, batch_size,
-                                       self._workspace(vspec, batch_size))
+            return self._evaluate_spec(F5, val[1], val[2], batch_size)
 
         return self._run_epochs(run_epoch, validate if val is not None else None, n, batch_size,
                                 epochs, initial_epoch, verbose, callbacks)
@@ -762,39 +901,63 @@ class TransferModel:
 
     # -- inference ----------------------------------------------------------------
     @_locked
-    def predict_features(self, features, batch_size: int = 32) -> np.ndarray:
+    def predict_features(self, features, batch_size: int = 32, verbose=0) -> np.ndarray:
         """The head's output (probabilities) on precomputed features."""
         batch_size = _check_int("batch_size", batch_size, 1)
+        t0 = time.perf_counter()
         F = self._as_features(features)
         if len(F) == 0:
             return np.zeros((0, self.output_units), dtype=np.float32)
         spec = self._spec(False)
-        return _core.head_predict(F, spec, batch_size, self._workspace(spec, batch_size))
+        out = _core.head_predict(F, spec, batch_size, self._workspace(spec, batch_size))
+        if _verbose(verbose):
+            steps = -(-len(F) // batch_size)
+            print(f"{steps}/{steps} - {time.perf_counter() - t0:.2f}s", file=sys.stdout, flush=True)
+        return out
 
     @_locked
-    def predict(self, x, batch_size: int = 32) -> np.ndarray:
-        """Class probabilities (N, units) for images x."""
-        return self.predict_features(self.features(x, batch_size=batch_size), batch_size)
+    def predict(self, x, batch_size: int = 32, verbose=0) -> np.ndarray:
+        """Class probabilities (N, units) for images x. ``verbose`` (Keras's
+        argument, 0 by default here): 1, 2 or "auto" show the base's progress (a
+        tqdm bar when tqdm is installed) and print one line at the end."""
+        F = self.features(x, batch_size=batch_size, progress=_verbose(verbose))
+        return self.predict_features(F, batch_size, verbose=verbose)
 
     @_locked
-    def evaluate_features(self, features, y, batch_size: int = 32):
-        """[loss, accuracy] (or loss alone without metrics) on precomputed features."""
+    def evaluate_features(self, features, y, batch_size: int = 32, verbose=0, sample_weight=None,
+                          return_dict: bool = False):
+        """[loss, *metrics] (or loss alone without metrics) on precomputed features."""
         if self.loss is None:
             raise RuntimeError("evaluate: the model is not compiled; call model.compile(...) first")
         batch_size = _check_int("batch_size", batch_size, 1)
+        t0 = time.perf_counter()
         F = self._as_features(features)
         if len(F) == 0:
             raise ValueError("x: expected at least one sample, got 0")
         targets = self._targets(y, len(F))
-        spec = self._spec(False)
-        ls, c, n = _core.head_evaluate(F, spec, LOSSES[self.loss], targets, None, batch_size,
-                                       self._workspace(spec, batch_size))
-        return [ls / n, c / n] if self.metrics else ls / n
+        sw = self._weights_of(targets, None, sample_weight)
+        ls, c, n, t, out = self._evaluate_spec(F, targets, sw, batch_size)
+        logs = self._metric_logs("", ls / n, c, n, t, out)
+        if _verbose(verbose):
+            steps = -(-len(F) // batch_size)
+            parts = " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+            print(f"{steps}/{steps} - {time.perf_counter() - t0:.2f}s - {parts}", file=sys.stdout,
+                  flush=True)
+        if return_dict:
+            return logs
+        return list(logs.values()) if self.metrics else logs["loss"]
 
     @_locked
-    def evaluate(self, x, y, batch_size: int = 32):
-        """[loss, accuracy] on images x and labels y, as Keras's ``evaluate``."""
-        return self.evaluate_features(self.features(x, batch_size=batch_size), y, batch_size)
+    def evaluate(self, x, y, batch_size: int = 32, verbose=0, sample_weight=None,
+                 return_dict: bool = False):
+        """[loss, *metrics] on images x and labels y, as Keras's ``evaluate`` (the
+        loss alone when compiled without metrics; a dict with ``return_dict=True``).
+        ``sample_weight`` weighs the loss; ``verbose`` as :meth:`predict`."""
+        if self.loss is None:
+            raise RuntimeError("evaluate: the model is not compiled; call model.compile(...) first")
+        F = self.features(x, batch_size=batch_size, progress=_verbose(verbose))
+        return self.evaluate_features(F, y, batch_size, verbose=verbose,
+                                      sample_weight=sample_weight, return_dict=return_dict)
 
     # -- saving ---------------------------------------------------------------------
     @_locked
@@ -819,8 +982,10 @@ class TransferModel:
     def save(self, path) -> None:
         """Write the model (base and head weights as safetensors, the
         configuration as JSON metadata) atomically: a crash leaves the previous
-        file intact."""
+        file intact. The format is vggtl's own (``.vggtl``): a name ending in
+        ``.h5``, ``.hdf5`` or ``.keras`` is refused, since Keras could not read it."""
         from safetensors.numpy import save
+        path = check_save_path(path)
         tensors = {}
         for name, (k, bias) in self.base._weights.items():
             tensors[f"base/{name}/kernel"] = k
@@ -840,6 +1005,28 @@ class TransferModel:
         return f"TransferModel(base={self.base!r}, head={self.layers!r})"
 
 
+def _verbose(verbose) -> bool:
+    """Keras's verbose values: 0 silent; 1, 2 or "auto" report."""
+    if isinstance(verbose, (bool, float)) or verbose not in (0, 1, 2, "auto"):
+        raise ValueError(f"verbose: expected 0, 1, 2 or 'auto', got {verbose!r}")
+    return verbose != 0
+
+
+def check_save_path(path, name: str = "path") -> str:
+    """vggtl writes its own format (safetensors plus JSON); a Keras file name
+    would promise a file Keras could open, so it is refused."""
+    p = os.fspath(path)
+    low = p.lower()
+    for ext in (".h5", ".hdf5", ".keras"):
+        if low.endswith(ext):
+            raise ValueError(f"{name}: {p!r} names a Keras {ext} file, but vggtl writes its own "
+                             f"format (safetensors weights plus JSON configuration), which Keras "
+                             f"cannot read; use the extension .vggtl (e.g. "
+                             f"{p[:len(p) - len(ext)] + '.vggtl'!r}) and vggtl.load_model to "
+                             f"read it back")
+    return p
+
+
 def _check_finite(F: np.ndarray, name: str) -> None:
     """Features with NaN or infinity would turn the weights into NaN silently
     (inf * 0 in the gradient), so they are refused before training."""
@@ -851,8 +1038,10 @@ def _check_finite(F: np.ndarray, name: str) -> None:
                              f"features; check the images or the cache they came from")
 
 
-def load_model(path) -> TransferModel:
-    """Read a model written by :meth:`TransferModel.save`."""
+def load_model(path, compile: bool = True) -> TransferModel:
+    """Read a model written by :meth:`TransferModel.save`. ``compile=False`` (as
+    Keras) leaves the optimizer, loss, metrics and optimizer state out: the model
+    predicts, and needs ``compile`` before ``fit`` or ``evaluate``."""
     from safetensors.numpy import load
     path = os.fspath(path)
     try:
@@ -890,10 +1079,10 @@ def load_model(path) -> TransferModel:
     model.set_weights({k: tuple(v) for k, v in head_weights.items()})
     if config.get("classes") is not None:
         model.classes_ = np.asarray(config["classes"])
-    comp = config.get("compile")
+    comp = config.get("compile") if compile else None
     if comp:
         model.compile(optimizer=_optim.get(comp["optimizer"]), loss=comp["loss"],
-                      metrics=comp["metrics"])
+                      metrics=_saved_metrics(comp.get("metrics"), path))
         model.optimizer.iterations = int(comp.get("iterations", 0))
         for (name, i), arr in slots.items():
             dst = model._slots.get(name, (None,) * 4)[i]
@@ -903,6 +1092,22 @@ def load_model(path) -> TransferModel:
             dst[...] = arr
     model._epochs_done = int(config.get("epochs_done", 0))
     return model
+
+
+def _saved_metrics(names, path) -> list:
+    """The compiled metrics of a saved model, by name: Keras's names come back
+    with their defaults (AUC(), top-5); a metric vggtl cannot rebuild by its
+    name (a custom name) is left out, with a warning."""
+    out = []
+    for name in names if isinstance(names, list) else []:
+        try:
+            _metrics.get(name)
+            out.append(name)
+        except ValueError:
+            warnings.warn(f"path: {path!r} was compiled with the metric {name!r}, which "
+                          f"load_model cannot rebuild by its name; compile again to use it",
+                          RuntimeWarning, stacklevel=3)
+    return out
 
 
 def _read_metadata(raw: bytes, path: str) -> dict:

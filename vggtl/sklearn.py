@@ -38,7 +38,8 @@ import numpy as np
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
+    from sklearn.utils.validation import (_check_sample_weight, check_array, check_is_fitted,
+                                          column_or_1d)
     from sklearn.utils import check_random_state
 except ImportError:  # pragma: no cover - exercised without scikit-learn
     raise ImportError("vggtl.VGG16Classifier needs scikit-learn, which is not installed: "
@@ -281,8 +282,10 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
         model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
         return model
 
-    def fit(self, X, y) -> "VGG16Classifier":
-        """Train on images or flat rows X and labels y (ints or strings).
+    def fit(self, X, y, sample_weight=None) -> "VGG16Classifier":
+        """Train on images or flat rows X and labels y (ints or strings);
+        ``sample_weight`` (one number >= 0 per sample) weighs each sample's loss
+        as Keras's ``fit(sample_weight=...)``.
 
         Returns self.
 
@@ -301,6 +304,8 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
         if len(y) != len(images):
             raise ValueError(f"X and y: expected one label per sample, got {len(images)} samples "
                              f"and {len(y)} labels")
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, images, dtype=np.float32)
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"y: found only one class ({classes[0]!r}); a classifier needs at "
@@ -309,13 +314,14 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
         model = self._build(images.shape[1:3], images.shape[3], len(classes), seed)
         verbose = int(bool(self.verbose))
         H = model.fit(images, codes, batch_size=int(self.batch_size), epochs=int(self.epochs),
-                      verbose=verbose, augment=self.augment, augment_views=self.augment_views)
+                      verbose=verbose, augment=self.augment, augment_views=self.augment_views,
+                      sample_weight=sample_weight)
         history = {k: list(v) for k, v in H.history.items()}
         if self.fine_tune_epochs:
             H2 = model.fine_tune(images, codes, unfreeze_from=self.unfreeze_from,
                                  batch_size=int(self.batch_size), epochs=int(self.fine_tune_epochs),
                                  verbose=verbose, augment=self.augment,
-                                 augment_views=self.augment_views)
+                                 augment_views=self.augment_views, sample_weight=sample_weight)
             for k, v in H2.history.items():
                 history.setdefault(k, []).extend(v)
         self.classes_ = classes

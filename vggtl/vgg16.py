@@ -201,6 +201,7 @@ class VGG16:
             _preprocess_params(preprocess)  # validates the mode before any file is read
         self._workspace = np.empty(0, dtype=np.float32)
         self._lock = threading.Lock()
+        self._warned_unit_range = False  # _warn_if_unit_range: once per model
         self._trainable = set()  # layer names marked trainable (for fine-tuning)
         self._weights: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
         # conv name -> (algo, its kernel prepared for algo): transformed once,
@@ -406,6 +407,8 @@ class VGG16:
             for i in range(0, n, step):
                 xb = batch_for_core(X[i:i + step])
                 check_finite_batch(xb, "X", i)
+                if i == 0:
+                    self._warn_if_unit_range(xb)
                 _core.vgg16_forward(xb, params, stop, pool, scale, shift, rev, ws,
                                     out=out[i:i + step], precision=self.precision,
                                     prepared=prepared)
@@ -456,6 +459,27 @@ class VGG16:
         from . import cache as _cache
         return _cache.extract(self, X, layer=layer, cache=cache, batch_size=batch_size,
                               progress=progress, dtype=dtype, **kwargs)
+
+    def _warn_if_unit_range(self, xb) -> None:
+        """Float images already divided by 255 (the seed's ``X = X/255.0``, kept by
+        habit) under a preprocessing that expects 0..255 give the features of
+        near-black images: warned once per model."""
+        if getattr(self, "_warned_unit_range", False) or self.preprocess is None or \
+                xb.dtype.kind != "f":
+            return
+        lo, hi = float(xb.min()), float(xb.max())
+        if not (0.0 <= lo and hi <= 1.0 and hi > 0.0):
+            return
+        self._warned_unit_range = True
+        what = {"scale": "divides by 255 itself",
+                "caffe": "subtracts the ImageNet mean of 0..255 pixels",
+                "torch": "divides by 255 itself, then standardises"}.get(self.preprocess,
+                                                                         "expects 0..255")
+        warnings.warn(f"X: float images with every value in [0, 1] (max {hi:.3g}), but "
+                      f"preprocess={self.preprocess!r} expects pixels in 0..255 (it {what}): "
+                      f"the network sees near-black images. Pass the images as loaded (X, "
+                      f"not X / 255.0), or VGG16(preprocess=None) if X is already what the "
+                      f"network should see", UserWarning, stacklevel=3)
 
     # -- prepared kernels -------------------------------------------------------
     def _prepared_for(self, start: int, stop: int, h: int, w: int):
