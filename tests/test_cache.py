@@ -369,7 +369,7 @@ def test_random_damage_is_never_returned(home, base, X, rng, monkeypatch):
 
 def _interrupting(base, after_calls, monkeypatch):
     """base.predict raises KeyboardInterrupt on its (after_calls + 1)-th call, as
-    Ctrl-C in the middle of a chunk would."""
+    Ctrl-C while a chunk computes would."""
     real = type(base).predict
     calls = [0]
 
@@ -386,7 +386,7 @@ def _interrupting(base, after_calls, monkeypatch):
 def test_ctrl_c_keeps_finished_chunks_and_resumes(home, X, monkeypatch):
     base = vggtl.VGG16(weights=None, seed=5)
     ref = np.array(base.extract(X, cache=home.parent / "ref", batch_size=2, progress=False))
-    undo = _interrupting(base, after_calls=7, monkeypatch=monkeypatch)  # chunk = 2 batches of 2
+    undo = _interrupting(base, after_calls=3, monkeypatch=monkeypatch)  # a chunk: one pass
     with pytest.raises(KeyboardInterrupt):
         base.extract(X, batch_size=2, progress=False)
     undo()
@@ -1166,3 +1166,41 @@ def test_the_weights_digest_is_hashed_once_per_version(home, X, monkeypatch):
     base.set_weights(base.get_weights())
     base.extract(X, progress=False)
     assert len(calls) == 3
+
+
+def core_passes(monkeypatch):
+    """The number of images in each call into the core from now on."""
+    calls, real = [], _core.vgg16_forward
+
+    def spy(x, *args, **kwargs):
+        calls.append(len(x))
+        return real(x, *args, **kwargs)
+    monkeypatch.setattr(_core, "vgg16_forward", spy)
+    return calls
+
+
+def test_extraction_runs_as_many_images_as_a_pass_holds_whatever_batch_size(base, X,
+                                                                           monkeypatch):
+    assert base.images_per_pass((32, 32)) >= N
+    ref = base.predict(X)
+    calls = core_passes(monkeypatch)
+    got = base.extract(X, cache=False, batch_size=1, progress=False)
+    assert calls == [N]
+    same_features(got, ref)
+    del calls[:]
+    fixed = vggtl.VGG16(weights=base.get_weights(), input_shape=(32, 32, 3))
+    model = vggtl.TransferModel(fixed, head=[vggtl.Flatten(), vggtl.Dense(2, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit(X, np.arange(N) % 2, batch_size=2, epochs=1, verbose=0, cache=False)
+    assert calls == [N]
+
+
+def test_images_per_pass_follows_the_workspace_budget(monkeypatch):
+    from vggtl import vgg16 as v
+    big = vggtl.VGG16(weights=None, seed=0, include_top=False)
+    n224 = big.images_per_pass((224, 224))
+    assert 1 <= n224 < big.images_per_pass((48, 48))
+    monkeypatch.setattr(v, "_WORKSPACE_BYTES", v._WORKSPACE_BYTES // 4)
+    assert big.images_per_pass((224, 224)) < n224
+    with pytest.raises(ValueError, match="input_shape"):
+        big.images_per_pass()

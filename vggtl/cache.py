@@ -1355,12 +1355,15 @@ class _Plan:
                 update: Callable[[int], None] = lambda k: None) -> np.ndarray:
         """Features of images [start, stop) in batches of ``batch_size``, as stored."""
         out = np.empty((stop - start, *self.item_shape), dtype=self.dtype)
-        for i in range(start, stop, batch_size):
-            j = min(stop, i + batch_size)
+        # as many images at a time as one pass of the core holds, not the
+        # training batch size: small batches leave the convolutions' threads idle
+        step = max(batch_size, self.base.images_per_pass(self.input_size, self.layer))
+        for i in range(start, stop, step):
+            j = min(stop, i + step)
             xb = self.X[i:j]
             if self.transform is not None:
                 xb = self.transform(xb, np.arange(i, j, dtype=np.int64))
-            f = self.base.predict(xb, batch_size=batch_size, layer=self.layer)
+            f = self.base.predict(xb, batch_size=step, layer=self.layer)
             release_pages(self.X, i, j)
             if f.shape[1:] != self.item_shape:
                 raise ValueError(f"transform: images {i}..{j - 1} give features of shape "
@@ -1426,8 +1429,9 @@ def extract(base, X, layer: Optional[str] = None, cache=True, batch_size: int = 
     cache : True, False or a folder
         True: ``$XDG_CACHE_HOME/vggtl/features`` (else ``~/.cache/vggtl/features``);
         False: compute in memory, store nothing.
-    batch_size : images per call into the core (an entry keeps the batch size it
-        was started with, so a resumed extraction computes exactly as before).
+    batch_size : the fewest images read from X at a time; the core runs as many
+        as one pass holds (``base.images_per_pass``) when that is more. Features
+        do not depend on it.
     progress : a tqdm bar with images/s while computing; silent on a hit.
     dtype : "float32" or "float16" (half the disk; within 1e-3 relative).
     view : None, or ``(config digest, view index)`` naming an augmented view.

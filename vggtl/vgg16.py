@@ -370,6 +370,17 @@ class VGG16:
             return (oc,)
         return (oh, ow, oc)
 
+    def images_per_pass(self, input_shape=None, layer: Optional[str] = None) -> int:
+        """How many images of ``input_shape`` one pass of the core runs up to
+        ``layer``: as many as the workspace budget holds. ``predict`` and the
+        feature cache read X this many images at a time (or ``batch_size``, if
+        larger); the features are the same however images are grouped."""
+        stop, pooling = self._resolve_layer(layer)
+        h, w = (input_shape or self.input_shape or (None, None))[:2]
+        if h is None:
+            raise ValueError("input_shape: needed when the model has no fixed input_shape")
+        return _pass_plan(stop, _pool_code(pooling), h, w, 1 << 30)[0]
+
     def predict(self, X, batch_size: int = 32, layer: Optional[str] = None) -> np.ndarray:
         """Features of X (N x H x W x 1|3 or N x H x W, uint8 or float) at ``layer``.
 
