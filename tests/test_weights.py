@@ -171,6 +171,38 @@ def test_keras_legacy_layouts(notop, tmp_path, weightless):
     same(got, w)
 
 
+@pytest.mark.parametrize("top", [False, True])
+def test_tf_keras_save_weights_files_load(notop, tmp_path, rng, top):
+    # tf-keras 2.21's save_weights(".h5") writes the layer and weight names as
+    # variable-length strings, which are never read: the layers are found by
+    # their links, kernel before bias whatever the order on disk
+    w = wf.keras_weights(rng, include_top=True) if top else notop[0]
+    p = wf.write_keras_legacy_h5(str(tmp_path / "w.h5"), w, tf_keras=True)
+    got = vggtl.load_weights(p, include_top=top)
+    assert got.format == "keras-h5"
+    same(got, w)
+    base = vggtl.VGG16(weights=p, include_top=top, input_shape=(224, 224, 3) if top else None)
+    for name, (k, b) in w.items():
+        np.testing.assert_array_equal(base.get_weights()[name][0], k)
+        np.testing.assert_array_equal(base.get_weights()[name][1], b)
+
+
+def test_tf_keras_layout_refuses_soft_links_and_strange_weights(notop, tmp_path):
+    import h5py
+    w, _ = notop
+    p = wf.write_keras_legacy_h5(str(tmp_path / "w.h5"), w, tf_keras=True)
+    with h5py.File(p, "r+") as f:
+        del f["block2_conv1/block2_conv1/bias:0"]
+        f["block2_conv1/block2_conv1/bias:0"] = h5py.SoftLink("/block1_conv1/block1_conv1/bias:0")
+    with pytest.raises(vggtl.weights.WeightsError, match="soft link"):
+        vggtl.load_weights(p)
+    p2 = wf.write_keras_legacy_h5(str(tmp_path / "w2.h5"), w, tf_keras=True)
+    with h5py.File(p2, "r+") as f:
+        f["block3_conv1/block3_conv1/gamma:0"] = np.ones(3, np.float32)
+    with pytest.raises(vggtl.weights.WeightsError, match="block3_conv1.*expected a kernel"):
+        vggtl.load_weights(p2)
+
+
 def test_keras_legacy_top_matches_keras(top, keras, close):
     w, path = top
     X = images(11, 1, 224)

@@ -44,10 +44,16 @@ def keras_weights(rng, include_top=False, classes=1000):
     return w
 
 
-def write_keras_legacy_h5(path, weights, weightless=True, extra_layers=(), attrs=None):
+def write_keras_legacy_h5(path, weights, weightless=True, extra_layers=(), attrs=None,
+                          tf_keras=False):
     """Keras's legacy weights layout. ``weightless`` also lists the input, pools and
     flatten with empty weight_names (as Keras 2 saves a functional model);
-    ``extra_layers`` are (name, [arrays]) appended after the given weights."""
+    ``extra_layers`` are (name, [arrays]) appended after the given weights.
+    ``tf_keras``: as tf-keras 2.16 to 2.21's ``save_weights("x.h5")`` writes it:
+    the name lists as variable-length strings, empty weight_names as float64
+    arrays, datasets at ``name/name/kernel:0`` and ``bias:0``."""
+    if tf_keras:
+        return _write_tf_keras_h5(path, weights, weightless, extra_layers)
     import h5py
     layers = []
     if weightless:
@@ -68,6 +74,32 @@ def write_keras_legacy_h5(path, weights, weightless=True, extra_layers=(), attrs
             wnames = [f"{name}_{'W' if i == 0 else 'b'}_1:0" for i in range(len(arrays))]
             g.attrs["weight_names"] = np.array([w.encode() for w in wnames], dtype="S")
             for wn, a in zip(wnames, arrays):
+                g.create_dataset(wn, data=a)
+    return path
+
+
+def _write_tf_keras_h5(path, weights, weightless, extra_layers):
+    import h5py
+    vlen = h5py.string_dtype()
+    layers = [("input_1", [])] if weightless else []
+    for name, pair in weights.items():
+        layers.append((name, list(pair)))
+        if weightless and name in POOL_AFTER:
+            layers.append((POOL_AFTER[name], []))
+    layers.extend(extra_layers)
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"] = "tensorflow"  # variable-length too, as tf-keras writes
+        f.attrs["keras_version"] = "2.21.0"
+        f.attrs.create("layer_names", [n for n, _ in layers], dtype=vlen)
+        for name, arrays in layers:
+            g = f.create_group(name)
+            wnames = [f"{name}/{'kernel' if i == 0 else 'bias'}:0" for i in range(len(arrays))]
+            if wnames:
+                g.attrs.create("weight_names", wnames, dtype=vlen)
+            else:
+                g.attrs["weight_names"] = np.array([], dtype=np.float64)
+            # h5py lists bias:0 before kernel:0: the order on disk is not Keras's
+            for wn, a in sorted(zip(wnames, arrays), key=lambda t: t[0]):
                 g.create_dataset(wn, data=a)
     return path
 

@@ -228,7 +228,7 @@ def _h5_kind(path: str) -> str:
     try:
         with h5py.File(path, "r") as f:
             g = _h5_model_weights(f)
-            if _h5_attr_list(g, "layer_names"):
+            if _h5_attr_list(g, "layer_names") or "layer_names" in g.attrs:
                 return "keras-h5"
             if f.id.links.exists(b"layers") or f.id.links.exists(b"vars"):
                 return "keras3-h5"
@@ -392,7 +392,10 @@ def _keras_legacy_layers(f, path: str) -> List[Tuple[str, list]]:
     h5py = _import_h5py()
     g = _h5_model_weights(f)
     out = []
-    for name in _h5_attr_list(g, "layer_names"):
+    names = _h5_attr_list(g, "layer_names")
+    if not names and "layer_names" in g.attrs:
+        return _keras_legacy_layers_by_links(g, path)
+    for name in names:
         lg = _h5_get(g, name, name)
         if not isinstance(lg, h5py.Group):
             raise WeightsError(f"{path}: layer '{name}' is listed in layer_names but has no "
@@ -406,6 +409,49 @@ def _keras_legacy_layers(f, path: str) -> List[Tuple[str, list]]:
                                        f"weight_names is missing")
             out.append((name, ds))
     return out
+
+
+def _keras_legacy_layers_by_links(g, path: str) -> List[Tuple[str, list]]:
+    """The legacy layout whose name lists are variable-length strings (tf-keras 2.16
+    and later write them so), which vggtl does not read (:func:`_h5_attr`): the
+    layers are the groups under ``g`` that hold datasets (``name/name/kernel:0``,
+    ``bias:0``), found by their links alone, hard links only, ordered as Keras
+    numbers layers; each layer's kernel first, then its bias."""
+    h5py = _import_h5py()
+    out = []
+    for name in sorted(g.keys(), key=_natural_key):  # link names; no link is followed
+        _h5_hard_link(g, name, name)
+        lg = _h5_get(g, name, name)
+        if not isinstance(lg, h5py.Group):
+            continue
+        found = []
+
+        def visit(sub, obj, lg=lg, name=name):
+            if isinstance(obj, h5py.Group):
+                for key in obj.keys():
+                    _h5_hard_link(obj, key, f"{name}/{sub}/{key}")
+            elif isinstance(obj, h5py.Dataset):
+                found.append((sub, _h5_get(lg, sub, f"{name}/{sub}")))
+
+        visit("", lg)
+        lg.visititems(visit)
+        if not found:
+            continue
+        base = [sub.rsplit("/", 1)[-1].split(":")[0] for sub, _ in found]
+        if sorted(base) not in (["kernel"], ["bias", "kernel"]):
+            raise WeightsError(f"{path}: layer '{name}' holds {sorted(base)}; expected a "
+                               f"kernel and a bias (Keras's names)")
+        found.sort(key=lambda t: not t[0].rsplit("/", 1)[-1].startswith("kernel"))
+        out.append((name, [d for _, d in found]))
+    return out
+
+
+def _h5_hard_link(group, key: str, where: str) -> None:
+    """Refuse ``key`` in ``group`` unless it is a hard link (nothing is followed)."""
+    h5py = _import_h5py()
+    info = group.id.links.get_info(key.encode("utf8"))
+    if info.type != h5py.h5l.TYPE_HARD:
+        _h5_refuse_link(group, key.encode("utf8"), info.type, where)
 
 
 def _natural_key(s: str):
