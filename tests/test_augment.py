@@ -382,7 +382,7 @@ def test_fit_exact_runs_the_base_on_new_augmented_images_every_epoch(small_data,
         return orig(xb, *a, **k)
     m.base.predict = spy
     before = _core.vgg16_forward_images()
-    h = m.fit(x, y, batch_size=4, epochs=3, verbose=0, augment=aug)
+    h = m.fit(x, y, batch_size=4, epochs=3, verbose=0, augment=aug, augment_views="epoch")
     assert _core.vgg16_forward_images() - before == 3 * len(x)
     assert len(h.history["loss"]) == 3
     got = np.concatenate(seen)
@@ -407,10 +407,31 @@ def test_fit_views_extract_once_into_the_cache(small_data, tmp_path):
     # the views are the base's features of augmented images: view 1 = epoch 1's transforms
     m = _model(False)
     view1 = m.base.predict(aug.random_transform(x, epoch=1))
-    gather = m._augmented_features(x, aug, 2, 32, tmp_path, False)
+    gather = m._augmented_features(x, aug, 2, 32, tmp_path, False, epochs=4)
     F = gather(5)
     choice = np.random.default_rng([aug.seed, 0x76696577, 5]).integers(0, 2, len(x))
     np.testing.assert_array_equal(F[choice == 1], view1[choice == 1])
+
+
+@pytest.mark.parametrize("epochs", [2, 7])
+def test_fit_augment_alone_extracts_auto_views_once(small_data, tmp_path, epochs):
+    # by default min(epochs, AUTO_VIEWS) views, each a pass of augmented images;
+    # the epochs past them draw from those views
+    from vggtl.model import AUTO_VIEWS, auto_views
+    x, y = small_data
+    aug = Augment(**TUTORIAL, seed=3)
+    before = _core.vgg16_forward_images()
+    _model(False).fit(x, y, batch_size=4, epochs=epochs, verbose=0, augment=aug)
+    k = auto_views(epochs)
+    assert k == min(epochs, AUTO_VIEWS) and 1 < k < 7
+    assert _core.vgg16_forward_images() - before == k * len(x)
+    before = _core.vgg16_forward_images()
+    h_auto = _model(tmp_path).fit(x, y, batch_size=4, epochs=epochs, verbose=0, augment=aug,
+                                  augment_views="auto")
+    h_k = _model(tmp_path).fit(x, y, batch_size=4, epochs=epochs, verbose=0, augment=aug,
+                               augment_views=k)
+    assert h_auto.history["loss"] == h_k.history["loss"]
+    assert _core.vgg16_forward_images() - before == k * len(x)  # the second from the cache
 
 
 def test_fit_augment_errors(small_data):
@@ -420,5 +441,7 @@ def test_fit_augment_errors(small_data):
         m.fit(x, y, epochs=1, verbose=0, augment_views=2)
     with pytest.raises(ValueError, match="augment_views"):
         m.fit(x, y, epochs=1, verbose=0, augment=Augment(), augment_views=0)
+    with pytest.raises(ValueError, match="augment_views.*auto.*epoch"):
+        m.fit(x, y, epochs=1, verbose=0, augment=Augment(), augment_views="fresh")
     with pytest.raises(TypeError, match="augment"):
         m.fit(x, y, epochs=1, verbose=0, augment={"rotation_range": 30})

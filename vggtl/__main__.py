@@ -276,7 +276,7 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
                         f"for new transforms every epoch")
     if args.augment:
         augment = vggtl.Augment(seed=args.seed, **TUTORIAL_AUGMENT)
-        views = args.augment_views if args.augment_views > 0 else None
+        views = args.augment_views if args.augment_views > 0 else "epoch"
         _say(args, "augmentation: " + ", ".join(f"{k}={v}" for k, v in TUTORIAL_AUGMENT.items())
              + (f"; {views} augmented views per image, computed once" if views else
                 "; new transforms every epoch"))

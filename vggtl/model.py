@@ -52,6 +52,18 @@ def _locked(method):
     return locked
 
 
+# Augmented views fit computes by default: every epoch draws one of them per
+# image. Fewer passes through the base than epochs, at the accuracy of a fresh
+# pass every epoch (benchmarks/tutorial.py measures both).
+AUTO_VIEWS = 4
+
+
+def auto_views(epochs: int) -> int:
+    """The augmented views ``fit(augment=...)`` extracts for ``epochs`` epochs
+    when ``augment_views`` is not given: ``min(epochs, AUTO_VIEWS)``, at least 1."""
+    return max(1, min(int(epochs), AUTO_VIEWS))
+
+
 def _check_int(name, v, minimum):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
@@ -381,12 +393,15 @@ class TransferModel:
         Arguments as Keras's ``Model.fit``. ``y``: integer labels, one-hot rows or
         strings. ``batch_size`` defaults to 32. ``cache``: None (the model's
         ``cache``), True, a folder or False.
-        ``augment``: a :class:`vggtl.Augment`; alone, every epoch trains on the base
-        run on freshly augmented images (the tutorial's ``aug.flow``; one backbone
-        pass per epoch). With ``augment_views=K``: K augmented views of every image
-        are extracted once into the feature cache and each epoch draws one view per
-        image (K passes in all, then none; with ``cache=False`` the K views are kept
-        in memory). Validation images are not augmented.
+        ``augment``: a :class:`vggtl.Augment`; the head trains on the base's
+        features of augmented images. ``augment_views=K``: K augmented views of
+        every image are extracted once into the feature cache and each epoch draws
+        one view per image (K passes through the base in all; with ``cache=False``
+        the K views are kept in memory). By default (None, "auto")
+        ``K = auto_views(epochs)``, ``min(epochs, AUTO_VIEWS)``;
+        ``augment_views="epoch"``: a fresh augmented pass every epoch, as Keras's
+        ``aug.flow`` does (one pass per epoch: slow). Validation images are not
+        augmented.
         ``x=aug.flow(X, Y, batch_size=BS)`` (y None) is the same as
         ``fit(X, Y, batch_size=BS, augment=aug)``, with the flow's ``shuffle``.
         ``steps_per_epoch``: batches per epoch (Keras's; the tutorial's
@@ -428,7 +443,8 @@ class TransferModel:
                               progress=bool(verbose))
         else:
             epoch_features = self._augmented_features(x, augment, augment_views,
-                                                      max(batch_size, 32), cache, bool(verbose))
+                                                      max(batch_size, 32), cache, bool(verbose),
+                                                      epochs=epochs - initial_epoch)
             F = epoch_features(self._epochs_done)
         val = None
         if validation_data is not None:
@@ -466,14 +482,15 @@ class TransferModel:
         return vx[:m], np.asarray(vy)[:m], None if vsw is None else np.asarray(vsw)[:m]
 
     def _augmented_features(self, x, augment, views, batch_size: int, cache, progress: bool,
-                            layer: Optional[str] = None):
+                            epochs: int, layer: Optional[str] = None):
         """``fit(augment=...)``'s training features: a function epoch -> features.
 
-        Exact mode (views None): the base runs on a fresh augmented copy of x every
-        epoch, transforms drawn from (augment's seed, the epoch, each image's index).
-        Views mode: views K >= 1 augmented copies extracted once into the feature
-        cache (view k has the transforms of epoch k), then each epoch gathers one
-        view per image, chosen from (augment's seed, the epoch)."""
+        views "epoch": the base runs on a fresh augmented copy of x every epoch,
+        transforms drawn from (augment's seed, the epoch, each image's index).
+        views K >= 1: K augmented copies extracted once into the feature cache
+        (view k has the transforms of epoch k), then each epoch gathers one view
+        per image, chosen from (augment's seed, the epoch). None or "auto":
+        ``auto_views(epochs)``."""
         from .augment import Augment
         from .cache import array_digest
         if augment is None:
@@ -491,7 +508,9 @@ class TransferModel:
                                      progress=progress, view=(digest, view), transform=transform,
                                      x_digest=x_digest)
 
-        if views is None:
+        if views is None or (isinstance(views, str) and views == "auto"):
+            views = auto_views(epochs)
+        if isinstance(views, str) and views == "epoch":
             # a new view every epoch: nothing to keep, so nothing goes to the cache;
             # the last epoch's is remembered (fit asks for the first one twice)
             last = {}
@@ -502,6 +521,9 @@ class TransferModel:
                     last[epoch] = extract(epoch, False)
                 return last[epoch]
             return fresh
+        if isinstance(views, str):
+            raise ValueError(f"augment_views: expected an int >= 1, \"auto\" or \"epoch\", got "
+                             f"{views!r}")
         views = _check_int("augment_views", views, 1)
         x_digest = array_digest(x) if cache is not False else None
         stored = [extract(k, cache, x_digest) for k in range(views)]
@@ -805,7 +827,7 @@ class TransferModel:
         else:
             epoch_features = self._augmented_features(x, augment, augment_views,
                                                       max(batch_size, 32), cache, bool(verbose),
-                                                      layer=cut)
+                                                      epochs=epochs - initial_epoch, layer=cut)
             F = epoch_features(self._epochs_done)
         n = len(F)
         if n == 0:

@@ -87,7 +87,7 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
     loss : "auto" (binary cross-entropy for two classes as the tutorial,
         categorical otherwise) or a vggtl loss name.
     augment : a :class:`vggtl.Augment`, optional; ``augment_views``: K cached
-        augmented views instead of new transforms every epoch (see ``TransferModel.fit``).
+        augmented views, "auto" (None) or "epoch" (see ``TransferModel.fit``).
     fine_tune_epochs : int (0). After the head, train block 5 (from
         ``unfreeze_from``) with the head for this many epochs, SGD(1e-4, momentum 0.9),
         with the same augmentation.

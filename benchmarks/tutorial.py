@@ -1,0 +1,277 @@
+"""The tutorial end to end: the seed on TensorFlow's Keras against vggtl, on the
+same pickles and the same VGG16 weights file, wall time and test accuracy.
+
+    python benchmarks/tutorial.py [--size 48] [--n 1797] [--epochs 10]
+                                  [--seeds 0,1,2,3,4] [--threads 2]
+                                  [--rows aug,flow,exact,plain,finetune] [--skip-tf]
+
+The data: scikit-learn's handwritten digits, two classes (0-4 and 5-9),
+upscaled to --size, grey, written as the tutorial's X.pickle / y.pickle. The
+weights: tf_keras's VGG16(weights=None) Glorot initialisation saved once as a
+Keras .h5 (ImageNet's cannot be downloaded here), read by both.
+
+The seed (run in a subprocess, TF_USE_LEGACY_KERAS=1, `--threads` threads):
+X / 255, three channels, LabelBinarizer + to_categorical, train_test_split
+(test_size=0.25, stratify, random_state=42), VGG16 without its top, frozen,
+Flatten -> Dense(512, relu) -> Dropout(0.5) -> Dense(2, softmax),
+legacy Adam(lr=1e-3, decay=1e-3 / 10), binary cross-entropy,
+ImageDataGenerator(rotation_range=30, zoom_range=0.15, width_shift_range=0.2,
+height_shift_range=0.2, shear_range=0.15, horizontal_flip=True,
+fill_mode="nearest"), model.fit(aug.flow(trainX, trainY, batch_size=32),
+steps_per_epoch=len(trainX) // 32, validation_data=(testX, testY),
+validation_steps=len(testX) // 32, epochs=EPOCHS); then the fine-tuning
+continuation (block 5 trainable, SGD(1e-4, momentum=0.9), EPOCHS // 2 more
+epochs on the same flow). Accuracy: argmax of predict on the test split.
+
+Rows (each timed from the loaded pickles to the trained model, cold: no
+feature cache):
+  aug       TF: the seed; vggtl: fit(trainX, trainY, augment=aug) (the README's call)
+  flow      vggtl: the seed's own call, fit(aug.flow(...), steps_per_epoch=...,
+            validation_steps=...)
+  exact     vggtl: fit(..., augment=aug, augment_views="epoch"): a fresh
+            augmented pass through the base every epoch, as TF does
+  plain     both without augmentation: fit(trainX, trainY, ...)
+  finetune  the continuation after the aug row's warm-up: TF fits again with
+            block 5 trainable; vggtl: model.fine_tune(..., augment=aug)
+  views:K   vggtl: fit(..., augment=aug, augment_views=K), the views from a
+            feature cache the views:K rows of a seed share (for accuracy
+            against K, not for time)
+Each cell: median wall time and mean test accuracy over the seeds.
+
+Needs the bench extra: pip install -e ".[bench]".
+"""
+import argparse
+import json
+import os
+import pickle
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+
+AUG = dict(rotation_range=30, zoom_range=0.15, width_shift_range=0.2, height_shift_range=0.2,
+           shear_range=0.15, horizontal_flip=True, fill_mode="nearest")
+LR = 1e-3
+
+SEED = textwrap.dedent("""
+    import json, os, pickle, sys, time
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+    import tensorflow as tf
+    xp, yp, wpath, size, epochs, seed, threads, row = sys.argv[1:9]
+    size, epochs, seed, threads = int(size), int(epochs), int(seed), int(threads)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.keras.utils.set_random_seed(seed)
+    from tensorflow.keras.applications import VGG16
+    from tensorflow.keras.layers import Dense, Dropout, Flatten, Input
+    from tensorflow.keras.models import Model
+    from tensorflow.keras.optimizers.legacy import SGD, Adam
+    from tensorflow.keras.preprocessing.image import ImageDataGenerator
+    from tensorflow.keras.utils import to_categorical
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import LabelBinarizer
+    AUG = json.loads(sys.argv[9])
+    LR = float(sys.argv[10])
+    t0 = time.perf_counter()
+    X = pickle.load(open(xp, "rb"))
+    y = pickle.load(open(yp, "rb"))
+    X = X / 255.0
+    X = np.repeat(X, 3, axis=-1)
+    labels = to_categorical(LabelBinarizer().fit_transform(y))
+    trainX, testX, trainY, testY = train_test_split(X, labels, test_size=0.25, stratify=labels,
+                                                    random_state=42)
+    base = VGG16(weights=None, include_top=False, input_tensor=Input((size, size, 3)))
+    base.load_weights(wpath)
+    head = Flatten(name="flatten")(base.output)
+    head = Dense(512, activation="relu")(head)
+    head = Dropout(0.5)(head)
+    head = Dense(2, activation="softmax")(head)
+    model = Model(inputs=base.input, outputs=head)
+    for layer in base.layers:
+        layer.trainable = False
+    model.compile(loss="binary_crossentropy", optimizer=Adam(lr=LR, decay=LR / epochs),
+                  metrics=["accuracy"])
+    BS = 32
+    aug = ImageDataGenerator(**AUG)
+    if row == "plain":
+        model.fit(trainX, trainY, batch_size=BS, validation_data=(testX, testY), epochs=epochs,
+                  verbose=0)
+    else:
+        model.fit(aug.flow(trainX, trainY, batch_size=BS), steps_per_epoch=len(trainX) // BS,
+                  validation_data=(testX, testY), validation_steps=len(testX) // BS,
+                  epochs=epochs, verbose=0)
+    t1 = time.perf_counter()
+    acc = float((model.predict(testX, batch_size=BS, verbose=0).argmax(1)
+                 == testY.argmax(1)).mean())
+    out = {"time": t1 - t0, "acc": acc}
+    if row == "finetune":
+        for layer in base.layers[15:]:
+            layer.trainable = True
+        model.compile(loss="binary_crossentropy", optimizer=SGD(learning_rate=1e-4, momentum=0.9),
+                      metrics=["accuracy"])
+        t2 = time.perf_counter()
+        model.fit(aug.flow(trainX, trainY, batch_size=BS), steps_per_epoch=len(trainX) // BS,
+                  validation_data=(testX, testY), validation_steps=len(testX) // BS,
+                  epochs=max(1, epochs // 2), verbose=0)
+        t3 = time.perf_counter()
+        out = {"time": t3 - t2, "acc": float((model.predict(testX, batch_size=BS, verbose=0)
+                                               .argmax(1) == testY.argmax(1)).mean())}
+    print(json.dumps(out))
+""")
+
+
+def make_data(folder, size, n):
+    """Digits 0-4 against 5-9 at size x size, grey uint8, as the tutorial's pickles."""
+    import vggtl
+    from vggtl.__main__ import digits_images, write_pickles
+    X, d = digits_images(n, size)
+    return write_pickles(folder, X, (d >= 5).astype(int).tolist())
+
+
+def make_weights(path, threads):
+    """tf_keras's VGG16 Glorot weights (no top) as a Keras .h5, made in a subprocess."""
+    code = textwrap.dedent(f"""
+        import os
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import tensorflow as tf
+        tf.keras.utils.set_random_seed(1234)
+        m = tf.keras.applications.VGG16(weights=None, include_top=False)
+        # Glorot's kernels shrink the signal about 1.4x a layer: after 13 layers the
+        # random features of images in [0, 1] are too faint for the head, and every
+        # run, TensorFlow's too, stays at chance. Scaled to He's variance (2 / fan_in)
+        # they keep their size and the head learns.
+        for layer in m.layers:
+            if layer.weights:
+                k, b = layer.get_weights()
+                fin, fout = (k.shape[0] * k.shape[1] * k.shape[2],
+                             k.shape[0] * k.shape[1] * k.shape[3])
+                layer.set_weights([k * ((fin + fout) / fin) ** 0.5, b])
+        m.save_weights({path!r})
+        # tf_keras 2.21 writes the name lists as variable-length strings, which
+        # vggtl does not read (libhdf5 reads their heap unchecked); Keras's
+        # ImageNet files have fixed-length ones, as here
+        import h5py, numpy as np
+        with h5py.File({path!r}, "r+") as f:
+            for g in [f] + [f[k] for k in f]:
+                for k in list(g.attrs):
+                    v = g.attrs[k]
+                    if getattr(v, "dtype", None) == object:
+                        g.attrs[k] = np.array([s.encode() for s in v], dtype="S")
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def run_tf(xp, yp, wpath, size, epochs, seed, threads, row):
+    out = subprocess.run([sys.executable, "-c", SEED, xp, yp, wpath, str(size), str(epochs),
+                          str(seed), str(threads), row, json.dumps(AUG), str(LR)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_vggtl(xp, yp, wpath, size, epochs, seed, row, cache=False):
+    import vggtl
+    t0 = time.perf_counter()
+    X, y = vggtl.load_pickles(xp, yp)
+    labels = vggtl.to_categorical(vggtl.LabelBinarizer().fit_transform(y))
+    trainX, testX, trainY, testY = vggtl.train_test_split(X, labels, test_size=0.25,
+                                                          stratify=labels, random_state=42)
+    base = vggtl.VGG16(weights=wpath, include_top=False, input_shape=(size, size, 3),
+                       preprocess="scale")
+    model = vggtl.TransferModel(base, head=[vggtl.Flatten(), vggtl.Dense(512, activation="relu"),
+                                            vggtl.Dropout(0.5), vggtl.Dense(2, activation="softmax")],
+                                seed=seed, cache=False)
+    model.compile(optimizer=vggtl.Adam(lr=LR, decay=LR / epochs), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    aug = vggtl.Augment(**AUG, seed=seed)
+    BS = 32
+    if row == "plain":
+        model.fit(trainX, trainY, batch_size=BS, epochs=epochs, validation_data=(testX, testY),
+                  verbose=0)
+    elif row == "flow":
+        model.fit(aug.flow(trainX, trainY, batch_size=BS), steps_per_epoch=len(trainX) // BS,
+                  validation_data=(testX, testY), validation_steps=len(testX) // BS,
+                  epochs=epochs, verbose=0)
+    elif row == "exact":
+        model.fit(trainX, trainY, batch_size=BS, epochs=epochs, validation_data=(testX, testY),
+                  augment=aug, augment_views="epoch", verbose=0)
+    elif row.startswith("views:"):
+        # views from the feature cache in `cache` (shared by the rows of a seed:
+        # view k is the same images whatever K, so this row's time is not cold)
+        model.fit(trainX, trainY, batch_size=BS, epochs=epochs, validation_data=(testX, testY),
+                  augment=aug, augment_views=int(row[6:]), cache=cache, verbose=0)
+    else:
+        model.fit(trainX, trainY, batch_size=BS, epochs=epochs, validation_data=(testX, testY),
+                  augment=aug, verbose=0)
+    t1 = time.perf_counter()
+    acc = float((model.predict(testX).argmax(1) == testY.argmax(1)).mean())
+    if row != "finetune":
+        return {"time": t1 - t0, "acc": acc}
+    t2 = time.perf_counter()
+    model.fine_tune(trainX, trainY, unfreeze_from="block5_conv1",
+                    optimizer=vggtl.SGD(learning_rate=1e-4, momentum=0.9), batch_size=BS,
+                    epochs=max(1, epochs // 2), validation_data=(testX, testY), augment=aug,
+                    verbose=0)
+    t3 = time.perf_counter()
+    return {"time": t3 - t2, "acc": float((model.predict(testX).argmax(1)
+                                           == testY.argmax(1)).mean())}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=48)
+    ap.add_argument("--n", type=int, default=1797, help="images (at most 1797)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", default="aug,flow,exact,plain,finetune")
+    ap.add_argument("--skip-tf", action="store_true")
+    args = ap.parse_args()
+    import vggtl
+    vggtl.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = args.rows.split(",")
+    tf_rows = {"aug": "aug", "plain": "plain", "finetune": "finetune"}
+    print(f"{args.n} digits (0-4 / 5-9), {args.size}x{args.size} grey, {args.epochs} epochs, "
+          f"batch 32, seeds {seeds}, {args.threads} threads; vggtl {vggtl.__version__} "
+          f"({vggtl.info()['isa']})", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        xp, yp = make_data(tmp, args.size, args.n)
+        wpath = os.path.join(tmp, "vgg16_notop.h5")
+        make_weights(wpath, args.threads)
+        for row in rows:
+            for seed in seeds:
+                if row in tf_rows and not args.skip_tf:
+                    r = run_tf(xp, yp, wpath, args.size, args.epochs, seed, args.threads, row)
+                    results.setdefault(("tf", row), []).append(r)
+                    print(f"  tf    {row:8s} seed {seed}: {r['time']:7.1f} s  acc {r['acc']:.3f}",
+                          flush=True)
+                r = run_vggtl(xp, yp, wpath, args.size, args.epochs, seed, row,
+                              cache=os.path.join(tmp, "cache"))
+                results.setdefault(("vggtl", row), []).append(r)
+                print(f"  vggtl {row:8s} seed {seed}: {r['time']:7.1f} s  acc {r['acc']:.3f}",
+                      flush=True)
+    print(f"\n| run | wall time (median) | test accuracy (mean) | speed-up over TF |")
+    print("|---|---|---|---|")
+    for row in rows:
+        tf = results.get(("tf", tf_rows.get(row, "aug")))
+        tf_t = statistics.median(r["time"] for r in tf) if tf else None
+        for who in ("tf", "vggtl"):
+            rs = results.get((who, row))
+            if not rs:
+                continue
+            t = statistics.median(r["time"] for r in rs)
+            a = statistics.fmean(r["acc"] for r in rs)
+            ratio = f"{tf_t / t:.1f}x" if tf_t and who == "vggtl" else ""
+            print(f"| {who} {row} | {t:.1f} s | {a:.3f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
