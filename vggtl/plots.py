@@ -6,7 +6,7 @@
 
 Both return a ``matplotlib.figure.Figure`` and, given ``path``, write it as a PNG
 atomically (a temporary file beside ``path``, renamed when complete). matplotlib is
-an optional extra (``pip install vggtl[plots]``), imported only when a plot is
+an optional dependency (``pip install matplotlib``), imported only when a plot is
 drawn, so ``import vggtl`` never needs it.
 
 The figures are made with pyplot, so in a notebook they show below the cell as
@@ -36,7 +36,7 @@ def _pyplot(what: str):
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError(f"vggtl.{what} needs matplotlib, which is not installed: "
-                          f"pip install vggtl[plots]  (or: pip install matplotlib)") from None
+                          f"pip install matplotlib  (or, in a vggtl checkout: pip install -e '.[plots]')") from None
     return plt
 
 

@@ -24,7 +24,7 @@ Inputs
   (zero-padded), as ``load_digits``'s 64 columns are its 8 x 8 pixels.
 
 scikit-learn is imported by this module only (``import vggtl`` does not need it):
-``pip install vggtl[sklearn]``.
+``pip install scikit-learn``.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ try:
     from sklearn.utils import check_random_state
 except ImportError:  # pragma: no cover - exercised without scikit-learn
     raise ImportError("vggtl.VGG16Classifier needs scikit-learn, which is not installed: "
-                      "pip install vggtl[sklearn]  (or: pip install scikit-learn)") from None
+                      "pip install scikit-learn  (or, in a vggtl checkout: pip install -e '.[sklearn]')") from None
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
