@@ -35,6 +35,10 @@ import numpy as np
 PROG = "python -m vggtl"
 # the tutorial's fine-tuning SGD(1e-4, momentum 0.9): more unsettles block 5
 FINE_TUNE_LR, FINE_TUNE_MOMENTUM = 1e-4, 0.9
+# Adam's default learning rate: the tutorial's INIT_LR with pretrained weights; random
+# base features are larger and less telling, so a larger step (VGG16Classifier's too)
+LR_PRETRAINED, LR_RANDOM = 1e-4, 3e-3
+TRAIN_EPOCHS = 20  # the tutorial's
 DEMO_EPOCHS = 30  # the digits need more epochs than the tutorial's 20 on random weights
 # the tutorial's ImageDataGenerator (pyimagesearch's fine-tuning / transfer-learning posts)
 TUTORIAL_AUGMENT = dict(rotation_range=30, zoom_range=0.15, width_shift_range=0.2,
@@ -265,7 +269,7 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
                f"seed {args.seed})")
     weights, note = _resolve_weights(args.weights, allow_download)
     _say(args, note)
-    lr = args.lr if args.lr is not None else (1e-4 if weights is not None else 3e-3)
+    lr = args.lr if args.lr is not None else (LR_PRETRAINED if weights is not None else LR_RANDOM)
     base = vggtl.VGG16(weights=weights, include_top=False, input_shape=X.shape[1:],
                        seed=args.seed, precision=args.precision)
     model = vggtl.TransferModel(base, head=[
@@ -736,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None,
                    help="keep the pickles, model, history and plots in this folder")
     d.set_defaults(fn=cmd_demo)
-    t = sub.add_parser("train", parents=[common, _training_options(20, ", the tutorial's")],
+    t = sub.add_parser("train", parents=[common, _training_options(TRAIN_EPOCHS, ", the tutorial's")],
                        help="train on X.pickle / y.pickle, write the model and reports",
                        description="The tutorial's steps on your pickles: split, VGG16 base, "
                                    "head, fit (--augment), --fine-tune, report, plots.")
