@@ -1350,7 +1350,12 @@ def _not_found_message(include_top: bool, reason: str) -> str:
 
 
 def _progress(total: Optional[int], name: str):
-    """A tqdm bar when tqdm is installed, else a line on stderr every 10%."""
+    """A tqdm bar when tqdm is installed, else a line on stderr every 10% (plain
+    lines in a notebook without ipywidgets)."""
+    from .cache import TextProgress, notebook_without_widgets
+    if notebook_without_widgets():
+        text = TextProgress(total or 0, 0, f"downloading {name}", unit="B")
+        return text.update, text.close
     try:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=name)
