@@ -428,3 +428,43 @@ def test_cache_command_and_default_limit(tmp_path, monkeypatch, capsys):
     # "none" lifts the default limit
     monkeypatch.setenv("VGGTL_CACHE_LIMIT", "none")
     assert vc.get_size_limit() is None
+
+
+def test_default_cache_limit_evicts_without_being_set(tmp_path, monkeypatch):
+    """No set_size_limit, no $VGGTL_CACHE_LIMIT: the default bound still applies."""
+    import numpy as np
+
+    import vggtl
+    from vggtl import cache as vc
+    monkeypatch.delenv("VGGTL_CACHE_LIMIT", raising=False)
+    monkeypatch.setattr(vc, "_limit_set", False)
+    base = vggtl.VGG16(weights=None, input_shape=(32, 32, 3))
+    rng = np.random.default_rng(1)
+    base.extract(rng.integers(0, 255, size=(4, 32, 32, 3), dtype=np.uint8), cache=True)
+    one = vc.info()["bytes"]
+    # a disk with room for about one more entry under the default fraction
+    free = int(1.5 * one / vc.DEFAULT_LIMIT_FRACTION) - one
+    monkeypatch.setattr(vc, "_free_bytes", lambda path: free)
+    assert vc.get_size_limit() == int(vc.DEFAULT_LIMIT_FRACTION * (free + one))
+    for _ in range(3):
+        base.extract(rng.integers(0, 255, size=(4, 32, 32, 3), dtype=np.uint8), cache=True)
+    c = vc.info()
+    assert len(c["entries"]) == 1 and c["bytes"] <= 1.5 * one
+
+
+def test_train_auto_says_when_a_found_file_cannot_be_read(pickles, tmp_path, monkeypatch,
+                                                           capsys):
+    from vggtl.weights import KERAS_NOTOP
+    xp, yp, _, _ = pickles
+    keras = tmp_path / "keras" / "models"
+    keras.mkdir(parents=True)
+    (keras / KERAS_NOTOP).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # damaged
+    out = tmp_path / "run"
+    assert main(["train", "--x", xp, "--y", yp, "--epochs", "1", "--out", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"weights: found {keras / KERAS_NOTOP}, but it cannot be read" in text
+    assert "random weights" in text and "Adam(lr=0.003" in text
+    assert main(["train", "--x", xp, "--y", yp, "--epochs", "1", "--weights", "imagenet",
+                 "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "--weights imagenet: found" in err and "cannot be read" in err
