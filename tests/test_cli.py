@@ -145,7 +145,7 @@ def test_cpu_info_reads_flags():
      r"--x missing.pickle: no such file; pass the path"),
     (["predict", "--model", "nowhere", "--x", "X.pickle"], r"--model nowhere: no model there"),
     (["train", "--x", "{xp}", "--y", "{yp}", "--weights", "imagenet"],
-     r"--weights imagenet: .* not on this machine .* or pass --weights random"),
+     r"--weights imagenet: offline second line Or pass --weights random"),
     (["train", "--x", "{xp}", "--y", "{bad}", "--weights", "random"],
      r"X.pickle holds 32 images but .*bad.pickle holds 3 labels; expected one label"),
     (["train", "--x", "{xp}", "--y", "{yp}", "--input-size", "16"],
@@ -234,3 +234,237 @@ def test_train_uses_weights_found_on_the_machine(pickles, tmp_path, monkeypatch,
     assert f"weights: ImageNet, found at {w}" in text
     assert "Adam(lr=0.0001" in text  # the tutorial's INIT_LR with pretrained weights
     assert json.loads((out / "history.json").read_text())["weights"] == "imagenet"
+
+
+# -- what a new user met ---------------------------------------------------------------------
+def test_version_and_bare_command_print_what_there_is(capsys):
+    import vggtl
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"vggtl {vggtl.__version__}"
+    assert main([]) == 0  # a bare `python -m vggtl`: the help, not an error
+    out = capsys.readouterr()
+    assert "usage: python -m vggtl" in out.out and out.err == ""
+    for cmd in ("demo", "train", "predict", "info", "cache"):
+        assert re.search(rf"^    {cmd} ", out.out, re.M), cmd
+    r = run_cli([])
+    assert r.returncode == 0 and "predict" in r.stdout and r.stderr == ""
+
+
+def _help(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--help"])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_states_what_each_command_really_does(capsys, monkeypatch):
+    import vggtl.__main__ as cli
+    demo = _help(["demo"], capsys)
+    assert f"--epochs EPOCHS epochs of the head (default {cli.DEMO_EPOCHS})" in demo
+    assert cli.build_parser().parse_args(["demo"]).epochs == cli.DEMO_EPOCHS
+    train = _help(["train"], capsys)
+    assert "epochs of the head (default 20, the tutorial's)" in train
+    assert cli.build_parser().parse_args(["train", "--x", "a", "--y", "b"]).epochs == 20
+    info = _help(["info"], capsys)
+    assert "whether it can be read" in info  # a description
+    for flag in ("--quiet", "--threads", "--epochs"):  # nothing that does not apply
+        assert flag not in info, flag
+    predict = _help(["predict"], capsys)
+    assert re.search(r"--batch-size BATCH_SIZE images per call", predict), predict
+
+
+def test_predict_uses_the_batch_size_asked(pickles, tmp_path, monkeypatch, capsys):
+    import vggtl
+    xp, yp, _, _ = pickles
+    out = tmp_path / "run"
+    assert main(["train", "--x", xp, "--y", yp, "--epochs", "1", "--weights", "random",
+                 "--out", str(out), "--quiet"]) == 0
+    seen = []
+    real = vggtl.VGG16.extract
+
+    def spy(self, X, *a, **k):
+        seen.append(k.get("batch_size"))
+        return real(self, X, *a, **k)
+    monkeypatch.setattr(vggtl.VGG16, "extract", spy)
+    assert main(["predict", "--model", str(out), "--x", xp, "--batch-size", "4",
+                 "--quiet"]) == 0
+    assert seen == [4]
+
+
+@pytest.mark.parametrize("argv, wanted", [
+    (["--seed", "-3"], r"argument --seed: expected a whole number from 0 to 4294967295, got -3"),
+    (["--seed", "2.5"], r"argument --seed: expected a whole number >= 0, got '2.5'"),
+    (["--test-size", "0"], r"argument --test-size: expected a fraction strictly between 0 and 1"),
+    (["--test-size", "1"], r"argument --test-size: expected a fraction"),
+])
+def test_bad_seed_and_test_size_are_named_before_data_loads(argv, wanted, capsys, tmp_path):
+    # --x names no file: the option's error comes first, before anything is read
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--x", str(tmp_path / "nowhere.pickle"), "--y", "y.pickle"] + argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(wanted, err), err
+    assert "nowhere" not in err
+
+
+def test_history_json_records_what_reproduces_the_run(pickles, tmp_path, capsys):
+    import vggtl
+    xp, yp, _, _ = pickles
+    out = tmp_path / "run"
+    assert main(["train", "--x", xp, "--y", yp, "--epochs", "2", "--weights", "random",
+                 "--augment", "--augment-views", "2", "--fine-tune", "1", "--seed", "7",
+                 "--test-size", "0.3", "--out", str(out), "--quiet"]) == 0
+    h = json.loads((out / "history.json").read_text())
+    p = h["params"]
+    assert h["vggtl_version"] == vggtl.__version__
+    assert p["split_seed"] == 7 and p["model_seed"] == 7 and p["test_size"] == 0.3
+    assert p["augment_views"] == 2 and p["augment_config"]["rotation_range"] == 30
+    assert p["precision"] == "fp32"
+    assert p["fine_tune_epochs"] == 1 and p["fine_tune_lr"] == 1e-4
+    assert p["fine_tune_optimizer"] == "SGD(momentum=0.9)"
+    assert p["lr"] == 3e-3 and p["lr_decay"] == pytest.approx(3e-3 / 2)
+    assert h["n_train"] + h["n_test"] == 32 and len(h["fine_tune_history"]["loss"]) == 1
+
+
+def test_imagenet_offline_is_one_message_with_url_md5_and_folders(pickles, tmp_path,
+                                                                  monkeypatch, capsys):
+    import urllib.error
+    import urllib.request
+
+    import vggtl
+    from vggtl.weights import DOWNLOADS, KERAS_NOTOP, imagenet_search_dirs
+
+    def refused(*a, **k):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+    monkeypatch.setattr(urllib.request, "urlopen", refused)
+    url, md5 = DOWNLOADS[KERAS_NOTOP]
+    with pytest.raises(vggtl.weights.WeightsNotFoundError) as e:
+        vggtl.VGG16(weights="imagenet")
+    msg = str(e.value)
+    assert msg.count("Connection refused") == 1 and "not replaced" not in msg
+    assert "URLError" not in msg or msg.count("URLError") == 1
+    for must in [KERAS_NOTOP, url, md5] + [d for _, d in imagenet_search_dirs()]:
+        assert must in msg, must
+    xp, yp, _, _ = pickles
+    assert main(["train", "--x", xp, "--y", yp, "--weights", "imagenet", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    for must in [url, md5, "Connection refused", "--weights random"] + \
+            [d for _, d in imagenet_search_dirs()]:
+        assert must in err, must
+    assert not os.listdir(vggtl.weights.vggtl_cache_dir())  # no temporary left
+
+
+def test_info_says_whether_each_weights_file_can_be_read(tmp_path, monkeypatch, capsys):
+    import sys as _sys
+
+    import vggtl
+    from vggtl.weights import KERAS_NOTOP, TORCH_FILE
+    keras = tmp_path / "keras" / "models"
+    keras.mkdir(parents=True)
+    (keras / KERAS_NOTOP).write_bytes(b"junk, not HDF5")
+    torch_dir = tmp_path / "xdg" / "vggtl"
+    torch_dir.mkdir(parents=True)
+    good = torch_dir / "good.safetensors"
+    vggtl.VGG16(weights=None, seed=1).save_weights(good)
+    monkeypatch.setenv("VGGTL_WEIGHTS", str(good))
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert f"imagenet weights: {good} (readable)" in text
+    assert re.search(rf"imagenet weights: {re.escape(str(keras / KERAS_NOTOP))} \(NOT readable: "
+                     rf"not a weights file", text), text
+    # a real Keras .h5 without h5py: found, but not readable, and it says what to install
+    monkeypatch.delenv("VGGTL_WEIGHTS")
+    h5 = tmp_path / "real.h5"
+    pytest.importorskip("h5py")
+    import h5py
+    with h5py.File(h5, "w") as f:
+        f.attrs["layer_names"] = [b"block1_conv1"]
+    os.replace(h5, keras / KERAS_NOTOP)
+    monkeypatch.setitem(_sys.modules, "h5py", None)
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "(NOT readable: reading Keras .h5 weight files needs h5py" in text
+    assert "pip install h5py" in text and "imagenet weights: none readable" in text
+    assert TORCH_FILE in text  # every name searched for
+
+
+def test_cache_command_and_default_limit(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    import vggtl
+    from vggtl import cache as vc
+    monkeypatch.delenv("VGGTL_CACHE_LIMIT", raising=False)
+    assert main(["info"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("feature cache")]
+    assert re.search(r"limit \d+\.\d GB \(default: 25% of the free disk", line[0]), line
+    st = os.statvfs(tmp_path)
+    limit = vc.get_size_limit()
+    assert limit == int(vc.DEFAULT_LIMIT_FRACTION * st.f_bavail * st.f_frsize) or \
+        abs(limit - vc.DEFAULT_LIMIT_FRACTION * st.f_bavail * st.f_frsize) < 0.01 * limit
+    # two entries; one last used long ago
+    base = vggtl.VGG16(weights=None, input_shape=(32, 32, 3))
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        base.extract(rng.integers(0, 255, size=(2, 32, 32, 3), dtype=np.uint8), cache=True)
+    entries = vc.info()["entries"]
+    assert len(entries) == 2
+    old = entries[0]["path"]
+    t = os.path.getmtime(os.path.join(old, "manifest.json")) - 10 * 86400
+    os.utime(os.path.join(old, "manifest.json"), (t, t))
+    assert main(["cache", "info"]) == 0
+    text = capsys.readouterr().out
+    assert "2 entries" in text and "limit: " in text and "last used 10.0 d ago" in text
+    assert main(["cache", "clear", "--older-than", "7d"]) == 0
+    assert "removed 1 entries not used for 7.0 d" in capsys.readouterr().out
+    assert [e["path"] for e in vc.info()["entries"]] != [old] and len(vc.info()["entries"]) == 1
+    assert main(["cache", "clear"]) == 0
+    assert vc.info()["entries"] == []
+    with pytest.raises(SystemExit):
+        main(["cache", "clear", "--older-than", "soon"])
+    assert "expected an age such as 30d" in capsys.readouterr().err
+    # "none" lifts the default limit
+    monkeypatch.setenv("VGGTL_CACHE_LIMIT", "none")
+    assert vc.get_size_limit() is None
+
+
+def test_default_cache_limit_evicts_without_being_set(tmp_path, monkeypatch):
+    """No set_size_limit, no $VGGTL_CACHE_LIMIT: the default bound still applies."""
+    import numpy as np
+
+    import vggtl
+    from vggtl import cache as vc
+    monkeypatch.delenv("VGGTL_CACHE_LIMIT", raising=False)
+    monkeypatch.setattr(vc, "_limit_set", False)
+    base = vggtl.VGG16(weights=None, input_shape=(32, 32, 3))
+    rng = np.random.default_rng(1)
+    base.extract(rng.integers(0, 255, size=(4, 32, 32, 3), dtype=np.uint8), cache=True)
+    one = vc.info()["bytes"]
+    # a disk with room for about one more entry under the default fraction
+    free = int(1.5 * one / vc.DEFAULT_LIMIT_FRACTION) - one
+    monkeypatch.setattr(vc, "_free_bytes", lambda path: free)
+    assert vc.get_size_limit() == int(vc.DEFAULT_LIMIT_FRACTION * (free + one))
+    for _ in range(3):
+        base.extract(rng.integers(0, 255, size=(4, 32, 32, 3), dtype=np.uint8), cache=True)
+    c = vc.info()
+    assert len(c["entries"]) == 1 and c["bytes"] <= 1.5 * one
+
+
+def test_train_auto_says_when_a_found_file_cannot_be_read(pickles, tmp_path, monkeypatch,
+                                                           capsys):
+    from vggtl.weights import KERAS_NOTOP
+    xp, yp, _, _ = pickles
+    keras = tmp_path / "keras" / "models"
+    keras.mkdir(parents=True)
+    (keras / KERAS_NOTOP).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # damaged
+    out = tmp_path / "run"
+    assert main(["train", "--x", xp, "--y", yp, "--epochs", "1", "--out", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"weights: found {keras / KERAS_NOTOP}, but it cannot be read" in text
+    assert "random weights" in text and "Adam(lr=0.003" in text
+    assert main(["train", "--x", xp, "--y", yp, "--epochs", "1", "--weights", "imagenet",
+                 "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "--weights imagenet: found" in err and "cannot be read" in err

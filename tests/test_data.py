@@ -626,8 +626,16 @@ def _split_cases():
     return cases
 
 
+@pytest.fixture(params=[False, True], ids=["numpy-fallback", "via-sklearn"])
+def use_sklearn(request, monkeypatch):
+    """vggtl's own NumPy split and encoder (what runs without scikit-learn: the
+    comparison with scikit-learn proves them), or scikit-learn's, called by vggtl."""
+    monkeypatch.setattr(vggtl.data, "_USE_SKLEARN", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("stratified", [True, False], ids=["stratified", "shuffled"])
-def test_split_equals_scikit_learn(stratified):
+def test_split_equals_scikit_learn(stratified, use_sklearn):
     sk = pytest.importorskip("sklearn.model_selection")
     checked = 0
     for n, y, kw, rs in _split_cases():
@@ -646,7 +654,7 @@ def test_split_equals_scikit_learn(stratified):
     assert checked >= 90  # the rest: both refuse (too few samples per class)
 
 
-def test_split_equals_scikit_learn_unshuffled_and_random_states():
+def test_split_equals_scikit_learn_unshuffled_and_random_states(use_sklearn):
     sk = pytest.importorskip("sklearn.model_selection")
     X, y = np.arange(50).reshape(25, 2), np.arange(25) % 3
     for kw in ({"test_size": 0.3}, {"train_size": 10}, {"train_size": 0.4, "test_size": 0.4}):
@@ -883,3 +891,79 @@ def test_numbers_among_strings_count_as_strings(tmp_path):
     with pytest.raises(ValueError, match=r"600001 values \(76800128 bytes"):
         data.load_pickle(path)
     assert data.load_pickle(dump(tmp_path / "n.pickle", [[7] * 600_000, [1.5]])) is not None
+
+
+def _label_cases():
+    rng = np.random.default_rng(11)
+    words = np.array(["cat", "dog", "bird", "a long name", "Z", "é", ""])
+    cases = []
+    for n in (2, 3, 10, 57, 400):
+        for k in (2, 3, 7):
+            cases.append(rng.integers(0, k, n) * 3 - 4)                      # ints, negatives
+            cases.append(words[rng.integers(0, k, n)])                        # strings
+            cases.append((rng.integers(0, k, n) / 2.0).astype(np.float64))    # floats
+            cases.append(list(words[rng.integers(0, k, n)]))                  # a list
+    cases += [np.array([True, False, True]), np.array([2 ** 40, 1, 2 ** 40], dtype=np.int64),
+              np.array([1, 0], dtype=np.uint8), ["b", "a"], [3, 1, 2]]
+    return [c for c in cases if len(np.unique(np.asarray(c))) >= 2]
+
+
+def test_label_encoder_equals_scikit_learn(use_sklearn):
+    skp = pytest.importorskip("sklearn.preprocessing")
+    cases = _label_cases()
+    assert len(cases) >= 60
+    for y in cases:
+        ours, ref = vggtl.LabelEncoder(), skp.LabelEncoder()
+        a, b = ours.fit_transform(y), ref.fit_transform(y)
+        np.testing.assert_array_equal(ours.classes_, ref.classes_)
+        assert ours.classes_.dtype == ref.classes_.dtype
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ours.inverse_transform(a), ref.inverse_transform(b))
+        part = np.asarray(y)[::2]
+        np.testing.assert_array_equal(ours.transform(part), ref.transform(part))
+
+
+def test_scikit_learn_computes_where_installed(monkeypatch):
+    skp = pytest.importorskip("sklearn.preprocessing")
+    skm = pytest.importorskip("sklearn.model_selection")
+    calls = []
+    for mod, name in ((skp, "LabelEncoder"), (skm, "ShuffleSplit"),
+                      (skm, "StratifiedShuffleSplit")):
+        real = getattr(mod, name)
+
+        def make(real=real, name=name):
+            class Spy(real):
+                def __init__(self, *a, **k):
+                    calls.append(name)
+                    super().__init__(*a, **k)
+            Spy.__name__ = name
+            return Spy
+        monkeypatch.setattr(mod, name, make())
+    y = np.array(["a", "b"] * 10)
+    vggtl.LabelEncoder().fit_transform(y)
+    vggtl.train_test_split(np.arange(20), y)
+    vggtl.train_test_split(np.arange(20), y, stratify=None)
+    assert calls.count("LabelEncoder") == 2  # fit and transform
+    assert calls.count("StratifiedShuffleSplit") == 1 and calls.count("ShuffleSplit") == 1
+    calls.clear()
+    monkeypatch.setattr(vggtl.data, "_USE_SKLEARN", False)  # the fallback: none of it
+    vggtl.LabelEncoder().fit_transform(y)
+    vggtl.train_test_split(np.arange(20), y)
+    assert calls == []
+
+
+def test_without_scikit_learn_the_numpy_versions_run():
+    code = ("import sys\n"
+            "sys.modules['sklearn'] = None\n"
+            "import numpy as np, vggtl\n"
+            "y = np.array([0, 1, 2] * 8)\n"
+            "tr, te = vggtl.train_test_split(np.arange(24), y, return_indices=True)\n"
+            "print(sorted(np.r_[tr, te].tolist()) == list(range(24)), len(te))\n"
+            "print(vggtl.LabelEncoder().fit_transform(['b', 'a', 'b']).tolist())\n"
+            "print(vggtl.confusion_matrix([0, 1, 1], [0, 1, 0]).tolist())\n"
+            "print('sklearn' in sys.modules and sys.modules['sklearn'] is not None)\n")
+    import subprocess
+    import sys as _sys
+    r = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:4] == ["True 6", "[1, 0, 1]", "[[1, 0], [1, 1]]", "False"]

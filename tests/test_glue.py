@@ -317,3 +317,13 @@ def test_core_vgg16_forward_workspace(rng, conv_weights):
     got = _core.vgg16_forward(x, params, stop, _core.POOL_NONE, [1] * 3, [0] * 3, False,
                               np.empty(need, np.float32))
     assert got.shape == (1, 1, 1, 512) and (got > 0).any()
+
+
+@pytest.mark.parametrize("input_shape", [None, (32, 32, 3), (48, 64, 3), (224, 224, 3),
+                                         (40, 40, 1)])
+@pytest.mark.parametrize("single", [(48, 64, 3), (32, 32, 1), (224, 224, 3), (40, 40)])
+def test_single_image_gets_the_hint_whatever_the_input_shape(conv_weights, input_shape, single):
+    base = vggtl.VGG16(weights=conv_weights, input_shape=input_shape)
+    x = np.zeros(single, dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"x\[None\]"):
+        base.predict(x)

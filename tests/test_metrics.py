@@ -1,10 +1,15 @@
-"""vggtl.metrics against scikit-learn, the test oracle (never imported by vggtl).
+"""vggtl.metrics against scikit-learn, the test oracle.
+
+Where scikit-learn is installed vggtl's metrics call it; the NumPy versions are
+the fallback without it. Every comparison below runs the NumPy versions (the
+autouse fixture turns scikit-learn off inside vggtl), so they are what is proved
+equal to scikit-learn; ``test_via_sklearn_*`` check the calls through it.
 
 classification_report text must be byte-identical to scikit-learn's, its dict
 equal (same keys in the same order, floats within 1e-12), and the warnings the
 same (class name and message, in order); confusion_matrix identical (values,
 shape, dtype). scikit-learn's report costs ~50 ms a call, so each random
-scenario draws a few cases: VGGTL_METRICS_CASES=<n> draws more (default 3).
+scenario draws a few cases: VGGTL_METRICS_CASES=<n> draws more (default 8).
 """
 import ast
 import doctest
@@ -25,7 +30,13 @@ except ImportError:  # pragma: no cover - the oracle is a test dependency
 
 needs_sklearn = pytest.mark.skipif(skm is None, reason="scikit-learn (test oracle) not installed")
 
-CASES = int(os.environ.get("VGGTL_METRICS_CASES", "3"))
+CASES = int(os.environ.get("VGGTL_METRICS_CASES", "8"))
+
+
+@pytest.fixture(autouse=True)
+def _numpy_versions(monkeypatch):
+    """vggtl's own NumPy metrics, as without scikit-learn (the tests' subject)."""
+    monkeypatch.setattr(vm, "_USE_SKLEARN", False)
 NAMES = np.array(["cat", "dog", "bird", "a rather long class name", "x", "horse", "z9", "fish"])
 
 
@@ -477,10 +488,11 @@ def test_argument_errors():
         vm.classification_report(yt, yp, sample_weight=[[1, 1, 1]])
 
 
-def test_does_not_import_sklearn():
-    """scikit-learn is only the tests' oracle: vggtl.metrics never imports it."""
+def test_imports_sklearn_only_when_called():
+    """``import vggtl`` never imports scikit-learn: vggtl.metrics imports it inside
+    a function, on the first call, and only where it is installed."""
     tree = ast.parse(open(vm.__file__, encoding="utf-8").read())
-    for node in ast.walk(tree):
+    for node in tree.body:  # the module's top level
         if isinstance(node, ast.Import):
             mods = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -488,3 +500,56 @@ def test_does_not_import_sklearn():
         else:
             continue
         assert not any(m.split(".")[0] in ("sklearn", "scipy") for m in mods), mods
+
+
+@needs_sklearn
+def test_via_sklearn_calls_it(monkeypatch):
+    monkeypatch.setattr(vm, "_USE_SKLEARN", True)
+    calls = []
+    for name in ("classification_report", "confusion_matrix", "accuracy_score"):
+        real = getattr(skm, name)
+
+        def spy(*a, real=real, name=name, **k):
+            calls.append((name, a[0].ndim, a[1].ndim))
+            return real(*a, **k)
+        monkeypatch.setattr(skm, name, spy)
+    one_hot = np.eye(2)[[0, 1, 1, 0]]
+    assert vm.classification_report(one_hot, [0, 1, 0, 0], target_names=["cat", "dog"]) == \
+        TUTORIAL
+    assert vm.confusion_matrix([0, 1, 1, 0], [0, 1, 0, 0]).tolist() == [[2, 0], [1, 1]]
+    assert vm.accuracy_score([0, 1, 1, 0], [0, 1, 0, 0]) == 0.75
+    # one-hot rows were reduced by vggtl; scikit-learn got labels
+    assert calls == [("classification_report", 1, 1), ("confusion_matrix", 1, 1),
+                     ("accuracy_score", 1, 1)]
+
+
+@needs_sklearn
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_via_sklearn_equals_the_numpy_versions(scenario, monkeypatch):
+    """The two paths vggtl can take give the same text, dict, matrix and warnings."""
+    rng = np.random.default_rng(300 + SCENARIOS.index(scenario))
+
+    def both(f, *a, **k):
+        out = []
+        for use in (False, True):
+            monkeypatch.setattr(vm, "_USE_SKLEARN", use)
+            out.append(_call(f, *a, **k))
+        return out
+    for _ in range(CASES):
+        yt, yp, kw = _case(rng, scenario)
+        for output_dict in (False, True):
+            (a, aw), (b, bw) = both(vm.classification_report, yt, yp, output_dict=output_dict,
+                                    **kw)
+            assert aw == bw
+            if output_dict and isinstance(a, dict):
+                _assert_dict_equal(a, b)
+            else:
+                assert a == b
+        ckw = {k: v for k, v in kw.items() if k in ("labels", "sample_weight")}
+        for normalize in (None, "true", "pred", "all"):
+            (a, aw), (b, bw) = both(vm.confusion_matrix, yt, yp, normalize=normalize, **ckw)
+            assert aw == bw
+            if isinstance(a, tuple):
+                assert a[:2] == b[:2]
+            else:
+                assert a.dtype == b.dtype and np.array_equal(a, b)

@@ -1,6 +1,7 @@
 """notebooks/transfer_learning.ipynb runs top to bottom (SMALL mode) and is stored clean."""
 import json
 import os
+import re
 
 import pytest
 
@@ -65,3 +66,46 @@ def test_notebook_runs_top_to_bottom_in_small_mode(tmp_path, monkeypatch):
                  for o in c.outputs)
     assert images >= 6  # samples, augmented samples, curves, confusion matrix, fine-tune, new image
     assert json.dumps(nb)  # the executed notebook is still valid JSON
+    # without ipywidgets (as here) progress is a few plain lines, not a tqdm redraw per
+    # output: the executed notebook stays small
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        streams = [o for o in c.outputs if o.output_type == "stream"]
+        # a line per stage and per epoch (two epochs in SMALL mode), no redraws
+        assert len(streams) <= 12, (c.source[:60], len(streams))
+        assert not any("\r" in o.text for o in streams), c.source[:60]
+    assert len(text) < 20000, len(text)
+    # a step that makes the result worse says so, with the numbers
+    assert re.search(r"Fine-tuning LOWERED the test accuracy, from \d\.\d\d to \d\.\d\d|"
+                     r"Fine-tuning: test accuracy \d\.\d\d -> \d\.\d\d", text), text[-2000:]
+    # the fine-tuning curves continue the head's epoch numbers
+    assert "initial_epoch=len(H.history" in _code(nb)
+    # nothing left behind in the temporary folder
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("vggtl-tutorial-")]
+
+
+def test_progress_is_plain_lines_in_a_notebook_without_widgets(monkeypatch, capsys):
+    """In a Jupyter kernel without ipywidgets, tqdm redraws its text bar as outputs of
+    their own (169 in one cell of the executed notebook); vggtl prints plain lines."""
+    import sys
+    import types
+
+    import numpy as np
+
+    import vggtl
+
+    class Shell:
+        config = {"IPKernelApp": {}}
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: Shell()
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    base = vggtl.VGG16(weights=None, input_shape=(32, 32, 3))
+    X = np.random.default_rng(0).integers(0, 255, size=(40, 32, 32, 3), dtype=np.uint8)
+    base.extract(X, cache=False, batch_size=8, progress=True)
+    out = capsys.readouterr()
+    assert "\r" not in out.out + out.err
+    lines = [ln for ln in out.out.splitlines() if ln.strip()]
+    assert len(lines) == 1 and re.search(r"40/40 img in \d+\.\d s", lines[0]), out
+    assert "IProgress" not in out.err  # tqdm's warning about the missing widgets

@@ -27,3 +27,27 @@ def test_demo_runs_the_tutorial_flow():
     assert re.search(r"Epoch 2/2 - .* - loss: \d\.\d+ - accuracy: ", r.stdout), r.stdout
     assert re.search(r"weighted avg +\d\.\d\d", r.stdout), r.stdout  # the classification report
     assert "saved and reloaded: predictions identical: True" in r.stdout
+
+
+def test_no_install_command_names_vggtl_on_pypi():
+    """vggtl is not on PyPI: `pip install vggtl[...]` would fetch someone else's package.
+    Messages, the README and the notebook say `pip install <package>` or
+    `pip install -e ".[extra]"` from the checkout."""
+    bad = re.compile(r"""pip install\s+['"]?vggtl\b""")
+    files = [os.path.join(ROOT, "README.md"),
+             os.path.join(ROOT, "notebooks", "transfer_learning.ipynb")]
+    files += [os.path.join(ROOT, "vggtl", f) for f in os.listdir(os.path.join(ROOT, "vggtl"))
+              if f.endswith(".py")]
+    found = [(f, m.group(0)) for f in files for m in bad.finditer(open(f).read())]
+    assert not found, found
+
+
+def test_h5py_is_a_dependency():
+    """The ImageNet weights are a Keras .h5: without h5py weights='imagenet' cannot work."""
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = __import__("pytest").importorskip("tomli")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    assert any(re.match(r"h5py\b", d) for d in deps), deps

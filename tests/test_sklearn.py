@@ -168,7 +168,7 @@ def test_vggtl_imports_without_sklearn_or_matplotlib():
             "    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "pip install vggtl[sklearn]" in r.stdout
+    assert "pip install scikit-learn" in r.stdout and "vggtl[" not in r.stdout
 
 
 def test_docstring_examples_run():
@@ -177,3 +177,77 @@ def test_docstring_examples_run():
     import vggtl.sklearn as module
     result = doctest.testmod(module)
     assert result.attempted >= 10 and result.failed == 0
+
+
+def _readme_block(start: str) -> str:
+    import re
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "README.md")).read()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    found = [b for b in blocks if b.startswith(start)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_readme_grid_search_runs_offline_as_written(tmp_path, monkeypatch):
+    """No ImageNet file and no network: the README's example still fits all 12
+    candidates (random weights, one warning) and the download is tried once."""
+    import urllib.error
+    import urllib.request
+
+    import vggtl.sklearn as vs
+    from sklearn.datasets import load_digits
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("VGGTL_WEIGHTS", raising=False)
+    monkeypatch.setattr(vs, "_auto_failed", None)
+    tries = []
+
+    def refused(*a, **k):
+        tries.append(a)
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+    monkeypatch.setattr(urllib.request, "urlopen", refused)
+    d = load_digits()
+    X, y = d.data[:48], d.target[:48] % 2  # flat 8 x 8 rows, two classes
+    ns = {"vggtl": vggtl, "X": X, "y": y}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(_readme_block("from sklearn.model_selection import GridSearchCV"), ns)
+    search = ns["search"]
+    assert len(search.cv_results_["mean_test_score"]) == 4 * 1
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()  # no fit failed
+    assert search.best_estimator_.weights_ == "random"
+    assert len(tries) == 1
+    msgs = [str(w.message) for w in caught if "weights='auto'" in str(w.message)]
+    assert msgs and "random weights" in msgs[0] and "Connection refused" in msgs[0]
+
+
+def test_defaults_agree_with_the_command_line(monkeypatch):
+    import vggtl.__main__ as cli
+    import vggtl.sklearn as vs
+    p = VGG16Classifier().get_params()
+    train = cli.build_parser().parse_args(["train", "--x", "a", "--y", "b"])
+    assert p["epochs"] == train.epochs == 20
+    assert p["batch_size"] == train.batch_size
+    assert p["weights"] == train.weights == "auto"
+    assert p["learning_rate"] is None and train.lr is None
+    assert (vs.LR_PRETRAINED, vs.LR_RANDOM) == (cli.LR_PRETRAINED, cli.LR_RANDOM)
+    X = np.random.default_rng(0).random((12, 64))
+    clf = VGG16Classifier(weights=None, epochs=1, cache=False).fit(X, [0, 1] * 6)
+    assert clf.learning_rate_ == cli.LR_RANDOM  # random weights: the CLI's 3e-3
+    assert clf.model_.optimizer.get_config()["learning_rate"] == pytest.approx(cli.LR_RANDOM)
+    w = vggtl.VGG16(weights=None, seed=5).get_weights()
+    clf = VGG16Classifier(weights=w, epochs=1, cache=False).fit(X, [0, 1] * 6)
+    assert clf.learning_rate_ == cli.LR_PRETRAINED
+
+
+def test_fit_takes_sample_weight():
+    X = np.random.default_rng(0).random((12, 64))
+    y = [0, 1] * 6
+    a = VGG16Classifier(weights=None, epochs=2, cache=False).fit(X, y).predict_proba(X)
+    b = VGG16Classifier(weights=None, epochs=2, cache=False).fit(
+        X, y, sample_weight=np.ones(12)).predict_proba(X)
+    c = VGG16Classifier(weights=None, epochs=2, cache=False).fit(
+        X, y, sample_weight=np.r_[np.full(6, 5.0), np.zeros(6)]).predict_proba(X)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert not np.allclose(a, c)

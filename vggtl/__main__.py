@@ -1,9 +1,10 @@
-"""Command line: ``python -m vggtl demo | train | predict | info``.
+"""Command line: ``python -m vggtl demo | train | predict | info | cache``.
 
     python -m vggtl demo                                   # the embedded default, no files
     python -m vggtl train --x X.pickle --y y.pickle --epochs 20 --augment --fine-tune --out run1
     python -m vggtl predict --model run1 --x new.pickle    # CSV: index,label,probability
     python -m vggtl info                                   # version, threads, BLAS, CPU, weights
+    python -m vggtl cache info | clear [--older-than 30d]  # the feature cache
 
 ``demo`` is the README's embedded default: it writes the tutorial's X.pickle and
 y.pickle from scikit-learn's bundled handwritten digits (8 x 8 grey, upscaled to
@@ -32,6 +33,13 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 PROG = "python -m vggtl"
+# the tutorial's fine-tuning SGD(1e-4, momentum 0.9): more unsettles block 5
+FINE_TUNE_LR, FINE_TUNE_MOMENTUM = 1e-4, 0.9
+# Adam's default learning rate: the tutorial's INIT_LR with pretrained weights; random
+# base features are larger and less telling, so a larger step (VGG16Classifier's too)
+LR_PRETRAINED, LR_RANDOM = 1e-4, 3e-3
+TRAIN_EPOCHS = 20  # the tutorial's
+DEMO_EPOCHS = 30  # the digits need more epochs than the tutorial's 20 on random weights
 # the tutorial's ImageDataGenerator (pyimagesearch's fine-tuning / transfer-learning posts)
 TUTORIAL_AUGMENT = dict(rotation_range=30, zoom_range=0.15, width_shift_range=0.2,
                         height_shift_range=0.2, shear_range=0.15, horizontal_flip=True,
@@ -109,7 +117,8 @@ def _say(args, *parts) -> None:
 
 def _resolve_weights(spec: str, allow_download: bool) -> Tuple[object, str]:
     """--weights -> (what VGG16 takes, a sentence for the user)."""
-    from .weights import KERAS_NOTOP, WeightsNotFoundError, find_imagenet_weights, vggtl_cache_dir
+    from .weights import (WeightsNotFoundError, _not_found_message, find_imagenet_weights,
+                          load_weights)
     if spec == "random":
         return None, "weights: random (Glorot-uniform), as asked"
     if spec not in ("auto", "imagenet"):
@@ -117,33 +126,36 @@ def _resolve_weights(spec: str, allow_download: bool) -> Tuple[object, str]:
             raise UserError(f"--weights {spec}: no such file; pass imagenet, random, auto or the "
                             f"path of a VGG16 weights file (.h5, .keras, .pth, .safetensors)")
         return os.path.expanduser(spec), f"weights: {spec}"
-    from .weights import load_weights
     found = find_imagenet_weights()
     if found is not None:
         try:
             return load_weights(found), f"weights: ImageNet, found at {found}"
-        except ImportError as e:  # a Keras .h5 file without h5py
+        except (ImportError, ValueError) as e:  # no h5py; a damaged or foreign file
             if spec == "imagenet":
-                raise
-            return None, (f"weights: found {found}, but {_first_line(e)}; so the base has "
-                          f"random weights (Glorot-uniform) this time")
-    missing = (f"no ImageNet weights on this machine, so the base has random weights "
-               f"(Glorot-uniform): the pipeline runs the same, the accuracy is modest. Put "
-               f"{KERAS_NOTOP} in {vggtl_cache_dir()} (or ~/.keras/models) for the real thing")
+                raise UserError(f"--weights imagenet: found {found}, but it cannot be read: "
+                                f"{_one_line_text(e)}") from None
+            return None, (f"weights: found {found}, but it cannot be read ({_one_line_text(e)}); "
+                          f"so the base has random weights (Glorot-uniform) this time. WARNING: "
+                          f"expect a lower accuracy")
     if not allow_download:
+        why = _one_line_text(_not_found_message(False, "this command does not download"))
         if spec == "imagenet":
-            raise UserError(f"--weights imagenet: {KERAS_NOTOP} is not on this machine; put it in "
-                            f"{vggtl_cache_dir()} or set VGGTL_WEIGHTS to its path, or pass "
-                            f"--weights random")
-        return None, "weights: " + missing
+            raise UserError(f"--weights imagenet: {why}")
+        return None, ("weights: random (Glorot-uniform): the pipeline runs the same, the "
+                      f"accuracy is modest. {why}")
     try:
         return load_weights("imagenet"), "weights: ImageNet (downloaded)"
     except WeightsNotFoundError as e:
         if spec == "imagenet":
-            raise UserError(f"--weights imagenet: {KERAS_NOTOP} is not on this machine and could "
-                            f"not be downloaded ({_first_line(e)}); put it in {vggtl_cache_dir()} "
-                            f"or set VGGTL_WEIGHTS to its path, or pass --weights random") from None
-        return None, "weights: " + missing
+            raise UserError(f"--weights imagenet: {_one_line_text(e)} Or pass --weights "
+                            f"random.") from None
+        return None, ("weights: random (Glorot-uniform): the pipeline runs the same, the "
+                      f"accuracy is modest. {_one_line_text(e)}")
+
+
+def _one_line_text(e) -> str:
+    """A message of several lines (the weights' "not found") as one line."""
+    return " ".join(str(e).split())
 
 
 def _first_line(e: BaseException) -> str:
@@ -211,14 +223,14 @@ def _plots(args, out: str, histories: List[Tuple[str, dict]], testY, pred, names
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        _say(args, "plots: skipped, matplotlib is not installed (pip install vggtl[plots])")
+        _say(args, "plots: skipped, matplotlib is not installed (pip install matplotlib)")
         return []
     import vggtl
     written = []
-    for filename, hist in histories:
+    for filename, hist, first in histories:
         path = os.path.join(out, filename)
         title = "Training Loss and Accuracy" + (" (fine-tuning)" if "fine" in filename else "")
-        vggtl.plot_history(hist, path=path, title=title, close=True)
+        vggtl.plot_history(hist, path=path, title=title, initial_epoch=first)
         written.append(path)
     path = os.path.join(out, "confusion_matrix.png")
     vggtl.plot_confusion_matrix(testY, pred, labels=list(range(len(names))), target_names=names,
@@ -257,7 +269,7 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
                f"seed {args.seed})")
     weights, note = _resolve_weights(args.weights, allow_download)
     _say(args, note)
-    lr = args.lr if args.lr is not None else (1e-4 if weights is not None else 3e-3)
+    lr = args.lr if args.lr is not None else (LR_PRETRAINED if weights is not None else LR_RANDOM)
     base = vggtl.VGG16(weights=weights, include_top=False, input_shape=X.shape[1:],
                        seed=args.seed, precision=args.precision)
     model = vggtl.TransferModel(base, head=[
@@ -286,23 +298,24 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
                   augment_views=views)
     _say(args, f"fit: {time.perf_counter() - t:.1f} s for {args.epochs} epochs (the base's "
                f"features are computed once, not once per epoch)")
-    histories = [("history.png", H.history)]
-    ft_history = None
+    histories = [("history.png", H.history, 0)]
+    ft_history = ft_epochs = ft_lr = None
     if args.fine_tune:
         ft_epochs = args.epochs if args.fine_tune < 0 else args.fine_tune
-        ft_lr = 1e-4  # the tutorial's SGD(1e-4, momentum 0.9): more unsettles block 5
+        ft_lr = FINE_TUNE_LR
         _say(args, f"fine-tuning block 5 with the head for {ft_epochs} epochs (SGD, lr "
                    f"{ft_lr:g}, momentum 0.9{', augmented' if augment else ''}); block4_pool's "
                    f"output is computed once (and cached)")
         t = time.perf_counter()
         H2 = model.fine_tune(trainX, trainY, unfreeze_from="block5_conv1",
-                             optimizer=vggtl.SGD(learning_rate=ft_lr, momentum=0.9),
+                             optimizer=vggtl.SGD(learning_rate=ft_lr,
+                                                 momentum=FINE_TUNE_MOMENTUM),
                              batch_size=args.batch_size, epochs=ft_epochs,
                              validation_data=(testX, testY), verbose=verbose,
                              augment=augment, augment_views=views)
         _say(args, f"fine-tune: {time.perf_counter() - t:.1f} s")
         ft_history = H2.history
-        histories.append(("fine_tune.png", ft_history))
+        histories.append(("fine_tune.png", ft_history, len(H.history["loss"])))
     # the test images' features are in the cache since fit's validation (unless
     # fine-tuning changed block 5): no second pass through the base
     bs = max(args.batch_size, 32)
@@ -322,9 +335,24 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
         "input_shape": list(X.shape[1:]), "test_accuracy": float(np.mean(pred == testY)),
         "weights": "random" if weights is None else "imagenet" if args.weights in
         ("auto", "imagenet") else args.weights,
+        "weights_source": getattr(weights, "source", None) if weights is not None else None,
+        "vggtl_version": vggtl.__version__,
+        "threads": vggtl.get_num_threads(),
+        "n_train": len(trainX), "n_test": len(testX),
         "params": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": lr,
-                   "augment": bool(args.augment), "fine_tune": args.fine_tune,
-                   "test_size": args.test_size, "seed": args.seed}})
+                   "lr_decay": lr / max(args.epochs, 1), "optimizer": "Adam", "loss": loss,
+                   "augment": bool(args.augment),
+                   "augment_config": dict(TUTORIAL_AUGMENT) if args.augment else None,
+                   "augment_views": views,
+                   "fine_tune": args.fine_tune, "fine_tune_epochs": ft_epochs,
+                   "fine_tune_lr": ft_lr,
+                   "fine_tune_optimizer": (f"SGD(momentum={FINE_TUNE_MOMENTUM})"
+                                           if ft_epochs else None),
+                   "fine_tune_unfreeze_from": "block5_conv1" if ft_epochs else None,
+                   "precision": args.precision, "input_size": args.input_size,
+                   "test_size": args.test_size, "split_seed": args.seed,
+                   "split_stratified": True, "model_seed": args.seed, "seed": args.seed,
+                   "cache": not args.no_cache}})
     from ._atomic import atomic_write_bytes
     atomic_write_bytes(os.path.join(out, "report.txt"), report.encode())
     written = [model_path, os.path.join(out, "history.json"), os.path.join(out, "report.txt")]
@@ -366,12 +394,12 @@ def cmd_demo(args) -> int:
         except ImportError:
             data = "shapes"
             _say(args, "scikit-learn is not installed, so the demo uses built-in discs and "
-                       "squares (pip install vggtl[sklearn] for the handwritten digits)")
+                       "squares (pip install scikit-learn for the handwritten digits)")
     if data == "digits":
         try:
             X, y = digits_images(args.n, args.size)
         except ImportError:
-            raise UserError("--data digits needs scikit-learn: pip install vggtl[sklearn] (or "
+            raise UserError("--data digits needs scikit-learn: pip install scikit-learn (or "
                             "pass --data shapes)") from None
         what, names = "handwritten digits (scikit-learn's, 8x8 upscaled)", None
     else:
@@ -414,7 +442,7 @@ def cmd_predict(args) -> int:
             print(f"resizing {X.shape[1]}x{X.shape[2]} images to {h}x{w} (the model's input)",
                   file=sys.stderr)
         X = vggtl.resize(X, (h, w))
-    bs = max(args.batch_size, 32)
+    bs = args.batch_size
     F = model.base.extract(X, cache=not args.no_cache, batch_size=bs, progress=not args.quiet)
     probs = model.predict_features(F, batch_size=bs)
     codes = probs.argmax(1)
@@ -475,10 +503,46 @@ def cpu_info() -> dict:
     return out
 
 
+def imagenet_files_found() -> List[str]:
+    """Every file ``weights="imagenet"`` would consider, in its search order
+    (the first readable one is used)."""
+    from .weights import IMAGENET_FILES, imagenet_search_dirs
+    names = list(dict.fromkeys(IMAGENET_FILES[False] + IMAGENET_FILES[True]))
+    found = []
+    env = os.environ.get("VGGTL_WEIGHTS")
+    dirs = []
+    if env:
+        env = os.path.expanduser(env)
+        if os.path.isfile(env):
+            found.append(env)
+        elif os.path.isdir(env):
+            dirs.append(env)
+    dirs += [d for _, d in imagenet_search_dirs()]
+    for d in dirs:
+        for n in names:
+            p = os.path.join(d, n)
+            if os.path.isfile(p) and p not in found:
+                found.append(p)
+    return found
+
+
+def weights_unreadable(path: str) -> Optional[str]:
+    """None when vggtl can read the conv base's weights from ``path``, else why not
+    (one line, saying what to do)."""
+    from .weights import load_weights
+    try:
+        load_weights(path, include_top=False)
+    except (ImportError, ValueError, OSError) as e:
+        text = _one_line_text(e)
+        return text[len(path) + 2:] if text.startswith(path + ": ") else text
+    return None
+
+
 def cmd_info(args) -> int:
     import vggtl
     from . import cache as _cache
-    from .weights import IMAGENET_FILES, find_imagenet_weights, imagenet_search_dirs
+    from .weights import (DOWNLOADS, IMAGENET_FILES, KERAS_NOTOP, find_imagenet_weights,
+                          imagenet_search_dirs, vggtl_cache_dir)
     for k, v in vggtl.info().items():
         print(f"{k}: {v}")
     print(f"python: {platform.python_version()} ({sys.executable}); numpy {np.__version__}")
@@ -487,32 +551,75 @@ def cmd_info(args) -> int:
     if cpu["features"]:
         print("cpu features: " + ", ".join(f"{k} {'yes' if v else 'no'}"
                                            for k, v in cpu["features"].items()))
+    problem = None
     try:
-        found = find_imagenet_weights()
+        find_imagenet_weights()
     except FileNotFoundError as e:  # VGGTL_WEIGHTS names nothing
-        found, problem = None, str(e)
-    else:
-        problem = None
-    if found:
-        print(f"imagenet weights: {found}")
-    else:
+        problem = str(e)
+    found = imagenet_files_found()
+    whys = [weights_unreadable(path) for path in found]
+    for path, why in zip(found, whys):
+        print(f"imagenet weights: {path} ({'readable' if why is None else 'NOT readable: ' + why})")
+    if None not in whys:
         env = os.environ.get("VGGTL_WEIGHTS")
+        url, md5 = DOWNLOADS[KERAS_NOTOP]
         places = [f"$VGGTL_WEIGHTS ({env or 'not set'})"] + [d for _, d in imagenet_search_dirs()]
-        print(f"imagenet weights: not found{' (' + problem + ')' if problem else ''}; looked for "
-              f"{IMAGENET_FILES[False][0]} in {', '.join(places)}; "
-              f"weights='imagenet' downloads it (58.9 MB)")
+        print(f"imagenet weights: {'none readable' if found else 'not found'}"
+              f"{' (' + problem + ')' if problem else ''}; looked for "
+              f"{', '.join(IMAGENET_FILES[False])} in {', '.join(places)}; "
+              f"weights='imagenet' downloads {KERAS_NOTOP} (58.9 MB) from {url} (md5 {md5}), "
+              f"or put it in {vggtl_cache_dir()}")
     try:
         c = _cache.info()
         print(f"feature cache: {c['path']} ({len(c['entries'])} entries, "
-              f"{c['bytes'] / 1e6:.1f} MB)")
+              f"{c['bytes'] / 1e6:.1f} MB); limit {_limit_text(c)}; `{PROG} cache info | "
+              f"clear [--older-than AGE]`")
     except Exception as e:  # never let a damaged cache break info
         print(f"feature cache: unreadable ({_first_line(e)})")
     extras = []
-    for mod, extra in (("tqdm", "progress"), ("matplotlib", "plots"), ("sklearn", "sklearn"),
-                       ("h5py", "keras")):
+    for mod, pkg in (("tqdm", "tqdm"), ("matplotlib", "matplotlib"), ("sklearn", "scikit-learn"),
+                     ("ipywidgets", "ipywidgets"), ("h5py", "h5py")):
         found = importlib.util.find_spec(mod) is not None  # without importing it (fast)
-        extras.append(f"{mod} yes" if found else f"{mod} no (pip install vggtl[{extra}])")
-    print("optional: " + ", ".join(extras))
+        extras.append(f"{mod} yes" if found else f"{mod} no (pip install {pkg})")
+    print("optional: " + ", ".join(extras[:-1]) + "; required: " + extras[-1])
+    return 0
+
+
+# -- cache -------------------------------------------------------------------------------------
+def _limit_text(c: dict) -> str:
+    limit = "none" if c["limit"] is None else f"{c['limit'] / 1e9:.1f} GB"
+    return f"{limit} ({c['limit_rule']})"
+
+
+def _age_text(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def cmd_cache_info(args) -> int:
+    from . import cache as _cache
+    c = _cache.info(args.dir)
+    print(f"folder: {c['path']}")
+    print(f"size: {c['bytes'] / 1e6:.1f} MB in {len(c['entries'])} entries")
+    print(f"limit: {_limit_text(c)}; least recently used entries go first")
+    now = time.time()
+    for e in c["entries"]:
+        shape = "x".join(str(v) for v in (e.get("shape") or [])) or "?"
+        print(f"  {e['id']}  {e.get('layer') or '?'}  {e.get('n', '?')} images -> {shape}  "
+              f"{e['bytes'] / 1e6:.1f} MB  {'complete' if e['complete'] else 'incomplete'}  "
+              f"last used {_age_text(now - e['last_used'])} ago")
+    return 0
+
+
+def cmd_cache_clear(args) -> int:
+    from . import cache as _cache
+    r = _cache.clear(args.dir, older_than=args.older_than)
+    when = "" if args.older_than is None else \
+        f" not used for {_age_text(args.older_than)}"
+    print(f"removed {r['removed']} entries{when} ({r['bytes_freed'] / 1e6:.1f} MB)"
+          + (f"; {r['busy']} in use by another process, left" if r["busy"] else ""))
     return 0
 
 
@@ -536,15 +643,48 @@ def _positive(kind):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    common.add_argument("--threads", type=_positive(int), default=None,
-                        help="threads to use (default: OMP_NUM_THREADS, else all cores)")
+def _nonnegative_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {s!r}") from None
+    if v < 0 or v >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {2 ** 32 - 1}, "
+                                         f"got {s}")
+    return v
+
+
+def _fraction(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {s!r}") \
+            from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction strictly between 0 and 1 (e.g. "
+                                         f"0.25: a quarter of the images held out), got {s}")
+    return v
+
+
+def _age(s):
+    """--older-than: seconds, or a number with s, m, h, d or w."""
+    units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    t = s.strip().lower()
+    num = t.rstrip("smhdw")
+    try:
+        v = float(num) * units[t[len(num):]]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"expected an age such as 30d, 12h, 90m or 3600 "
+                                         f"(seconds), got {s!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected an age >= 0, got {s!r}")
+    return v
+
+
+def _training_options(epochs: int, epochs_help: str) -> argparse.ArgumentParser:
     training = argparse.ArgumentParser(add_help=False)
-    training.add_argument("--epochs", type=_positive(int), default=20,
-                          help="epochs of the head (default 20, the tutorial's)")
+    training.add_argument("--epochs", type=_positive(int), default=epochs,
+                          help=f"epochs of the head (default {epochs}{epochs_help})")
     training.add_argument("--batch-size", type=_positive(int), default=32, help="default 32")
     training.add_argument("--lr", type=_positive(float), default=None,
                           help="Adam's learning rate, decayed by lr/epochs (default 1e-4, the "
@@ -562,19 +702,33 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--weights", default="auto",
                           help="auto (ImageNet if found or downloadable, else random), imagenet, "
                                "random, or a weights file")
-    training.add_argument("--test-size", type=float, default=0.25,
-                          help="fraction held out for the report (default 0.25)")
-    training.add_argument("--seed", type=int, default=42, help="split and model seed (42)")
+    training.add_argument("--test-size", type=_fraction, default=0.25,
+                          help="fraction held out for the report, between 0 and 1 (default 0.25)")
+    training.add_argument("--seed", type=_nonnegative_int, default=42,
+                          help="split and model seed, a whole number >= 0 (default 42)")
     training.add_argument("--no-cache", action="store_true",
                           help="do not keep the base's features in the feature cache")
     training.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                           help="the frozen base's convolutions: fp32 (default) or bf16 "
                                "(faster with AVX512_BF16; features within about 1e-2)")
+    return training
 
-    ap = _Parser(prog=PROG, description="VGG16 transfer learning on the CPU, computed in C.")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{demo,train,predict,info}",
+
+def build_parser() -> argparse.ArgumentParser:
+    import vggtl
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common = argparse.ArgumentParser(add_help=False, parents=[debug])
+    common.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    common.add_argument("--threads", type=_positive(int), default=None,
+                        help="threads to use (default: OMP_NUM_THREADS, else all cores)")
+
+    ap = _Parser(prog=PROG, description="VGG16 transfer learning on the CPU, computed in C.",
+                 epilog=f"`{PROG} COMMAND --help` lists the options of each command.")
+    ap.add_argument("--version", action="version", version=f"vggtl {vggtl.__version__}")
+    sub = ap.add_subparsers(dest="cmd", metavar="{demo,train,predict,info,cache}",
                             parser_class=_Parser)
-    d = sub.add_parser("demo", parents=[common, training],
+    d = sub.add_parser("demo", parents=[common, _training_options(DEMO_EPOCHS, "")],
                        help="the tutorial on built-in data (no files, no network)",
                        description="Writes tutorial-format X.pickle / y.pickle from scikit-learn's "
                                    "handwritten digits and runs `train` on them.")
@@ -585,8 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="digits (needs scikit-learn), shapes (discs and squares), or auto")
     d.add_argument("--out", default=None,
                    help="keep the pickles, model, history and plots in this folder")
-    d.set_defaults(fn=cmd_demo, epochs=30)
-    t = sub.add_parser("train", parents=[common, training],
+    d.set_defaults(fn=cmd_demo)
+    t = sub.add_parser("train", parents=[common, _training_options(TRAIN_EPOCHS, ", the tutorial's")],
                        help="train on X.pickle / y.pickle, write the model and reports",
                        description="The tutorial's steps on your pickles: split, VGG16 base, "
                                    "head, fit (--augment), --fine-tune, report, plots.")
@@ -607,13 +761,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", required=True, help="X.pickle (or .npy) of the images to classify")
     p.add_argument("--y", default=None, help="their labels: print the classification report")
     p.add_argument("--out", default=None, help="write the CSV to this file instead of stdout")
-    p.add_argument("--batch-size", type=_positive(int), default=32)
+    p.add_argument("--batch-size", type=_positive(int), default=32,
+                   help="images per call of the base (default 32); larger uses more memory, "
+                        "not always less time")
     p.add_argument("--no-cache", action="store_true",
                    help="do not keep the images' features in the feature cache")
     p.set_defaults(fn=cmd_predict)
-    i = sub.add_parser("info", parents=[common],
-                       help="version, threads, BLAS, CPU features, where weights were found")
+    i = sub.add_parser("info", parents=[debug],
+                       help="version, threads, BLAS, CPU features, weights, feature cache",
+                       description="Prints vggtl's version, threads, build (OpenMP, BLAS), the "
+                                   "CPU's features and the kernels in use, every ImageNet weights "
+                                   "file found and whether it can be read, the feature cache's "
+                                   "folder, size and limit, and which optional packages are "
+                                   "installed.")
     i.set_defaults(fn=cmd_info)
+    c = sub.add_parser("cache", parents=[debug], help="list or clear the feature cache",
+                       description="The feature cache keeps the base's features on disk, so a "
+                                   "second run does not compute them again. `info` lists its "
+                                   "entries; `clear` removes them (all, or those not used for "
+                                   "--older-than). Its size limit: $VGGTL_CACHE_LIMIT (e.g. "
+                                   "20GB, or none), by default a fraction of the free disk.")
+    csub = c.add_subparsers(dest="action", metavar="{info,clear}", parser_class=_Parser,
+                            required=True)
+    ci = csub.add_parser("info", parents=[debug], help="folder, size, limit and entries",
+                         description="Lists the feature cache's folder, size, limit and entries "
+                                     "(least recently used first).")
+    ci.add_argument("--dir", default=None, help="the cache folder (default: vggtl's)")
+    ci.set_defaults(fn=cmd_cache_info)
+    cc = csub.add_parser("clear", parents=[debug], help="remove entries",
+                         description="Removes feature cache entries: all of them, or with "
+                                     "--older-than only those not used for that long. Entries "
+                                     "another process is using are left.")
+    cc.add_argument("--dir", default=None, help="the cache folder (default: vggtl's)")
+    cc.add_argument("--older-than", type=_age, default=None, metavar="AGE",
+                    help="only entries last used longer ago than AGE (30d, 12h, 90m, 3600)")
+    cc.set_defaults(fn=cmd_cache_clear)
     return ap
 
 
@@ -646,7 +828,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     >>> status, out.getvalue().startswith("version: ")
     (0, True)
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None:  # a bare `python -m vggtl`: what there is to do
+        parser.print_help()
+        return 0
     try:
         return args.fn(args)
     except KeyboardInterrupt:

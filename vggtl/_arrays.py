@@ -35,8 +35,9 @@ def as_images(X, name: str = "X") -> np.ndarray:
     if X.ndim == 3:
         X = X[..., None]
     if X.ndim != 4:
+        hint = " (for a single image, pass x[None])" if X.ndim == 2 else ""
         raise ValueError(f"{name}: expected 4 dimensions (N, H, W, C) or 3 (N, H, W) for "
-                         f"grayscale, got shape {X.shape}")
+                         f"grayscale, got shape {X.shape}{hint}")
     if X.shape[3] not in (1, 3):
         raise ValueError(f"{name}: expected 1 or 3 channels (last axis), got shape {X.shape}")
     return X

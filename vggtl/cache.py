@@ -4,7 +4,8 @@
     F = base.extract(X)                 # again (this run, tomorrow, another process): no compute
     vggtl.cache.info()                  # entries and sizes
     vggtl.cache.clear()                 # remove them (or some: layer=, incomplete=, max_bytes=)
-    vggtl.cache.set_size_limit("20GB")  # least recently used entries go first (or $VGGTL_CACHE_LIMIT)
+    vggtl.cache.set_size_limit("20GB")  # least recently used entries go first (or $VGGTL_CACHE_LIMIT;
+                                        # default: a quarter of the free disk plus what it holds)
 
 Design
 ------
@@ -70,7 +71,8 @@ through it. Files get ``0666`` less the umask (a replaced file keeps its mode), 
 the members of a group share a cache folder under ``umask 002``.
 
 Eviction: an entry's last use is its manifest's mtime (touched on every hit).
-With a size limit, after each new entry the least recently used others that no
+With a size limit (by default a quarter of the free disk plus what the cache holds,
+see :func:`get_size_limit`), after each new entry the least recently used others that no
 process holds are removed until the folder fits. Only folders carrying vggtl's
 marker (or, from vggtl before it, a manifest of this cache's format) are entries;
 nothing else under the root is listed, evicted or cleared.
@@ -211,23 +213,80 @@ def _parse_size(v, what: str) -> Optional[int]:
                      f"'500MiB', got {v!r}")
 
 
+# with no limit set, the cache may take this fraction of the space it could have:
+# the free space of its file system plus what it already holds
+DEFAULT_LIMIT_FRACTION = 0.25
+_NO_LIMIT = ("none", "off", "unlimited")
+_DEFAULT = ("auto", "default")
+
+
 def set_size_limit(limit) -> None:
-    """Bound the cache's size (bytes, or "20GB", "500MiB"; None: no bound).
+    """Bound the cache's size (bytes, or "20GB", "500MiB"; None or "none": no bound;
+    "auto": back to the default).
 
     After each new entry, the least recently used others are removed until the
     folder fits (an entry in use by another process is skipped; the newest entry is
-    kept even if it alone is larger). The default comes from ``$VGGTL_CACHE_LIMIT``.
+    kept even if it alone is larger). Without a call, ``$VGGTL_CACHE_LIMIT`` (a
+    size, or "none"); without it, :data:`DEFAULT_LIMIT_FRACTION` of the free disk
+    plus what the cache holds (see :func:`get_size_limit`).
     """
     global _limit, _limit_set
+    if isinstance(limit, str) and limit.strip().lower() in _DEFAULT:
+        _limit, _limit_set = None, False
+        return
+    if isinstance(limit, str) and limit.strip().lower() in _NO_LIMIT:
+        limit = None
     _limit, _limit_set = _parse_size(limit, "limit"), True
 
 
-def get_size_limit() -> Optional[int]:
-    """The size bound in bytes (None: unbounded); see :func:`set_size_limit`."""
+def _free_bytes(path: str) -> Optional[int]:
+    """Free space (for an unprivileged user) of the file system holding ``path``,
+    or of its nearest existing parent; None where that cannot be told."""
+    p = os.path.abspath(path)
+    while True:
+        try:
+            st = os.statvfs(p)
+            return int(st.f_bavail) * int(st.f_frsize)
+        except FileNotFoundError:
+            parent = os.path.dirname(p)
+            if parent == p:
+                return None
+            p = parent
+        except (OSError, AttributeError):  # no statvfs (Windows), or not allowed
+            return None
+
+
+def size_limit_rule() -> str:
+    """Where the size limit comes from, in words (what ``info`` prints)."""
+    if _limit_set:
+        return "set_size_limit"
+    if os.environ.get("VGGTL_CACHE_LIMIT", "").strip():
+        return "$VGGTL_CACHE_LIMIT"
+    return (f"default: {DEFAULT_LIMIT_FRACTION:.0%} of the free disk plus what the cache holds "
+            f"(set $VGGTL_CACHE_LIMIT, e.g. 20GB or none, to choose)")
+
+
+def get_size_limit(path=None, held: Optional[int] = None) -> Optional[int]:
+    """The size bound in bytes (None: unbounded); see :func:`set_size_limit`.
+
+    The default bound is :data:`DEFAULT_LIMIT_FRACTION` of the free space on the
+    file system of the cache folder ``path`` (default: vggtl's) plus ``held``, the
+    bytes the cache holds (counted when not given), so the bound does not shrink
+    as the cache fills the disk."""
     if _limit_set:
         return _limit
     env = os.environ.get("VGGTL_CACHE_LIMIT", "").strip()
-    return _parse_size(env, "$VGGTL_CACHE_LIMIT") if env else None
+    if env:
+        if env.lower() in _NO_LIMIT:
+            return None
+        return _parse_size(env, "$VGGTL_CACHE_LIMIT")
+    root = _root(path, "path")
+    free = _free_bytes(root)
+    if free is None:
+        return None
+    if held is None:
+        held = sum(d["bytes"] for d in (_describe(e) for e in _entries(root)) if d is not None)
+    return int(DEFAULT_LIMIT_FRACTION * (free + held))
 
 
 # -- digests -------------------------------------------------------------------------
@@ -1381,12 +1440,62 @@ class _Plan:
         return out
 
 
+def notebook_without_widgets() -> bool:
+    """True in a Jupyter kernel without ipywidgets: there tqdm falls back to a text
+    bar whose every redraw is an output of its own, kept in the saved notebook."""
+    ip = sys.modules.get("IPython")
+    if ip is None:
+        return False
+    try:
+        shell = ip.get_ipython()
+        if shell is None or "IPKernelApp" not in shell.config:
+            return False
+    except Exception:  # an IPython without get_ipython, a stub: not a kernel we know
+        return False
+    import importlib.util
+    try:
+        return importlib.util.find_spec("ipywidgets") is None
+    except (ImportError, ValueError):  # a module set to None, a broken install
+        return True
+
+
+class TextProgress:
+    """Progress as a few plain lines on stdout: one when the stage ends, and one
+    every ``every`` seconds while it runs (a notebook keeps every line)."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "", unit: str = "img",
+                 every: float = 30.0):
+        self.total, self.done, self.desc, self.unit = total, initial, desc, unit
+        self.start = self.last = time.monotonic()
+        self.initial, self.every = initial, every
+
+    def _line(self, now: float) -> str:
+        t = now - self.start
+        rate = (self.done - self.initial) / t if t > 0 else 0.0
+        return (f"{self.desc + ': ' if self.desc else ''}{self.done}/{self.total} {self.unit} "
+                f"in {t:.1f} s ({rate:.1f} {self.unit}/s)")
+
+    def update(self, k: int) -> None:
+        self.done += k
+        now = time.monotonic()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            print(self._line(now), flush=True)
+
+    def close(self) -> None:
+        print(self._line(time.monotonic()), flush=True)
+
+
 class _Progress:
-    """tqdm with images/s when asked and installed; else silent."""
+    """tqdm with images/s when asked and installed (plain lines in a notebook
+    without ipywidgets); else silent."""
 
     def __init__(self, enabled: bool, total: int, initial: int, desc: str):
         self.bar = None
         if enabled:
+            if notebook_without_widgets():
+                self.bar = TextProgress(total, initial, desc)
+                return
             try:
                 from tqdm.auto import tqdm
                 self.bar = tqdm(total=total, initial=initial, unit="img", desc=desc,
@@ -1584,8 +1693,9 @@ def info(path=None) -> dict:
     root = _root(path, "path")
     found = (_describe(d) for d in _entries(root))
     entries = sorted((d for d in found if d is not None), key=lambda e: e["last_used"])
-    return {"path": root, "entries": entries, "bytes": sum(e["bytes"] for e in entries),
-            "limit": get_size_limit()}
+    held = sum(e["bytes"] for e in entries)
+    return {"path": root, "entries": entries, "bytes": held,
+            "limit": get_size_limit(root, held), "limit_rule": size_limit_rule()}
 
 
 def _remove(root: str, folder: str) -> bool:
@@ -1652,21 +1762,28 @@ def _clean_trash(root: str) -> None:
             continue
         _remove_entry_tree(p)
 def clear(path=None, *, layer: Optional[str] = None, incomplete: Optional[bool] = None,
-          max_bytes=None) -> dict:
+          max_bytes=None, older_than: Optional[float] = None) -> dict:
     """Remove cache entries; returns ``{"removed", "bytes_freed", "busy"}``.
 
     With no filter, every entry goes. ``layer="block4_pool"``: only that cut;
     ``incomplete=True``: only unfinished extractions (False: only finished ones);
+    ``older_than``: only entries last used more than that many seconds ago;
     ``max_bytes``: least recently used entries first, until the rest fits. Entries
     another process is writing or reading right now are left (counted in "busy").
     Only folders carrying vggtl's marker are entries: nothing else is removed.
     """
     root = _root(path, "path")
     limit = _parse_size(max_bytes, "max_bytes")
+    if older_than is not None:
+        if isinstance(older_than, bool) or not isinstance(older_than, (int, float, np.number)) \
+                or not 0 <= float(older_than) < float("inf"):
+            raise ValueError(f"older_than: expected seconds >= 0, got {older_than!r}")
+        cutoff = time.time() - float(older_than)
     entries = info(root)["entries"]
     chosen = [e for e in entries
               if (layer is None or e.get("layer") == layer)
-              and (incomplete is None or (not e["complete"]) == bool(incomplete))]
+              and (incomplete is None or (not e["complete"]) == bool(incomplete))
+              and (older_than is None or e["last_used"] < cutoff)]
     total = sum(e["bytes"] for e in entries)
     removed = freed = busy = 0
     for e in chosen:  # least recently used first
@@ -1683,11 +1800,12 @@ def clear(path=None, *, layer: Optional[str] = None, incomplete: Optional[bool] 
 
 
 def _enforce_limit(root: str, keep: str) -> None:
-    limit = get_size_limit()
+    if _limit_set and _limit is None:
+        return
+    found = info(root)
+    limit, entries, total = found["limit"], found["entries"], found["bytes"]
     if limit is None:
         return
-    entries = info(root)["entries"]
-    total = sum(e["bytes"] for e in entries)
     for e in entries:  # least recently used first
         if total <= limit:
             break

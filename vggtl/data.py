@@ -754,7 +754,8 @@ def _is_one_hot(y: np.ndarray) -> bool:
 
 class LabelEncoder:
     """Labels <-> integer codes <-> one-hot rows (scikit-learn's LabelEncoder with
-    Keras's ``to_categorical``).
+    Keras's ``to_categorical``; scikit-learn's own computes the classes and codes
+    of 1-D labels where it is installed).
 
     ``fit`` takes ints (the tutorial's 0/1), strings (``"cat"``, ``"dog"``) or
     one-hot rows; ``classes_`` holds the sorted distinct labels (for one-hot rows:
@@ -788,7 +789,9 @@ class LabelEncoder:
             classes = np.arange(y.shape[1])
             present = np.unique(y.argmax(axis=1))
         else:
-            classes = present = np.unique(y)
+            sk = _sklearn("preprocessing")
+            classes = present = sk.LabelEncoder().fit(y).classes_ if sk is not None \
+                else np.unique(y)
         if len(present) < 2:
             raise ValueError(f"y: found a single class ({present[0]!r}); a classifier needs "
                              "at least two")
@@ -814,6 +817,11 @@ class LabelEncoder:
             bad = np.unique(y[unknown])[:5].tolist()
             raise ValueError(f"y: labels {bad} are not among the fitted classes "
                              f"{self.classes_.tolist()}")
+        sk = _sklearn("preprocessing")
+        if sk is not None:
+            enc = sk.LabelEncoder()
+            enc.classes_ = self.classes_
+            codes = enc.transform(y)
         return codes.astype(np.int64)
 
     def fit_transform(self, y) -> np.ndarray:
@@ -1042,8 +1050,24 @@ def _approximate_mode(class_counts, n_draws, rng):
     return floored.astype(int)
 
 
+# scikit-learn splits and encodes where it is installed; False (the tests' switch) forces
+# the NumPy versions below, which are what runs without scikit-learn
+_USE_SKLEARN = True
+
+
+def _sklearn(sub: str):
+    """sklearn.<sub> (model_selection, preprocessing), or None."""
+    if not _USE_SKLEARN:
+        return None
+    try:
+        import importlib
+        return importlib.import_module(f"sklearn.{sub}")
+    except ImportError:
+        return None
+
+
 def _stratified_indices(key, n_train, n_test, rng):
-    """scikit-learn's StratifiedShuffleSplit, first split."""
+    """scikit-learn's StratifiedShuffleSplit, first split (its own where installed)."""
     key = np.asarray(key)
     if key.ndim == 2:  # one-hot or multi-column labels: each distinct row is a class
         key = np.array([" ".join(row.astype("str")) for row in key])
@@ -1056,6 +1080,11 @@ def _stratified_indices(key, n_train, n_test, rng):
         if m < len(classes):
             raise ValueError(f"{name} part of {m} samples for {len(classes)} classes: a "
                              f"stratified split needs one per class")
+    sk = _sklearn("model_selection")
+    if sk is not None:
+        cv = sk.StratifiedShuffleSplit(n_splits=1, test_size=n_test, train_size=n_train,
+                                       random_state=rng)
+        return next(cv.split(np.zeros((len(key), 1), dtype=np.int8), key))
     class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
     n_i = _approximate_mode(class_counts, n_train, rng)
     t_i = _approximate_mode(class_counts - n_i, n_test, rng)
@@ -1071,8 +1100,9 @@ def train_test_split(*arrays, test_size=None, train_size=None, random_state=42, 
                      stratify=True, return_indices=False):
     """Split arrays into train and test parts: scikit-learn's ``train_test_split``,
     the same indices for the same arguments (its ShuffleSplit and
-    StratifiedShuffleSplit, redone on NumPy's legacy RandomState; scikit-learn is
-    not needed). Returns ``X_train, X_test, y_train, y_test, ...`` in its order.
+    StratifiedShuffleSplit where scikit-learn is installed; without it, the same
+    redone on NumPy's legacy RandomState). Returns ``X_train, X_test, y_train,
+    y_test, ...`` in its order.
 
         vggtl.train_test_split(X, y, test_size=0.25, stratify=y, random_state=42)
 
@@ -1125,7 +1155,12 @@ def train_test_split(*arrays, test_size=None, train_size=None, random_state=42, 
         train_idx, test_idx = np.arange(n_train), np.arange(n_train, n_train + n_test)
     else:
         rng = _random_state(random_state)
-        if strat is None:
+        sk = _sklearn("model_selection") if strat is None else None
+        if sk is not None:
+            cv = sk.ShuffleSplit(n_splits=1, test_size=n_test, train_size=n_train,
+                                 random_state=rng)
+            train_idx, test_idx = next(cv.split(np.zeros((n, 1), dtype=np.int8)))
+        elif strat is None:
             perm = rng.permutation(n)
             test_idx, train_idx = perm[:n_test], perm[n_test:n_test + n_train]
         else:

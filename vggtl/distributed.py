@@ -7,7 +7,7 @@
 
 ``X``: an ndarray, an ``np.memmap`` of a file the workers can read, a ``.npy`` or
 pickle path or a list of them (shards, concatenated in order), or a ``dask.array``.
-Dask is an optional dependency (``pip install vggtl[distributed]``); vggtl imports
+Dask is an optional dependency (``pip install 'dask[distributed]'``); vggtl imports
 without it.
 
 How it works
@@ -94,8 +94,8 @@ def _require_dask():
         import dask  # noqa: F401
         import distributed  # noqa: F401
     except ImportError:
-        raise ImportError("vggtl.distributed needs Dask: pip install 'vggtl[distributed]' "
-                          "(or pip install 'dask[distributed]')") from None
+        raise ImportError("vggtl.distributed needs Dask: pip install 'dask[distributed]' "
+                          "(or, in a vggtl checkout: pip install -e '.[distributed]')") from None
 
 
 # -- X as the workers read it -----------------------------------------------------------

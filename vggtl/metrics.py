@@ -1,4 +1,10 @@
-"""Classification metrics in pure NumPy: scikit-learn's report without scikit-learn.
+"""Classification metrics: scikit-learn's where it is installed, else the same in NumPy.
+
+Where scikit-learn is installed, :func:`classification_report`,
+:func:`confusion_matrix` and :func:`accuracy_score` check and convert their
+arguments here (the conveniences below) and let ``sklearn.metrics`` compute;
+without it, the NumPy versions in this module give the same text and numbers
+(``tests/test_metrics.py`` proves it on many random cases, against scikit-learn).
 
 The tutorial ends with::
 
@@ -53,6 +59,48 @@ import operator
 import warnings
 
 import numpy as np
+
+# scikit-learn computes where it is installed; False (the tests' switch) forces the
+# NumPy versions of this module, which are what runs without scikit-learn
+_USE_SKLEARN = True
+_sk_metrics = None
+
+
+def _sklearn():
+    """sklearn.metrics, or None (not installed, or the NumPy versions asked for)."""
+    global _sk_metrics
+    if not _USE_SKLEARN:
+        return None
+    if _sk_metrics is None:
+        try:
+            import sklearn.metrics as m
+        except ImportError:
+            m = False
+        _sk_metrics = m
+    return _sk_metrics or None
+
+
+def _call_sklearn(f, *args, **kwargs):
+    """``f(*args, **kwargs)`` with scikit-learn's parameter checks skipped (ours ran),
+    its UndefinedMetricWarning re-issued as ours (same name, same message)."""
+    import sklearn
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        with sklearn.config_context(skip_parameter_validation=True):
+            out = f(*args, **kwargs)
+    for w in rec:
+        cat = UndefinedMetricWarning if w.category.__name__ == "UndefinedMetricWarning" \
+            else w.category
+        warnings.warn(str(w.message), cat, stacklevel=3)
+    return out
+
+
+def _plain_zero_division(zero_division):
+    if isinstance(zero_division, str):
+        return zero_division
+    v = float(zero_division)
+    return v if not np.isnan(v) else np.nan
+
 
 __all__ = [
     "AUC",
@@ -252,6 +300,10 @@ def accuracy_score(y_true, y_pred, *, normalize=True, sample_weight=None):
     probability rows are reduced with ``argmax(axis=1)`` (see module docstring).
     """
     yt, yp, _, sw = _check_targets(y_true, y_pred, sample_weight)
+    sk = _sklearn()
+    if sk is not None:
+        return float(_call_sklearn(sk.accuracy_score, yt, yp, normalize=bool(normalize),
+                                   sample_weight=sw))
     score = yt == yp
     if normalize:
         return float(np.average(score, weights=sw))
@@ -286,14 +338,18 @@ def confusion_matrix(y_true, y_pred, labels=None, normalize=None, *, sample_weig
         raise ValueError(f"normalize must be one of None, 'true', 'pred', 'all'; "
                          f"got {normalize!r}")
     yt, yp, present, sw = _check_targets(y_true, y_pred, sample_weight)
-    if sw is None:
-        sw = np.ones(yt.shape[0], dtype=np.int64)
     if labels is None:
         labels = present
     else:
         labels = _check_labels(labels, present)
         if not np.any(np.isin(labels, yt)):
             raise ValueError("At least one label specified must be in y_true")
+    sk = _sklearn()
+    if sk is not None:
+        return _call_sklearn(sk.confusion_matrix, yt, yp, labels=labels, normalize=normalize,
+                             sample_weight=sw)
+    if sw is None:
+        sw = np.ones(yt.shape[0], dtype=np.int64)
     n = labels.shape[0]
 
     # map each label to its index in `labels` (the last one when repeated, as a
@@ -503,6 +559,16 @@ def classification_report(y_true, y_pred, *, labels=None, target_names=None,
             raise ValueError(
                 "Number of classes, {0}, does not match size of target_names, {1}. "
                 "Try specifying the labels parameter".format(len(labels), len(target_names)))
+    sk = _sklearn()
+    if sk is not None:
+        with warnings.catch_warnings():
+            # the size mismatch was warned about above, once
+            warnings.filterwarnings("ignore", message="labels size")
+            return _call_sklearn(sk.classification_report, yt, yp,
+                                 labels=labels if labels_given else None,
+                                 target_names=target_names, sample_weight=sw, digits=digits,
+                                 output_dict=bool(output_dict),
+                                 zero_division=_plain_zero_division(zero_division))
     if target_names is None:
         target_names = ["%s" % l for l in labels]
     headers = ["precision", "recall", "f1-score", "support"]

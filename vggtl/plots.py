@@ -6,13 +6,13 @@
 
 Both return a ``matplotlib.figure.Figure`` and, given ``path``, write it as a PNG
 atomically (a temporary file beside ``path``, renamed when complete). matplotlib is
-an optional extra (``pip install vggtl[plots]``), imported only when a plot is
+an optional dependency (``pip install matplotlib``), imported only when a plot is
 drawn, so ``import vggtl`` never needs it.
 
 The figures are made with pyplot, so in a notebook they show below the cell as
 any pyplot figure does: write ``fig = vggtl.plot_history(H)`` (or end the line
-with ``;``), or the returned figure is shown a second time. In a script call
-``matplotlib.pyplot.close(fig)`` when done, or pass ``close=True``.
+with ``;``), or the returned figure is shown a second time. A figure only written
+to ``path`` is closed (``close=False`` keeps it); ``ax=`` draws into your own axes.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _pyplot(what: str):
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError(f"vggtl.{what} needs matplotlib, which is not installed: "
-                          f"pip install vggtl[plots]  (or: pip install matplotlib)") from None
+                          f"pip install matplotlib  (or, in a vggtl checkout: pip install -e '.[plots]')") from None
     return plt
 
 
@@ -70,11 +70,38 @@ def _present_labels(y_true, y_pred) -> list:
     return np.unique(np.concatenate(parts)).tolist()
 
 
+def _epochs(H, n: int, initial_epoch: Optional[int]) -> np.ndarray:
+    """The epoch numbers the console printed ("Epoch 1/20" is 1): from
+    ``initial_epoch`` + 1, else from a History's ``epoch`` indices (a fit or
+    fine_tune started at ``initial_epoch`` continues the numbering), else from 1."""
+    if initial_epoch is not None:
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
+                or initial_epoch < 0:
+            raise ValueError(f"initial_epoch: expected an int >= 0, got {initial_epoch!r}")
+        return np.arange(1, n + 1) + int(initial_epoch)
+    ep = getattr(H, "epoch", None)
+    if isinstance(ep, (list, tuple)) and len(ep) == n and n:
+        try:
+            return np.asarray(ep, dtype=np.int64) + 1
+        except (TypeError, ValueError):
+            pass
+    return np.arange(1, n + 1)
+
+
+def _finish(fig, ax_given, path, dpi, close, plt) -> None:
+    _save(fig, path, dpi)
+    # a figure only written to a file is closed, so pyplot does not keep (or show) it
+    if close or (close is None and path is not None and not ax_given):
+        plt.close(fig)
+
+
 def plot_history(H: Any, path: Optional[PathLike] = None, *,
                  title: str = "Training Loss and Accuracy", dpi: int = 100,
-                 close: bool = False) -> "Figure":
+                 close: Optional[bool] = None, ax: Any = None,
+                 initial_epoch: Optional[int] = None) -> "Figure":
     """Training and validation loss and accuracy over the epochs, drawn as the
-    Keras tutorials draw them (ggplot style, one axes, legend lower left).
+    Keras tutorials draw them (ggplot style, one axes), with the legend outside
+    the axes so that it never covers a curve.
 
     Parameters
     ----------
@@ -83,9 +110,14 @@ def plot_history(H: Any, path: Optional[PathLike] = None, *,
         "val_accuracy": [...]}; Keras's ``H.history`` works too, "acc" included).
         Curves that are absent (no validation, no accuracy) are left out.
     path : where to write a PNG (atomically); None writes nothing.
-    title : the figure's title.
-    close : close the figure in pyplot after drawing (scripts; the Figure is
-        still returned and can be saved).
+    title : the axes' title.
+    close : close the figure in pyplot after drawing. Default: closed when it is
+        written to ``path`` and drawn in a figure of its own (the Figure is still
+        returned and can be saved), kept open otherwise.
+    ax : a matplotlib Axes to draw into (default: a new figure).
+    initial_epoch : epochs are numbered from ``initial_epoch + 1``, as the console
+        prints them; default: a History's own epoch indices, else from 1. Pass the
+        number of epochs of ``fit`` to number a ``fine_tune`` history after them.
 
     Returns the ``matplotlib.figure.Figure``.
 
@@ -94,6 +126,8 @@ def plot_history(H: Any, path: Optional[PathLike] = None, *,
     ...                           "val_loss": [1.0, 0.7], "val_accuracy": [0.5, 0.7]}, close=True)
     >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     ['train_loss', 'val_loss', 'train_acc', 'val_acc']
+    >>> fig.axes[0].lines[0].get_xdata().tolist()
+    [1, 2]
     """
     hist = _history_dict(H)
     plt = _pyplot("plot_history")
@@ -107,19 +141,26 @@ def plot_history(H: Any, path: Optional[PathLike] = None, *,
     if not series:
         raise ValueError(f"H: no loss or accuracy to plot; found keys {sorted(hist)}")
     with plt.style.context("ggplot"):
-        fig = plt.figure()
-        ax = fig.add_subplot(1, 1, 1)
+        if ax is None:
+            fig = plt.figure(figsize=(8.0, 4.8))
+            axes = fig.add_subplot(1, 1, 1)
+        else:
+            if not hasattr(ax, "plot") or not hasattr(ax, "figure"):
+                raise TypeError(f"ax: expected a matplotlib Axes, got {type(ax).__name__}")
+            axes, fig = ax, ax.figure
         for values, label in series:
-            ax.plot(np.arange(len(values)), values, label=label)
-        ax.set_title(title)
-        ax.set_xlabel("Epoch #")
-        ax.set_ylabel("Loss/Accuracy")
-        ax.legend(loc="lower left")
+            x = _epochs(H, len(values), initial_epoch)
+            axes.plot(x, values, label=label, marker="o" if len(values) == 1 else None)
+        axes.set_title(title)
+        axes.set_xlabel("Epoch #")
+        axes.set_ylabel("Loss/Accuracy")
+        # outside the axes, to their right: a legend inside covers some curve
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         from matplotlib.ticker import MaxNLocator
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
-    _save(fig, path, dpi)
-    if close:
-        plt.close(fig)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+        if ax is None:
+            fig.tight_layout()
+    _finish(fig, ax is not None, path, dpi, close, plt)
     return fig
 
 
@@ -127,7 +168,7 @@ def plot_confusion_matrix(y_true, y_pred, labels: Optional[Sequence] = None,
                           target_names: Optional[Sequence[str]] = None,
                           normalize: Optional[str] = None, path: Optional[PathLike] = None, *,
                           title: Optional[str] = None, cmap: str = "Blues", dpi: int = 100,
-                          close: bool = False) -> "Figure":
+                          close: Optional[bool] = None, ax: Any = None) -> "Figure":
     """The confusion matrix as a heat map with the counts written in each cell
     (rows: true class, columns: predicted class), as scikit-learn's
     ``ConfusionMatrixDisplay`` draws it.
@@ -141,6 +182,8 @@ def plot_confusion_matrix(y_true, y_pred, labels: Optional[Sequence] = None,
     normalize : None (counts), "true" (rows sum to 1: recall), "pred" (columns:
         precision) or "all".
     path : where to write a PNG (atomically); None writes nothing.
+    close : as :func:`plot_history` (default: closed when only written to ``path``).
+    ax : a matplotlib Axes to draw into (default: a new figure).
 
     Returns the ``matplotlib.figure.Figure``.
 
@@ -165,9 +208,15 @@ def plot_confusion_matrix(y_true, y_pred, labels: Optional[Sequence] = None,
     else:
         names = [str(v) for v in _present_labels(y_true, y_pred)]
     plt = _pyplot("plot_confusion_matrix")
-    size = max(4.0, 0.6 * n + 2.5)
-    fig = plt.figure(figsize=(size + 1.0, size))
-    ax = fig.add_subplot(1, 1, 1)
+    ax_given = ax is not None
+    if ax_given:
+        if not hasattr(ax, "imshow") or not hasattr(ax, "figure"):
+            raise TypeError(f"ax: expected a matplotlib Axes, got {type(ax).__name__}")
+        fig = ax.figure
+    else:
+        size = max(4.0, 0.6 * n + 2.5)
+        fig = plt.figure(figsize=(size + 1.0, size))
+        ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(cm, interpolation="nearest", cmap=cmap,
                    vmin=0.0, vmax=max(float(cm.max()) if cm.size else 1.0, 1e-12))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -189,8 +238,7 @@ def plot_confusion_matrix(y_true, y_pred, labels: Optional[Sequence] = None,
         title = "Confusion matrix" + ("" if normalize is None else f" (normalized: {normalize})")
     ax.set_title(title)
     ax.grid(False)
-    fig.tight_layout()
-    _save(fig, path, dpi)
-    if close:
-        plt.close(fig)
+    if not ax_given:
+        fig.tight_layout()
+    _finish(fig, ax_given, path, dpi, close, plt)
     return fig

@@ -1,7 +1,7 @@
 """``VGG16Classifier``: the tutorial's model as a scikit-learn estimator.
 
     from sklearn.model_selection import GridSearchCV
-    clf = vggtl.VGG16Classifier(weights="imagenet", epochs=20, learning_rate=1e-4)
+    clf = vggtl.VGG16Classifier(epochs=20)         # ImageNet weights if found, else random
     clf.fit(trainX, trainY)                       # images (N, H, W[, C]) or flat rows
     clf.predict(testX), clf.predict_proba(testX), clf.score(testX, testY)
     GridSearchCV(clf, {"learning_rate": [1e-4, 1e-3]}, cv=3).fit(X, y)
@@ -24,7 +24,7 @@ Inputs
   (zero-padded), as ``load_digits``'s 64 columns are its 8 x 8 pixels.
 
 scikit-learn is imported by this module only (``import vggtl`` does not need it):
-``pip install vggtl[sklearn]``.
+``pip install scikit-learn``.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ try:
     from sklearn.utils import check_random_state
 except ImportError:  # pragma: no cover - exercised without scikit-learn
     raise ImportError("vggtl.VGG16Classifier needs scikit-learn, which is not installed: "
-                      "pip install vggtl[sklearn]  (or: pip install scikit-learn)") from None
+                      "pip install scikit-learn  (or, in a vggtl checkout: pip install -e '.[sklearn]')") from None
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data
@@ -59,7 +59,45 @@ from .vgg16 import MIN_SIZE, VGG16
 
 __all__ = ["VGG16Classifier"]
 
+# the command line's defaults (``python -m vggtl train``), which the estimator shares
+DEFAULT_EPOCHS = 20
+LR_PRETRAINED = 1e-4  # the tutorial's INIT_LR
+LR_RANDOM = 3e-3  # random base features are larger and less telling: a larger step
+
 _HEADS = {"flatten": Flatten, "avg": GlobalAveragePooling2D, "max": GlobalMaxPooling2D}
+_auto_failed: Optional[str] = None  # why weights="auto" found no ImageNet weights (once)
+
+
+def _auto_weights():
+    """weights="auto": the ImageNet weights (found, else downloaded) or None with one
+    warning. A failed download is not tried again in this process, so a grid search
+    offline does not wait on the network once per fit."""
+    global _auto_failed
+    import warnings
+
+    from .weights import WeightsNotFoundError, find_imagenet_weights, load_weights
+    try:
+        found = find_imagenet_weights()
+    except FileNotFoundError as e:  # $VGGTL_WEIGHTS names nothing
+        found, why = None, str(e)
+    else:
+        why = None
+    if found is not None:
+        try:
+            return load_weights(found)
+        except (ImportError, ValueError, OSError) as e:
+            why = f"{found} cannot be read: {' '.join(str(e).split())}"
+    elif why is None:
+        if _auto_failed is None:
+            try:
+                return load_weights("imagenet")
+            except (WeightsNotFoundError, ImportError, ValueError, OSError) as e:
+                _auto_failed = " ".join(str(e).split())
+        why = _auto_failed
+    warnings.warn(f"weights='auto': no ImageNet weights, so the base has random weights "
+                  f"(Glorot-uniform) and the accuracy will be lower; pass weights=None to say "
+                  f"so, or weights='imagenet' to require them. {why}", UserWarning, stacklevel=4)
+    return None
 _OPTIMIZERS = ("adam", "sgd", "rmsprop")
 _LOSSES = ("auto", "binary_crossentropy", "categorical_crossentropy",
            "sparse_categorical_crossentropy")
@@ -71,8 +109,11 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    weights : "imagenet", None (random, Glorot-uniform from ``random_state``), a
-        weights file path or a ``{layer: (kernel, bias)}`` dict, as :class:`vggtl.VGG16`.
+    weights : "auto" (the default, as the command line's ``--weights auto``: the
+        ImageNet weights when found on the machine or downloadable, else random ones,
+        with one warning), "imagenet" (an error when they cannot be had), None
+        (random, Glorot-uniform from ``random_state``), a weights file path or a
+        ``{layer: (kernel, bias)}`` dict, as :class:`vggtl.VGG16`.
     input_size : int or (height, width), optional. The size the network sees;
         default: the images' own size, or 32 when smaller (VGG16's minimum).
     image_shape : (H, W) or (H, W, C), optional. How flat rows ``(N, D)`` are
@@ -82,8 +123,10 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
     dropout : the Dropout rate after it (0.5).
     optimizer : "adam" (the tutorial's, with ``decay = learning_rate / epochs``),
         "sgd" (momentum 0.9) or "rmsprop".
-    learning_rate : float (1e-4, the tutorial's INIT_LR).
-    epochs, batch_size : as Keras's ``fit``.
+    learning_rate : float, or None (the default): 1e-4, the tutorial's INIT_LR, with
+        pretrained weights; 3e-3 with random ones (as the command line).
+    epochs, batch_size : as Keras's ``fit`` (epochs: 20, the tutorial's and the
+        command line's).
     loss : "auto" (binary cross-entropy for two classes as the tutorial,
         categorical otherwise) or a vggtl loss name.
     augment : a :class:`vggtl.Augment`, optional; ``augment_views``: K cached
@@ -105,6 +148,8 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
     classes_ : the class labels, sorted. n_features_in_ : D, for flat rows.
     image_shape_ : (H, W, C) of the images as given (before resizing).
     model_ : the trained :class:`vggtl.TransferModel`. history_ : its ``History.history``.
+    weights_ : the weights used: "imagenet", "random" or what ``weights`` named.
+    learning_rate_ : the learning rate used.
 
     Example
     -------
@@ -120,11 +165,12 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
     # what an estimator pickled before `precision` existed has (get_params reads it)
     precision = "fp32"
 
-    def __init__(self, weights: Any = "imagenet",
+    def __init__(self, weights: Any = "auto",
                  input_size: Union[None, int, Tuple[int, int]] = None,
                  image_shape: Optional[Tuple[int, ...]] = None, head: str = "flatten",
                  hidden_units: int = 512, dropout: float = 0.5, optimizer: str = "adam",
-                 learning_rate: float = 1e-4, epochs: int = 10, batch_size: int = 32,
+                 learning_rate: Optional[float] = None, epochs: int = DEFAULT_EPOCHS,
+                 batch_size: int = 32,
                  loss: str = "auto", augment: Any = None, augment_views: Optional[int] = None,
                  fine_tune_epochs: int = 0, unfreeze_from: str = "block5_conv1",
                  preprocess: Optional[str] = "auto", cache: Any = True,
@@ -178,7 +224,9 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"precision: expected 'fp32' or 'bf16', got {self.precision!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout: expected a rate in [0, 1), got {self.dropout!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+        if self.learning_rate is not None and not (
+                isinstance(self.learning_rate, (int, float)) and not isinstance(
+                    self.learning_rate, bool) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
             raise ValueError(f"learning_rate: expected a number > 0, got {self.learning_rate!r}")
 
@@ -259,7 +307,14 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
 
     # -- the model ----------------------------------------------------------------------
     def _build(self, image_hw: Tuple[int, int], channels: int, n_classes: int, seed: int):
-        base = VGG16(weights=self.weights, include_top=False,
+        weights = self.weights
+        if isinstance(weights, str) and weights == "auto":
+            weights = _auto_weights()
+            self.weights_ = "random" if weights is None else "imagenet"
+        else:
+            self.weights_ = "random" if weights is None else \
+                weights if isinstance(weights, str) else type(weights).__name__
+        base = VGG16(weights=weights, include_top=False,
                      input_shape=(image_hw[0], image_hw[1], channels),
                      preprocess=self.preprocess, precision=self.precision, seed=seed)
         head = [_HEADS[self.head]()]
@@ -269,7 +324,9 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
                 head.append(Dropout(float(self.dropout)))
         head.append(Dense(n_classes, activation="softmax"))
         model = TransferModel(base, head=head, seed=seed, cache=self.cache)
-        lr = float(self.learning_rate)
+        lr = float(self.learning_rate) if self.learning_rate is not None else \
+            LR_PRETRAINED if weights is not None else LR_RANDOM
+        self.learning_rate_ = lr
         if self.optimizer == "adam":
             opt = Adam(learning_rate=lr, decay=lr / max(int(self.epochs), 1))
         elif self.optimizer == "sgd":

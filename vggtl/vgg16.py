@@ -536,14 +536,15 @@ class VGG16:
             self._weights_version += 1  # what was derived from them (digests) is stale
 
     def _check_image_size(self, h, w, c):
+        # one image (H, W, C) without its batch axis reads as H images of W x C
+        hint = " (for a single image of shape (H, W, C), pass x[None])" if c in (1, 3) and \
+            min(h, w) <= 3 else ""
         if self.input_shape is not None:
             eh, ew, _ = self.input_shape
             if (h, w) != (eh, ew):
                 raise ValueError(f"X: expected images of {eh} x {ew} (the model's input_shape), "
-                                 f"got {h} x {w}")
+                                 f"got {h} x {w}{hint}")
         if h < MIN_SIZE or w < MIN_SIZE:
-            hint = " (for a single image of shape (H, W, C), pass x[None])" if c in (1, 3) and \
-                min(h, w) <= 3 else ""
             raise ValueError(f"X: images must be at least {MIN_SIZE} x {MIN_SIZE}, got "
                              f"{h} x {w}{hint}")
 

@@ -247,8 +247,8 @@ def _import_h5py():
     try:
         import h5py
     except ImportError:
-        raise ImportError("reading Keras .h5 weight files needs h5py: pip install h5py "
-                          "(or pip install 'vggtl[keras]')") from None
+        raise ImportError("reading Keras .h5 weight files needs h5py (a dependency of vggtl, "
+                          "missing from this environment): pip install h5py") from None
     return h5py
 
 
@@ -1362,10 +1362,21 @@ def _download_imagenet(include_top: bool) -> str:
     except WeightsError:
         raise
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
-        reason = getattr(e, "reason", None) or e
-        raise WeightsNotFoundError(_not_found_message(include_top, f"{type(e).__name__}: {reason}")) \
-            from None
+        raise WeightsNotFoundError(_not_found_message(include_top, _reason(e))) from None
     return dest
+
+
+def _reason(e: BaseException) -> str:
+    """Why a download failed, once: the innermost cause's own words (a URLError's
+    reason is an OSError with its strerror), not the chain of wrappers around it."""
+    reason = getattr(e, "reason", None)
+    if isinstance(reason, BaseException):
+        e = reason
+    elif isinstance(reason, str) and reason:
+        return f"{type(e).__name__}: {reason}"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{type(e).__name__}: {e.strerror}" + (f" (errno {e.errno})" if e.errno else "")
+    return f"{type(e).__name__}: {' '.join(str(e).split()) or 'no reason given'}"
 
 
 def _not_found_message(include_top: bool, reason: str) -> str:
@@ -1374,8 +1385,8 @@ def _not_found_message(include_top: bool, reason: str) -> str:
     names = IMAGENET_FILES[bool(include_top)]
     env = os.environ.get("VGGTL_WEIGHTS")
     lines = [f"weights='imagenet' (include_top={bool(include_top)}) needs {name} "
-             f"({'553 MB' if include_top else '58.9 MB'}); it was not found and could not be "
-             f"downloaded ({reason}).",
+             f"({'553 MB' if include_top else '58.9 MB'}); it was not found on this machine "
+             f"and could not be downloaded ({reason}).",
              f"Looked for {', '.join(names)} in:",
              f"  $VGGTL_WEIGHTS: {env if env else '(not set)'}"]
     lines += [f"  {what}: {d}" for what, d in imagenet_search_dirs()]
@@ -1385,7 +1396,12 @@ def _not_found_message(include_top: bool, reason: str) -> str:
 
 
 def _progress(total: Optional[int], name: str):
-    """A tqdm bar when tqdm is installed, else a line on stderr every 10%."""
+    """A tqdm bar when tqdm is installed, else a line on stderr every 10% (plain
+    lines in a notebook without ipywidgets)."""
+    from .cache import TextProgress, notebook_without_widgets
+    if notebook_without_widgets():
+        text = TextProgress(total or 0, 0, f"downloading {name}", unit="B")
+        return text.update, text.close
     try:
         from tqdm.auto import tqdm
         bar = tqdm(total=total, unit="B", unit_scale=True, desc=name)
@@ -1415,20 +1431,22 @@ def _download(url: str, dest: str, md5: str, chunk: int = 1 << 20) -> None:
     checked, fsynced, renamed. On any failure nothing is left behind."""
     name = os.path.basename(dest)
     h = hashlib.md5(usedforsecurity=False)
-    with atomic_open(dest) as out:
-        with urllib.request.urlopen(url, timeout=60) as r:
-            total = r.headers.get("Content-Length") if getattr(r, "headers", None) else None
-            update, close = _progress(int(total) if total else None, name)
-            try:
-                while True:
-                    block = r.read(chunk)
-                    if not block:
-                        break
-                    h.update(block)
-                    out.write(block)
-                    update(len(block))
-            finally:
-                close()
+    # connect first: offline, the error is the connection's own, and no temporary
+    # file is made for a download that never starts
+    r = urllib.request.urlopen(url, timeout=60)
+    with r, atomic_open(dest) as out:
+        total = r.headers.get("Content-Length") if getattr(r, "headers", None) else None
+        update, close = _progress(int(total) if total else None, name)
+        try:
+            while True:
+                block = r.read(chunk)
+                if not block:
+                    break
+                h.update(block)
+                out.write(block)
+                update(len(block))
+        finally:
+            close()
         if h.hexdigest() != md5:
             raise WeightsError(f"downloaded {url}, but its md5 is {h.hexdigest()}, expected "
                                f"{md5}: the download was damaged or the file changed; nothing "
