@@ -116,6 +116,9 @@ class TransferModel:
         self._epochs_done = 0
         self.stop_training = False
         self.classes_: Optional[np.ndarray] = None
+        # display names of the output's classes (load_images's folders, the CLI's
+        # --names): saved with the model, printed by predict, used by the plots
+        self.class_names: Optional[List[str]] = None
         self.history: Optional[History] = None
         self._conv_slots: Dict[str, tuple] = {}  # optimizer state of base convs being tuned
 
@@ -976,6 +979,7 @@ class TransferModel:
                 "metrics": self.metrics, "iterations": self.optimizer.iterations},
             "epochs_done": self._epochs_done,
             "classes": None if self.classes_ is None else self.classes_.tolist(),
+            **({} if self.class_names is None else {"class_names": list(self.class_names)}),
         }
 
     @_locked
@@ -1079,6 +1083,8 @@ def load_model(path, compile: bool = True) -> TransferModel:
     model.set_weights({k: tuple(v) for k, v in head_weights.items()})
     if config.get("classes") is not None:
         model.classes_ = np.asarray(config["classes"])
+    if config.get("class_names") is not None:
+        model.class_names = list(config["class_names"])
     comp = config.get("compile") if compile else None
     if comp:
         model.compile(optimizer=_optim.get(comp["optimizer"]), loss=comp["loss"],
