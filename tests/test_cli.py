@@ -284,3 +284,22 @@ def test_train_uses_weights_found_on_the_machine(pickles, tmp_path, monkeypatch,
     assert f"weights: ImageNet, found at {w}" in text
     assert "Adam(lr=0.0001" in text  # the tutorial's INIT_LR with pretrained weights
     assert json.loads((out / "history.json").read_text())["weights"] == "imagenet"
+
+
+def test_export_command_writes_what_onnxruntime_runs(pickles, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import vggtl
+    xp, yp, X, _ = pickles
+    out = tmp_path / "run"
+    assert main(["train", "--x", xp, "--y", yp, "--epochs", "1", "--weights", "random",
+                 "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--model", str(out)]) == 0
+    assert "wrote " + str(out / "model.onnx") in capsys.readouterr().out
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": X[:8]})[0]
+    want = vggtl.load_model(out / "model.vggtl").predict(X[:8])
+    assert np.abs(got - want).max() <= 1e-4
+    assert main(["export", "--model", str(tmp_path / "nothing"), "--quiet"]) == 1
+    assert "no model there" in capsys.readouterr().err

@@ -1,8 +1,11 @@
-"""Command line: ``python -m vggtl demo | train | predict | info``.
+"""Command line: ``python -m vggtl demo | train | predict | export | info``.
 
     python -m vggtl demo                                   # the embedded default, no files
     python -m vggtl train --x X.pickle --y y.pickle --epochs 20 --augment --fine-tune --out run1
-    python -m vggtl predict --model run1 --x new.pickle    # CSV: index,label,probability
+    python -m vggtl train --images photos/ --out run2      # a folder of class subfolders
+    python -m vggtl predict --model run1 --x new.pickle    # CSV: index,label,p_<class>...
+    python -m vggtl predict --model run2 --images a.jpg new/  # CSV: file,label,p_<class>...
+    python -m vggtl export --model run1                    # run1/model.onnx
     python -m vggtl info                                   # version, threads, BLAS, CPU, weights
 
 ``demo`` is the README's embedded default: it writes the tutorial's X.pickle and
@@ -520,6 +523,27 @@ def _load_files(args, paths: Sequence[str], size, channels: int):
     return X, kept
 
 
+# -- export ----------------------------------------------------------------------------------
+def _model_path(spec: str) -> str:
+    path = os.path.join(spec, "model.vggtl") if os.path.isdir(spec) else spec
+    if not os.path.isfile(path):
+        raise UserError(f"--model {spec}: no model there; pass the --out folder of "
+                        f"`{PROG} train` (or its model.vggtl)")
+    return path
+
+
+def cmd_export(args) -> int:
+    import vggtl
+    path = _model_path(args.model)
+    out = args.out or os.path.splitext(path)[0] + ".onnx"
+    model = vggtl.load_model(path, compile=False)
+    model.export(out, input_dtype=args.input_dtype)
+    h, w, c = model.base.input_shape
+    print(f"wrote {out}: input 'images' ({args.input_dtype}, N x {h} x {w} x {c}, NHWC), output "
+          f"'probabilities' (N x {model.output_units})")
+    return 0
+
+
 # -- info ------------------------------------------------------------------------------------
 def cpu_info() -> dict:
     """CPU model, cores and the SIMD features vggtl's BLAS cares about (Linux:
@@ -647,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "(faster with AVX512_BF16; features within about 1e-2)")
 
     ap = _Parser(prog=PROG, description="VGG16 transfer learning on the CPU, computed in C.")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{demo,train,predict,info}",
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{demo,train,predict,export,info}",
                             parser_class=_Parser)
     d = sub.add_parser("demo", parents=[common, training],
                        help="the tutorial on built-in data (no files, no network)",
@@ -694,6 +718,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true",
                    help="do not keep the images' features in the feature cache")
     p.set_defaults(fn=cmd_predict)
+    e = sub.add_parser("export", parents=[common], help="write a trained model as ONNX",
+                       description="The whole model (preprocessing, base, head, softmax) as an "
+                                   "ONNX file, for ONNX Runtime and the like (needs the onnx "
+                                   "package).")
+    e.add_argument("--model", required=True, help="a `train --out` folder or a model.vggtl file")
+    e.add_argument("--out", default=None,
+                   help="the .onnx file to write (default: model.onnx next to the model)")
+    e.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
+                   help="what the graph takes: uint8 images (default) or float32 pixels 0..255")
+    e.set_defaults(fn=cmd_export)
     i = sub.add_parser("info", parents=[common],
                        help="version, threads, BLAS, CPU features, where weights were found")
     i.set_defaults(fn=cmd_info)

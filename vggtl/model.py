@@ -1005,6 +1005,18 @@ class TransferModel:
         data = save(tensors, metadata={"vggtl": json.dumps(self.get_config())})
         atomic_write_bytes(path, data)
 
+    @_locked
+    def export(self, path, input_dtype: str = "uint8") -> str:
+        """Write the whole model - preprocessing, base, head, softmax - as an ONNX
+        file (needs ``pip install onnx``), for ONNX Runtime and the like. Its
+        input "images" is NHWC (N, H, W, C) at the base's input_shape, uint8 or,
+        with ``input_dtype="float32"``, float pixels in 0..255; its output
+        "probabilities" is :meth:`predict`'s (within float32 rounding). The class
+        names go into the file's metadata ("class_names", JSON). A bf16 base is
+        written in float32. Returns the path."""
+        from .onnx_export import export
+        return export(self, path, input_dtype)
+
     def __repr__(self):
         return f"TransferModel(base={self.base!r}, head={self.layers!r})"
 
