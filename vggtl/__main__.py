@@ -355,7 +355,9 @@ def _load_folder(args, directory: str):
                         f"subfolder of images per class")
     size = args.input_size or 224
     X, codes, names = load_images(directory, image_size=(size, size), progress=not args.quiet)
-    return X, np.asarray(names, dtype=object)[codes], names
+    labels = np.asarray(names, dtype=object)[codes]
+    # a class whose every file was unreadable (warned) is not a class of the model
+    return X, labels, [n for i, n in enumerate(names) if i in set(codes.tolist())]
 
 
 def cmd_train(args) -> int:
