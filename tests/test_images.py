@@ -244,3 +244,19 @@ def test_rerun_on_same_files_computes_nothing(folder, tmp_path):
     F2 = base.extract(X2, cache=tmp_path / "fc", progress=False)
     assert vggtl._core.vgg16_forward_images() == before
     np.testing.assert_array_equal(F1, F2)
+
+
+def test_pillow_warnings_are_judged_not_leaked(folder, monkeypatch):
+    # 40x40-ish images over Pillow's (lowered) limit: Pillow warns at open; the
+    # files are within max_pixels, so they load, and Pillow's warning stays inside
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 5 files warn, none fail
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        inner = list(warnings.filters)
+        X, _, _ = vggtl.load_images(folder, image_size=SIZE, progress=False)
+        assert list(warnings.filters) == inner  # the filters load_images set are gone
+    assert X.shape[0] == 8
+    kinds = [type(w.message).__name__ for w in rec]
+    assert "DecompressionBombWarning" not in kinds, kinds
+    assert list(warnings.filters) == before

@@ -90,9 +90,12 @@ def _walk(top: str, root: str, follow_links: bool, refused: List[str]) -> List[s
                         continue  # not entered, as os.walk(followlinks=False)
                     subdirs.append(e.path)
                 elif _is_image_name(e.name):
-                    if link and not follow_links and not _inside(e.path, root):
-                        refused.append(f"{e.path} (a link to a file outside {root}; "
-                                       f"follow_links=True reads it)")
+                    if link and not follow_links:
+                        if not _inside(e.path, root):
+                            refused.append(f"{e.path} (a link to a file outside {root}; "
+                                           f"follow_links=True reads it)")
+                            continue
+                        out.append(os.path.realpath(e.path))  # opened without following
                         continue
                     out.append(e.path)
             except OSError as err:
@@ -149,10 +152,14 @@ def _scan_folder(directory: str, class_names, follow_links: bool):
     return files, labels, class_names, refused
 
 
-def _open_regular(path: str):
+def _open_regular(path: str, nofollow: bool = False):
     """A binary file object for path, if it is a regular file: a FIFO, a socket
-    or a device is refused without blocking (O_NONBLOCK for the open itself)."""
+    or a device is refused without blocking (O_NONBLOCK for the open itself).
+    nofollow: a link put in the file's place since the folder was listed is
+    refused (O_NOFOLLOW)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if nofollow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags)
     try:
         st = os.fstat(fd)
@@ -166,12 +173,12 @@ def _open_regular(path: str):
         raise
 
 
-def _decode(path: str, size: Tuple[int, int], gray: bool, max_pixels: int) -> np.ndarray:
+def _decode(path: str, size: Tuple[int, int], gray: bool, max_pixels: int,
+            nofollow: bool = False) -> np.ndarray:
     """One image as (h, w, c) uint8, or an exception saying why not."""
     Image, ImageOps = _pil()
     h, w = size
-    with _open_regular(path) as f, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow's own warnings (EXIF, bombs): we judge
+    with _open_regular(path, nofollow) as f:
         img = Image.open(f)
         iw, ih = img.size
         if iw * ih > max_pixels:
@@ -297,9 +304,11 @@ def load_images_and_files(directory_or_files, image_size=(224, 224), color_mode:
     bar = _Progress(bool(progress), n, 0, "images")
     lock = threading.Lock()
 
+    nofollow = labels is not None and not follow_links  # a folder's files, as listed
+
     def work(i):
         try:
-            X[i] = _decode(files[i], size, gray, max_pixels)
+            X[i] = _decode(files[i], size, gray, max_pixels, nofollow)
             ok[i] = True
         except MemoryError:
             errors[i] = "out of memory decoding it"
@@ -309,9 +318,17 @@ def load_images_and_files(directory_or_files, image_size=(224, 224), color_mode:
             bar.update(1)
 
     from . import get_num_threads
+    Image, _ = _pil()
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(get_num_threads(), n))) as pool:
-            list(pool.map(work, range(n)))
+        # Pillow's own warnings (a bomb's, damaged EXIF): the files are judged here,
+        # and named in one warning at the end. The filters are process-wide, so they
+        # are set once around all the threads (catch_warnings in each thread would
+        # race), and only for Pillow's warnings.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+            with ThreadPoolExecutor(max_workers=max(1, min(get_num_threads(), n))) as pool:
+                list(pool.map(work, range(n)))
     finally:
         bar.close()
     bad = [f"{files[i]} ({errors[i]})" for i in range(n) if not ok[i]]
