@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 import vggtl
-from vggtl import reference
 
 torch.set_num_threads(2)
 

@@ -48,8 +48,8 @@ def grad_cam(model, X, layer: str = "block5_conv3", class_index=None,
         raise TypeError(f"model: expected a vggtl.TransferModel, got {type(model).__name__}")
     X = as_images(X, "X")
     n = len(X)
-    if not isinstance(layer, str) or layer not in LAYER_NAMES[:LAYER_NAMES.index("block5_pool") + 1] \
-            or not (layer.endswith("pool") or "conv" in layer):
+    base_layers = LAYER_NAMES[:LAYER_NAMES.index("block5_pool") + 1]  # convs and pools
+    if not isinstance(layer, str) or layer not in base_layers:
         raise ValueError(f"layer: expected a conv or pool layer of the base, e.g. "
                          f"'block5_conv3', got {layer!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
