@@ -145,3 +145,34 @@ def test_plot_grad_cam_and_top_losses(rng, tmp_path):
     assert titles[0].startswith(f"{names[pred[idx[0]]]} / {names[y[idx[0]]]}\n"
                                 f"{losses[0]:.2f} / ")
     assert len(titles) == 4 and (tmp_path / "top.png").stat().st_size > 0
+
+
+def test_glue_refuses_bad_arguments():
+    model = _model((32, 32, 3), [vggtl.GlobalAveragePooling2D(),
+                                 vggtl.Dense(2, activation="softmax")])
+    from vggtl.gradcam import _head_spec_at_block5
+    params, spec = model.base._params(False), _head_spec_at_block5(model)
+    A = np.zeros((2, 2, 2, 512), np.float32)  # block5_conv3's output at 32 x 32
+    ci = np.full(2, -1, np.int32)
+    core = vggtl._core.vgg16_grad_cam
+    assert core(A, 16, params, spec, ci, 1).shape == (2, 2, 2)
+    with pytest.raises(TypeError, match="maps: expected dtype float32"):
+        core(A.astype(np.float64), 16, params, spec, ci, 1)
+    with pytest.raises(ValueError, match="maps"):
+        core(A[..., :256].copy(), 16, params, spec, ci, 1)
+    with pytest.raises(TypeError, match="class_index: expected dtype int32"):
+        core(A, 16, params, spec, ci.astype(np.int64), 1)
+    ro = ci.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="class_index.*writeable"):
+        core(A, 16, params, spec, ro, 1)
+    with pytest.raises(ValueError, match="layer: expected a conv or pool layer"):
+        core(A, 18, params, spec, ci, 1)
+    with pytest.raises(ValueError, match="does not lead to the head's input"):
+        core(np.zeros((2, 4, 4, 512), np.float32), 16, params, spec, ci, 1)  # 2 x 2 after the pool
+    with pytest.raises(ValueError, match="params: expected the 26 conv kernels"):
+        core(A, 16, params[:-2], spec, ci, 1)
+    with pytest.raises(ValueError):
+        core(A, 16, params, spec, np.array([0, 5], np.int32), 1)  # no unit 5
+    with pytest.raises(ValueError, match="batch"):
+        core(A, 16, params, spec, ci, 0)
