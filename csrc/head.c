@@ -415,6 +415,48 @@ int vgg_head_train_maps(vgg_fit_stats *stats, vgg_head *head, const vgg_optimize
     return VGG_OK;
 }
 
+int vgg_head_score_backward(float *d_maps, int32_t *class_index, const float *maps, size_t m,
+                            const vgg_head *head, float *workspace, size_t workspace_floats) {
+    VGG_CHECK(d_maps && class_index && maps && head && workspace && m >= 1, VGG_ERR_ARG);
+    head_plan p;
+    int st = use_workspace(&p, head, m, workspace, workspace_floats);
+    if (st != VGG_OK) return st;
+    gather(p.input, maps, VGG_F32, head, NULL, 0, m);
+    const float *y = forward(head, &p, m, 0, 0, 0, &st);
+    if (!y) return st;
+    /* the score is one unit's pre-activation: its gradient there is one-hot */
+    float *g = p.grad_a, *g_next = p.grad_b;
+    memset(g, 0, m * p.out * sizeof(float));
+    for (size_t i = 0; i < m; i++) {
+        if (class_index[i] < 0) {
+            size_t best = 0;
+            for (size_t k = 1; k < p.out; k++) if (y[i * p.out + k] > y[i * p.out + best]) best = k;
+            class_index[i] = (int32_t)best;
+        }
+        VGG_CHECK((size_t)class_index[i] < p.out, VGG_ERR_ARG);
+        g[i * p.out + (size_t)class_index[i]] = 1.0f;
+    }
+    for (size_t l = head->n_layers; l-- > 0;) {
+        const vgg_head_layer *L = &head->layers[l];
+        if (L->kind != VGG_HEAD_DENSE) continue; /* dropout: the identity at inference */
+        const float *in = l == 0 ? p.input : p.out_of[l - 1];
+        const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
+        st = l + 1 == head->n_layers ? VGG_OK
+                                     : vgg_activation_backward(g, g, p.act[l], L->activation, m,
+                                                               L->units);
+        if (st == VGG_OK)
+            st = vgg_dense_backward(l > 0 ? g_next : p.d_input, p.dw[l], p.db[l], g, in,
+                                    L->kernel, m, in_w, L->units);
+        if (st != VGG_OK) return st;
+        float *tmp = g;
+        g = g_next;
+        g_next = tmp;
+    }
+    if (head->layers[0].kind != VGG_HEAD_DENSE) memcpy(p.d_input, g, m * p.d0 * sizeof(float));
+    reduce_backward(d_maps, p.d_input, maps, head, m);
+    return VGG_OK;
+}
+
 /* ---- entry points ------------------------------------------------------------ */
 
 int vgg_head_predict(float *out, const void *x, int dtype, size_t n, const vgg_head *head,

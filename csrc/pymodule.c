@@ -1827,6 +1827,90 @@ static PyObject *py_finetune_fit_epoch(PyObject *self, PyObject *args, PyObject 
 }
 
 /* ------------------------------------------------------------------------ */
+/* Grad-CAM                                                                 */
+
+static PyObject *py_vgg16_grad_cam(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"maps", "layer", "params", "head", "class_index", "batch", NULL};
+    PyObject *mo, *po, *hspec, *co, *seq = NULL, *result = NULL;
+    PyArrayObject *cam = NULL, *ws = NULL;
+    int layer;
+    Py_ssize_t batch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OiOOOn", kwlist, &mo, &layer, &po, &hspec, &co,
+                                     &batch))
+        return NULL;
+    if (threads_ready()) return NULL;
+    vgg_head hd;
+    if (parse_head(hspec, &hd, 0)) return NULL;
+    const int kind = vgg16_layer_kind(layer);
+    if (layer < 0 || layer > VGG16_BLOCK5_POOL ||
+        (kind != VGG16_KIND_CONV && kind != VGG16_KIND_POOL)) {
+        PyErr_Format(PyExc_ValueError, "layer: expected a conv or pool layer of the base "
+                     "(0..%d), got %d", VGG16_BLOCK5_POOL, layer);
+        return NULL;
+    }
+    PyArrayObject *maps = check_array(mo, "maps", F32_ONLY, 4, 0);
+    if (!maps || check_dim(maps, "maps", 3, vgg16_layer_units(layer))) return NULL;
+    const size_t n = dim(maps, 0), h = dim(maps, 1), w = dim(maps, 2);
+    PyArrayObject *ci = check_array(co, "class_index", I32_ONLY, 1, 1);
+    if (!ci || check_dim(ci, "class_index", 0, n)) return NULL;
+    if (batch < 1) {
+        PyErr_Format(PyExc_ValueError, "batch: expected >= 1, got %zd", batch);
+        return NULL;
+    }
+    seq = PySequence_Fast(po, "params: expected a sequence of arrays");
+    if (!seq) return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != 2 * VGG16_NUM_CONV) {
+        PyErr_Format(PyExc_ValueError, "params: expected the %d conv kernels and biases, got %zd "
+                     "arrays", 2 * VGG16_NUM_CONV, PySequence_Fast_GET_SIZE(seq));
+        goto done;
+    }
+    vgg16_weights wt;
+    memset(&wt, 0, sizeof wt);
+    for (Py_ssize_t i = 0; i < 2 * VGG16_NUM_CONV; i++) {
+        size_t dims[4];
+        const char *lname;
+        const int nd = param_shape((int)i, 0, dims, &lname);
+        char name[64];
+        PyOS_snprintf(name, sizeof name, "params[%zd] (%s %s)", i, lname, i % 2 ? "bias" : "kernel");
+        PyArrayObject *a = check_array(PySequence_Fast_GET_ITEM(seq, i), name, F32_ONLY, nd, 0);
+        if (!a) goto done;
+        for (int d = 0; d < nd; d++)
+            if (check_dim(a, name, d, dims[d])) goto done;
+        if (i % 2) wt.conv_bias[i / 2] = PyArray_DATA(a);
+        else wt.conv_kernel[i / 2] = PyArray_DATA(a);
+    }
+    const size_t b = (size_t)batch < n ? (size_t)batch : (n ? n : 1);
+    const size_t need = vgg16_grad_cam_workspace_floats(layer, &hd, b, h, w);
+    if (need == 0) {
+        PyErr_Format(PyExc_ValueError, "maps, head: the output of '%s' at %zu x %zu does not lead "
+                     "to the head's input (%zu x %zu x %zu)", vgg16_layer_name(layer), h, w,
+                     hd.h, hd.w, hd.c);
+        goto done;
+    }
+    npy_intp cshape[3] = {(npy_intp)n, (npy_intp)h, (npy_intp)w};
+    npy_intp wshape[1] = {(npy_intp)need};
+    cam = (PyArrayObject *)PyArray_EMPTY(3, cshape, NPY_FLOAT32, 0);
+    ws = cam ? (PyArrayObject *)PyArray_EMPTY(1, wshape, NPY_FLOAT32, 0) : NULL;
+    if (!ws) goto done;
+    RELEASE_GIL(s);
+    int st = vgg16_grad_cam(PyArray_DATA(cam), PyArray_DATA(ci), PyArray_DATA(maps), n, h, w,
+                            layer, &wt, &hd, b, PyArray_DATA(ws), need, py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    if (st != VGG_OK) {
+        raise_status(st, "vgg16_grad_cam");
+        goto done;
+    }
+    result = (PyObject *)cam;
+    cam = NULL;
+done:
+    Py_XDECREF(cam);
+    Py_XDECREF(ws);
+    Py_XDECREF(seq);
+    return result;
+}
+
+/* ------------------------------------------------------------------------ */
 /* module                                                                   */
 
 #define KW (PyCFunction)(void (*)(void))
@@ -1925,6 +2009,11 @@ static PyMethodDef methods[] = {
      "maxpool2x2_backward(dout (N,H//2,W//2,C), x (N,H,W,C)) -> dx"},
     {"finetune_workspace_floats", KW py_finetune_workspace_floats, METH_VARARGS | METH_KEYWORDS,
      "finetune_workspace_floats(tail, head, batch, h, w) -> int"},
+    {"vgg16_grad_cam", KW py_vgg16_grad_cam, METH_VARARGS | METH_KEYWORDS,
+     "vgg16_grad_cam(maps, layer, params, head, class_index, batch) -> cam (n, h, w)\n\n"
+     "Grad-CAM at the output maps (n, h, w, c) of base layer `layer`: params are the 13\n"
+     "conv kernels and biases, head a head spec whose input is block5_pool's output;\n"
+     "class_index (n,) int32: the class per image, -1 for the highest (written back)."},
     {"finetune_fit_epoch", KW py_finetune_fit_epoch, METH_VARARGS | METH_KEYWORDS,
      "finetune_fit_epoch(x, tail, head, optimizer, iterations, loss, y, sample_weight, batch, "
      "shuffle, seed, epoch, order, workspace, outputs=None) -> (loss_sum, correct, seen, batches, "

@@ -635,6 +635,30 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
                              int64_t *order, float *outputs, float *workspace,
                              size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx);
 
+/* head.c: d_maps (m, h, w, c) <- the gradient of each sample's class score - the
+ * output layer's pre-activation (logit) of unit class_index[i] - with respect
+ * to its feature map, dropout off, the head unchanged. class_index[i] < 0
+ * chooses the unit with the highest output and writes it back; one >= units is
+ * VGG_ERR_ARG. Workspace: vgg_head_workspace_floats(head, m). */
+int vgg_head_score_backward(float *d_maps, int32_t *class_index, const float *maps, size_t m,
+                            const vgg_head *head, float *workspace, size_t workspace_floats);
+
+/* gradcam.c: Grad-CAM at the output A (n, h, w, c) of base layer `layer` (a conv,
+ * after its ReLU, or a pool): cam (n, h, w) <- ReLU(sum_k alpha_k A[..., k]) with
+ * alpha_k the mean over positions of d(score)/dA[..., k], the score as in
+ * vgg_head_score_backward (class_index likewise). The layers after A up to
+ * block5_pool run forward and backward with the training kernels, weights
+ * from weights->conv_kernel / conv_bias; the head reads block5_pool's output
+ * (its h, w, c must be that output's). Batches of `batch` images; workspace:
+ * vgg16_grad_cam_workspace_floats (0: the layer, the sizes and the head do not
+ * fit each other). Overwrites cam and the negative class_index entries. */
+size_t vgg16_grad_cam_workspace_floats(int layer, const vgg_head *head, size_t batch, size_t h,
+                                       size_t w);
+int vgg16_grad_cam(float *cam, int32_t *class_index, const float *maps, size_t n, size_t h,
+                   size_t w, int layer, const vgg16_weights *weights, const vgg_head *head,
+                   size_t batch, float *workspace, size_t workspace_floats,
+                   vgg_abort_fn abort_cb, void *abort_ctx);
+
 #ifdef __cplusplus
 }
 #endif

@@ -68,7 +68,7 @@ def test_train_then_predict_round_trips(pickles, tmp_path, capsys):
     csv = tmp_path / "pred.csv"
     assert main(["predict", "--model", str(out), "--x", xp, "--out", str(csv), "--quiet"]) == 0
     rows = csv.read_text().splitlines()
-    assert rows[0] == "index,label,probability" and len(rows) == len(X) + 1
+    assert rows[0] == "index,label,p_disc,p_square" and len(rows) == len(X) + 1
     got = [r.split(",")[1] for r in rows[1:]]
     assert set(got) <= {"disc", "square"}
     # the same answers as the model in Python
@@ -77,8 +77,8 @@ def test_train_then_predict_round_trips(pickles, tmp_path, capsys):
     F = model.features(X, cache=True)  # the features predict computed, from the cache
     want = model.classes_[model.predict_features(F).argmax(1)].tolist()
     assert got == want
-    probs = np.array([float(r.split(",")[2]) for r in rows[1:]])
-    assert ((probs >= 0.5) & (probs <= 1.0)).all()
+    probs = np.array([[float(v) for v in r.split(",")[2:]] for r in rows[1:]])
+    np.testing.assert_allclose(probs, model.predict_features(F), atol=1e-6)
 
     # with labels: the classification report
     capsys.readouterr()
@@ -112,7 +112,57 @@ def test_train_resizes_augments_and_fine_tunes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", "--model", str(out), "--x", str(x2), "--quiet"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "index,label,probability" and len(lines) == 4
+    # the names given to train, not the labels 0 and 1 of the pickle
+    assert lines[0] == "index,label,p_disc,p_square" and len(lines) == 4
+    assert {ln.split(",")[1] for ln in lines[1:]} <= {"disc", "square"}
+
+
+def _image_folder(root, n=8, size=40):
+    from PIL import Image
+    X, y = builtin_images(2 * n, size)
+    for i, (img, lab) in enumerate(zip(X, y)):
+        d = root / ("disc" if lab == 0 else "square, big")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i}.png")
+    return X, y
+
+
+def test_train_and_predict_images(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    import vggtl
+    X, y = _image_folder(tmp_path / "imgs")
+    out = tmp_path / "run"
+    rc = main(["train", "--images", str(tmp_path / "imgs"), "--input-size", "32",
+               "--epochs", "2", "--weights", "random", "--out", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "saved and reloaded: predictions identical: True" in text
+    model = vggtl.load_model(out / "model.vggtl")
+    assert model.class_names == ["disc", "square, big"]
+    files = [str(tmp_path / "imgs" / "disc" / "0.png"), str(tmp_path / "imgs" / "square, big")]
+    assert main(["predict", "--model", str(out), "--images", *files, "--quiet"]) == 0
+    import csv
+    import io
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["file", "label", "p_disc", "p_square, big"]
+    assert [r[0] for r in rows[1:]] == [files[0]] + [
+        str(tmp_path / "imgs" / "square, big" / f"{i}.png") for i in (1, 11, 13, 15, 3, 5, 7, 9)]
+    Xi, _, _ = vggtl.load_images([r[0] for r in rows[1:]], image_size=(32, 32), progress=False)
+    P = model.predict(Xi)
+    for r, p in zip(rows[1:], P):
+        assert r[2:] == [f"{v:.6f}" for v in p]
+        assert r[1] == model.class_names[p.argmax()]
+
+
+def test_images_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--images", str(tmp_path), "--x", "X.pickle", "--y", "y.pickle"])
+    assert e.value.code == 2 and "--images or --x, not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--model", str(tmp_path)])
+    assert e.value.code == 2 and "required: --images or --x" in capsys.readouterr().err
+    assert main(["train", "--images", str(tmp_path / "none"), "--quiet"]) == 1
+    assert "--images " + str(tmp_path / "none") + ": no such folder" in capsys.readouterr().err
 
 
 def test_info(capsys, tmp_path, monkeypatch):
@@ -468,3 +518,22 @@ def test_train_auto_says_when_a_found_file_cannot_be_read(pickles, tmp_path, mon
                  "--out", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "--weights imagenet: found" in err and "cannot be read" in err
+
+
+def test_export_command_writes_what_onnxruntime_runs(pickles, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import vggtl
+    xp, yp, X, _ = pickles
+    out = tmp_path / "run"
+    assert main(["train", "--x", xp, "--y", yp, "--epochs", "1", "--weights", "random",
+                 "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--model", str(out)]) == 0
+    assert "wrote " + str(out / "model.onnx") in capsys.readouterr().out
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": X[:8]})[0]
+    want = vggtl.load_model(out / "model.vggtl").predict(X[:8])
+    assert np.abs(got - want).max() <= 1e-4
+    assert main(["export", "--model", str(tmp_path / "nothing"), "--quiet"]) == 1
+    assert "no model there" in capsys.readouterr().err

@@ -18,7 +18,8 @@ NOTEBOOK = os.path.join(ROOT, "notebooks", "transfer_learning.ipynb")
 STEPS = ["vggtl.load_pickles(", "vggtl.train_test_split(", "vggtl.VGG16(", "vggtl.TransferModel(",
          "model.compile(", "vggtl.Augment(", "model.fit(", "vggtl.plot_history(H",
          "vggtl.classification_report(", "vggtl.plot_confusion_matrix(", "model.fine_tune(",
-         "model.save(", "vggtl.load_model(", "reloaded.predict(image)"]
+         "model.save(", "vggtl.load_model(", "reloaded.predict(image)", "vggtl.load_images(",
+         "vggtl.grad_cam(", "vggtl.plot_grad_cam(", "vggtl.plot_top_losses(", "tta="]
 
 
 def _code(nb):
@@ -62,9 +63,12 @@ def test_notebook_runs_top_to_bottom_in_small_mode(tmp_path, monkeypatch):
     assert "No ImageNet weights on this machine, so this notebook uses random weights" in text
     assert "Epoch 2/2" in text and "weighted avg" in text
     assert "predictions identical: True" in text
+    assert "accuracy on the folder: " in text and "with test-time augmentation over 2 views" in text
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                  for o in c.outputs)
-    assert images >= 6  # samples, augmented samples, curves, confusion matrix, fine-tune, new image
+    # samples, augmented samples, curves, confusion matrix, fine-tune, new image, Grad-CAM,
+    # top losses
+    assert images >= 8
     assert json.dumps(nb)  # the executed notebook is still valid JSON
     # without ipywidgets (as here) progress is a few plain lines, not a tqdm redraw per
     # output: the executed notebook stays small

@@ -30,6 +30,8 @@ from .callbacks import (Callback, CSVLogger, EarlyStopping, History, ModelCheckp
                         ReduceLROnPlateau)
 from .model import TransferModel, load_model
 from .augment import Augment
+from .images import ImageFolderError, load_images  # Pillow: imported when loading
+from .gradcam import grad_cam, plot_grad_cam, plot_top_losses
 from . import metrics
 from .metrics import accuracy_score, classification_report, confusion_matrix
 from .data import (LabelBinarizer, LabelEncoder, load_pickle, load_pickles, resize,
@@ -55,6 +57,8 @@ __all__ = [
     "to_categorical",
     "train_test_split",
     "resize",
+    "load_images",
+    "ImageFolderError",
     "metrics",
     "accuracy_score",
     "classification_report",
@@ -88,6 +92,9 @@ __all__ = [
     "info",
     "plot_history",
     "plot_confusion_matrix",
+    "grad_cam",
+    "plot_grad_cam",
+    "plot_top_losses",
     "__version__",
 ]
 

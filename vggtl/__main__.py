@@ -1,8 +1,11 @@
-"""Command line: ``python -m vggtl demo | train | predict | info | cache``.
+"""Command line: ``python -m vggtl demo | train | predict | export | info | cache``.
 
     python -m vggtl demo                                   # the embedded default, no files
     python -m vggtl train --x X.pickle --y y.pickle --epochs 20 --augment --fine-tune --out run1
-    python -m vggtl predict --model run1 --x new.pickle    # CSV: index,label,probability
+    python -m vggtl train --images photos/ --out run2      # a folder of class subfolders
+    python -m vggtl predict --model run1 --x new.pickle    # CSV: index,label,p_<class>...
+    python -m vggtl predict --model run2 --images a.jpg new/  # CSV: file,label,p_<class>...
+    python -m vggtl export --model run1                    # run1/model.onnx
     python -m vggtl info                                   # version, threads, BLAS, CPU, weights
     python -m vggtl cache info | clear [--older-than 30d]  # the feature cache
 
@@ -326,7 +329,8 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
                                          target_names=names, zero_division=0)
     print(report)
     os.makedirs(out, exist_ok=True)
-    model.classes_ = classes  # saved with the model: predict prints these labels
+    model.classes_ = classes  # saved with the model, with the names predict prints
+    model.class_names = [str(n) for n in names]
     model_path = os.path.join(out, "model.vggtl")
     model.save(model_path)
     _write_json(os.path.join(out, "history.json"), {
@@ -370,15 +374,36 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
     return 0 if same and len(H.history["loss"]) == args.epochs else 1
 
 
+def _load_folder(args, directory: str):
+    """train --images DIR: the images of its class subfolders, their labels (the
+    folder names) and the names, at --input-size (default 224)."""
+    from .images import load_images
+    if not os.path.isdir(directory):
+        raise UserError(f"--images {directory}: no such folder; pass a folder with one "
+                        f"subfolder of images per class")
+    size = args.input_size or 224
+    X, codes, names = load_images(directory, image_size=(size, size), progress=not args.quiet)
+    labels = np.asarray(names, dtype=object)[codes]
+    # a class whose every file was unreadable (warned) is not a class of the model
+    return X, labels, [n for i, n in enumerate(names) if i in set(codes.tolist())]
+
+
 def cmd_train(args) -> int:
     import vggtl
     if args.threads:
         vggtl.set_num_threads(args.threads)
-    X, y = _load_xy(args.x, args.y)
+    if args.images is not None:
+        if args.names:
+            raise UserError("--names: the class names of --images are its subfolders' names")
+        X, y, names = _load_folder(args, args.images)
+        source = args.images
+    else:
+        X, y = _load_xy(args.x, args.y)
+        names = [s.strip() for s in args.names.split(",")] if args.names else None
+        source = args.x
     X = _as_images(X, "--x")
     _say(args, f"vggtl {vggtl.__version__}, {vggtl.get_num_threads()} threads: {len(X)} images "
-               f"{'x'.join(map(str, X.shape[1:]))} {X.dtype} from {args.x}")
-    names = [s.strip() for s in args.names.split(",")] if args.names else None
+               f"{'x'.join(map(str, X.shape[1:]))} {X.dtype} from {source}")
     return run_training(args, X, y, args.out, allow_download=True, names=names)
 
 
@@ -434,9 +459,16 @@ def cmd_predict(args) -> int:
         raise UserError(f"--model {args.model}: no model there; pass the --out folder of "
                         f"`{PROG} train` (or its model.vggtl)")
     model = vggtl.load_model(path)
-    X, y = _load_xy(args.x, args.y)
-    X = _as_images(X, "--x")
-    h, w = model.base.input_shape[:2]
+    h, w, c = model.base.input_shape
+    if args.images is not None:
+        if args.y is not None:
+            raise UserError("--y: goes with --x; the files of --images carry no labels")
+        X, files = _load_files(args, args.images, (h, w), c)
+        y = None
+    else:
+        X, y = _load_xy(args.x, args.y)
+        X = _as_images(X, "--x")
+        files = None
     if X.shape[1:3] != (h, w):
         if not args.quiet:
             print(f"resizing {X.shape[1]}x{X.shape[2]} images to {h}x{w} (the model's input)",
@@ -445,12 +477,17 @@ def cmd_predict(args) -> int:
     bs = args.batch_size
     F = model.base.extract(X, cache=not args.no_cache, batch_size=bs, progress=not args.quiet)
     probs = model.predict_features(F, batch_size=bs)
-    codes = probs.argmax(1)
     classes = model.classes_ if model.classes_ is not None else np.arange(probs.shape[1])
-    labels = np.asarray(classes)[codes]
-    lines = ["index,label,probability"] + [
-        f"{i},{lab},{p:.6f}" for i, (lab, p) in enumerate(zip(labels.tolist(),
-                                                              probs.max(1).tolist()))]
+    names = _class_names(model, probs.shape[1])
+    codes = probs.argmax(1) if probs.shape[1] > 1 else (probs[:, 0] > 0.5).astype(np.int64)
+    if probs.shape[1] == 1:  # one sigmoid unit: p of the second class
+        probs = np.concatenate([1.0 - probs, probs], axis=1)
+    labels = np.asarray(names, dtype=object)[codes]
+    first = "index" if files is None else "file"
+    lines = [",".join([first, "label"] + [_csv_field(f"p_{n}") for n in names])] + [
+        ",".join([str(i) if files is None else _csv_field(files[i]), _csv_field(lab)]
+                 + [f"{p:.6f}" for p in row])
+        for i, (lab, row) in enumerate(zip(labels.tolist(), probs.tolist()))]
     if args.out:
         with atomic_open(args.out) as f:
             f.write(("\n".join(lines) + "\n").encode())
@@ -470,6 +507,70 @@ def cmd_predict(args) -> int:
         print(vggtl.classification_report(true, codes, labels=list(range(len(classes))),
                                           target_names=[str(c) for c in classes.tolist()],
                                           zero_division=0))
+    return 0
+
+
+def _class_names(model, units: int) -> List[str]:
+    """The names predict prints: the model's class_names, else its labels, else 0..units-1."""
+    if model.class_names is not None:
+        return [str(n) for n in model.class_names]
+    if model.classes_ is not None:
+        return [str(c) for c in np.asarray(model.classes_).tolist()]
+    return [str(i) for i in range(max(units, 2))]
+
+
+def _csv_field(text: str) -> str:
+    """A CSV field: quoted when it holds a comma, a quote or a line break."""
+    text = str(text)
+    if any(ch in text for ch in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _load_files(args, paths: Sequence[str], size, channels: int):
+    """predict --images: the files named and the images in the folders named
+    (recursively, sorted), decoded at the model's input size. Returns X and the
+    paths of the images it holds."""
+    from .images import IMAGE_EXTENSIONS, _walk, load_images_and_files
+    files: List[str] = []
+    refused: List[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = _walk(p, os.path.realpath(p), False, refused)
+            if not found:
+                raise UserError(f"--images {p}: no images in this folder (expected files ending "
+                                f"in {', '.join(IMAGE_EXTENSIONS)})")
+            files.extend(found)
+        elif os.path.exists(p):
+            files.append(p)
+        else:
+            raise UserError(f"--images {p}: no such file or folder")
+    for r in refused:
+        print(f"skipped {r}", file=sys.stderr)
+    X, _, _, kept = load_images_and_files(files, image_size=size,
+                                          color_mode="grayscale" if channels == 1 else "rgb",
+                                          progress=not args.quiet)
+    return X, kept
+
+
+# -- export ----------------------------------------------------------------------------------
+def _model_path(spec: str) -> str:
+    path = os.path.join(spec, "model.vggtl") if os.path.isdir(spec) else spec
+    if not os.path.isfile(path):
+        raise UserError(f"--model {spec}: no model there; pass the --out folder of "
+                        f"`{PROG} train` (or its model.vggtl)")
+    return path
+
+
+def cmd_export(args) -> int:
+    import vggtl
+    path = _model_path(args.model)
+    out = args.out or os.path.splitext(path)[0] + ".onnx"
+    model = vggtl.load_model(path, compile=False)
+    model.export(out, input_dtype=args.input_dtype)
+    h, w, c = model.base.input_shape
+    print(f"wrote {out}: input 'images' ({args.input_dtype}, N x {h} x {w} x {c}, NHWC), output "
+          f"'probabilities' (N x {model.output_units})")
     return 0
 
 
@@ -726,7 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog=PROG, description="VGG16 transfer learning on the CPU, computed in C.",
                  epilog=f"`{PROG} COMMAND --help` lists the options of each command.")
     ap.add_argument("--version", action="version", version=f"vggtl {vggtl.__version__}")
-    sub = ap.add_subparsers(dest="cmd", metavar="{demo,train,predict,info,cache}",
+    sub = ap.add_subparsers(dest="cmd", metavar="{demo,train,predict,export,info,cache}",
                             parser_class=_Parser)
     d = sub.add_parser("demo", parents=[common, _training_options(DEMO_EPOCHS, "")],
                        help="the tutorial on built-in data (no files, no network)",
@@ -744,10 +845,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train on X.pickle / y.pickle, write the model and reports",
                        description="The tutorial's steps on your pickles: split, VGG16 base, "
                                    "head, fit (--augment), --fine-tune, report, plots.")
-    t.add_argument("--x", required=True, help="X.pickle (or .npy): images (N, H, W[, C])")
-    t.add_argument("--y", required=True, help="y.pickle (or .npy): one label per image")
+    t.add_argument("--images", default=None, metavar="DIR",
+                   help="a folder with one subfolder of images per class (JPEG, PNG, BMP, GIF, "
+                        "WebP, TIFF; needs Pillow), instead of --x and --y")
+    t.add_argument("--x", default=None, help="X.pickle (or .npy): images (N, H, W[, C])")
+    t.add_argument("--y", default=None, help="y.pickle (or .npy): one label per image")
     t.add_argument("--input-size", type=int, default=None, metavar="S",
-                   help="resize images to S x S (default: their size, at least 32)")
+                   help="resize images to S x S (default: their size, at least 32; 224 for "
+                        "--images)")
     t.add_argument("--names", default=None,
                    help="display names of the classes in sorted label order, comma-separated")
     t.add_argument("--out", default="vggtl-run",
@@ -755,10 +860,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default ./vggtl-run)")
     t.set_defaults(fn=cmd_train)
     p = sub.add_parser("predict", parents=[common], help="predict with a trained model",
-                       description="Prints index,label,probability per image (CSV), or the "
+                       description="Prints file (or index),label,p_<class>... per image (CSV), "
+                                   "with the class names the model was trained with, or the "
                                    "classification report with --y.")
     p.add_argument("--model", required=True, help="a `train --out` folder or a model.vggtl file")
-    p.add_argument("--x", required=True, help="X.pickle (or .npy) of the images to classify")
+    p.add_argument("--images", nargs="+", default=None, metavar="DIR_OR_FILE",
+                   help="image files, or folders of them (read recursively), to classify "
+                        "(needs Pillow)")
+    p.add_argument("--x", default=None, help="X.pickle (or .npy) of the images to classify")
     p.add_argument("--y", default=None, help="their labels: print the classification report")
     p.add_argument("--out", default=None, help="write the CSV to this file instead of stdout")
     p.add_argument("--batch-size", type=_positive(int), default=32,
@@ -767,6 +876,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true",
                    help="do not keep the images' features in the feature cache")
     p.set_defaults(fn=cmd_predict)
+    e = sub.add_parser("export", parents=[common], help="write a trained model as ONNX",
+                       description="The whole model (preprocessing, base, head, softmax) as an "
+                                   "ONNX file, for ONNX Runtime and the like (needs the onnx "
+                                   "package).")
+    e.add_argument("--model", required=True, help="a `train --out` folder or a model.vggtl file")
+    e.add_argument("--out", default=None,
+                   help="the .onnx file to write (default: model.onnx next to the model)")
+    e.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
+                   help="what the graph takes: uint8 images (default) or float32 pixels 0..255")
+    e.set_defaults(fn=cmd_export)
     i = sub.add_parser("info", parents=[debug],
                        help="version, threads, BLAS, CPU features, weights, feature cache",
                        description="Prints vggtl's version, threads, build (OpenMP, BLAS), the "
@@ -818,6 +937,21 @@ def _one_line(e: BaseException) -> str:
     return f"{msg} (run with --debug for the traceback)"
 
 
+def _check_sources(parser, args) -> None:
+    """train and predict read --images, or --x (and, for train, --y): a usage error otherwise."""
+    if args.cmd not in ("train", "predict"):
+        return
+    sub = f"{PROG} {args.cmd}"
+    if args.images is not None and args.x is not None:
+        parser.exit(2, f"{sub}: error: pass --images or --x, not both (see {sub} --help)\n")
+    if args.images is None and args.x is None:
+        parser.exit(2, f"{sub}: error: the following arguments are required: --images or --x "
+                       f"(see {sub} --help)\n")
+    if args.cmd == "train" and args.x is not None and args.y is None:
+        parser.exit(2, f"{sub}: error: the following arguments are required: --y "
+                       f"(see {sub} --help)\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status (0: success; 1: an error,
     printed as one line on stderr; 2: a usage error).
@@ -833,6 +967,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cmd is None:  # a bare `python -m vggtl`: what there is to do
         parser.print_help()
         return 0
+    _check_sources(parser, args)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

@@ -131,7 +131,7 @@ def check(config, tensors: Mapping, format_version: int) -> None:
 
     c = _fields("configuration", config,
                 ("format", "name", "seed", "base", "head"),
-                ("format_version", "compile", "epochs_done", "classes"))
+                ("format_version", "compile", "epochs_done", "classes", "class_names"))
     _choice("format", c["format"], ("vggtl.TransferModel",))
     version = _int("format_version", c.get("format_version", 1), 1, format_version)
     if not isinstance(c["name"], str) or len(c["name"]) > _MAX_TEXT:
@@ -245,6 +245,15 @@ def check(config, tensors: Mapping, format_version: int) -> None:
                   f"numbers below 2**53 in magnitude, or booleans", classes)
         if len(set(classes)) != len(classes):
             _fail("classes", "distinct labels", classes)
+    # display names of the classes, in the order of the output's units
+    names = c.get("class_names")
+    if names is not None:
+        most = min(max(units, 2), _MAX_CLASSES)
+        if not isinstance(names, list) or not 1 <= len(names) <= most or \
+                not all(isinstance(v, str) and len(v) <= _MAX_TEXT for v in names) or \
+                (classes is not None and len(names) != len(classes)):
+            _fail("class_names", f"a list of 1 to {most} strings of at most {_MAX_TEXT} "
+                  f"characters, one per class", names)
 
     # every tensor: one the configuration calls for, of the shape it implies
     expected = _vgg16._expected_shapes(1000, False)

@@ -32,6 +32,7 @@ from . import metrics as _metrics
 from .callbacks import Callback, EarlyStopping, History
 from .layers import INPUT_LAYERS, Dense, Dropout, Flatten, Layer, from_config
 from .vgg16 import CONV_LAYERS, LAYER_NAMES, VGG16
+from .augment import Augment as _Augment
 
 LOSSES = {"binary_crossentropy": 0, "categorical_crossentropy": 1,
           "sparse_categorical_crossentropy": 2}
@@ -128,6 +129,11 @@ class TransferModel:
         self._epochs_done = 0
         self.stop_training = False
         self.classes_: Optional[np.ndarray] = None
+        # display names of the output's classes (load_images's folders, the CLI's
+        # --names): saved with the model, printed by predict, used by the plots
+        self.class_names: Optional[List[str]] = None
+        # the Augment of the last fit or fine_tune that had one: predict(tta=K)'s default
+        self.augment = None
         self.history: Optional[History] = None
         self._conv_slots: Dict[str, tuple] = {}  # optimizer state of base convs being tuned
 
@@ -433,6 +439,8 @@ class TransferModel:
         elif y is None:
             raise ValueError("y: expected the labels (y=None only with x=aug.flow(X, Y, ...))")
         batch_size = 32 if batch_size is None else _check_int("batch_size", batch_size, 1)
+        if isinstance(augment, _Augment):
+            self.augment = augment
         x, y, validation_data, sample_weight = self._split(x, y, validation_data,
                                                            validation_split, sample_weight)
         per_epoch = self._samples_per_epoch(len(x), batch_size, steps_per_epoch)
@@ -817,6 +825,8 @@ class TransferModel:
         initial_epoch = _check_int("initial_epoch", initial_epoch, 0)
         first = self._unfreeze(unfreeze_from)
         cut = LAYER_NAMES[first - 1]
+        if isinstance(augment, _Augment):
+            self.augment = augment
         x, y, validation_data, sample_weight = self._split(x, y, validation_data,
                                                            validation_split, sample_weight)
         cache = self.cache if cache is None else cache
@@ -938,12 +948,48 @@ class TransferModel:
         return out
 
     @_locked
-    def predict(self, x, batch_size: int = 32, verbose=0) -> np.ndarray:
+    def predict(self, x, batch_size: int = 32, verbose=0, tta: Optional[int] = None,
+                augment=None) -> np.ndarray:
         """Class probabilities (N, units) for images x. ``verbose`` (Keras's
         argument, 0 by default here): 1, 2 or "auto" show the base's progress (a
-        tqdm bar when tqdm is installed) and print one line at the end."""
-        F = self.features(x, batch_size=batch_size, progress=_verbose(verbose))
-        return self.predict_features(F, batch_size, verbose=verbose)
+        tqdm bar when tqdm is installed) and print one line at the end.
+
+        ``tta=K`` (test-time augmentation): the mean of the probabilities over K
+        augmented views of x, view k having the transforms ``augment`` draws for
+        epoch k (``augment.random_transform(x, epoch=k)``); ``augment`` defaults
+        to the one the model was last fitted with (``model.augment``). The views'
+        features go through the feature cache (the model's ``cache``): views
+        already there - those ``fit(augment=aug, augment_views=K)`` extracted, or
+        an earlier ``predict(tta=K)`` - are read, not computed."""
+        if tta is None:
+            if augment is not None:
+                raise ValueError("augment: only used with tta=K (test-time augmentation)")
+            F = self.features(x, batch_size=batch_size, progress=_verbose(verbose))
+            return self.predict_features(F, batch_size, verbose=verbose)
+        from .augment import Augment
+        from .cache import array_digest
+        views = _check_int("tta", tta, 1)
+        augment = self.augment if augment is None else augment
+        if augment is None:
+            raise ValueError("tta: test-time augmentation needs an Augment: pass "
+                             "augment=vggtl.Augment(...) or fit the model with augment=...")
+        if not isinstance(augment, Augment):
+            raise TypeError(f"augment: expected a vggtl.Augment(...), got "
+                            f"{type(augment).__name__}")
+        batch_size = _check_int("batch_size", batch_size, 1)
+        digest = augment.config_digest()
+        cache = self.cache
+        x_digest = array_digest(x) if cache is not False else None
+        total = None
+        for k in range(views):
+            def transform(xb, index, k=k):
+                return augment.random_transform(xb, epoch=k, index=index)
+            F = self.base.extract(x, cache=cache, batch_size=max(batch_size, 32),
+                                  progress=_verbose(verbose), view=(digest, k),
+                                  transform=transform, x_digest=x_digest)
+            p = self.predict_features(F, batch_size).astype(np.float64)
+            total = p if total is None else total + p
+        return (total / views).astype(np.float32)
 
     @_locked
     def evaluate_features(self, features, y, batch_size: int = 32, verbose=0, sample_weight=None,
@@ -998,6 +1044,7 @@ class TransferModel:
                 "metrics": self.metrics, "iterations": self.optimizer.iterations},
             "epochs_done": self._epochs_done,
             "classes": None if self.classes_ is None else self.classes_.tolist(),
+            **({} if self.class_names is None else {"class_names": list(self.class_names)}),
         }
 
     @_locked
@@ -1022,6 +1069,18 @@ class TransferModel:
                     tensors[f"optimizer/{name}/{i}"] = a
         data = save(tensors, metadata={"vggtl": json.dumps(self.get_config())})
         atomic_write_bytes(path, data)
+
+    @_locked
+    def export(self, path, input_dtype: str = "uint8") -> str:
+        """Write the whole model - preprocessing, base, head, softmax - as an ONNX
+        file (needs ``pip install onnx``), for ONNX Runtime and the like. Its
+        input "images" is NHWC (N, H, W, C) at the base's input_shape, uint8 or,
+        with ``input_dtype="float32"``, float pixels in 0..255; its output
+        "probabilities" is :meth:`predict`'s (within float32 rounding). The class
+        names go into the file's metadata ("class_names", JSON). A bf16 base is
+        written in float32. Returns the path."""
+        from .onnx_export import export
+        return export(self, path, input_dtype)
 
     def __repr__(self):
         return f"TransferModel(base={self.base!r}, head={self.layers!r})"
@@ -1101,6 +1160,8 @@ def load_model(path, compile: bool = True) -> TransferModel:
     model.set_weights({k: tuple(v) for k, v in head_weights.items()})
     if config.get("classes") is not None:
         model.classes_ = np.asarray(config["classes"])
+    if config.get("class_names") is not None:
+        model.class_names = list(config["class_names"])
     comp = config.get("compile") if compile else None
     if comp:
         model.compile(optimizer=_optim.get(comp["optimizer"]), loss=comp["loss"],
