@@ -286,14 +286,17 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
                f"Dense({n_classes}, softmax); Adam(lr={lr:g}, decay=lr/{args.epochs}), {loss}")
     verbose = 0 if args.quiet else 1
     augment = views = None
-    if args.augment_views < 0:
+    if args.augment_views is not None and args.augment_views < 0:
         raise UserError(f"--augment-views {args.augment_views}: expected K >= 1 cached views, or 0 "
                         f"for new transforms every epoch")
     if args.augment:
         augment = vggtl.Augment(seed=args.seed, **TUTORIAL_AUGMENT)
-        views = args.augment_views if args.augment_views > 0 else "epoch"
+        if args.augment_views is None:
+            views = vggtl.model.auto_views(args.epochs)
+        else:
+            views = args.augment_views if args.augment_views > 0 else "epoch"
         _say(args, "augmentation: " + ", ".join(f"{k}={v}" for k, v in TUTORIAL_AUGMENT.items())
-             + (f"; {views} augmented views per image, computed once" if views else
+             + (f"; {views} augmented views per image, computed once" if views != "epoch" else
                 "; new transforms every epoch"))
     t = time.perf_counter()
     H = model.fit(trainX, trainY, batch_size=args.batch_size, epochs=args.epochs,
@@ -793,10 +796,10 @@ def _training_options(epochs: int, epochs_help: str) -> argparse.ArgumentParser:
     training.add_argument("--augment", action="store_true",
                           help="train on augmented images (the tutorial's ImageDataGenerator: "
                                "rotation 30, zoom 0.15, shifts 0.2, shear 0.15, horizontal flip)")
-    training.add_argument("--augment-views", type=int, default=5, metavar="K",
+    training.add_argument("--augment-views", type=int, default=None, metavar="K",
                           help="with --augment: K augmented copies per image computed once and "
-                               "cached (default 5); 0 draws new transforms every epoch (one "
-                               "backbone pass per epoch: exact, slow)")
+                               "cached (default: as fit's, min(epochs, 3)); 0 draws new "
+                               "transforms every epoch (one backbone pass per epoch: slow)")
     training.add_argument("--fine-tune", type=int, nargs="?", const=-1, default=None,
                           metavar="EPOCHS", help="then fine-tune block 5 with the head for "
                                                  "EPOCHS (default: as many as --epochs)")
