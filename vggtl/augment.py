@@ -302,7 +302,8 @@ class Augment:
         order (when shuffle) and fresh transforms every epoch; ``len()`` is the
         batches per epoch. x (N, H, W, C) is not copied.
         ``model.fit(aug.flow(X, Y, batch_size=BS), steps_per_epoch=len(X) // BS, ...)``
-        trains as ``model.fit(X, Y, batch_size=BS, augment=aug)`` does."""
+        trains as ``model.fit(X, Y, batch_size=BS, augment=aug)`` does: on cached
+        augmented views (see ``TransferModel.fit``'s ``augment_views``)."""
         return AugmentIterator(self, x, y, batch_size, shuffle)
 
     def __repr__(self):
