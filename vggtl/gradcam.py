@@ -103,7 +103,7 @@ def plot_grad_cam(X, heatmaps, titles: Optional[Sequence[str]] = None, alpha: fl
     ``titles``: one per image. Draws into ``ax`` (one axes, or as many as
     images) or a new figure of ``cols`` columns; ``path`` saves it. Returns
     the figure (needs matplotlib: pip install matplotlib)."""
-    from .plots import _pyplot
+    from .plots import _finish, _pyplot
     plt = _pyplot("plot_grad_cam")
     imgs = _as_display(X)
     H = np.asarray(heatmaps, dtype=np.float32)
@@ -132,10 +132,7 @@ def plot_grad_cam(X, heatmaps, titles: Optional[Sequence[str]] = None, alpha: fl
         if titles is not None:
             a.set_title(str(titles[i]), fontsize=9)
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path)
-    if close:
-        plt.close(fig)
+    _finish(fig, True, path, None, close, plt)  # written atomically, as every plot
     return fig
 
 
@@ -172,7 +169,7 @@ def plot_top_losses(model, X, y, k: int = 9, target_names: Optional[Sequence[str
     ``plot_top_losses``). ``target_names``: the class names (default: the
     model's ``class_names``, else its labels). ``grad_cam=True`` overlays each
     image's Grad-CAM for its predicted class. Returns the figure (matplotlib)."""
-    from .plots import _pyplot
+    from .plots import _finish, _pyplot
     plt = _pyplot("plot_top_losses")
     Xi = as_images(X, "X")
     order, losses, probs = top_losses(model, Xi, y, k)
@@ -206,8 +203,5 @@ def plot_top_losses(model, X, y, k: int = 9, target_names: Optional[Sequence[str
                 a.set_title(titles[j], fontsize=9)
     fig.suptitle("predicted / actual / loss / probability of actual", fontsize=10)
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path)
-    if close:
-        plt.close(fig)
+    _finish(fig, True, path, None, close, plt)
     return fig
