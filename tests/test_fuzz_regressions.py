@@ -63,13 +63,14 @@ CONTRACT = textwrap.dedent("""
     assert peak < 64 << 20, f"{{peak / 2 ** 20:.0f}} MiB for a file of a few kB"
 """)
 
-FOUND = sorted(glob.glob(os.path.join(CRASHES, "*", "*")))
+WEIGHTS_TARGETS = ("h5", "pth_zip", "pth_legacy", "safetensors")
+FOUND = sorted(p for t in WEIGHTS_TARGETS for p in glob.glob(os.path.join(CRASHES, t, "*")))
 
 
 @pytest.mark.parametrize("path", FOUND, ids=[os.path.relpath(p, CRASHES) for p in FOUND])
 def test_input_found_by_fuzzing_keeps_the_contract(path, tmp_path):
-    target = os.path.basename(os.path.dirname(path))
-    assert target in ("h5", "pth_zip", "pth_legacy", "safetensors")  # weights targets so far
+    """Every input the weights targets found (the pickle target's inputs have their
+    own tests below)."""
     # a copy in a folder of its own: the error must name the path it was given
     p = str(tmp_path / os.path.basename(path))
     with open(path, "rb") as src, open(p, "wb") as dst:
@@ -238,6 +239,42 @@ def test_pickle_length_field_beyond_the_file_allocates_nothing(tmp_path, opcode)
     finally:
         tracemalloc.stop()
     assert p in str(e.value) and peak < 16 << 20
+
+
+def _npy(header: bytes, data: bytes = b"") -> bytes:
+    """A version-1.0 .npy file with this header text (padded as NumPy pads it)."""
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + data
+
+
+@pytest.mark.parametrize("header", [
+    b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,\x00), }",  # null byte
+    b"{'descr': '<f4', 'fortran_order': False, 'shape': ((((2,), }",   # unclosed
+    b"{'descr': '<f4', 'fortran_order': False, 'shape': (1 << 62,), }",  # not a literal
+    b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000,), }",  # beyond the file
+    b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",        # object array
+], ids=["null-byte", "unclosed", "expression", "beyond-the-file", "object"])
+def test_a_corrupt_npy_header_is_a_value_error_naming_the_file(tmp_path, header):
+    """load_pickle hands a file with the .npy magic to NumPy; NumPy's header parser
+    raised tokenize.TokenError (and SyntaxError) on some headers (fuzz_pickle:
+    a header holding a null byte and an unclosed bracket)."""
+    p = str(tmp_path / "X.pickle")
+    open(p, "wb").write(_npy(header, b"\0" * 16))
+    with pytest.raises(ValueError, match="unreadable .npy file") as e:
+        vggtl.load_pickle(p)
+    assert str(e.value).startswith(p + ": ")
+
+
+def test_the_fuzzers_npy_input_is_a_value_error(tmp_path):
+    """The input fuzz_pickle found, as it was: the .npy magic, then a header of
+    pickle opcodes that leaves a bracket open."""
+    with open(os.path.join(CRASHES, "pickle", "npy-header-unclosed-bracket.pickle"), "rb") as f:
+        raw = f.read()
+    p = str(tmp_path / "X.pickle")
+    open(p, "wb").write(raw)
+    with pytest.raises(ValueError, match="unreadable .npy file") as e:
+        vggtl.load_pickle(p)
+    assert str(e.value).startswith(p + ": ")
 
 
 def _attrs_read(monkeypatch):

@@ -568,8 +568,11 @@ def load_pickle(path):
         if head == _NPY_MAGIC:
             try:
                 return np.load(path, mmap_mode="r", allow_pickle=False)
-            except ValueError as e:
-                raise ValueError(f"{path}: unreadable .npy file ({e})") from None
+            except MemoryError:
+                raise
+            except Exception as e:  # NumPy's header parser fails in many ways too
+                raise ValueError(f"{path}: unreadable .npy file "
+                                 f"({type(e).__name__}: {e})") from None
         f.seek(0)
         size = os.fstat(f.fileno()).st_size
         try:
