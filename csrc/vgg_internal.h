@@ -35,6 +35,9 @@
 #define VGG_OMP_FOR_REDUCE_SUM_IF(v, work)                                          \
     VGG_PRAGMA(omp parallel for schedule(static) reduction(+ : v)                   \
                    if ((work) >= VGG_OMP_MIN_WORK) num_threads(VGG_OMP_IF_THREADS(work)))
+#define VGG_OMP_FOR_REDUCE_OR2_IF(a, b, work)                                       \
+    VGG_PRAGMA(omp parallel for schedule(static) reduction(| : a, b)                \
+                   if ((work) >= VGG_OMP_MIN_WORK) num_threads(VGG_OMP_IF_THREADS(work)))
 #define VGG_OMP_FOR_COLLAPSE2_IF(work)                                              \
     VGG_PRAGMA(omp parallel for collapse(2) schedule(static)                        \
                    if ((work) >= VGG_OMP_MIN_WORK) num_threads(VGG_OMP_IF_THREADS(work)))
@@ -54,6 +57,7 @@
 #define VGG_OMP_FOR_IF(work)
 #define VGG_OMP_FOR_COLLAPSE2_IF(work)
 #define VGG_OMP_FOR_REDUCE_SUM_IF(v, work)
+#define VGG_OMP_FOR_REDUCE_OR2_IF(a, b, work)
 #define VGG_OMP_FOR
 #endif
 
@@ -236,14 +240,19 @@ static inline float vgg_half_to_float(uint16_t h) {
  * when an element is NaN or infinite, and sets *nonzero when an element is not
  * exactly 0 (else a gradient vanished). */
 static inline int vgg_grad_ok(const float *a, size_t n, int *nonzero) {
-    float probe = 0.0f; /* becomes NaN once an element is NaN or infinite */
-    int nz = 0;
+    /* on the bits, so that the compiler vectorises the scan (a float sum may not
+     * be reordered): an exponent of all ones is NaN or infinity; magnitude bits
+     * other than zero are a value other than +-0 */
+    uint32_t special = 0, magnitude = 0;
+    VGG_OMP_FOR_REDUCE_OR2_IF(special, magnitude, n)
     for (size_t i = 0; i < n; i++) {
-        probe += a[i] * 0.0f;
-        nz |= a[i] != 0.0f;
+        uint32_t bits;
+        memcpy(&bits, a + i, sizeof bits);
+        special |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
+        magnitude |= bits & 0x7fffffffu;
     }
-    if (nz) *nonzero = 1;
-    return probe == 0.0f;
+    if (magnitude) *nonzero = 1;
+    return special == 0;
 }
 
 /* head.c, for finetune.c: one training step of the head on per-sample maps
