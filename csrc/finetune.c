@@ -98,14 +98,6 @@ size_t vgg16_finetune_workspace_floats(const vgg16_tail *tail, const vgg_head *h
     return plan_tail(&p, tail, head, batch, h, w, NULL);
 }
 
-static int conv_index(int layer) {
-    /* the conv's position among the 13 convs */
-    int k = -1;
-    for (int l = 0; l <= layer; l++)
-        if (vgg16_layer_kind(l) == VGG16_KIND_CONV) k++;
-    return k;
-}
-
 int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *head,
                              const vgg_optimizer *opt, int64_t *iterations, const void *x,
                              int dtype, size_t n, size_t h, size_t w, const vgg_targets *t,
@@ -127,7 +119,7 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
     const int slots = vgg_optimizer_slots(opt);
     for (int l = p.first; l <= p.last; l++) {
         if (vgg16_layer_kind(l) != VGG16_KIND_CONV) continue;
-        const int k = conv_index(l);
+        const int k = vgg16_layer_param(l);
         VGG_CHECK(tail->kernel[k] && tail->bias[k], VGG_ERR_ARG);
         for (int s = 0; s < slots; s++) VGG_CHECK(tail->slots[k][s] && tail->slots[k][2 + s], VGG_ERR_ARG);
     }
@@ -153,7 +145,7 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
         for (int l = p.first; l <= p.last; l++) {
             const int i = l - p.first;
             if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
-                const int k = conv_index(l);
+                const int k = vgg16_layer_param(l);
                 /* training runs the direct convolution (see vgg_conv3x3_forward_by) */
                 st = vgg_conv3x3_forward_by(VGG_CONV_IM2COL, p.act[l], cur, tail->kernel[k],
                                             tail->bias[k], 1, m, p.h[i], p.w[i], p.c[i],
@@ -178,7 +170,7 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
             if (vgg16_layer_kind(l) == VGG16_KIND_POOL) {
                 st = vgg_maxpool2x2_backward(g_next, g, in, m, p.h[i], p.w[i], p.c[i]);
             } else {
-                const int k = conv_index(l);
+                const int k = vgg16_layer_param(l);
                 const size_t cout = vgg16_layer_units(l);
                 /* through the ReLU: its output is what the conv wrote */
                 st = vgg_activation_backward(g, g, p.act[l], VGG_ACT_RELU,
@@ -205,7 +197,7 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
         if (stats->grad_batches == moved_before) stats->grad_batches += (size_t)moved;
         for (int l = p.first; l <= p.last; l++) {
             if (vgg16_layer_kind(l) != VGG16_KIND_CONV) continue;
-            const int k = conv_index(l);
+            const int k = vgg16_layer_param(l);
             const size_t cin = conv_cin(l, &p), cout = vgg16_layer_units(l);
             st = vgg_optimizer_step(tail->kernel[k], p.dw[l], tail->slots[k][0], tail->slots[k][1],
                                     9 * cin * cout, opt, it);

@@ -26,13 +26,6 @@ typedef struct {
     size_t scratch_n, head_n;
 } cam_plan;
 
-static int conv_index(int layer) {
-    int k = -1;
-    for (int l = 0; l <= layer; l++)
-        if (vgg16_layer_kind(l) == VGG16_KIND_CONV) k++;
-    return k;
-}
-
 /* Shapes and workspace offsets; returns the floats needed (0: invalid). ws may be NULL. */
 static size_t plan(cam_plan *p, int layer, const vgg_head *head, size_t batch, size_t h,
                    size_t w, float *ws) {
@@ -113,7 +106,7 @@ int vgg16_grad_cam(float *cam, int32_t *class_index, const float *maps, size_t n
     plan(&p, layer, head, batch, h, w, workspace);
     for (int l = p.first; l <= p.last; l++)
         if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
-            const int k = conv_index(l);
+            const int k = vgg16_layer_param(l);
             VGG_CHECK(weights->conv_kernel[k] && weights->conv_bias[k], VGG_ERR_ARG);
         }
     const size_t c = vgg16_layer_units(layer), hw = h * w, per = hw * c;
@@ -127,7 +120,7 @@ int vgg16_grad_cam(float *cam, int32_t *class_index, const float *maps, size_t n
         for (int l = p.first; l <= p.last; l++) {
             const int i = l - p.first;
             if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
-                const int k = conv_index(l);
+                const int k = vgg16_layer_param(l);
                 /* the direct convolution, as training runs it: its backward is the exact one */
                 st = vgg_conv3x3_forward_by(VGG_CONV_IM2COL, p.act[l], cur,
                                             weights->conv_kernel[k], weights->conv_bias[k], 1, m,
@@ -150,7 +143,7 @@ int vgg16_grad_cam(float *cam, int32_t *class_index, const float *maps, size_t n
             if (vgg16_layer_kind(l) == VGG16_KIND_POOL) {
                 st = vgg_maxpool2x2_backward(g_next, g, in, m, p.h[i], p.w[i], p.c[i]);
             } else {
-                const int k = conv_index(l);
+                const int k = vgg16_layer_param(l);
                 const size_t cout = vgg16_layer_units(l);
                 /* through the ReLU: its output is what the conv wrote */
                 st = vgg_activation_backward(g, g, p.act[l], VGG_ACT_RELU, m * p.h[i] * p.w[i],

@@ -368,6 +368,15 @@ int vgg16_layer_kind(int layer);           /* -1 when out of range */
 /* Output channels of a conv/pool layer, units of a dense layer (predictions:
  * 0, it is set by the weights), 0 for flatten / out of range. */
 size_t vgg16_layer_units(int layer);
+/* What a layer reads: input channels of a conv or pool, input units of a dense
+ * layer (fc1: the 7 x 7 x 512 of block5_pool at 224 x 224), block5_pool's
+ * channels for flatten; 0 out of range. */
+size_t vgg16_layer_inputs(int layer);
+/* The layer's parameters: a conv's position among the 13 (vgg16_weights.conv_*),
+ * a dense layer's among the 3 (dense_*); -1 for a pool, flatten, out of range. */
+int vgg16_layer_param(int layer);
+/* The layer index of conv `conv` (0..12); -1 out of range. */
+int vgg16_conv_layer(int conv);
 
 /* Borrowed weight pointers (the caller keeps them alive during a call).
  * conv_kernel[i]: (3,3,Cin_i,Cout_i) HWIO; conv_bias[i]: (Cout_i).

@@ -47,6 +47,24 @@ size_t vgg16_layer_units(int layer) {
     return (layer >= 0 && layer < VGG16_NUM_LAYERS) ? LAYERS[layer].units : 0;
 }
 
+size_t vgg16_layer_inputs(int layer) {
+    if (layer < 0 || layer >= VGG16_NUM_LAYERS) return 0;
+    if (layer == 0) return 3;
+    if (layer == VGG16_FC1) return (VGG16_TOP_SIZE / 32) * (VGG16_TOP_SIZE / 32) *
+                                   LAYERS[VGG16_BLOCK5_POOL].units;
+    return LAYERS[layer - 1].units;
+}
+
+int vgg16_layer_param(int layer) {
+    return (layer >= 0 && layer < VGG16_NUM_LAYERS) ? LAYERS[layer].param : -1;
+}
+
+int vgg16_conv_layer(int conv) {
+    for (int l = 0; l < VGG16_NUM_LAYERS; l++)
+        if (LAYERS[l].kind == VGG16_KIND_CONV && LAYERS[l].param == conv) return l;
+    return -1;
+}
+
 /* The convolutions' workspace for a given number of threads: the largest of
  * the conv layers from cfg->start_layer to cfg->stop_layer (it does not depend
  * on the image size). cfg must have passed plan(). */

@@ -26,6 +26,7 @@ import pytest
 import vggtl
 from vggtl import _core
 from vggtl import cache as vc
+from vggtl import _kernels  # the single kernels, for tests
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 20
@@ -33,7 +34,7 @@ CHUNK = 4  # images per chunk in these tests (CHUNK_PIXELS = CHUNK * 32 * 32)
 
 
 def computed():
-    return _core.vgg16_forward_images()
+    return _kernels.vgg16_forward_images()
 
 
 def count(fn):
@@ -430,9 +431,9 @@ CHILD = textwrap.dedent("""
     go = os.environ.get("GO_FILE")
     while go and not os.path.exists(go):
         time.sleep(0.005)
-    c0 = _core.vgg16_forward_images()
+    c0 = _kernels.vgg16_forward_images()
     F = base.extract(X, batch_size=4, progress=False, **{kwargs})
-    print(json.dumps({{"computed": _core.vgg16_forward_images() - c0,
+    print(json.dumps({{"computed": _kernels.vgg16_forward_images() - c0,
                       "sum": float(np.asarray(F, dtype=np.float64).sum()),
                       "memmap": isinstance(F, np.memmap)}}), flush=True)
 """)
@@ -513,10 +514,10 @@ RO_CHILD = textwrap.dedent("""
     base = vggtl.VGG16(weights=None, seed=2)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        c0 = _core.vgg16_forward_images()
+        c0 = _kernels.vgg16_forward_images()
         F = base.extract(X, progress=False)
         G = base.extract(X, progress=False)
-        c1 = _core.vgg16_forward_images()
+        c1 = _kernels.vgg16_forward_images()
         P = base.predict(X)
         ok = np.abs(F - P).max() <= 1e-5 * np.abs(P).max() and np.array_equal(G, F)
     print(json.dumps({"computed": c1 - c0, "ok": bool(ok),
@@ -1003,9 +1004,9 @@ FIFO_CHILD = textwrap.dedent("""
     out = {{}}
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        c0 = _core.vgg16_forward_images()
+        c0 = _kernels.vgg16_forward_images()
         F = base.extract(X, cache={root!r}, batch_size=4, progress=False)
-        out["computed"] = _core.vgg16_forward_images() - c0
+        out["computed"] = _kernels.vgg16_forward_images() - c0
         out["memmap"] = isinstance(F, np.memmap)
         P = base.predict(X)
         out["ok"] = bool(np.abs(F - P).max() <= 1e-5 * np.abs(P).max())
@@ -1082,10 +1083,10 @@ WAITER = textwrap.dedent("""
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         for _ in range({calls}):
-            t, c0 = time.monotonic(), _core.vgg16_forward_images()
+            t, c0 = time.monotonic(), _kernels.vgg16_forward_images()
             F = base.extract(X, cache={root!r}, batch_size=4, progress=False)
             out["took"].append(time.monotonic() - t)
-            out["computed"].append(_core.vgg16_forward_images() - c0)
+            out["computed"].append(_kernels.vgg16_forward_images() - c0)
             out["memmap"].append(isinstance(F, np.memmap))
         P = base.predict(X)
         out["ok"] = bool(np.abs(F - P).max() <= 1e-5 * np.abs(P).max())
