@@ -286,7 +286,7 @@ _CHILD = r"""
 import json
 import numpy as np
 import vggtl
-from vggtl import _core, reference
+from vggtl import _core, _kernels, reference
 rng = np.random.default_rng(1)
 x = np.maximum(rng.standard_normal((2, 13, 9, 33), dtype=np.float32), 0)
 k = rng.standard_normal((3, 3, 33, 24), dtype=np.float32) / np.float32(10)

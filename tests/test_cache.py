@@ -424,7 +424,7 @@ def test_damaged_chunk_files_are_recomputed(home, X, monkeypatch):
 
 CHILD = textwrap.dedent("""
     import json, os, sys, time, numpy as np, vggtl
-    from vggtl import _core, cache
+    from vggtl import _core, _kernels, cache
     cache.CHUNK_PIXELS = {chunk} * 32 * 32
     X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
     base = vggtl.VGG16(weights=None, seed=2)
@@ -509,7 +509,7 @@ def test_two_processes_compute_once(tmp_path):
 
 RO_CHILD = textwrap.dedent("""
     import json, warnings, numpy as np, vggtl
-    from vggtl import _core
+    from vggtl import _core, _kernels
     X = np.random.default_rng(1).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     base = vggtl.VGG16(weights=None, seed=2)
     with warnings.catch_warnings(record=True) as w:
@@ -997,7 +997,7 @@ def test_planted_symlinks_never_redirect_a_write(home, base, X, tmp_path, monkey
 
 FIFO_CHILD = textwrap.dedent("""
     import json, warnings, numpy as np, vggtl
-    from vggtl import _core, cache
+    from vggtl import _core, _kernels, cache
     cache.CHUNK_PIXELS = {chunk} * 32 * 32
     X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
     base = vggtl.VGG16(weights=None, seed=2)
@@ -1074,7 +1074,7 @@ STOPPED_WRITER = textwrap.dedent("""
 
 WAITER = textwrap.dedent("""
     import json, time, warnings, numpy as np, vggtl
-    from vggtl import _core, cache
+    from vggtl import _core, _kernels, cache
     cache.CHUNK_PIXELS = {chunk} * 32 * 32
     cache.LOCK_WAIT_S = {bound}
     X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)

@@ -112,7 +112,7 @@ def kill_points(total, k, seed):
 # -- cache writes ----------------------------------------------------------------------
 CACHE_CHILD = """
     import json, numpy as np, vggtl
-    from vggtl import _core, cache
+    from vggtl import _core, _kernels, cache
     cache.CHUNK_PIXELS = {chunk} * 32 * 32
     X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
     base = vggtl.VGG16(weights=None, seed=2)
@@ -303,7 +303,7 @@ def test_a_save_leaves_another_writers_temporary_file_alone(tmp_path):
 # -- Ctrl-C ----------------------------------------------------------------------------
 EXTRACT_CTRL_C = """
     import json, os, signal, threading, time, numpy as np, vggtl
-    from vggtl import _core, cache
+    from vggtl import _core, _kernels, cache
     cache.CHUNK_PIXELS = 16 * 32 * 32
     n, bs = 96, 8
     X = np.random.default_rng(3).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -697,7 +697,7 @@ def test_full_tmpfs_is_a_clear_error_and_nothing_is_corrupted(tmp_path, cache_se
 # -- read-only cache folders ---------------------------------------------------------------
 RO_CHILD = """
     import json, os, warnings, numpy as np, vggtl
-    from vggtl import _core
+    from vggtl import _core, _kernels
     X = np.random.default_rng(1).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     y = np.arange(12) % 2
     with warnings.catch_warnings(record=True) as w:

@@ -153,7 +153,7 @@ _CHILD = r"""
 import json, sys
 import numpy as np
 import vggtl
-from vggtl import _core, reference
+from vggtl import _core, _kernels, reference
 rng = np.random.default_rng(1)
 errs = []
 for (n, h, w, cin, cout) in [(2, 13, 9, 32, 24), (1, 4, 4, 512, 64)]:

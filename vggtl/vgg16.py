@@ -76,7 +76,7 @@ def _pass_plan(stop, pool, h, w, n, start=0):
     return images, floats(images, lo)
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = _core.PRECISION_NAMES  # ("fp32", "bf16"), indexed by the core's enum
 
 
 def _check_precision(precision) -> str:

@@ -167,8 +167,8 @@ static PyObject *py_dense_forward(PyObject *self, PyObject *args, PyObject *kw) 
     PyArrayObject *out = new_f32(2, shape);
     if (!out) return NULL;
     int st;
-    CALL_NOGIL(st, vgg_dense_forward(PyArray_DATA(out), PyArray_DATA(x), PyArray_DATA(k), PyArray_DATA(b),
-                                     act, n, in, outdim));
+    CALL_NOGIL(st, vgg_dense_forward(PyArray_DATA(out), PyArray_DATA(x), PyArray_DATA(k),
+                                     PyArray_DATA(b), act, n, in, outdim));
     return out_or_raise(st, out, "dense_forward");
 }
 
@@ -198,8 +198,9 @@ static PyObject *py_dense_backward(PyObject *self, PyObject *args, PyObject *kw)
     PyObject *result = NULL;
     if ((need_dx && !dx) || !dw || !db) goto done;
     int st;
-    CALL_NOGIL(st, vgg_dense_backward(dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw), PyArray_DATA(db),
-                                      PyArray_DATA(dz), PyArray_DATA(x), PyArray_DATA(k), n, in, outdim));
+    CALL_NOGIL(st, vgg_dense_backward(dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw),
+                                      PyArray_DATA(db), PyArray_DATA(dz), PyArray_DATA(x),
+                                      PyArray_DATA(k), n, in, outdim));
     if (st != VGG_OK) {
         raise_status(st, "dense_backward");
         goto done;
@@ -246,8 +247,10 @@ static PyObject *py_dropout(PyObject *args, PyObject *kw, int backward) {
     if (!y) return NULL;
     const size_t count = (size_t)PyArray_SIZE(x);
     int st;
-    CALL_NOGIL(st, backward ? vgg_dropout_backward(PyArray_DATA(y), PyArray_DATA(x), (float)rate, seed, stream, count)
-                            : vgg_dropout_forward(PyArray_DATA(y), PyArray_DATA(x), (float)rate, seed, stream, count));
+    float *yp = PyArray_DATA(y);
+    const float *xp = PyArray_DATA(x);
+    CALL_NOGIL(st, backward ? vgg_dropout_backward(yp, xp, (float)rate, seed, stream, count)
+                            : vgg_dropout_forward(yp, xp, (float)rate, seed, stream, count));
     return out_or_raise(st, y, "dropout");
 }
 
@@ -289,8 +292,9 @@ static PyObject *py_loss_forward_backward(PyObject *self, PyObject *args, PyObje
     }
     double value;
     int st;
-    CALL_NOGIL(st, vgg_loss_forward_backward(&value, PyArray_DATA(d), PyArray_DATA(per), PyArray_DATA(yh),
-                                             t.targets, t.labels, t.sample_weight, loss, act, n, c));
+    CALL_NOGIL(st, vgg_loss_forward_backward(&value, PyArray_DATA(d), PyArray_DATA(per),
+                                             PyArray_DATA(yh), t.targets, t.labels,
+                                             t.sample_weight, loss, act, n, c));
     if (st != VGG_OK) {
         Py_DECREF(d);
         Py_DECREF(per);
@@ -336,8 +340,8 @@ static PyObject *py_optimizer_step(PyObject *self, PyObject *args, PyObject *kw)
         slot[i] = PyArray_DATA(s);
     }
     int st;
-    CALL_NOGIL(st, vgg_optimizer_step(PyArray_DATA(p), PyArray_DATA(g), slot[0], slot[1], count, &opt,
-                                      (int64_t)it));
+    CALL_NOGIL(st, vgg_optimizer_step(PyArray_DATA(p), PyArray_DATA(g), slot[0], slot[1], count,
+                                      &opt, (int64_t)it));
     if (st != VGG_OK) return raise_status(st, "optimizer_step");
     Py_RETURN_NONE;
 }
@@ -414,7 +418,8 @@ static PyObject *py_maxpool2x2_backward(PyObject *self, PyObject *args, PyObject
     PyArrayObject *dx = new_f32(4, PyArray_DIMS(x));
     if (!dx) return NULL;
     int st;
-    CALL_NOGIL(st, vgg_maxpool2x2_backward(PyArray_DATA(dx), PyArray_DATA(g), PyArray_DATA(x), n, h, w, c));
+    CALL_NOGIL(st, vgg_maxpool2x2_backward(PyArray_DATA(dx), PyArray_DATA(g), PyArray_DATA(x), n,
+                                           h, w, c));
     return out_or_raise(st, dx, "maxpool2x2_backward");
 }
 

@@ -145,22 +145,29 @@ static PyArrayObject *check_head_workspace(PyObject *wso, const vgg_head *h, siz
     return ws;
 }
 
+/* The opening of an inference call on a head: the threads, the spec, batch >= 1,
+ * the features and the workspace. 0, or -1 with an exception set. */
+static int open_head_call(vgg_head *h, PyArrayObject **x, PyArrayObject **ws, PyObject *spec,
+                          PyObject *xo, PyObject *wso, Py_ssize_t batch) {
+    if (threads_ready() || parse_head(spec, h, 0)) return -1;
+    if (batch < 1) {
+        PyErr_Format(PyExc_ValueError, "batch: expected >= 1, got %zd", batch);
+        return -1;
+    }
+    *x = check_features(xo, h);
+    *ws = *x ? check_head_workspace(wso, h, (size_t)batch) : NULL;
+    return *ws ? 0 : -1;
+}
+
 static PyObject *py_head_predict(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "head", "batch", "workspace", NULL};
     PyObject *xo, *spec, *wso;
     Py_ssize_t batch;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOnO", kwlist, &xo, &spec, &batch, &wso)) return NULL;
-    if (threads_ready()) return NULL;
     vgg_head h;
-    if (parse_head(spec, &h, 0)) return NULL;
-    if (batch < 1) {
-        PyErr_Format(PyExc_ValueError, "batch: expected >= 1, got %zd", batch);
-        return NULL;
-    }
-    PyArrayObject *x = check_features(xo, &h);
-    PyArrayObject *ws = x ? check_head_workspace(wso, &h, (size_t)batch) : NULL;
-    if (!ws) return NULL;
+    PyArrayObject *x, *ws;
+    if (open_head_call(&h, &x, &ws, spec, xo, wso, batch)) return NULL;
     const size_t n = dim(x, 0), units = vgg_head_output_size(&h);
     npy_intp shape[2] = {(npy_intp)n, (npy_intp)units};
     PyArrayObject *out = new_f32(2, shape);
@@ -181,16 +188,9 @@ static PyObject *py_head_evaluate(PyObject *self, PyObject *args, PyObject *kw) 
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOOnO", kwlist, &xo, &spec, &loss, &yo, &swo,
                                      &batch, &wso))
         return NULL;
-    if (threads_ready()) return NULL;
     vgg_head h;
-    if (parse_head(spec, &h, 0)) return NULL;
-    if (batch < 1) {
-        PyErr_Format(PyExc_ValueError, "batch: expected >= 1, got %zd", batch);
-        return NULL;
-    }
-    PyArrayObject *x = check_features(xo, &h);
-    PyArrayObject *ws = x ? check_head_workspace(wso, &h, (size_t)batch) : NULL;
-    if (!ws) return NULL;
+    PyArrayObject *x, *ws;
+    if (open_head_call(&h, &x, &ws, spec, xo, wso, batch)) return NULL;
     vgg_targets t;
     if (parse_targets(&t, loss, yo, swo, dim(x, 0), vgg_head_output_size(&h))) return NULL;
     vgg_fit_stats stats;
