@@ -1,4 +1,5 @@
-"""Build of vggtl._core: the C core in csrc/ plus the NumPy glue (csrc/pymodule.c).
+"""Build of vggtl._core (the C core in csrc/ plus the NumPy glue in csrc/py/) and
+vggtl._kernels (the single kernels the tests call, csrc/py/kernels.c).
 
 Environment variables (all optional):
   VGGTL_BLAS=scipy-openblas32 (default) | system
@@ -100,10 +101,16 @@ if sanitize:  # e.g. address,undefined
             "-g"]
     link_args = link_args + [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all"]
 
+# vggtl._core: the C core and the glue the package uses. vggtl._kernels: the
+# core's single kernels for the tests (csrc/py/kernels.c); it has no core of its
+# own but calls vggtl._core's through a capsule (csrc/py/core_api.h), so it is
+# small and shares the core's settings. Both are always built: the tests need it.
+glue_shared = ["csrc/py/glue.c"]
 core = Extension(
     "vggtl._core",
-    sources=sorted(glob("csrc/*.c")),
-    depends=sorted(glob("csrc/*.h")),
+    sources=sorted(glob("csrc/*.c")) + glue_shared + ["csrc/py/settings.c", "csrc/py/network.c",
+                                                      "csrc/py/training.c", "csrc/py/module.c"],
+    depends=sorted(glob("csrc/*.h") + glob("csrc/py/*.h")),
     include_dirs=["csrc", numpy.get_include(), *inc],
     library_dirs=libdirs,
     libraries=libs,
@@ -116,5 +123,14 @@ core = Extension(
     extra_compile_args=["-std=c11", "-ffp-contract=off", "-fno-math-errno", *opt, *WARNINGS],
     extra_link_args=link_args,
 )
+kernels = Extension(
+    "vggtl._kernels",
+    sources=glue_shared + ["csrc/py/kernels.c"],
+    depends=sorted(glob("csrc/*.h") + glob("csrc/py/*.h")),
+    include_dirs=["csrc", numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION"), ("VGGTL_KERNELS_MODULE", "1")],
+    extra_compile_args=["-std=c11", *opt, *WARNINGS],
+    extra_link_args=[a for a in link_args if a.startswith("-fsanitize")],
+)
 
-setup(ext_modules=[core], cmdclass={"build_ext": BuildExt})
+setup(ext_modules=[core, kernels], cmdclass={"build_ext": BuildExt})

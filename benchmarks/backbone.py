@@ -42,7 +42,7 @@ from vggtl import _core
 def conv_gflop(h, w):
     """FLOPs of the VGG16 conv base on one h x w image, as a direct convolution."""
     total, cin = 0, 3
-    for name, kind, units in _core.vgg16_layers():
+    for name, kind, _, units, _ in _core.VGG16_LAYERS:
         if kind == "conv":
             total += 2 * h * w * 9 * cin * units
         elif kind == "pool":

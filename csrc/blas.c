@@ -32,18 +32,6 @@ void vgg_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alp
                           (blasint)ldc);
 }
 
-/* OpenBLAS's small-matrix bound (m*n*k <= 1e6), measured on the pinned
- * scipy-openblas32 with its SkylakeX kernels: rows differed for k >= 512
- * exactly below it. */
-#define SMALL_GEMM_MNK 1000000.0
-
-size_t vgg_sgemm_stable_rows(size_t n, size_t k) {
-    const double nk = (double)n * (double)k;
-    if (nk <= 0) return 2;
-    const double m = SMALL_GEMM_MNK / nk + 1.0;
-    return m < 2.0 ? 2 : m > 1e9 ? (size_t)1e9 : (size_t)m;
-}
-
 void vgg_blas_set_num_threads(int n) { VGG_BLAS(openblas_set_num_threads)(n); }
 
 const char *vgg_blas_info(void) {

@@ -1,9 +1,14 @@
 /*
  * conv3x3.c - 3x3 convolution, stride 1, 'same' zero padding, NHWC.
  *
- * vgg_conv3x3_forward picks the algorithm per shape: Winograd F(4x4,3x3)
- * (winograd.c) where it pays, else the im2col path below; at bf16 precision,
- * Winograd F(2x2,3x3) in bf16 (winograd_bf16.c) where it pays.
+ * vgg_conv3x3_algo_at picks the algorithm per layer shape and precision: in
+ * float32, Winograd F(4x4,3x3) or F(6x6,3x3) (winograd.c) for layers with at
+ * least 16 input channels whose tiles waste little, else the im2col path below;
+ * at bf16 precision, Winograd F(2x2,3x3) with bf16 operands (winograd_bf16.c)
+ * for every layer with at least 16 input channels whose 2x2 tiles at most
+ * double the pixels (maps F(4x4) declines included), the others as in float32,
+ * and none when im2col is forced. vgg_conv3x3_backward and the training
+ * forward passes (finetune.c, gradcam.c) always run float32 im2col.
  *
  * Forward as im2col + sgemm (darknet, ggml), done a chunk of output pixels at a
  * time so the column buffer stays small (a whole-layer im2col would be 9x the
@@ -217,15 +222,6 @@ static int im2col_forward(float *out, const float *x, const float *kernel,
         }
     }
     return VGG_OK;
-}
-
-int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const float *bias,
-                        int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
-                        float *workspace, size_t workspace_floats, vgg_abort_fn abort_cb,
-                        void *abort_ctx) {
-    return vgg_conv3x3_forward_by(vgg_conv3x3_algo(h, w, cin, cout), out, x, kernel, bias, relu,
-                                  n, h, w, cin, cout, workspace, workspace_floats, abort_cb,
-                                  abort_ctx);
 }
 
 static int is_winograd(int algo) {

@@ -18,15 +18,13 @@
 #include <string.h>
 
 typedef struct {
-    int first, last;                       /* tail layers first..last (block5_pool) */
-    size_t h[VGG16_NUM_LAYERS + 1], w[VGG16_NUM_LAYERS + 1], c[VGG16_NUM_LAYERS + 1];
-    /* shape of the input of layer l at index l - first, of the tail's output at the end */
+    vgg16_run_shapes s;                    /* tail layers s.first..s.last (block5_pool) */
     float *in, *act[VGG16_NUM_LAYERS], *g_a, *g_b, *dw[VGG16_NUM_LAYERS], *db[VGG16_NUM_LAYERS];
     float *scratch, *head_ws;
     size_t scratch_n, head_n;
 } tail_plan;
 
-static size_t conv_cin(int l, const tail_plan *p) { return p->c[l - p->first]; }
+static size_t conv_cin(int l, const tail_plan *p) { return p->s.c[l - p->s.first]; }
 
 /* Shapes and workspace offsets; returns floats needed (0: invalid). ws may be NULL. */
 static size_t plan_tail(tail_plan *p, const vgg16_tail *t, const vgg_head *head, size_t batch,
@@ -35,34 +33,13 @@ static size_t plan_tail(tail_plan *p, const vgg16_tail *t, const vgg_head *head,
     if (!t || !head || batch < 1) return 0;
     if (t->start_layer < 1 || t->start_layer > VGG16_BLOCK5_POOL) return 0;
     if (vgg16_layer_kind(t->start_layer) != VGG16_KIND_CONV) return 0;
-    p->first = t->start_layer;
-    p->last = VGG16_BLOCK5_POOL;
-    size_t c = vgg16_layer_units(p->first - 1), max_act = 0, scratch = 0;
-    for (int l = p->first; l <= p->last; l++) {
-        const int i = l - p->first;
-        p->h[i] = h;
-        p->w[i] = w;
-        p->c[i] = c;
-        if (h * w * c > max_act) max_act = h * w * c;
-        if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
-            const size_t cout = vgg16_layer_units(l);
-            size_t s = vgg_conv3x3_backward_workspace_floats(c, cout);
-            const size_t f = vgg_conv3x3_workspace_floats(c, cout);
-            if (f > s) s = f;
-            if (s > scratch) scratch = s;
-            c = cout;
-        } else {
-            if (h < 2 || w < 2) return 0;
-            h /= 2;
-            w /= 2;
-        }
-    }
-    const int end = p->last - p->first + 1;
-    p->h[end] = h;
-    p->w[end] = w;
-    p->c[end] = c;
+    vgg16_run_shapes *s = &p->s;
+    if (!vgg16_shapes_to_block5(s, t->start_layer, h, w, vgg16_layer_inputs(t->start_layer)))
+        return 0;
+    const int end = s->last - s->first + 1;
     /* the head reads the tail's output */
-    if (head->h != h || head->w != w || head->c != c) return 0;
+    if (head->h != s->h[end] || head->w != s->w[end] || head->c != s->c[end]) return 0;
+    const size_t max_act = s->max_act, scratch = s->scratch;
     const size_t head_n = vgg_head_workspace_floats(head, batch);
     if (head_n == 0) return 0;
     size_t off = 0;
@@ -71,16 +48,16 @@ static size_t plan_tail(tail_plan *p, const vgg16_tail *t, const vgg_head *head,
         if (ws) (ptr) = ws + off;          \
         off += (count);                    \
     } while (0)
-    TAKE(p->in, batch * p->h[0] * p->w[0] * p->c[0]);
-    for (int l = p->first; l <= p->last; l++) {
-        const int i = l - p->first + 1; /* output of l is the input of l + 1 */
-        TAKE(p->act[l], batch * p->h[i] * p->w[i] * p->c[i]);
+    TAKE(p->in, batch * s->h[0] * s->w[0] * s->c[0]);
+    for (int l = s->first; l <= s->last; l++) {
+        const int i = l - s->first + 1; /* output of l is the input of l + 1 */
+        TAKE(p->act[l], batch * s->h[i] * s->w[i] * s->c[i]);
     }
     TAKE(p->g_a, batch * max_act);
     TAKE(p->g_b, batch * max_act);
-    for (int l = p->first; l <= p->last; l++) {
+    for (int l = s->first; l <= s->last; l++) {
         if (vgg16_layer_kind(l) != VGG16_KIND_CONV) continue;
-        const size_t cin = p->c[l - p->first], cout = vgg16_layer_units(l);
+        const size_t cin = s->c[l - s->first], cout = vgg16_layer_units(l);
         TAKE(p->dw[l], 9 * cin * cout);
         TAKE(p->db[l], cout);
     }
@@ -96,14 +73,6 @@ size_t vgg16_finetune_workspace_floats(const vgg16_tail *tail, const vgg_head *h
                                        size_t batch, size_t h, size_t w) {
     tail_plan p;
     return plan_tail(&p, tail, head, batch, h, w, NULL);
-}
-
-static int conv_index(int layer) {
-    /* the conv's position among the 13 convs */
-    int k = -1;
-    for (int l = 0; l <= layer; l++)
-        if (vgg16_layer_kind(l) == VGG16_KIND_CONV) k++;
-    return k;
 }
 
 int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *head,
@@ -125,16 +94,16 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
     int st = vgg_head_check_targets(t, n, vgg_head_output_size(head));
     if (st != VGG_OK) return st;
     const int slots = vgg_optimizer_slots(opt);
-    for (int l = p.first; l <= p.last; l++) {
+    for (int l = p.s.first; l <= p.s.last; l++) {
         if (vgg16_layer_kind(l) != VGG16_KIND_CONV) continue;
-        const int k = conv_index(l);
+        const int k = vgg16_layer_param(l);
         VGG_CHECK(tail->kernel[k] && tail->bias[k], VGG_ERR_ARG);
         for (int s = 0; s < slots; s++) VGG_CHECK(tail->slots[k][s] && tail->slots[k][2 + s], VGG_ERR_ARG);
     }
 
     if (shuffle) vgg_rng_permutation(order, n, seed, epoch);
     else for (size_t i = 0; i < n; i++) order[i] = (int64_t)i;
-    const size_t per = p.h[0] * p.w[0] * p.c[0];
+    const size_t per = p.s.h[0] * p.s.w[0] * p.s.c[0];
 
     for (size_t i0 = 0; i0 < n; i0 += batch) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
@@ -150,17 +119,17 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
         }
         /* tail forward, keeping every layer's output */
         const float *cur = p.in;
-        for (int l = p.first; l <= p.last; l++) {
-            const int i = l - p.first;
+        for (int l = p.s.first; l <= p.s.last; l++) {
+            const int i = l - p.s.first;
             if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
-                const int k = conv_index(l);
+                const int k = vgg16_layer_param(l);
                 /* training runs the direct convolution (see vgg_conv3x3_forward_by) */
                 st = vgg_conv3x3_forward_by(VGG_CONV_IM2COL, p.act[l], cur, tail->kernel[k],
-                                            tail->bias[k], 1, m, p.h[i], p.w[i], p.c[i],
+                                            tail->bias[k], 1, m, p.s.h[i], p.s.w[i], p.s.c[i],
                                             vgg16_layer_units(l), p.scratch, p.scratch_n,
                                             abort_cb, abort_ctx);
             } else {
-                st = vgg_maxpool2x2_forward(p.act[l], cur, m, p.h[i], p.w[i], p.c[i]);
+                st = vgg_maxpool2x2_forward(p.act[l], cur, m, p.s.h[i], p.s.w[i], p.s.c[i]);
             }
             if (st != VGG_OK) return st;
             cur = p.act[l];
@@ -172,20 +141,20 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
         if (st != VGG_OK) return st;
         /* tail backward */
         float *g = p.g_a, *g_next = p.g_b;
-        for (int l = p.last; l >= p.first; l--) {
-            const int i = l - p.first;
-            const float *in = l == p.first ? p.in : p.act[l - 1];
+        for (int l = p.s.last; l >= p.s.first; l--) {
+            const int i = l - p.s.first;
+            const float *in = l == p.s.first ? p.in : p.act[l - 1];
             if (vgg16_layer_kind(l) == VGG16_KIND_POOL) {
-                st = vgg_maxpool2x2_backward(g_next, g, in, m, p.h[i], p.w[i], p.c[i]);
+                st = vgg_maxpool2x2_backward(g_next, g, in, m, p.s.h[i], p.s.w[i], p.s.c[i]);
             } else {
-                const int k = conv_index(l);
+                const int k = vgg16_layer_param(l);
                 const size_t cout = vgg16_layer_units(l);
                 /* through the ReLU: its output is what the conv wrote */
                 st = vgg_activation_backward(g, g, p.act[l], VGG_ACT_RELU,
-                                             m * p.h[i] * p.w[i], cout);
+                                             m * p.s.h[i] * p.s.w[i], cout);
                 if (st == VGG_OK)
-                    st = vgg_conv3x3_backward(l == p.first ? NULL : g_next, p.dw[l], p.db[l], g,
-                                              in, tail->kernel[k], m, p.h[i], p.w[i], p.c[i],
+                    st = vgg_conv3x3_backward(l == p.s.first ? NULL : g_next, p.dw[l], p.db[l], g,
+                                              in, tail->kernel[k], m, p.s.h[i], p.s.w[i], p.s.c[i],
                                               cout, p.scratch, p.scratch_n, abort_cb, abort_ctx);
             }
             if (st != VGG_OK) return st;
@@ -196,16 +165,16 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
         /* as the head's: non-finite gradients refused, a moving conv counted
          * when the head's gradients were all 0 */
         int moved = 0;
-        for (int l = p.first; l <= p.last; l++) {
+        for (int l = p.s.first; l <= p.s.last; l++) {
             if (vgg16_layer_kind(l) != VGG16_KIND_CONV) continue;
             const size_t cin = conv_cin(l, &p), cout = vgg16_layer_units(l);
             if (!vgg_grad_ok(p.db[l], cout, &moved) || !vgg_grad_ok(p.dw[l], 9 * cin * cout, &moved))
                 return VGG_ERR_NONFINITE;
         }
         if (stats->grad_batches == moved_before) stats->grad_batches += (size_t)moved;
-        for (int l = p.first; l <= p.last; l++) {
+        for (int l = p.s.first; l <= p.s.last; l++) {
             if (vgg16_layer_kind(l) != VGG16_KIND_CONV) continue;
-            const int k = conv_index(l);
+            const int k = vgg16_layer_param(l);
             const size_t cin = conv_cin(l, &p), cout = vgg16_layer_units(l);
             st = vgg_optimizer_step(tail->kernel[k], p.dw[l], tail->slots[k][0], tail->slots[k][1],
                                     9 * cin * cout, opt, it);

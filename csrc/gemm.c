@@ -178,25 +178,37 @@ static kernel_fn kernel_for(int isa, size_t *mr) {
     return kernel_portable;
 }
 
+/* C (m, n): zero when the product is empty (k == 0). */
+static void zero_rows(float *c, size_t ldc, size_t m, size_t n) {
+    for (size_t i = 0; i < m; i++) memset(c + i * ldc, 0, n * sizeof *c);
+}
+
+/* One panel of C, columns [0, cols) at c, for depth k0..k0+kc: the kernel down
+ * the m rows in blocks of mr; b is the panel of B (bs floats a row). */
+static inline void sweep_rows(kernel_fn kern, size_t mr, float *c, size_t ldc, const float *a,
+                              size_t lda, const float *b, size_t bs, size_t m, size_t k0,
+                              size_t kc, size_t cols) {
+    for (size_t i0 = 0; i0 < m; i0 += mr) {
+        const size_t rows = m - i0 < mr ? m - i0 : mr;
+        kern(rows, a + i0 * lda + k0, lda, b, bs, c + i0 * ldc, ldc, kc, k0 > 0, cols);
+    }
+}
+
 void vgg_gemm(float *c, size_t ldc, const float *a, size_t lda, const float *bp, size_t m,
               size_t n, size_t k) {
     size_t mr;
     const kernel_fn kern = kernel_for(vgg_get_isa(), &mr);
     const size_t np = (n + NR - 1) / NR;
     if (k == 0) {
-        for (size_t i = 0; i < m; i++) memset(c + i * ldc, 0, n * sizeof *c);
+        zero_rows(c, ldc, m, n);
         return;
     }
     for (size_t k0 = 0; k0 < k; k0 += KC) {
         const size_t kc = k - k0 < KC ? k - k0 : KC;
         for (size_t p = 0; p < np; p++) {
             const size_t cols = n - p * NR < NR ? n - p * NR : NR;
-            const float *b = bp + (p * k + k0) * NR;
-            for (size_t i0 = 0; i0 < m; i0 += mr) {
-                const size_t rows = m - i0 < mr ? m - i0 : mr;
-                kern(rows, a + i0 * lda + k0, lda, b, NR, c + i0 * ldc + p * NR, ldc, kc, k0 > 0,
-                     cols);
-            }
+            sweep_rows(kern, mr, c + p * NR, ldc, a, lda, bp + (p * k + k0) * NR, NR, m, k0, kc,
+                       cols);
         }
     }
 }
@@ -208,7 +220,7 @@ void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b
     const size_t np = (n + NR - 1) / NR;
     float edge[KC * NR]; /* a short last panel, zero-padded: B's rows end before 16 columns */
     if (k == 0) {
-        for (size_t i = 0; i < m; i++) memset(c + i * ldc, 0, n * sizeof *c);
+        zero_rows(c, ldc, m, n);
         return;
     }
     for (size_t k0 = 0; k0 < k; k0 += KC) {
@@ -222,11 +234,7 @@ void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b
                 bb = edge;
                 bs = NR;
             }
-            for (size_t i0 = 0; i0 < m; i0 += mr) {
-                const size_t rows = m - i0 < mr ? m - i0 : mr;
-                kern(rows, a + i0 * lda + k0, lda, bb, bs, c + i0 * ldc + p * NR, ldc, kc, k0 > 0,
-                     cols);
-            }
+            sweep_rows(kern, mr, c + p * NR, ldc, a, lda, bb, bs, m, k0, kc, cols);
         }
     }
 }

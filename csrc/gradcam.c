@@ -19,19 +19,10 @@
 #include <string.h>
 
 typedef struct {
-    int first, last;                       /* the layers after A: first..last */
-    size_t h[VGG16_NUM_LAYERS + 1], w[VGG16_NUM_LAYERS + 1], c[VGG16_NUM_LAYERS + 1];
-    /* shape of the input of layer l at index l - first, of block5_pool's output at the end */
+    vgg16_run_shapes s;                    /* the layers after A: s.first..s.last */
     float *act[VGG16_NUM_LAYERS], *g_a, *g_b, *dw, *db, *scratch, *head_ws;
     size_t scratch_n, head_n;
 } cam_plan;
-
-static int conv_index(int layer) {
-    int k = -1;
-    for (int l = 0; l <= layer; l++)
-        if (vgg16_layer_kind(l) == VGG16_KIND_CONV) k++;
-    return k;
-}
 
 /* Shapes and workspace offsets; returns the floats needed (0: invalid). ws may be NULL. */
 static size_t plan(cam_plan *p, int layer, const vgg_head *head, size_t batch, size_t h,
@@ -40,36 +31,14 @@ static size_t plan(cam_plan *p, int layer, const vgg_head *head, size_t batch, s
     if (!head || batch < 1 || h < 1 || w < 1 || layer < 0 || layer > VGG16_BLOCK5_POOL) return 0;
     const int kind = vgg16_layer_kind(layer);
     if (kind != VGG16_KIND_CONV && kind != VGG16_KIND_POOL) return 0;
-    p->first = layer + 1;
-    p->last = VGG16_BLOCK5_POOL;
-    size_t c = vgg16_layer_units(layer);
-    size_t max_act = h * w * c, dw_n = 1, db_n = 1, scratch = 1;
-    for (int l = p->first; l <= p->last; l++) {
-        const int i = l - p->first;
-        p->h[i] = h;
-        p->w[i] = w;
-        p->c[i] = c;
-        if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
-            const size_t cout = vgg16_layer_units(l);
-            size_t s = vgg_conv3x3_backward_workspace_floats(c, cout);
-            const size_t f = vgg_conv3x3_workspace_floats(c, cout);
-            if (f > s) s = f;
-            if (s > scratch) scratch = s;
-            if (9 * c * cout > dw_n) dw_n = 9 * c * cout;
-            if (cout > db_n) db_n = cout;
-            c = cout;
-        } else {
-            if (h < 2 || w < 2) return 0;
-            h /= 2;
-            w /= 2;
-        }
-        if (h * w * c > max_act) max_act = h * w * c;
-    }
-    const int end = p->last - p->first + 1;
-    p->h[end] = h;
-    p->w[end] = w;
-    p->c[end] = c;
-    if (head->h != h || head->w != w || head->c != c) return 0; /* the head reads block5_pool */
+    vgg16_run_shapes *s = &p->s;
+    if (!vgg16_shapes_to_block5(s, layer + 1, h, w, vgg16_layer_units(layer))) return 0;
+    const int end = s->last - s->first + 1;
+    /* the head reads block5_pool */
+    if (head->h != s->h[end] || head->w != s->w[end] || head->c != s->c[end]) return 0;
+    /* at least one float each, also when no conv follows A */
+    const size_t max_act = s->max_act, dw_n = s->dw_max ? s->dw_max : 1,
+                 db_n = s->db_max ? s->db_max : 1, scratch = s->scratch ? s->scratch : 1;
     const size_t head_n = vgg_head_workspace_floats(head, batch);
     if (head_n == 0) return 0;
     size_t off = 0;
@@ -78,9 +47,9 @@ static size_t plan(cam_plan *p, int layer, const vgg_head *head, size_t batch, s
         if (ws) (ptr) = ws + off; \
         off += (count);           \
     } while (0)
-    for (int l = p->first; l <= p->last; l++) {
-        const int i = l - p->first + 1; /* output of l is the input of l + 1 */
-        TAKE(p->act[l], batch * p->h[i] * p->w[i] * p->c[i]);
+    for (int l = s->first; l <= s->last; l++) {
+        const int i = l - s->first + 1; /* output of l is the input of l + 1 */
+        TAKE(p->act[l], batch * s->h[i] * s->w[i] * s->c[i]);
     }
     TAKE(p->g_a, batch * max_act);
     TAKE(p->g_b, batch * max_act);
@@ -111,9 +80,9 @@ int vgg16_grad_cam(float *cam, int32_t *class_index, const float *maps, size_t n
     VGG_CHECK(need > 0, VGG_ERR_SHAPE);
     VGG_CHECK(workspace_floats >= need, VGG_ERR_NOMEM);
     plan(&p, layer, head, batch, h, w, workspace);
-    for (int l = p.first; l <= p.last; l++)
+    for (int l = p.s.first; l <= p.s.last; l++)
         if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
-            const int k = conv_index(l);
+            const int k = vgg16_layer_param(l);
             VGG_CHECK(weights->conv_kernel[k] && weights->conv_bias[k], VGG_ERR_ARG);
         }
     const size_t c = vgg16_layer_units(layer), hw = h * w, per = hw * c;
@@ -124,17 +93,17 @@ int vgg16_grad_cam(float *cam, int32_t *class_index, const float *maps, size_t n
         const float *A = maps + i0 * per;
         /* forward after A, keeping every layer's output */
         const float *cur = A;
-        for (int l = p.first; l <= p.last; l++) {
-            const int i = l - p.first;
+        for (int l = p.s.first; l <= p.s.last; l++) {
+            const int i = l - p.s.first;
             if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
-                const int k = conv_index(l);
+                const int k = vgg16_layer_param(l);
                 /* the direct convolution, as training runs it: its backward is the exact one */
                 st = vgg_conv3x3_forward_by(VGG_CONV_IM2COL, p.act[l], cur,
                                             weights->conv_kernel[k], weights->conv_bias[k], 1, m,
-                                            p.h[i], p.w[i], p.c[i], vgg16_layer_units(l),
+                                            p.s.h[i], p.s.w[i], p.s.c[i], vgg16_layer_units(l),
                                             p.scratch, p.scratch_n, abort_cb, abort_ctx);
             } else {
-                st = vgg_maxpool2x2_forward(p.act[l], cur, m, p.h[i], p.w[i], p.c[i]);
+                st = vgg_maxpool2x2_forward(p.act[l], cur, m, p.s.h[i], p.s.w[i], p.s.c[i]);
             }
             if (st != VGG_OK) return st;
             cur = p.act[l];
@@ -144,20 +113,20 @@ int vgg16_grad_cam(float *cam, int32_t *class_index, const float *maps, size_t n
         if (st != VGG_OK) return st;
         /* backward down to A */
         float *g = p.g_a, *g_next = p.g_b;
-        for (int l = p.last; l >= p.first; l--) {
-            const int i = l - p.first;
-            const float *in = l == p.first ? A : p.act[l - 1];
+        for (int l = p.s.last; l >= p.s.first; l--) {
+            const int i = l - p.s.first;
+            const float *in = l == p.s.first ? A : p.act[l - 1];
             if (vgg16_layer_kind(l) == VGG16_KIND_POOL) {
-                st = vgg_maxpool2x2_backward(g_next, g, in, m, p.h[i], p.w[i], p.c[i]);
+                st = vgg_maxpool2x2_backward(g_next, g, in, m, p.s.h[i], p.s.w[i], p.s.c[i]);
             } else {
-                const int k = conv_index(l);
+                const int k = vgg16_layer_param(l);
                 const size_t cout = vgg16_layer_units(l);
                 /* through the ReLU: its output is what the conv wrote */
-                st = vgg_activation_backward(g, g, p.act[l], VGG_ACT_RELU, m * p.h[i] * p.w[i],
+                st = vgg_activation_backward(g, g, p.act[l], VGG_ACT_RELU, m * p.s.h[i] * p.s.w[i],
                                              cout);
                 if (st == VGG_OK)
                     st = vgg_conv3x3_backward(g_next, p.dw, p.db, g, in, weights->conv_kernel[k],
-                                              m, p.h[i], p.w[i], p.c[i], cout, p.scratch,
+                                              m, p.s.h[i], p.s.w[i], p.s.c[i], cout, p.scratch,
                                               p.scratch_n, abort_cb, abort_ctx);
             }
             if (st != VGG_OK) return st;

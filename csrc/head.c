@@ -57,11 +57,6 @@ static int layer_widths(const vgg_head *h, size_t *widths) {
     return h->layers[h->n_layers - 1].kind == VGG_HEAD_DENSE;
 }
 
-size_t vgg_head_input_size(const vgg_head *head) {
-    size_t widths[VGG_HEAD_MAX_LAYERS];
-    return layer_widths(head, widths) ? input_width(head) : 0;
-}
-
 size_t vgg_head_output_size(const vgg_head *head) {
     size_t widths[VGG_HEAD_MAX_LAYERS];
     return layer_widths(head, widths) ? widths[head->n_layers - 1] : 0;

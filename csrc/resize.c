@@ -16,8 +16,8 @@
  * fractional bits (rounded half up), sums started at 0.5 and floored, clamped to
  * [0, 255], and the intermediate rounded to uint8 between the passes. The result
  * is Pillow's to the bit with Pillow <= 12; Pillow 13 runs the vertical pass
- * first when the height shrinks much more than the width (python-pillow/Pillow
- * #9549), and then differs by at most 1 (the tests allow +-1).
+ * first when the height shrinks much more than the width, and then differs by
+ * at most 1 (the tests allow +-1).
  * float32 runs both passes in double, as Pillow's mode "F", with float weights;
  * it is not clamped and NaN propagates.
  * Memory: the caller owns out, x and the workspace (8-byte aligned): the windows

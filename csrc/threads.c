@@ -4,9 +4,9 @@
  * OpenMP owns the threads: every parallel region uses vgg_get_num_threads()
  * through a num_threads() clause (so the count holds whichever Python thread
  * calls in), and BLAS is kept single-threaded and called inside those regions on
- * disjoint blocks (vgg_sgemm_parallel, conv3x3.c). Measured on the 2-core
- * machine: letting a pthreads OpenBLAS and OpenMP take turns ran 2 threads slower
- * than 1 (the idle pool spins while the other works); one owner fixes that.
+ * disjoint blocks (vgg_sgemm_parallel, conv3x3.c). A pthreads OpenBLAS and
+ * OpenMP taking turns would leave one pool spinning while the other works; one
+ * owner avoids that.
  *
  * Two ways libgomp can take the process down are headed off here:
  * - fork: a child inherits libgomp's record of the parent's threads but not the

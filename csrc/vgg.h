@@ -18,8 +18,12 @@
  *     returns. Outputs are overwritten, never accumulated into.
  *   - Threads: OpenMP is the one owner. Kernels run OpenMP regions with
  *     vgg_get_num_threads() threads; BLAS is single-threaded and each thread
- *     calls it on its own block. Nothing here touches global state other than
- *     the thread count, the instruction set and the convolution algorithm (cpu.c).
+ *     calls it on its own block.
+ *   - Process-wide state, all of it: the thread count and whether a team has
+ *     started or the process was forked after one (threads.c), the instruction
+ *     set and the convolution algorithm (cpu.c), and the count of images
+ *     vgg16_forward has run (vgg16.c). Everything else lives in the caller's
+ *     buffers.
  *   - Long functions take an optional abort callback, polled from the calling
  *     thread between groups of chunks (outside parallel regions). When it
  *     returns non-zero the function stops and returns VGG_ERR_CANCELLED; the
@@ -55,7 +59,7 @@ const char *vgg_status_str(int status);
 typedef int (*vgg_abort_fn)(void *ctx);
 
 /* ------------------------------------------------------------------------ */
-/* threads (threads.c)                                                        */
+/* threads (threads.c) and the BLAS (blas.c)                                  */
 
 /* Sets the threads of the core's OpenMP regions (BLAS stays single-threaded
  * inside them); n < 1 means 1.
@@ -75,7 +79,7 @@ int vgg_threads_start(int *err);
 int vgg_threads_forked(void);
 /* Non-zero if the core was compiled with OpenMP. */
 int vgg_have_openmp(void);
-/* A static string describing the BLAS (e.g. OpenBLAS's config string). */
+/* blas.c: a static string describing the BLAS (e.g. OpenBLAS's config string). */
 const char *vgg_blas_info(void);
 const char *vgg_blas_corename(void); /* the kernels OpenBLAS chose (its core type) */
 
@@ -118,9 +122,12 @@ int vgg_get_conv_algo(void);
 const char *vgg_conv_algo_name(int algo);
 
 /* Precision of the frozen network's convolutions (vgg16_config.precision).
- * BF16: layers that would run Winograd run F(2x2,3x3) with bfloat16 operands
- * and float32 sums (winograd_bf16.c); features then differ from float32 ones
- * by a few 1e-3 of their largest value. Training always runs float32. */
+ * BF16: every layer with at least 16 input channels whose 2x2 tiles at most
+ * double the pixels runs F(2x2,3x3) with bfloat16 operands and float32 sums
+ * (winograd_bf16.c), including maps F(4x4) declines; the first layer, 1x1 maps
+ * and a forced IM2COL stay float32 (vgg_conv3x3_algo_at). Features then differ
+ * from float32 ones by the rounding of bf16 operands. Training always runs
+ * float32. */
 enum vgg_precision { VGG_PRECISION_FP32 = 0, VGG_PRECISION_BF16 = 1 };
 
 /* ------------------------------------------------------------------------ */
@@ -142,31 +149,27 @@ int vgg_input_convert(float *out, const void *x, int dtype, size_t n, size_t h, 
 
 /* conv3x3.c: out (N,H,W,Cout) = act(conv(x (N,H,W,Cin), kernel (3,3,Cin,Cout)) + bias)
  * with stride 1 and 'same' zero padding; act is ReLU when relu != 0, else identity.
- * Two algorithms, chosen per call by shape (vgg_conv3x3_algo):
- *   - Winograd F(4x4,3x3) (winograd.c): 4x fewer multiplies, for layers with
- *     at least 16 input channels whose 4x4 tiles do not waste too much;
+ * The algorithms (vgg_conv3x3_algo_at chooses one per layer shape and precision):
+ *   - Winograd F(4x4,3x3) / F(6x6,3x3) (winograd.c): 4x / 5.1x fewer
+ *     multiplies, for layers with at least 16 input channels whose tiles do
+ *     not waste too much;
+ *   - Winograd F(2x2,3x3) with bf16 operands (winograd_bf16.c), at
+ *     VGG_PRECISION_BF16 only (see enum vgg_precision);
  *   - im2col + sgemm: each thread takes chunks of output pixels, im2col into
  *     its own column buffer, one sgemm, then bias and ReLU while in cache (the
  *     first layer, 3 channels, and tiny maps).
- * (A third, bf16 Winograd F(2x2,3x3), runs only at VGG_PRECISION_BF16, through
- * vgg16_forward.)
  * Results do not depend on the thread count.
  * workspace: vgg_conv3x3_workspace_floats(cin, cout) floats (at the current
  * thread count; independent of N, H, W). Less than that for Winograd makes the
  * call use im2col; less still works, slower. */
 size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout);
-int vgg_conv3x3_forward(float *out, const float *x, const float *kernel, const float *bias,
-                        int relu, size_t n, size_t h, size_t w, size_t cin, size_t cout,
-                        float *workspace, size_t workspace_floats,
-                        vgg_abort_fn abort_cb, void *abort_ctx);
 
-/* vgg_conv3x3_forward by a given algorithm (VGG_CONV_IM2COL, VGG_CONV_WINOGRAD
- * or VGG_CONV_WINOGRAD_BF16; Winograd falls back to im2col when the workspace is
- * too small for it). Training (finetune.c, the dx of vgg_conv3x3_backward) always
- * runs im2col: its gradients match autograd to 1e-5, while Winograd's rounding
- * (a few 1e-6) flips ReLU and max-pool decisions and after ten SGD steps moves
- * the weights by 3e-3 relative; and block5, the layers trained, is where
- * Winograd gains nothing (14x14 maps). */
+/* The layer by a given algorithm (VGG_CONV_IM2COL, VGG_CONV_WINOGRAD,
+ * VGG_CONV_WINOGRAD6 or VGG_CONV_WINOGRAD_BF16; Winograd falls back to im2col
+ * when the workspace is too small for it). Training (finetune.c, gradcam.c, the
+ * dx of vgg_conv3x3_backward) always runs im2col: Winograd's rounding flips
+ * ReLU and max-pool decisions, which training compounds step after step; and
+ * block5, the layers trained, is where Winograd gains least (14x14 maps). */
 int vgg_conv3x3_forward_by(int algo, float *out, const float *x, const float *kernel,
                            const float *bias, int relu, size_t n, size_t h, size_t w, size_t cin,
                            size_t cout, float *workspace, size_t workspace_floats,
@@ -205,10 +208,9 @@ int vgg_conv3x3_run(int algo, const float *prepared, int relu, int pool, float *
                     vgg_abort_fn abort_cb, void *abort_ctx);
 
 /* The algorithm a layer of this shape runs at `precision` under the current
- * setting (vgg16_forward calls vgg_conv3x3_forward_by with it). */
+ * setting (vgg16_forward runs the layer by it). */
 int vgg_conv3x3_algo_at(size_t h, size_t w, size_t cin, size_t cout, int precision);
-/* The algorithm vgg_conv3x3_forward uses for this shape under the current
- * setting (VGG_CONV_IM2COL or VGG_CONV_WINOGRAD). */
+/* The same at VGG_PRECISION_FP32: VGG_CONV_IM2COL, _WINOGRAD or _WINOGRAD6. */
 int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout);
 
 /* conv3x3.c, backward: given dout = dL/d(conv output before the activation)
@@ -368,6 +370,15 @@ int vgg16_layer_kind(int layer);           /* -1 when out of range */
 /* Output channels of a conv/pool layer, units of a dense layer (predictions:
  * 0, it is set by the weights), 0 for flatten / out of range. */
 size_t vgg16_layer_units(int layer);
+/* What a layer reads: input channels of a conv or pool, input units of a dense
+ * layer (fc1: the 7 x 7 x 512 of block5_pool at 224 x 224), block5_pool's
+ * channels for flatten; 0 out of range. */
+size_t vgg16_layer_inputs(int layer);
+/* The layer's parameters: a conv's position among the 13 (vgg16_weights.conv_*),
+ * a dense layer's among the 3 (dense_*); -1 for a pool, flatten, out of range. */
+int vgg16_layer_param(int layer);
+/* The layer index of conv `conv` (0..12); -1 out of range. */
+int vgg16_conv_layer(int conv);
 
 /* Borrowed weight pointers (the caller keeps them alive during a call).
  * conv_kernel[i]: (3,3,Cin_i,Cout_i) HWIO; conv_bias[i]: (Cout_i).
@@ -551,8 +562,7 @@ typedef struct {
     vgg_head_layer layers[VGG_HEAD_MAX_LAYERS];
 } vgg_head;
 
-/* Input size after the reduction, and output size; 0 when the head is invalid. */
-size_t vgg_head_input_size(const vgg_head *head);
+/* Output size (the last layer's units); 0 when the head is invalid. */
 size_t vgg_head_output_size(const vgg_head *head);
 /* Floats of workspace to train on batches of `batch` samples (inference needs
  * less; the same size serves both). 0 when the head is invalid. */

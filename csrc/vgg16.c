@@ -47,6 +47,57 @@ size_t vgg16_layer_units(int layer) {
     return (layer >= 0 && layer < VGG16_NUM_LAYERS) ? LAYERS[layer].units : 0;
 }
 
+size_t vgg16_layer_inputs(int layer) {
+    if (layer < 0 || layer >= VGG16_NUM_LAYERS) return 0;
+    if (layer == 0) return 3;
+    if (layer == VGG16_FC1) return (VGG16_TOP_SIZE / 32) * (VGG16_TOP_SIZE / 32) *
+                                   LAYERS[VGG16_BLOCK5_POOL].units;
+    return LAYERS[layer - 1].units;
+}
+
+int vgg16_layer_param(int layer) {
+    return (layer >= 0 && layer < VGG16_NUM_LAYERS) ? LAYERS[layer].param : -1;
+}
+
+int vgg16_conv_layer(int conv) {
+    for (int l = 0; l < VGG16_NUM_LAYERS; l++)
+        if (LAYERS[l].kind == VGG16_KIND_CONV && LAYERS[l].param == conv) return l;
+    return -1;
+}
+
+int vgg16_shapes_to_block5(vgg16_run_shapes *s, int first, size_t h, size_t w, size_t c) {
+    memset(s, 0, sizeof *s);
+    s->first = first;
+    s->last = VGG16_BLOCK5_POOL;
+    s->max_act = h * w * c;
+    for (int l = first; l <= s->last; l++) {
+        const int i = l - first;
+        s->h[i] = h;
+        s->w[i] = w;
+        s->c[i] = c;
+        if (LAYERS[l].kind == VGG16_KIND_CONV) {
+            const size_t cout = LAYERS[l].units;
+            size_t f = vgg_conv3x3_backward_workspace_floats(c, cout);
+            const size_t fw = vgg_conv3x3_workspace_floats(c, cout);
+            if (fw > f) f = fw;
+            if (f > s->scratch) s->scratch = f;
+            if (9 * c * cout > s->dw_max) s->dw_max = 9 * c * cout;
+            if (cout > s->db_max) s->db_max = cout;
+            c = cout;
+        } else {
+            if (h < 2 || w < 2) return 0;
+            h /= 2;
+            w /= 2;
+        }
+        if (h * w * c > s->max_act) s->max_act = h * w * c;
+    }
+    const int end = s->last - first + 1;
+    s->h[end] = h;
+    s->w[end] = w;
+    s->c[end] = c;
+    return 1;
+}
+
 /* The convolutions' workspace for a given number of threads: the largest of
  * the conv layers from cfg->start_layer to cfg->stop_layer (it does not depend
  * on the image size). cfg must have passed plan(). */

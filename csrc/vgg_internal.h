@@ -132,15 +132,6 @@ void vgg_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alp
                const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
                size_t ldc);
 void vgg_blas_set_num_threads(int n);
-/* The fewest rows m for which OpenBLAS takes its blocked path for an (m, n, k)
- * product: it sends small products (m*n*k <= 1e6) to kernels that sum all of k
- * in one run, while the blocked path splits k >= 512 into panels and rounds
- * differently. Callers that batch rows of several images (the convolutions) pad
- * a short product with zero rows up to this, so that with OpenBLAS's AVX-512
- * kernels an image's features are the same bits whatever batch it came in
- * (tests/test_winograd.py). Its AVX2 kernels also round a row by its place in
- * the product: there, batches agree to about 1e-6 relative. */
-size_t vgg_sgemm_stable_rows(size_t n, size_t k);
 /* The same product split across the core's threads: by rows of C when m is the
  * larger side, else by columns; each block is one single-threaded sgemm.
  * Call from serial code. */
@@ -176,7 +167,7 @@ void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const
  * prepared, vgg_conv3x3_prepare). */
 size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads, int prepared);
 
-/* winograd.c: the Winograd F(tile x tile, 3x3) paths of vgg_conv3x3_forward
+/* winograd.c: the Winograd F(tile x tile, 3x3) paths of vgg_conv3x3_forward_by
  * (tile 4 or 6; same contract), with the kernel's transform U either prepared
  * beforehand by vgg_winograd_prepare (u_prepared, vgg_winograd_prepared_floats
  * floats; kernel may then be NULL) or, when u_prepared is NULL, made from
@@ -265,5 +256,19 @@ int vgg_head_train_maps(vgg_fit_stats *stats, vgg_head *head, const vgg_optimize
                         const int64_t *order, size_t first, uint64_t seed, float *d_maps,
                         float *outputs, float *workspace, size_t workspace_floats);
 int vgg_head_check_targets(const vgg_targets *t, size_t n, size_t out);
+
+/* vgg16.c, for the training kernels (finetune.c, gradcam.c): the shapes through
+ * the layers first..VGG16_BLOCK5_POOL (convs and pools) from an input map of
+ * h x w x c. h/w/c[i] is the input of layer first + i, [last - first + 1] the
+ * output of block5_pool. max_act: the largest map; scratch: the largest conv
+ * workspace forward or backward (vgg_conv3x3_(backward_)workspace_floats at the
+ * current thread count); dw_max / db_max: the largest conv kernel and bias
+ * (0 when no conv runs). Returns 0 when a pool meets a map under 2 x 2. */
+typedef struct {
+    int first, last;
+    size_t h[VGG16_NUM_LAYERS + 1], w[VGG16_NUM_LAYERS + 1], c[VGG16_NUM_LAYERS + 1];
+    size_t max_act, scratch, dw_max, db_max;
+} vgg16_run_shapes;
+int vgg16_shapes_to_block5(vgg16_run_shapes *s, int first, size_t h, size_t w, size_t c);
 
 #endif /* VGG_INTERNAL_H */

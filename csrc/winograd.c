@@ -108,14 +108,7 @@ ALWAYS_INLINE void g3(float *o, size_t os, const float *g, size_t gs) {
 #define WB_AT at6
 #define WB_G g3
 #define WF(name) name##_f4
-#include "winograd_body.h"
-#undef TILE
-#undef ALPHA
-#undef NXI
-#undef WB_BT
-#undef WB_AT
-#undef WB_G
-#undef WF
+#include "winograd_body.h" /* undefines the parameters above */
 
 /* ---- F(6x6, 3x3) ----------------------------------------------------------
  * Points 0, +-1, +-2, +-1/2, inf. The rows of B^T for +-1/2 are scaled by 1/16
@@ -180,14 +173,7 @@ ALWAYS_INLINE void g8(float *o, size_t os, const float *g, size_t gs) {
 #define WB_AT at8
 #define WB_G g8
 #define WF(name) name##_f6
-#include "winograd_body.h"
-#undef TILE
-#undef ALPHA
-#undef NXI
-#undef WB_BT
-#undef WB_AT
-#undef WB_G
-#undef WF
+#include "winograd_body.h" /* undefines the parameters above */
 
 /* ---- the public functions: tile 4 or 6 ----------------------------------- */
 

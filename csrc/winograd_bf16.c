@@ -29,9 +29,9 @@
  *     in float32, so the emulation gives the same bits (tests/test_bf16.py
  *     compares whole layers on every level the CPU runs). The instruction also
  *     flushes a sum below FLT_MIN (1.2e-38) to zero, and so does the emulation
- *     (measured on this Zen 4: sums are flushed, products are not; a product
- *     below about 2^-133 is the one case where it could still differ, rounded
- *     once in the emulation before its sum).
+ *     (sums are flushed, products are not; a product below about 2^-133 is the
+ *     one case where it could still differ, rounded once in the emulation
+ *     before its sum).
  * bf16 inputs below FLT_MIN are stored as zero (the instruction reads them so).
  * Each tile's row is summed on its own, in a fixed order, so a result depends
  * neither on the thread count nor on the batch the image came in.
@@ -261,7 +261,7 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
  * would round the same, the products being exact) and flushed to zero below
  * FLT_MIN as the instruction does (FTZ_ASSIGN). MR tiles x nv vectors of
  * `lanes` output channels, in GCC/Clang vector types so that the sums stay in
- * registers (plain arrays were kept on the stack: 7x slower than float32):
+ * registers (plain arrays were kept on the stack, far slower than float32):
  * 16 lanes x up to 4 vectors under AVX-512 (24 of 32 zmm), 8 x 1 otherwise
  * (AVX2 has 16 ymm). A channel pair is one 32-bit word, the even channel in
  * its low half, and a bf16 is the high half of its float32: a shift and a mask

@@ -3,7 +3,8 @@
  * included by winograd.c once per tile size (F(4x4) and F(6x6)). Before each
  * inclusion winograd.c defines TILE, ALPHA (TILE + 2), NXI (ALPHA^2), the 1-D
  * transforms WB_BT (B^T d), WB_AT (A^T m) and WB_G (G g) for VW lanes, and
- * WF(name), which gives every function here the tile size's suffix.
+ * WF(name), which gives every function here the tile size's suffix; the end
+ * of this file undefines them all for the next inclusion.
  * Everything below is static; winograd.c's public functions choose a size.
  */
 
@@ -265,3 +266,10 @@ static int WF(forward)(float *out, const float *x, const float *kernel,
 }
 
 #undef WF_TRANSFORMS
+#undef TILE
+#undef ALPHA
+#undef NXI
+#undef WB_BT
+#undef WB_AT
+#undef WB_G
+#undef WF

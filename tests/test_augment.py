@@ -13,6 +13,7 @@ import pytest
 import vggtl
 from vggtl import _core
 from vggtl.augment import PARAM_KEYS, Augment
+from vggtl import _kernels  # the single kernels, for tests
 
 TUTORIAL = dict(rotation_range=30, zoom_range=0.15, width_shift_range=0.2,
                 height_shift_range=0.2, shear_range=0.15, horizontal_flip=True,
@@ -381,9 +382,9 @@ def test_fit_exact_runs_the_base_on_new_augmented_images_every_epoch(small_data,
         seen.append(np.array(xb))
         return orig(xb, *a, **k)
     m.base.predict = spy
-    before = _core.vgg16_forward_images()
+    before = _kernels.vgg16_forward_images()
     h = m.fit(x, y, batch_size=4, epochs=3, verbose=0, augment=aug, augment_views="epoch")
-    assert _core.vgg16_forward_images() - before == 3 * len(x)
+    assert _kernels.vgg16_forward_images() - before == 3 * len(x)
     assert len(h.history["loss"]) == 3
     got = np.concatenate(seen)
     assert got.shape[0] == 3 * len(x)
@@ -395,14 +396,14 @@ def test_fit_exact_runs_the_base_on_new_augmented_images_every_epoch(small_data,
 def test_fit_views_extract_once_into_the_cache(small_data, tmp_path):
     x, y = small_data
     aug = Augment(**TUTORIAL, seed=2)
-    before = _core.vgg16_forward_images()
+    before = _kernels.vgg16_forward_images()
     h1 = _model(tmp_path).fit(x, y, batch_size=4, epochs=4, verbose=0, augment=aug,
                               augment_views=2)
-    assert _core.vgg16_forward_images() - before == 2 * len(x)
-    before = _core.vgg16_forward_images()
+    assert _kernels.vgg16_forward_images() - before == 2 * len(x)
+    before = _kernels.vgg16_forward_images()
     h2 = _model(tmp_path).fit(x, y, batch_size=4, epochs=4, verbose=0, augment=aug,
                               augment_views=2)
-    assert _core.vgg16_forward_images() == before  # both views come from the cache
+    assert _kernels.vgg16_forward_images() == before  # both views come from the cache
     assert h1.history["loss"] == h2.history["loss"]
     # the views are the base's features of augmented images: view 1 = epoch 1's transforms
     m = _model(False)
@@ -420,18 +421,18 @@ def test_fit_augment_alone_extracts_auto_views_once(small_data, tmp_path, epochs
     from vggtl.model import AUTO_VIEWS, auto_views
     x, y = small_data
     aug = Augment(**TUTORIAL, seed=3)
-    before = _core.vgg16_forward_images()
+    before = _kernels.vgg16_forward_images()
     _model(False).fit(x, y, batch_size=4, epochs=epochs, verbose=0, augment=aug)
     k = auto_views(epochs)
     assert k == min(epochs, AUTO_VIEWS) and 1 < k < 7
-    assert _core.vgg16_forward_images() - before == k * len(x)
-    before = _core.vgg16_forward_images()
+    assert _kernels.vgg16_forward_images() - before == k * len(x)
+    before = _kernels.vgg16_forward_images()
     h_auto = _model(tmp_path).fit(x, y, batch_size=4, epochs=epochs, verbose=0, augment=aug,
                                   augment_views="auto")
     h_k = _model(tmp_path).fit(x, y, batch_size=4, epochs=epochs, verbose=0, augment=aug,
                                augment_views=k)
     assert h_auto.history["loss"] == h_k.history["loss"]
-    assert _core.vgg16_forward_images() - before == k * len(x)  # the second from the cache
+    assert _kernels.vgg16_forward_images() - before == k * len(x)  # the second from the cache
 
 
 def test_fit_augment_errors(small_data):

@@ -15,6 +15,7 @@ import pytest
 
 import vggtl
 from vggtl import _core, dispatch, reference
+from vggtl import _kernels  # the single kernels, for tests
 
 from test_winograd import ISAS  # each instruction set, skipped where this CPU lacks it
 
@@ -63,7 +64,7 @@ def test_every_isa_matches_the_reference_arithmetic(rng, kernels, isa, shape):
     assert _core.conv3x3_algo(*shape[1:], precision="bf16") == "winograd_bf16"
     x, k, b = _data(rng, *shape)
     for relu in (True, False):
-        got = _core.conv3x3_forward(x, k, b, relu=relu, precision="bf16")
+        got = _kernels.conv3x3_forward(x, k, b, relu=relu, precision="bf16")
         ref = reference.conv3x3_winograd_bf16(x, k, b, relu=relu)
         assert got.dtype == np.float32 and got.shape == ref.shape
         assert _rel(got, ref) < TOL_SAME_ARITHMETIC
@@ -81,9 +82,9 @@ def test_instruction_sets_give_the_same_bits(rng, kernels, isa):
     for shape in ((2, 13, 10, 33, 48), (1, 6, 6, 512, 80)):
         x, k, b = _data(rng, *shape)
         vggtl.set_isa(widest)
-        ref = _core.conv3x3_forward(x, k, b, precision="bf16")
+        ref = _kernels.conv3x3_forward(x, k, b, precision="bf16")
         vggtl.set_isa(isa)
-        np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b, precision="bf16"), ref)
+        np.testing.assert_array_equal(_kernels.conv3x3_forward(x, k, b, precision="bf16"), ref)
 
 
 @pytest.mark.parametrize("isa", ISAS[:-1])
@@ -96,11 +97,11 @@ def test_sums_below_flt_min_are_flushed_as_the_instruction_does(kernels, isa):
     b = np.zeros(16, np.float32)
     widest = [i for i in dispatch.ISAS if dispatch.isa_supported(i)][-1]
     vggtl.set_isa(widest)
-    ref = _core.conv3x3_forward(x, k, b, relu=False, precision="bf16")
+    ref = _kernels.conv3x3_forward(x, k, b, relu=False, precision="bf16")
     assert (ref == 0).any() and (np.abs(ref) >= np.finfo(np.float32).tiny).any()
     assert not ((ref != 0) & (np.abs(ref) < np.finfo(np.float32).tiny)).any()  # no subnormal
     vggtl.set_isa(isa)
-    got = _core.conv3x3_forward(x, k, b, relu=False, precision="bf16")
+    got = _kernels.conv3x3_forward(x, k, b, relu=False, precision="bf16")
     np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
 
 
@@ -119,11 +120,11 @@ def test_thread_count_and_batch_do_not_change_a_bit(rng, kernels, restore_thread
     # by the layer; short blocks are padded with zero rows
     x, k, b = _data(rng, 7, 10, 12, 64, 96)
     vggtl.set_num_threads(1)
-    one = _core.conv3x3_forward(x, k, b, precision="bf16")
+    one = _kernels.conv3x3_forward(x, k, b, precision="bf16")
     vggtl.set_num_threads(2)
-    np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b, precision="bf16"), one)
+    np.testing.assert_array_equal(_kernels.conv3x3_forward(x, k, b, precision="bf16"), one)
     for n in (1, 2, 5):
-        np.testing.assert_array_equal(_core.conv3x3_forward(x[:n], k, b, precision="bf16"),
+        np.testing.assert_array_equal(_kernels.conv3x3_forward(x[:n], k, b, precision="bf16"),
                                       one[:n])
 
 
@@ -133,7 +134,7 @@ def test_nan_and_inf_are_never_lost(rng, kernels):
     x, k, b = _data(rng, 2, 9, 11, 16, 20)
     x[0, 4, 5, 3] = np.nan
     x[1, 0, 0, 0] = np.inf
-    got = _core.conv3x3_forward(x, k, b, relu=True, precision="bf16")
+    got = _kernels.conv3x3_forward(x, k, b, relu=True, precision="bf16")
     ref = reference.conv3x3(x, k, b, relu=True)
     assert np.isnan(got[np.isnan(ref)]).all()
     assert not np.isfinite(got[~np.isfinite(ref)]).any()
@@ -236,7 +237,7 @@ def test_precision_is_checked_and_reported():
         vggtl.VGG16(weights=None, precision=None)
     x = np.zeros((1, 4, 4, 16), np.float32)
     with pytest.raises(ValueError, match=r"precision: expected one of 'fp32', 'bf16', got 'int8'"):
-        _core.conv3x3_forward(x, np.zeros((3, 3, 16, 16), np.float32), np.zeros(16, np.float32),
+        _kernels.conv3x3_forward(x, np.zeros((3, 3, 16, 16), np.float32), np.zeros(16, np.float32),
                               precision="int8")
     with pytest.raises(ValueError, match=r"conv_algo: expected one of .*got 'winograd_bf16'"):
         vggtl.set_conv_algo("winograd_bf16")  # a precision, not a setting
@@ -285,12 +286,12 @@ _CHILD = r"""
 import json
 import numpy as np
 import vggtl
-from vggtl import _core, reference
+from vggtl import _core, _kernels, reference
 rng = np.random.default_rng(1)
 x = np.maximum(rng.standard_normal((2, 13, 9, 33), dtype=np.float32), 0)
 k = rng.standard_normal((3, 3, 33, 24), dtype=np.float32) / np.float32(10)
 b = rng.standard_normal(24, dtype=np.float32)
-got = _core.conv3x3_forward(x, k, b, precision="bf16")
+got = _kernels.conv3x3_forward(x, k, b, precision="bf16")
 ref = reference.conv3x3_winograd_bf16(x, k, b)
 err = float(np.abs(got - ref).max() / np.abs(ref).max())
 weights = vggtl.VGG16(weights=None, seed=3).get_weights()

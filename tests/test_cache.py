@@ -26,6 +26,7 @@ import pytest
 import vggtl
 from vggtl import _core
 from vggtl import cache as vc
+from vggtl import _kernels  # the single kernels, for tests
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 20
@@ -33,7 +34,7 @@ CHUNK = 4  # images per chunk in these tests (CHUNK_PIXELS = CHUNK * 32 * 32)
 
 
 def computed():
-    return _core.vgg16_forward_images()
+    return _kernels.vgg16_forward_images()
 
 
 def count(fn):
@@ -423,16 +424,16 @@ def test_damaged_chunk_files_are_recomputed(home, X, monkeypatch):
 
 CHILD = textwrap.dedent("""
     import json, os, sys, time, numpy as np, vggtl
-    from vggtl import _core, cache
+    from vggtl import _core, _kernels, cache
     cache.CHUNK_PIXELS = {chunk} * 32 * 32
     X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
     base = vggtl.VGG16(weights=None, seed=2)
     go = os.environ.get("GO_FILE")
     while go and not os.path.exists(go):
         time.sleep(0.005)
-    c0 = _core.vgg16_forward_images()
+    c0 = _kernels.vgg16_forward_images()
     F = base.extract(X, batch_size=4, progress=False, **{kwargs})
-    print(json.dumps({{"computed": _core.vgg16_forward_images() - c0,
+    print(json.dumps({{"computed": _kernels.vgg16_forward_images() - c0,
                       "sum": float(np.asarray(F, dtype=np.float64).sum()),
                       "memmap": isinstance(F, np.memmap)}}), flush=True)
 """)
@@ -508,15 +509,15 @@ def test_two_processes_compute_once(tmp_path):
 
 RO_CHILD = textwrap.dedent("""
     import json, warnings, numpy as np, vggtl
-    from vggtl import _core
+    from vggtl import _core, _kernels
     X = np.random.default_rng(1).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     base = vggtl.VGG16(weights=None, seed=2)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        c0 = _core.vgg16_forward_images()
+        c0 = _kernels.vgg16_forward_images()
         F = base.extract(X, progress=False)
         G = base.extract(X, progress=False)
-        c1 = _core.vgg16_forward_images()
+        c1 = _kernels.vgg16_forward_images()
         P = base.predict(X)
         ok = np.abs(F - P).max() <= 1e-5 * np.abs(P).max() and np.array_equal(G, F)
     print(json.dumps({"computed": c1 - c0, "ok": bool(ok),
@@ -996,16 +997,16 @@ def test_planted_symlinks_never_redirect_a_write(home, base, X, tmp_path, monkey
 
 FIFO_CHILD = textwrap.dedent("""
     import json, warnings, numpy as np, vggtl
-    from vggtl import _core, cache
+    from vggtl import _core, _kernels, cache
     cache.CHUNK_PIXELS = {chunk} * 32 * 32
     X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
     base = vggtl.VGG16(weights=None, seed=2)
     out = {{}}
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        c0 = _core.vgg16_forward_images()
+        c0 = _kernels.vgg16_forward_images()
         F = base.extract(X, cache={root!r}, batch_size=4, progress=False)
-        out["computed"] = _core.vgg16_forward_images() - c0
+        out["computed"] = _kernels.vgg16_forward_images() - c0
         out["memmap"] = isinstance(F, np.memmap)
         P = base.predict(X)
         out["ok"] = bool(np.abs(F - P).max() <= 1e-5 * np.abs(P).max())
@@ -1073,7 +1074,7 @@ STOPPED_WRITER = textwrap.dedent("""
 
 WAITER = textwrap.dedent("""
     import json, time, warnings, numpy as np, vggtl
-    from vggtl import _core, cache
+    from vggtl import _core, _kernels, cache
     cache.CHUNK_PIXELS = {chunk} * 32 * 32
     cache.LOCK_WAIT_S = {bound}
     X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
@@ -1082,10 +1083,10 @@ WAITER = textwrap.dedent("""
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         for _ in range({calls}):
-            t, c0 = time.monotonic(), _core.vgg16_forward_images()
+            t, c0 = time.monotonic(), _kernels.vgg16_forward_images()
             F = base.extract(X, cache={root!r}, batch_size=4, progress=False)
             out["took"].append(time.monotonic() - t)
-            out["computed"].append(_core.vgg16_forward_images() - c0)
+            out["computed"].append(_kernels.vgg16_forward_images() - c0)
             out["memmap"].append(isinstance(F, np.memmap))
         P = base.predict(X)
         out["ok"] = bool(np.abs(F - P).max() <= 1e-5 * np.abs(P).max())

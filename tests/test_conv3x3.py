@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vggtl import _core, reference
+from vggtl import _kernels, reference
 
 
 def _data(rng, n, h, w, cin, cout):
@@ -32,7 +32,7 @@ SHAPES = [
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_conv3x3_matches_reference(rng, close, shape, relu):
     x, k, b = _data(rng, *shape)
-    got = _core.conv3x3_forward(x, k, b, relu=relu)
+    got = _kernels.conv3x3_forward(x, k, b, relu=relu)
     ref = reference.conv3x3(x, k, b, relu=relu)
     close(got, ref)
     if relu:
@@ -50,7 +50,7 @@ def test_conv3x3_single_tap_shifts_with_zero_padding(rng):
         for dx in range(3):
             k = np.zeros((3, 3, 3, 3), dtype=np.float32)
             k[dy, dx] = np.eye(3, dtype=np.float32)
-            got = _core.conv3x3_forward(x, k, b, relu=False)
+            got = _kernels.conv3x3_forward(x, k, b, relu=False)
             xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
             np.testing.assert_array_equal(got, xp[:, dy:dy + 6, dx:dx + 5, :])
 
@@ -60,9 +60,9 @@ def test_conv3x3_known_values():
     # the corners, 6 on the edges, 9 in the middle) plus the bias
     x = np.ones((1, 3, 3, 1), dtype=np.float32)
     k = np.ones((3, 3, 1, 1), dtype=np.float32)
-    got = _core.conv3x3_forward(x, k, np.array([-5.0], dtype=np.float32), relu=False)
+    got = _kernels.conv3x3_forward(x, k, np.array([-5.0], dtype=np.float32), relu=False)
     np.testing.assert_array_equal(got[0, :, :, 0], [[-1, 1, -1], [1, 4, 1], [-1, 1, -1]])
-    got = _core.conv3x3_forward(x, k, np.array([-5.0], dtype=np.float32), relu=True)
+    got = _kernels.conv3x3_forward(x, k, np.array([-5.0], dtype=np.float32), relu=True)
     np.testing.assert_array_equal(got[0, :, :, 0], [[0, 1, 0], [1, 4, 1], [0, 1, 0]])
 
 
@@ -70,36 +70,36 @@ def test_conv3x3_bias_only():
     x = np.zeros((1, 4, 4, 2), dtype=np.float32)
     k = np.ones((3, 3, 2, 3), dtype=np.float32)
     b = np.array([1.5, -2.0, 0.25], dtype=np.float32)
-    np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b, relu=False),
+    np.testing.assert_array_equal(_kernels.conv3x3_forward(x, k, b, relu=False),
                                   np.broadcast_to(b, (1, 4, 4, 3)))
-    np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b),
+    np.testing.assert_array_equal(_kernels.conv3x3_forward(x, k, b),
                                   np.broadcast_to(np.maximum(b, 0), (1, 4, 4, 3)))
 
 
 def test_conv3x3_out_is_overwritten(rng, close):
     x, k, b = _data(rng, 2, 7, 9, 3, 5)
     out = np.full((2, 7, 9, 5), np.nan, dtype=np.float32)
-    got = _core.conv3x3_forward(x, k, b, relu=False, out=out)
+    got = _kernels.conv3x3_forward(x, k, b, relu=False, out=out)
     assert got is out
     close(out, reference.conv3x3(x, k, b, relu=False))
     # a second call overwrites, it does not accumulate
-    _core.conv3x3_forward(x, k, b, relu=False, out=out)
+    _kernels.conv3x3_forward(x, k, b, relu=False, out=out)
     close(out, reference.conv3x3(x, k, b, relu=False))
 
 
 def test_conv3x3_empty_batch(rng, close):
     x, k, b = _data(rng, 0, 5, 4, 3, 6)
-    got = _core.conv3x3_forward(x, k, b)
+    got = _kernels.conv3x3_forward(x, k, b)
     assert got.shape == (0, 5, 4, 6) and got.dtype == np.float32
     # the same kernel on a non-empty batch still computes
     x1 = rng.standard_normal((1, 5, 4, 3), dtype=np.float32)
-    close(_core.conv3x3_forward(x1, k, b), reference.conv3x3(x1, k, b))
+    close(_kernels.conv3x3_forward(x1, k, b), reference.conv3x3(x1, k, b))
 
 
 def test_conv3x3_inputs_unchanged(rng):
     x, k, b = _data(rng, 2, 6, 6, 4, 8)
     copies = [a.copy() for a in (x, k, b)]
-    _core.conv3x3_forward(x, k, b)
+    _kernels.conv3x3_forward(x, k, b)
     for a, c in zip((x, k, b), copies):
         np.testing.assert_array_equal(a, c)
 
@@ -107,9 +107,9 @@ def test_conv3x3_inputs_unchanged(rng):
 def test_conv3x3_images_are_independent(rng, close):
     # image i of a batch equals the conv of image i alone (chunks straddle images)
     x, k, b = _data(rng, 3, 17, 13, 8, 16)
-    whole = _core.conv3x3_forward(x, k, b)
+    whole = _kernels.conv3x3_forward(x, k, b)
     for i in range(3):
-        close(whole[i:i + 1], _core.conv3x3_forward(x[i:i + 1].copy(), k, b), rtol=1e-6)
+        close(whole[i:i + 1], _kernels.conv3x3_forward(x[i:i + 1].copy(), k, b), rtol=1e-6)
 
 
 def test_conv3x3_nan_propagates_through_relu(rng):
@@ -124,5 +124,5 @@ def test_conv3x3_nan_propagates_through_relu(rng):
     expect_nan[0, 1:4, 1:4, :] = True
     ref = reference.conv3x3(x, k, b, relu=True)
     np.testing.assert_array_equal(np.isnan(ref), expect_nan)
-    np.testing.assert_array_equal(np.isnan(_core.conv3x3_forward(x, k, b, relu=False)), expect_nan)
-    np.testing.assert_array_equal(np.isnan(_core.conv3x3_forward(x, k, b, relu=True)), expect_nan)
+    np.testing.assert_array_equal(np.isnan(_kernels.conv3x3_forward(x, k, b, relu=False)), expect_nan)
+    np.testing.assert_array_equal(np.isnan(_kernels.conv3x3_forward(x, k, b, relu=True)), expect_nan)

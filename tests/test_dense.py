@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from vggtl import _core, reference
+from vggtl import _kernels, reference
 
 ACTIVATIONS = ["linear", "relu", "softmax", "sigmoid"]
 
@@ -23,7 +23,7 @@ def _data(rng, n, i, o):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_dense_matches_reference(rng, close, shape, activation):
     x, k, b = _data(rng, *shape)
-    got = _core.dense_forward(x, k, b, activation)
+    got = _kernels.dense_forward(x, k, b, activation)
     close(got, reference.dense(x, k, b, activation))
     if activation == "softmax":
         np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
@@ -31,7 +31,7 @@ def test_dense_matches_reference(rng, close, shape, activation):
 
 def test_dense_default_activation_is_linear(rng, close):
     x, k, b = _data(rng, 4, 9, 6)
-    got = _core.dense_forward(x, k, b)
+    got = _kernels.dense_forward(x, k, b)
     close(got, x.astype(np.float64) @ k + b)
     assert (got < 0).any()
 
@@ -40,24 +40,24 @@ def test_dense_known_values():
     x = np.array([[1.0, 2.0], [-1.0, 0.5]], dtype=np.float32)
     k = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]], dtype=np.float32)
     b = np.array([0.5, -0.5, 0.0], dtype=np.float32)
-    np.testing.assert_array_equal(_core.dense_forward(x, k, b),
+    np.testing.assert_array_equal(_kernels.dense_forward(x, k, b),
                                   [[1.5, 1.5, 0.0], [-0.5, 0.0, -2.5]])
-    np.testing.assert_array_equal(_core.dense_forward(x, k, b, "relu"),
+    np.testing.assert_array_equal(_kernels.dense_forward(x, k, b, "relu"),
                                   [[1.5, 1.5, 0.0], [0.0, 0.0, 0.0]])
 
 
 def test_dense_empty_batch(rng, close):
     _, k, b = _data(rng, 1, 8, 3)
-    got = _core.dense_forward(np.zeros((0, 8), dtype=np.float32), k, b, "softmax")
+    got = _kernels.dense_forward(np.zeros((0, 8), dtype=np.float32), k, b, "softmax")
     assert got.shape == (0, 3) and got.dtype == np.float32
     x = rng.standard_normal((2, 8), dtype=np.float32)
-    close(_core.dense_forward(x, k, b, "softmax"), reference.dense(x, k, b, "softmax"))
+    close(_kernels.dense_forward(x, k, b, "softmax"), reference.dense(x, k, b, "softmax"))
 
 
 def test_dense_inputs_unchanged(rng):
     x, k, b = _data(rng, 40, 30, 50)
     copies = [a.copy() for a in (x, k, b)]
-    _core.dense_forward(x, k, b, "softmax")
+    _kernels.dense_forward(x, k, b, "softmax")
     for a, c in zip((x, k, b), copies):
         np.testing.assert_array_equal(a, c)
 
@@ -67,7 +67,7 @@ def test_dense_inputs_unchanged(rng):
 def test_activation_matches_reference(rng, close, shape, activation):
     x = (rng.standard_normal(shape) * 5).astype(np.float32)
     before = x.copy()
-    got = _core.activation_forward(x, activation)
+    got = _kernels.activation_forward(x, activation)
     assert got is not x
     np.testing.assert_array_equal(x, before)  # a new array; x is left alone
     close(got, reference.activation(x, activation))
@@ -75,19 +75,19 @@ def test_activation_matches_reference(rng, close, shape, activation):
 
 def test_activation_known_values():
     x = np.array([[-2.0, 0.0, 3.0]], dtype=np.float32)
-    np.testing.assert_array_equal(_core.activation_forward(x, "linear"), x)
-    np.testing.assert_array_equal(_core.activation_forward(x, "relu"), [[0.0, 0.0, 3.0]])
-    np.testing.assert_allclose(_core.activation_forward(x, "sigmoid"),
+    np.testing.assert_array_equal(_kernels.activation_forward(x, "linear"), x)
+    np.testing.assert_array_equal(_kernels.activation_forward(x, "relu"), [[0.0, 0.0, 3.0]])
+    np.testing.assert_allclose(_kernels.activation_forward(x, "sigmoid"),
                                [[1 / (1 + np.e ** 2), 0.5, 1 / (1 + np.e ** -3)]], rtol=1e-6)
     e = np.exp([-5.0, -3.0, 0.0])
-    np.testing.assert_allclose(_core.activation_forward(x, "softmax"), [e / e.sum()], rtol=1e-6)
+    np.testing.assert_allclose(_kernels.activation_forward(x, "softmax"), [e / e.sum()], rtol=1e-6)
 
 
 def test_softmax_is_stable_for_large_logits(close):
     # exp(1000) overflows float32 and float64: the max must be subtracted first
     x = np.array([[1000.0, 999.0, -1000.0], [-1000.0, -1001.0, -1002.0],
                   [3e38, 0.0, -3e38]], dtype=np.float32)
-    got = _core.activation_forward(x, "softmax")
+    got = _kernels.activation_forward(x, "softmax")
     assert np.isfinite(got).all()
     close(got, reference.softmax(x), rtol=1e-6)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-6)
@@ -96,13 +96,13 @@ def test_softmax_is_stable_for_large_logits(close):
 
 def test_softmax_is_shift_invariant(rng, close):
     x = rng.standard_normal((4, 9), dtype=np.float32)
-    close(_core.activation_forward(x + np.float32(50.0), "softmax"),
-          _core.activation_forward(x, "softmax"), rtol=1e-5)
+    close(_kernels.activation_forward(x + np.float32(50.0), "softmax"),
+          _kernels.activation_forward(x, "softmax"), rtol=1e-5)
 
 
 def test_sigmoid_saturates_without_nan():
     x = np.array([[-200.0, -90.0, 90.0, 200.0]], dtype=np.float32)
-    got = _core.activation_forward(x, "sigmoid")
+    got = _kernels.activation_forward(x, "sigmoid")
     np.testing.assert_allclose(got, [[0.0, 0.0, 1.0, 1.0]], atol=1e-30)
 
 
@@ -111,10 +111,10 @@ def test_nan_propagates_through_activations():
     x = np.array([[np.nan, -1.0, 2.0]], dtype=np.float32)
     for act, expect in [("linear", [np.nan, -1.0, 2.0]), ("relu", [np.nan, 0.0, 2.0])]:
         np.testing.assert_array_equal(reference.activation(x, act)[0], expect)
-        np.testing.assert_array_equal(_core.activation_forward(x, act)[0], expect, err_msg=act)
-    assert np.isnan(_core.activation_forward(x, "sigmoid")[0, 0])
-    assert np.isnan(_core.activation_forward(x, "softmax")).all()
+        np.testing.assert_array_equal(_kernels.activation_forward(x, act)[0], expect, err_msg=act)
+    assert np.isnan(_kernels.activation_forward(x, "sigmoid")[0, 0])
+    assert np.isnan(_kernels.activation_forward(x, "softmax")).all()
     k = np.eye(3, dtype=np.float32)
-    got = _core.dense_forward(x, k, np.zeros(3, np.float32), "relu")
+    got = _kernels.dense_forward(x, k, np.zeros(3, np.float32), "relu")
     ref = reference.dense(x, k, np.zeros(3), "relu")
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))

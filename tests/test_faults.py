@@ -35,6 +35,7 @@ import pytest
 import vggtl
 from vggtl import _core
 from vggtl import cache as vc
+from vggtl import _kernels  # the single kernels, for tests
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _REAL_FSYNC = os.fsync
@@ -111,14 +112,14 @@ def kill_points(total, k, seed):
 # -- cache writes ----------------------------------------------------------------------
 CACHE_CHILD = """
     import json, numpy as np, vggtl
-    from vggtl import _core, cache
+    from vggtl import _core, _kernels, cache
     cache.CHUNK_PIXELS = {chunk} * 32 * 32
     X = np.random.default_rng(1).integers(0, 256, ({n}, 32, 32, 3), dtype=np.uint8)
     base = vggtl.VGG16(weights=None, seed=2)
     arm({root!r}, {kill_at})
-    c0 = _core.vgg16_forward_images()
+    c0 = _kernels.vgg16_forward_images()
     F = base.extract(X, cache={root!r}, batch_size=2, progress=False)
-    print(json.dumps({{"ops": OPS[0], "computed": _core.vgg16_forward_images() - c0}}))
+    print(json.dumps({{"ops": OPS[0], "computed": _kernels.vgg16_forward_images() - c0}}))
 """
 
 
@@ -188,9 +189,9 @@ def test_sigkill_at_random_points_of_a_cache_write_never_exposes_half_a_file(
         m = vc.load_manifest(os.path.join(root, vc._key_id(key), "manifest.json"), key)
         done = 0 if m is None else sum(c is not None for c in m["chunks"])
         monkeypatch.setattr(vc, "CHUNK_PIXELS", CHUNK * 32 * 32)
-        c0 = _core.vgg16_forward_images()
+        c0 = _kernels.vgg16_forward_images()
         F = base.extract(X, cache=root, batch_size=2, progress=False)
-        computed = _core.vgg16_forward_images() - c0
+        computed = _kernels.vgg16_forward_images() - c0
         assert isinstance(F, np.memmap) and np.array_equal(F, ref), f"kill at {k}"
         assert computed == N - done * CHUNK, f"kill at {k}: recomputed {computed} images"
         assert not [f for f in os.listdir(os.path.join(root, vc._key_id(key)))
@@ -302,19 +303,19 @@ def test_a_save_leaves_another_writers_temporary_file_alone(tmp_path):
 # -- Ctrl-C ----------------------------------------------------------------------------
 EXTRACT_CTRL_C = """
     import json, os, signal, threading, time, numpy as np, vggtl
-    from vggtl import _core, cache
+    from vggtl import _core, _kernels, cache
     cache.CHUNK_PIXELS = 16 * 32 * 32
     n, bs = 96, 8
     X = np.random.default_rng(3).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     base = vggtl.VGG16(weights=None, seed=4)
     ref = base.extract(X, cache=False, batch_size=bs, progress=False)
-    c0 = _core.vgg16_forward_images()
+    c0 = _kernels.vgg16_forward_images()
     at_signal = []
 
     def watcher():  # Ctrl-C once a random amount of work is done
-        while _core.vgg16_forward_images() - c0 < {after}:
+        while _kernels.vgg16_forward_images() - c0 < {after}:
             time.sleep(0.001)
-        at_signal.append(_core.vgg16_forward_images() - c0)
+        at_signal.append(_kernels.vgg16_forward_images() - c0)
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=watcher, daemon=True).start()
@@ -323,15 +324,15 @@ EXTRACT_CTRL_C = """
         out = {{"interrupted": False}}
     except KeyboardInterrupt:
         out = {{"interrupted": True, "at_signal": at_signal[0],
-               "at_interrupt": _core.vgg16_forward_images() - c0}}
+               "at_interrupt": _kernels.vgg16_forward_images() - c0}}
     folder = os.path.join({root!r}, sorted(os.listdir({root!r}))[0])
     m = cache.load_manifest(os.path.join(folder, "manifest.json"))
     out["done_chunks"] = sum(c is not None for c in m["chunks"])
     out["complete"] = m["complete"]
     out["temporaries"] = [f for d, _, fs in os.walk(folder) for f in fs if f.endswith(".part")]
-    c1 = _core.vgg16_forward_images()
+    c1 = _kernels.vgg16_forward_images()
     F = base.extract(X, cache={root!r}, batch_size=32, progress=False)   # resume
-    out["resumed_computed"] = _core.vgg16_forward_images() - c1
+    out["resumed_computed"] = _kernels.vgg16_forward_images() - c1
     out["equal"] = bool(np.array_equal(F, ref)) and isinstance(F, np.memmap)
     out["n"], out["bs"] = n, bs
     print(json.dumps(out))
@@ -549,9 +550,9 @@ def test_full_disk_during_cache_write_warns_once_and_resumes(tmp_path, monkeypat
     m = vc.load_manifest(os.path.join(root, vc._key_id(key), "manifest.json"), key)
     done = sum(c is not None for c in m["chunks"])
     assert done >= 1
-    c0 = _core.vgg16_forward_images()
+    c0 = _kernels.vgg16_forward_images()
     F3 = base.extract(X, cache=root, batch_size=2, progress=False)
-    assert _core.vgg16_forward_images() - c0 == N - done * CHUNK
+    assert _kernels.vgg16_forward_images() - c0 == N - done * CHUNK
     assert isinstance(F3, np.memmap) and np.array_equal(F3, ref)
 
 
@@ -607,9 +608,9 @@ def test_file_size_limit_write_failure_is_a_clear_error_and_nothing_is_corrupted
     assert len(r["warnings"]) == 1 and root in r["warnings"][0], r
     check_entry_after_kill(root, key, ref, "after EFBIG")
     monkeypatch.setattr(vc, "CHUNK_PIXELS", CHUNK * 32 * 32)
-    c0 = _core.vgg16_forward_images()
+    c0 = _kernels.vgg16_forward_images()
     F = base.extract(X, cache=root, batch_size=2, progress=False)
-    assert _core.vgg16_forward_images() - c0 == 0  # every chunk file was whole
+    assert _kernels.vgg16_forward_images() - c0 == 0  # every chunk file was whole
     assert isinstance(F, np.memmap) and np.array_equal(F, ref)
 
 
@@ -696,7 +697,7 @@ def test_full_tmpfs_is_a_clear_error_and_nothing_is_corrupted(tmp_path, cache_se
 # -- read-only cache folders ---------------------------------------------------------------
 RO_CHILD = """
     import json, os, warnings, numpy as np, vggtl
-    from vggtl import _core
+    from vggtl import _core, _kernels
     X = np.random.default_rng(1).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     y = np.arange(12) % 2
     with warnings.catch_warnings(record=True) as w:
@@ -707,10 +708,10 @@ RO_CHILD = """
                                             vggtl.Dense(2, activation="softmax")])
         m.compile(optimizer=vggtl.Adam(1e-3), loss="categorical_crossentropy",
                   metrics=["accuracy"])
-        c0 = _core.vgg16_forward_images()
+        c0 = _kernels.vgg16_forward_images()
         H = m.fit(X, y, epochs=2, verbose=0, validation_data=(X[:4], y[:4]))
         m.fit(X, y, epochs=1, verbose=0)
-        computed = _core.vgg16_forward_images() - c0
+        computed = _kernels.vgg16_forward_images() - c0
         P = m.predict(X)
     print(json.dumps({{"warnings": [str(x.message) for x in w], "computed": computed,
                        "epochs": len(H.history["loss"]), "finite": bool(np.isfinite(P).all())}}))

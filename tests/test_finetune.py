@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vggtl
-from vggtl import _core, reference
+from vggtl import _kernels, reference
 
 
 def rel(a, b):
@@ -21,7 +21,7 @@ def test_conv3x3_backward_matches_finite_differences(n, h, w, cin, cout):
     k = (rng.standard_normal((3, 3, cin, cout)) * 0.3).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
     g = rng.standard_normal((n, h, w, cout)).astype(np.float32)
-    dx, dw, db = _core.conv3x3_backward(g, x, k)
+    dx, dw, db = _kernels.conv3x3_backward(g, x, k)
 
     def loss(x_, k_, b_):  # sum(g * conv(x)) in float64, linear so differences are exact
         out = reference.conv3x3(x_, k_, b_, relu=False).astype(np.float64)
@@ -47,7 +47,7 @@ def test_conv3x3_backward_matches_torch_at_block5_size():
     x = rng.standard_normal((2, 14, 14, 512)).astype(np.float32)
     k = (rng.standard_normal((3, 3, 512, 512)) * 0.02).astype(np.float32)
     g = rng.standard_normal((2, 14, 14, 512)).astype(np.float32)
-    dx, dw, db = _core.conv3x3_backward(g, x, k)
+    dx, dw, db = _kernels.conv3x3_backward(g, x, k)
     xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
     kt = torch.tensor(k.transpose(3, 2, 0, 1), dtype=torch.float64, requires_grad=True)
     bt = torch.zeros(512, dtype=torch.float64, requires_grad=True)
@@ -56,7 +56,7 @@ def test_conv3x3_backward_matches_torch_at_block5_size():
     assert rel(dx, xt.grad.numpy().transpose(0, 2, 3, 1)) < 1e-5
     assert rel(dw, kt.grad.numpy().transpose(2, 3, 1, 0)) < 1e-5
     assert rel(db, bt.grad.numpy()) < 1e-5
-    _, dw2, _ = _core.conv3x3_backward(g, x, k, need_dx=False)
+    _, dw2, _ = _kernels.conv3x3_backward(g, x, k, need_dx=False)
     np.testing.assert_array_equal(dw2, dw)
 
 
@@ -64,12 +64,12 @@ def test_maxpool_backward_routes_to_the_first_maximum_and_zeroes_dropped_edges()
     # one window with a tie between top-right and bottom-left: the first in
     # row-major order (top-right) gets the gradient, as TensorFlow and PyTorch do
     x = np.array([[1, 5], [5, 2]], np.float32).reshape(1, 2, 2, 1)
-    d = _core.maxpool2x2_backward(np.full((1, 1, 1, 1), 3.0, np.float32), x)
+    d = _kernels.maxpool2x2_backward(np.full((1, 1, 1, 1), 3.0, np.float32), x)
     np.testing.assert_array_equal(d[0, :, :, 0], [[0, 3], [0, 0]])
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 7, 5, 3)).astype(np.float32)  # odd sizes: last row/col dropped
     g = rng.standard_normal((2, 3, 2, 3)).astype(np.float32)
-    d = _core.maxpool2x2_backward(g, x)
+    d = _kernels.maxpool2x2_backward(g, x)
     xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
     torch.nn.functional.max_pool2d(xt, 2, 2).backward(torch.tensor(g.transpose(0, 3, 1, 2)))
     np.testing.assert_array_equal(d, xt.grad.numpy().transpose(0, 2, 3, 1))
@@ -232,20 +232,20 @@ def test_fine_tune_bad_input():
 
 def test_fine_tune_reads_the_cut_from_the_cache_and_takes_augmented_views(tmp_path):
     model, X, y = _setup(seed=6, n=8)
-    before = _core.vgg16_forward_images()
+    before = _kernels.vgg16_forward_images()
     model.fine_tune(X, y, unfreeze_from="block5_conv1", batch_size=4, epochs=1, verbose=0,
                     cache=str(tmp_path))
-    first = _core.vgg16_forward_images() - before
+    first = _kernels.vgg16_forward_images() - before
     assert first == len(X)  # the cut computed once ...
-    before = _core.vgg16_forward_images()
+    before = _kernels.vgg16_forward_images()
     model.fine_tune(X, y, unfreeze_from="block5_conv1", batch_size=4, epochs=1, verbose=0,
                     cache=str(tmp_path))
-    assert _core.vgg16_forward_images() == before  # ... and read back the second time
+    assert _kernels.vgg16_forward_images() == before  # ... and read back the second time
     aug = vggtl.Augment(rotation_range=20, horizontal_flip=True, seed=1)
-    before = _core.vgg16_forward_images()
+    before = _kernels.vgg16_forward_images()
     H = model.fine_tune(X, y, unfreeze_from="block5_conv1", batch_size=4, epochs=3, verbose=0,
                         cache=str(tmp_path), augment=aug, augment_views=2)
-    assert _core.vgg16_forward_images() - before == 2 * len(X)  # two views, once each
+    assert _kernels.vgg16_forward_images() - before == 2 * len(X)  # two views, once each
     assert len(H.history["loss"]) == 3 and np.isfinite(H.history["loss"]).all()
 
 

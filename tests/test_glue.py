@@ -5,6 +5,7 @@ import pytest
 
 import vggtl
 from vggtl import _core, reference
+from vggtl import _kernels  # the single kernels, for tests
 
 
 def _images(rng, n, h, w, c=3, dtype=np.uint8):
@@ -211,33 +212,33 @@ def _conv_args(rng):
 def test_core_conv_dtype(rng):
     x, k, b = _conv_args(rng)
     with pytest.raises(TypeError, match=r"^x: expected dtype float32.*f8"):
-        _core.conv3x3_forward(x.astype(np.float64), k, b)
+        _kernels.conv3x3_forward(x.astype(np.float64), k, b)
     with pytest.raises(TypeError, match=r"^kernel: expected dtype float32"):
-        _core.conv3x3_forward(x, k.astype(np.float64), b)
+        _kernels.conv3x3_forward(x, k.astype(np.float64), b)
     with pytest.raises(TypeError, match=r"^bias: expected dtype float32"):
-        _core.conv3x3_forward(x, k, b.astype(np.float16))
+        _kernels.conv3x3_forward(x, k, b.astype(np.float16))
     with pytest.raises(TypeError, match=r"^x: .*native byte order"):
-        _core.conv3x3_forward(x.astype(">f4"), k, b)
+        _kernels.conv3x3_forward(x.astype(">f4"), k, b)
     with pytest.raises(TypeError, match=r"^x: expected a numpy.ndarray, got list"):
-        _core.conv3x3_forward(x.tolist(), k, b)
+        _kernels.conv3x3_forward(x.tolist(), k, b)
 
 
 def test_core_conv_layout_and_shapes(rng, close):
     x, k, b = _conv_args(rng)
     with pytest.raises(ValueError, match=r"^x: expected a C-contiguous"):
-        _core.conv3x3_forward(x[:, ::-1], k, b)
+        _kernels.conv3x3_forward(x[:, ::-1], k, b)
     with pytest.raises(ValueError, match=r"^kernel: expected a C-contiguous"):
-        _core.conv3x3_forward(x, np.asfortranarray(k), b)
+        _kernels.conv3x3_forward(x, np.asfortranarray(k), b)
     with pytest.raises(ValueError, match=r"^x: expected 4 dimensions, got 3"):
-        _core.conv3x3_forward(x[0], k, b)
+        _kernels.conv3x3_forward(x[0], k, b)
     with pytest.raises(ValueError, match=r"^bias: expected size 4 on axis 0, got 5"):
-        _core.conv3x3_forward(x, k, np.zeros(5, np.float32))
+        _kernels.conv3x3_forward(x, k, np.zeros(5, np.float32))
     with pytest.raises(ValueError, match=r"^kernel: expected size 3 on axis 2, got 2"):
-        _core.conv3x3_forward(x, np.ascontiguousarray(k[:, :, :2]), b)
+        _kernels.conv3x3_forward(x, np.ascontiguousarray(k[:, :, :2]), b)
     with pytest.raises(ValueError, match=r"^kernel: expected size 3 on axis 0, got 5"):
-        _core.conv3x3_forward(x, np.zeros((5, 5, 3, 4), np.float32), b)
+        _kernels.conv3x3_forward(x, np.zeros((5, 5, 3, 4), np.float32), b)
     # the checks come before any computation: a good call still works
-    close(_core.conv3x3_forward(x, k, b), reference.conv3x3(x, k, b))
+    close(_kernels.conv3x3_forward(x, k, b), reference.conv3x3(x, k, b))
 
 
 def test_core_conv_out(rng):
@@ -245,42 +246,42 @@ def test_core_conv_out(rng):
     out = np.zeros((1, 5, 5, 4), np.float32)
     out.setflags(write=False)
     with pytest.raises(ValueError, match=r"^out: expected a writeable array"):
-        _core.conv3x3_forward(x, k, b, out=out)
+        _kernels.conv3x3_forward(x, k, b, out=out)
     np.testing.assert_array_equal(out, 0.0)  # untouched
     with pytest.raises(ValueError, match=r"^out: expected size 4 on axis 3, got 3"):
-        _core.conv3x3_forward(x, k, b, out=np.zeros((1, 5, 5, 3), np.float32))
+        _kernels.conv3x3_forward(x, k, b, out=np.zeros((1, 5, 5, 3), np.float32))
     with pytest.raises(TypeError, match=r"^out: expected dtype float32"):
-        _core.conv3x3_forward(x, k, b, out=np.zeros((1, 5, 5, 4), np.float64))
+        _kernels.conv3x3_forward(x, k, b, out=np.zeros((1, 5, 5, 4), np.float64))
     with pytest.raises(ValueError, match=r"^out: expected a C-contiguous"):
-        _core.conv3x3_forward(x, k, b, out=np.zeros((1, 5, 5, 8), np.float32)[..., ::2])
+        _kernels.conv3x3_forward(x, k, b, out=np.zeros((1, 5, 5, 8), np.float32)[..., ::2])
 
 
 def test_core_other_kernels(rng):
     x = rng.standard_normal((1, 4, 4, 2), dtype=np.float32)
     with pytest.raises(TypeError, match=r"^x: expected dtype float32"):
-        _core.maxpool2x2_forward(x.astype(np.float64))
+        _kernels.maxpool2x2_forward(x.astype(np.float64))
     with pytest.raises(ValueError, match=r"^x: expected H >= 2"):
-        _core.maxpool2x2_forward(np.zeros((1, 1, 4, 2), np.float32))
+        _kernels.maxpool2x2_forward(np.zeros((1, 1, 4, 2), np.float32))
     with pytest.raises(ValueError, match=r"^mode: expected 'avg' or 'max', got 'mean'"):
-        _core.global_pool_forward(x, "mean")
+        _kernels.global_pool_forward(x, "mean")
     with pytest.raises(ValueError, match=r"^x: expected a C-contiguous"):
-        _core.global_pool_forward(x[:, ::2], "avg")
+        _kernels.global_pool_forward(x[:, ::2], "avg")
     m = rng.standard_normal((3, 5), dtype=np.float32)
     with pytest.raises(ValueError, match=r"^activation: .*got 'tanh'"):
-        _core.activation_forward(m, "tanh")
+        _kernels.activation_forward(m, "tanh")
     with pytest.raises(ValueError, match=r"^x: expected 2 dimensions"):
-        _core.activation_forward(x, "relu")
+        _kernels.activation_forward(x, "relu")
     with pytest.raises(TypeError, match=r"^x: expected dtype float32"):
-        _core.activation_forward(m.astype(np.float64), "relu")
+        _kernels.activation_forward(m.astype(np.float64), "relu")
     k = rng.standard_normal((5, 7), dtype=np.float32)
     with pytest.raises(ValueError, match=r"^kernel: expected size 5 on axis 0, got 6"):
-        _core.dense_forward(m, np.zeros((6, 7), np.float32), np.zeros(7, np.float32))
+        _kernels.dense_forward(m, np.zeros((6, 7), np.float32), np.zeros(7, np.float32))
     with pytest.raises(ValueError, match=r"^bias: expected size 7 on axis 0, got 6"):
-        _core.dense_forward(m, k, np.zeros(6, np.float32))
+        _kernels.dense_forward(m, k, np.zeros(6, np.float32))
     with pytest.raises(TypeError, match=r"^kernel: expected dtype float32"):
-        _core.dense_forward(m, k.astype(np.float64), np.zeros(7, np.float32))
+        _kernels.dense_forward(m, k.astype(np.float64), np.zeros(7, np.float32))
     with pytest.raises(ValueError, match=r"^activation: "):
-        _core.dense_forward(m, k, np.zeros(7, np.float32), "gelu")
+        _kernels.dense_forward(m, k, np.zeros(7, np.float32), "gelu")
 
 
 def test_core_input_convert(rng):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import vggtl
-from vggtl import _core
+from vggtl import _kernels
 from conftest import rel_err
 
 EPS = np.float32(1e-7)          # Keras's backend epsilon
@@ -213,15 +213,15 @@ def test_dense_backward_matches_finite_differences(rng, n, i, o):
     dz = rng.standard_normal((n, o), dtype=np.float32)  # dL/d(x @ k + b)
     R = dz.astype(np.float64)
     # the forward differenced is the C forward's (checked here) in float64
-    np.testing.assert_allclose(_core.dense_forward(x, k, b, "linear"),
+    np.testing.assert_allclose(_kernels.dense_forward(x, k, b, "linear"),
                                x.astype(np.float64) @ k + b, rtol=1e-5, atol=1e-5)
     X, K, B = (a.astype(np.float64) for a in (x, k, b))
     gx = num_grad(lambda v: (R * (v @ K + B)).sum(), X)
     gk = num_grad(lambda v: (R * (X @ v + B)).sum(), K)
     gb = num_grad(lambda v: (R * (X @ K + v)).sum(), B)
-    dx, dw, db = _core.dense_backward(dz, x, k)
+    dx, dw, db = _kernels.dense_backward(dz, x, k)
     assert rel_err(dx, gx) < GRAD_RTOL and rel_err(dw, gk) < GRAD_RTOL and rel_err(db, gb) < GRAD_RTOL
-    dx2, dw2, db2 = _core.dense_backward(dz, x, k, need_dx=False)
+    dx2, dw2, db2 = _kernels.dense_backward(dz, x, k, need_dx=False)
     assert dx2 is None
     np.testing.assert_array_equal(dw2, dw)
     np.testing.assert_array_equal(db2, db)
@@ -233,11 +233,11 @@ def test_activation_backward_matches_finite_differences(rng, activation):
     if activation == "relu":  # stay away from the kink
         z = np.where(np.abs(z) < 0.1, np.float32(0.5), z).astype(np.float32)
     dy = rng.standard_normal((5, 6), dtype=np.float32)
-    y = _core.activation_forward(z, activation)
+    y = _kernels.activation_forward(z, activation)
     np.testing.assert_allclose(y, act64(z, activation), rtol=1e-6, atol=1e-7)
     R = dy.astype(np.float64)
     g = num_grad(lambda v: (R * act64(v, activation)).sum(), z.astype(np.float64))
-    got = _core.activation_backward(dy, y, activation)
+    got = _kernels.activation_backward(dy, y, activation)
     assert rel_err(got, g) < GRAD_RTOL
     if activation == "relu":
         np.testing.assert_array_equal(got[z < 0], 0.0)
@@ -267,7 +267,7 @@ def _loss_case(rng, kind, n=4, c=3):
 def test_loss_matches_keras_and_finite_differences(rng, kind, weighted):
     yhat, t, f = _loss_case(rng, kind)
     w = rng.uniform(0.2, 3.0, len(yhat)).astype(np.float32) if weighted else None
-    loss, d, per = _core.loss_forward_backward(yhat, t, kind, sample_weight=w)
+    loss, d, per = _kernels.loss_forward_backward(yhat, t, kind, sample_weight=w)
     ref, ref_per = f(yhat.astype(np.float64), w)
     assert math.isclose(loss, ref, rel_tol=1e-6)
     np.testing.assert_allclose(per, ref_per, rtol=1e-6)
@@ -280,7 +280,7 @@ def test_loss_known_values():
     # per-unit terms, each with TensorFlow's Keras's + 1e-7 inside the log
     yhat = np.array([[0.8, 0.2], [0.3, 0.7]], dtype=np.float32)
     y = np.array([[1, 0], [1, 0]], dtype=np.float32)
-    loss, _, per = _core.loss_forward_backward(yhat, y, 0)
+    loss, _, per = _kernels.loss_forward_backward(yhat, y, 0)
     p = yhat.astype(np.float64)
     e = 1e-7
     assert math.isclose(per[0], -math.log(p[0, 0] + e), rel_tol=1e-6)  # both units: -ln 0.8
@@ -289,20 +289,20 @@ def test_loss_known_values():
     assert math.isclose(loss, (per[0] + per[1]) / 2, rel_tol=1e-6)
     # CCE of an unnormalised row: -ln(2/(2+6)) = ln 4 (normalised, then clipped)
     yhat = np.array([[2.0, 6.0]], dtype=np.float32)
-    assert math.isclose(_core.loss_forward_backward(yhat, np.array([[1, 0]], np.float32), 1)[0],
+    assert math.isclose(_kernels.loss_forward_backward(yhat, np.array([[1, 0]], np.float32), 1)[0],
                         math.log(4), rel_tol=1e-6)
     # sparse CCE clips first (both to 1 - 1e-7), then normalises: ln 2 (TensorFlow's order)
-    assert math.isclose(_core.loss_forward_backward(yhat, np.array([0], np.int32), 2)[0],
+    assert math.isclose(_kernels.loss_forward_backward(yhat, np.array([0], np.int32), 2)[0],
                         math.log(2), rel_tol=1e-6)
     # on logits (softmax / sigmoid outputs): BCE of z = 0 is ln 2 per unit; CCE of
     # z = (0, ln 3) for class 0 is -ln(1/4) = ln 4
     z = np.array([[0.0, math.log(3)]], dtype=np.float32)
-    assert math.isclose(_core.loss_forward_backward(np.zeros((1, 2), np.float32),
+    assert math.isclose(_kernels.loss_forward_backward(np.zeros((1, 2), np.float32),
                                                     np.array([[1, 0]], np.float32), 0,
                                                     activation="softmax")[0],
                         math.log(2), rel_tol=1e-6)
     for kind, t in ((1, np.array([[1, 0]], np.float32)), (2, np.array([0], np.int32))):
-        assert math.isclose(_core.loss_forward_backward(z, t, kind, activation="softmax")[0],
+        assert math.isclose(_kernels.loss_forward_backward(z, t, kind, activation="softmax")[0],
                             math.log(4), rel_tol=1e-6)
 
 
@@ -319,7 +319,7 @@ def test_loss_on_logits_matches_tensorflow_formulas(rng, kind, weighted, activat
     labels[0] = 1  # confidently wrong
     t = one_hot(labels, c) if kind < 2 else labels.astype(np.int32)
     w = rng.uniform(0.2, 3.0, n).astype(np.float32) if weighted else None
-    loss, d, per = _core.loss_forward_backward(z, t, kind, sample_weight=w, activation=activation)
+    loss, d, per = _kernels.loss_forward_backward(z, t, kind, sample_weight=w, activation=activation)
     ref, ref_per = np_logits_loss(z, t if kind < 2 else labels, kind, w)
     assert math.isclose(loss, ref, rel_tol=1e-6)
     np.testing.assert_allclose(per, ref_per, rtol=1e-6)
@@ -335,7 +335,7 @@ def test_bce_gradient_is_zero_beyond_the_clip(rng, weighted):
     yhat = np.array([[0.0, 1.0], [1e-9, 1.0], [0.4, 0.6], [1.0, 1e-12]], dtype=np.float32)
     y = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], dtype=np.float32)
     w = np.array([2.0, 0.5, 1.5, 1.0], np.float32) if weighted else None
-    loss, d, per = _core.loss_forward_backward(yhat, y, 0, sample_weight=w)
+    loss, d, per = _kernels.loss_forward_backward(yhat, y, 0, sample_weight=w)
     outside = (yhat < LO) | (yhat > HI)
     assert outside.sum() == 6
     np.testing.assert_array_equal(d[outside], 0.0)
@@ -360,7 +360,7 @@ def test_cce_gradient_is_zero_beyond_the_clip(kind):
     yhat = np.array([[0.0, 1.0, 0.0], [1e-9, 0.5, 0.5], [0.2, 0.3, 0.5]], dtype=np.float32)
     labels = np.array([1, 0, 2])
     t = one_hot(labels, 3) if kind == 1 else labels.astype(np.int32)
-    loss, d, per = _core.loss_forward_backward(yhat, t, kind)
+    loss, d, per = _kernels.loss_forward_backward(yhat, t, kind)
     if kind == 1:
         np.testing.assert_array_equal(d[:2], 0.0)
         ref, ref_per = np_cce(yhat, one_hot(labels, 3))
@@ -379,7 +379,7 @@ def test_cce_clipped_entry_still_gets_the_normalisation_gradient(rng):
     # changes sum(yhat), so its gradient is -<g, q>/S, not 0 (as Keras/torch)
     yhat = np.array([[1e-9, 0.3, 0.7]], dtype=np.float32)
     t = one_hot([1], 3)
-    _, d, _ = _core.loss_forward_backward(yhat, t, 1)
+    _, d, _ = _kernels.loss_forward_backward(yhat, t, 1)
     h = np.array([[1e-11, 1e-7, 1e-7]])
     g = num_grad(lambda v: np_cce(v, t)[0], yhat.astype(np.float64), h=h)
     assert rel_err(d, g) < GRAD_RTOL
@@ -390,7 +390,7 @@ def test_dropout_mask_scaling_and_streams(rng):
     n = 200_000
     x = rng.standard_normal(n, dtype=np.float32)
     for rate in (0.1, 0.5, 0.8):
-        y = _core.dropout_forward(x, rate, 42, 7)
+        y = _kernels.dropout_forward(x, rate, 42, 7)
         keep = y != 0
         scale = np.float32(1.0) / (np.float32(1.0) - np.float32(rate))
         # keep rate 1 - rate (5 standard deviations)
@@ -399,35 +399,35 @@ def test_dropout_mask_scaling_and_streams(rng):
         np.testing.assert_array_equal(y, np.where(keep, x * scale, np.float32(0)))
         # backward applies exactly forward's mask and scale
         dy = rng.standard_normal(n, dtype=np.float32)
-        np.testing.assert_array_equal(_core.dropout_backward(dy, rate, 42, 7),
+        np.testing.assert_array_equal(_kernels.dropout_backward(dy, rate, 42, 7),
                                       np.where(keep, dy * scale, np.float32(0)))
         # same (seed, stream): same mask; another stream or seed: a different one
-        np.testing.assert_array_equal(_core.dropout_forward(x, rate, 42, 7), y)
-        for other in (_core.dropout_forward(x, rate, 42, 8), _core.dropout_forward(x, rate, 43, 7)):
+        np.testing.assert_array_equal(_kernels.dropout_forward(x, rate, 42, 7), y)
+        for other in (_kernels.dropout_forward(x, rate, 42, 8), _kernels.dropout_forward(x, rate, 43, 7)):
             differ = (other != 0) != keep
             # independent masks disagree on a fraction 2 r (1 - r)
             assert abs(differ.mean() - 2 * rate * (1 - rate)) < 0.01
     # rate 0 is the identity; shapes are kept
     x2 = rng.standard_normal((3, 4, 5), dtype=np.float32)
-    np.testing.assert_array_equal(_core.dropout_forward(x2, 0.0, 1, 2), x2)
+    np.testing.assert_array_equal(_kernels.dropout_forward(x2, 0.0, 1, 2), x2)
 
 
 def test_dropout_gradient_is_the_masked_scaled_upstream(rng):
     # dropout is linear in x: d/dx sum(R * dropout(x)) by finite differences
     x = rng.standard_normal(40, dtype=np.float32)
     R = rng.standard_normal(40, dtype=np.float32)
-    mask_scale = _core.dropout_forward(np.ones(40, np.float32), 0.4, 5, 3).astype(np.float64)
-    np.testing.assert_allclose(_core.dropout_forward(x, 0.4, 5, 3), x * mask_scale, rtol=1e-7)
+    mask_scale = _kernels.dropout_forward(np.ones(40, np.float32), 0.4, 5, 3).astype(np.float64)
+    np.testing.assert_allclose(_kernels.dropout_forward(x, 0.4, 5, 3), x * mask_scale, rtol=1e-7)
     g = num_grad(lambda v: (R * v * mask_scale).sum(), x.astype(np.float64))
-    assert rel_err(_core.dropout_backward(R, 0.4, 5, 3), g) < GRAD_RTOL
+    assert rel_err(_kernels.dropout_backward(R, 0.4, 5, 3), g) < GRAD_RTOL
 
 
 def test_dropout_mask_independent_of_threads(rng, restore_threads):
     x = rng.standard_normal(100_003, dtype=np.float32)
     vggtl.set_num_threads(1)
-    one = _core.dropout_forward(x, 0.5, 9, 1)
+    one = _kernels.dropout_forward(x, 0.5, 9, 1)
     vggtl.set_num_threads(2)
-    np.testing.assert_array_equal(_core.dropout_forward(x, 0.5, 9, 1), one)
+    np.testing.assert_array_equal(_kernels.dropout_forward(x, 0.5, 9, 1), one)
 
 
 # ---- 3. parity with PyTorch -----------------------------------------------------------
@@ -809,16 +809,16 @@ def _manual_train(model, F, targets, sw, lr, steps):
     tup = vggtl.SGD(learning_rate=lr).as_core_tuple()
     losses = []
     for it in range(steps):
-        h = _core.dense_forward(x, k1, b1, "relu")
-        z = _core.dense_forward(h, k2, b2, "linear")  # the softmax's logits: the loss reads them
-        loss, d, _ = _core.loss_forward_backward(z, targets, 0, sample_weight=sw,
+        h = _kernels.dense_forward(x, k1, b1, "relu")
+        z = _kernels.dense_forward(h, k2, b2, "linear")  # the softmax's logits: the loss reads them
+        loss, d, _ = _kernels.loss_forward_backward(z, targets, 0, sample_weight=sw,
                                                  activation="softmax")
         losses.append(loss)
-        dh, dk2, db2 = _core.dense_backward(d, h, k2)
-        _, dk1, db1 = _core.dense_backward(_core.activation_backward(dh, h, "relu"), x, k1,
+        dh, dk2, db2 = _kernels.dense_backward(d, h, k2)
+        _, dk1, db1 = _kernels.dense_backward(_kernels.activation_backward(dh, h, "relu"), x, k1,
                                            need_dx=False)
         for param, grad in ((k1, dk1), (b1, db1), (k2, dk2), (b2, db2)):
-            _core.optimizer_step(param, grad, None, None, tup, it)
+            _kernels.optimizer_step(param, grad, None, None, tup, it)
     return losses, {"dense": (k1, b1), "dense_1": (k2, b2)}
 
 
@@ -1044,7 +1044,7 @@ def test_labels_outside_the_output(rng, compiled):
         compiled.fit_features(F[:2], [0, 1], validation_data=(F[:2], np.array([3, 0])), verbose=0)
     # core level: a sparse label outside [0, c)
     with pytest.raises(ValueError, match=r"label 3 at index 1 is outside \[0, 3\)"):
-        _core.loss_forward_backward(np.full((2, 3), 1 / 3, np.float32), np.array([0, 3], np.int32), 2)
+        _kernels.loss_forward_backward(np.full((2, 3), 1 / 3, np.float32), np.array([0, 3], np.int32), 2)
 
 
 def test_one_hot_rows_of_the_wrong_width(rng, compiled):
@@ -1081,13 +1081,13 @@ def test_unknown_names_and_bad_hyperparameters(compiled):
     bad = list(vggtl.SGD().as_core_tuple())
     bad[1] = 0.0
     with pytest.raises(ValueError, match="learning_rate > 0"):
-        _core.optimizer_step(p, p.copy(), None, None, tuple(bad), 0)
+        _kernels.optimizer_step(p, p.copy(), None, None, tuple(bad), 0)
     bad = list(vggtl.SGD().as_core_tuple())
     bad[0] = 7
     with pytest.raises(ValueError, match="unknown kind 7"):
-        _core.optimizer_step(p, p.copy(), None, None, tuple(bad), 0)
+        _kernels.optimizer_step(p, p.copy(), None, None, tuple(bad), 0)
     with pytest.raises(ValueError, match="loss: expected 0"):
-        _core.loss_forward_backward(np.full((1, 2), 0.5, np.float32), one_hot([0], 2), 3)
+        _kernels.loss_forward_backward(np.full((1, 2), 0.5, np.float32), one_hot([0], 2), 3)
 
 
 def test_lr_is_an_alias_of_learning_rate():
@@ -1196,7 +1196,7 @@ def test_relu_propagates_nan_so_the_loss_sees_it():
     # the core's ReLU keeps NaN (as torch.relu), so a NaN born inside the head
     # reaches the loss and stops training instead of being zeroed away
     x = np.array([[np.nan, -1.0, 2.0]], dtype=np.float32)
-    y = _core.activation_forward(x, "relu")
+    y = _kernels.activation_forward(x, "relu")
     assert np.isnan(y[0, 0]) and y[0, 1] == 0.0 and y[0, 2] == 2.0
 
 
@@ -1205,7 +1205,7 @@ def test_bad_layers_and_heads(base):
         with pytest.raises(ValueError, match="rate: expected a float in \\[0, 1\\)"):
             vggtl.Dropout(rate)
     with pytest.raises(ValueError, match=r"rate: expected 0 <= rate < 1"):
-        _core.dropout_forward(np.ones(4, np.float32), 1.0, 0, 0)
+        _kernels.dropout_forward(np.ones(4, np.float32), 1.0, 0, 0)
     for units in (0, -3, 2.0):
         with pytest.raises(ValueError, match="units: expected an int >= 1"):
             vggtl.Dense(units)

@@ -13,6 +13,7 @@ import pytest
 
 import vggtl
 from vggtl import _core, reference
+from vggtl import _kernels  # the single kernels, for tests
 
 MB = 1 << 20
 
@@ -61,17 +62,17 @@ def test_core_kernels_rss_is_flat(rng, restore_threads):
     u8 = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
 
     def calls():
-        _core.conv3x3_forward(x, k, b)  # 16 KiB out and a 1 MiB column buffer per call
-        _core.conv3x3_forward(x, k, b, relu=False, out=out)
-        _core.maxpool2x2_forward(x)
-        _core.global_pool_forward(x, "avg")
-        _core.activation_forward(m, "softmax")
-        _core.dense_forward(m, dk, db, "relu")
+        _kernels.conv3x3_forward(x, k, b)  # 16 KiB out and a 1 MiB column buffer per call
+        _kernels.conv3x3_forward(x, k, b, relu=False, out=out)
+        _kernels.maxpool2x2_forward(x)
+        _kernels.global_pool_forward(x, "avg")
+        _kernels.activation_forward(m, "softmax")
+        _kernels.dense_forward(m, dk, db, "relu")
         _core.input_convert(u8, [1, 1, 1], [0, 0, 0], True)
 
     growth = grows(calls)
     assert growth < 4 * MB, f"RSS grew by {growth / MB:.1f} MiB over 1000 rounds of kernel calls"
-    np.testing.assert_array_equal(out, _core.conv3x3_forward(x, k, b, relu=False))
+    np.testing.assert_array_equal(out, _kernels.conv3x3_forward(x, k, b, relu=False))
 
 
 def test_error_paths_rss_is_flat(rng, conv_weights, restore_threads):
@@ -93,7 +94,7 @@ def test_error_paths_rss_is_flat(rng, conv_weights, restore_threads):
             _core.vgg16_forward(x, params, stop, _core.POOL_NONE, [1] * 3, [0] * 3, False,
                                 small_ws)
         with pytest.raises(ValueError, match="^out: "):
-            _core.conv3x3_forward(xf, kf, np.zeros(64, np.float32), out=bad_out)
+            _kernels.conv3x3_forward(xf, kf, np.zeros(64, np.float32), out=bad_out)
         with pytest.raises(ValueError, match="^X: "):
             model.predict(Xnan)
 

@@ -1,4 +1,4 @@
-"""Optimizers: vggtl._core.optimizer_step against NumPy (float64) versions of
+"""Optimizers: _kernels.optimizer_step against NumPy (float64) versions of
 Keras's update rules (reference.md section 5; RMSprop as Keras 3) over several
 iterations with the legacy decay, and against Keras 3 itself (torch backend):
 InverseTimeDecay(lr, 1, lr / epochs) is the legacy decay, Keras's optimizers
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import vggtl
-from vggtl import _core
+from vggtl import _kernels
 from conftest import rel_err
 
 STEPS = 6
@@ -67,7 +67,7 @@ def run_both(opt, rng, start_iteration, n=37, grad_scale=1.0):
     for k in range(STEPS):
         g = (rng.standard_normal(n) * grad_scale).astype(np.float32)
         it = start_iteration + k
-        _core.optimizer_step(p, g, s0, s1, tup, it)
+        _kernels.optimizer_step(p, g, s0, s1, tup, it)
         keras_rule(opt, P, g.astype(np.float64), S0, S1, it)
     return p0, p, s0, s1, P, S0, S1
 
@@ -98,7 +98,7 @@ def test_decay_changes_the_step_as_the_legacy_formula():
     tup = opt.as_core_tuple()
     for it in (0, 1, 3, 100):
         p = np.zeros(1, np.float32)
-        _core.optimizer_step(p, np.ones(1, np.float32), None, None, tup, it)
+        _kernels.optimizer_step(p, np.ones(1, np.float32), None, None, tup, it)
         assert p[0] == np.float32(-(0.5 / (1 + 0.25 * it)))
         assert math.isclose(opt.current_learning_rate(it), 0.5 / (1 + 0.25 * it))
     assert opt.current_learning_rate() == 0.5  # iterations start at 0
@@ -115,7 +115,7 @@ def test_adam_epsilon_is_added_to_the_uncorrected_sqrt_v(rng):
     g = np.float32(1e-7)
     q = np.zeros(1, np.float32)
     m, v = np.zeros(1, np.float32), np.zeros(1, np.float32)
-    _core.optimizer_step(q, np.array([g]), m, v, opt.as_core_tuple(), 0)
+    _kernels.optimizer_step(q, np.array([g]), m, v, opt.as_core_tuple(), 0)
     a = math.sqrt(1 - 0.999) / (1 - 0.9)
     keras = -a * 0.1 * 1e-7 / (math.sqrt(0.001) * 1e-7 + 1e-7)
     torch_like = -(1 / 0.1) * 0.1 * 1e-7 / (math.sqrt(0.001) * 1e-7 / math.sqrt(0.001) + 1e-7)
@@ -128,22 +128,22 @@ def test_optimizer_step_is_in_place_and_checks_arguments(rng):
     g = np.full(5, 2.0, np.float32)
     s = np.zeros(5, np.float32)
     sgd = vggtl.SGD(learning_rate=0.1, momentum=0.5).as_core_tuple()
-    assert _core.optimizer_step(p, g, s, None, sgd, 0) is None
+    assert _kernels.optimizer_step(p, g, s, None, sgd, 0) is None
     np.testing.assert_array_equal(p, np.float32(1) - np.float32(0.1) * np.float32(2))
     np.testing.assert_array_equal(s, -np.float32(0.1) * np.float32(2))
     adam = vggtl.Adam().as_core_tuple()
     with pytest.raises(ValueError, match="iterations: expected >= 0"):
-        _core.optimizer_step(p, g, s, s.copy(), adam, -1)
+        _kernels.optimizer_step(p, g, s, s.copy(), adam, -1)
     with pytest.raises(ValueError, match="slot1: expected as many elements as param"):
-        _core.optimizer_step(p, g, s, np.zeros(4, np.float32), adam, 0)
+        _kernels.optimizer_step(p, g, s, np.zeros(4, np.float32), adam, 0)
     with pytest.raises(TypeError, match="slot1"):
-        _core.optimizer_step(p, g, s, None, adam, 0)
+        _kernels.optimizer_step(p, g, s, None, adam, 0)
     with pytest.raises(ValueError, match="grad: expected as many elements as param"):
-        _core.optimizer_step(p, g[:3], s, s.copy(), adam, 0)
+        _kernels.optimizer_step(p, g[:3], s, s.copy(), adam, 0)
     ro = p.copy()
     ro.flags.writeable = False
     with pytest.raises((TypeError, ValueError), match="param"):
-        _core.optimizer_step(ro, g, s, s.copy(), adam, 0)
+        _kernels.optimizer_step(ro, g, s, s.copy(), adam, 0)
 
 
 def test_optimizer_defaults_are_keras():
@@ -208,7 +208,7 @@ def test_keras_optimizers_with_the_schedule_make_the_same_updates(keras, rng, na
     tup = ours.as_core_tuple()
     for it in range(8):
         g = rng.standard_normal(23).astype(np.float32)
-        _core.optimizer_step(p, g, s0, s1, tup, it)
+        _kernels.optimizer_step(p, g, s0, s1, tup, it)
         theirs.apply([keras.ops.convert_to_tensor(g)], [var])
     ref = keras.ops.convert_to_numpy(var)
     assert int(keras.ops.convert_to_numpy(theirs.iterations)) == 8
@@ -233,7 +233,7 @@ def test_keras_losses_equal_the_core(keras, rng):
     for kind, y, loss_obj in cases:
         for sw in (None, w):
             ref = float(keras.ops.convert_to_numpy(loss_obj(y, logits, sample_weight=sw)))
-            got = _core.loss_forward_backward(logits, y, kind, sample_weight=sw,
+            got = _kernels.loss_forward_backward(logits, y, kind, sample_weight=sw,
                                               activation="softmax")[0]
             assert math.isclose(got, ref, rel_tol=1e-5), (kind, sw is not None, got, ref)
     # on probabilities, categorical crossentropy is the same in Keras 3 and
@@ -243,5 +243,5 @@ def test_keras_losses_equal_the_core(keras, rng):
     for sw in (None, w):
         ref = float(keras.ops.convert_to_numpy(
             keras.losses.CategoricalCrossentropy()(onehot, yhat, sample_weight=sw)))
-        got = _core.loss_forward_backward(yhat, onehot, 1, sample_weight=sw)[0]
+        got = _kernels.loss_forward_backward(yhat, onehot, 1, sample_weight=sw)[0]
         assert math.isclose(got, ref, rel_tol=1e-5), (sw is not None, got, ref)

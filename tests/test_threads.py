@@ -11,6 +11,7 @@ import pytest
 
 import vggtl
 from vggtl import _core, reference
+from vggtl import _kernels  # the single kernels, for tests
 
 
 def at_threads(n, fn):
@@ -30,7 +31,7 @@ def test_conv3x3_threads(rng, close, tol, restore_threads):
     x = rng.standard_normal((2, 30, 27, 64), dtype=np.float32)
     k = rng.standard_normal((3, 3, 64, 33), dtype=np.float32) / np.float32(24.0)
     b = rng.standard_normal(33, dtype=np.float32)
-    one = agree(lambda: _core.conv3x3_forward(x, k, b), close, tol)
+    one = agree(lambda: _kernels.conv3x3_forward(x, k, b), close, tol)
     assert (one > 0).any()
 
 
@@ -42,16 +43,16 @@ def test_dense_threads(rng, close, tol, restore_threads, shape):
     k = rng.standard_normal((i, o), dtype=np.float32)
     b = rng.standard_normal(o, dtype=np.float32)
     for act in ("linear", "relu", "softmax", "sigmoid"):
-        agree(lambda: _core.dense_forward(x, k, b, act), close, tol)
+        agree(lambda: _kernels.dense_forward(x, k, b, act), close, tol)
 
 
 def test_small_kernels_threads(rng, close, tol, restore_threads):
     x = rng.standard_normal((3, 17, 20, 5), dtype=np.float32)
     u8 = rng.integers(0, 256, (3, 17, 20, 3), dtype=np.uint8)
-    agree(lambda: _core.maxpool2x2_forward(x), close, tol)
-    agree(lambda: _core.global_pool_forward(x, "avg"), close, tol)
-    agree(lambda: _core.global_pool_forward(x, "max"), close, tol)
-    agree(lambda: _core.activation_forward(x.reshape(51, 100), "softmax"), close, tol)
+    agree(lambda: _kernels.maxpool2x2_forward(x), close, tol)
+    agree(lambda: _kernels.global_pool_forward(x, "avg"), close, tol)
+    agree(lambda: _kernels.global_pool_forward(x, "max"), close, tol)
+    agree(lambda: _kernels.activation_forward(x.reshape(51, 100), "softmax"), close, tol)
     agree(lambda: _core.input_convert(u8, [1, 2, 3], [0, -1, 5], True), close, tol)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import vggtl
+from vggtl import _kernels  # the single kernels, for tests
 
 
 @pytest.fixture
@@ -37,15 +38,15 @@ def test_tta_reads_the_views_fit_cached(setup):
     model.compile(optimizer=vggtl.Adam(1e-3), loss="sparse_categorical_crossentropy")
     model.fit(X, [0, 1, 2, 0, 1], epochs=1, augment=aug, augment_views=3, verbose=0)
     assert model.augment is aug
-    before = vggtl._core.vgg16_forward_images()
+    before = _kernels.vgg16_forward_images()
     got = model.predict(X, tta=3)  # the model's Augment, the views fit extracted
-    assert vggtl._core.vgg16_forward_images() == before
+    assert _kernels.vgg16_forward_images() == before
     views = [model.predict(aug.random_transform(X, epoch=k)) for k in range(3)]
     np.testing.assert_allclose(got, np.mean(views, axis=0), atol=1e-6)
     # a fourth view is new: computed once (5 images), then cached too
-    before = vggtl._core.vgg16_forward_images()
+    before = _kernels.vgg16_forward_images()
     model.predict(X, tta=4)
-    assert vggtl._core.vgg16_forward_images() == before + 5
+    assert _kernels.vgg16_forward_images() == before + 5
 
 
 def test_tta_errors(setup):

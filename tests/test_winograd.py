@@ -12,6 +12,7 @@ import pytest
 
 import vggtl
 from vggtl import _core, dispatch, reference
+from vggtl import _kernels  # the single kernels, for tests
 
 ISAS = [pytest.param(i, marks=pytest.mark.skipif(
     not dispatch.isa_supported(i), reason=f"this CPU cannot run {i} kernels"))
@@ -47,7 +48,7 @@ def test_conv3x3_every_path_matches_reference(rng, close, kernels, isa, algo, sh
     assert _core.conv3x3_algo(*shape[1:]) == algo
     x, k, b = _data(rng, *shape)
     for relu in (True, False):
-        close(_core.conv3x3_forward(x, k, b, relu=relu), reference.conv3x3(x, k, b, relu=relu),
+        close(_kernels.conv3x3_forward(x, k, b, relu=relu), reference.conv3x3(x, k, b, relu=relu),
               rtol=TOL[algo])
 
 
@@ -59,9 +60,9 @@ def test_instruction_sets_give_the_same_bits(rng, kernels, isa):
         vggtl.set_conv_algo(algo)
         x, k, b = _data(rng, 2, 13, 10, 32, 48)
         vggtl.set_isa("portable")
-        base = _core.conv3x3_forward(x, k, b)
+        base = _kernels.conv3x3_forward(x, k, b)
         vggtl.set_isa(isa)
-        np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b), base, err_msg=algo)
+        np.testing.assert_array_equal(_kernels.conv3x3_forward(x, k, b), base, err_msg=algo)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -70,9 +71,9 @@ def test_thread_count_does_not_change_a_bit(rng, kernels, algo, restore_threads)
     vggtl.set_conv_algo(algo)
     x, k, b = _data(rng, 3, 30, 22, 64, 96)
     vggtl.set_num_threads(1)
-    one = _core.conv3x3_forward(x, k, b)
+    one = _kernels.conv3x3_forward(x, k, b)
     vggtl.set_num_threads(2)
-    np.testing.assert_array_equal(_core.conv3x3_forward(x, k, b), one)
+    np.testing.assert_array_equal(_kernels.conv3x3_forward(x, k, b), one)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -83,9 +84,9 @@ def test_an_image_gives_the_same_bits_in_any_batch(rng, kernels, algo):
     vggtl.set_conv_algo(algo)
     for shape in ((7, 4, 4, 512, 512), (7, 8, 8, 256, 256), (7, 2, 2, 512, 512)):
         x, k, b = _data(rng, *shape)
-        alone = _core.conv3x3_forward(x[:1], k, b)
+        alone = _kernels.conv3x3_forward(x[:1], k, b)
         for n in range(2, 8):
-            np.testing.assert_array_equal(_core.conv3x3_forward(x[:n], k, b)[:1], alone)
+            np.testing.assert_array_equal(_kernels.conv3x3_forward(x[:n], k, b)[:1], alone)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -97,7 +98,7 @@ def test_nan_and_inf_are_never_lost(rng, kernels, algo):
     x, k, b = _data(rng, 2, 9, 11, 16, 20)
     x[0, 4, 5, 3] = np.nan
     x[1, 0, 0, 0] = np.inf
-    got = _core.conv3x3_forward(x, k, b, relu=True)
+    got = _kernels.conv3x3_forward(x, k, b, relu=True)
     ref = reference.conv3x3(x, k, b, relu=True)
     assert np.isnan(got[np.isnan(ref)]).all()
     assert not np.isfinite(got[~np.isfinite(ref)]).any()
@@ -152,7 +153,7 @@ _CHILD = r"""
 import json, sys
 import numpy as np
 import vggtl
-from vggtl import _core, reference
+from vggtl import _core, _kernels, reference
 rng = np.random.default_rng(1)
 errs = []
 for (n, h, w, cin, cout) in [(2, 13, 9, 32, 24), (1, 4, 4, 512, 64)]:
@@ -160,7 +161,7 @@ for (n, h, w, cin, cout) in [(2, 13, 9, 32, 24), (1, 4, 4, 512, 64)]:
     k = rng.standard_normal((3, 3, cin, cout), dtype=np.float32) / np.float32(np.sqrt(9 * cin))
     b = rng.standard_normal(cout, dtype=np.float32)
     ref = reference.conv3x3(x, k, b)
-    got = _core.conv3x3_forward(x, k, b)
+    got = _kernels.conv3x3_forward(x, k, b)
     errs.append(float(np.abs(got - ref).max() / np.abs(ref).max()))
     algo = _core.conv3x3_algo(h, w, cin, cout)
 # the whole network at 32 x 32 against the reference
@@ -260,12 +261,12 @@ def test_fused_pool_gives_the_unfused_bits(rng, kernels, conv_weights, isa, prec
     assert plan["block1_conv2"] != "im2col" and plan["block2_conv2"] != "im2col"
     conv = base.predict(X, layer="block1_conv2")
     np.testing.assert_array_equal(base.predict(X, layer="block1_pool"),
-                                  _core.maxpool2x2_forward(conv))
+                                  _kernels.maxpool2x2_forward(conv))
     cut = base.predict(X, layer="block1_pool")
     cut[1, 3, 4, 5] = np.nan
     conv = base.forward_from(cut, after="block1_pool", layer="block2_conv2")
     pooled = base.forward_from(cut, after="block1_pool", layer="block2_pool")
-    np.testing.assert_array_equal(pooled, _core.maxpool2x2_forward(conv))
+    np.testing.assert_array_equal(pooled, _kernels.maxpool2x2_forward(conv))
     assert np.isnan(pooled[1]).any() and not np.isnan(pooled[0]).any()
 
 
@@ -279,11 +280,11 @@ def test_fused_pool_kernel_on_odd_shapes(rng, kernels, isa, precision):
     for shape in ((2, 9, 11, 16, 20), (1, 14, 14, 64, 64), (3, 7, 6, 33, 70)):
         x, k, b = _data(rng, *shape)
         x[-1, 2, 3, 0] = np.nan
-        full = _core.conv3x3_forward(x, k, b, precision=precision)
-        got = _core.conv3x3_forward(x, k, b, precision=precision, pool=True)
-        np.testing.assert_array_equal(got, _core.maxpool2x2_forward(full))
+        full = _kernels.conv3x3_forward(x, k, b, precision=precision)
+        got = _kernels.conv3x3_forward(x, k, b, precision=precision, pool=True)
+        np.testing.assert_array_equal(got, _kernels.maxpool2x2_forward(full))
         assert np.isnan(got[-1]).any()
     with pytest.raises(ValueError, match=r"pool: the fused 2x2 max-pool needs .* runs im2col"):
-        _core.conv3x3_forward(*_data(rng, 1, 9, 9, 3, 8), pool=True)
+        _kernels.conv3x3_forward(*_data(rng, 1, 9, 9, 3, 8), pool=True)
     with pytest.raises(ValueError, match=r"pool: .*relu=False"):
-        _core.conv3x3_forward(*_data(rng, 1, 9, 9, 16, 8), relu=False, pool=True)
+        _kernels.conv3x3_forward(*_data(rng, 1, 9, 9, 16, 8), relu=False, pool=True)

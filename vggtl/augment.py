@@ -54,7 +54,9 @@ from . import _core
 
 __all__ = ["Augment", "AugmentIterator", "FILL_MODES", "PARAM_KEYS"]
 
-FILL_MODES = ("nearest", "constant", "reflect", "wrap")  # codes 0..3 in the core
+FILL_MODES = ("nearest", "constant", "reflect", "wrap")
+_FILL_CODES = {"nearest": _core.FILL_NEAREST, "constant": _core.FILL_CONSTANT,
+               "reflect": _core.FILL_REFLECT, "wrap": _core.FILL_WRAP}
 # Keras's apply_transform keys, in the core's column order
 PARAM_KEYS = ("theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal", "flip_vertical")
 _DEFAULTS = (0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
@@ -275,7 +277,7 @@ class Augment:
         _PIECE images, so that Ctrl-C is seen between them."""
         n = len(P)
         out = np.empty((n, *X.shape[1:]), dtype=np.float32)
-        mode = FILL_MODES.index(self.fill_mode)
+        mode = _FILL_CODES[self.fill_mode]
         for i in range(0, n, _PIECE):
             j = min(n, i + _PIECE)
             _core.augment_apply(X if rows is not None else X[i:j], P[i:j], mode, self.cval,

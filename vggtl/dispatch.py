@@ -112,15 +112,14 @@ def conv_plan(input_shape=(224, 224), precision: str = "fp32") -> dict:
     one of 'im2col', 'winograd', 'winograd6', 'winograd_bf16'."""
     from . import _core
     h, w = _hw(input_shape)
-    plan, cin = {}, 3
-    for name, kind, units in _core.vgg16_layers():
+    plan = {}
+    for name, kind, cin, units, _ in _core.VGG16_LAYERS:
         if kind == "conv":
             plan[name] = _core.conv3x3_algo(h, w, cin, units, precision=precision)
         elif kind == "pool":
             h, w = h // 2, w // 2
             if h < 1 or w < 1:
                 break
-        cin = units
     return plan
 
 

@@ -28,7 +28,7 @@ def _head_spec_at_block5(model):
     mode, _, _, c, layers = model._spec(False)
     h5, w5, c5 = model.base.output_shape(layer="block5_pool")
     if model.base.pooling is not None:
-        mode = 1 if model.base.pooling == "avg" else 2
+        mode = _core.HEAD_GAP if model.base.pooling == "avg" else _core.HEAD_GMP
     return (mode, h5, w5, c5, layers)
 
 

@@ -11,6 +11,8 @@ from typing import Optional
 
 import numpy as np
 
+from . import _core
+
 ACTIVATIONS = ("linear", "relu", "softmax", "sigmoid")
 
 
@@ -36,21 +38,21 @@ class Flatten(Layer):
     """Flattens each sample's feature map (H, W, C) in Keras's (NHWC) order."""
 
     kind = "flatten"
-    mode = 0
+    mode = _core.HEAD_FLATTEN
 
 
 class GlobalAveragePooling2D(Layer):
     """Mean over H and W of each channel."""
 
     kind = "global_average_pooling2d"
-    mode = 1
+    mode = _core.HEAD_GAP
 
 
 class GlobalMaxPooling2D(Layer):
     """Max over H and W of each channel."""
 
     kind = "global_max_pooling2d"
-    mode = 2
+    mode = _core.HEAD_GMP
 
 
 INPUT_LAYERS = (Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D)

@@ -34,8 +34,8 @@ from .layers import INPUT_LAYERS, Dense, Dropout, Flatten, Layer, from_config
 from .vgg16 import CONV_LAYERS, LAYER_NAMES, VGG16
 from .augment import Augment as _Augment
 
-LOSSES = {"binary_crossentropy": 0, "categorical_crossentropy": 1,
-          "sparse_categorical_crossentropy": 2}
+LOSSES = {"binary_crossentropy": _core.LOSS_BCE, "categorical_crossentropy": _core.LOSS_CCE,
+          "sparse_categorical_crossentropy": _core.LOSS_SPARSE_CCE}
 # 2: the base may have precision "bf16". A model is written with the lowest
 # version that holds it (fp32 models stay 1), so that an older vggtl refuses a
 # bf16 model instead of running it in float32, and still reads the others.

@@ -62,7 +62,7 @@ def build(model, input_dtype: str = "uint8"):
     x = node("Add", [x, const(shift)])
     x = node("Transpose", [x], perm=[0, 3, 1, 2])  # NCHW for Conv
     # the base up to block5_pool
-    for name, kind, units in _LAYERS:
+    for name, kind, *_ in _LAYERS:
         if kind == "conv":
             k, b = base._weights[name]
             wk = const(np.ascontiguousarray(k.transpose(3, 2, 0, 1)), name=f"{name}/kernel")

@@ -19,7 +19,9 @@ from typing import Optional
 
 import numpy as np
 
-SGD_KIND, ADAM_KIND, RMSPROP_KIND = 0, 1, 2
+from . import _core
+
+SGD_KIND, ADAM_KIND, RMSPROP_KIND = _core.OPT_SGD, _core.OPT_ADAM, _core.OPT_RMSPROP
 
 
 def _takes_step(f) -> bool:

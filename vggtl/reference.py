@@ -23,6 +23,10 @@ LAYERS = (
 )
 
 CONV_LAYERS = tuple(name for name, kind in LAYERS if kind == "conv")
+# configuration D's widths (Simonyan & Zisserman, Table 1): output channels of
+# the 13 convs in order, units of fc1 and fc2 (predictions: the classes)
+CONV_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+DENSE_UNITS = (4096, 4096)
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)

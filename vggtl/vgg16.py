@@ -21,14 +21,15 @@ from . import _core
 from . import weights as _weights
 from ._arrays import as_images, batch_for_core, check_finite_batch
 
-_LAYERS = _core.vgg16_layers()  # ((name, kind, units), ...) in Keras's order
-LAYER_NAMES: Tuple[str, ...] = tuple(name for name, _, _ in _LAYERS)
+# the core's layer table: ((name, kind, inputs, units, param), ...) in Keras's order
+_LAYERS = _core.VGG16_LAYERS
+LAYER_NAMES: Tuple[str, ...] = tuple(name for name, *_ in _LAYERS)
 _INDEX = {name: i for i, name in enumerate(LAYER_NAMES)}
-CONV_LAYERS: Tuple[str, ...] = tuple(n for n, kind, _ in _LAYERS if kind == "conv")
-DENSE_LAYERS: Tuple[str, ...] = ("fc1", "fc2", "predictions")
+CONV_LAYERS: Tuple[str, ...] = tuple(n for n, kind, *_ in _LAYERS if kind == "conv")
+DENSE_LAYERS: Tuple[str, ...] = tuple(n for n, kind, *_ in _LAYERS if kind == "dense")
 BASE_OUTPUT = "block5_pool"
-MIN_SIZE = 32   # Keras's min_size for VGG16
-TOP_SIZE = 224  # the top's fc1 expects 7 x 7 x 512 inputs
+MIN_SIZE = _core.VGG16_MIN_SIZE  # Keras's min_size for VGG16
+TOP_SIZE = _core.VGG16_TOP_SIZE  # the top's fc1 expects 7 x 7 x 512 inputs
 
 # Input preprocessing as an affine map per output channel (x * scale + shift),
 # with the channel order reversal Keras's "caffe" mode does (RGB -> BGR).
@@ -75,7 +76,7 @@ def _pass_plan(stop, pool, h, w, n, start=0):
     return images, floats(images, lo)
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = _core.PRECISION_NAMES  # ("fp32", "bf16"), indexed by the core's enum
 
 
 def _check_precision(precision) -> str:
@@ -123,15 +124,12 @@ def _glorot_uniform(rng: np.random.Generator, shape, fan_in: int, fan_out: int) 
 
 def _expected_shapes(classes: int, include_top: bool) -> Dict[str, Tuple[tuple, tuple]]:
     shapes = {}
-    cin = 3
-    for name, kind, units in _LAYERS:
+    for name, kind, cin, units, _ in _LAYERS:
         if kind == "conv":
             shapes[name] = ((3, 3, cin, units), (units,))
-            cin = units
-    if include_top:
-        shapes["fc1"] = ((7 * 7 * 512, 4096), (4096,))
-        shapes["fc2"] = ((4096, 4096), (4096,))
-        shapes["predictions"] = ((4096, classes), (classes,))
+        elif kind == "dense" and include_top:
+            units = units or classes  # predictions: as many as the classes
+            shapes[name] = ((cin, units), (units,))
     return shapes
 
 
@@ -499,8 +497,7 @@ class VGG16:
         for the others. Prepared once per layer and algorithm (a Winograd kernel
         is 4x the float32 weights), dropped when the weights change (_writing)."""
         entries = [None] * len(CONV_LAYERS)
-        cin = _LAYERS[start - 1][2] if start else 3
-        for i, (name, kind, units) in enumerate(_LAYERS[start:stop + 1], start):
+        for i, (name, kind, cin, units, _) in enumerate(_LAYERS[start:stop + 1], start):
             if kind == "conv":
                 algo = _core.conv3x3_algo(h, w, cin, units, precision=self.precision)
                 got = self._prepared.get(name)
@@ -510,8 +507,6 @@ class VGG16:
                 entries[CONV_LAYERS.index(name)] = got
             elif kind == "pool":
                 h, w = h // 2, w // 2
-            if units:
-                cin = units
         return entries
 
     @contextlib.contextmanager

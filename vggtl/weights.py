@@ -77,6 +77,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from . import _core
 from . import data as _data
 from ._atomic import atomic_open, atomic_path
 
@@ -87,15 +88,11 @@ __all__ = [
 ]
 
 # -- the network these files describe (VGG16 configuration D, Keras's names) ----------
-CONV_SPEC: Tuple[Tuple[str, int, int], ...] = (
-    ("block1_conv1", 3, 64), ("block1_conv2", 64, 64),
-    ("block2_conv1", 64, 128), ("block2_conv2", 128, 128),
-    ("block3_conv1", 128, 256), ("block3_conv2", 256, 256), ("block3_conv3", 256, 256),
-    ("block4_conv1", 256, 512), ("block4_conv2", 512, 512), ("block4_conv3", 512, 512),
-    ("block5_conv1", 512, 512), ("block5_conv2", 512, 512), ("block5_conv3", 512, 512),
-)
+# (name, Cin, Cout) of each conv, from the core's layer table
+CONV_SPEC: Tuple[Tuple[str, int, int], ...] = tuple(
+    (n, cin, cout) for n, kind, cin, cout, _ in _core.VGG16_LAYERS if kind == "conv")
 CONV_LAYERS = tuple(n for n, _, _ in CONV_SPEC)
-DENSE_LAYERS = ("fc1", "fc2", "predictions")
+DENSE_LAYERS = tuple(n for n, kind, *_ in _core.VGG16_LAYERS if kind == "dense")
 # torchvision's module indices of the same layers
 TORCH_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 TORCH_DENSE_INDEX = (0, 3, 6)

@@ -1,0 +1,428 @@
+/*
+ * training.c - the entry points that train and run the classification head and
+ * fine-tune the top of VGG16, one epoch per call.
+ */
+#include "glue.h"
+
+#include <string.h>
+
+int parse_head(PyObject *spec, vgg_head *h, int nslots) {
+    memset(h, 0, sizeof *h);
+    PyObject *layers;
+    Py_ssize_t hh, ww, cc;
+    if (!PyArg_ParseTuple(spec, "innnO;head: expected (input_mode, h, w, c, layers)", &h->input,
+                          &hh, &ww, &cc, &layers))
+        return -1;
+    if (h->input < VGG_HEAD_FLATTEN || h->input > VGG_HEAD_GMP || hh < 1 || ww < 1 || cc < 1) {
+        PyErr_SetString(PyExc_ValueError, "head: expected input_mode 0..2 and sizes >= 1");
+        return -1;
+    }
+    h->h = (size_t)hh;
+    h->w = (size_t)ww;
+    h->c = (size_t)cc;
+    if (!PyTuple_Check(layers) && !PyList_Check(layers)) {
+        PyErr_SetString(PyExc_TypeError, "head: layers must be a list or tuple");
+        return -1;
+    }
+    const Py_ssize_t nl = PySequence_Size(layers);
+    if (nl < 1 || nl > VGG_HEAD_MAX_LAYERS) {
+        PyErr_Format(PyExc_ValueError, "head: expected 1 to %d layers, got %zd", VGG_HEAD_MAX_LAYERS, nl);
+        return -1;
+    }
+    h->n_layers = (size_t)nl;
+    size_t width = h->input == VGG_HEAD_FLATTEN ? h->h * h->w * h->c : h->c;
+    for (Py_ssize_t l = 0; l < nl; l++) {
+        PyObject *e = PySequence_Fast_GET_ITEM(layers, l); /* list/tuple: borrowed */
+        vgg_head_layer *L = &h->layers[l];
+        char name[48];
+        PyOS_snprintf(name, sizeof name, "head layer %zd", l);
+        if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 2 || !PyUnicode_Check(PyTuple_GET_ITEM(e, 0))) {
+            PyErr_Format(PyExc_TypeError, "%s: expected a ('dense', ...) or ('dropout', rate) tuple", name);
+            return -1;
+        }
+        const char *kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(e, 0));
+        if (!kind) return -1;
+        if (strcmp(kind, "dropout") == 0) {
+            double rate = PyFloat_AsDouble(PyTuple_GET_ITEM(e, 1));
+            if (rate == -1.0 && PyErr_Occurred()) return -1;
+            if (parse_rate(rate)) return -1;
+            L->kind = VGG_HEAD_DROPOUT;
+            L->rate = (float)rate;
+            continue;
+        }
+        PyObject *ko, *bo, *so;
+        Py_ssize_t units;
+        const char *acts;
+        if (strcmp(kind, "dense") != 0 ||
+            !PyArg_ParseTuple(e, "snsOOO", &kind, &units, &acts, &ko, &bo, &so)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s: expected ('dense', units, activation, kernel, bias, "
+                         "slots) or ('dropout', rate)", name);
+            return -1;
+        }
+        L->kind = VGG_HEAD_DENSE;
+        if (units < 1 || parse_activation(acts, &L->activation)) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: units must be >= 1", name);
+            return -1;
+        }
+        L->units = (size_t)units;
+        PyArrayObject *k = check_array(ko, "kernel", F32_ONLY, 2, 1);
+        PyArrayObject *b = k ? check_array(bo, "bias", F32_ONLY, 1, 1) : NULL;
+        if (!b) return -1;
+        if (dim(k, 0) != width || dim(k, 1) != L->units || dim(b, 0) != L->units) {
+            PyErr_Format(PyExc_ValueError, "%s: expected kernel (%zu, %zu) and bias (%zu,), got "
+                         "(%zu, %zu) and (%zu,)", name, width, L->units, L->units, dim(k, 0),
+                         dim(k, 1), dim(b, 0));
+            return -1;
+        }
+        L->kernel = PyArray_DATA(k);
+        L->bias = PyArray_DATA(b);
+        if (nslots > 0) {
+            if (!PyTuple_Check(so) || PyTuple_GET_SIZE(so) != 4) {
+                PyErr_Format(PyExc_ValueError, "%s: expected 4 optimizer slots", name);
+                return -1;
+            }
+            for (int s = 0; s < 4; s++) {
+                if ((s % 2) >= nslots) continue;
+                PyArrayObject *a = check_array(PyTuple_GET_ITEM(so, s), "slot", F32_ONLY, -1, 1);
+                if (!a) return -1;
+                if ((size_t)PyArray_SIZE(a) != (s < 2 ? width * L->units : L->units)) {
+                    PyErr_Format(PyExc_ValueError, "%s: optimizer slot %d has the wrong size", name, s);
+                    return -1;
+                }
+                L->slots[s] = PyArray_DATA(a);
+            }
+        }
+        width = L->units;
+    }
+    if (h->layers[nl - 1].kind != VGG_HEAD_DENSE) {
+        PyErr_SetString(PyExc_ValueError, "head: the last layer must be dense (it gives the output)");
+        return -1;
+    }
+    return 0;
+}
+
+/* Features (n, ...) float32 / float16 whose per-sample size matches the head. */
+static PyArrayObject *check_features(PyObject *xo, const vgg_head *h) {
+    PyArrayObject *x = check_array(xo, "x", FEATURE_TYPES, -1, 0);
+    if (!x) return NULL;
+    size_t per = 1;
+    for (int i = 1; i < PyArray_NDIM(x); i++) per *= dim(x, i);
+    if (PyArray_NDIM(x) < 2 || per != h->h * h->w * h->c) {
+        PyErr_Format(PyExc_ValueError, "x: expected (n, ...) features of %zu values per sample "
+                     "(%zu x %zu x %zu), got %d dimensions of %zu", h->h * h->w * h->c, h->h,
+                     h->w, h->c, PyArray_NDIM(x), per);
+        return NULL;
+    }
+    return x;
+}
+
+static PyObject *py_head_workspace_floats(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"head", "batch", NULL};
+    PyObject *spec;
+    Py_ssize_t batch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "On", kwlist, &spec, &batch)) return NULL;
+    vgg_head h;
+    if (parse_head(spec, &h, 0)) return NULL;
+    const size_t n = batch >= 1 ? vgg_head_workspace_floats(&h, (size_t)batch) : 0;
+    if (n == 0) {
+        PyErr_Format(PyExc_ValueError, "batch: expected >= 1 for a valid head, got %zd", batch);
+        return NULL;
+    }
+    return PyLong_FromSize_t(n);
+}
+
+static PyArrayObject *check_head_workspace(PyObject *wso, const vgg_head *h, size_t batch) {
+    PyArrayObject *ws = check_array(wso, "workspace", F32_ONLY, 1, 1);
+    if (!ws) return NULL;
+    const size_t need = vgg_head_workspace_floats(h, batch);
+    if (need == 0 || dim(ws, 0) < need) {
+        PyErr_Format(PyExc_ValueError, "workspace: expected at least %zu floats, got %zu", need,
+                     dim(ws, 0));
+        return NULL;
+    }
+    return ws;
+}
+
+/* The opening of an inference call on a head: the threads, the spec, batch >= 1,
+ * the features and the workspace. 0, or -1 with an exception set. */
+static int open_head_call(vgg_head *h, PyArrayObject **x, PyArrayObject **ws, PyObject *spec,
+                          PyObject *xo, PyObject *wso, Py_ssize_t batch) {
+    if (threads_ready() || parse_head(spec, h, 0)) return -1;
+    if (batch < 1) {
+        PyErr_Format(PyExc_ValueError, "batch: expected >= 1, got %zd", batch);
+        return -1;
+    }
+    *x = check_features(xo, h);
+    *ws = *x ? check_head_workspace(wso, h, (size_t)batch) : NULL;
+    return *ws ? 0 : -1;
+}
+
+static PyObject *py_head_predict(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "head", "batch", "workspace", NULL};
+    PyObject *xo, *spec, *wso;
+    Py_ssize_t batch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOnO", kwlist, &xo, &spec, &batch, &wso)) return NULL;
+    vgg_head h;
+    PyArrayObject *x, *ws;
+    if (open_head_call(&h, &x, &ws, spec, xo, wso, batch)) return NULL;
+    const size_t n = dim(x, 0), units = vgg_head_output_size(&h);
+    npy_intp shape[2] = {(npy_intp)n, (npy_intp)units};
+    PyArrayObject *out = new_f32(2, shape);
+    if (!out) return NULL;
+    RELEASE_GIL(s);
+    int st = vgg_head_predict(PyArray_DATA(out), PyArray_DATA(x), feature_dtype(x), n, &h,
+                              (size_t)batch, PyArray_DATA(ws), dim(ws, 0), py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    return out_or_raise(st, out, "head_predict");
+}
+
+static PyObject *py_head_evaluate(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "head", "loss", "y", "sample_weight", "batch", "workspace", NULL};
+    PyObject *xo, *spec, *yo, *swo, *wso;
+    int loss;
+    Py_ssize_t batch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOiOOnO", kwlist, &xo, &spec, &loss, &yo, &swo,
+                                     &batch, &wso))
+        return NULL;
+    vgg_head h;
+    PyArrayObject *x, *ws;
+    if (open_head_call(&h, &x, &ws, spec, xo, wso, batch)) return NULL;
+    vgg_targets t;
+    if (parse_targets(&t, loss, yo, swo, dim(x, 0), vgg_head_output_size(&h))) return NULL;
+    vgg_fit_stats stats;
+    RELEASE_GIL(s);
+    int st = vgg_head_evaluate(&stats, PyArray_DATA(x), feature_dtype(x), dim(x, 0), &h, &t,
+                               (size_t)batch, PyArray_DATA(ws), dim(ws, 0), py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    if (st != VGG_OK) return raise_status(st, "head_evaluate");
+    return Py_BuildValue("(ddn)", stats.loss_sum, stats.correct, (Py_ssize_t)stats.seen);
+}
+
+/* What an epoch call returns: (loss_sum, correct, seen, batches, iterations,
+ * batches with a non-zero gradient), or the exception its status calls for. */
+static PyObject *epoch_result(int st, const vgg_fit_stats *stats, int64_t it, const char *what) {
+    if (st == VGG_ERR_NONFINITE) {
+        PyErr_Format(PyExc_FloatingPointError, "the loss or a gradient became NaN or infinite at update %lld "
+                     "(batch %zu of the epoch): lower the learning rate or check the inputs",
+                     (long long)it, stats->batches + 1);
+        return NULL;
+    }
+    if (st != VGG_OK) return raise_status(st, what);
+    return Py_BuildValue("(ddnnLn)", stats->loss_sum, stats->correct, (Py_ssize_t)stats->seen,
+                         (Py_ssize_t)stats->batches, (long long)it,
+                         (Py_ssize_t)stats->grad_batches);
+}
+
+/* An epoch's optional outputs: None, or a writeable float32 (n, units) array. */
+static int parse_outputs(PyObject *o, size_t n, size_t units, float **out) {
+    *out = NULL;
+    if (o == Py_None) return 0;
+    PyArrayObject *a = check_array(o, "outputs", F32_ONLY, 2, 1);
+    if (!a || check_dim(a, "outputs", 0, n) || check_dim(a, "outputs", 1, units)) return -1;
+    *out = PyArray_DATA(a);
+    return 0;
+}
+
+static PyObject *py_head_fit_epoch(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "head", "optimizer", "iterations", "loss", "y", "sample_weight",
+                             "batch", "shuffle", "seed", "epoch", "order", "workspace", "outputs",
+                             NULL};
+    PyObject *xo, *spec, *oo, *yo, *swo, *ordo, *wso, *outo = Py_None;
+    long long iterations;
+    int loss, shuffle;
+    Py_ssize_t batch;
+    unsigned long long seed, epoch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLiOOnpKKOO|O", kwlist, &xo, &spec, &oo,
+                                     &iterations, &loss, &yo, &swo, &batch, &shuffle, &seed,
+                                     &epoch, &ordo, &wso, &outo))
+        return NULL;
+    if (threads_ready()) return NULL;
+    vgg_optimizer opt;
+    if (parse_optimizer(oo, &opt)) return NULL;
+    vgg_head h;
+    if (parse_head(spec, &h, vgg_optimizer_slots(&opt))) return NULL;
+    if (batch < 1 || iterations < 0) {
+        PyErr_Format(PyExc_ValueError, "batch, iterations: expected >= 1 and >= 0, got %zd, %lld",
+                     batch, iterations);
+        return NULL;
+    }
+    PyArrayObject *x = check_features(xo, &h);
+    PyArrayObject *ws = x ? check_head_workspace(wso, &h, (size_t)batch) : NULL;
+    PyArrayObject *order = ws ? check_array(ordo, "order", I64_ONLY, 1, 1) : NULL;
+    if (!order || check_dim(order, "order", 0, dim(x, 0))) return NULL;
+    vgg_targets t;
+    if (parse_targets(&t, loss, yo, swo, dim(x, 0), vgg_head_output_size(&h))) return NULL;
+    float *outputs;
+    if (parse_outputs(outo, dim(x, 0), vgg_head_output_size(&h), &outputs)) return NULL;
+    vgg_fit_stats stats;
+    int64_t it = (int64_t)iterations;
+    RELEASE_GIL(s);
+    int st = vgg_head_fit_epoch(&stats, &h, &opt, &it, PyArray_DATA(x), feature_dtype(x),
+                                dim(x, 0), &t, (size_t)batch, shuffle, seed, epoch,
+                                PyArray_DATA(order), outputs, PyArray_DATA(ws), dim(ws, 0),
+                                py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    return epoch_result(st, &stats, it, "head_fit_epoch");
+}
+
+/* ------------------------------------------------------------------------ */
+/* fine-tuning                                                              */
+
+/* A tail spec: (start_layer, convs) with convs a sequence of 13 entries, None for
+ * frozen convs, else (kernel, bias, slots) with slots a 4-tuple of arrays / None. */
+static int parse_tail(PyObject *spec, vgg16_tail *t, int nslots) {
+    memset(t, 0, sizeof *t);
+    PyObject *convs;
+    if (!PyArg_ParseTuple(spec, "iO;tail: expected (start_layer, convs)", &t->start_layer, &convs))
+        return -1;
+    if (t->start_layer < 1 || t->start_layer > VGG16_BLOCK5_POOL ||
+        vgg16_layer_kind(t->start_layer) != VGG16_KIND_CONV) {
+        PyErr_Format(PyExc_ValueError, "tail: start_layer %d is not a conv layer after the "
+                     "first", t->start_layer);
+        return -1;
+    }
+    if (!PyTuple_Check(convs) || PyTuple_GET_SIZE(convs) != VGG16_NUM_CONV) {
+        PyErr_Format(PyExc_ValueError, "tail: expected a tuple of %d conv entries", VGG16_NUM_CONV);
+        return -1;
+    }
+    for (int k = 0; k < VGG16_NUM_CONV; k++) {
+        PyObject *e = PyTuple_GET_ITEM(convs, k);
+        if (e == Py_None) continue;
+        const size_t cin = vgg16_layer_inputs(vgg16_conv_layer(k));
+        const size_t cout = vgg16_layer_units(vgg16_conv_layer(k));
+        PyObject *ko, *bo, *so;
+        if (!PyArg_ParseTuple(e, "OOO;tail: expected (kernel, bias, slots) per trainable conv",
+                              &ko, &bo, &so))
+            return -1;
+        PyArrayObject *kk = check_array(ko, "tail kernel", F32_ONLY, 4, 1);
+        PyArrayObject *bb = kk ? check_array(bo, "tail bias", F32_ONLY, 1, 1) : NULL;
+        if (!bb) return -1;
+        if (dim(kk, 0) != 3 || dim(kk, 1) != 3 || dim(kk, 2) != cin ||
+            dim(kk, 3) != cout || dim(bb, 0) != cout) {
+            PyErr_Format(PyExc_ValueError, "tail: conv %d has the wrong shape", k);
+            return -1;
+        }
+        t->kernel[k] = PyArray_DATA(kk);
+        t->bias[k] = PyArray_DATA(bb);
+        if (!PyTuple_Check(so) || PyTuple_GET_SIZE(so) != 4) {
+            PyErr_SetString(PyExc_ValueError, "tail: expected 4 optimizer slots per conv");
+            return -1;
+        }
+        for (int s = 0; s < 4; s++) {
+            if ((s % 2) >= nslots) continue;
+            PyArrayObject *a = check_array(PyTuple_GET_ITEM(so, s), "tail slot", F32_ONLY, -1, 1);
+            if (!a) return -1;
+            if ((size_t)PyArray_SIZE(a) != (s < 2 ? 9 * cin * cout : cout)) {
+                PyErr_Format(PyExc_ValueError, "tail: optimizer slot %d of conv %d has the wrong size", s, k);
+                return -1;
+            }
+            t->slots[k][s] = PyArray_DATA(a);
+        }
+    }
+    return 0;
+}
+
+static PyObject *py_finetune_workspace_floats(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"tail", "head", "batch", "h", "w", NULL};
+    PyObject *tspec, *hspec;
+    Py_ssize_t batch, h, w;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOnnn", kwlist, &tspec, &hspec, &batch, &h, &w))
+        return NULL;
+    vgg16_tail t;
+    vgg_head hd;
+    if (parse_tail(tspec, &t, 0) || parse_head(hspec, &hd, 0)) return NULL;
+    const size_t n = (batch >= 1 && h >= 1 && w >= 1)
+                         ? vgg16_finetune_workspace_floats(&t, &hd, (size_t)batch, (size_t)h, (size_t)w)
+                         : 0;
+    if (n == 0) {
+        PyErr_Format(PyExc_ValueError, "tail, head: a cut of %zd x %zd from layer '%s' does not "
+                     "give the head's input shape", h, w, vgg16_layer_name(t.start_layer - 1));
+        return NULL;
+    }
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *py_finetune_fit_epoch(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"x", "tail", "head", "optimizer", "iterations", "loss", "y",
+                             "sample_weight", "batch", "shuffle", "seed", "epoch", "order",
+                             "workspace", "outputs", NULL};
+    PyObject *xo, *tspec, *hspec, *oo, *yo, *swo, *ordo, *wso, *outo = Py_None;
+    long long iterations;
+    int loss, shuffle;
+    Py_ssize_t batch;
+    unsigned long long seed, epoch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOLiOOnpKKOO|O", kwlist, &xo, &tspec, &hspec,
+                                     &oo, &iterations, &loss, &yo, &swo, &batch, &shuffle, &seed,
+                                     &epoch, &ordo, &wso, &outo))
+        return NULL;
+    if (threads_ready()) return NULL;
+    vgg_optimizer opt;
+    if (parse_optimizer(oo, &opt)) return NULL;
+    const int nslots = vgg_optimizer_slots(&opt);
+    vgg16_tail t;
+    vgg_head hd;
+    if (parse_tail(tspec, &t, nslots) || parse_head(hspec, &hd, nslots)) return NULL;
+    if (batch < 1 || iterations < 0) {
+        PyErr_Format(PyExc_ValueError, "batch, iterations: expected >= 1 and >= 0, got %zd, %lld",
+                     batch, iterations);
+        return NULL;
+    }
+    PyArrayObject *x = check_array(xo, "x", FEATURE_TYPES, 4, 0);
+    if (!x) return NULL;
+    const size_t cut_c = vgg16_layer_units(t.start_layer - 1);
+    if (dim(x, 3) != cut_c) {
+        PyErr_Format(PyExc_ValueError, "x: expected the output of '%s' (%zu channels), got %zu",
+                     vgg16_layer_name(t.start_layer - 1), cut_c, dim(x, 3));
+        return NULL;
+    }
+    const size_t need = vgg16_finetune_workspace_floats(&t, &hd, (size_t)batch, dim(x, 1), dim(x, 2));
+    PyArrayObject *ws = check_array(wso, "workspace", F32_ONLY, 1, 1);
+    if (!ws) return NULL;
+    if (need == 0 || dim(ws, 0) < need) {
+        PyErr_Format(PyExc_ValueError, "workspace: expected at least %zu floats, got %zu", need,
+                     dim(ws, 0));
+        return NULL;
+    }
+    PyArrayObject *order = check_array(ordo, "order", I64_ONLY, 1, 1);
+    if (!order || check_dim(order, "order", 0, dim(x, 0))) return NULL;
+    vgg_targets tg;
+    if (parse_targets(&tg, loss, yo, swo, dim(x, 0), vgg_head_output_size(&hd))) return NULL;
+    float *outputs;
+    if (parse_outputs(outo, dim(x, 0), vgg_head_output_size(&hd), &outputs)) return NULL;
+    vgg_fit_stats stats;
+    int64_t it = (int64_t)iterations;
+    RELEASE_GIL(s);
+    int st = vgg16_finetune_fit_epoch(&stats, &t, &hd, &opt, &it, PyArray_DATA(x), feature_dtype(x),
+                                      dim(x, 0), dim(x, 1), dim(x, 2), &tg, (size_t)batch, shuffle,
+                                      seed, epoch, PyArray_DATA(order), outputs, PyArray_DATA(ws),
+                                      dim(ws, 0), py_abort_cb, &s);
+    ACQUIRE_GIL(s);
+    return epoch_result(st, &stats, it, "finetune_fit_epoch");
+}
+
+PyMethodDef vggtl_training_methods[] = {
+    {"head_workspace_floats", KW py_head_workspace_floats, METH_VARARGS | METH_KEYWORDS,
+     "head_workspace_floats(head, batch) -> int"},
+    {"head_predict", KW py_head_predict, METH_VARARGS | METH_KEYWORDS,
+     "head_predict(x, head, batch, workspace) -> (N, units)"},
+    {"head_evaluate", KW py_head_evaluate, METH_VARARGS | METH_KEYWORDS,
+     "head_evaluate(x, head, loss, y, sample_weight, batch, workspace) -> (loss_sum, correct, seen)"},
+    {"head_fit_epoch", KW py_head_fit_epoch, METH_VARARGS | METH_KEYWORDS,
+     "head_fit_epoch(x, head, optimizer, iterations, loss, y, sample_weight, batch, shuffle, seed, "
+     "epoch, order, workspace, outputs=None) -> (loss_sum, correct, seen, batches, iterations, "
+     "grad_batches)"},
+    {"finetune_workspace_floats", KW py_finetune_workspace_floats, METH_VARARGS | METH_KEYWORDS,
+     "finetune_workspace_floats(tail, head, batch, h, w) -> int"},
+    {"finetune_fit_epoch", KW py_finetune_fit_epoch, METH_VARARGS | METH_KEYWORDS,
+     "finetune_fit_epoch(x, tail, head, optimizer, iterations, loss, y, sample_weight, batch, "
+     "shuffle, seed, epoch, order, workspace, outputs=None) -> (loss_sum, correct, seen, batches, "
+     "iterations, grad_batches)"},
+    {NULL, NULL, 0, NULL},
+};
