@@ -26,6 +26,7 @@ import pytest
 import vggtl
 from vggtl import _core
 from vggtl import cache as vc
+from vggtl import vgg16 as vgg16_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 20
@@ -49,10 +50,10 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("VGGTL_CACHE_LIMIT", raising=False)
     monkeypatch.setattr(vc, "CHUNK_PIXELS", CHUNK * 32 * 32)
-    monkeypatch.setattr(vc, "_limit", None)
-    monkeypatch.setattr(vc, "_limit_set", False)
-    monkeypatch.setattr(vc, "_warned", set())
-    monkeypatch.setattr(vc, "_verified_here", {})
+    monkeypatch.setattr(vc.housekeeping, "_limit", None)
+    monkeypatch.setattr(vc.housekeeping, "_limit_set", False)
+    monkeypatch.setattr(vc.run, "_warned", set())
+    monkeypatch.setattr(vc.store, "_verified_here", {})
     return tmp_path / "xdg" / "vggtl" / "features"
 
 
@@ -74,7 +75,7 @@ def same_features(got, ref):
 
 
 def entries(root):
-    return sorted(p for p in os.listdir(root) if vc._ENTRY_RE.match(p)) if os.path.isdir(root) else []
+    return sorted(p for p in os.listdir(root) if vc.store.ENTRY_RE.match(p)) if os.path.isdir(root) else []
 
 
 def only_entry(root):
@@ -145,7 +146,7 @@ def test_each_key_part_changed_alone_misses(home, base, X):
     # input size: the one part that cannot change alone through extract (X changes
     # with it); make_key shows it is in the key
     key = vc.make_key(base, X=X)
-    assert vc._key_id(key) != vc._key_id(vc.make_key(base, X=X, input_size=(64, 64)))
+    assert vc.key_id(key) != vc.key_id(vc.make_key(base, X=X, input_size=(64, 64)))
     assert vc.make_key(base, X=X) == key
 
 
@@ -334,7 +335,7 @@ def test_manifest_fields_are_checked_even_with_a_valid_digest(home, base, X):
     for field, value in bad_fields:
         m = dict(good, **{field: value})
         with open(path, "wb") as f:
-            f.write(vc._wrap_manifest(m))
+            f.write(vc.store.wrap_manifest(m))
         assert vc.load_manifest(path) is None, field
         vc.info()  # never raises on what it finds
     with open(path, "wb") as f:
@@ -622,7 +623,7 @@ def test_info_and_clear(home, base, X, monkeypatch):
 def test_clear_skips_an_entry_in_use(home, base, X):
     base.extract(X, progress=False)
     folder = only_entry(home)
-    with vc._Locked(folder, exclusive=False, create=False):
+    with vc.store.Locked(folder, exclusive=False, create=False):
         r = vc.clear()
     assert r == {"removed": 0, "bytes_freed": 0, "busy": 1}
     assert vc.clear()["removed"] == 1
@@ -638,7 +639,7 @@ def test_lru_eviction(home, base, rng):
         for i in (1, 0, 2):  # uses: 0, 1, 0 again, 2
             time.sleep(0.02)
             base.extract(Xs[i], progress=False)
-            ids.append(vc._key_id(vc.make_key(base, X=Xs[i])))
+            ids.append(vc.key_id(vc.make_key(base, X=Xs[i])))
         left = set(entries(home))
         assert left == {ids[1], ids[2]}  # Xs[1], the least recently used, went
         assert vc.info()["bytes"] <= vc.get_size_limit()
@@ -648,7 +649,7 @@ def test_lru_eviction(home, base, rng):
         assert n == 8
         vc.set_size_limit("1KB")  # smaller than one entry: the newest stays
         base.extract(Xs[3], progress=False)
-        assert entries(home) == [vc._key_id(vc.make_key(base, X=Xs[3]))]
+        assert entries(home) == [vc.key_id(vc.make_key(base, X=Xs[3]))]
     finally:
         vc.set_size_limit(None)
 
@@ -829,7 +830,7 @@ def test_entries_of_the_old_key_format_are_recomputed_not_read(home, base, X):
     assert m["version"] == vc.FORMAT_VERSION == 2 and m["key"]["format"] == 2
     assert m["key"]["x"].startswith("sha256tree:")
     with open(os.path.join(folder, "manifest.json"), "wb") as f:
-        f.write(vc._wrap_manifest(dict(m, version=1)))
+        f.write(vc.store.wrap_manifest(dict(m, version=1)))
     G, n = count(lambda: base.extract(X, progress=False))
     assert n == N and manifest(folder)["version"] == 2
     np.testing.assert_array_equal(G, F)
@@ -847,8 +848,8 @@ def test_array_digest_hashes_memmaps_block_by_block_and_releases_them(tmp_path, 
     mm = np.load(tmp_path / "a.npy", mmap_mode="r")
     monkeypatch.setattr(vc, "HASH_BLOCK", 40 * 40 * 3 * 7)
     released = []
-    real = vc.release_pages
-    monkeypatch.setattr(vc, "release_pages", lambda X, i, j: (released.append((i, j)),
+    real = vc.keys.release_pages
+    monkeypatch.setattr(vc.keys, "release_pages", lambda X, i, j: (released.append((i, j)),
                                                               real(X, i, j)))
     d = vc.array_digest(mm)
     assert sorted(released) == [(i, i + 7) for i in range(0, 60, 7)]
@@ -872,19 +873,19 @@ def test_weights_changed_in_place_where_the_old_sample_did_not_look_miss(home, X
     assert n == N
     same_features(F, base.predict(X))
     # and the digest covers every value of every layer below the cut
-    d0 = vc._weights_digest(base, 17)
+    d0 = base.feature_source("block5_pool").weights_digest()
     for name in ("block1_conv1", "block3_conv2", "block5_conv3"):
         k, b = base._weights[name]
         with base._writing([name]):
             k.reshape(-1)[-1] += np.float32(1e-3)
-        assert vc._weights_digest(base, 17) != d0, name
+        assert base.feature_source("block5_pool").weights_digest() != d0, name
         with base._writing([name]):
             k.reshape(-1)[-1] -= np.float32(1e-3)
             b[0] += np.float32(1e-3)
-        assert vc._weights_digest(base, 17) != d0, name
+        assert base.feature_source("block5_pool").weights_digest() != d0, name
         with base._writing([name]):
             b[0] -= np.float32(1e-3)
-        assert vc._weights_digest(base, 17) == d0, name  # the same values again
+        assert base.feature_source("block5_pool").weights_digest() == d0, name  # the same values again
     # every way in is through _writing: the arrays themselves refuse a write
     with pytest.raises(ValueError, match="read-only"):
         base._weights["block1_conv1"][0].reshape(-1)[0] = 1.0
@@ -1150,12 +1151,13 @@ def test_a_slow_writer_that_makes_progress_is_waited_for(tmp_path):
 
 
 def test_the_weights_digest_is_hashed_once_per_version(home, X, monkeypatch):
-    # hashing 58 MB of weights on every extraction would cost tens of ms per call;
+    # hashing every weight on every extraction would cost more than a small hit;
     # the digest is remembered until the weights change (a new version)
     base = vggtl.VGG16(weights=None, seed=4)
     calls = []
-    real = vc._hash_weights
-    monkeypatch.setattr(vc, "_hash_weights", lambda b, s: calls.append(s) or real(b, s))
+    real = vgg16_module._hash_weights
+    monkeypatch.setattr(vgg16_module, "_hash_weights",
+                        lambda b, s: calls.append(s) or real(b, s))
     base.extract(X, progress=False)
     base.extract(X, progress=False)
     assert len(calls) == 1

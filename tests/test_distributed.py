@@ -321,7 +321,7 @@ def test_vggtl_imports_without_dask():
 def _die_writing_chunk(marker, name):
     """Installed on every worker: the first worker to write chunk ``name`` dies
     after writing it to its temporary file, before the rename."""
-    import vggtl.cache as vc
+    from vggtl.cache import store as vc
     real = vc._atomic_open_at_real = getattr(vc, "_atomic_open_at_real", vc.atomic_open_at)
 
     @contextmanager
@@ -336,7 +336,7 @@ def _die_writing_chunk(marker, name):
 
 
 def _restore_atomic_path():
-    import vggtl.cache as vc
+    from vggtl.cache import store as vc
     vc.atomic_open_at = getattr(vc, "_atomic_open_at_real", vc.atomic_open_at)
 
 

@@ -133,7 +133,7 @@ def cache_setup():
 def check_entry_after_kill(root, key, ref, what):
     """Every file of the entry with its final name is whole; what a reader gets is
     the right features or nothing."""
-    entry = vc._Entry(root, key)
+    entry = vc.Entry(root, key)
     if not os.path.isdir(entry.dir):
         return
     m = None
@@ -142,8 +142,8 @@ def check_entry_after_kill(root, key, ref, what):
         assert m is not None, f"{what}: manifest.json is damaged"
     if os.path.exists(entry.data_path):
         assert m is not None, f"{what}: data.npy without a manifest"
-        hdr = vc._npy_header((m["n"], *m["item_shape"]), vc.DTYPES[m["dtype"]])
-        assert os.path.getsize(entry.data_path) == len(hdr) + m["n"] * vc._item_bytes(m), \
+        hdr = vc.files.npy_header((m["n"], *m["item_shape"]), vc.DTYPES[m["dtype"]])
+        assert os.path.getsize(entry.data_path) == len(hdr) + m["n"] * vc.store.item_bytes(m), \
             f"{what}: data.npy has a final name but is not whole"
     if os.path.isdir(entry.chunk_dir):
         for name in os.listdir(entry.chunk_dir):
@@ -185,7 +185,7 @@ def test_sigkill_at_random_points_of_a_cache_write_never_exposes_half_a_file(
         p = run_child(CACHE_CHILD.format(chunk=CHUNK, n=N, root=root, kill_at=k))
         assert p.returncode == -signal.SIGKILL, (k, p.returncode, p.stderr)
         check_entry_after_kill(root, key, ref, f"killed at operation {k} of {dry['ops']}")
-        m = vc.load_manifest(os.path.join(root, vc._key_id(key), "manifest.json"), key)
+        m = vc.load_manifest(os.path.join(root, vc.key_id(key), "manifest.json"), key)
         done = 0 if m is None else sum(c is not None for c in m["chunks"])
         monkeypatch.setattr(vc, "CHUNK_PIXELS", CHUNK * 32 * 32)
         c0 = _core.vgg16_forward_images()
@@ -193,7 +193,7 @@ def test_sigkill_at_random_points_of_a_cache_write_never_exposes_half_a_file(
         computed = _core.vgg16_forward_images() - c0
         assert isinstance(F, np.memmap) and np.array_equal(F, ref), f"kill at {k}"
         assert computed == N - done * CHUNK, f"kill at {k}: recomputed {computed} images"
-        assert not [f for f in os.listdir(os.path.join(root, vc._key_id(key)))
+        assert not [f for f in os.listdir(os.path.join(root, vc.key_id(key)))
                     if f.endswith(".part")], f"kill at {k}: temporaries were left"
 
 
@@ -533,7 +533,7 @@ def test_full_disk_during_cache_write_warns_once_and_resumes(tmp_path, monkeypat
     computes only the chunks not recorded and is cached."""
     base, X, ref, key = cache_setup
     monkeypatch.setattr(vc, "CHUNK_PIXELS", CHUNK * 32 * 32)
-    monkeypatch.setattr(vc, "_warned", set())
+    monkeypatch.setattr(vc.run, "_warned", set())
     root = str(tmp_path / "features")
     _enospc_from(monkeypatch, "000001.bin")  # full from the second chunk on
     with warnings.catch_warnings(record=True) as w:
@@ -546,7 +546,7 @@ def test_full_disk_during_cache_write_warns_once_and_resumes(tmp_path, monkeypat
     msgs = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
     assert len(msgs) == 1 and root in msgs[0] and "No space left" in msgs[0], msgs
     check_entry_after_kill(root, key, ref, "after ENOSPC")
-    m = vc.load_manifest(os.path.join(root, vc._key_id(key), "manifest.json"), key)
+    m = vc.load_manifest(os.path.join(root, vc.key_id(key), "manifest.json"), key)
     done = sum(c is not None for c in m["chunks"])
     assert done >= 1
     c0 = _core.vgg16_forward_images()
