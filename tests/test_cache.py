@@ -1,4 +1,4 @@
-"""The feature cache (issue 5): a second extract computes nothing (the core's
+"""The feature cache: a second extract computes nothing (the core's
 image counter, not timing), each part of the key changed alone misses and nothing
 else does, SIGKILL in the middle resumes to the same bytes as an uninterrupted run,
 damaged or truncated chunks are recomputed and never returned, two processes at
@@ -718,7 +718,7 @@ def test_progress_bar_shows_images_per_second(home, base, X, capsys):
     assert capsys.readouterr().err == ""
 
 
-# ---- a hostile shared cache (issue 17) --------------------------------------------------------
+# ---- a hostile shared cache --------------------------------------------------------------------
 # An attacker who can hand you arrays, or who shares the cache folder with you (another
 # user of a group-writable folder, a Dask worker's account), must get neither wrong
 # features for your X, nor a write, read or removal outside vggtl's own entries, nor a
@@ -805,7 +805,7 @@ def _xxh64_twins(n, rng):
 
 
 def test_crafted_arrays_colliding_under_the_old_key_get_their_own_features(home, base, rng):
-    """Class 5: two arrays made to share the old content key (XXH64 under its two
+    """Two arrays made to share the old content key (XXH64 under its two
     seeds) differ in a third of their bytes; each must get its own features."""
     assert _xxh64(b"", 0) == 0xEF46DB3751D8E999 and _xxh64(b"abc", 0) == 0x44BC2CF5AD770999
     XA, XB = _xxh64_twins(4, rng)
@@ -821,7 +821,7 @@ def test_crafted_arrays_colliding_under_the_old_key_get_their_own_features(home,
 
 
 def test_entries_of_the_old_key_format_are_recomputed_not_read(home, base, X):
-    """Class 5: an entry whose manifest is of format 1 (XXH64 keys) is a miss: its
+    """An entry whose manifest is of format 1 (XXH64 keys) is a miss: its
     features are computed again and the entry rewritten in the current format; a
     digest of the old kind is refused where one can be passed."""
     F = np.array(base.extract(X, progress=False))
@@ -841,7 +841,7 @@ def test_entries_of_the_old_key_format_are_recomputed_not_read(home, base, X):
 
 def test_array_digest_hashes_memmaps_block_by_block_and_releases_them(tmp_path, rng,
                                                                       monkeypatch):
-    """Class 5: a memmap is hashed where it lies (blocks of rows, never copied whole)
+    """A memmap is hashed where it lies (blocks of rows, never copied whole)
     and each block is dropped from resident memory once hashed (madvise)."""
     a = rng.integers(0, 256, (60, 40, 40, 3), dtype=np.uint8)
     np.save(tmp_path / "a.npy", a)
@@ -857,7 +857,7 @@ def test_array_digest_hashes_memmaps_block_by_block_and_releases_them(tmp_path, 
 
 
 def test_weights_changed_in_place_where_the_old_sample_did_not_look_miss(home, X):
-    """Class 6: TransferModel.set_weights copies into the base's arrays in place;
+    """TransferModel.set_weights copies into the base's arrays in place;
     values the old memo never sampled (it read every 4093rd) changed that way must
     change the key."""
     base = vggtl.VGG16(weights=None, seed=4, input_shape=(32, 32, 3))
@@ -892,7 +892,7 @@ def test_weights_changed_in_place_where_the_old_sample_did_not_look_miss(home, X
 
 
 def test_clear_and_eviction_remove_only_vggtls_own_folders(home, base, rng, monkeypatch):
-    """Class 7: a folder whose name happens to be 32 hex digits (an MLflow run), and
+    """A folder whose name happens to be 32 hex digits (an MLflow run), and
     other folders vggtl did not make, are not entries: not listed, evicted or cleared.
     An empty path is refused, never taken as the current folder."""
     os.makedirs(home)
@@ -937,7 +937,7 @@ def test_clear_and_eviction_remove_only_vggtls_own_folders(home, base, rng, monk
 
 
 def test_entries_made_before_the_marker_are_still_vggtls(home, base, X):
-    """Class 7: an entry of an earlier vggtl (no marker, a manifest of the cache's
+    """An entry of an earlier vggtl (no marker, a manifest of the cache's
     format) is listed and removed by clear."""
     base.extract(X, progress=False)
     folder = only_entry(home)
@@ -968,7 +968,7 @@ def _one_warning(w, *words):
 
 @pytest.mark.parametrize("plant", ["chunks symlink", "lock symlink", "entry symlink"])
 def test_planted_symlinks_never_redirect_a_write(home, base, X, tmp_path, monkeypatch, plant):
-    """Class 8: a symlink planted in a shared cache (the chunk folder pointing at
+    """A symlink planted in a shared cache (the chunk folder pointing at
     another folder, a dangling lock pointing where a file would be created, the
     entry folder itself) is never followed: the features are computed without the
     cache, one warning says which entry and what is wrong, nothing is written
@@ -1019,7 +1019,7 @@ FIFO_CHILD = textwrap.dedent("""
 
 @pytest.mark.parametrize("name", ["manifest.json", "lock", "verified", "manifest symlink"])
 def test_special_files_in_an_entry_never_hang_or_are_read(tmp_path, name):
-    """Class 8: a FIFO in place of manifest.json, lock or verified (and a symlink to
+    """A FIFO in place of manifest.json, lock or verified (and a symlink to
     another user's file in place of the manifest): extract, info and clear return
     (in a child with a deadline): the features are right, computed in memory with one
     warning; info lists the entry, clear removes it."""
@@ -1105,7 +1105,7 @@ def _start_writer(root, stuck, delay=0.0, n=N):
 
 
 def test_a_stopped_writer_does_not_make_others_wait_for_ever(tmp_path):
-    """Class 9: a writer SIGSTOPped while it holds an entry's lock (mid-extraction).
+    """A writer SIGSTOPped while it holds an entry's lock (mid-extraction).
     Another process, with a bound of 1 s, computes without the cache after it,
     with one warning naming the lock and the stopped process; a second call there
     does not wait again. Once the writer is killed, the entry completes normally."""
@@ -1132,7 +1132,7 @@ def test_a_stopped_writer_does_not_make_others_wait_for_ever(tmp_path):
 
 
 def test_a_slow_writer_that_makes_progress_is_waited_for(tmp_path):
-    """Class 9: the bound is on progress, not on time: a writer that takes longer
+    """The bound is on progress, not on time: a writer that takes longer
     than the bound in all, but writes a chunk more often, is waited for; the waiter
     then reads its entry (no compute, no warning)."""
     root = str(tmp_path / "features")

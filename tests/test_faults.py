@@ -1,4 +1,4 @@
-"""Faults (issue 11): processes killed while writing, Ctrl-C in long work, a full
+"""Faults: processes killed while writing, Ctrl-C in long work, a full
 disk, read-only cache folders. What exists elsewhere is not repeated here:
 tests/test_cache.py kills an extraction by timer and resumes it, interrupts it with
 a patched predict, and runs it in a read-only folder; tests/test_interrupt.py stops

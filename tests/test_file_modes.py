@@ -1,4 +1,4 @@
-"""File modes (issue 17, class 12): every file vggtl writes (models, weights, .npy,
+"""File modes: every file vggtl writes (models, weights, .npy,
 the feature cache's files, CLI outputs, downloads, plots) gets the mode ``open()``
 would give a new file, 0666 less the umask, and a file it replaces keeps its mode.
 

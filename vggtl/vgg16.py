@@ -44,7 +44,7 @@ PREPROCESS_MODES = ("caffe", "torch", "scale", None)
 
 # Scratch memory for the network's activations, per model. The core runs as many
 # images at a time as fit, so this, not batch_size, bounds memory (a batch of 16
-# at 224 x 224 fits: peak RSS stays under 1 GB, benchmarks/memory.py). It holds
+# at 224 x 224 fits; benchmarks/memory.py measures the peak). It holds
 # whatever the thread count: each thread of a convolution needs buffers of its
 # own, so with many threads the convolutions run on as many as it holds.
 _WORKSPACE_BYTES = 512 << 20
