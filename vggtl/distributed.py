@@ -15,7 +15,9 @@ How it works
 The client does what :func:`vggtl.cache.extract` does in one process, in the same
 entry of the same cache (same key, manifest, chunk files and ``data.npy``; see
 :mod:`vggtl.cache`), holding the entry's exclusive lock throughout, except that the
-missing chunks run as Dask tasks, one per chunk. A task computes its chunk on a
+missing chunks run as Dask tasks, one per chunk: :class:`DistPlan` is the cache's
+chunk source (``vggtl.cache.ChunkSource``) for a cluster, and
+``vggtl.cache.read_or_build`` drives it as it drives the local plan. A task computes its chunk on a
 worker and writes ``chunks/NNNNNN.bin`` itself, atomically; it returns the chunk's
 CRC-32 and the client, the only writer of the manifest, records it (at most once a
 second). When every chunk is there the client assembles ``data.npy`` and returns

@@ -518,7 +518,7 @@ class Entry:
             zlib.crc32(data) == m["chunks"][k]
 
     def trusted(self, st: os.stat_result) -> bool:
-        """data.npy is as it was at a full check (see the module docstring)."""
+        """data.npy is as it was at a full check (see "Read path" in vggtl.cache)."""
         stamp = file_stamp(st)
         here = _verified_here.get(self.data_path)
         if here is not None and here[0] == stamp and here[1] - st.st_ctime_ns > RACY_NS:
