@@ -29,6 +29,8 @@ def default_dir() -> str:
 
 
 def resolve_root(cache, what: str = "cache") -> str:
+    """The cache folder, absolute: vggtl's for True or None, else the path given
+    (errors name the argument ``what``)."""
     kinds = "True, False or a folder path" if what == "cache" else "None or a folder path"
     if cache is True or cache is None:
         return os.path.abspath(default_dir())
