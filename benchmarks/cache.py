@@ -40,7 +40,7 @@ def fmt(s):
 def hit_cost(base, n, folder):
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
-    real_compute = vc._Plan.compute
+    real_compute = vc.LocalPlan.compute
 
     def synthetic(self, start, stop, batch_size, update=lambda k: None):
         out = np.empty((stop - start, *self.item_shape), dtype=self.dtype)
@@ -48,13 +48,13 @@ def hit_cost(base, n, folder):
         update(stop - start)
         return out
 
-    vc._Plan.compute = synthetic
+    vc.LocalPlan.compute = synthetic
     try:
         t = time.perf_counter()
         base.extract(X, cache=folder, progress=False)
         write = time.perf_counter() - t
     finally:
-        vc._Plan.compute = real_compute
+        vc.LocalPlan.compute = real_compute
     size = vc.info(folder)["bytes"]
     print(f"1. cache hit, {n:,} images of 224x224x3 -> {n:,} x 7x7x512 float32 "
           f"({size / 1e9:.2f} GB on disk; writing it took {fmt(write)})")
@@ -97,7 +97,7 @@ def cold_overhead(base, n, folder):
     predict = time.perf_counter() - t
 
     spent = [0.0]
-    real_compute = vc._Plan.compute
+    real_compute = vc.LocalPlan.compute
 
     def timed(self, *a, **kw):
         t0 = time.perf_counter()
@@ -106,13 +106,13 @@ def cold_overhead(base, n, folder):
         finally:
             spent[0] += time.perf_counter() - t0
 
-    vc._Plan.compute = timed
+    vc.LocalPlan.compute = timed
     try:
         t = time.perf_counter()
         base.extract(X, cache=folder, batch_size=32, progress=False)
         total = time.perf_counter() - t
     finally:
-        vc._Plan.compute = real_compute
+        vc.LocalPlan.compute = real_compute
     overhead = total - spent[0]
     print(f"2. cold extraction of {n} images of 224x224x3 (block5_pool, float32, "
           f"{vggtl.get_num_threads()} threads)")

@@ -89,11 +89,11 @@ def one_input(raw: bytes) -> None:
         try:
             m = json.loads(manifest)
             manifest = json.dumps({"manifest": m, "sha256": hashlib.sha256(
-                vc._canonical(m)).hexdigest()}).encode()
+                vc.keys.canonical(m)).hexdigest()}).encode()
         except Exception:
             pass  # not JSON (or not canonicalisable): taken as it is
     key = _key_of(manifest)
-    entry = vc._Entry(ROOT, key)
+    entry = vc.Entry(ROOT, key)
     shutil.rmtree(ROOT, ignore_errors=True)
     shutil.rmtree(OUTSIDE, ignore_errors=True)
     os.makedirs(entry.dir)
@@ -101,20 +101,20 @@ def one_input(raw: bytes) -> None:
     with open(os.path.join(OUTSIDE, "secret.json"), "wb") as f:
         f.write(_OUTSIDE_TEXT)
     with open(os.path.join(entry.dir, vc.MARKER), "wb") as f:
-        f.write(vc._MARKER_TEXT)
+        f.write(vc.store.MARKER_TEXT)
     for path, content in ((entry.manifest_path, manifest), (entry.data_path, data),
                           (entry.stamp_path, verified)):
         if content:
             with open(path, "wb") as f:
                 f.write(content)
     special = _plant(entry, flags)
-    vc._verified_here.clear()
+    vc.store._verified_here.clear()
 
     m = vc.load_manifest(entry.manifest_path)
     assert m is None or isinstance(m, dict)
     try:
         got = entry.try_read()
-    except vc._Damaged:
+    except vc.Damaged:
         assert special, "a damaged entry without any special file in it"
         got = None
     if got is not None:

@@ -220,7 +220,7 @@ def seeds_cache(d):
     root = os.path.join(d, "features")
     base.extract(X, cache=root, progress=False)
     base.extract(X, cache=root, progress=False)  # a hit: writes the verified stamp
-    (entry,) = [os.path.join(root, e) for e in os.listdir(root) if vc._ENTRY_RE.match(e)]
+    (entry,) = [os.path.join(root, e) for e in os.listdir(root) if vc.store.ENTRY_RE.match(e)]
     with open(os.path.join(entry, "manifest.json"), "rb") as f:
         wrapped = f.read()
     body = json.loads(wrapped)["manifest"]

@@ -252,7 +252,7 @@ def test_cache_keeps_precisions_apart_and_matches_predict(rng, tmp_path, conv_we
     b32 = vggtl.VGG16(weights=conv_weights)
     k16, k32 = vggtl.cache.make_key(b16, X=X), vggtl.cache.make_key(b32, X=X)
     assert k16["conv"] == "i" + "b" * 12 and k32["conv"] != k16["conv"]
-    assert vggtl.cache._key_id(k16) != vggtl.cache._key_id(k32)
+    assert vggtl.cache.key_id(k16) != vggtl.cache.key_id(k32)
     F16 = b16.extract(X, cache=tmp_path, progress=False)
     F32 = b32.extract(X, cache=tmp_path, progress=False)
     np.testing.assert_array_equal(F16, b16.predict(X))

@@ -1,4 +1,4 @@
-"""The feature cache (issue 5): a second extract computes nothing (the core's
+"""The feature cache: a second extract computes nothing (the core's
 image counter, not timing), each part of the key changed alone misses and nothing
 else does, SIGKILL in the middle resumes to the same bytes as an uninterrupted run,
 damaged or truncated chunks are recomputed and never returned, two processes at
@@ -27,6 +27,7 @@ import vggtl
 from vggtl import _core
 from vggtl import cache as vc
 from vggtl import _kernels  # the single kernels, for tests
+from vggtl import vgg16 as vgg16_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 20
@@ -50,10 +51,10 @@ def home(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("VGGTL_CACHE_LIMIT", raising=False)
     monkeypatch.setattr(vc, "CHUNK_PIXELS", CHUNK * 32 * 32)
-    monkeypatch.setattr(vc, "_limit", None)
-    monkeypatch.setattr(vc, "_limit_set", False)
-    monkeypatch.setattr(vc, "_warned", set())
-    monkeypatch.setattr(vc, "_verified_here", {})
+    monkeypatch.setattr(vc.housekeeping, "_limit", None)
+    monkeypatch.setattr(vc.housekeeping, "_limit_set", False)
+    monkeypatch.setattr(vc.run, "_warned", set())
+    monkeypatch.setattr(vc.store, "_verified_here", {})
     return tmp_path / "xdg" / "vggtl" / "features"
 
 
@@ -75,7 +76,7 @@ def same_features(got, ref):
 
 
 def entries(root):
-    return sorted(p for p in os.listdir(root) if vc._ENTRY_RE.match(p)) if os.path.isdir(root) else []
+    return sorted(p for p in os.listdir(root) if vc.store.ENTRY_RE.match(p)) if os.path.isdir(root) else []
 
 
 def only_entry(root):
@@ -146,7 +147,7 @@ def test_each_key_part_changed_alone_misses(home, base, X):
     # input size: the one part that cannot change alone through extract (X changes
     # with it); make_key shows it is in the key
     key = vc.make_key(base, X=X)
-    assert vc._key_id(key) != vc._key_id(vc.make_key(base, X=X, input_size=(64, 64)))
+    assert vc.key_id(key) != vc.key_id(vc.make_key(base, X=X, input_size=(64, 64)))
     assert vc.make_key(base, X=X) == key
 
 
@@ -335,7 +336,7 @@ def test_manifest_fields_are_checked_even_with_a_valid_digest(home, base, X):
     for field, value in bad_fields:
         m = dict(good, **{field: value})
         with open(path, "wb") as f:
-            f.write(vc._wrap_manifest(m))
+            f.write(vc.store.wrap_manifest(m))
         assert vc.load_manifest(path) is None, field
         vc.info()  # never raises on what it finds
     with open(path, "wb") as f:
@@ -623,7 +624,7 @@ def test_info_and_clear(home, base, X, monkeypatch):
 def test_clear_skips_an_entry_in_use(home, base, X):
     base.extract(X, progress=False)
     folder = only_entry(home)
-    with vc._Locked(folder, exclusive=False, create=False):
+    with vc.store.Locked(folder, exclusive=False, create=False):
         r = vc.clear()
     assert r == {"removed": 0, "bytes_freed": 0, "busy": 1}
     assert vc.clear()["removed"] == 1
@@ -639,7 +640,7 @@ def test_lru_eviction(home, base, rng):
         for i in (1, 0, 2):  # uses: 0, 1, 0 again, 2
             time.sleep(0.02)
             base.extract(Xs[i], progress=False)
-            ids.append(vc._key_id(vc.make_key(base, X=Xs[i])))
+            ids.append(vc.key_id(vc.make_key(base, X=Xs[i])))
         left = set(entries(home))
         assert left == {ids[1], ids[2]}  # Xs[1], the least recently used, went
         assert vc.info()["bytes"] <= vc.get_size_limit()
@@ -649,7 +650,7 @@ def test_lru_eviction(home, base, rng):
         assert n == 8
         vc.set_size_limit("1KB")  # smaller than one entry: the newest stays
         base.extract(Xs[3], progress=False)
-        assert entries(home) == [vc._key_id(vc.make_key(base, X=Xs[3]))]
+        assert entries(home) == [vc.key_id(vc.make_key(base, X=Xs[3]))]
     finally:
         vc.set_size_limit(None)
 
@@ -718,7 +719,7 @@ def test_progress_bar_shows_images_per_second(home, base, X, capsys):
     assert capsys.readouterr().err == ""
 
 
-# ---- a hostile shared cache (issue 17) --------------------------------------------------------
+# ---- a hostile shared cache --------------------------------------------------------------------
 # An attacker who can hand you arrays, or who shares the cache folder with you (another
 # user of a group-writable folder, a Dask worker's account), must get neither wrong
 # features for your X, nor a write, read or removal outside vggtl's own entries, nor a
@@ -805,7 +806,7 @@ def _xxh64_twins(n, rng):
 
 
 def test_crafted_arrays_colliding_under_the_old_key_get_their_own_features(home, base, rng):
-    """Class 5: two arrays made to share the old content key (XXH64 under its two
+    """Two arrays made to share the old content key (XXH64 under its two
     seeds) differ in a third of their bytes; each must get its own features."""
     assert _xxh64(b"", 0) == 0xEF46DB3751D8E999 and _xxh64(b"abc", 0) == 0x44BC2CF5AD770999
     XA, XB = _xxh64_twins(4, rng)
@@ -821,7 +822,7 @@ def test_crafted_arrays_colliding_under_the_old_key_get_their_own_features(home,
 
 
 def test_entries_of_the_old_key_format_are_recomputed_not_read(home, base, X):
-    """Class 5: an entry whose manifest is of format 1 (XXH64 keys) is a miss: its
+    """An entry whose manifest is of format 1 (XXH64 keys) is a miss: its
     features are computed again and the entry rewritten in the current format; a
     digest of the old kind is refused where one can be passed."""
     F = np.array(base.extract(X, progress=False))
@@ -830,7 +831,7 @@ def test_entries_of_the_old_key_format_are_recomputed_not_read(home, base, X):
     assert m["version"] == vc.FORMAT_VERSION == 2 and m["key"]["format"] == 2
     assert m["key"]["x"].startswith("sha256tree:")
     with open(os.path.join(folder, "manifest.json"), "wb") as f:
-        f.write(vc._wrap_manifest(dict(m, version=1)))
+        f.write(vc.store.wrap_manifest(dict(m, version=1)))
     G, n = count(lambda: base.extract(X, progress=False))
     assert n == N and manifest(folder)["version"] == 2
     np.testing.assert_array_equal(G, F)
@@ -841,15 +842,15 @@ def test_entries_of_the_old_key_format_are_recomputed_not_read(home, base, X):
 
 def test_array_digest_hashes_memmaps_block_by_block_and_releases_them(tmp_path, rng,
                                                                       monkeypatch):
-    """Class 5: a memmap is hashed where it lies (blocks of rows, never copied whole)
+    """A memmap is hashed where it lies (blocks of rows, never copied whole)
     and each block is dropped from resident memory once hashed (madvise)."""
     a = rng.integers(0, 256, (60, 40, 40, 3), dtype=np.uint8)
     np.save(tmp_path / "a.npy", a)
     mm = np.load(tmp_path / "a.npy", mmap_mode="r")
     monkeypatch.setattr(vc, "HASH_BLOCK", 40 * 40 * 3 * 7)
     released = []
-    real = vc.release_pages
-    monkeypatch.setattr(vc, "release_pages", lambda X, i, j: (released.append((i, j)),
+    real = vc.keys.release_pages
+    monkeypatch.setattr(vc.keys, "release_pages", lambda X, i, j: (released.append((i, j)),
                                                               real(X, i, j)))
     d = vc.array_digest(mm)
     assert sorted(released) == [(i, i + 7) for i in range(0, 60, 7)]
@@ -857,7 +858,7 @@ def test_array_digest_hashes_memmaps_block_by_block_and_releases_them(tmp_path, 
 
 
 def test_weights_changed_in_place_where_the_old_sample_did_not_look_miss(home, X):
-    """Class 6: TransferModel.set_weights copies into the base's arrays in place;
+    """TransferModel.set_weights copies into the base's arrays in place;
     values the old memo never sampled (it read every 4093rd) changed that way must
     change the key."""
     base = vggtl.VGG16(weights=None, seed=4, input_shape=(32, 32, 3))
@@ -873,26 +874,26 @@ def test_weights_changed_in_place_where_the_old_sample_did_not_look_miss(home, X
     assert n == N
     same_features(F, base.predict(X))
     # and the digest covers every value of every layer below the cut
-    d0 = vc._weights_digest(base, 17)
+    d0 = base.feature_source("block5_pool").weights_digest()
     for name in ("block1_conv1", "block3_conv2", "block5_conv3"):
         k, b = base._weights[name]
         with base._writing([name]):
             k.reshape(-1)[-1] += np.float32(1e-3)
-        assert vc._weights_digest(base, 17) != d0, name
+        assert base.feature_source("block5_pool").weights_digest() != d0, name
         with base._writing([name]):
             k.reshape(-1)[-1] -= np.float32(1e-3)
             b[0] += np.float32(1e-3)
-        assert vc._weights_digest(base, 17) != d0, name
+        assert base.feature_source("block5_pool").weights_digest() != d0, name
         with base._writing([name]):
             b[0] -= np.float32(1e-3)
-        assert vc._weights_digest(base, 17) == d0, name  # the same values again
+        assert base.feature_source("block5_pool").weights_digest() == d0, name  # the same values again
     # every way in is through _writing: the arrays themselves refuse a write
     with pytest.raises(ValueError, match="read-only"):
         base._weights["block1_conv1"][0].reshape(-1)[0] = 1.0
 
 
 def test_clear_and_eviction_remove_only_vggtls_own_folders(home, base, rng, monkeypatch):
-    """Class 7: a folder whose name happens to be 32 hex digits (an MLflow run), and
+    """A folder whose name happens to be 32 hex digits (an MLflow run), and
     other folders vggtl did not make, are not entries: not listed, evicted or cleared.
     An empty path is refused, never taken as the current folder."""
     os.makedirs(home)
@@ -937,7 +938,7 @@ def test_clear_and_eviction_remove_only_vggtls_own_folders(home, base, rng, monk
 
 
 def test_entries_made_before_the_marker_are_still_vggtls(home, base, X):
-    """Class 7: an entry of an earlier vggtl (no marker, a manifest of the cache's
+    """An entry of an earlier vggtl (no marker, a manifest of the cache's
     format) is listed and removed by clear."""
     base.extract(X, progress=False)
     folder = only_entry(home)
@@ -968,7 +969,7 @@ def _one_warning(w, *words):
 
 @pytest.mark.parametrize("plant", ["chunks symlink", "lock symlink", "entry symlink"])
 def test_planted_symlinks_never_redirect_a_write(home, base, X, tmp_path, monkeypatch, plant):
-    """Class 8: a symlink planted in a shared cache (the chunk folder pointing at
+    """A symlink planted in a shared cache (the chunk folder pointing at
     another folder, a dangling lock pointing where a file would be created, the
     entry folder itself) is never followed: the features are computed without the
     cache, one warning says which entry and what is wrong, nothing is written
@@ -1019,7 +1020,7 @@ FIFO_CHILD = textwrap.dedent("""
 
 @pytest.mark.parametrize("name", ["manifest.json", "lock", "verified", "manifest symlink"])
 def test_special_files_in_an_entry_never_hang_or_are_read(tmp_path, name):
-    """Class 8: a FIFO in place of manifest.json, lock or verified (and a symlink to
+    """A FIFO in place of manifest.json, lock or verified (and a symlink to
     another user's file in place of the manifest): extract, info and clear return
     (in a child with a deadline): the features are right, computed in memory with one
     warning; info lists the entry, clear removes it."""
@@ -1105,7 +1106,7 @@ def _start_writer(root, stuck, delay=0.0, n=N):
 
 
 def test_a_stopped_writer_does_not_make_others_wait_for_ever(tmp_path):
-    """Class 9: a writer SIGSTOPped while it holds an entry's lock (mid-extraction).
+    """A writer SIGSTOPped while it holds an entry's lock (mid-extraction).
     Another process, with a bound of 1 s, computes without the cache after it,
     with one warning naming the lock and the stopped process; a second call there
     does not wait again. Once the writer is killed, the entry completes normally."""
@@ -1132,7 +1133,7 @@ def test_a_stopped_writer_does_not_make_others_wait_for_ever(tmp_path):
 
 
 def test_a_slow_writer_that_makes_progress_is_waited_for(tmp_path):
-    """Class 9: the bound is on progress, not on time: a writer that takes longer
+    """The bound is on progress, not on time: a writer that takes longer
     than the bound in all, but writes a chunk more often, is waited for; the waiter
     then reads its entry (no compute, no warning)."""
     root = str(tmp_path / "features")
@@ -1151,12 +1152,13 @@ def test_a_slow_writer_that_makes_progress_is_waited_for(tmp_path):
 
 
 def test_the_weights_digest_is_hashed_once_per_version(home, X, monkeypatch):
-    # hashing 58 MB of weights on every extraction would cost tens of ms per call;
+    # hashing every weight on every extraction would cost more than a small hit;
     # the digest is remembered until the weights change (a new version)
     base = vggtl.VGG16(weights=None, seed=4)
     calls = []
-    real = vc._hash_weights
-    monkeypatch.setattr(vc, "_hash_weights", lambda b, s: calls.append(s) or real(b, s))
+    real = vgg16_module._hash_weights
+    monkeypatch.setattr(vgg16_module, "_hash_weights",
+                        lambda b, s: calls.append(s) or real(b, s))
     base.extract(X, progress=False)
     base.extract(X, progress=False)
     assert len(calls) == 1

@@ -487,14 +487,14 @@ def test_default_cache_limit_evicts_without_being_set(tmp_path, monkeypatch):
     import vggtl
     from vggtl import cache as vc
     monkeypatch.delenv("VGGTL_CACHE_LIMIT", raising=False)
-    monkeypatch.setattr(vc, "_limit_set", False)
+    monkeypatch.setattr(vc.housekeeping, "_limit_set", False)
     base = vggtl.VGG16(weights=None, input_shape=(32, 32, 3))
     rng = np.random.default_rng(1)
     base.extract(rng.integers(0, 255, size=(4, 32, 32, 3), dtype=np.uint8), cache=True)
     one = vc.info()["bytes"]
     # a disk with room for about one more entry under the default fraction
     free = int(1.5 * one / vc.DEFAULT_LIMIT_FRACTION) - one
-    monkeypatch.setattr(vc, "_free_bytes", lambda path: free)
+    monkeypatch.setattr(vc.housekeeping, "_free_bytes", lambda path: free)
     assert vc.get_size_limit() == int(vc.DEFAULT_LIMIT_FRACTION * (free + one))
     for _ in range(3):
         base.extract(rng.integers(0, 255, size=(4, 32, 32, 3), dtype=np.uint8), cache=True)

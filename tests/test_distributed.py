@@ -257,19 +257,25 @@ def test_fit_on_distributed_features_is_unchanged(client, tmp_path):
 
 
 def test_workers_compute_with_the_clients_kernels(client, base, tmp_path):
-    dispatch = pytest.importorskip("vggtl.dispatch")
+    from vggtl import dispatch
     X = images(11)
+    (theirs,) = set(client.run(dispatch.get_conv_algo).values())
+    # the client asks for an algorithm the workers do not hold, whose features
+    # differ from theirs in the last bits: only the client's setting gives ref
+    wanted = "winograd" if theirs == "im2col" else "im2col"
     algo = dispatch.get_conv_algo()
-    # im2col's features differ from Winograd's (the workers' default) in the last bits
-    dispatch.set_conv_algo("im2col")
     try:
+        dispatch.set_conv_algo(theirs)
+        own = reference(base, X)
+        dispatch.set_conv_algo(wanted)
         ref = reference(base, X)
         F = vggtl.distributed.extract(X, base, client=client, chunk=10, cache=tmp_path,
                                       progress=False)
     finally:
         dispatch.set_conv_algo(algo)
+    assert not np.array_equal(ref, own)  # else this test could not tell them apart
     assert same_features(F, ref)
-    assert not np.array_equal(ref, reference(base, X)) or algo == "im2col"
+    assert set(client.run(dispatch.get_conv_algo).values()) == {wanted}
 
 
 def test_workers_compute_at_the_bases_precision(client, base, tmp_path):
@@ -321,7 +327,7 @@ def test_vggtl_imports_without_dask():
 def _die_writing_chunk(marker, name):
     """Installed on every worker: the first worker to write chunk ``name`` dies
     after writing it to its temporary file, before the rename."""
-    import vggtl.cache as vc
+    from vggtl.cache import store as vc
     real = vc._atomic_open_at_real = getattr(vc, "_atomic_open_at_real", vc.atomic_open_at)
 
     @contextmanager
@@ -336,7 +342,7 @@ def _die_writing_chunk(marker, name):
 
 
 def _restore_atomic_path():
-    import vggtl.cache as vc
+    from vggtl.cache import store as vc
     vc.atomic_open_at = getattr(vc, "_atomic_open_at_real", vc.atomic_open_at)
 
 

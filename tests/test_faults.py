@@ -1,4 +1,4 @@
-"""Faults (issue 11): processes killed while writing, Ctrl-C in long work, a full
+"""Faults: processes killed while writing, Ctrl-C in long work, a full
 disk, read-only cache folders. What exists elsewhere is not repeated here:
 tests/test_cache.py kills an extraction by timer and resumes it, interrupts it with
 a patched predict, and runs it in a read-only folder; tests/test_interrupt.py stops
@@ -134,7 +134,7 @@ def cache_setup():
 def check_entry_after_kill(root, key, ref, what):
     """Every file of the entry with its final name is whole; what a reader gets is
     the right features or nothing."""
-    entry = vc._Entry(root, key)
+    entry = vc.Entry(root, key)
     if not os.path.isdir(entry.dir):
         return
     m = None
@@ -143,8 +143,8 @@ def check_entry_after_kill(root, key, ref, what):
         assert m is not None, f"{what}: manifest.json is damaged"
     if os.path.exists(entry.data_path):
         assert m is not None, f"{what}: data.npy without a manifest"
-        hdr = vc._npy_header((m["n"], *m["item_shape"]), vc.DTYPES[m["dtype"]])
-        assert os.path.getsize(entry.data_path) == len(hdr) + m["n"] * vc._item_bytes(m), \
+        hdr = vc.files.npy_header((m["n"], *m["item_shape"]), vc.DTYPES[m["dtype"]])
+        assert os.path.getsize(entry.data_path) == len(hdr) + m["n"] * vc.store.item_bytes(m), \
             f"{what}: data.npy has a final name but is not whole"
     if os.path.isdir(entry.chunk_dir):
         for name in os.listdir(entry.chunk_dir):
@@ -186,7 +186,7 @@ def test_sigkill_at_random_points_of_a_cache_write_never_exposes_half_a_file(
         p = run_child(CACHE_CHILD.format(chunk=CHUNK, n=N, root=root, kill_at=k))
         assert p.returncode == -signal.SIGKILL, (k, p.returncode, p.stderr)
         check_entry_after_kill(root, key, ref, f"killed at operation {k} of {dry['ops']}")
-        m = vc.load_manifest(os.path.join(root, vc._key_id(key), "manifest.json"), key)
+        m = vc.load_manifest(os.path.join(root, vc.key_id(key), "manifest.json"), key)
         done = 0 if m is None else sum(c is not None for c in m["chunks"])
         monkeypatch.setattr(vc, "CHUNK_PIXELS", CHUNK * 32 * 32)
         c0 = _kernels.vgg16_forward_images()
@@ -194,7 +194,7 @@ def test_sigkill_at_random_points_of_a_cache_write_never_exposes_half_a_file(
         computed = _kernels.vgg16_forward_images() - c0
         assert isinstance(F, np.memmap) and np.array_equal(F, ref), f"kill at {k}"
         assert computed == N - done * CHUNK, f"kill at {k}: recomputed {computed} images"
-        assert not [f for f in os.listdir(os.path.join(root, vc._key_id(key)))
+        assert not [f for f in os.listdir(os.path.join(root, vc.key_id(key)))
                     if f.endswith(".part")], f"kill at {k}: temporaries were left"
 
 
@@ -534,7 +534,7 @@ def test_full_disk_during_cache_write_warns_once_and_resumes(tmp_path, monkeypat
     computes only the chunks not recorded and is cached."""
     base, X, ref, key = cache_setup
     monkeypatch.setattr(vc, "CHUNK_PIXELS", CHUNK * 32 * 32)
-    monkeypatch.setattr(vc, "_warned", set())
+    monkeypatch.setattr(vc.run, "_warned", set())
     root = str(tmp_path / "features")
     _enospc_from(monkeypatch, "000001.bin")  # full from the second chunk on
     with warnings.catch_warnings(record=True) as w:
@@ -547,7 +547,7 @@ def test_full_disk_during_cache_write_warns_once_and_resumes(tmp_path, monkeypat
     msgs = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
     assert len(msgs) == 1 and root in msgs[0] and "No space left" in msgs[0], msgs
     check_entry_after_kill(root, key, ref, "after ENOSPC")
-    m = vc.load_manifest(os.path.join(root, vc._key_id(key), "manifest.json"), key)
+    m = vc.load_manifest(os.path.join(root, vc.key_id(key), "manifest.json"), key)
     done = sum(c is not None for c in m["chunks"])
     assert done >= 1
     c0 = _kernels.vgg16_forward_images()

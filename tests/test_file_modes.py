@@ -1,4 +1,4 @@
-"""File modes (issue 17, class 12): every file vggtl writes (models, weights, .npy,
+"""File modes: every file vggtl writes (models, weights, .npy,
 the feature cache's files, CLI outputs, downloads, plots) gets the mode ``open()``
 would give a new file, 0666 less the umask, and a file it replaces keeps its mode.
 
@@ -39,7 +39,7 @@ def mode(path) -> int:
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("VGGTL_CACHE_LIMIT", raising=False)
-    monkeypatch.setattr(vc, "_warned", set())
+    monkeypatch.setattr(vc.run, "_warned", set())
     return tmp_path
 
 
@@ -70,7 +70,7 @@ def _written(folder, model, X):
 def _cache_files(root):
     """The entry folder and its files (the marker, lock, manifest.json, data.npy,
     verified)."""
-    (entry,) = [os.path.join(root, e) for e in os.listdir(root) if vc._ENTRY_RE.match(e)]
+    (entry,) = [os.path.join(root, e) for e in os.listdir(root) if vc.store.ENTRY_RE.match(e)]
     files = {n: os.path.join(entry, n) for n in os.listdir(entry)}
     assert {"lock", "manifest.json", "data.npy", "verified"} <= set(files), files
     return entry, files

@@ -15,7 +15,9 @@ How it works
 The client does what :func:`vggtl.cache.extract` does in one process, in the same
 entry of the same cache (same key, manifest, chunk files and ``data.npy``; see
 :mod:`vggtl.cache`), holding the entry's exclusive lock throughout, except that the
-missing chunks run as Dask tasks, one per chunk. A task computes its chunk on a
+missing chunks run as Dask tasks, one per chunk: :class:`DistPlan` is the cache's
+chunk source (``vggtl.cache.ChunkSource``) for a cluster, and
+``vggtl.cache.read_or_build`` drives it as it drives the local plan. A task computes its chunk on a
 worker and writes ``chunks/NNNNNN.bin`` itself, atomically; it returns the chunk's
 CRC-32 and the client, the only writer of the manifest, records it (at most once a
 second). When every chunk is there the client assembles ``data.npy`` and returns
@@ -60,11 +62,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import _core
+from . import _core, dispatch
 from ._arrays import as_images
-from .cache import (DTYPES, _check_dtype, _cached, _Damaged, _Entry, _Plan, _root, _Stalled,
-                    _Unwritable, _weights_digest, array_digest, block_digest, combine_digests,
-                    digest_rows, make_key)
+from .cache import (DTYPES, Damaged, Entry, LocalPlan, Stalled, Unwritable, array_digest,
+                    block_digest, check_dtype, combine_digests, default_chunk_rows, digest_rows,
+                    make_key, progress_label, read_or_build, resolve_root)
 
 __all__ = ["extract", "worker_info"]
 
@@ -287,14 +289,13 @@ def _source(X, client):
 class _Spec:
     """What a task needs besides its rows (small: sent with every task)."""
 
-    def __init__(self, base, plan: "_DistPlan", entry: _Entry, m: dict, weights_path: str,
+    def __init__(self, base, plan: "DistPlan", entry: Entry, m: dict, weights_path: str,
                  per_host: Dict[str, int]):
         self.root, self.key = entry.root, entry.key
         self.weights_path, self.weights_digest = weights_path, entry.key["weights"]
         self.base_config = {"include_top": base.include_top, "classes": base.classes,
                             "input_shape": base.input_shape, "pooling": base.pooling,
                             "preprocess": base.preprocess, "precision": base.precision}
-        self.stop = base._resolve_layer(plan.layer)[0]
         self.layer, self.dtype = plan.layer, plan.dtype.name
         self.item_shape, self.input_size = plan.item_shape, plan.input_size
         self.image_shape = plan.X.image_shape
@@ -303,25 +304,19 @@ class _Spec:
         self.kernels = _kernels()
 
 
-def _kernels() -> Optional[dict]:
+def _kernels() -> dict:
     """What this process computes with that changes the features: the 3x3
-    algorithm setting (the instruction set and OpenBLAS's kernels do not: every
-    level gives the same bits), or None if this vggtl has no such choice."""
-    try:
-        from . import dispatch
-    except ImportError:
-        return None
+    algorithm setting (the instruction set does not: every level gives the same
+    bits)."""
     return {"conv_algo": dispatch.get_conv_algo()}
 
 
-def _use_kernels(wanted: Optional[dict]) -> None:
+def _use_kernels(wanted: dict) -> None:
     """Compute with the client's algorithm setting, so that every chunk is what
     the client would have computed; each worker runs its own CPU's best
     instruction set, which gives the same bits."""
-    if wanted is None or _kernels() == wanted:
-        return
-    from . import dispatch
-    dispatch.set_conv_algo(wanted["conv_algo"])
+    if _kernels() != wanted:
+        dispatch.set_conv_algo(wanted["conv_algo"])
 
 
 def _worker_base(spec: _Spec):
@@ -335,7 +330,7 @@ def _worker_base(spec: _Spec):
             return base
     _check_regular(spec.weights_path)
     base = VGG16(weights=spec.weights_path, **spec.base_config)
-    if _weights_digest(base, spec.stop) != spec.weights_digest:
+    if base.feature_source(spec.layer).weights_digest() != spec.weights_digest:
         raise RuntimeError(f"weights: {spec.weights_path} does not hold the weights of the cache "
                            f"key {spec.weights_digest[:16]} (changed since the client wrote it?)")
     with _STATE:
@@ -391,10 +386,10 @@ def _chunk_task(spec: _Spec, k: int, start: int, stop: int, rows) -> Tuple[int, 
         base = _worker_base(spec)
         _core.set_num_threads(threads)
         _use_kernels(spec.kernels)
-        plan = _Plan(base, X, spec.layer, DTYPES[spec.dtype], spec.batch_size, None,
-                     spec.item_shape, spec.input_size, False, None)
+        plan = LocalPlan(base.feature_source(spec.layer), X, DTYPES[spec.dtype],
+                         spec.batch_size, spec.item_shape, spec.input_size)
         F = plan.compute(0, len(X), spec.batch_size)
-    crc = _Entry(spec.root, spec.key).write_chunk(k, F)
+    crc = Entry(spec.root, spec.key).write_chunk(k, F)
     with _STATE:
         _stats["chunks"] += 1
         _stats["images"] += len(X)
@@ -403,23 +398,27 @@ def _chunk_task(spec: _Spec, k: int, start: int, stop: int, rows) -> Tuple[int, 
 
 
 # -- the client's side ----------------------------------------------------------------------
-class _DistPlan(_Plan):
-    """vggtl.cache's plan for an entry, its chunks run on the cluster."""
+class DistPlan:
+    """A chunk source (vggtl.cache.ChunkSource) whose chunks run as Dask tasks on
+    the cluster, each written into the entry by its worker."""
 
     def __init__(self, base, source, layer, dtype, batch_size, item_shape, input_size,
                  progress, client, chunk, threads, retries):
-        super().__init__(base, source, layer, dtype, batch_size, None, item_shape, input_size,
-                         progress, None)
+        self.base, self.X, self.layer, self.dtype = base, source, layer, np.dtype(dtype)
+        self.batch_size, self.item_shape = batch_size, tuple(item_shape)
+        self.input_size, self.progress = input_size, progress
+        self.n = len(source)
+        self.desc = progress_label(base.feature_source(layer))
         self.client, self.chunk, self.threads, self.retries = client, chunk, threads, retries
 
     def chunk_rows(self) -> int:
         # chunk only shapes a new entry: a started one keeps its manifest's chunks
-        return min(self.chunk, self.n) if self.chunk else super().chunk_rows()
+        if self.chunk:
+            return min(self.chunk, self.n)
+        return default_chunk_rows(self.n, self.item_shape, self.dtype, self.input_size,
+                                  self.batch_size)
 
-    def compute(self, start, stop, batch_size, update=lambda k: None):
-        raise AssertionError("a distributed plan computes on the workers (run_chunks)")
-
-    def _weights_file(self, entry: _Entry) -> str:
+    def _weights_file(self, entry: Entry) -> str:
         name = f"weights-{entry.key['weights'][:16]}.safetensors"
         if not entry.has_chunk_file(name):
             # saved apart, then copied into the entry through its folder's descriptor
@@ -429,7 +428,7 @@ class _DistPlan(_Plan):
                 entry.write_chunk_file(name, os.path.join(tmp, name))
         return os.path.join(entry.chunk_dir, name)
 
-    def run_chunks(self, entry: _Entry, m: dict, missing: List[int], update):
+    def run_chunks(self, entry: Entry, m: dict, missing: List[int], update):
         from distributed import as_completed
         from distributed.comm import get_address_host
         try:
@@ -561,33 +560,33 @@ def extract(X, base, client=None, layer: Optional[str] = None, chunk: Optional[i
     chunk = _positive("chunk", chunk, none_ok=True)
     threads = _positive("threads", threads, none_ok=True)
     retries = _positive("retries", retries, minimum=0)
-    dt = _check_dtype(dtype)
+    dt = check_dtype(dtype)
     if cache is False:
         raise ValueError("cache: expected True or a folder every worker can reach, got False "
                          "(the workers hand their chunks over through the cache)")
-    root = _root(cache)
+    root = resolve_root(cache)
     client = _get_client(client)
     source = _source(X, client)
     n = len(source)
     h, w, c = source.image_shape
-    base._resolve_layer(layer)
-    base._check_image_size(h, w, c)
-    item_shape = base.output_shape(layer, input_shape=(h, w))
+    features = base.feature_source(layer)
+    features.check_input(h, w, c)
+    item_shape = features.item_shape((h, w))
     if n == 0:
         return np.empty((0, *item_shape), dtype=dt)
-    plan = _DistPlan(base, source, layer, dt, batch_size, item_shape, (h, w), bool(progress),
+    plan = DistPlan(base, source, layer, dt, batch_size, item_shape, (h, w), bool(progress),
                      client, chunk, threads, retries)
     key = make_key(base, layer, dt.name, None, (h, w),
                    x_digest=x_digest if x_digest is not None else source.digest(client))
-    entry = _Entry(root, key)
+    entry = Entry(root, key)
     try:
-        return _cached(entry, plan)
-    except _Unwritable as e:
+        return read_or_build(entry, plan)
+    except Unwritable as e:
         raise PermissionError(f"cache: {root} cannot be written ({e}); vggtl.distributed needs "
                               f"a folder the client and every worker can write") from None
-    except _Damaged as e:
+    except Damaged as e:
         raise RuntimeError(f"cache: the entry {entry.dir} is damaged or not vggtl's ({e}); "
                            f"vggtl.cache.clear removes a damaged entry of vggtl's") from None
-    except _Stalled as e:
+    except Stalled as e:
         raise TimeoutError(f"cache: {e}; the workers hand their chunks over through the "
                            f"cache, so vggtl.distributed cannot compute without it") from None

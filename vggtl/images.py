@@ -300,8 +300,8 @@ def load_images_and_files(directory_or_files, image_size=(224, 224), color_mode:
     X = _allocate((n, size[0], size[1], 1 if gray else 3))
     ok = np.zeros(n, dtype=bool)
     errors: List[Optional[str]] = [None] * n
-    from .cache import _Progress
-    bar = _Progress(bool(progress), n, 0, "images")
+    from .cache import Progress
+    bar = Progress(bool(progress), n, 0, "images")
     lock = threading.Lock()
 
     nofollow = labels is not None and not follow_links  # a folder's files, as listed

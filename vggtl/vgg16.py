@@ -10,16 +10,21 @@ kernels (in, out), float32. ``get_weights()`` returns ``{layer: (kernel, bias)}`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import os
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from . import _core
+from . import cache as _cache
 from . import weights as _weights
 from ._arrays import as_images, batch_for_core, check_finite_batch
+from .dispatch import conv_plan
 
 # the core's layer table: ((name, kind, inputs, units, param), ...) in Keras's order
 _LAYERS = _core.VGG16_LAYERS
@@ -40,7 +45,7 @@ PREPROCESS_MODES = ("caffe", "torch", "scale", None)
 
 # Scratch memory for the network's activations, per model. The core runs as many
 # images at a time as fit, so this, not batch_size, bounds memory (a batch of 16
-# at 224 x 224 fits: peak RSS stays under 1 GB, benchmarks/memory.py). It holds
+# at 224 x 224 fits; benchmarks/memory.py measures the peak). It holds
 # whatever the thread count: each thread of a convolution needs buffers of its
 # own, so with many threads the convolutions run on as many as it holds.
 _WORKSPACE_BYTES = 512 << 20
@@ -465,9 +470,35 @@ class VGG16:
         features``), a folder, or False (compute, keep nothing). ``dtype``:
         "float32" or "float16". See :func:`vggtl.cache.extract` (``view``,
         ``transform``, ``x_digest``)."""
-        from . import cache as _cache
         return _cache.extract(self, X, layer=layer, cache=cache, batch_size=batch_size,
                               progress=progress, dtype=dtype, **kwargs)
+
+    def feature_source(self, layer: Optional[str] = None) -> "VGG16Features":
+        """This model cut at ``layer`` (None: its output, as :meth:`predict`) as the
+        feature cache sees it: its part of the cache key, the features' shape and
+        the features (see :class:`vggtl.cache.plan.FeatureSource`). Raises for an
+        unknown layer or one of a top the model does not have."""
+        return VGG16Features(self, layer)
+
+    def _weights_digest(self, stop: int) -> str:
+        """SHA-256 of every value of the weights of every layer up to index
+        ``stop``, remembered per weights version: the weight arrays are read-only,
+        and every way of changing them (set_weights, fine-tuning,
+        TransferModel.set_weights: _writing) starts a new version, so a remembered
+        digest is never stale."""
+        version = self._weights_version
+        memo = self.__dict__.setdefault("_digest_memo", {})
+        got = memo.get((stop, version))
+        if got is None:
+            got = _hash_weights(self, stop)
+            memo.clear()  # only the current version's digests are of use
+            memo[(stop, version)] = got
+        return got
+
+    def forget_weights_digest(self) -> None:
+        """Forget the remembered weights digests (never needed: a change of the
+        weights starts a new version)."""
+        self.__dict__.pop("_digest_memo", None)
 
     def _warn_if_unit_range(self, xb) -> None:
         """Float images already divided by 255 (the seed's ``X = X/255.0``, kept by
@@ -553,6 +584,80 @@ class VGG16:
                 f"pooling={self.pooling!r}, preprocess={self.preprocess!r}, "
                 + (f"precision={self.precision!r}, " if self.precision != "fp32" else "")
                 + f"params={self.count_params():,})")
+
+
+_ALGO_LETTERS = {"im2col": "i", "winograd": "w", "winograd6": "6", "winograd_bf16": "b"}
+
+
+def _hash_weights(model: "VGG16", stop: int) -> str:
+    """SHA-256 over each layer's name, shapes, dtypes and every value, for the
+    layers up to index ``stop`` (hashed on up to 4 threads)."""
+    layers = [(name, model._weights[name]) for name in CONV_LAYERS + DENSE_LAYERS
+              if _INDEX[name] <= stop and name in model._weights]
+
+    def one(item):
+        name, (k, b) = item
+        d = hashlib.sha256(repr((name, k.dtype.str, k.shape, b.dtype.str, b.shape)).encode())
+        for a in (k, b):
+            d.update(memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8)))
+        return f"{name}:{d.hexdigest()};".encode()
+
+    workers = min(4, os.cpu_count() or 1, len(layers))
+    if workers < 2:
+        parts = [one(x) for x in layers]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as ex:
+            parts = list(ex.map(one, layers))
+    return hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def _conv_algos(input_size, stop: int, precision: str) -> str:
+    """The algorithm of each convolution up to layer ``stop``, one letter each
+    ('i' im2col, 'w' Winograd F(4x4), '6' Winograd F(6x6), 'b' bf16 Winograd)."""
+    plan = conv_plan(tuple(input_size), precision=precision)
+    return "".join(_ALGO_LETTERS[plan[n]] for n in LAYER_NAMES[:stop + 1] if n in plan)
+
+
+class VGG16Features:
+    """A VGG16 cut at one layer, as the feature cache sees it
+    (:class:`vggtl.cache.plan.FeatureSource`); made by :meth:`VGG16.feature_source`."""
+
+    def __init__(self, model: VGG16, layer: Optional[str]):
+        self.model, self.layer = model, layer
+        self.stop, self.pooling = model._resolve_layer(layer)
+        self.name = LAYER_NAMES[self.stop]
+
+    def check_input(self, h: int, w: int, c: int) -> None:
+        self.model._check_image_size(h, w, c)
+
+    def item_shape(self, input_size) -> tuple:
+        return self.model.output_shape(self.layer, input_shape=tuple(input_size))
+
+    def images_per_pass(self, input_size) -> int:
+        return self.model.images_per_pass(input_size, self.layer)
+
+    def predict(self, X, batch_size: int) -> np.ndarray:
+        return self.model.predict(X, batch_size=batch_size, layer=self.layer)
+
+    def weights_digest(self) -> str:
+        """SHA-256 of every weight of the layers up to this cut."""
+        return self.model._weights_digest(self.stop)
+
+    def key_parts(self, input_size) -> dict:
+        """What of the network changes the features: the weights below the cut,
+        the cut, the pooling, the preprocessing and each convolution's algorithm
+        (Winograd and im2col features differ in the last bits, bf16 ones in the
+        third digit: an entry holds one algorithm's per layer, as the setting
+        and the model's precision chose them)."""
+        scale, shift, rev = _preprocess_params(self.model.preprocess)
+        return {
+            "weights": self.weights_digest(),
+            "layer": self.name,
+            "pooling": self.pooling,
+            "preprocess": {"mode": self.model.preprocess, "scale": [float(v) for v in scale],
+                           "shift": [float(v) for v in shift], "reverse_channels": bool(rev)},
+            "conv": _conv_algos(input_size, self.stop, self.model.precision),
+        }
 
 
 class LayerView:
