@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .. import data as _data
+from .._safe_pickle import UnsafePickleError as _UnsafePickleBase
 
 # -- the network these files describe (VGG16 configuration D, Keras's names) ----------
 CONV_SPEC: Tuple[Tuple[str, int, int], ...] = (
@@ -46,7 +46,7 @@ class WeightsError(ValueError):
     """A weights file that vggtl cannot use: corrupt, truncated, another model, ..."""
 
 
-class UnsafePickleError(WeightsError, _data.UnsafePickleError):
+class UnsafePickleError(WeightsError, _UnsafePickleBase):
     """A .pth pickle asked for a global outside :data:`ALLOWED_GLOBALS`; nothing ran.
     Also a :class:`vggtl.data.UnsafePickleError`, so one ``except`` catches a refused
     pickle from either reader."""

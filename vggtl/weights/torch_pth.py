@@ -18,7 +18,7 @@ from typing import Dict
 
 import numpy as np
 
-from .. import data as _data
+from .._safe_pickle import BoundedUnpickler
 from ._common import (CONV_LAYERS, DENSE_LAYERS, TORCH_CONV_INDEX, TORCH_DENSE_INDEX,
                       UnsafePickleError, WeightsError, _FLAT_HWC, _expected)
 from ._zip import _zip_check, _zip_read_into
@@ -156,33 +156,29 @@ class _Call(_Frozen):
         return self.fn(*args)
 
 
-class _RestrictedUnpickler(pickle._Unpickler):
-    """Unpickles a tensor state dict; refuses every global outside :data:`_ALLOWED`.
-
-    The pure-Python unpickler, not the C one: the C unpickler's memo is an array
-    indexed by the pickle's BINPUT numbers, so a LONG_BINPUT of 2**31 makes it
-    allocate gigabytes (found by fuzz/fuzz_pth_legacy.py); the Python one keeps a
-    dict. A state dict's pickle is a few kB (the tensors' data are not in it), so
-    its speed does not matter.
-
-    ``find_class`` is the only way a pickle reaches a callable (GLOBAL, STACK_GLOBAL,
-    INST, OBJ and EXT all go through it), so a refused name is never imported, let
-    alone called. Storages come from ``persistent_load`` as lazy :class:`_Storage`.
+class _RestrictedUnpickler(BoundedUnpickler):
+    """Unpickles a tensor state dict through the bounded unpickler
+    (:mod:`vggtl._safe_pickle`); refuses every global outside :data:`_ALLOWED`. A
+    state dict's pickle is a few kB (the tensors' data are not in it), so the
+    pure-Python unpickler's speed does not matter. Storages come from
+    ``persistent_load`` as lazy :class:`_Storage`.
     """
 
-    def __init__(self, file, path, make_storage=None):
-        super().__init__(file)
+    allowed = _ALLOWED
+
+    def __init__(self, file, size, path, make_storage=None):
+        super().__init__(file, size)
         self._path = path
         self._make_storage = make_storage
 
-    def find_class(self, module, name):
-        obj = _ALLOWED.get((module, name))
-        if obj is None:
-            raise UnsafePickleError(
-                f"{self._path}: the pickle asks for the global '{module}.{name}', which a "
-                f"tensor state dict never needs; refused, nothing was run. vggtl reads "
-                f"state dicts only (torch.save(model.state_dict(), path)); allowed globals: "
-                f"{', '.join(ALLOWED_GLOBALS)}")
+    def refused(self, module, name):
+        return UnsafePickleError(
+            f"{self._path}: the pickle asks for the global '{module}.{name}', which a "
+            f"tensor state dict never needs; refused, nothing was run. vggtl reads "
+            f"state dicts only (torch.save(model.state_dict(), path)); allowed globals: "
+            f"{', '.join(ALLOWED_GLOBALS)}")
+
+    def resolve(self, obj):
         return _Call(obj) if callable(obj) and obj is not collections.OrderedDict else obj
 
     def persistent_load(self, pid):
@@ -263,7 +259,7 @@ def _read_torch_zip(path: str):
         _zip_check(infos[pkl], path, pkl, archive_size, _PICKLE_MEMBER_MAX)
         with z.open(pkl) as f:
             # bounded: a length field in the pickle never allocates past the member
-            obj = _RestrictedUnpickler(_data._BoundedReader(f, infos[pkl].file_size), path,
+            obj = _RestrictedUnpickler(f, infos[pkl].file_size, path,
                                        make).load()
         sd = _state_dict_from_pickle(obj, path)
     except WeightsError:
@@ -288,7 +284,7 @@ def _read_torch_legacy(path: str):
         def load(make=None):  # one pickle; pickle leaves f right after its STOP
             # through a bounded reader: a pickle's length field (BINBYTES, BINUNICODE8)
             # claiming gigabytes fails as truncated instead of allocating them first
-            return _RestrictedUnpickler(_data._BoundedReader(f, size - f.tell()), path,
+            return _RestrictedUnpickler(f, size - f.tell(), path,
                                         make).load()
 
         if load() != _TORCH_LEGACY_MAGIC:
