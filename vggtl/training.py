@@ -37,9 +37,8 @@ def _locked(method):
 
 
 # Augmented views fit computes by default: every epoch draws one of them per
-# image. Fewer passes through the base than epochs; on the tutorial's data the
-# test accuracy with 2 to 6 views stayed within the seed-to-seed spread of a
-# fresh pass every epoch (benchmarks/tutorial.py, rows exact and views:K).
+# image, so the base runs fewer passes than there are epochs (benchmarks/tutorial.py
+# compares the accuracy with a fresh pass every epoch, rows exact and views:K).
 AUTO_VIEWS = 3
 
 
@@ -131,15 +130,8 @@ class Training:
                                                            validation_split, sample_weight)
         per_epoch = self._samples_per_epoch(len(x), batch_size, steps_per_epoch)
         cache = self.cache if cache is None else cache
-        epoch_features = None
-        if augment is None and augment_views is None:
-            F = self.features(x, batch_size=max(batch_size, 32), cache=cache,
-                              progress=bool(verbose))
-        else:
-            epoch_features = self._augmented_features(x, augment, augment_views,
-                                                      max(batch_size, 32), cache, bool(verbose),
-                                                      epochs=epochs - initial_epoch)
-            F = epoch_features(self._epochs_done)
+        F, epoch_features = self._training_features(x, augment, augment_views, batch_size,
+                                                    cache, verbose, epochs - initial_epoch)
         val = None
         if validation_data is not None:
             vx, vy, vsw = self._unpack_validation(validation_data)
@@ -153,6 +145,21 @@ class Training:
                                  callbacks=callbacks, initial_epoch=initial_epoch,
                                  sample_weight=sample_weight, _epoch_features=epoch_features,
                                  _per_epoch=per_epoch)
+
+    def _training_features(self, x, augment, augment_views, batch_size: int, cache, verbose,
+                           epochs: int, layer: Optional[str] = None):
+        """What ``fit`` and ``fine_tune`` train on: (F, None), the base's output for
+        x (at ``layer``, the cut, for fine_tune) computed once, or with
+        augmentation (F, epoch -> that epoch's features), F the current epoch's."""
+        if augment is None and augment_views is None:
+            if layer is None:
+                return self.features(x, batch_size=max(batch_size, 32), cache=cache,
+                                     progress=bool(verbose)), None
+            return self._cut_features(x, layer, batch_size, cache, verbose), None
+        epoch_features = self._augmented_features(x, augment, augment_views,
+                                                  max(batch_size, 32), cache, bool(verbose),
+                                                  epochs=epochs, layer=layer)
+        return epoch_features(self._epochs_done), epoch_features
 
     @staticmethod
     def _samples_per_epoch(n: int, batch_size: int, steps_per_epoch) -> Optional[int]:
@@ -486,14 +493,9 @@ class Training:
                                                            validation_split, sample_weight)
         cache = self.cache if cache is None else cache
         # the frozen part, once (and kept in the feature cache): the last frozen layer's output
-        epoch_features = None
-        if augment is None and augment_views is None:
-            F = self._cut_features(x, cut, batch_size, cache, verbose)
-        else:
-            epoch_features = self._augmented_features(x, augment, augment_views,
-                                                      max(batch_size, 32), cache, bool(verbose),
-                                                      epochs=epochs - initial_epoch, layer=cut)
-            F = epoch_features(self._epochs_done)
+        F, epoch_features = self._training_features(x, augment, augment_views, batch_size,
+                                                    cache, verbose, epochs - initial_epoch,
+                                                    layer=cut)
         n = len(F)
         if n == 0:
             raise ValueError("x: expected at least one training sample, got 0")
