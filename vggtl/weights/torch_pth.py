@@ -421,8 +421,8 @@ def _convert_torch_kernel(name: str, w: np.ndarray) -> np.ndarray:
 def _blocked_transpose(a: np.ndarray, axes, block: int = 128) -> np.ndarray:
     """``a.transpose(axes)`` as a C-contiguous float32 array, where axes reverses the
     first axis to last. Done ``block`` rows of ``a`` at a time: a plain copy of
-    fc1's 400 MB transpose walks memory with a 100 KB stride and takes 4-10 s
-    here; slabs of 128 rows keep the reads in cache (about 1 s)."""
+    fc1's 400 MB transpose walks memory with a 100 KB stride, missing the cache
+    on every read; slabs of 128 rows keep the reads in cache."""
     out = np.empty(tuple(a.shape[i] for i in axes), dtype=np.float32)
     n = a.shape[0]
     for i in range(0, n, block):
