@@ -1,13 +1,15 @@
 """TransferModel's files: ``save`` (safetensors weights, the configuration as
 JSON metadata, written atomically), :func:`load_model`, ``export`` (ONNX) and the
-configuration itself (``get_config``). Mixed into
+configuration itself (``get_config``) and its schema (:func:`check_config`,
+every field checked before anything is built). Mixed into
 :class:`vggtl.model.TransferModel` as :class:`ModelIO`."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
@@ -118,9 +120,8 @@ def load_model(path, compile: bool = True) -> TransferModel:
         tensors = load(raw)
     except Exception as e:  # safetensors raises its own error types on damaged data
         raise ValueError(f"path: {path!r} is not a readable vggtl model file ({e})") from None
-    from . import _model_config
     try:  # the whole configuration, against the tensors, before anything is built
-        _model_config.check(config, tensors, FORMAT_VERSION)
+        check_config(config, tensors, FORMAT_VERSION)
     except ValueError as e:
         raise ValueError(f"path: {path!r} holds an invalid vggtl model: {e}") from None
     b = config["base"]
@@ -200,3 +201,283 @@ def _read_metadata(raw: bytes, path: str) -> dict:
         raise ValueError(f"path: {path!r} was written by a newer vggtl (format "
                          f"{config['format_version']}); upgrade vggtl to read it")
     return config
+
+
+# -- the saved configuration's schema --------------------------------------------------
+# The schema of a saved TransferModel's configuration, checked before anything is built.
+#
+# A model file (``TransferModel.save``) is safetensors: the tensors, and the
+# configuration as JSON in the metadata. The file may come from anyone, so
+# :func:`check_config` validates all of it, field by field, before ``load_model`` builds
+# a layer or allocates an array: types, ranges, lengths, names, and the shapes
+# the configuration implies against the tensors the file holds (a ``units`` of
+# 10**8 is refused because the stored kernel does not have that many columns,
+# not after allocating it). Every failure is a ValueError naming the field as
+# ``head[2].units`` or ``compile.optimizer.learning_rate``.
+#
+# What ``TransferModel.get_config`` writes and this section accepts must change
+# together: a new field needs its line here.
+
+_MAX_TEXT = 256           # layer and model names; a class label
+_MAX_SIDE = 1 << 16       # input_shape height and width
+_MAX_HEAD = 32            # layers after the input layer (the C core's VGG_HEAD_MAX_LAYERS)
+_MAX_CLASSES = 1 << 20
+_MAX_METRICS = 16
+_INT64 = (1 << 63) - 1
+_UINT64 = (1 << 64) - 1
+INPUT_CLASSES = ("Flatten", "GlobalAveragePooling2D", "GlobalMaxPooling2D")
+_OPTIMIZER_FIELDS = {  # class_name -> hyperparameters, as Optimizer.get_config writes them
+    "SGD": ("learning_rate", "decay", "momentum", "nesterov"),
+    "Adam": ("learning_rate", "decay", "beta_1", "beta_2", "epsilon"),
+    "RMSprop": ("learning_rate", "decay", "rho", "momentum", "epsilon"),
+}
+
+
+def _show(v) -> str:
+    """v for a message, short whatever the file holds."""
+    if isinstance(v, (list, dict)) and len(v) > 8:
+        return f"{'a list' if isinstance(v, list) else 'an object'} of {len(v)} items"
+    try:
+        r = repr(v)
+    except RecursionError:
+        return "a value nested too deeply"
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _fail(field: str, expected: str, got) -> None:
+    raise ValueError(f"{field}: expected {expected}, got {_show(got)}")
+
+
+def _fields(field: str, v, required, optional=()) -> dict:
+    """v as a dict holding every required key and no unknown one."""
+    if not isinstance(v, dict):
+        _fail(field, "an object", v)
+    for k in v:
+        if k not in required and k not in optional:
+            raise ValueError(f"{field}: unknown field {_show(k)}; expected "
+                             f"{', '.join(tuple(required) + tuple(optional))}")
+    for k in required:
+        if k not in v:
+            raise ValueError(f"{field}: the field {k!r} is missing")
+    return v
+
+
+def _int(field: str, v, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        _fail(field, f"an integer in [{lo}, {hi}]", v)
+    return v
+
+
+def _number(field: str, v) -> float:
+    try:  # an int of 400 digits is no float: OverflowError
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(float(v))
+    except OverflowError:
+        ok = False
+    if not ok:
+        _fail(field, "a finite number", v)
+    return float(v)
+
+
+def _schedule(field: str, v) -> None:
+    """A learning-rate schedule as Optimizer.get_config writes it:
+    {"class_name": ..., "config": {its arguments}}."""
+    import inspect
+    from .optim import SCHEDULES
+    _fields(field, v, ("class_name", "config"))
+    kind = _choice(f"{field}.class_name", v["class_name"], tuple(SCHEDULES))
+    params = tuple(inspect.signature(SCHEDULES[kind].__init__).parameters)[1:]
+    cfg = _fields(f"{field}.config", v["config"], (), params)
+    for k, x in cfg.items():
+        if k == "name":
+            if x is not None and not (isinstance(x, str) and len(x) <= _MAX_TEXT):
+                _fail(f"{field}.config.name", f"null or a string of at most {_MAX_TEXT} "
+                      f"characters", x)
+        elif k == "staircase":
+            if not isinstance(x, bool):
+                _fail(f"{field}.config.staircase", "true or false", x)
+        elif not (k == "warmup_target" and x is None):
+            _number(f"{field}.config.{k}", x)
+
+
+def _choice(field: str, v, choices):
+    # by type as well as value: true is not 1, 1.0 is not 1
+    if not any(type(v) is type(c) and v == c for c in choices):
+        _fail(field, "one of " + ", ".join(map(repr, choices)), v)
+    return v
+
+
+def _name(field: str, v) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= _MAX_TEXT or "/" in v:
+        _fail(field, f"a name of 1 to {_MAX_TEXT} characters without '/'", v)
+    return v
+
+
+def _tensor(tensors: Mapping, key: str, shape: tuple) -> None:
+    a = tensors.get(key)
+    if a is None:
+        raise ValueError(f"tensor {key!r}: missing (expected float32 {shape})")
+    if a.dtype != np.float32 or a.shape != shape:
+        raise ValueError(f"tensor {key!r}: expected float32 {shape}, got {a.dtype} {a.shape}")
+
+
+def check_config(config, tensors: Mapping, format_version: int) -> None:
+    """Validate a model file's configuration and its tensors' names, dtypes and
+    shapes against each other; ValueError naming the field otherwise."""
+    from . import _core
+    from . import vgg16 as _vgg16
+    from .layers import ACTIVATIONS
+    from .model import LOSSES
+
+    c = _fields("configuration", config,
+                ("format", "name", "seed", "base", "head"),
+                ("format_version", "compile", "epochs_done", "classes", "class_names"))
+    _choice("format", c["format"], ("vggtl.TransferModel",))
+    version = _int("format_version", c.get("format_version", 1), 1, format_version)
+    if not isinstance(c["name"], str) or len(c["name"]) > _MAX_TEXT:
+        _fail("name", f"a string of at most {_MAX_TEXT} characters", c["name"])
+    _int("seed", c["seed"], 0, _UINT64)
+    _int("epochs_done", c.get("epochs_done", 0), 0, _INT64)
+
+    # the base, and the feature shape its output has
+    b = _fields("base", c["base"], ("input_shape", "pooling", "preprocess"), ("precision",))
+    shape = b["input_shape"]
+    if not isinstance(shape, list) or len(shape) != 3:
+        _fail("base.input_shape", "[height, width, channels]", shape)
+    h = _int("base.input_shape[0]", shape[0], _vgg16.MIN_SIZE, _MAX_SIDE)
+    w = _int("base.input_shape[1]", shape[1], _vgg16.MIN_SIZE, _MAX_SIDE)
+    _choice("base.input_shape[2]", shape[2], (1, 3))
+    pooling = _choice("base.pooling", b["pooling"], (None, "avg", "max"))
+    _choice("base.preprocess", b["preprocess"], _vgg16.PREPROCESS_MODES)
+    precision = _choice("base.precision", b.get("precision", "fp32"), _vgg16.PRECISIONS)
+    if precision != "fp32" and version < 2:
+        _fail("base.precision", "'fp32' in a format_version 1 file", precision)
+    stop = _vgg16.LAYER_NAMES.index(_vgg16.BASE_OUTPUT)
+    fh, fw, fc = _core.vgg16_output_shape(stop, _vgg16._pool_code(pooling), 1000, h, w)
+
+    # the head, layer by layer, against the stored kernels
+    head = c["head"]
+    if not isinstance(head, list) or not 2 <= len(head) <= _MAX_HEAD + 1:
+        _fail("head", f"a list of 2 to {_MAX_HEAD + 1} layers (the input layer first)", head)
+    names, dense = set(), {}
+    width = None
+    for i, layer in enumerate(head):
+        field = f"head[{i}]"
+        if not isinstance(layer, dict):
+            _fail(field, "a layer object", layer)
+        kind = layer.get("class_name")
+        if i == 0:
+            _choice(f"{field}.class_name", kind, INPUT_CLASSES)
+            _fields(field, layer, ("class_name", "name"))
+            width = fh * fw * fc if kind == "Flatten" else fc
+        elif kind == "Dense":
+            _fields(field, layer, ("class_name", "name", "units"), ("activation",))
+            units = _int(f"{field}.units", layer["units"], 1, _INT64)
+            _choice(f"{field}.activation", layer.get("activation"), (None,) + ACTIVATIONS)
+        elif kind == "Dropout":
+            _fields(field, layer, ("class_name", "name", "rate"))
+            rate = _number(f"{field}.rate", layer["rate"])
+            if not 0.0 <= rate < 1.0:
+                _fail(f"{field}.rate", "a number in [0, 1)", layer["rate"])
+        else:
+            _fail(f"{field}.class_name", "'Dense' or 'Dropout' after the input layer", kind)
+        name = _name(f"{field}.name", layer["name"])
+        if name in names:
+            _fail(f"{field}.name", "a name no other layer has", name)
+        names.add(name)
+        if kind == "Dense":
+            _tensor(tensors, f"head/{name}/kernel", (width, units))
+            _tensor(tensors, f"head/{name}/bias", (units,))
+            dense[name] = ((width, units), (units,))
+            width = units
+    if head[-1].get("class_name") != "Dense":
+        _fail(f"head[{len(head) - 1}].class_name", "'Dense' (the output layer)",
+              head[-1].get("class_name"))
+    units = head[-1]["units"]
+
+    # the optimizer and its state
+    comp = c.get("compile")
+    slots = 0
+    if comp is not None:
+        comp = _fields("compile", comp, ("optimizer", "loss", "metrics"), ("iterations",))
+        opt = comp["optimizer"]
+        if not isinstance(opt, dict):
+            _fail("compile.optimizer", "an object", opt)
+        kind = _choice("compile.optimizer.class_name", opt.get("class_name"),
+                       tuple(_OPTIMIZER_FIELDS))
+        _fields("compile.optimizer", opt, ("class_name",), _OPTIMIZER_FIELDS[kind])
+        for k, v in opt.items():
+            if k == "nesterov":
+                if not isinstance(v, bool):
+                    _fail("compile.optimizer.nesterov", "true or false", v)
+            elif k == "learning_rate" and isinstance(v, dict):
+                _schedule("compile.optimizer.learning_rate", v)
+            elif k != "class_name":
+                _number(f"compile.optimizer.{k}", v)
+        from . import optim as _optim
+        try:
+            slots = _optim.get(opt).slots()  # its own range checks ("momentum: ...")
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ValueError(f"compile.optimizer.{e}") from None
+        _choice("compile.loss", comp["loss"], tuple(LOSSES))
+        # metrics by name; load_model rebuilds those it knows and warns about the rest
+        metrics = comp["metrics"]
+        if not isinstance(metrics, list) or len(metrics) > _MAX_METRICS or \
+                any(not isinstance(m, str) or not 0 < len(m) <= _MAX_TEXT for m in metrics) or \
+                len(set(metrics)) != len(metrics):
+            _fail("compile.metrics", f"a list of at most {_MAX_METRICS} distinct metric names",
+                  metrics)
+        _int("compile.iterations", comp.get("iterations", 0), 0, _INT64)
+
+    # the class labels: one per output unit at most (two for a 1-unit output)
+    classes = c.get("classes")
+    if classes is not None:
+        most = min(max(units, 2), _MAX_CLASSES)
+        if not isinstance(classes, list) or not 1 <= len(classes) <= most:
+            _fail("classes", f"a list of 1 to {most} labels (the output has {units} units)",
+                  classes)
+        texts = all(isinstance(v, str) and len(v) <= _MAX_TEXT for v in classes)
+        numbers = all((isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and math.isfinite(v) and abs(v) < 2 ** 53) for v in classes)  # exact
+        bools = all(isinstance(v, bool) for v in classes)
+        if not (texts or numbers or bools):
+            _fail("classes", f"labels of one kind: strings of at most {_MAX_TEXT} characters, "
+                  f"numbers below 2**53 in magnitude, or booleans", classes)
+        if len(set(classes)) != len(classes):
+            _fail("classes", "distinct labels", classes)
+    # display names of the classes, in the order of the output's units
+    names = c.get("class_names")
+    if names is not None:
+        most = min(max(units, 2), _MAX_CLASSES)
+        if not isinstance(names, list) or not 1 <= len(names) <= most or \
+                not all(isinstance(v, str) and len(v) <= _MAX_TEXT for v in names) or \
+                (classes is not None and len(names) != len(classes)):
+            _fail("class_names", f"a list of 1 to {most} strings of at most {_MAX_TEXT} "
+                  f"characters, one per class", names)
+
+    # every tensor: one the configuration calls for, of the shape it implies
+    expected = _vgg16._expected_shapes(1000, False)
+    for key, a in tensors.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "base" and parts[1] in expected \
+                and parts[2] in ("kernel", "bias"):
+            continue  # checked below
+        if len(parts) == 3 and parts[0] == "head" and parts[1] in dense \
+                and parts[2] in ("kernel", "bias"):
+            continue  # checked above
+        if len(parts) == 3 and parts[0] == "optimizer" and parts[1] in dense \
+                and parts[2] in ("0", "1", "2", "3"):
+            s = int(parts[2])
+            if comp is None:
+                raise ValueError(f"tensor {key!r}: optimizer state, but compile is null")
+            if s % 2 >= slots:
+                raise ValueError(f"tensor {key!r}: {comp['optimizer']['class_name']} has no "
+                                 f"such optimizer state")
+            _tensor(tensors, key, dense[parts[1]][0 if s < 2 else 1])
+            continue
+        raise ValueError(f"tensor {key!r}: not part of this model")
+    for layer, (kshape, bshape) in expected.items():
+        _tensor(tensors, f"base/{layer}/kernel", kshape)
+        _tensor(tensors, f"base/{layer}/bias", bshape)
+    for key, a in tensors.items():
+        if not np.isfinite(a).all():
+            raise ValueError(f"tensor {key!r}: holds NaN or infinity")
