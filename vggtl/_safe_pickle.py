@@ -30,7 +30,6 @@ class UnsafePickleError(pickle.UnpicklingError, ValueError):
     model or any other object is bad input to :func:`load_pickles`."""
 
 
-
 class BoundedReader:
     """The pickle file as the unpickler reads it: a read of more bytes than the
     file has left raises EOFError (a truncated pickle) before anything is

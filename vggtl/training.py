@@ -65,7 +65,6 @@ def _check_finite(F: np.ndarray, name: str) -> None:
                              f"features; check the images or the cache they came from")
 
 
-
 class Training:
     """``fit``, ``fit_features`` and ``fine_tune`` of :class:`TransferModel`."""
 

@@ -24,7 +24,6 @@ TORCH_DENSE_INDEX = (0, 3, 6)
 _FLAT_HWC = (7, 7, 512)  # block5_pool at 224 x 224: what fc1 reads
 
 
-
 def _expected(name: str, classes: Optional[int] = None) -> Tuple[tuple, tuple]:
     """(kernel shape, bias shape) of a layer in Keras layout; predictions: any classes."""
     # the package's CONV_SPEC, looked up per call: fuzz/seeds.py and the tests
@@ -38,7 +37,6 @@ def _expected(name: str, classes: Optional[int] = None) -> Tuple[tuple, tuple]:
     if name == "fc2":
         return (4096, 4096), (4096,)
     return (4096, classes), (classes,)
-
 
 
 # -- errors ----------------------------------------------------------------------------

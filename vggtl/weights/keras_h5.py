@@ -37,7 +37,6 @@ def _h5_kind(path: str) -> str:
                        f"attribute layer_names) nor Keras 3's (group 'layers')")
 
 
-
 # -- Keras .h5 ---------------------------------------------------------------------------
 def _import_h5py():
     try:
@@ -374,7 +373,6 @@ def _read_keras_h5(path: str, include_top: bool, kind: str) -> dict:
 # a .keras file's model.weights.h5: VGG16 with its top, a head and Adam's two
 # moments per weight stay under 3 GB
 _KERAS_WEIGHTS_MAX = 4 << 30
-
 
 
 def _read_keras_zip(path: str, include_top: bool) -> dict:

@@ -30,7 +30,6 @@ PREPROCESS_BY_FORMAT = {
 }
 
 
-
 # -- format detection ------------------------------------------------------------------
 def detect_format(path) -> str:
     """The kind of weights file at ``path``, from its first bytes.
