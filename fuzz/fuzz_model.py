@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 with _harness.instrumented_imports():
     from safetensors import numpy as stnp
-    from vggtl import _model_config, model as vm  # noqa: F401 (the schema, instrumented)
+    from vggtl import model_io, model as vm  # noqa: F401 (the schema, instrumented)
 
 seeds.use_mini_vgg16_model()
 warnings.simplefilter("ignore")  # warnings are not part of the contract

@@ -214,7 +214,7 @@ def test_errors_are_one_line_that_say_what_to_do(argv, wanted, pickles, tmp_path
 
     def offline(*a, **k):
         raise w.WeightsNotFoundError("offline\nsecond line")
-    monkeypatch.setattr(w, "_download_imagenet", offline)
+    monkeypatch.setattr(w.imagenet, "_download_imagenet", offline)
     argv = [a.format(xp=xp, yp=yp, bad=bad, evil=evil) for a in argv]
     rc = main(argv + ["--quiet"])
     err = capsys.readouterr().err

@@ -41,8 +41,8 @@ def test_the_python_tables_are_the_core_table():
     assert weights.DENSE_LAYERS == vgg16.DENSE_LAYERS == ("fc1", "fc2", "predictions")
     assert vggtl.LAYER_NAMES == tuple(n for n, *_ in t)
     assert (vgg16.MIN_SIZE, vgg16.TOP_SIZE) == (32, 224)
-    from vggtl import _model_config
-    assert _model_config._MAX_HEAD == _core.HEAD_MAX_LAYERS == 32
+    from vggtl import model_io
+    assert model_io._MAX_HEAD == _core.HEAD_MAX_LAYERS == 32
 
 
 def test_the_name_tables_match_the_python_choices():

@@ -336,7 +336,7 @@ def test_torch_conversion_is_cached(torch_notop, isolated, monkeypatch):
     def unreadable(path):
         raise AssertionError("the .pth was read again")
 
-    monkeypatch.setattr(W, "_read_torch_zip", unreadable)
+    monkeypatch.setattr(W.torch_pth, "_read_torch_zip", unreadable)
     second = vggtl.load_weights(paths["zip"])  # from the cache
     same(second, first)
     assert (second.preprocess, second.source) == ("torch", paths["zip"])

@@ -35,18 +35,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import recipe
+from .recipe import (EPOCHS, FINE_TUNE_LR, FINE_TUNE_MOMENTUM, LR_PRETRAINED,  # noqa: F401
+                     LR_RANDOM, TUTORIAL_AUGMENT)
+
 PROG = "python -m vggtl"
-# the tutorial's fine-tuning SGD(1e-4, momentum 0.9): more unsettles block 5
-FINE_TUNE_LR, FINE_TUNE_MOMENTUM = 1e-4, 0.9
-# Adam's default learning rate: the tutorial's INIT_LR with pretrained weights; random
-# base features are larger and less telling, so a larger step (VGG16Classifier's too)
-LR_PRETRAINED, LR_RANDOM = 1e-4, 3e-3
-TRAIN_EPOCHS = 20  # the tutorial's
+TRAIN_EPOCHS = EPOCHS  # the tutorial's
 DEMO_EPOCHS = 30  # the digits need more epochs than the tutorial's 20 on random weights
-# the tutorial's ImageDataGenerator (pyimagesearch's fine-tuning / transfer-learning posts)
-TUTORIAL_AUGMENT = dict(rotation_range=30, zoom_range=0.15, width_shift_range=0.2,
-                        height_shift_range=0.2, shear_range=0.15, horizontal_flip=True,
-                        fill_mode="nearest")
 
 
 class UserError(Exception):
@@ -192,19 +187,17 @@ def _fit_size(X: np.ndarray, size: Optional[int], args) -> np.ndarray:
     import vggtl
     from .vgg16 import MIN_SIZE
     h, w = X.shape[1:3]
+    try:
+        target = recipe.network_size(h, w, size)
+    except ValueError:
+        raise UserError(f"--input-size {size}: VGG16 needs at least {MIN_SIZE}; pass "
+                        f"--input-size {MIN_SIZE} or more") from None
+    if (h, w) == target:
+        return X
     if size is None:
-        if min(h, w) >= MIN_SIZE:
-            return X
-        target = (max(h, MIN_SIZE), max(w, MIN_SIZE))
         _say(args, f"resizing {h}x{w} images to {target[0]}x{target[1]} (VGG16 needs at least "
                    f"{MIN_SIZE}x{MIN_SIZE}; --input-size chooses)")
     else:
-        if size < MIN_SIZE:
-            raise UserError(f"--input-size {size}: VGG16 needs at least {MIN_SIZE}; pass "
-                            f"--input-size {MIN_SIZE} or more")
-        target = (size, size)
-        if (h, w) == target:
-            return X
         _say(args, f"resizing {h}x{w} images to {size}x{size}")
     return vggtl.resize(X, target)
 
@@ -272,16 +265,11 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
                f"seed {args.seed})")
     weights, note = _resolve_weights(args.weights, allow_download)
     _say(args, note)
-    lr = args.lr if args.lr is not None else (LR_PRETRAINED if weights is not None else LR_RANDOM)
-    base = vggtl.VGG16(weights=weights, include_top=False, input_shape=X.shape[1:],
-                       seed=args.seed, precision=args.precision)
-    model = vggtl.TransferModel(base, head=[
-        vggtl.Flatten(), vggtl.Dense(512, activation="relu"), vggtl.Dropout(0.5),
-        vggtl.Dense(n_classes, activation="softmax")], seed=args.seed,
-        cache=False if args.no_cache else True)
-    loss = "binary_crossentropy" if n_classes == 2 else "categorical_crossentropy"
-    model.compile(optimizer=vggtl.Adam(learning_rate=lr, decay=lr / max(args.epochs, 1)),
-                  loss=loss, metrics=["accuracy"])
+    lr = args.lr if args.lr is not None else recipe.learning_rate(weights is not None)
+    model = recipe.build(weights, X.shape[1:], n_classes, seed=args.seed,
+                         precision=args.precision, cache=False if args.no_cache else True)
+    loss = recipe.loss_for(n_classes)
+    model.compile(optimizer=recipe.adam(lr, args.epochs), loss=loss, metrics=["accuracy"])
     _say(args, f"model: VGG16 base (frozen) + Flatten, Dense(512, relu), Dropout(0.5), "
                f"Dense({n_classes}, softmax); Adam(lr={lr:g}, decay=lr/{args.epochs}), {loss}")
     verbose = 0 if args.quiet else 1

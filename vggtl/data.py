@@ -33,6 +33,7 @@ import numpy as np
 
 from . import _core
 from ._atomic import atomic_open
+from ._safe_pickle import BoundedUnpickler, UnsafePickleError
 
 try:  # NumPy 2
     from numpy._core import multiarray as _multiarray
@@ -55,13 +56,6 @@ __all__ = [
 
 # ---------------------------------------------------------------------------
 # the restricted unpickler
-
-
-class UnsafePickleError(pickle.UnpicklingError, ValueError):
-    """A pickle asked for something outside vggtl's allow-list (a global such as
-    ``os.system``, an object dtype, a non-NumPy object state). Raised as soon as
-    the pickle names it, before it is called. Also a ``ValueError``: a pickle of a
-    model or any other object is bad input to :func:`load_pickles`."""
 
 
 # dtype kinds a pickled array or scalar may have: bool, integers, floats,
@@ -287,41 +281,9 @@ for _b in ("builtins", "__builtin__"):
 del _core_name, _b
 
 
-class _BoundedReader:
-    """The pickle file as the unpickler reads it: a read of more bytes than the
-    file has left raises EOFError (a truncated pickle) before anything is
-    allocated. A 30-byte pickle can claim 2**60 bytes of BINBYTES8,
-    BINUNICODE8, FRAME or BYTEARRAY8 data; a plain file's read(n) allocates n
-    bytes first."""
-
-    def __init__(self, f, size: int):
-        self._f, self._left = f, size
-
-    def read(self, n=-1):
-        if n is None or n < 0:
-            n = self._left
-        if n > self._left:
-            raise EOFError
-        b = self._f.read(n)
-        self._left -= len(b)
-        return b
-
-    def readinto(self, buf):
-        if memoryview(buf).nbytes > self._left:
-            raise EOFError
-        k = self._f.readinto(buf)
-        self._left -= k
-        return k
-
-    def readline(self):
-        b = self._f.readline()  # bounded by the file: it stops at its end
-        self._left -= len(b)
-        return b
-
-
-class _SafeUnpickler(pickle._Unpickler):
-    """The pure-Python unpickler (its opcode table can be amended; the C one's
-    cannot) with an allow-list for globals and a checked BUILD.
+class _SafeUnpickler(BoundedUnpickler):
+    """The bounded unpickler (:mod:`vggtl._safe_pickle`) with NumPy's allow-list
+    for globals and a checked BUILD.
 
     BUILD is where NumPy applies a dtype's or an array's state; NumPy's own
     dtype.__setstate__ accepts flags that mark a uint8 dtype as holding object
@@ -331,30 +293,27 @@ class _SafeUnpickler(pickle._Unpickler):
     it: a second BUILD would change a dtype that arrays already use.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch = dict(BoundedUnpickler.dispatch)
+    allowed = _ALLOWED
 
     def __init__(self, file, file_size: int, **kw):
-        super().__init__(_BoundedReader(file, file_size), **kw)
+        super().__init__(file, file_size, **kw)
         self._file_size = file_size
         self._unbuilt = {}  # id -> dtype made by this pickle, not yet given its state
 
-    def find_class(self, module, name):
-        try:
-            obj = _ALLOWED[(module, name)]
-        except (KeyError, TypeError):
-            raise UnsafePickleError(
-                f"the pickle asks for the global {module}.{name}, which vggtl does not "
-                "allow (only NumPy arrays, NumPy scalars and plain Python values); "
-                "nothing was run") from None
+    def refused(self, module, name):
+        return UnsafePickleError(
+            f"the pickle asks for the global {module}.{name}, which vggtl does not "
+            "allow (only NumPy arrays, NumPy scalars and plain Python values); "
+            "nothing was run")
+
+    def resolve(self, obj):
         return self._new_dtype if obj is _safe_dtype else obj
 
     def _new_dtype(self, *args):
         d = _safe_dtype(*args)
         self._unbuilt[id(d)] = d  # the reference keeps the id unique
         return d
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError("the pickle uses persistent ids, which vggtl does not allow")
 
     def _load_build(self):
         state = self.stack.pop()

@@ -51,20 +51,16 @@ except ImportError:  # pragma: no cover - older scikit-learn
     def _validate_data(est, X, y="no_validation", reset=True, **kw):
         return est._validate_data(X, y, reset=reset, **kw)
 
+from . import recipe
 from .data import resize
-from .layers import Dense, Dropout, Flatten, GlobalAveragePooling2D, GlobalMaxPooling2D
 from .model import TransferModel, load_model
-from .optim import SGD, Adam, RMSprop
-from .vgg16 import MIN_SIZE, VGG16
+from .optim import SGD, RMSprop
+from .recipe import LR_PRETRAINED, LR_RANDOM  # noqa: F401  (the command line's too)
 
 __all__ = ["VGG16Classifier"]
 
-# the command line's defaults (``python -m vggtl train``), which the estimator shares
-DEFAULT_EPOCHS = 20
-LR_PRETRAINED = 1e-4  # the tutorial's INIT_LR
-LR_RANDOM = 3e-3  # random base features are larger and less telling: a larger step
-
-_HEADS = {"flatten": Flatten, "avg": GlobalAveragePooling2D, "max": GlobalMaxPooling2D}
+DEFAULT_EPOCHS = recipe.EPOCHS
+_HEADS = recipe.HEADS
 _auto_failed: Optional[str] = None  # why weights="auto" found no ImageNet weights (once)
 
 
@@ -231,19 +227,10 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"learning_rate: expected a number > 0, got {self.learning_rate!r}")
 
     def _network_size(self, h: int, w: int) -> Tuple[int, int]:
-        s = self.input_size
-        if s is None:
-            return (max(h, MIN_SIZE), max(w, MIN_SIZE))
-        if isinstance(s, (int, np.integer)) and not isinstance(s, bool):
-            s = (int(s), int(s))
         try:
-            oh, ow = (int(v) for v in s)
-        except (TypeError, ValueError):
-            raise ValueError(f"input_size: expected an int or (height, width), got {s!r}") from None
-        if oh < MIN_SIZE or ow < MIN_SIZE:
-            raise ValueError(f"input_size: VGG16 needs at least {MIN_SIZE} x {MIN_SIZE}, got "
-                             f"{oh} x {ow}")
-        return (oh, ow)
+            return recipe.network_size(h, w, self.input_size)
+        except ValueError as e:
+            raise ValueError(f"input_size: {e}") from None
 
     def _layout(self, d: int) -> Tuple[int, int, int]:
         """(H, W, C) of a flat row of d values."""
@@ -314,28 +301,22 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
         else:
             self.weights_ = "random" if weights is None else \
                 weights if isinstance(weights, str) else type(weights).__name__
-        base = VGG16(weights=weights, include_top=False,
-                     input_shape=(image_hw[0], image_hw[1], channels),
-                     preprocess=self.preprocess, precision=self.precision, seed=seed)
-        head = [_HEADS[self.head]()]
-        if self.hidden_units:
-            head.append(Dense(int(self.hidden_units), activation="relu"))
-            if self.dropout:
-                head.append(Dropout(float(self.dropout)))
-        head.append(Dense(n_classes, activation="softmax"))
-        model = TransferModel(base, head=head, seed=seed, cache=self.cache)
+        model = recipe.build(weights, (image_hw[0], image_hw[1], channels), n_classes,
+                             seed=seed, precision=self.precision, preprocess=self.preprocess,
+                             cache=self.cache, pooling=self.head,
+                             hidden_units=self.hidden_units, dropout=self.dropout)
         lr = float(self.learning_rate) if self.learning_rate is not None else \
-            LR_PRETRAINED if weights is not None else LR_RANDOM
+            recipe.learning_rate(weights is not None)
         self.learning_rate_ = lr
         if self.optimizer == "adam":
-            opt = Adam(learning_rate=lr, decay=lr / max(int(self.epochs), 1))
+            opt = recipe.adam(lr, self.epochs)
         elif self.optimizer == "sgd":
             opt = SGD(learning_rate=lr, momentum=0.9)
         else:
             opt = RMSprop(learning_rate=lr)
         loss = self.loss
         if loss == "auto":
-            loss = "binary_crossentropy" if n_classes == 2 else "categorical_crossentropy"
+            loss = recipe.loss_for(n_classes)
         model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
         return model
 

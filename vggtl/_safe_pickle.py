@@ -1,0 +1,94 @@
+"""The bounded, allow-listed unpickler both of vggtl's pickle readers stand on:
+the tutorial's X and y pickles (:func:`vggtl.data.load_pickle`) and the state
+dicts inside torchvision's ``.pth`` files (:mod:`vggtl.weights.torch_pth`).
+
+Each reader brings its own allow-list, its own checks and its own messages; what
+they share is here:
+
+- the pure-Python unpickler, not the C one: the C unpickler's memo is an array
+  indexed by the pickle's BINPUT numbers, so a LONG_BINPUT of 2**31 makes it
+  allocate gigabytes (found by fuzz/fuzz_pth_legacy.py); the Python one keeps a
+  dict, and its opcode table can be amended;
+- every read bounded by what the file has left (:class:`BoundedReader`);
+- ``find_class`` as the only way a pickle reaches a callable (GLOBAL,
+  STACK_GLOBAL, INST, OBJ and EXT all go through it): a name outside the
+  allow-list is refused before it is imported, let alone called;
+- no persistent ids unless a reader asks for them.
+"""
+from __future__ import annotations
+
+import pickle
+from typing import Mapping, Tuple
+
+__all__ = ["UnsafePickleError", "BoundedReader", "BoundedUnpickler"]
+
+
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for something outside vggtl's allow-list (a global such as
+    ``os.system``, an object dtype, a non-NumPy object state). Raised as soon as
+    the pickle names it, before it is called. Also a ``ValueError``: a pickle of a
+    model or any other object is bad input to :func:`load_pickles`."""
+
+
+class BoundedReader:
+    """The pickle file as the unpickler reads it: a read of more bytes than the
+    file has left raises EOFError (a truncated pickle) before anything is
+    allocated. A 30-byte pickle can claim 2**60 bytes of BINBYTES8,
+    BINUNICODE8, FRAME or BYTEARRAY8 data; a plain file's read(n) allocates n
+    bytes first."""
+
+    def __init__(self, f, size: int):
+        self._f, self._left = f, size
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = self._left
+        if n > self._left:
+            raise EOFError
+        b = self._f.read(n)
+        self._left -= len(b)
+        return b
+
+    def readinto(self, buf):
+        if memoryview(buf).nbytes > self._left:
+            raise EOFError
+        k = self._f.readinto(buf)
+        self._left -= k
+        return k
+
+    def readline(self):
+        b = self._f.readline()  # bounded by the file: it stops at its end
+        self._left -= len(b)
+        return b
+
+
+class BoundedUnpickler(pickle._Unpickler):
+    """Reads at most ``size`` bytes of ``file``; a global is what :attr:`allowed`
+    maps ``(module, name)`` to, passed through :meth:`resolve`, and any other is
+    refused with the exception :meth:`refused` makes.
+
+    Subclasses set ``allowed`` and ``refused``; they may amend their own copy of
+    ``dispatch`` (``dispatch = dict(BoundedUnpickler.dispatch)``)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    allowed: Mapping[Tuple[str, str], object] = {}
+
+    def __init__(self, file, size: int, **kw):
+        super().__init__(BoundedReader(file, size), **kw)
+
+    def find_class(self, module, name):
+        obj = self.allowed.get((module, name))
+        if obj is None:
+            raise self.refused(module, name)
+        return self.resolve(obj)
+
+    def refused(self, module: str, name: str) -> Exception:
+        return UnsafePickleError(f"the pickle asks for the global {module}.{name}; refused, "
+                                 f"nothing was run")
+
+    def resolve(self, obj):
+        """What the pickle gets for an allowed global."""
+        return obj
+
+    def persistent_load(self, pid):
+        raise UnsafePickleError("the pickle uses persistent ids, which vggtl does not allow")
