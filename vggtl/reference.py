@@ -131,13 +131,6 @@ def conv3x3_winograd_bf16(x, kernel, bias, relu=True):
     return out.astype(np.float32)
 
 
-def conv3x3_runs_bf16(h, w, cin):
-    """Whether a layer of this shape runs bf16 Winograd at ``precision="bf16"``
-    (the core's rule, under the default conv setting): at least 16 input
-    channels, and 2x2 tiles that at most double the pixels."""
-    return cin >= 16 and 4 * ((h + 1) // 2) * ((w + 1) // 2) <= 2 * h * w
-
-
 def maxpool2x2(x):
     """2x2 max-pooling, stride 2, 'valid': odd H or W drop the last row / column."""
     x = _f64(x)
@@ -195,14 +188,14 @@ _preprocess = preprocess  # vgg16_forward's argument of the same name shadows it
 
 
 def vgg16_forward(x, weights, layer=None, include_top=False, pooling=None, preprocess=None,
-                  precision="fp32"):
+                  bf16_layers=()):
     """The VGG16 network on x (N,H,W,1|3), walking Keras's layer list.
 
     weights: {name: (kernel, bias)} in Keras layouts. layer: stop after this layer
     (None: block5_pool, or predictions with include_top). pooling ('avg'/'max')
     applies to the output only when layer is None and include_top is False.
-    precision "bf16": the layers :func:`conv3x3_runs_bf16` names run
-    :func:`conv3x3_winograd_bf16`.
+    bf16_layers: the conv layers that run :func:`conv3x3_winograd_bf16` (the caller
+    says which: where the core runs bf16 is a choice under test, not arithmetic).
     """
     if layer is None:
         layer = "predictions" if include_top else "block5_pool"
@@ -211,8 +204,7 @@ def vgg16_forward(x, weights, layer=None, include_top=False, pooling=None, prepr
     a = _preprocess(x, preprocess)
     for name, kind in LAYERS:
         if kind == "conv":
-            bf16 = precision == "bf16" and conv3x3_runs_bf16(*a.shape[1:])
-            a = (conv3x3_winograd_bf16 if bf16 else conv3x3)(a, *weights[name], relu=True)
+            a = (conv3x3_winograd_bf16 if name in bf16_layers else conv3x3)(a, *weights[name], relu=True)
         elif kind == "pool":
             a = maxpool2x2(a)
         elif kind == "flatten":
