@@ -217,13 +217,21 @@ static PyObject *epoch_result(int st, const vgg_fit_stats *stats, int64_t it, co
                          (Py_ssize_t)stats->grad_batches);
 }
 
-/* An epoch's optional outputs: None, or a writeable float32 (n, units) array. */
-static int parse_outputs(PyObject *o, size_t n, size_t units, float **out) {
-    *out = NULL;
-    if (o == Py_None) return 0;
-    PyArrayObject *a = check_array(o, "outputs", F32_ONLY, 2, 1);
+/* What both epoch calls take beside their network, for n samples and a head of
+ * `units` outputs: order (n,) int64, the targets, and the optional outputs
+ * (None, or a writeable float32 (n, units) array). 0, or -1 with an exception. */
+static int parse_epoch_args(PyObject *ordo, int loss, PyObject *yo, PyObject *swo, PyObject *outo,
+                            size_t n, size_t units, int64_t **order, vgg_targets *t,
+                            float **outputs) {
+    PyArrayObject *o = check_array(ordo, "order", I64_ONLY, 1, 1);
+    if (!o || check_dim(o, "order", 0, n)) return -1;
+    *order = PyArray_DATA(o);
+    if (parse_targets(t, loss, yo, swo, n, units)) return -1;
+    *outputs = NULL;
+    if (outo == Py_None) return 0;
+    PyArrayObject *a = check_array(outo, "outputs", F32_ONLY, 2, 1);
     if (!a || check_dim(a, "outputs", 0, n) || check_dim(a, "outputs", 1, units)) return -1;
-    *out = PyArray_DATA(a);
+    *outputs = PyArray_DATA(a);
     return 0;
 }
 
@@ -253,18 +261,19 @@ static PyObject *py_head_fit_epoch(PyObject *self, PyObject *args, PyObject *kw)
     }
     PyArrayObject *x = check_features(xo, &h);
     PyArrayObject *ws = x ? check_head_workspace(wso, &h, (size_t)batch) : NULL;
-    PyArrayObject *order = ws ? check_array(ordo, "order", I64_ONLY, 1, 1) : NULL;
-    if (!order || check_dim(order, "order", 0, dim(x, 0))) return NULL;
+    if (!ws) return NULL;
+    int64_t *order;
     vgg_targets t;
-    if (parse_targets(&t, loss, yo, swo, dim(x, 0), vgg_head_output_size(&h))) return NULL;
     float *outputs;
-    if (parse_outputs(outo, dim(x, 0), vgg_head_output_size(&h), &outputs)) return NULL;
+    if (parse_epoch_args(ordo, loss, yo, swo, outo, dim(x, 0), vgg_head_output_size(&h), &order,
+                         &t, &outputs))
+        return NULL;
     vgg_fit_stats stats;
     int64_t it = (int64_t)iterations;
     RELEASE_GIL(s);
     int st = vgg_head_fit_epoch(&stats, &h, &opt, &it, PyArray_DATA(x), feature_dtype(x),
-                                dim(x, 0), &t, (size_t)batch, shuffle, seed, epoch,
-                                PyArray_DATA(order), outputs, PyArray_DATA(ws), dim(ws, 0),
+                                dim(x, 0), &t, (size_t)batch, shuffle, seed, epoch, order,
+                                outputs, PyArray_DATA(ws), dim(ws, 0),
                                 py_abort_cb, &s);
     ACQUIRE_GIL(s);
     return epoch_result(st, &stats, it, "head_fit_epoch");
@@ -390,18 +399,18 @@ static PyObject *py_finetune_fit_epoch(PyObject *self, PyObject *args, PyObject 
                      dim(ws, 0));
         return NULL;
     }
-    PyArrayObject *order = check_array(ordo, "order", I64_ONLY, 1, 1);
-    if (!order || check_dim(order, "order", 0, dim(x, 0))) return NULL;
+    int64_t *order;
     vgg_targets tg;
-    if (parse_targets(&tg, loss, yo, swo, dim(x, 0), vgg_head_output_size(&hd))) return NULL;
     float *outputs;
-    if (parse_outputs(outo, dim(x, 0), vgg_head_output_size(&hd), &outputs)) return NULL;
+    if (parse_epoch_args(ordo, loss, yo, swo, outo, dim(x, 0), vgg_head_output_size(&hd), &order,
+                         &tg, &outputs))
+        return NULL;
     vgg_fit_stats stats;
     int64_t it = (int64_t)iterations;
     RELEASE_GIL(s);
     int st = vgg16_finetune_fit_epoch(&stats, &t, &hd, &opt, &it, PyArray_DATA(x), feature_dtype(x),
                                       dim(x, 0), dim(x, 1), dim(x, 2), &tg, (size_t)batch, shuffle,
-                                      seed, epoch, PyArray_DATA(order), outputs, PyArray_DATA(ws),
+                                      seed, epoch, order, outputs, PyArray_DATA(ws),
                                       dim(ws, 0), py_abort_cb, &s);
     ACQUIRE_GIL(s);
     return epoch_result(st, &stats, it, "finetune_fit_epoch");
