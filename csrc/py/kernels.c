@@ -172,6 +172,14 @@ static PyObject *py_dense_forward(PyObject *self, PyObject *args, PyObject *kw) 
     return out_or_raise(st, out, "dense_forward");
 }
 
+/* A backward call's (dx or None, dw, db), or the exception its status calls for
+ * (the arrays stay the caller's to release). */
+static PyObject *grads_or_raise(int st, const char *what, PyArrayObject *dx, PyArrayObject *dw,
+                                PyArrayObject *db) {
+    if (st != VGG_OK) return raise_status(st, what);
+    return Py_BuildValue("(OOO)", dx ? (PyObject *)dx : Py_None, dw, db);
+}
+
 static PyObject *py_dense_backward(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"dz", "x", "kernel", "need_dx", NULL};
@@ -201,11 +209,7 @@ static PyObject *py_dense_backward(PyObject *self, PyObject *args, PyObject *kw)
     CALL_NOGIL(st, vgg_dense_backward(dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw),
                                       PyArray_DATA(db), PyArray_DATA(dz), PyArray_DATA(x),
                                       PyArray_DATA(k), n, in, outdim));
-    if (st != VGG_OK) {
-        raise_status(st, "dense_backward");
-        goto done;
-    }
-    result = Py_BuildValue("(OOO)", dx ? (PyObject *)dx : Py_None, dw, db);
+    result = grads_or_raise(st, "dense_backward", dx, dw, db);
 done:
     Py_XDECREF(dx);
     Py_XDECREF(dw);
@@ -386,11 +390,7 @@ static PyObject *py_conv3x3_backward(PyObject *self, PyObject *args, PyObject *k
                                   PyArray_DATA(g), PyArray_DATA(x), PyArray_DATA(k), n, h, w, cin,
                                   cout, ws, wsn, py_abort_cb, &s);
     ACQUIRE_GIL(s);
-    if (st != VGG_OK) {
-        raise_status(st, "conv3x3_backward");
-        goto done;
-    }
-    result = Py_BuildValue("(OOO)", dx ? (PyObject *)dx : Py_None, dw, db);
+    result = grads_or_raise(st, "conv3x3_backward", dx, dw, db);
 done:
     PyMem_RawFree(ws);
     Py_XDECREF(dx);
