@@ -806,7 +806,7 @@ def _manual_train(model, F, targets, sw, lr, steps):
     w = model.get_weights()
     (k1, b1), (k2, b2) = w["dense"], w["dense_1"]
     x = F.reshape(len(F), -1)
-    tup = vggtl.SGD(learning_rate=lr).as_core_tuple()
+    tup = vggtl.SGD(learning_rate=lr).core_spec()
     losses = []
     for it in range(steps):
         h = _kernels.dense_forward(x, k1, b1, "relu")
@@ -964,7 +964,7 @@ def test_save_load_round_trip(rng, base, tmp_path):
     assert loaded.optimizer.iterations == 16
     # Adam's configuration survives the JSON round trip
     adam = vggtl.Adam(learning_rate=2e-3, beta_1=0.8, epsilon=1e-6, decay=1e-4)
-    assert vggtl.optim.get(adam.get_config()).as_core_tuple() == adam.as_core_tuple()
+    assert vggtl.optim.get(adam.get_config()).core_spec() == adam.core_spec()
 
 
 def test_accuracy_sigmoid_threshold_and_softmax_argmax(base):
@@ -1078,14 +1078,12 @@ def test_unknown_names_and_bad_hyperparameters(compiled):
         vggtl.Adam(learnig_rate=1e-3)
     # core level: learning rate <= 0 and an unknown optimizer kind
     p = np.zeros(3, np.float32)
-    bad = list(vggtl.SGD().as_core_tuple())
-    bad[1] = 0.0
-    with pytest.raises(ValueError, match="learning_rate > 0"):
-        _kernels.optimizer_step(p, p.copy(), None, None, tuple(bad), 0)
-    bad = list(vggtl.SGD().as_core_tuple())
-    bad[0] = 7
-    with pytest.raises(ValueError, match="unknown kind 7"):
-        _kernels.optimizer_step(p, p.copy(), None, None, tuple(bad), 0)
+    bad = {**vggtl.SGD().core_spec(), "learning_rate": 0.0}
+    with pytest.raises(ValueError, match=r"\['learning_rate'\]: expected a finite number > 0"):
+        _kernels.optimizer_step(p, p.copy(), None, None, bad, 0)
+    bad = {**vggtl.SGD().core_spec(), "kind": 7}
+    with pytest.raises(ValueError, match=r"\['kind'\]: expected OPT_SGD .* got 7"):
+        _kernels.optimizer_step(p, p.copy(), None, None, bad, 0)
     with pytest.raises(ValueError, match="loss: expected 0"):
         _kernels.loss_forward_backward(np.full((1, 2), 0.5, np.float32), one_hot([0], 2), 3)
 
@@ -1093,7 +1091,7 @@ def test_unknown_names_and_bad_hyperparameters(compiled):
 def test_lr_is_an_alias_of_learning_rate():
     a = vggtl.Adam(lr=1e-4, decay=1e-4 / 20)
     assert a.learning_rate == 1e-4 and a.decay == 5e-6
-    assert a.as_core_tuple() == vggtl.Adam(learning_rate=1e-4, decay=1e-4 / 20).as_core_tuple()
+    assert a.core_spec() == vggtl.Adam(learning_rate=1e-4, decay=1e-4 / 20).core_spec()
     assert vggtl.SGD(lr=0.5).learning_rate == 0.5 and vggtl.RMSprop(lr=0.25).learning_rate == 0.25
 
 

@@ -63,7 +63,7 @@ def run_both(opt, rng, start_iteration, n=37, grad_scale=1.0):
     p0 = p.copy()
     s0, s1 = np.zeros(n, np.float32), np.zeros(n, np.float32)
     P, S0, S1 = p.astype(np.float64), np.zeros(n), np.zeros(n)
-    tup = opt.as_core_tuple()
+    tup = opt.core_spec()
     for k in range(STEPS):
         g = (rng.standard_normal(n) * grad_scale).astype(np.float32)
         it = start_iteration + k
@@ -95,7 +95,7 @@ def test_optimizer_step_matches_keras_rule(rng, name, start):
 def test_decay_changes_the_step_as_the_legacy_formula():
     # SGD, gradient 1: each update moves p by exactly lr / (1 + decay * iterations)
     opt = vggtl.SGD(learning_rate=0.5, decay=0.25)
-    tup = opt.as_core_tuple()
+    tup = opt.core_spec()
     for it in (0, 1, 3, 100):
         p = np.zeros(1, np.float32)
         _kernels.optimizer_step(p, np.ones(1, np.float32), None, None, tup, it)
@@ -115,7 +115,7 @@ def test_adam_epsilon_is_added_to_the_uncorrected_sqrt_v(rng):
     g = np.float32(1e-7)
     q = np.zeros(1, np.float32)
     m, v = np.zeros(1, np.float32), np.zeros(1, np.float32)
-    _kernels.optimizer_step(q, np.array([g]), m, v, opt.as_core_tuple(), 0)
+    _kernels.optimizer_step(q, np.array([g]), m, v, opt.core_spec(), 0)
     a = math.sqrt(1 - 0.999) / (1 - 0.9)
     keras = -a * 0.1 * 1e-7 / (math.sqrt(0.001) * 1e-7 + 1e-7)
     torch_like = -(1 / 0.1) * 0.1 * 1e-7 / (math.sqrt(0.001) * 1e-7 / math.sqrt(0.001) + 1e-7)
@@ -127,11 +127,11 @@ def test_optimizer_step_is_in_place_and_checks_arguments(rng):
     p = np.ones(5, np.float32)
     g = np.full(5, 2.0, np.float32)
     s = np.zeros(5, np.float32)
-    sgd = vggtl.SGD(learning_rate=0.1, momentum=0.5).as_core_tuple()
+    sgd = vggtl.SGD(learning_rate=0.1, momentum=0.5).core_spec()
     assert _kernels.optimizer_step(p, g, s, None, sgd, 0) is None
     np.testing.assert_array_equal(p, np.float32(1) - np.float32(0.1) * np.float32(2))
     np.testing.assert_array_equal(s, -np.float32(0.1) * np.float32(2))
-    adam = vggtl.Adam().as_core_tuple()
+    adam = vggtl.Adam().core_spec()
     with pytest.raises(ValueError, match="iterations: expected >= 0"):
         _kernels.optimizer_step(p, g, s, s.copy(), adam, -1)
     with pytest.raises(ValueError, match="slot1: expected as many elements as param"):
@@ -205,7 +205,7 @@ def test_keras_optimizers_with_the_schedule_make_the_same_updates(keras, rng, na
     p0 = p.copy()
     var = keras.Variable(p.copy())
     s0, s1 = np.zeros_like(p), np.zeros_like(p)
-    tup = ours.as_core_tuple()
+    tup = ours.core_spec()
     for it in range(8):
         g = rng.standard_normal(23).astype(np.float32)
         _kernels.optimizer_step(p, g, s0, s1, tup, it)

@@ -70,7 +70,9 @@ def test_each_head_input_constant_means_its_reduction(mode, reduce):
     width = x[0].size if reduce is None else 4
     k = rng.standard_normal((width, 5), dtype=np.float32)
     b = rng.standard_normal(5, dtype=np.float32)
-    head = (getattr(_core, mode), 2, 3, 4, [("dense", 5, "linear", k, b, None)])
+    head = {"input_mode": getattr(_core, mode), "input_shape": (2, 3, 4),
+            "layers": [{"type": "dense", "units": 5, "activation": "linear", "kernel": k,
+                        "bias": b, "slots": None}]}
     ws = np.empty(_core.head_workspace_floats(head, 3), np.float32)
     got = _core.head_predict(x, head, 3, ws)
     feats = x.reshape(3, -1) if reduce is None else reference.global_pool(x, reduce)
@@ -92,17 +94,20 @@ def test_each_loss_constant_means_its_loss():
 
 def test_each_optimizer_constant_means_its_rule():
     g = np.array([0.5], np.float32)
-    sgd = (_core.OPT_SGD, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, False, 0.0)
+    sgd = {"kind": _core.OPT_SGD, "learning_rate": 0.1, "decay": 0.0, "momentum": 0.0,
+           "nesterov": False}
     p = np.array([1.0], np.float32)
     _kernels.optimizer_step(p, g, np.zeros(1, np.float32), np.zeros(1, np.float32), sgd, 0)
     assert p[0] == pytest.approx(1.0 - 0.1 * 0.5)
     # Adam's first step moves by about the learning rate whatever the gradient
-    adam = (_core.OPT_ADAM, 0.1, 0.0, 0.9, 0.999, 1e-7, 0.0, False, 0.0)
+    adam = {"kind": _core.OPT_ADAM, "learning_rate": 0.1, "decay": 0.0, "beta_1": 0.9,
+            "beta_2": 0.999, "epsilon": 1e-7}
     p = np.array([1.0], np.float32)
     _kernels.optimizer_step(p, g, np.zeros(1, np.float32), np.zeros(1, np.float32), adam, 0)
     assert p[0] == pytest.approx(0.9, abs=1e-5)
     # RMSprop's first step: lr * g / sqrt((1 - rho) g^2 + eps)
-    rms = (_core.OPT_RMSPROP, 0.1, 0.0, 0.0, 0.0, 1e-7, 0.0, False, 0.9)
+    rms = {"kind": _core.OPT_RMSPROP, "learning_rate": 0.1, "decay": 0.0, "rho": 0.9,
+           "momentum": 0.0, "epsilon": 1e-7}
     p = np.array([1.0], np.float32)
     _kernels.optimizer_step(p, g, np.zeros(1, np.float32), np.zeros(1, np.float32), rms, 0)
     assert p[0] == pytest.approx(1.0 - 0.1 * 0.5 / np.sqrt(0.1 * 0.25 + 1e-7), abs=1e-5)

@@ -25,11 +25,12 @@ from .vgg16 import LAYER_NAMES
 def _head_spec_at_block5(model):
     """The head's spec reading block5_pool's unpooled output: a base with
     pooling="avg"/"max" becomes the head's own global pooling (the same maps)."""
-    mode, _, _, c, layers = model._spec(False)
+    spec = model._spec(False)
     h5, w5, c5 = model.base.output_shape(layer="block5_pool")
+    spec["input_shape"] = (h5, w5, c5)
     if model.base.pooling is not None:
-        mode = _core.HEAD_GAP if model.base.pooling == "avg" else _core.HEAD_GMP
-    return (mode, h5, w5, c5, layers)
+        spec["input_mode"] = _core.HEAD_GAP if model.base.pooling == "avg" else _core.HEAD_GMP
+    return spec
 
 
 def grad_cam(model, X, layer: str = "block5_conv3", class_index=None,

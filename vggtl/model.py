@@ -34,7 +34,7 @@ from .vgg16 import VGG16
 from .model_io import (FORMAT_VERSION, ModelIO, _read_metadata, _saved_metrics,  # noqa: F401
                        check_save_path, load_model)
 from .training import (AUTO_VIEWS, LOSSES, Training, _check_finite, _check_int,  # noqa: F401
-                       _locked, auto_views)
+                       _locked, _slot_spec, auto_views)
 
 
 class TransferModel(Training, ModelIO):
@@ -328,17 +328,22 @@ class TransferModel(Training, ModelIO):
             return self.base.predict(x, batch_size=batch_size)
         return self.base.extract(x, cache=cache, batch_size=batch_size, progress=progress)
 
-    def _spec(self, with_slots: bool):
-        h, w, c = self.feature_shape
+    def _spec(self, with_slots: bool) -> dict:
+        """The head as the core reads it (``parse_head`` in csrc/py/training.c);
+        with its optimizer state when ``with_slots`` (training), else none."""
         layers = []
         for layer in self.layers[1:]:
             if isinstance(layer, Dense):
-                kw, b = self._weights[layer.name]
-                slots = self._slots.get(layer.name, (None,) * 4) if with_slots else (None,) * 4
-                layers.append(("dense", layer.units, layer.activation, kw, b, slots))
+                k, b = self._weights[layer.name]
+                slots = _slot_spec(self._slots.get(layer.name, (None,) * 4)) if with_slots \
+                    else None
+                layers.append({"type": "dense", "units": layer.units,
+                               "activation": layer.activation, "kernel": k, "bias": b,
+                               "slots": slots})
             else:
-                layers.append(("dropout", layer.rate))
-        return (self._input_layer.mode, h, w, c, tuple(layers))
+                layers.append({"type": "dropout", "rate": layer.rate})
+        return {"input_mode": self._input_layer.mode, "input_shape": self.feature_shape,
+                "layers": layers}
 
     def _workspace(self, spec, batch):
         return np.empty(_core.head_workspace_floats(spec, batch), dtype=np.float32)

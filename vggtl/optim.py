@@ -172,6 +172,7 @@ class Optimizer:
     """Base class: holds the hyperparameters and ``iterations`` (updates done)."""
 
     kind = -1
+    _CORE_FIELDS: tuple = ()  # the rule's hyperparameters, by their names in core_spec
 
     def __init__(self, learning_rate, decay=0.0, lr=None, **unknown):
         if unknown:
@@ -214,22 +215,23 @@ class Optimizer:
         it = self.iterations if iterations is None else iterations
         return self._base_rate(it) / (1.0 + self.decay * it)
 
-    def as_core_tuple(self, steps: int = 0):
-        """The optimizer for the core; with a schedule, its values for the next
-        ``steps`` updates (from ``iterations`` on) go along as a table."""
-        base = (self.kind, self._learning_rate if self._learning_rate > 0 else 1.0, self.decay,
-                getattr(self, "beta_1", 0.0), getattr(self, "beta_2", 0.0),
-                getattr(self, "epsilon", 0.0), getattr(self, "momentum", 0.0),
-                bool(getattr(self, "nesterov", False)), getattr(self, "rho", 0.0))
+    def core_spec(self, steps: int = 0) -> dict:
+        """The optimizer as the core reads it (``parse_optimizer`` in
+        csrc/py/glue.c): its kind, learning rate, decay and the rule's own
+        hyperparameters by name. With a schedule, the learning rate is its
+        values for the next ``steps`` updates, from ``iterations`` on."""
+        spec = {"kind": self.kind, "learning_rate": self._learning_rate, "decay": self.decay}
+        spec.update((name, getattr(self, name)) for name in self._CORE_FIELDS)
         if self.schedule is None:
-            return base
+            return spec
         it0 = self.iterations
         if _takes_step(self.schedule):
             table = np.array([_schedule_value(self.schedule, it0 + k) for k in range(max(steps, 1))],
                              dtype=np.float64)
         else:  # a callable without arguments (Keras 3's form): once per call
             table = np.full(max(steps, 1), _positive("learning_rate", self.schedule()), np.float64)
-        return base + (table, it0)
+        spec["learning_rate"] = {"per_step": table, "first_iteration": it0}
+        return spec
 
     def slots(self) -> int:
         """Optimizer state arrays per parameter."""
@@ -259,6 +261,7 @@ class SGD(Optimizer):
     """Keras's SGD: momentum ``m = momentum*m - lr*g``; Nesterov optional."""
 
     kind = SGD_KIND
+    _CORE_FIELDS = ("momentum", "nesterov")
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, decay=0.0, lr=None,
                  **unknown):
@@ -279,6 +282,7 @@ class Adam(Optimizer):
     """Keras's Adam (epsilon 1e-7 added to the uncorrected sqrt(v))."""
 
     kind = ADAM_KIND
+    _CORE_FIELDS = ("beta_1", "beta_2", "epsilon")
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, decay=0.0,
                  lr=None, **unknown):
@@ -302,6 +306,7 @@ class RMSprop(Optimizer):
     """Keras's RMSprop: ``v = rho*v + (1-rho)*g^2; p -= lr*g/sqrt(v+eps)``."""
 
     kind = RMSPROP_KIND
+    _CORE_FIELDS = ("rho", "momentum", "epsilon")
 
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, decay=0.0,
                  lr=None, **unknown):

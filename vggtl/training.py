@@ -54,6 +54,12 @@ def _check_int(name, v, minimum):
     return int(v)
 
 
+def _slot_spec(slots) -> dict:
+    """A parameter's optimizer state as the core reads it, from the 4 slots a
+    model keeps per layer (kernel slot 0, 1, bias slot 0, 1; None where unused)."""
+    return {"kernel": tuple(slots[:2]), "bias": tuple(slots[2:])}
+
+
 def _check_finite(F: np.ndarray, name: str) -> None:
     """Features with NaN or infinity would turn the weights into NaN silently
     (inf * 0 in the gradient), so they are refused before training."""
@@ -317,7 +323,7 @@ class Training:
                 swe = None if swe is None else np.ascontiguousarray(swe[pick])
             steps = -(-m // batch_size)
             r = _core.head_fit_epoch(
-                Fe, spec, self.optimizer.as_core_tuple(steps), self.optimizer.iterations,
+                Fe, spec, self.optimizer.core_spec(steps), self.optimizer.iterations,
                 loss_code, te, swe, batch_size, shuffle, self.seed, self._epochs_done, order, ws,
                 outputs)
             return r, te, outputs
@@ -512,22 +518,19 @@ class Training:
                      loss=self.loss, metrics=self.metrics)
         nslots = self.optimizer.slots()
         self._conv_slots = {}
-        convs = []
-        for name in LAYER_NAMES[:LAYER_NAMES.index("block5_pool") + 1]:
-            if name not in self.base._weights:
-                continue
+        convs = {}  # the tail as the core reads it (parse_tail in csrc/py/training.c)
+        for name in CONV_LAYERS:
             if LAYER_NAMES.index(name) < first:
-                convs.append(None)
                 continue
             k, b = self.base._weights[name]
             slots = tuple((np.zeros_like(k if s < 2 else b) if s % 2 < nslots else None)
                           for s in range(4))
             self._conv_slots[name] = slots
-            convs.append((k, b, slots))
-        tail = (first, tuple(convs))
+            convs[name] = {"kernel": k, "bias": b, "slots": _slot_spec(slots)}
+        tail = {"start_layer": first, "convs": convs}
         head = self._spec(with_slots=True)
         h, w = F.shape[1:3]
-        tuned = [n for n, c in zip(CONV_LAYERS, convs) if c is not None]
+        tuned = list(convs)
         with self.base._writing(tuned):  # the core trains the base's arrays in place
             ws = np.empty(_core.finetune_workspace_floats(tail, head, batch_size, h, w),
                           np.float32)
@@ -539,7 +542,7 @@ class Training:
             Fe = F if epoch_features is None else epoch_features(self._epochs_done)
             with self.base._writing(tuned):
                 r = _core.finetune_fit_epoch(
-                    Fe, tail, head, self.optimizer.as_core_tuple(-(-n // batch_size)),
+                    Fe, tail, head, self.optimizer.core_spec(-(-n // batch_size)),
                     self.optimizer.iterations, loss_code, targets, sw, batch_size, shuffle,
                     self.seed, self._epochs_done, order, ws, outputs)
             return r, targets, outputs

@@ -5,6 +5,9 @@
  */
 #include "glue.h"
 
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -174,6 +177,14 @@ int threads_ready(void) {
 /* ------------------------------------------------------------------------ */
 /* arguments                                                                */
 
+/* x as Python's repr writes it, for messages (PyErr_Format has no %g) */
+static void real_text(char *buf, size_t size, double x) {
+    char *r = PyOS_double_to_string(x, 'r', 0, 0, NULL);
+    PyOS_snprintf(buf, size, "%s", r ? r : "?");
+    if (r) PyMem_Free(r);
+    else PyErr_Clear();
+}
+
 int name_index(const char *arg, const char *name, const char *const *names, int count) {
     for (int i = 0; i < count; i++)
         if (strcmp(name, names[i]) == 0) return i;
@@ -218,22 +229,21 @@ int parse_float3(PyObject *o, const char *name, float v[3]) {
     return 0;
 }
 
+const char *const ACTIVATION_NAMES[VGG_NUM_ACTIVATIONS] = {"linear", "relu", "softmax",
+                                                            "sigmoid"};
+
 int parse_activation(const char *s, int *act) {
-    if (strcmp(s, "linear") == 0) *act = VGG_ACT_LINEAR;
-    else if (strcmp(s, "relu") == 0) *act = VGG_ACT_RELU;
-    else if (strcmp(s, "softmax") == 0) *act = VGG_ACT_SOFTMAX;
-    else if (strcmp(s, "sigmoid") == 0) *act = VGG_ACT_SIGMOID;
-    else {
-        PyErr_Format(PyExc_ValueError,
-                     "activation: expected 'linear', 'relu', 'softmax' or 'sigmoid', got '%s'", s);
-        return -1;
-    }
+    const int i = name_index("activation", s, ACTIVATION_NAMES, VGG_NUM_ACTIVATIONS);
+    if (i < 0) return -1;
+    *act = VGG_ACT_LINEAR + i;
     return 0;
 }
 
 int parse_rate(double rate) {
     if (!(rate >= 0.0 && rate < 1.0)) {
-        PyErr_Format(PyExc_ValueError, "rate: expected 0 <= rate < 1, got %g", rate);
+        char got[64];
+        real_text(got, sizeof got, rate);
+        PyErr_Format(PyExc_ValueError, "rate: expected 0 <= rate < 1, got %s", got);
         return -1;
     }
     return 0;
@@ -271,31 +281,359 @@ int parse_targets(vgg_targets *t, int loss, PyObject *to, PyObject *swo, size_t 
     return 0;
 }
 
-int parse_optimizer(PyObject *o, vgg_optimizer *opt) {
-    memset(opt, 0, sizeof *opt);
-    PyObject *steps = Py_None;
-    long long first = 0;
-    if (!PyArg_ParseTuple(o, "iddddddpd|OL;optimizer: expected (kind, learning_rate, decay, "
-                             "beta_1, beta_2, epsilon, momentum, nesterov, rho[, lr_steps, "
-                             "lr_first])",
-                          &opt->kind, &opt->learning_rate, &opt->decay, &opt->beta_1, &opt->beta_2,
-                          &opt->epsilon, &opt->momentum, &opt->nesterov, &opt->rho, &steps, &first))
+/* ------------------------------------------------------------------------ */
+/* specs                                                                    */
+
+/* "'a', 'b', 'c'" for messages */
+static void key_list(char *buf, size_t size, const char *const *keys) {
+    buf[0] = '\0';
+    for (int i = 0; keys[i]; i++) {
+        const size_t len = strlen(buf);
+        PyOS_snprintf(buf + len, size - len, "%s'%s'", i ? ", " : "", keys[i]);
+    }
+}
+
+/* A class defined in Python (a heap type), whose methods could run code of the
+ * caller's while a spec is read: refused where a NumPy scalar is taken. */
+static int numpy_scalar(PyObject *v, int integer) {
+    if (PyType_HasFeature(Py_TYPE(v), Py_TPFLAGS_HEAPTYPE)) return 0;
+    return integer ? PyArray_IsScalar(v, Integer) : PyArray_IsScalar(v, Floating);
+}
+
+static int open_keys(spec_view *s, PyObject *d, const char *path, const char *const *keys,
+                     int strict) {
+    PyOS_snprintf(s->path, sizeof s->path, "%s", path);
+    s->keys = keys;
+    int nk = 0;
+    while (keys[nk]) {
+        if (nk == SPEC_MAX_KEYS) {
+            PyErr_Format(PyExc_SystemError, "%s: more than %d keys", path, SPEC_MAX_KEYS);
+            return -1;
+        }
+        s->value[nk++] = NULL;
+    }
+    char expected[512];
+    key_list(expected, sizeof expected, keys);
+    if (!PyDict_Check(d)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a dict with the keys %s, got %s", path,
+                     expected, Py_TYPE(d)->tp_name);
         return -1;
-    if (steps != Py_None) {
-        PyArrayObject *a = check_array(steps, "lr_steps", F64_ONLY, 1, 0);
-        if (!a) return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        if (!PyUnicode_Check(k)) {
+            PyErr_Format(PyExc_TypeError, "%s: expected str keys (%s), got a key of type %s",
+                         path, expected, Py_TYPE(k)->tp_name);
+            return -1;
+        }
+        Py_ssize_t len;
+        const char *ks = PyUnicode_AsUTF8AndSize(k, &len);
+        if (!ks) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "%s: expected the keys %s, got a key that is not "
+                         "valid UTF-8", path, expected);
+            return -1;
+        }
+        int i = 0;
+        while (keys[i] && !(strlen(keys[i]) == (size_t)len && memcmp(keys[i], ks, len) == 0)) i++;
+        if (keys[i]) {
+            s->value[i] = v;
+        } else if (strict) {
+            PyErr_Format(PyExc_ValueError, "%s: unknown key '%.80s' (expected the keys %s)",
+                         path, ks, expected);
+            return -1;
+        }
+    }
+    for (int i = 0; i < nk; i++)
+        if (!s->value[i]) {
+            PyErr_Format(PyExc_ValueError, "%s: missing key '%s' (expected the keys %s)", path,
+                         keys[i], expected);
+            return -1;
+        }
+    return 0;
+}
+
+int spec_open(spec_view *s, PyObject *d, const char *path, const char *const *keys) {
+    return open_keys(s, d, path, keys, 1);
+}
+
+int spec_peek(spec_view *s, PyObject *d, const char *path, const char *const *keys) {
+    return open_keys(s, d, path, keys, 0);
+}
+
+PyObject *spec_value(const spec_view *s, const char *key) {
+    for (int i = 0; s->keys[i]; i++)
+        if (strcmp(s->keys[i], key) == 0) return s->value[i];
+    PyErr_Format(PyExc_SystemError, "%s: '%s' is not one of the spec's keys", s->path, key);
+    return NULL;
+}
+
+/* "path['key']" in buf */
+static const char *key_name(char *buf, size_t size, const spec_view *s, const char *key) {
+    PyOS_snprintf(buf, size, "%s['%s']", s->path, key);
+    return buf;
+}
+
+int value_int(PyObject *v, const char *name, long long lo, long long hi, long long *out) {
+    if (PyBool_Check(v) || !(PyLong_Check(v) || numpy_scalar(v, 1))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected an int, got %s", name, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    PyObject *i = PyNumber_Index(v); /* a NumPy integer's own C method */
+    if (!i) return -1;
+    int overflow;
+    const long long x = PyLong_AsLongLongAndOverflow(i, &overflow);
+    Py_DECREF(i);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if (overflow || x < lo || x > hi) {
+        if (overflow)
+            PyErr_Format(PyExc_ValueError, "%s: expected an int in [%lld, %lld], got one "
+                         "beyond 64 bits", name, lo, hi);
+        else
+            PyErr_Format(PyExc_ValueError, "%s: expected an int in [%lld, %lld], got %lld",
+                         name, lo, hi, x);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+int spec_int(const spec_view *s, const char *key, long long lo, long long hi, long long *v) {
+    PyObject *o = spec_value(s, key);
+    char name[160];
+    return o ? value_int(o, key_name(name, sizeof name, s, key), lo, hi, v) : -1;
+}
+
+int spec_real(const spec_view *s, const char *key, int range, double *v) {
+    static const char *const RANGES[] = {"> 0", ">= 0", "in [0, 1)"};
+    PyObject *o = spec_value(s, key);
+    if (!o) return -1;
+    char name[160];
+    key_name(name, sizeof name, s, key);
+    if (PyBool_Check(o) || !(PyFloat_Check(o) || PyLong_Check(o) || numpy_scalar(o, 0) ||
+                             numpy_scalar(o, 1))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a number, got %s", name, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    double x;
+    if (PyLong_Check(o)) {
+        x = PyLong_AsDouble(o);
+        if (x == -1.0 && PyErr_Occurred()) { /* beyond a double */
+            PyErr_Clear();
+            x = HUGE_VAL;
+        }
+    } else {
+        PyObject *f = PyNumber_Float(o); /* a NumPy scalar's own C method */
+        if (!f) return -1;
+        x = PyFloat_AS_DOUBLE(f);
+        Py_DECREF(f);
+    }
+    const int ok = isfinite(x) && (range == SPEC_POSITIVE      ? x > 0.0
+                                   : range == SPEC_NONNEGATIVE ? x >= 0.0
+                                                               : x >= 0.0 && x < 1.0);
+    if (!ok) {
+        char got[64] = "an int beyond a double";
+        if (x != HUGE_VAL || !PyLong_Check(o)) real_text(got, sizeof got, x);
+        PyErr_Format(PyExc_ValueError, "%s: expected a finite number %s, got %s", name,
+                     RANGES[range], got);
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+int spec_bool(const spec_view *s, const char *key, int *v) {
+    PyObject *o = spec_value(s, key);
+    if (!o) return -1;
+    if (!PyBool_Check(o) && !(PyArray_IsScalar(o, Bool) &&
+                              !PyType_HasFeature(Py_TYPE(o), Py_TPFLAGS_HEAPTYPE))) {
+        char name[160];
+        PyErr_Format(PyExc_TypeError, "%s: expected True or False, got %s",
+                     key_name(name, sizeof name, s, key), Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    const int t = PyObject_IsTrue(o); /* a NumPy bool's own C method */
+    if (t < 0) return -1;
+    *v = t;
+    return 0;
+}
+
+int spec_choice(const spec_view *s, const char *key, const char *const *names, int count, int *v) {
+    PyObject *o = spec_value(s, key);
+    if (!o) return -1;
+    char name[160];
+    key_name(name, sizeof name, s, key);
+    if (!PyUnicode_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a str, got %s", name, Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    Py_ssize_t len;
+    const char *str = PyUnicode_AsUTF8AndSize(o, &len);
+    if (!str) return -1;
+    /* a NUL inside the str would end it early: no name has one */
+    const int i = (size_t)len == strlen(str) ? name_index(name, str, names, count)
+                                             : name_index(name, "", names, count);
+    if (i < 0) return -1;
+    *v = i;
+    return 0;
+}
+
+/* "(3, 3, 512)" in buf */
+static void shape_text(char *buf, size_t size, int ndim, const size_t *shape) {
+    PyOS_snprintf(buf, size, "(");
+    for (int i = 0; i < ndim; i++) {
+        const size_t len = strlen(buf);
+        PyOS_snprintf(buf + len, size - len, "%s%zu", i ? ", " : "", shape[i]);
+    }
+    const size_t len = strlen(buf);
+    PyOS_snprintf(buf + len, size - len, ndim == 1 ? ",)" : ")");
+}
+
+PyArrayObject *value_array(PyObject *v, const char *name, const int *types, int ndim,
+                           const size_t *shape, int writeable) {
+    PyArrayObject *a = check_array(v, name, types, ndim, writeable);
+    if (!a || !shape) return a;
+    for (int i = 0; i < ndim; i++)
+        if (dim(a, i) != shape[i]) {
+            size_t got[NPY_MAXDIMS];
+            for (int j = 0; j < ndim; j++) got[j] = dim(a, j);
+            char e[128], g[128];
+            shape_text(e, sizeof e, ndim, shape);
+            shape_text(g, sizeof g, ndim, got);
+            PyErr_Format(PyExc_ValueError, "%s: expected shape %s, got %s", name, e, g);
+            return NULL;
+        }
+    return a;
+}
+
+PyArrayObject *spec_array(const spec_view *s, const char *key, const int *types, int ndim,
+                          const size_t *shape, int writeable) {
+    PyObject *o = spec_value(s, key);
+    char name[160];
+    return o ? value_array(o, key_name(name, sizeof name, s, key), types, ndim, shape, writeable)
+             : NULL;
+}
+
+int spec_list(const spec_view *s, const char *key, Py_ssize_t min, Py_ssize_t max, PyObject **seq,
+              Py_ssize_t *n) {
+    PyObject *o = spec_value(s, key);
+    if (!o) return -1;
+    char name[160];
+    key_name(name, sizeof name, s, key);
+    if (!PyList_Check(o) && !PyTuple_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a list or tuple, got %s", name,
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    *n = PySequence_Fast_GET_SIZE(o);
+    if (*n < min || *n > max) {
+        if (min == max)
+            PyErr_Format(PyExc_ValueError, "%s: expected %zd items, got %zd", name, min, *n);
+        else
+            PyErr_Format(PyExc_ValueError, "%s: expected %zd to %zd items, got %zd", name, min,
+                         max, *n);
+        return -1;
+    }
+    *seq = o;
+    return 0;
+}
+
+int parse_slots(PyObject *o, const char *path, int nslots, int kndim, const size_t *kshape,
+                size_t units, float *slots[4]) {
+    static const char *const KEYS[] = {"kernel", "bias", NULL};
+    for (int i = 0; i < 4; i++) slots[i] = NULL;
+    if (o == Py_None) {
+        if (nslots == 0) return 0;
+        PyErr_Format(PyExc_ValueError, "%s: expected the optimizer's state, a dict with the keys "
+                     "'kernel', 'bias' (%d slot%s each), got None", path, nslots,
+                     nslots > 1 ? "s" : "");
+        return -1;
+    }
+    spec_view s;
+    if (spec_open(&s, o, path, KEYS)) return -1;
+    for (int p = 0; p < 2; p++) {
+        PyObject *pair;
+        Py_ssize_t n;
+        if (spec_list(&s, KEYS[p], 2, 2, &pair, &n)) return -1;
+        for (int j = 0; j < 2; j++) {
+            PyObject *v = PySequence_Fast_GET_ITEM(pair, j);
+            char name[160];
+            PyOS_snprintf(name, sizeof name, "%s['%s'][%d]", path, KEYS[p], j);
+            if (v == Py_None) {
+                if (j < nslots) {
+                    PyErr_Format(PyExc_ValueError, "%s: expected an array (the optimizer keeps "
+                                 "%d slot%s per parameter), got None", name, nslots,
+                                 nslots > 1 ? "s" : "");
+                    return -1;
+                }
+                continue;
+            }
+            PyArrayObject *a = p == 0 ? value_array(v, name, F32_ONLY, kndim, kshape, 1)
+                                      : value_array(v, name, F32_ONLY, 1, &units, 1);
+            if (!a) return -1;
+            slots[2 * p + j] = PyArray_DATA(a);
+        }
+    }
+    return 0;
+}
+
+int parse_optimizer(PyObject *o, vgg_optimizer *opt) {
+    static const char *const KIND[] = {"kind", NULL};
+    static const char *const KEYS[3][7] = {
+        [VGG_OPT_SGD] = {"kind", "learning_rate", "decay", "momentum", "nesterov", NULL},
+        [VGG_OPT_ADAM] = {"kind", "learning_rate", "decay", "beta_1", "beta_2", "epsilon", NULL},
+        [VGG_OPT_RMSPROP] = {"kind", "learning_rate", "decay", "rho", "momentum", "epsilon", NULL},
+    };
+    static const char *const SCHEDULE[] = {"per_step", "first_iteration", NULL};
+    memset(opt, 0, sizeof *opt);
+    spec_view s;
+    long long kind;
+    if (spec_peek(&s, o, "optimizer", KIND)) return -1;
+    if (spec_int(&s, "kind", LLONG_MIN, LLONG_MAX, &kind)) return -1;
+    if (kind < VGG_OPT_SGD || kind > VGG_OPT_RMSPROP) {
+        PyErr_Format(PyExc_ValueError, "optimizer['kind']: expected OPT_SGD (%d), OPT_ADAM (%d) "
+                     "or OPT_RMSPROP (%d), got %lld", VGG_OPT_SGD, VGG_OPT_ADAM, VGG_OPT_RMSPROP,
+                     kind);
+        return -1;
+    }
+    opt->kind = (int)kind;
+    if (spec_open(&s, o, "optimizer", KEYS[kind]) ||
+        spec_real(&s, "decay", SPEC_NONNEGATIVE, &opt->decay))
+        return -1;
+    PyObject *lr = spec_value(&s, "learning_rate");
+    if (lr && PyDict_Check(lr)) {
+        spec_view t;
+        long long first;
+        PyArrayObject *a = NULL;
+        if (spec_open(&t, lr, "optimizer['learning_rate']", SCHEDULE) ||
+            !(a = spec_array(&t, "per_step", F64_ONLY, 1, NULL, 0)) ||
+            spec_int(&t, "first_iteration", 0, INT64_MAX, &first))
+            return -1;
+        if (dim(a, 0) < 1) {
+            PyErr_SetString(PyExc_ValueError, "optimizer['learning_rate']['per_step']: expected "
+                            "at least one learning rate, got 0");
+            return -1;
+        }
         opt->lr_steps = PyArray_DATA(a);
         opt->lr_count = dim(a, 0);
         opt->lr_first = (int64_t)first;
-    }
-    if (opt->kind < VGG_OPT_SGD || opt->kind > VGG_OPT_RMSPROP) {
-        PyErr_Format(PyExc_ValueError, "optimizer: unknown kind %d", opt->kind);
+        /* the table replaces the learning rate, which the core still checks is positive */
+        opt->learning_rate = 1.0;
+    } else if (spec_real(&s, "learning_rate", SPEC_POSITIVE, &opt->learning_rate)) {
         return -1;
     }
-    if (!(opt->learning_rate > 0.0) || !(opt->decay >= 0.0) || !(opt->momentum >= 0.0)) {
-        PyErr_Format(PyExc_ValueError, "optimizer: expected learning_rate > 0, decay >= 0 and "
-                     "momentum >= 0, got %g, %g, %g", opt->learning_rate, opt->decay, opt->momentum);
-        return -1;
+    switch (opt->kind) {
+    case VGG_OPT_SGD:
+        return spec_real(&s, "momentum", SPEC_NONNEGATIVE, &opt->momentum) ||
+               spec_bool(&s, "nesterov", &opt->nesterov) ? -1 : 0;
+    case VGG_OPT_ADAM:
+        return spec_real(&s, "beta_1", SPEC_UNIT, &opt->beta_1) ||
+               spec_real(&s, "beta_2", SPEC_UNIT, &opt->beta_2) ||
+               spec_real(&s, "epsilon", SPEC_POSITIVE, &opt->epsilon) ? -1 : 0;
+    default:
+        return spec_real(&s, "rho", SPEC_UNIT, &opt->rho) ||
+               spec_real(&s, "momentum", SPEC_NONNEGATIVE, &opt->momentum) ||
+               spec_real(&s, "epsilon", SPEC_POSITIVE, &opt->epsilon) ? -1 : 0;
     }
-    return 0;
 }

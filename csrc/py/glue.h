@@ -117,23 +117,91 @@ extern const char *const PRECISION_NAMES[VGG_NUM_PRECISIONS];
 int parse_precision(const char *name);
 /* three floats from a Python sequence */
 int parse_float3(PyObject *o, const char *name, float v[3]);
-/* "linear", "relu", "softmax", "sigmoid" -> enum vgg_activation */
+/* "linear", "relu", "softmax", "sigmoid" -> enum vgg_activation (ACTIVATION_NAMES
+ * is indexed by it) */
+#define VGG_NUM_ACTIVATIONS 4
+extern const char *const ACTIVATION_NAMES[VGG_NUM_ACTIVATIONS];
 int parse_activation(const char *s, int *act);
 /* 0 <= rate < 1, else -1 with a ValueError */
 int parse_rate(double rate);
 /* Targets of a loss: (n, c) float32 for BCE / CCE, (n,) int32 labels in [0, c)
  * for sparse; sample weights (n,) float32 or None. Borrowed pointers into *t. */
 int parse_targets(vgg_targets *t, int loss, PyObject *to, PyObject *swo, size_t n, size_t c);
-/* An optimizer tuple (kind, learning_rate, decay, beta_1, beta_2, epsilon,
- * momentum, nesterov, rho[, lr_steps, lr_first]): lr_steps a float64 array of
- * per-step learning rates (borrowed: the tuple holds it during the call) or None. */
+
+/* ------------------------------------------------------------------------ */
+/* specs: the dicts that describe an optimizer, a head and a tail            */
+
+/* A spec is a dict with a fixed set of str keys. spec_open refuses anything
+ * else: not a dict, a key that is not a str, a missing key and an unknown one
+ * (a misspelt key is never ignored). `path` names the dict in messages
+ * ("optimizer", "head['layers'][2]"); every error names path['key'], what was
+ * expected and what came. Values are borrowed from the dict, and so are the
+ * arrays whose data a call reads: the caller's reference to the spec keeps
+ * them alive, and nothing may change the spec during the call. No Python code
+ * of the caller's runs while a spec is read (dicts are walked with
+ * PyDict_Next, numbers read from their C value, classes defined in Python
+ * refused but for subclasses of dict, str, int and float), so nothing can
+ * change it under the parser either. */
+#define SPEC_MAX_KEYS 16
+typedef struct {
+    char path[96];
+    const char *const *keys;        /* NULL-terminated, at most SPEC_MAX_KEYS */
+    PyObject *value[SPEC_MAX_KEYS]; /* borrowed, by key index */
+} spec_view;
+
+/* Opens d as a spec of exactly these keys. 0, or -1 with an exception. */
+int spec_open(spec_view *s, PyObject *d, const char *path, const char *const *keys);
+/* Opens d reading only these keys (the others are left for a spec_open that
+ * follows, once one of these, a kind or a type, has told which keys belong). */
+int spec_peek(spec_view *s, PyObject *d, const char *path, const char *const *keys);
+/* The value of a key of the spec (borrowed). */
+PyObject *spec_value(const spec_view *s, const char *key);
+/* An int (a Python int or a NumPy integer, not a bool) in [lo, hi]. */
+int spec_int(const spec_view *s, const char *key, long long lo, long long hi, long long *v);
+/* A finite real number (an int, a float or a NumPy scalar, not a bool) in a range. */
+enum spec_range { SPEC_POSITIVE, SPEC_NONNEGATIVE, SPEC_UNIT }; /* > 0, >= 0, [0, 1) */
+int spec_real(const spec_view *s, const char *key, int range, double *v);
+/* True or False (a Python or NumPy bool) as 1 or 0. */
+int spec_bool(const spec_view *s, const char *key, int *v);
+/* A str among names[0..count) -> its index. */
+int spec_choice(const spec_view *s, const char *key, const char *const *names, int count, int *v);
+/* An array as check_array takes it (types, ndim dims, writeable if asked), of
+ * exactly this shape unless shape is NULL. Borrowed, or NULL with an exception. */
+PyArrayObject *spec_array(const spec_view *s, const char *key, const int *types, int ndim,
+                          const size_t *shape, int writeable);
+/* A list or tuple of min..max items: *seq borrowed, its length in *n. */
+int spec_list(const spec_view *s, const char *key, Py_ssize_t min, Py_ssize_t max, PyObject **seq,
+              Py_ssize_t *n);
+/* The same checks on a value that is not in a spec (an item of a list), named
+ * `name` in messages. */
+int value_int(PyObject *v, const char *name, long long lo, long long hi, long long *out);
+PyArrayObject *value_array(PyObject *v, const char *name, const int *types, int ndim,
+                           const size_t *shape, int writeable);
+
+/* A parameter's optimizer state, the value of a dense layer's or a conv's
+ * "slots": None, or {"kernel": (slot0, slot1), "bias": (slot0, slot1)} with
+ * each slot None or a writeable float32 array of its parameter's shape
+ * (kernel: kndim dims of kshape; bias: (units,)); the optimizer's first nslots
+ * of each pair must be arrays. Writes kernel slot0, slot1, bias slot0, slot1
+ * to slots[0..3]. */
+int parse_slots(PyObject *o, const char *path, int nslots, int kndim, const size_t *kshape,
+                size_t units, float *slots[4]);
+
+/* The optimizer spec: {"kind": OPT_*, "learning_rate": ..., "decay": ...} and
+ * the kind's own keys: OPT_SGD "momentum", "nesterov"; OPT_ADAM "beta_1",
+ * "beta_2", "epsilon"; OPT_RMSPROP "rho", "momentum", "epsilon".
+ * learning_rate is a number > 0, or a schedule's rates for the updates of the
+ * call: {"per_step": float64 (k,) array, "first_iteration": the update of
+ * per_step[0]} (the array is borrowed). */
 int parse_optimizer(PyObject *o, vgg_optimizer *opt);
 
-/* A head spec: (input_mode, h, w, c, layers) with layers a sequence of
- * ("dense", units, activation, kernel, bias, slots) or ("dropout", rate); slots
- * is a sequence of 4 float32 arrays or None (kernel slot0, slot1, bias slot0,
- * slot1), read for the first nslots of each pair. Arrays are borrowed: the spec
- * object must outlive the call. (training.c) */
+/* The head spec: {"input_mode": HEAD_*, "input_shape": (h, w, c), "layers":
+ * [...]}, 1 to HEAD_MAX_LAYERS layers, the last dense, each
+ *   {"type": "dense", "units", "activation", "kernel", "bias", "slots"} or
+ *   {"type": "dropout", "rate"}
+ * with kernel (in, units) and bias (units,) writeable float32 arrays and slots
+ * as parse_slots reads them for an optimizer of nslots (0: not training).
+ * (training.c) */
 int parse_head(PyObject *spec, vgg_head *h, int nslots);
 
 /* ------------------------------------------------------------------------ */

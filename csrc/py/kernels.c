@@ -456,7 +456,7 @@ static PyMethodDef methods[] = {
      "loss_forward_backward(yhat (N,C), y, loss 0|1|2, sample_weight=None, activation='linear') "
      "-> (loss, dyhat, per_sample); with activation 'softmax' or 'sigmoid' yhat holds the logits"},
     {"optimizer_step", KW py_optimizer_step, METH_VARARGS | METH_KEYWORDS,
-     "optimizer_step(param, grad, slot0, slot1, optimizer tuple, iterations) -> None (in place)"},
+     "optimizer_step(param, grad, slot0, slot1, optimizer spec, iterations) -> None (in place)"},
     {"conv3x3_backward", KW py_conv3x3_backward, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_backward(dout (N,H,W,Cout), x (N,H,W,Cin), kernel (3,3,Cin,Cout), need_dx=True) "
      "-> (dx|None, dw, db); dout is the gradient before the activation"},

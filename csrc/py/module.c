@@ -48,7 +48,7 @@ static const struct {
     /* the loss argument */
     {"LOSS_BCE", VGG_LOSS_BCE}, {"LOSS_CCE", VGG_LOSS_CCE},
     {"LOSS_SPARSE_CCE", VGG_LOSS_SPARSE_CCE},
-    /* an optimizer tuple's kind */
+    /* an optimizer spec's kind */
     {"OPT_SGD", VGG_OPT_SGD}, {"OPT_ADAM", VGG_OPT_ADAM}, {"OPT_RMSPROP", VGG_OPT_RMSPROP},
     /* augment_apply's fill_mode, and the columns of its params */
     {"FILL_NEAREST", VGG_FILL_NEAREST}, {"FILL_CONSTANT", VGG_FILL_CONSTANT},

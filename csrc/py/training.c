@@ -4,99 +4,90 @@
  */
 #include "glue.h"
 
+#include <limits.h>
 #include <string.h>
 
+/* One head layer, the l-th, reading `width` values: a dense or a dropout layer. */
+static int parse_head_layer(PyObject *e, Py_ssize_t l, size_t width, int nslots,
+                            vgg_head_layer *L) {
+    static const char *const TYPE[] = {"type", NULL};
+    static const char *const TYPES[] = {[VGG_HEAD_DENSE] = "dense", [VGG_HEAD_DROPOUT] = "dropout"};
+    static const char *const DENSE[] = {"type", "units", "activation", "kernel", "bias", "slots",
+                                        NULL};
+    static const char *const DROPOUT[] = {"type", "rate", NULL};
+    char path[64];
+    PyOS_snprintf(path, sizeof path, "head['layers'][%zd]", l);
+    spec_view s;
+    if (spec_peek(&s, e, path, TYPE) || spec_choice(&s, "type", TYPES, 2, &L->kind)) return -1;
+    if (L->kind == VGG_HEAD_DROPOUT) {
+        double rate;
+        if (spec_open(&s, e, path, DROPOUT) || spec_real(&s, "rate", SPEC_UNIT, &rate)) return -1;
+        L->rate = (float)rate;
+        return 0;
+    }
+    long long units;
+    if (spec_open(&s, e, path, DENSE) || spec_int(&s, "units", 1, PY_SSIZE_T_MAX, &units) ||
+        spec_choice(&s, "activation", ACTIVATION_NAMES, VGG_NUM_ACTIVATIONS, &L->activation))
+        return -1;
+    L->activation += VGG_ACT_LINEAR;
+    L->units = (size_t)units;
+    const size_t kshape[2] = {width, L->units};
+    PyArrayObject *k = spec_array(&s, "kernel", F32_ONLY, 2, kshape, 1);
+    PyArrayObject *b = k ? spec_array(&s, "bias", F32_ONLY, 1, &L->units, 1) : NULL;
+    if (!b) return -1;
+    L->kernel = PyArray_DATA(k);
+    L->bias = PyArray_DATA(b);
+    char slots[96];
+    PyOS_snprintf(slots, sizeof slots, "%s['slots']", path);
+    return parse_slots(spec_value(&s, "slots"), slots, nslots, 2, kshape, L->units, L->slots);
+}
+
 int parse_head(PyObject *spec, vgg_head *h, int nslots) {
+    static const char *const KEYS[] = {"input_mode", "input_shape", "layers", NULL};
     memset(h, 0, sizeof *h);
-    PyObject *layers;
-    Py_ssize_t hh, ww, cc;
-    if (!PyArg_ParseTuple(spec, "innnO;head: expected (input_mode, h, w, c, layers)", &h->input,
-                          &hh, &ww, &cc, &layers))
+    spec_view s;
+    long long mode;
+    if (spec_open(&s, spec, "head", KEYS) ||
+        spec_int(&s, "input_mode", LLONG_MIN, LLONG_MAX, &mode))
         return -1;
-    if (h->input < VGG_HEAD_FLATTEN || h->input > VGG_HEAD_GMP || hh < 1 || ww < 1 || cc < 1) {
-        PyErr_SetString(PyExc_ValueError, "head: expected input_mode 0..2 and sizes >= 1");
-        return -1;
-    }
-    h->h = (size_t)hh;
-    h->w = (size_t)ww;
-    h->c = (size_t)cc;
-    if (!PyTuple_Check(layers) && !PyList_Check(layers)) {
-        PyErr_SetString(PyExc_TypeError, "head: layers must be a list or tuple");
+    if (mode < VGG_HEAD_FLATTEN || mode > VGG_HEAD_GMP) {
+        PyErr_Format(PyExc_ValueError, "head['input_mode']: expected HEAD_FLATTEN (%d), HEAD_GAP "
+                     "(%d) or HEAD_GMP (%d), got %lld", VGG_HEAD_FLATTEN, VGG_HEAD_GAP,
+                     VGG_HEAD_GMP, mode);
         return -1;
     }
-    const Py_ssize_t nl = PySequence_Size(layers);
-    if (nl < 1 || nl > VGG_HEAD_MAX_LAYERS) {
-        PyErr_Format(PyExc_ValueError, "head: expected 1 to %d layers, got %zd", VGG_HEAD_MAX_LAYERS, nl);
-        return -1;
-    }
-    h->n_layers = (size_t)nl;
-    size_t width = h->input == VGG_HEAD_FLATTEN ? h->h * h->w * h->c : h->c;
-    for (Py_ssize_t l = 0; l < nl; l++) {
-        PyObject *e = PySequence_Fast_GET_ITEM(layers, l); /* list/tuple: borrowed */
-        vgg_head_layer *L = &h->layers[l];
+    h->input = (int)mode;
+    PyObject *shape, *layers;
+    Py_ssize_t three, nl;
+    if (spec_list(&s, "input_shape", 3, 3, &shape, &three)) return -1;
+    size_t hwc[3], values = 1;
+    for (int i = 0; i < 3; i++) {
         char name[48];
-        PyOS_snprintf(name, sizeof name, "head layer %zd", l);
-        if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 2 || !PyUnicode_Check(PyTuple_GET_ITEM(e, 0))) {
-            PyErr_Format(PyExc_TypeError, "%s: expected a ('dense', ...) or ('dropout', rate) tuple", name);
+        long long v;
+        PyOS_snprintf(name, sizeof name, "head['input_shape'][%d]", i);
+        if (value_int(PySequence_Fast_GET_ITEM(shape, i), name, 1, PY_SSIZE_T_MAX, &v)) return -1;
+        hwc[i] = (size_t)v;
+        if (hwc[i] > PY_SSIZE_T_MAX / values) { /* no array holds that many values */
+            PyErr_SetString(PyExc_ValueError, "head['input_shape']: expected h * w * c to fit "
+                            "in memory, got more values than an array can hold");
             return -1;
         }
-        const char *kind = PyUnicode_AsUTF8(PyTuple_GET_ITEM(e, 0));
-        if (!kind) return -1;
-        if (strcmp(kind, "dropout") == 0) {
-            double rate = PyFloat_AsDouble(PyTuple_GET_ITEM(e, 1));
-            if (rate == -1.0 && PyErr_Occurred()) return -1;
-            if (parse_rate(rate)) return -1;
-            L->kind = VGG_HEAD_DROPOUT;
-            L->rate = (float)rate;
-            continue;
-        }
-        PyObject *ko, *bo, *so;
-        Py_ssize_t units;
-        const char *acts;
-        if (strcmp(kind, "dense") != 0 ||
-            !PyArg_ParseTuple(e, "snsOOO", &kind, &units, &acts, &ko, &bo, &so)) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s: expected ('dense', units, activation, kernel, bias, "
-                         "slots) or ('dropout', rate)", name);
-            return -1;
-        }
-        L->kind = VGG_HEAD_DENSE;
-        if (units < 1 || parse_activation(acts, &L->activation)) {
-            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "%s: units must be >= 1", name);
-            return -1;
-        }
-        L->units = (size_t)units;
-        PyArrayObject *k = check_array(ko, "kernel", F32_ONLY, 2, 1);
-        PyArrayObject *b = k ? check_array(bo, "bias", F32_ONLY, 1, 1) : NULL;
-        if (!b) return -1;
-        if (dim(k, 0) != width || dim(k, 1) != L->units || dim(b, 0) != L->units) {
-            PyErr_Format(PyExc_ValueError, "%s: expected kernel (%zu, %zu) and bias (%zu,), got "
-                         "(%zu, %zu) and (%zu,)", name, width, L->units, L->units, dim(k, 0),
-                         dim(k, 1), dim(b, 0));
-            return -1;
-        }
-        L->kernel = PyArray_DATA(k);
-        L->bias = PyArray_DATA(b);
-        if (nslots > 0) {
-            if (!PyTuple_Check(so) || PyTuple_GET_SIZE(so) != 4) {
-                PyErr_Format(PyExc_ValueError, "%s: expected 4 optimizer slots", name);
-                return -1;
-            }
-            for (int s = 0; s < 4; s++) {
-                if ((s % 2) >= nslots) continue;
-                PyArrayObject *a = check_array(PyTuple_GET_ITEM(so, s), "slot", F32_ONLY, -1, 1);
-                if (!a) return -1;
-                if ((size_t)PyArray_SIZE(a) != (s < 2 ? width * L->units : L->units)) {
-                    PyErr_Format(PyExc_ValueError, "%s: optimizer slot %d has the wrong size", name, s);
-                    return -1;
-                }
-                L->slots[s] = PyArray_DATA(a);
-            }
-        }
-        width = L->units;
+        values *= hwc[i];
+    }
+    h->h = hwc[0];
+    h->w = hwc[1];
+    h->c = hwc[2];
+    if (spec_list(&s, "layers", 1, VGG_HEAD_MAX_LAYERS, &layers, &nl)) return -1;
+    h->n_layers = (size_t)nl;
+    size_t width = h->input == VGG_HEAD_FLATTEN ? values : h->c;
+    for (Py_ssize_t l = 0; l < nl; l++) {
+        vgg_head_layer *L = &h->layers[l];
+        if (parse_head_layer(PySequence_Fast_GET_ITEM(layers, l), l, width, nslots, L)) return -1;
+        if (L->kind == VGG_HEAD_DENSE) width = L->units;
     }
     if (h->layers[nl - 1].kind != VGG_HEAD_DENSE) {
-        PyErr_SetString(PyExc_ValueError, "head: the last layer must be dense (it gives the output)");
+        PyErr_Format(PyExc_ValueError, "head['layers'][%zd]: expected a dense layer last (it "
+                     "gives the output), got a dropout layer", nl - 1);
         return -1;
     }
     return 0;
@@ -282,56 +273,55 @@ static PyObject *py_head_fit_epoch(PyObject *self, PyObject *args, PyObject *kw)
 /* ------------------------------------------------------------------------ */
 /* fine-tuning                                                              */
 
-/* A tail spec: (start_layer, convs) with convs a sequence of 13 entries, None for
- * frozen convs, else (kernel, bias, slots) with slots a 4-tuple of arrays / None. */
+/* The tail spec: {"start_layer": the index of a conv layer after the first,
+ * "convs": {name: {"kernel", "bias", "slots"}}} with one entry for each conv
+ * from start_layer on, named as in VGG16_LAYERS: kernel (3, 3, cin, cout) and
+ * bias (cout,) writeable float32 arrays, slots as parse_slots reads them. */
 static int parse_tail(PyObject *spec, vgg16_tail *t, int nslots) {
+    static const char *const KEYS[] = {"start_layer", "convs", NULL};
+    static const char *const CONV[] = {"kernel", "bias", "slots", NULL};
     memset(t, 0, sizeof *t);
-    PyObject *convs;
-    if (!PyArg_ParseTuple(spec, "iO;tail: expected (start_layer, convs)", &t->start_layer, &convs))
+    spec_view s;
+    long long start;
+    if (spec_open(&s, spec, "tail", KEYS) ||
+        spec_int(&s, "start_layer", LLONG_MIN, LLONG_MAX, &start))
         return -1;
-    if (t->start_layer < 1 || t->start_layer > VGG16_BLOCK5_POOL ||
-        vgg16_layer_kind(t->start_layer) != VGG16_KIND_CONV) {
-        PyErr_Format(PyExc_ValueError, "tail: start_layer %d is not a conv layer after the "
-                     "first", t->start_layer);
+    if (start < 1 || start > VGG16_BLOCK5_POOL ||
+        vgg16_layer_kind((int)start) != VGG16_KIND_CONV) {
+        PyErr_Format(PyExc_ValueError, "tail['start_layer']: expected the index of a conv layer "
+                     "after the first (1..%d in VGG16_LAYERS), got %lld", VGG16_BLOCK5_POOL - 1,
+                     start);
         return -1;
     }
-    if (!PyTuple_Check(convs) || PyTuple_GET_SIZE(convs) != VGG16_NUM_CONV) {
-        PyErr_Format(PyExc_ValueError, "tail: expected a tuple of %d conv entries", VGG16_NUM_CONV);
-        return -1;
-    }
-    for (int k = 0; k < VGG16_NUM_CONV; k++) {
-        PyObject *e = PyTuple_GET_ITEM(convs, k);
-        if (e == Py_None) continue;
+    t->start_layer = (int)start;
+    /* the keys of "convs": the names of the convs from start_layer on */
+    const char *names[VGG16_NUM_CONV + 1];
+    int convs[VGG16_NUM_CONV], n = 0;
+    for (int k = 0; k < VGG16_NUM_CONV; k++)
+        if (vgg16_conv_layer(k) >= t->start_layer) {
+            convs[n] = k;
+            names[n++] = vgg16_layer_name(vgg16_conv_layer(k));
+        }
+    names[n] = NULL;
+    spec_view cs;
+    if (spec_open(&cs, spec_value(&s, "convs"), "tail['convs']", names)) return -1;
+    for (int i = 0; i < n; i++) {
+        const int k = convs[i];
         const size_t cin = vgg16_layer_inputs(vgg16_conv_layer(k));
         const size_t cout = vgg16_layer_units(vgg16_conv_layer(k));
-        PyObject *ko, *bo, *so;
-        if (!PyArg_ParseTuple(e, "OOO;tail: expected (kernel, bias, slots) per trainable conv",
-                              &ko, &bo, &so))
-            return -1;
-        PyArrayObject *kk = check_array(ko, "tail kernel", F32_ONLY, 4, 1);
-        PyArrayObject *bb = kk ? check_array(bo, "tail bias", F32_ONLY, 1, 1) : NULL;
+        const size_t kshape[4] = {3, 3, cin, cout};
+        char path[64], slots[96];
+        PyOS_snprintf(path, sizeof path, "tail['convs']['%s']", names[i]);
+        PyOS_snprintf(slots, sizeof slots, "%s['slots']", path);
+        spec_view e;
+        if (spec_open(&e, spec_value(&cs, names[i]), path, CONV)) return -1;
+        PyArrayObject *kk = spec_array(&e, "kernel", F32_ONLY, 4, kshape, 1);
+        PyArrayObject *bb = kk ? spec_array(&e, "bias", F32_ONLY, 1, &cout, 1) : NULL;
         if (!bb) return -1;
-        if (dim(kk, 0) != 3 || dim(kk, 1) != 3 || dim(kk, 2) != cin ||
-            dim(kk, 3) != cout || dim(bb, 0) != cout) {
-            PyErr_Format(PyExc_ValueError, "tail: conv %d has the wrong shape", k);
-            return -1;
-        }
         t->kernel[k] = PyArray_DATA(kk);
         t->bias[k] = PyArray_DATA(bb);
-        if (!PyTuple_Check(so) || PyTuple_GET_SIZE(so) != 4) {
-            PyErr_SetString(PyExc_ValueError, "tail: expected 4 optimizer slots per conv");
+        if (parse_slots(spec_value(&e, "slots"), slots, nslots, 4, kshape, cout, t->slots[k]))
             return -1;
-        }
-        for (int s = 0; s < 4; s++) {
-            if ((s % 2) >= nslots) continue;
-            PyArrayObject *a = check_array(PyTuple_GET_ITEM(so, s), "tail slot", F32_ONLY, -1, 1);
-            if (!a) return -1;
-            if ((size_t)PyArray_SIZE(a) != (s < 2 ? 9 * cin * cout : cout)) {
-                PyErr_Format(PyExc_ValueError, "tail: optimizer slot %d of conv %d has the wrong size", s, k);
-                return -1;
-            }
-            t->slots[k][s] = PyArray_DATA(a);
-        }
     }
     return 0;
 }
