@@ -179,7 +179,7 @@ int threads_ready(void) {
 
 /* x as Python's repr writes it, for messages (PyErr_Format has no %g) */
 static void real_text(char *buf, size_t size, double x) {
-    char *r = PyOS_double_to_string(x, 'r', 0, 0, NULL);
+    char *r = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     PyOS_snprintf(buf, size, "%s", r ? r : "?");
     if (r) PyMem_Free(r);
     else PyErr_Clear();
@@ -293,16 +293,29 @@ static void key_list(char *buf, size_t size, const char *const *keys) {
     }
 }
 
-/* A class defined in Python (a heap type), whose methods could run code of the
- * caller's while a spec is read: refused where a NumPy scalar is taken. */
+/* v is a NumPy integer (or floating) scalar of one of NumPy's own types; a
+ * subclass defined in Python (a heap type) is not, as its methods could run
+ * the caller's code while a spec is read. */
 static int numpy_scalar(PyObject *v, int integer) {
     if (PyType_HasFeature(Py_TYPE(v), Py_TPFLAGS_HEAPTYPE)) return 0;
     return integer ? PyArray_IsScalar(v, Integer) : PyArray_IsScalar(v, Floating);
 }
 
+/* Raises exc with "path: <what> (expected the keys 'a', 'b')" or, for a
+ * non-dict, "path: expected a dict with the keys 'a', 'b', got <what>". */
+static int keys_error(PyObject *exc, const char *path, const char *const *keys, int not_dict,
+                      const char *what) {
+    char expected[512];
+    key_list(expected, sizeof expected, keys);
+    if (not_dict)
+        PyErr_Format(exc, "%s: expected a dict with the keys %s, got %s", path, expected, what);
+    else
+        PyErr_Format(exc, "%s: %s (expected the keys %s)", path, what, expected);
+    return -1;
+}
+
 static int open_keys(spec_view *s, PyObject *d, const char *path, const char *const *keys,
                      int strict) {
-    PyOS_snprintf(s->path, sizeof s->path, "%s", path);
     s->keys = keys;
     int nk = 0;
     while (keys[nk]) {
@@ -312,44 +325,36 @@ static int open_keys(spec_view *s, PyObject *d, const char *path, const char *co
         }
         s->value[nk++] = NULL;
     }
-    char expected[512];
-    key_list(expected, sizeof expected, keys);
-    if (!PyDict_Check(d)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a dict with the keys %s, got %s", path,
-                     expected, Py_TYPE(d)->tp_name);
-        return -1;
-    }
+    s->path = path;
+    if (!PyDict_Check(d)) return keys_error(PyExc_TypeError, path, keys, 1, Py_TYPE(d)->tp_name);
+    char what[160];
     Py_ssize_t pos = 0;
     PyObject *k, *v;
     while (PyDict_Next(d, &pos, &k, &v)) {
         if (!PyUnicode_Check(k)) {
-            PyErr_Format(PyExc_TypeError, "%s: expected str keys (%s), got a key of type %s",
-                         path, expected, Py_TYPE(k)->tp_name);
-            return -1;
+            PyOS_snprintf(what, sizeof what, "expected str keys, got a key of type %.80s",
+                          Py_TYPE(k)->tp_name);
+            return keys_error(PyExc_TypeError, path, keys, 0, what);
         }
         Py_ssize_t len;
         const char *ks = PyUnicode_AsUTF8AndSize(k, &len);
         if (!ks) {
             PyErr_Clear();
-            PyErr_Format(PyExc_ValueError, "%s: expected the keys %s, got a key that is not "
-                         "valid UTF-8", path, expected);
-            return -1;
+            return keys_error(PyExc_ValueError, path, keys, 0, "got a key that is not UTF-8");
         }
         int i = 0;
         while (keys[i] && !(strlen(keys[i]) == (size_t)len && memcmp(keys[i], ks, len) == 0)) i++;
         if (keys[i]) {
             s->value[i] = v;
         } else if (strict) {
-            PyErr_Format(PyExc_ValueError, "%s: unknown key '%.80s' (expected the keys %s)",
-                         path, ks, expected);
-            return -1;
+            PyOS_snprintf(what, sizeof what, "unknown key '%.80s'", ks);
+            return keys_error(PyExc_ValueError, path, keys, 0, what);
         }
     }
     for (int i = 0; i < nk; i++)
         if (!s->value[i]) {
-            PyErr_Format(PyExc_ValueError, "%s: missing key '%s' (expected the keys %s)", path,
-                         keys[i], expected);
-            return -1;
+            PyOS_snprintf(what, sizeof what, "missing key '%s'", keys[i]);
+            return keys_error(PyExc_ValueError, path, keys, 0, what);
         }
     return 0;
 }
@@ -380,8 +385,11 @@ int value_int(PyObject *v, const char *name, long long lo, long long hi, long lo
         PyErr_Format(PyExc_TypeError, "%s: expected an int, got %s", name, Py_TYPE(v)->tp_name);
         return -1;
     }
-    PyObject *i = PyNumber_Index(v); /* a NumPy integer's own C method */
-    if (!i) return -1;
+    /* an int (a subclass's too) is read from its C value; a NumPy integer
+     * through NumPy's own C method */
+    PyObject *i = v;
+    if (PyLong_Check(v)) Py_INCREF(i);
+    else if (!(i = PyNumber_Index(v))) return -1;
     int overflow;
     const long long x = PyLong_AsLongLongAndOverflow(i, &overflow);
     Py_DECREF(i);
@@ -399,16 +407,40 @@ int value_int(PyObject *v, const char *name, long long lo, long long hi, long lo
     return 0;
 }
 
+/* Each spec_* reader first takes the common, valid case without formatting
+ * anything (fast: a head is read on every call); anything else goes to the full
+ * check, which names the key in its message, and is the only one that raises. */
+
 int spec_int(const spec_view *s, const char *key, long long lo, long long hi, long long *v) {
     PyObject *o = spec_value(s, key);
+    if (!o) return -1;
+    if (PyLong_Check(o) && !PyBool_Check(o)) {
+        int overflow;
+        const long long x = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (!overflow && x >= lo && x <= hi) {
+            *v = x;
+            return 0;
+        }
+    }
     char name[160];
-    return o ? value_int(o, key_name(name, sizeof name, s, key), lo, hi, v) : -1;
+    return value_int(o, key_name(name, sizeof name, s, key), lo, hi, v);
+}
+
+static int in_range(double x, int range) {
+    return isfinite(x) && (range == SPEC_POSITIVE      ? x > 0.0
+                           : range == SPEC_NONNEGATIVE ? x >= 0.0
+                                                       : x >= 0.0 && x < 1.0);
 }
 
 int spec_real(const spec_view *s, const char *key, int range, double *v) {
     static const char *const RANGES[] = {"> 0", ">= 0", "in [0, 1)"};
     PyObject *o = spec_value(s, key);
     if (!o) return -1;
+    /* a float, a subclass's too (numpy.float64): its C value */
+    if (PyFloat_Check(o) && in_range(PyFloat_AS_DOUBLE(o), range)) {
+        *v = PyFloat_AS_DOUBLE(o);
+        return 0;
+    }
     char name[160];
     key_name(name, sizeof name, s, key);
     if (PyBool_Check(o) || !(PyFloat_Check(o) || PyLong_Check(o) || numpy_scalar(o, 0) ||
@@ -417,7 +449,9 @@ int spec_real(const spec_view *s, const char *key, int range, double *v) {
         return -1;
     }
     double x;
-    if (PyLong_Check(o)) {
+    if (PyFloat_Check(o)) {
+        x = PyFloat_AS_DOUBLE(o);
+    } else if (PyLong_Check(o)) {
         x = PyLong_AsDouble(o);
         if (x == -1.0 && PyErr_Occurred()) { /* beyond a double */
             PyErr_Clear();
@@ -429,10 +463,7 @@ int spec_real(const spec_view *s, const char *key, int range, double *v) {
         x = PyFloat_AS_DOUBLE(f);
         Py_DECREF(f);
     }
-    const int ok = isfinite(x) && (range == SPEC_POSITIVE      ? x > 0.0
-                                   : range == SPEC_NONNEGATIVE ? x >= 0.0
-                                                               : x >= 0.0 && x < 1.0);
-    if (!ok) {
+    if (!in_range(x, range)) {
         char got[64] = "an int beyond a double";
         if (x != HUGE_VAL || !PyLong_Check(o)) real_text(got, sizeof got, x);
         PyErr_Format(PyExc_ValueError, "%s: expected a finite number %s, got %s", name,
@@ -463,20 +494,22 @@ int spec_choice(const spec_view *s, const char *key, const char *const *names, i
     PyObject *o = spec_value(s, key);
     if (!o) return -1;
     char name[160];
-    key_name(name, sizeof name, s, key);
     if (!PyUnicode_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a str, got %s", name, Py_TYPE(o)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s: expected a str, got %s",
+                     key_name(name, sizeof name, s, key), Py_TYPE(o)->tp_name);
         return -1;
     }
     Py_ssize_t len;
     const char *str = PyUnicode_AsUTF8AndSize(o, &len);
     if (!str) return -1;
     /* a NUL inside the str would end it early: no name has one */
-    const int i = (size_t)len == strlen(str) ? name_index(name, str, names, count)
-                                             : name_index(name, "", names, count);
-    if (i < 0) return -1;
-    *v = i;
-    return 0;
+    if ((size_t)len != strlen(str)) str = "";
+    for (int i = 0; i < count; i++)
+        if (strcmp(str, names[i]) == 0) {
+            *v = i;
+            return 0;
+        }
+    return name_index(key_name(name, sizeof name, s, key), str, names, count);
 }
 
 /* "(3, 3, 512)" in buf */
@@ -490,8 +523,25 @@ static void shape_text(char *buf, size_t size, int ndim, const size_t *shape) {
     PyOS_snprintf(buf + len, size - len, ndim == 1 ? ",)" : ")");
 }
 
-PyArrayObject *value_array(PyObject *v, const char *name, const int *types, int ndim,
-                           const size_t *shape, int writeable) {
+/* v is an array value_array would take, unnamed (no message) */
+static PyArrayObject *array_ok(PyObject *v, const int *types, int ndim, const size_t *shape,
+                               int writeable) {
+    if (!PyArray_Check(v)) return NULL;
+    PyArrayObject *a = (PyArrayObject *)v;
+    int ok = 0;
+    for (const int *t = types; *t >= 0; t++) ok |= PyArray_TYPE(a) == *t;
+    if (!ok || !PyArray_ISNOTSWAPPED(a) || PyArray_NDIM(a) != ndim ||
+        !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a) ||
+        (writeable && !PyArray_ISWRITEABLE(a)))
+        return NULL;
+    for (int i = 0; shape && i < ndim; i++)
+        if (dim(a, i) != shape[i]) return NULL;
+    return a;
+}
+
+/* check_array and the shape, named `name` in messages */
+static PyArrayObject *value_array(PyObject *v, const char *name, const int *types, int ndim,
+                                  const size_t *shape, int writeable) {
     PyArrayObject *a = check_array(v, name, types, ndim, writeable);
     if (!a || !shape) return a;
     for (int i = 0; i < ndim; i++)
@@ -510,9 +560,11 @@ PyArrayObject *value_array(PyObject *v, const char *name, const int *types, int 
 PyArrayObject *spec_array(const spec_view *s, const char *key, const int *types, int ndim,
                           const size_t *shape, int writeable) {
     PyObject *o = spec_value(s, key);
+    if (!o) return NULL;
+    PyArrayObject *a = array_ok(o, types, ndim, shape, writeable);
     char name[160];
-    return o ? value_array(o, key_name(name, sizeof name, s, key), types, ndim, shape, writeable)
-             : NULL;
+    return a ? a : value_array(o, key_name(name, sizeof name, s, key), types, ndim, shape,
+                               writeable);
 }
 
 int spec_list(const spec_view *s, const char *key, Py_ssize_t min, Py_ssize_t max, PyObject **seq,
@@ -520,14 +572,14 @@ int spec_list(const spec_view *s, const char *key, Py_ssize_t min, Py_ssize_t ma
     PyObject *o = spec_value(s, key);
     if (!o) return -1;
     char name[160];
-    key_name(name, sizeof name, s, key);
     if (!PyList_Check(o) && !PyTuple_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a list or tuple, got %s", name,
-                     Py_TYPE(o)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s: expected a list or tuple, got %s",
+                     key_name(name, sizeof name, s, key), Py_TYPE(o)->tp_name);
         return -1;
     }
     *n = PySequence_Fast_GET_SIZE(o);
     if (*n < min || *n > max) {
+        key_name(name, sizeof name, s, key);
         if (min == max)
             PyErr_Format(PyExc_ValueError, "%s: expected %zd items, got %zd", name, min, *n);
         else
@@ -558,6 +610,12 @@ int parse_slots(PyObject *o, const char *path, int nslots, int kndim, const size
         if (spec_list(&s, KEYS[p], 2, 2, &pair, &n)) return -1;
         for (int j = 0; j < 2; j++) {
             PyObject *v = PySequence_Fast_GET_ITEM(pair, j);
+            PyArrayObject *a = p == 0 ? array_ok(v, F32_ONLY, kndim, kshape, 1)
+                                      : array_ok(v, F32_ONLY, 1, &units, 1);
+            if (a) {
+                slots[2 * p + j] = PyArray_DATA(a);
+                continue;
+            }
             char name[160];
             PyOS_snprintf(name, sizeof name, "%s['%s'][%d]", path, KEYS[p], j);
             if (v == Py_None) {
@@ -569,8 +627,8 @@ int parse_slots(PyObject *o, const char *path, int nslots, int kndim, const size
                 }
                 continue;
             }
-            PyArrayObject *a = p == 0 ? value_array(v, name, F32_ONLY, kndim, kshape, 1)
-                                      : value_array(v, name, F32_ONLY, 1, &units, 1);
+            a = p == 0 ? value_array(v, name, F32_ONLY, kndim, kshape, 1)
+                       : value_array(v, name, F32_ONLY, 1, &units, 1);
             if (!a) return -1;
             slots[2 * p + j] = PyArray_DATA(a);
         }

@@ -133,18 +133,19 @@ int parse_targets(vgg_targets *t, int loss, PyObject *to, PyObject *swo, size_t 
 
 /* A spec is a dict with a fixed set of str keys. spec_open refuses anything
  * else: not a dict, a key that is not a str, a missing key and an unknown one
- * (a misspelt key is never ignored). `path` names the dict in messages
- * ("optimizer", "head['layers'][2]"); every error names path['key'], what was
- * expected and what came. Values are borrowed from the dict, and so are the
- * arrays whose data a call reads: the caller's reference to the spec keeps
- * them alive, and nothing may change the spec during the call. No Python code
- * of the caller's runs while a spec is read (dicts are walked with
- * PyDict_Next, numbers read from their C value, classes defined in Python
- * refused but for subclasses of dict, str, int and float), so nothing can
- * change it under the parser either. */
+ * (a misspelt key is never ignored). `path` (kept by pointer) names the dict
+ * in messages ("optimizer", "head['layers'][2]"); every error names
+ * path['key'], what was expected and what came; nothing is formatted while
+ * the spec is valid (a head is read on every call). Values are borrowed from
+ * the dict, and so are the arrays whose data a call reads: the caller's
+ * reference to the spec keeps them alive, and nothing may change the spec
+ * during the call. No Python code of the caller's runs while a spec is read
+ * (dicts are walked with PyDict_Next, numbers read from their C value,
+ * classes defined in Python refused but for subclasses of dict, str, int and
+ * float), so nothing can change it under the parser either. */
 #define SPEC_MAX_KEYS 16
 typedef struct {
-    char path[96];
+    const char *path;               /* the caller's, for messages */
     const char *const *keys;        /* NULL-terminated, at most SPEC_MAX_KEYS */
     PyObject *value[SPEC_MAX_KEYS]; /* borrowed, by key index */
 } spec_view;
@@ -172,11 +173,9 @@ PyArrayObject *spec_array(const spec_view *s, const char *key, const int *types,
 /* A list or tuple of min..max items: *seq borrowed, its length in *n. */
 int spec_list(const spec_view *s, const char *key, Py_ssize_t min, Py_ssize_t max, PyObject **seq,
               Py_ssize_t *n);
-/* The same checks on a value that is not in a spec (an item of a list), named
- * `name` in messages. */
+/* spec_int's checks on a value that is not in a spec (an item of a list),
+ * named `name` in messages. */
 int value_int(PyObject *v, const char *name, long long lo, long long hi, long long *out);
-PyArrayObject *value_array(PyObject *v, const char *name, const int *types, int ndim,
-                           const size_t *shape, int writeable);
 
 /* A parameter's optimizer state, the value of a dense layer's or a conv's
  * "slots": None, or {"kernel": (slot0, slot1), "bias": (slot0, slot1)} with
