@@ -550,13 +550,16 @@ def test_head_spec_slots_only_as_many_as_the_optimizer_keeps():
 
 
 def _opt(name="adam", **edit):
-    spec = {"adam": vggtl.Adam, "sgd": vggtl.SGD, "rmsprop": vggtl.RMSprop}[name]().core_spec()
-    for k, v in edit.items():
-        if v is _DEL:
-            del spec[k]
-        else:
-            spec[k] = v
-    return spec
+    """A maker of the optimizer spec of `name` with keys set (or deleted: _DEL)."""
+    def make():
+        spec = {"adam": vggtl.Adam, "sgd": vggtl.SGD, "rmsprop": vggtl.RMSprop}[name]().core_spec()
+        for k, v in edit.items():
+            if v is _DEL:
+                del spec[k]
+            else:
+                spec[k] = v
+        return spec
+    return make
 
 
 def _sched(**edit):
@@ -626,10 +629,11 @@ OPT_CASES = {
 @pytest.mark.parametrize("case", list(OPT_CASES))
 def test_optimizer_spec_errors_name_the_key(case):
     spec, exc, message = OPT_CASES[case]
+    spec = spec() if callable(spec) else spec
     p, g = np.zeros(3, np.float32), np.ones(3, np.float32)
     s0, s1 = np.zeros(3, np.float32), np.zeros(3, np.float32)
-    _kernels.optimizer_step(p, g, s0, s1, _opt(), 0)  # the unedited spec is valid
-    _kernels.optimizer_step(p, g, s0, s1, _opt(learning_rate=_sched()), 0)
+    _kernels.optimizer_step(p, g, s0, s1, _opt()(), 0)  # the unedited spec is valid
+    _kernels.optimizer_step(p, g, s0, s1, _opt(learning_rate=_sched())(), 0)
     with pytest.raises(exc, match=message):
         _kernels.optimizer_step(p, g, s0, s1, spec, 0)
     with pytest.raises(exc, match=message):
