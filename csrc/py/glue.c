@@ -235,7 +235,7 @@ const char *const ACTIVATION_NAMES[VGG_NUM_ACTIVATIONS] = {"linear", "relu", "so
 int parse_activation(const char *s, int *act) {
     const int i = name_index("activation", s, ACTIVATION_NAMES, VGG_NUM_ACTIVATIONS);
     if (i < 0) return -1;
-    *act = VGG_ACT_LINEAR + i;
+    *act = i;
     return 0;
 }
 

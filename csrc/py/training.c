@@ -29,7 +29,6 @@ static int parse_head_layer(PyObject *e, Py_ssize_t l, size_t width, int nslots,
     if (spec_open(&s, e, path, DENSE) || spec_int(&s, "units", 1, PY_SSIZE_T_MAX, &units) ||
         spec_choice(&s, "activation", ACTIVATION_NAMES, VGG_NUM_ACTIVATIONS, &L->activation))
         return -1;
-    L->activation += VGG_ACT_LINEAR;
     L->units = (size_t)units;
     const size_t kshape[2] = {width, L->units};
     PyArrayObject *k = spec_array(&s, "kernel", F32_ONLY, 2, kshape, 1);
