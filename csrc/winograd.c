@@ -13,7 +13,7 @@
  * fewer); F(6x6): 64 per 36 (5.1x fewer), and on maps of 6, 12 or 24 pixels it
  * wastes less than F(4x4)'s tiles (conv3x3.c chooses per layer). The larger
  * tile's transforms have larger coefficients and lose about twice the bits
- * (tests/test_winograd.py bounds both against float64). The transforms are
+ * (tests/kernel/test_winograd.py bounds both against float64). The transforms are
  * additions and multiplications by constants, memory-bound.
  *
  * Steps, for a call (a pass of N images):

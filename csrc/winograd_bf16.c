@@ -26,7 +26,7 @@
  *   - any other instruction set: the same sums in plain C, in the order the
  *     instruction does them. VDPBF16PS adds a pair's odd product and then its
  *     even one, each rounded to float32; a product of two bf16 values is exact
- *     in float32, so the emulation gives the same bits (tests/test_bf16.py
+ *     in float32, so the emulation gives the same bits (tests/kernel/test_bf16.py
  *     compares whole layers on every level the CPU runs). The instruction also
  *     flushes a sum below FLT_MIN (1.2e-38) to zero, and so does the emulation
  *     (sums are flushed, products are not; a product below about 2^-133 is the

@@ -11,7 +11,7 @@ installed), new inputs going to <corpus>/<target> and a crashing input to
 <corpus>/crashes/<target>/. The summary gives executions and seconds per target.
 Exit status 1 when a target crashed, raised outside its contract, hung past the
 per-input timeout or went past the memory limit: the input is printed with the
-command that reproduces it; add it to tests/test_fuzz_regressions.py, then fix vggtl.
+command that reproduces it; add it to tests/api/test_fuzz_regressions.py, then fix vggtl.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         tmp.cleanup()
     if failed:
         print(f"fuzz: contract broken in {', '.join(failed)}; add each input to "
-              f"tests/test_fuzz_regressions.py and fix vggtl", file=sys.stderr)
+              f"tests/api/test_fuzz_regressions.py and fix vggtl", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 """The fuzz targets' seed corpora, built by the writers the tests use.
 
-Weight files are written in their real layouts by tests/weight_files.py (Keras's
+Weight files are written in their real layouts by tests/support/weight_files.py (Keras's
 legacy .h5, torch.save's zip and legacy formats, the 2017 stream format) and by
 safetensors / h5py / zipfile for the rest, for a miniature VGG16: the real layer
 names and kernel layouts, with 2 channels instead of 64 to 512, so that a seed is a
@@ -71,7 +71,7 @@ def seeds_h5(d):
     are not in the file (external storage, virtual datasets, soft and external
     links, a layer group linked from another file: all refused), and .keras files
     whose weights member is deflated (read), bzip2- or LZMA-compressed (refused)."""
-    import weight_files as wf
+    from support import weight_files as wf
     out = {}
     w = mini_weights(1)
     out["legacy.h5"] = _read(wf.write_keras_legacy_h5(os.path.join(d, "a.h5"), w))
@@ -111,7 +111,7 @@ def seeds_pth_zip(d):
     with a storage, the byteorder record or data.pkl compressed with bzip2 or LZMA
     (which torch.load cannot read either: refused)."""
     import torch
-    import weight_files as wf
+    from support import weight_files as wf
     sd = collections.OrderedDict((k, torch.from_numpy(v)) for k, v in mini_state_dict(2).items())
     out = {}
     for name, obj in (("plain.pth", sd), ("wrapped.pth", {"epoch": 1, "state_dict": sd})):
@@ -133,7 +133,7 @@ def seeds_pth_zip(d):
 def seeds_pth_legacy(d):
     """torch.save's legacy stream format and the 2017 writer's (storage views)."""
     import torch
-    import weight_files as wf
+    from support import weight_files as wf
     arrays = mini_state_dict(3)
     out = {}
     p = os.path.join(d, "legacy.pth")
@@ -160,8 +160,8 @@ def seeds_safetensors(d):
 
 def seeds_pickle(d):
     """The tutorial's X and y pickles: NumPy arrays at protocols 2 to 5, lists; shared
-    references and crafted dtype states (tests/pickle_files.py)."""
-    import pickle_files as pf
+    references and crafted dtype states (tests/support/pickle_files.py)."""
+    from support import pickle_files as pf
     r = np.random.default_rng(6)
     X = r.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
     out = {}

@@ -1,8 +1,11 @@
-"""Shared fixtures and tolerances of the vggtl test suite.
+"""Shared fixtures of the vggtl test suite: a private cache home, the seeded
+generator, the tolerances (support/tolerance.py) as fixtures, the conv-base
+weights and models built once per session, and restorers of the global settings.
 
-Errors are measured as max|got - ref| / max|ref| over the whole array (ggml's
-style of a single relative figure): float32 kernels against the float64 NumPy
-reference in vggtl.reference, or against PyTorch.
+Tests live by level: kernel/ (one C kernel through vggtl._kernels), seam/ (the
+vggtl._core boundary), api/ (the public Python API), oracle/ (the public API's
+numbers against TensorFlow's Keras, PyTorch, ONNX Runtime, scikit-learn); what they
+share is in support/ (ARCHITECTURE.md, "Tests").
 """
 import os
 import types
@@ -11,6 +14,9 @@ import numpy as np
 import pytest
 
 import vggtl
+
+from support.tolerance import RTOL, THREADS_RTOL, assert_close
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_home(tmp_path_factory):
@@ -24,31 +30,6 @@ def _private_cache_home(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
-
-
-RTOL = 1e-4          # vggtl vs the reference / torch
-THREADS_RTOL = 1e-5  # vggtl at 1 thread vs 2 threads
-
-
-def rel_err(got, ref):
-    """max|got - ref| / max|ref| (0 when both are all zero)."""
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    scale = np.abs(ref).max() if ref.size else 0.0
-    diff = np.abs(got - ref).max() if ref.size else 0.0
-    return diff / scale if scale > 0 else diff
-
-
-def assert_close(got, ref, rtol=RTOL):
-    """got is float32, has ref's shape, is finite where ref is, and is within rtol."""
-    assert isinstance(got, np.ndarray)
-    assert got.dtype == np.float32, got.dtype
-    assert got.shape == np.shape(ref), (got.shape, np.shape(ref))
-    ref = np.asarray(ref)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
-    fin = ~np.isnan(ref)
-    err = rel_err(got[fin], ref[fin])
-    assert err <= rtol, f"max|diff|/max|ref| = {err:.3g} > {rtol:g}"
 
 
 @pytest.fixture

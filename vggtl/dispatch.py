@@ -83,7 +83,7 @@ def set_conv_algo(name: str) -> None:
 
     Winograd F(4x4, 3x3) does 4x fewer multiplications; its features differ from
     the direct convolution's by a few 1e-6 of their largest value (float32
-    rounding of the transforms; tests/test_winograd.py bounds it).
+    rounding of the transforms; tests/kernel/test_winograd.py bounds it).
     """
     from . import _core
     if not isinstance(name, str):

@@ -4,7 +4,7 @@ Where scikit-learn is installed, :func:`classification_report`,
 :func:`confusion_matrix` and :func:`accuracy_score` check and convert their
 arguments here (the conveniences below) and let ``sklearn.metrics`` compute;
 without it, the NumPy versions in this module give the same text and numbers
-(``tests/test_metrics.py`` proves it on many random cases, against scikit-learn).
+(``tests/oracle/test_metrics.py`` proves it on many random cases, against scikit-learn).
 
 The tutorial ends with::
 

@@ -10,7 +10,7 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO as ROOT
 NOTEBOOK = os.path.join(ROOT, "notebooks", "transfer_learning.ipynb")
 
 # the tutorial's steps, in the tutorial's order, each found in the notebook's code

@@ -14,7 +14,7 @@ import pytest
 
 import vggtl
 from vggtl import _kernels
-from conftest import rel_err
+from support.tolerance import rel_err
 
 STEPS = 6
 
@@ -237,7 +237,7 @@ def test_keras_losses_equal_the_core(keras, rng):
                                               activation="softmax")[0]
             assert math.isclose(got, ref, rel_tol=1e-5), (kind, sw is not None, got, ref)
     # on probabilities, categorical crossentropy is the same in Keras 3 and
-    # TensorFlow's Keras (normalise, clip); BCE and sparse differ (tests/test_keras_oracle.py)
+    # TensorFlow's Keras (normalise, clip); BCE and sparse differ (tests/oracle/test_keras_oracle.py)
     yhat = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
     yhat[1] = [1e-9, 1.0 - 1e-9, 0.0]
     for sw in (None, w):

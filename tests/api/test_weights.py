@@ -1,5 +1,5 @@
 """Weight files (vggtl.weights): every real layout, written from random numbers by
-the source framework's conventions (tests/weight_files.py) or by the framework
+the source framework's conventions (tests/support/weight_files.py) or by the framework
 itself, read by vggtl, and checked against that framework's own model on the same
 file: Keras 3 (torch backend) for Keras files, a torchvision-style torch model for
 .pth files. Plus the search for weights="imagenet", the download, the cache and
@@ -26,7 +26,7 @@ import pytest
 import vggtl
 from vggtl import weights as W
 
-import weight_files as wf
+from support import weight_files as wf
 
 torch = pytest.importorskip("torch")
 h5py = pytest.importorskip("h5py")
@@ -746,7 +746,7 @@ import sys  # noqa: E402
 import textwrap  # noqa: E402
 import tracemalloc  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO  # noqa: E402
 sys.path.insert(0, os.path.join(REPO, "fuzz"))
 import seeds  # noqa: E402  (fuzz/seeds.py: the miniature VGG16)
 

@@ -717,9 +717,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
 
-from pickle_files import array_then_dtype_state, shared_lists  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO  # noqa: E402
+from support.pickle_files import array_then_dtype_state, shared_lists  # noqa: E402
 
 
 # (type string, items, their bytes, a state NumPy never writes for that dtype)
@@ -770,7 +769,7 @@ def test_dtype_state_as_numpy_writes_it_loads(tmp_path, type_str, n, raw):
 SEGFAULT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    from pickle_files import dtype_state_twice
+    from support.pickle_files import dtype_state_twice
     from vggtl import data
     open({path!r}, "wb").write(dtype_state_twice())
     try:

@@ -16,7 +16,7 @@ import vggtl
 from vggtl import cache as vc
 from vggtl import dispatch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO
 CACHE_DIR = os.path.join(REPO, "vggtl", "cache")
 
 

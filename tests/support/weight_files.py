@@ -1,5 +1,5 @@
 """Writers of VGG16 weight files in the real layouts, from random numbers, for
-tests/test_weights.py. Each writes what the source framework itself writes:
+tests/api/test_weights.py. Each writes what the source framework itself writes:
 
 - Keras's legacy .h5 (the vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5
   files): root attribute layer_names, a group per layer with attribute

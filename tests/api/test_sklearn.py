@@ -23,6 +23,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 import vggtl  # noqa: E402
 from vggtl.sklearn import VGG16Classifier  # noqa: E402
 
+from support import REPO  # noqa: E402
+
 # Each check VGG16Classifier may not pass, and why. A sample's features and
 # probabilities are a function of that sample alone (csrc/gemm.c), so the
 # sample-order and subset invariance checks hold bit for bit.
@@ -181,8 +183,7 @@ def test_docstring_examples_run():
 
 def _readme_block(start: str) -> str:
     import re
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "README.md")).read()
+    readme = open(os.path.join(REPO, "README.md")).read()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     found = [b for b in blocks if b.startswith(start)]
     assert len(found) == 1, found

@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO as ROOT
 
 
 def test_ci_runs_the_readme_test_command():

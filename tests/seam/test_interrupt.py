@@ -1,11 +1,12 @@
 """Ctrl-C during a long predict: the core stops between chunks and the call
 raises KeyboardInterrupt, long before the work would have finished."""
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+
+from support import REPO
 
 CHILD = textwrap.dedent("""
     import sys, time, numpy as np, vggtl
@@ -25,7 +26,7 @@ CHILD = textwrap.dedent("""
 
 def test_sigint_stops_predict_inside_one_batch():
     p = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True,
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
+                         cwd=REPO)
     try:
         assert p.stdout.readline().strip() == "started"
         time.sleep(1.0)

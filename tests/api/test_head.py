@@ -17,7 +17,7 @@ import torch
 
 import vggtl
 from vggtl import _kernels
-from conftest import rel_err
+from support.tolerance import rel_err
 
 EPS = np.float32(1e-7)          # Keras's backend epsilon
 LO, HI = EPS, np.float32(1.0) - EPS  # the clip range, as float32 (as the core and torch clip)

@@ -15,7 +15,7 @@ import pytest
 
 from vggtl.__main__ import builtin_images, cpu_info, main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO as ROOT
 
 
 @pytest.fixture(autouse=True)

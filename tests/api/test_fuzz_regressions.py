@@ -1,13 +1,13 @@
 """Every input with which a fuzz target (fuzz/) broke its contract, kept as a test.
 
-tests/fuzz_crashes/<target>/<what went wrong>.<ext> are the inputs exactly as the
+tests/api/fuzz_crashes/<target>/<what went wrong>.<ext> are the inputs exactly as the
 fuzzer saved them; each must now keep the target's contract (fuzz/_weights.py: the
 weights or a WeightsError naming the file). They were found against the miniature
 VGG16 of fuzz/seeds.py, so vggtl.weights is made to expect its shapes here too.
 The bug behind each is also rebuilt by hand below, small and readable, so that it
 stays covered whatever the fuzzer's inputs would do in a later h5py or zipfile.
 
-To add one: copy the saved input into tests/fuzz_crashes/<target>/ under a name
+To add one: copy the saved input into tests/api/fuzz_crashes/<target>/ under a name
 that says what broke, fix vggtl, and add a hand-made test of the cause here.
 """
 import glob
@@ -26,8 +26,9 @@ import pytest
 import vggtl
 from vggtl import weights as W
 
+from support import REPO
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 CRASHES = os.path.join(HERE, "fuzz_crashes")
 sys.path.insert(0, os.path.join(REPO, "fuzz"))
 import seeds  # noqa: E402  (fuzz/seeds.py: the miniature VGG16)

@@ -14,9 +14,7 @@ import vggtl
 from vggtl import _core, dispatch, reference
 from vggtl import _kernels  # the single kernels, for tests
 
-ISAS = [pytest.param(i, marks=pytest.mark.skipif(
-    not dispatch.isa_supported(i), reason=f"this CPU cannot run {i} kernels"))
-    for i in dispatch.ISAS]
+from support.isas import ISAS  # each instruction set, skipped where this CPU lacks it
 ALGOS = ["im2col", "winograd", "winograd6"]
 
 # max|got - ref| / max|ref| against the float64 reference: im2col is a plain
@@ -130,7 +128,7 @@ def test_features_224_within_1e4_of_float64_torch(rng, kernels, conv_weights):
     # the accuracy target for the fast path, at full size, against torch
     # in float64 on the same weights (the NumPy reference would take minutes)
     torch = pytest.importorskip("torch")
-    from test_torch_parity import torch_features
+    from support.torch_vgg import torch_features
     net = torch_features(conv_weights).double()
     X = rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
     base = vggtl.VGG16(weights=conv_weights)

@@ -17,7 +17,8 @@ import vggtl
 from vggtl import _core, dispatch, reference
 from vggtl import _kernels  # the single kernels, for tests
 
-from test_winograd import ISAS  # each instruction set, skipped where this CPU lacks it
+from support import REPO
+from support.isas import ISAS  # each instruction set, skipped where this CPU lacks it
 
 
 # against the reference of the same bf16 arithmetic: only the order of the
@@ -240,7 +241,7 @@ def test_tutorial_head_accuracy_barely_moves():
     # seeds within 2 points, and 90% of the predictions the same, a regression
     # guard that fails if bf16 features lose information.
     pytest.importorskip("sklearn")
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
         from bf16_accuracy import head_accuracy
     finally:

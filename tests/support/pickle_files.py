@@ -1,4 +1,4 @@
-"""Crafted pickles of the tutorial's X and y, opcode by opcode, for tests/test_data.py
+"""Crafted pickles of the tutorial's X and y, opcode by opcode, for tests/api/test_data.py
 and the fuzz seeds (fuzz/seeds.py): what NumPy and pickle never write but a file from
 a stranger can hold. Nothing here imports vggtl.
 """

@@ -29,7 +29,7 @@ from vggtl import cache as vc
 from vggtl import _kernels  # the single kernels, for tests
 from vggtl import vgg16 as vgg16_module
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO
 N = 20
 CHUNK = 4  # images per chunk in these tests (CHUNK_PIXELS = CHUNK * 32 * 32)
 

@@ -1,7 +1,7 @@
 """Faults: processes killed while writing, Ctrl-C in long work, a full
 disk, read-only cache folders. What exists elsewhere is not repeated here:
-tests/test_cache.py kills an extraction by timer and resumes it, interrupts it with
-a patched predict, and runs it in a read-only folder; tests/test_interrupt.py stops
+tests/api/test_cache.py kills an extraction by timer and resumes it, interrupts it with
+a patched predict, and runs it in a read-only folder; tests/seam/test_interrupt.py stops
 a predict with SIGINT.
 
 Kill points. A child process installs an audit hook (sys.addaudithook) that counts
@@ -37,7 +37,7 @@ from vggtl import _core
 from vggtl import cache as vc
 from vggtl import _kernels  # the single kernels, for tests
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import REPO
 _REAL_FSYNC = os.fsync
 N, CHUNK = 12, 4  # images (32 x 32) and images per cache chunk in the cache tests
 
@@ -727,8 +727,7 @@ def test_read_only_cache_home_works_without_caching_and_says_so_once_per_folder(
     warnings, one for the feature cache's folder and one for the converted-weights
     folder; nothing was created in the cache home."""
     torch = pytest.importorskip("torch")  # noqa: F841 (weight_files' writer needs it)
-    sys.path.insert(0, os.path.dirname(__file__))
-    import weight_files
+    from support import weight_files
     pth = str(tmp_path / "vgg16-397923af.pth")
     w = weight_files.keras_weights(np.random.default_rng(0))
     sd = weight_files.torch_state_dict(w)
