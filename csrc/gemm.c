@@ -248,8 +248,11 @@ void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const
     size_t nth = (size_t)vgg_get_num_threads();
     if ((double)m * (double)n * (double)k < (double)(1 << 20)) nth = 1; /* not worth a team */
     const size_t np = (n + NR - 1) / NR;
-    /* by rows when there are enough of them, else by panels of columns */
-    const int by_rows = m >= MIN_ROWS_PER_THREAD * nth || m >= np;
+    /* split the larger operand, so that each thread streams its share of it and
+     * the whole of the smaller one: by rows when A (m, k) is larger than B (k, n)
+     * and there are enough rows, else by panels of columns (a dense layer's
+     * kernel against a batch) when there are enough panels */
+    const int by_rows = np < nth || (m > n && m >= MIN_ROWS_PER_THREAD * nth);
     const size_t units = by_rows ? m : np;
     if (nth > units) nth = units;
     if (nth <= 1) {
