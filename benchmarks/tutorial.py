@@ -4,11 +4,15 @@ same pickles and the same VGG16 weights file, wall time and test accuracy.
     python benchmarks/tutorial.py [--size 48] [--n 1797] [--epochs 10]
                                   [--seeds 0,1,2,3,4] [--threads 2]
                                   [--rows aug,flow,exact,plain,finetune] [--skip-tf]
+                                  [--weights FILE]
 
 The data: scikit-learn's handwritten digits, two classes (0-4 and 5-9),
 upscaled to --size, grey, written as the tutorial's X.pickle / y.pickle. The
-weights: tf_keras's VGG16(weights=None) Glorot initialisation saved once as a
-Keras .h5 (ImageNet's cannot be downloaded here), read by both.
+weights, read by both (ImageNet's cannot be downloaded here): --weights FILE, a
+Keras .h5 of VGG16 without its top, e.g. the MNIST-trained weights that
+`benchmarks/pretrain.py` makes; without it, tf_keras's VGG16(weights=None)
+initialisation scaled to He's variance, whose random features are faint (single
+runs then move by 6 to 7 points of accuracy).
 
 The seed (run in a subprocess, TF_USE_LEGACY_KERAS=1, `--threads` threads):
 X / 255, three channels, LabelBinarizer + to_categorical, train_test_split
@@ -237,6 +241,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default="aug,flow,exact,plain,finetune")
     ap.add_argument("--skip-tf", action="store_true")
+    ap.add_argument("--weights", default=None,
+                    help="a Keras .h5 of VGG16 without its top (benchmarks/pretrain.py)")
     args = ap.parse_args()
     import vggtl
     vggtl.set_num_threads(args.threads)
@@ -245,12 +251,15 @@ def main():
     tf_rows = {"aug": "aug", "plain": "plain", "finetune": "finetune"}
     print(f"{args.n} digits (0-4 / 5-9), {args.size}x{args.size} grey, {args.epochs} epochs, "
           f"batch 32, seeds {seeds}, {args.threads} threads; vggtl {vggtl.__version__} "
-          f"({vggtl.info()['isa']})", flush=True)
+          f"({vggtl.info()['isa']}); weights {args.weights or 'random (He)'}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         xp, yp = make_data(tmp, args.size, args.n)
-        wpath = os.path.join(tmp, "vgg16_notop.h5")
-        make_weights(wpath, args.threads)
+        if args.weights:
+            wpath = os.path.abspath(args.weights)
+        else:
+            wpath = os.path.join(tmp, "vgg16_notop.h5")
+            make_weights(wpath, args.threads)
         for row in rows:
             for seed in seeds:
                 if row in tf_rows and not args.skip_tf:
@@ -267,7 +276,7 @@ def main():
                     results.setdefault(("vggtl", "aug"), []).append(r["warmup"])
                 print(f"  vggtl {row:8s} seed {seed}: {r['time']:7.1f} s  acc {r['acc']:.3f}",
                       flush=True)
-    print(f"\n| run | wall time (median) | test accuracy (mean) | speed-up over TF |")
+    print(f"\n| run | wall time (median) | test accuracy (mean ± sd over seeds) | speed-up over TF |")
     print("|---|---|---|---|")
     shown = (["aug"] if "aug" not in rows and "finetune" in rows else []) + rows
     for row in shown:
@@ -279,8 +288,9 @@ def main():
                 continue
             t = statistics.median(r["time"] for r in rs)
             a = statistics.fmean(r["acc"] for r in rs)
+            sd = statistics.stdev(r["acc"] for r in rs) if len(rs) > 1 else 0.0
             ratio = f"{tf_t / t:.1f}x" if tf_t and who == "vggtl" else ""
-            print(f"| {who} {row} | {t:.1f} s | {a:.3f} | {ratio} |")
+            print(f"| {who} {row} | {t:.1f} s | {a:.3f} ± {sd:.3f} | {ratio} |")
 
 
 if __name__ == "__main__":

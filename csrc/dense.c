@@ -1,7 +1,8 @@
 /*
  * dense.c - fully connected layer: out (N,Out) = act(x (N,In) @ W (In,Out) + b).
  * The forward product is vggtl's own (gemm.c), the bias added after it and the
- * activation run in place; the backward products are BLAS's.
+ * activation run in place. The backward products are vggtl's own too, so a
+ * head trains to the same bits at any thread count and on any CPU.
  */
 #include "vgg_internal.h"
 
@@ -24,13 +25,14 @@ int vgg_dense_forward(float *out, const float *x, const float *kernel, const flo
 }
 
 int vgg_dense_backward(float *dx, float *dw, float *db, const float *dz, const float *x,
-                       const float *kernel, size_t n, size_t in, size_t outdim) {
-    VGG_CHECK(dw && db && dz && x && kernel, VGG_ERR_ARG);
+                       const float *kernel, size_t n, size_t in, size_t outdim, float *scratch) {
+    VGG_CHECK(db && dz && x && kernel && (scratch || !dx), VGG_ERR_ARG);
     VGG_CHECK(n >= 1 && in >= 1 && outdim >= 1, VGG_ERR_SHAPE);
     VGG_CHECK(n <= VGG_BLAS_MAX_DIM && in <= VGG_BLAS_MAX_DIM && outdim <= VGG_BLAS_MAX_DIM,
               VGG_ERR_SHAPE);
-    /* dW (in, out) = x^T (in, n) @ dz (n, out) */
-    vgg_sgemm_parallel(1, 0, in, outdim, n, 1.0f, x, in, dz, outdim, 0.0f, dw, outdim);
+    /* dW (in, out) = x^T (in, n) @ dz (n, out); none when dw is NULL (a caller
+     * that fuses it with the update, or needs dL/dx only) */
+    if (dw) vgg_gemm_at_parallel(dw, outdim, x, in, dz, outdim, in, outdim, n);
     /* db = column sums of dz; each thread owns a slice of columns */
     VGG_OMP_FOR_IF(n * outdim)
     for (size_t j = 0; j < outdim; j++) {
@@ -38,7 +40,10 @@ int vgg_dense_backward(float *dx, float *dw, float *db, const float *dz, const f
         for (size_t i = 0; i < n; i++) s += dz[i * outdim + j];
         db[j] = s;
     }
-    /* dx (n, in) = dz (n, out) @ W^T (out, in) */
-    if (dx) vgg_sgemm_parallel(0, 1, n, in, outdim, 1.0f, dz, outdim, kernel, outdim, 0.0f, dx, in);
+    /* dx (n, in) = dz (n, out) @ W^T (out, in), W^T packed into the scratch */
+    if (dx) {
+        vgg_gemm_pack_bt(scratch, kernel, outdim, outdim, in);
+        vgg_gemm_parallel(dx, in, dz, outdim, scratch, n, in, outdim);
+    }
     return VGG_OK;
 }

@@ -28,6 +28,7 @@
 
 #define NR VGG_GEMM_NR
 #define KC 256
+#define MAX_MR 14 /* the widest kernel's rows (AVX-512) */
 
 size_t vgg_gemm_packed_floats(size_t k, size_t n) { return (n + NR - 1) / NR * NR * k; }
 
@@ -165,7 +166,7 @@ AVX512_ATTR static void kernel_avx512(size_t mr, const float *a, size_t lda, con
 static kernel_fn kernel_for(int isa, size_t *mr) {
 #if VGG_X86_DISPATCH
     if (isa == VGG_ISA_AVX512 || isa == VGG_ISA_AVX512_BF16) {
-        *mr = 14;
+        *mr = MAX_MR;
         return kernel_avx512;
     }
     if (isa == VGG_ISA_AVX2) {
@@ -247,8 +248,11 @@ void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const
     size_t nth = (size_t)vgg_get_num_threads();
     if ((double)m * (double)n * (double)k < (double)(1 << 20)) nth = 1; /* not worth a team */
     const size_t np = (n + NR - 1) / NR;
-    /* by rows when there are enough of them, else by panels of columns */
-    const int by_rows = m >= MIN_ROWS_PER_THREAD * nth || m >= np;
+    /* split the larger operand, so that each thread streams its share of it and
+     * the whole of the smaller one: by rows when A (m, k) is larger than B (k, n)
+     * and there are enough rows, else by panels of columns (a dense layer's
+     * kernel against a batch) when there are enough panels */
+    const int by_rows = np < nth || (m > n && m >= MIN_ROWS_PER_THREAD * nth);
     const size_t units = by_rows ? m : np;
     if (nth > units) nth = units;
     if (nth <= 1) {
@@ -264,5 +268,86 @@ void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const
             const size_t j0 = u0 * NR, j1 = u1 * NR < n ? u1 * NR : n;
             vgg_gemm_b(c + j0, ldc, a, lda, b + j0, ldb, m, j1 - j0, k);
         }
+    }
+}
+
+/* C (m, n) = A^T @ B with A stored (k, m), row-major, leading dimension lda:
+ * the weight gradient x^T dz of a dense layer. Blocks of A^T (MR rows, KC deep)
+ * are copied on the stack, so the kernels and their chains are vgg_gemm_b's. */
+void vgg_gemm_at(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
+                 size_t m, size_t n, size_t k) {
+    size_t mr;
+    const kernel_fn kern = kernel_for(vgg_get_isa(), &mr);
+    const size_t np = (n + NR - 1) / NR;
+    float at[MAX_MR * KC];
+    float edge[KC * NR];
+    if (k == 0) {
+        zero_rows(c, ldc, m, n);
+        return;
+    }
+    for (size_t k0 = 0; k0 < k; k0 += KC) {
+        const size_t kc = k - k0 < KC ? k - k0 : KC;
+        for (size_t i0 = 0; i0 < m; i0 += mr) {
+            const size_t rows = m - i0 < mr ? m - i0 : mr;
+            for (size_t p = 0; p < kc; p++)
+                for (size_t i = 0; i < rows; i++) at[i * KC + p] = a[(k0 + p) * lda + i0 + i];
+            for (size_t q = 0; q < np; q++) {
+                const size_t cols = n - q * NR < NR ? n - q * NR : NR;
+                const float *bb = b + k0 * ldb + q * NR;
+                size_t bs = ldb;
+                if (cols < NR) {
+                    vgg_gemm_pack_b(edge, bb, ldb, kc, cols);
+                    bb = edge;
+                    bs = NR;
+                }
+                kern(rows, at, KC, bb, bs, c + i0 * ldc + q * NR, ldc, kc, k0 > 0, cols);
+            }
+        }
+    }
+}
+
+void vgg_gemm_at_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
+                          size_t ldb, size_t m, size_t n, size_t k) {
+    size_t nth = (size_t)vgg_get_num_threads();
+    if ((double)m * (double)n * (double)k < (double)(1 << 20)) nth = 1; /* not worth a team */
+    if (nth > m / MIN_ROWS_PER_THREAD) nth = m / MIN_ROWS_PER_THREAD;
+    if (nth <= 1) {
+        vgg_gemm_at(c, ldc, a, lda, b, ldb, m, n, k);
+        return;
+    }
+    VGG_OMP_FOR_N((int)nth)
+    for (size_t t = 0; t < nth; t++) {
+        const size_t r0 = t * m / nth, r1 = (t + 1) * m / nth;
+        vgg_gemm_at(c + r0 * ldc, ldc, a + r0, lda, b, ldb, r1 - r0, n, k);
+    }
+}
+
+void vgg_gemm_pack_bt(float *bp, const float *bt, size_t ldbt, size_t k, size_t n) {
+    const size_t np = (n + NR - 1) / NR;
+    VGG_OMP_FOR_IF(n * k)
+    for (size_t p = 0; p < np; p++) {
+        const size_t j0 = p * NR, len = n - j0 < NR ? n - j0 : NR;
+        float *dst = bp + p * k * NR;
+        for (size_t kk = 0; kk < k; kk++)
+            for (size_t j = 0; j < NR; j++) dst[kk * NR + j] = j < len ? bt[(j0 + j) * ldbt + kk] : 0.0f;
+    }
+}
+
+void vgg_gemm_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *bp, size_t m,
+                       size_t n, size_t k) {
+    size_t nth = (size_t)vgg_get_num_threads();
+    if ((double)m * (double)n * (double)k < (double)(1 << 20)) nth = 1; /* not worth a team */
+    const size_t np = (n + NR - 1) / NR;
+    if (nth > np) nth = np;
+    if (nth <= 1) {
+        vgg_gemm(c, ldc, a, lda, bp, m, n, k);
+        return;
+    }
+    /* by panels of columns: each thread reads its share of B once */
+    VGG_OMP_FOR_N((int)nth)
+    for (size_t t = 0; t < nth; t++) {
+        const size_t p0 = t * np / nth, p1 = (t + 1) * np / nth;
+        const size_t j0 = p0 * NR, j1 = p1 * NR < n ? p1 * NR : n;
+        vgg_gemm(c + j0, ldc, a, lda, bp + p0 * NR * k, m, j1 - j0, k);
     }
 }

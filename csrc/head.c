@@ -10,14 +10,22 @@
  * workspace, laid out for a batch of B samples as
  *   [ input B*D0 | act_0 B*w_0 | ... | act_{L-1} | logits B*C | grad A B*wmax
  *     | grad B B*wmax | d_input B*D0 | targets B*C | labels B | weights B
- *     | dW_l, db_l per dense ]
+ *     | dW_l, db_l, dz_l B*w_l per dense ]
  * where w_l is layer l's output width. Nothing is allocated here.
+ *
+ * The update: a dense layer's weight gradient dW = x^T dz is not written out
+ * whole when it cannot overflow (a bound from the largest |x| and |dz|): each
+ * thread computes it a block of rows at a time, in cache, and applies the
+ * optimizer to that block at once, so a step streams the weights and the
+ * optimizer's state once, as memory bandwidth allows. Otherwise dW is computed
+ * whole and scanned before any update (the same bits either way).
  *
  * The loss is TensorFlow's Keras's (losses.c): on the logits of a softmax or
  * sigmoid output layer, which the forward keeps before the activation.
  */
 #include "vgg_internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -66,7 +74,7 @@ typedef struct {
     float *input, *act[VGG_HEAD_MAX_LAYERS], *logits, *grad_a, *grad_b, *d_input, *targets,
         *weights;
     int32_t *labels;
-    float *dw[VGG_HEAD_MAX_LAYERS], *db[VGG_HEAD_MAX_LAYERS];
+    float *dw[VGG_HEAD_MAX_LAYERS], *db[VGG_HEAD_MAX_LAYERS], *dz[VGG_HEAD_MAX_LAYERS];
     const float *out_of[VGG_HEAD_MAX_LAYERS]; /* what layer l output in the last forward */
     size_t widths[VGG_HEAD_MAX_LAYERS], d0, out, batch;
 } head_plan;
@@ -110,10 +118,15 @@ static size_t plan_workspace(head_plan *p, const vgg_head *h, size_t batch, floa
     TAKE(p->weights, batch);
     for (size_t l = 0; l < h->n_layers; l++) {
         if (h->layers[l].kind == VGG_HEAD_DENSE) {
+            /* dW, or W^T packed for dL/dx (dense.c), or the fused update's blocks */
             size_t kw;
-            if (!vgg_mul_ok(prev, h->layers[l].units, &kw)) return 0;
+            if (!vgg_mul_ok((prev + VGG_GEMM_NR - 1) / VGG_GEMM_NR * VGG_GEMM_NR,
+                            h->layers[l].units, &kw))
+                return 0;
             TAKE(p->dw[l], kw);
             TAKE(p->db[l], h->layers[l].units);
+            if (!vgg_mul_ok(batch, h->layers[l].units, &bd)) return 0;
+            TAKE(p->dz[l], bd);
         }
         prev = p->widths[l];
     }
@@ -276,6 +289,85 @@ int vgg_head_check_targets(const vgg_targets *t, size_t n, size_t out) {
     return VGG_OK;
 }
 
+/* ---- the update ------------------------------------------------------------ */
+
+/* The largest |a[i]| of n floats, +inf when one is NaN or infinite: on the bits,
+ * which order as the magnitudes do for non-negative floats. */
+static double abs_max(const float *a, size_t n) {
+    uint32_t top = 0;
+    VGG_OMP_FOR_REDUCE_MAX_IF(top, n)
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, a + i, sizeof bits);
+        bits &= 0x7fffffffu;
+        top = bits > top ? bits : top;
+    }
+    if (top >= 0x7f800000u) return INFINITY;
+    float f;
+    memcpy(&f, &top, sizeof f);
+    return f;
+}
+
+/* Rows of dW a thread computes and applies at a time: a block of at most 64 KiB. */
+static size_t rows_per_block(size_t units) {
+    const size_t r = 16384 / units;
+    return r < 1 ? 1 : r > 64 ? 64 : r;
+}
+
+/* Threads for a layer's fused update (its blocks live in the layer's dW buffer,
+ * one block per thread, so that nothing is allocated). */
+static size_t update_threads(size_t in_w, size_t units, size_t m) {
+    size_t nth = (size_t)vgg_get_num_threads();
+    if ((double)in_w * (double)units * (double)m < (double)(1 << 20)) nth = 1;
+    const size_t fit = in_w / rows_per_block(units);
+    return nth < fit ? nth : fit;
+}
+
+/* Whether dW = x^T dz (x (m, in_w), dz (m, units)) can be applied block by
+ * block: no element of it, nor any partial sum of its chain, can exceed
+ * m * max|x| * max|dz| (with a margin for rounding), so when that is finite
+ * every element is; and the layer's dW buffer has room for the threads' blocks. */
+static int fusable(const float *x, size_t in_w, const float *dz, size_t units, size_t m) {
+    if (update_threads(in_w, units, m) < 1) return 0;
+    const double bound = (double)m * abs_max(x, m * in_w) * abs_max(dz, m * units);
+    return bound <= 0.25 * (double)FLT_MAX;
+}
+
+/* The layer's kernel updated block by block with its gradient dW = x^T dz,
+ * each block computed (vgg_gemm_at: dW's bits) into `scratch` (the layer's dW
+ * buffer, one block per thread) and applied while in cache. Sets *moved when
+ * an element of dW is not zero; returns 0 when an updated weight is not finite. */
+static int fused_update(vgg_head_layer *L, const float *x, size_t in_w, const float *dz,
+                        size_t m, const vgg_opt_step *os, float *scratch, int *moved) {
+    const size_t units = L->units, rows = rows_per_block(units);
+    const size_t nth = update_threads(in_w, units, m);
+    uint32_t special = 0, magnitude = 0;
+    VGG_OMP_FOR_N_REDUCE_OR2(nth, special, magnitude)
+    for (size_t t = 0; t < nth; t++) {
+        float *g = scratch + t * rows * units;
+        const size_t r_end = (t + 1) * in_w / nth;
+        for (size_t r0 = t * in_w / nth; r0 < r_end; r0 += rows) {
+            const size_t nr = r_end - r0 < rows ? r_end - r0 : rows, count = nr * units;
+            vgg_gemm_at(g, units, x + r0, in_w, dz, units, nr, units, m);
+            float *w = L->kernel + r0 * units;
+            for (size_t i = 0; i < count; i++) {
+                uint32_t bits;
+                memcpy(&bits, g + i, sizeof bits);
+                magnitude |= bits & 0x7fffffffu;
+            }
+            vgg_optimizer_apply(os, w, g, L->slots[0] ? L->slots[0] + r0 * units : NULL,
+                                L->slots[1] ? L->slots[1] + r0 * units : NULL, count);
+            for (size_t i = 0; i < count; i++) {
+                uint32_t bits;
+                memcpy(&bits, w + i, sizeof bits);
+                special |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
+            }
+        }
+    }
+    if (magnitude) *moved = 1;
+    return special == 0;
+}
+
 /* One update on the batch in p->input (targets gathered): forward with dropout,
  * loss, backward, optimizer step. When d_input is not NULL it gets dL/d(input)
  * (m, D0) for a caller that trains what feeds the head; when outputs is not
@@ -314,9 +406,11 @@ static int train_step(vgg_fit_stats *stats, vgg_head *head, head_plan *pp, size_
         if (L->kind == VGG_HEAD_DENSE) {
             const int skip = on_logits && l + 1 == head->n_layers;
             st = skip ? VGG_OK : vgg_activation_backward(g, g, p.act[l], L->activation, m, L->units);
-            if (st == VGG_OK)
-                st = vgg_dense_backward(l > 0 ? g_next : d_input, p.dw[l], p.db[l], g, in,
-                                        L->kernel, m, in_w, L->units);
+            if (st == VGG_OK) {
+                memcpy(p.dz[l], g, m * L->units * sizeof(float)); /* dW comes with the update */
+                st = vgg_dense_backward(l > 0 ? g_next : d_input, NULL, p.db[l], g, in,
+                                        L->kernel, m, in_w, L->units, p.dw[l]);
+            }
             float *tmp = g;
             g = g_next;
             g_next = tmp;
@@ -330,35 +424,46 @@ static int train_step(vgg_fit_stats *stats, vgg_head *head, head_plan *pp, size_
     if (d_input && head->layers[0].kind != VGG_HEAD_DENSE)
         memcpy(d_input, g, m * p.d0 * sizeof(float));
     /* a gradient that overflowed would spoil the weights: refused like a
-     * non-finite loss. Dead units give exactly zero gradients: counted, so that
-     * the caller can say so instead of reporting a constant loss. */
-    int moved = 0;
+     * non-finite loss, before anything is updated. Dead units give exactly zero
+     * gradients: counted, so that the caller can say so instead of reporting a
+     * constant loss. */
+    vgg_opt_step os;
+    if ((st = vgg_optimizer_prepare(&os, opt, it)) != VGG_OK) return st;
+    int moved = 0, fused[VGG_HEAD_MAX_LAYERS] = {0};
     for (size_t l = 0; l < head->n_layers; l++) {
-        if (head->layers[l].kind != VGG_HEAD_DENSE) continue;
+        const vgg_head_layer *L = &head->layers[l];
+        if (L->kind != VGG_HEAD_DENSE) continue;
+        const float *in = l == 0 ? p.input : p.out_of[l - 1];
         const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
-        if (!vgg_grad_ok(p.db[l], head->layers[l].units, &moved) ||
-            !vgg_grad_ok(p.dw[l], in_w * head->layers[l].units, &moved))
-            return VGG_ERR_NONFINITE;
+        VGG_CHECK((os.slots < 1 || L->slots[0]) && (os.slots < 2 || L->slots[1]), VGG_ERR_ARG);
+        if (!vgg_grad_ok(p.db[l], L->units, &moved)) return VGG_ERR_NONFINITE;
+        fused[l] = fusable(in, in_w, p.dz[l], L->units, m);
+        if (fused[l]) continue;
+        vgg_gemm_at_parallel(p.dw[l], L->units, in, in_w, p.dz[l], L->units, in_w, L->units, m);
+        if (!vgg_grad_ok(p.dw[l], in_w * L->units, &moved)) return VGG_ERR_NONFINITE;
     }
-    stats->grad_batches += (size_t)moved;
-    /* one update of every parameter, after all gradients are known */
+    /* one update of every parameter, after all gradients are known to be finite */
     for (size_t l = 0; l < head->n_layers; l++) {
         vgg_head_layer *L = &head->layers[l];
         if (L->kind != VGG_HEAD_DENSE) continue;
+        const float *in = l == 0 ? p.input : p.out_of[l - 1];
         const size_t in_w = l == 0 ? p.d0 : p.widths[l - 1];
-        st = vgg_optimizer_step(L->kernel, p.dw[l], L->slots[0], L->slots[1],
-                                in_w * L->units, opt, it);
-        if (st == VGG_OK)
-            st = vgg_optimizer_step(L->bias, p.db[l], L->slots[2], L->slots[3], L->units,
-                                    opt, it);
-        if (st != VGG_OK) return st;
         /* finite gradients can still overflow the optimizer's state (Adam's g^2 on
          * logits of 1e20): the caller goes back to its last good weights */
-        int unused = 0;
-        if (!vgg_grad_ok(L->kernel, in_w * L->units, &unused) ||
-            !vgg_grad_ok(L->bias, L->units, &unused))
-            return VGG_ERR_NONFINITE;
+        int ok = 1, unused = 0;
+        if (fused[l]) {
+            ok = fused_update(L, in, in_w, p.dz[l], m, &os, p.dw[l], &moved);
+        } else {
+            st = vgg_optimizer_step(L->kernel, p.dw[l], L->slots[0], L->slots[1],
+                                    in_w * L->units, opt, it);
+            if (st != VGG_OK) return st;
+            ok = vgg_grad_ok(L->kernel, in_w * L->units, &unused);
+        }
+        st = vgg_optimizer_step(L->bias, p.db[l], L->slots[2], L->slots[3], L->units, opt, it);
+        if (st != VGG_OK) return st;
+        if (!ok || !vgg_grad_ok(L->bias, L->units, &unused)) return VGG_ERR_NONFINITE;
     }
+    stats->grad_batches += (size_t)moved;
     return VGG_OK;
 }
 
@@ -440,8 +545,8 @@ int vgg_head_score_backward(float *d_maps, int32_t *class_index, const float *ma
                                      : vgg_activation_backward(g, g, p.act[l], L->activation, m,
                                                                L->units);
         if (st == VGG_OK)
-            st = vgg_dense_backward(l > 0 ? g_next : p.d_input, p.dw[l], p.db[l], g, in,
-                                    L->kernel, m, in_w, L->units);
+            st = vgg_dense_backward(l > 0 ? g_next : p.d_input, NULL, p.db[l], g, in,
+                                    L->kernel, m, in_w, L->units, p.dw[l]);
         if (st != VGG_OK) return st;
         float *tmp = g;
         g = g_next;

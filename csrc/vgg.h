@@ -455,10 +455,11 @@ uint64_t vgg16_forward_images(void);
 /* backward passes and losses (dense.c, activations.c, dropout.c, losses.c)  */
 
 /* dense.c: gradients of out = x @ kernel + bias, given dz = dL/d(out) before
- * the activation (n, out). Overwrites dw (in, out) and db (out); dx (n, in) is
- * overwritten when not NULL. */
+ * the activation (n, out). Overwrites db (out), and dw (in, out) and dx (n, in)
+ * when not NULL; dx needs `scratch` of ceil(in / 16) * 16 * out floats (W^T
+ * packed), else it may be NULL. */
 int vgg_dense_backward(float *dx, float *dw, float *db, const float *dz, const float *x,
-                       const float *kernel, size_t n, size_t in, size_t outdim);
+                       const float *kernel, size_t n, size_t in, size_t outdim, float *scratch);
 
 /* activations.c: dz = dy * f'(.) where y = f(z) is the saved output (rows, cols);
  * softmax uses its Jacobian row by row: dz = y * (dy - <dy, y>). dz may be dy. */

@@ -38,6 +38,11 @@
 #define VGG_OMP_FOR_REDUCE_OR2_IF(a, b, work)                                       \
     VGG_PRAGMA(omp parallel for schedule(static) reduction(| : a, b)                \
                    if ((work) >= VGG_OMP_MIN_WORK) num_threads(VGG_OMP_IF_THREADS(work)))
+#define VGG_OMP_FOR_REDUCE_MAX_IF(v, work)                                          \
+    VGG_PRAGMA(omp parallel for schedule(static) reduction(max : v)                 \
+                   if ((work) >= VGG_OMP_MIN_WORK) num_threads(VGG_OMP_IF_THREADS(work)))
+#define VGG_OMP_FOR_N_REDUCE_OR2(n, a, b)                                           \
+    VGG_PRAGMA(omp parallel for schedule(static) reduction(| : a, b) num_threads(vgg_team(n)))
 #define VGG_OMP_FOR_COLLAPSE2_IF(work)                                              \
     VGG_PRAGMA(omp parallel for collapse(2) schedule(static)                        \
                    if ((work) >= VGG_OMP_MIN_WORK) num_threads(VGG_OMP_IF_THREADS(work)))
@@ -58,6 +63,8 @@
 #define VGG_OMP_FOR_COLLAPSE2_IF(work)
 #define VGG_OMP_FOR_REDUCE_SUM_IF(v, work)
 #define VGG_OMP_FOR_REDUCE_OR2_IF(a, b, work)
+#define VGG_OMP_FOR_REDUCE_MAX_IF(v, work)
+#define VGG_OMP_FOR_N_REDUCE_OR2(n, a, b)
 #define VGG_OMP_FOR
 #endif
 
@@ -150,8 +157,14 @@ void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, 
 #define VGG_GEMM_NR 16
 size_t vgg_gemm_packed_floats(size_t k, size_t n);
 void vgg_gemm_pack_b(float *bp, const float *b, size_t ldb, size_t k, size_t n);
+/* The same panels from B's transpose, bt (n, k) with leading dimension ldbt:
+ * for products with a dense kernel's transpose (dL/dx = dz W^T). */
+void vgg_gemm_pack_bt(float *bp, const float *bt, size_t ldbt, size_t k, size_t n);
 void vgg_gemm(float *c, size_t ldc, const float *a, size_t lda, const float *bp, size_t m,
               size_t n, size_t k);
+/* vgg_gemm split by panels of columns across the core's threads (from serial code). */
+void vgg_gemm_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *bp, size_t m,
+                       size_t n, size_t k);
 /* The same sums with B as it is stored (row-major, leading dimension ldb): for
  * the dense layers, whose kernels are read once per call. The _parallel form
  * splits C by rows or by panels of columns across the core's threads (call it
@@ -160,6 +173,24 @@ void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b
                 size_t m, size_t n, size_t k);
 void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
                          size_t ldb, size_t m, size_t n, size_t k);
+/* C (m, n) = A^T @ B, A stored (k, m) with leading dimension lda: the same
+ * chains over k (a dense layer's weight gradient x^T dz). */
+void vgg_gemm_at(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
+                 size_t m, size_t n, size_t k);
+void vgg_gemm_at_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
+                          size_t ldb, size_t m, size_t n, size_t k);
+
+/* optim.c: one optimizer step split in two, for an update fused with the
+ * computation of its gradient (head.c): the step's scalars, computed once
+ * (VGG_ERR_ARG for an invalid optimizer), then the elementwise update of any
+ * range of the parameters, serial (call it from each thread on its share). */
+typedef struct {
+    int kind, slots, nesterov;
+    float lr, mu, eps, alpha, one_b1, one_b2, rho, one_rho;
+} vgg_opt_step;
+int vgg_optimizer_prepare(vgg_opt_step *s, const vgg_optimizer *opt, int64_t iterations);
+void vgg_optimizer_apply(const vgg_opt_step *s, float *param, const float *grad, float *slot0,
+                         float *slot1, size_t count);
 
 /* conv3x3.c: vgg_conv3x3_workspace_floats for a given number of threads (with
  * fewer buffers than threads, the algorithms run on fewer threads); `prepared`:

@@ -203,14 +203,18 @@ static PyObject *py_dense_backward(PyObject *self, PyObject *args, PyObject *kw)
     PyArrayObject *dx = need_dx ? new_f32(2, sdx) : NULL;
     PyArrayObject *dw = new_f32(2, sdw);
     PyArrayObject *db = new_f32(1, sdb);
+    npy_intp spack[1] = {(npy_intp)((in + 15) / 16 * 16 * outdim)};
+    PyArrayObject *pack = need_dx ? new_f32(1, spack) : NULL; /* W^T, packed for dx */
     PyObject *result = NULL;
-    if ((need_dx && !dx) || !dw || !db) goto done;
+    if ((need_dx && (!dx || !pack)) || !dw || !db) goto done;
     int st;
     CALL_NOGIL(st, vgg_dense_backward(dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw),
                                       PyArray_DATA(db), PyArray_DATA(dz), PyArray_DATA(x),
-                                      PyArray_DATA(k), n, in, outdim));
+                                      PyArray_DATA(k), n, in, outdim,
+                                      pack ? PyArray_DATA(pack) : NULL));
     result = grads_or_raise(st, "dense_backward", dx, dw, db);
 done:
+    Py_XDECREF(pack);
     Py_XDECREF(dx);
     Py_XDECREF(dw);
     Py_XDECREF(db);

@@ -1162,6 +1162,42 @@ def test_nan_weights_behind_a_finite_loss_are_not_kept(base):
     assert model.optimizer.iterations == len(rec.weights)
 
 
+def test_an_update_near_float_overflow_is_right_and_changes_no_other_weight(rng, base):
+    # A dense layer's weight gradient is applied block by block as it is
+    # computed, unless a bound (batch x max|x| x max|dz|) says it could overflow:
+    # then it is computed whole and checked first. One SGD step on features
+    # holding 3e38 (whose kernel row is zero, so the forward pass stays finite)
+    # takes that second way: its weights must match a float64 oracle, and every
+    # weight but that row must have exactly the bits of the same step on tame
+    # features (which takes the first way).
+    F = features(rng, 4)
+    labels = np.array([0, 1, 0, 1])
+    model = model_of(base, [(16, "relu"), (2, "softmax")], seed=2,
+                     opt=vggtl.SGD(learning_rate=1e-3), loss="categorical_crossentropy")
+    w0 = model.get_weights()
+    w0["dense"][0][5] = 0.0
+    # sample 0's label is the class the head thinks least likely: |p - y| >= 1/2
+    model.set_weights(w0)
+    labels[0] = int(model.predict_features(F[:1])[0].argmin())
+    huge = F.copy()
+    huge[0, 0, 0, 5] = 3e38
+    runs = {}
+    for name, X in (("tame", F), ("huge", huge)):
+        model.set_weights(w0)
+        model.optimizer.iterations = 0
+        model.fit_features(X, labels, batch_size=4, epochs=1, verbose=0, shuffle=False)
+        runs[name] = model.get_weights()
+    _, want, _ = torch_train(model, w0, huge, one_hot(labels, 2), "categorical_crossentropy",
+                             vggtl.SGD(learning_rate=1e-3), epochs=1, batch=4)
+    assert np.abs(runs["huge"]["dense"][0][5]).max() > 1e30  # the step really was huge
+    assert weights_rel_err(runs["huge"], want) <= 1e-5
+    tame, big = runs["tame"], runs["huge"]
+    np.testing.assert_array_equal(np.delete(big["dense"][0], 5, 0), np.delete(tame["dense"][0], 5, 0))
+    np.testing.assert_array_equal(big["dense"][1], tame["dense"][1])
+    np.testing.assert_array_equal(big["dense_1"][0], tame["dense_1"][0])
+    np.testing.assert_array_equal(big["dense_1"][1], tame["dense_1"][1])
+
+
 def test_nan_loss_mid_epoch_restores_the_epoch_start(rng, base):
     # batch 1 is fine and updates the weights; batch 2 holds a huge feature
     # vector whose logits overflow: the batch-1 update must be undone

@@ -2,7 +2,8 @@
 
 Bit for bit, whatever the batch, the chunking, the image's place in the batch,
 the thread count, the instruction set and the OpenBLAS kernels the process was
-started with, at every precision; and the head's probabilities likewise. The
+started with, at every precision; and the head's probabilities, and the
+weights a head trains to, likewise. The
 feature cache's keys, Dask's workers and scikit-learn's invariance checks rest
 on it. (The products are vggtl's own, csrc/gemm.c: one chain of fused
 multiply-adds per output, in a fixed order.)
@@ -88,6 +89,46 @@ def test_instruction_sets_change_nothing(images, precision):
         np.testing.assert_array_equal(F, got["portable"], err_msg=f"{name} vs portable")
 
 
+def _trained_head(F, labels):
+    """A head of three dense layers trained two epochs; its weights."""
+    base = vggtl.VGG16(weights=None, input_shape=(64, 64, 3))
+    model = vggtl.TransferModel(base, head=[vggtl.Flatten(), vggtl.Dense(64, activation="relu"),
+                                            vggtl.Dropout(0.5), vggtl.Dense(16, activation="relu"),
+                                            vggtl.Dense(3, activation="softmax")], seed=4)
+    model.compile(optimizer=vggtl.Adam(1e-3), loss="categorical_crossentropy")
+    model.fit_features(F, labels, batch_size=32, epochs=2, verbose=0)
+    return model.get_weights()
+
+
+@pytest.fixture(scope="module")
+def head_data():
+    rng = np.random.default_rng(3)
+    F = rng.standard_normal((80, 2, 2, 512)).astype(np.float32)
+    return F, rng.integers(0, 3, 80)
+
+
+def test_a_heads_training_does_not_depend_on_threads_or_instruction_set(head_data, threads):
+    # the weight gradients, dL/dx and the update are vggtl's own products (the
+    # first layer's spread over the threads by rows), not BLAS's
+    runs = {}
+    isa = vggtl.get_isa()
+    try:
+        for n in (1, 2, 3):
+            vggtl.set_num_threads(n)
+            runs[f"{n} threads"] = _trained_head(*head_data)
+        vggtl.set_num_threads(2)
+        for name in dispatch.supported_isas():
+            vggtl.set_isa(name)
+            runs[name] = _trained_head(*head_data)
+    finally:
+        vggtl.set_isa(isa)
+    ref = runs["1 threads"]
+    for name, w in runs.items():
+        for k in ref:
+            np.testing.assert_array_equal(w[k][0], ref[k][0], err_msg=f"{name}: {k} kernel")
+            np.testing.assert_array_equal(w[k][1], ref[k][1], err_msg=f"{name}: {k} bias")
+
+
 def test_the_heads_probabilities_do_not_depend_on_the_batch():
     rng = np.random.default_rng(2)
     F = rng.standard_normal((37, 1, 1, 512)).astype(np.float32)
@@ -122,6 +163,15 @@ for size in (32, 48):
                                                     vggtl.Dense(3, activation="softmax")], seed=4)
             P = model.predict_features(F)
             out[f"head {size}"] = hashlib.sha256(P.tobytes()).hexdigest()
+F = rng.standard_normal((80, 2, 2, 512)).astype(np.float32)
+model = vggtl.TransferModel(vggtl.VGG16(weights=None, input_shape=(64, 64, 3)),
+                            head=[vggtl.Flatten(), vggtl.Dense(64, activation="relu"),
+                                  vggtl.Dropout(0.5), vggtl.Dense(16, activation="relu"),
+                                  vggtl.Dense(3, activation="softmax")], seed=4)
+model.compile(optimizer=vggtl.Adam(1e-3), loss="categorical_crossentropy")
+model.fit_features(F, rng.integers(0, 3, 80), batch_size=32, epochs=2, verbose=0)
+out["trained head"] = hashlib.sha256(b"".join(a.tobytes() for kb in model.get_weights().values()
+                                              for a in kb)).hexdigest()
 print(json.dumps(out))
 """
 
@@ -141,12 +191,12 @@ def _features_under(coretype):
 
 
 def test_openblas_kernels_change_nothing():
-    # features and head probabilities never go through BLAS, so every kernel set
+    # features, head probabilities and head training never go through BLAS, so every kernel set
     # OpenBLAS can be told to use gives the same bits, even one this CPU cannot
     # run (SkylakeX without AVX-512: BLAS is never called on this path)
     runs = {c: _features_under(c) for c in CORETYPES}
     ref = {k: v for k, v in runs[None].items() if k != "blas"}
-    assert len(ref) == 6
+    assert len(ref) == 7
     for c, got in runs.items():
         assert {k: v for k, v in got.items() if k != "blas"} == ref, (c, got["blas"])
     assert len({got["blas"] for got in runs.values()}) >= 3  # really different kernels
