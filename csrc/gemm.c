@@ -214,6 +214,21 @@ void vgg_gemm(float *c, size_t ldc, const float *a, size_t lda, const float *bp,
     }
 }
 
+/* Panel q of B's rows k0 .. k0 + kc, as the kernels read it: in place (a row
+ * every ldb floats), or when B's rows end before its 16 columns, copied
+ * zero-padded into edge (a row every 16). Sets *bs to the row stride. */
+static const float *panel_of(const float *b, size_t ldb, size_t n, size_t k0, size_t kc,
+                             size_t q, float *edge, size_t *bs) {
+    const float *bb = b + k0 * ldb + q * NR;
+    if (n - q * NR >= NR) {
+        *bs = ldb;
+        return bb;
+    }
+    vgg_gemm_pack_b(edge, bb, ldb, kc, n - q * NR);
+    *bs = NR;
+    return edge;
+}
+
 void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
                 size_t m, size_t n, size_t k) {
     size_t mr;
@@ -228,13 +243,8 @@ void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b
         const size_t kc = k - k0 < KC ? k - k0 : KC;
         for (size_t p = 0; p < np; p++) {
             const size_t cols = n - p * NR < NR ? n - p * NR : NR;
-            const float *bb = b + k0 * ldb + p * NR;
-            size_t bs = ldb;
-            if (cols < NR) {
-                vgg_gemm_pack_b(edge, bb, ldb, kc, cols);
-                bb = edge;
-                bs = NR;
-            }
+            size_t bs;
+            const float *bb = panel_of(b, ldb, n, k0, kc, p, edge, &bs);
             sweep_rows(kern, mr, c + p * NR, ldc, a, lda, bb, bs, m, k0, kc, cols);
         }
     }
@@ -287,20 +297,17 @@ void vgg_gemm_at(float *c, size_t ldc, const float *a, size_t lda, const float *
     }
     for (size_t k0 = 0; k0 < k; k0 += KC) {
         const size_t kc = k - k0 < KC ? k - k0 : KC;
+        size_t last_bs; /* the last panel, copied once per block when it is short */
+        const float *last = panel_of(b, ldb, n, k0, kc, np - 1, edge, &last_bs);
         for (size_t i0 = 0; i0 < m; i0 += mr) {
             const size_t rows = m - i0 < mr ? m - i0 : mr;
             for (size_t p = 0; p < kc; p++)
                 for (size_t i = 0; i < rows; i++) at[i * KC + p] = a[(k0 + p) * lda + i0 + i];
             for (size_t q = 0; q < np; q++) {
                 const size_t cols = n - q * NR < NR ? n - q * NR : NR;
-                const float *bb = b + k0 * ldb + q * NR;
-                size_t bs = ldb;
-                if (cols < NR) {
-                    vgg_gemm_pack_b(edge, bb, ldb, kc, cols);
-                    bb = edge;
-                    bs = NR;
-                }
-                kern(rows, at, KC, bb, bs, c + i0 * ldc + q * NR, ldc, kc, k0 > 0, cols);
+                const float *bb = q + 1 < np ? b + k0 * ldb + q * NR : last;
+                kern(rows, at, KC, bb, q + 1 < np ? ldb : last_bs, c + i0 * ldc + q * NR, ldc,
+                     kc, k0 > 0, cols);
             }
         }
     }
