@@ -118,3 +118,24 @@ def test_nan_propagates_through_activations():
     got = _kernels.dense_forward(x, k, np.zeros(3, np.float32), "relu")
     ref = reference.dense(x, k, np.zeros(3), "relu")
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+
+
+# (N, In, Out) for the backward products: a batch deeper than one k block (256),
+# odd widths (a short last panel of 16 columns), rows split across threads
+BACKWARD_SHAPES = [(1, 1, 1), (5, 17, 1), (300, 70, 33), (32, 2048, 64), (40, 513, 2)]
+
+
+@pytest.mark.parametrize("shape", BACKWARD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_dense_backward_matches_float64(rng, shape):
+    n, i, o = shape
+    x, k, _ = _data(rng, n, i, o)
+    dz = rng.standard_normal((n, o), dtype=np.float32)
+    dx, dw, db = _kernels.dense_backward(dz, x, k)
+    x64, k64, dz64 = x.astype(np.float64), k.astype(np.float64), dz.astype(np.float64)
+    for got, want in ((dw, x64.T @ dz64), (dx, dz64 @ k64.T), (db, dz64.sum(0))):
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-5 * max(np.abs(want).max(), 1.0) * np.sqrt(n + o)
+    # every element of dW is one chain over the batch in order: a row's bits do not
+    # depend on the other rows (the same x column alone gives the same column of dW)
+    _, dw1, _ = _kernels.dense_backward(dz, np.ascontiguousarray(x[:, :1]), k[:1], need_dx=False)
+    np.testing.assert_array_equal(dw1[0], dw[0])
