@@ -250,13 +250,19 @@ void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b
     }
 }
 
+/* Threads for a product of m x n x k multiply-adds: one when it is too small
+ * to pay for waking a team. */
+static size_t team_for(size_t m, size_t n, size_t k) {
+    if ((double)m * (double)n * (double)k < (double)(1 << 20)) return 1;
+    return (size_t)vgg_get_num_threads();
+}
+
 /* Blocks of at least this many rows, or panels of columns, per thread. */
 #define MIN_ROWS_PER_THREAD 16
 
 void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
                          size_t ldb, size_t m, size_t n, size_t k) {
-    size_t nth = (size_t)vgg_get_num_threads();
-    if ((double)m * (double)n * (double)k < (double)(1 << 20)) nth = 1; /* not worth a team */
+    size_t nth = team_for(m, n, k);
     const size_t np = (n + NR - 1) / NR;
     /* split the larger operand, so that each thread streams its share of it and
      * the whole of the smaller one: by rows when A (m, k) is larger than B (k, n)
@@ -315,8 +321,7 @@ void vgg_gemm_at(float *c, size_t ldc, const float *a, size_t lda, const float *
 
 void vgg_gemm_at_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
                           size_t ldb, size_t m, size_t n, size_t k) {
-    size_t nth = (size_t)vgg_get_num_threads();
-    if ((double)m * (double)n * (double)k < (double)(1 << 20)) nth = 1; /* not worth a team */
+    size_t nth = team_for(m, n, k);
     if (nth > m / MIN_ROWS_PER_THREAD) nth = m / MIN_ROWS_PER_THREAD;
     if (nth <= 1) {
         vgg_gemm_at(c, ldc, a, lda, b, ldb, m, n, k);
@@ -342,8 +347,7 @@ void vgg_gemm_pack_bt(float *bp, const float *bt, size_t ldbt, size_t k, size_t 
 
 void vgg_gemm_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *bp, size_t m,
                        size_t n, size_t k) {
-    size_t nth = (size_t)vgg_get_num_threads();
-    if ((double)m * (double)n * (double)k < (double)(1 << 20)) nth = 1; /* not worth a team */
+    size_t nth = team_for(m, n, k);
     const size_t np = (n + NR - 1) / NR;
     if (nth > np) nth = np;
     if (nth <= 1) {
