@@ -15,6 +15,14 @@ forward pass plus one Adam pass over them (read the weights, m and v, write the
 three back: the gradient can stay in cache only if the update is fused into its
 computation) = 7 x 51 MB. The bandwidth is measured here, with torch on the
 same threads (c = a + b over 256 MB arrays, 3 arrays moved).
+
+The products are a second floor: the forward product (batch x 25088 x 512
+multiply-adds) is compute-bound, and the weight gradient x^T dz has as many.
+The forward's time is measured alone (predict_features over the epoch's
+batches), so a step cannot take less than the forward plus the larger of the
+gradient's products (as long as the forward) and its 6 x 51 MB of Adam traffic.
+That floor assumes the gradient's arithmetic and the update's streaming overlap
+perfectly.
 """
 import argparse
 
@@ -45,6 +53,8 @@ def main():
                   loss="binary_crossentropy", metrics=["accuracy"])
     t_v = median_time(lambda: model.fit_features(F, y, batch_size=args.batch, epochs=1, verbose=0),
                       args.repeats)
+
+    t_fwd = median_time(lambda: model.predict_features(F, batch_size=args.batch), args.repeats)
 
     w = model.get_weights()
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(25088, 512), torch.nn.ReLU(),
@@ -77,6 +87,10 @@ def main():
     print(f"memory: {bw / 1e9:.1f} GB/s (c = a + b, {args.threads} threads); one epoch moves at "
           f"least {steps} x 7 x {w_bytes / 1e6:.0f} MB = {bound:.3f} s at that rate; vggtl "
           f"{t_v:.3f} s is {t_v / bound:.2f}x the bound")
+    floor = t_fwd + max(t_fwd, steps * 6 * w_bytes / bw)
+    print(f"products: the forward alone {t_fwd:.3f} s an epoch; forward + max(its twin, the "
+          f"update's 6 x {w_bytes / 1e6:.0f} MB) = {floor:.3f} s; vggtl is {t_v / floor:.2f}x "
+          f"that floor")
     print(f"head epoch, {args.n} features of 7x7x512, batch {args.batch}, {args.threads} threads: "
           f"vggtl {t_v:.3f} s, torch {t_t:.3f} s, ratio {t_t / t_v:.2f}x")
 
