@@ -291,14 +291,13 @@ def main():
     for row in shown:
         tf = results.get(("tf", tf_rows.get(row, "aug")))
         tf_t = statistics.median(r["time"] for r in tf) if tf else None
-        tf_a, tf_se = mean_se(tf) if tf else (None, None)
+        tf_a, _, tf_se = accuracy_stats(tf) if tf else (None, None, None)
         for who in ("tf", "vggtl"):
             rs = results.get((who, row))
             if not rs:
                 continue
             t = statistics.median(r["time"] for r in rs)
-            a, se = mean_se(rs)
-            sd = statistics.stdev(r["acc"] for r in rs) if len(rs) > 1 else 0.0
+            a, sd, se = accuracy_stats(rs)
             ratio = f"{tf_t / t:.1f}x" if tf_t and who == "vggtl" else ""
             # single runs move by several points: the difference only means
             # something next to its standard error (over the seeds of both)
@@ -307,11 +306,12 @@ def main():
             print(f"| {who} {row} | {t:.1f} s | {a:.3f} ± {sd:.3f} | {ratio} | {diff} |")
 
 
-def mean_se(rs):
-    """Mean accuracy over the seeds and its standard error."""
+def accuracy_stats(rs):
+    """Mean accuracy over the seeds, its standard deviation and standard error."""
     accs = [r["acc"] for r in rs]
-    se = statistics.stdev(accs) / len(accs) ** 0.5 if len(accs) > 1 else 0.0
-    return statistics.fmean(accs), se
+    sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    return statistics.fmean(accs), sd, sd / len(accs) ** 0.5
+
 
 if __name__ == "__main__":
     main()
