@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 import zipfile
 
@@ -27,6 +28,7 @@ import vggtl
 from vggtl import weights as W
 
 from support import REPO
+from support import weight_files as wf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CRASHES = os.path.join(HERE, "fuzz_crashes")
@@ -91,6 +93,38 @@ def test_hdf5_damaged_metadata_is_a_weights_error(mini, tmp_path):
         open(p, "wb").write(f.read())
     with pytest.raises(vggtl.WeightsError, match="HDF5 file that cannot be read.*RuntimeError"):
         W.load_weights(p, cache=False)
+
+
+def test_a_global_heap_that_loops_libhdf5_costs_a_weights_error(mini, tmp_path):
+    """libhdf5 decodes a virtual dataset's layout, and with it the dataset's global
+    heap, while it opens the dataset: before vggtl can look at it and refuse it. A
+    free-space object of size 0 in that heap sends the heap's decoder round the
+    same bytes for ever (virtual-layout-heap-hang.h5). libhdf5 now runs in a worker
+    process that vggtl stops when it overruns its time: the load ends with a
+    WeightsError naming the file, and the next load works."""
+    from vggtl.weights import _h5_sandbox
+    p = str(tmp_path / "w.h5")
+    src = str(tmp_path / "other.h5")
+    with h5py.File(src, "w") as o:
+        o["data"] = np.zeros((3, 3, 3, 2), np.float32)
+    wf.write_keras_legacy_h5(p, seeds.mini_weights(1))
+    wf.point_elsewhere(p, "block1_conv1/block1_conv1_W_1:0", "block1_conv1", "virtual",
+                       src, None)
+    raw = bytearray(open(p, "rb").read())
+    heap = raw.index(b"GCOL")  # signature, version, 3 reserved bytes, the heap's size
+    obj = heap + 16  # its first object: index (2 bytes), references (2), reserved (4), size
+    raw[obj:obj + 2] = bytes(2)  # index 0: free space
+    raw[obj + 8:obj + 16] = bytes(8)  # of size 0
+    open(p, "wb").write(raw)
+    t0 = time.monotonic()
+    with pytest.raises(vggtl.WeightsError, match="did not finish listing its layers in time") as e:
+        W.load_weights(p, cache=False)
+    assert str(e.value).startswith(p + ": libhdf5")
+    assert time.monotonic() - t0 < _h5_sandbox.BASE_SECONDS + 30
+    ok = str(tmp_path / "ok.h5")
+    wf.write_keras_legacy_h5(ok, seeds.mini_weights(1))
+    w = W.load_weights(ok, cache=False)
+    assert np.array_equal(w["block1_conv1"][0], seeds.mini_weights(1)["block1_conv1"][0])
 
 
 def _zip_with_raw_name(path, name: bytes, payload: bytes, method=zipfile.ZIP_STORED):
@@ -280,8 +314,11 @@ def test_the_fuzzers_npy_input_is_a_value_error(tmp_path):
 
 def _attrs_read(monkeypatch):
     """Names of the attributes h5py reads from now on, with whether each is
-    variable-length."""
+    variable-length. h5py runs in this process meanwhile, where it can be watched
+    (vggtl.weights._h5_sandbox.ISOLATE)."""
     from h5py._hl.attrs import AttributeManager
+    from vggtl.weights import _h5_sandbox
+    monkeypatch.setattr(_h5_sandbox, "ISOLATE", False)
     read, real = [], AttributeManager.__getitem__
 
     def getitem(self, name):

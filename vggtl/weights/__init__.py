@@ -40,7 +40,9 @@ unpickler that knows only the globals a tensor state dict needs
 Only data kept inside the file are read. HDF5 soft, external and user-defined
 links, external storage, virtual datasets and filters that libhdf5 would load as
 plugins are refused from the file's metadata, before anything behind them is
-opened (:func:`vggtl.weights.keras_h5._h5_get`). Zip members (``.pth``, ``.keras``) must be stored or
+opened (:func:`vggtl.weights._h5_worker._h5_get`). libhdf5 itself runs in a worker
+process (:mod:`vggtl.weights._h5_sandbox`): a damaged file that sends it into an
+endless loop or a crash costs a :class:`WeightsError`, never the caller's process. Zip members (``.pth``, ``.keras``) must be stored or
 deflated, with sizes deflate can produce and no larger than the reader expects
 (:func:`vggtl.weights._zip._zip_check`), and are never read past their declared size; a storage is
 read a bounded chunk at a time, and only as far as its tensor needs.
@@ -60,7 +62,8 @@ safetensors, keyed by the source's path, size, mtime and a hash of its first and
 last MiB, so the second load reads them as they are.
 
 The package: ``load`` (format detection, :func:`load_weights`, the converted-array
-cache), one module per format (``keras_h5``, ``torch_pth``, ``safetensors``),
+cache), one module per format (``keras_h5``, ``torch_pth``, ``safetensors``; HDF5
+through ``_h5_sandbox`` and its worker process ``_h5_worker``),
 ``imagenet`` (the search and the download), ``_common`` (VGG16's layer table, the
 errors, :class:`WeightsDict`) and ``_zip`` (checked zip members).
 """
