@@ -4,10 +4,15 @@ same pickles and the same VGG16 weights file, wall time and test accuracy.
     python benchmarks/tutorial.py [--size 48] [--n 1797] [--epochs 10]
                                   [--seeds 0,1,2,3,4] [--threads 2]
                                   [--rows aug,flow,exact,plain,finetune] [--skip-tf]
-                                  [--weights FILE]
+                                  [--weights FILE] [--data digits|textures]
 
 The data: scikit-learn's handwritten digits, two classes (0-4 and 5-9),
-upscaled to --size, grey, written as the tutorial's X.pickle / y.pickle. The
+upscaled to --size, grey, written as the tutorial's X.pickle / y.pickle; or
+(--data textures) grey Gaussian-smoothed noise whose smoothing scale sigma is
+drawn from [4, 12] pixels, the class being sigma > 7: a texture that the
+augmentation's shifts, flips and rotations leave as it was, so that the head
+can learn it at 224x224 from features that keep their places (Flatten of 7x7),
+where the digits' augmented views leave both libraries at chance. The
 weights, read by both (ImageNet's cannot be downloaded here): --weights FILE, a
 Keras .h5 of VGG16 without its top, e.g. the MNIST-trained weights that
 `benchmarks/pretrain.py` makes; without it, tf_keras's VGG16(weights=None)
@@ -141,6 +146,23 @@ def make_data(folder, size, n):
     return write_pickles(folder, X, (d >= 5).astype(int).tolist())
 
 
+def make_textures(folder, size, n, seed=0):
+    """Smoothed noise of a random scale (sigma in [4, 12] px), class sigma > 7, as
+    the tutorial's pickles: grey uint8 (n, size, size, 1) around 128."""
+    from vggtl.__main__ import write_pickles
+    rng = np.random.default_rng(seed)
+    sigma = rng.uniform(4.0, 12.0, n)
+    f2 = np.fft.fftfreq(size)[:, None] ** 2 + np.fft.fftfreq(size)[None, :] ** 2
+    X = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+        # a Gaussian filter (periodic), applied as its transform
+        z = np.fft.ifft2(np.fft.fft2(rng.standard_normal((size, size)))
+                         * np.exp(-2 * np.pi ** 2 * sigma[i] ** 2 * f2)).real
+        z = (z - z.mean()) / (z.std() + 1e-12)
+        X[i] = np.clip(128 + 48 * z, 0, 255).astype(np.uint8)
+    return write_pickles(folder, X[..., None], (sigma > 7.0).astype(int).tolist())
+
+
 def make_weights(path, threads):
     """tf_keras's VGG16 Glorot weights (no top) as a Keras .h5, made in a subprocess."""
     code = textwrap.dedent(f"""
@@ -251,6 +273,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", default="aug,flow,exact,plain,finetune")
     ap.add_argument("--skip-tf", action="store_true")
+    ap.add_argument("--data", choices=("digits", "textures"), default="digits")
     ap.add_argument("--weights", default=None,
                     help="a Keras .h5 of VGG16 without its top (benchmarks/pretrain.py)")
     args = ap.parse_args()
@@ -259,12 +282,14 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = args.rows.split(",")
     tf_rows = {"aug": "aug", "plain": "plain", "finetune": "finetune"}
-    print(f"{args.n} digits (0-4 / 5-9), {args.size}x{args.size} grey, {args.epochs} epochs, "
+    what = ("digits (0-4 / 5-9)" if args.data == "digits" else
+            "textures (smoothing sigma in [4, 12] px: above 7 / below)")
+    print(f"{args.n} {what}, {args.size}x{args.size} grey, {args.epochs} epochs, "
           f"batch 32, seeds {seeds}, {args.threads} threads; vggtl {vggtl.__version__} "
           f"({vggtl.info()['isa']}); weights {args.weights or 'random (He)'}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        xp, yp = make_data(tmp, args.size, args.n)
+        xp, yp = (make_data if args.data == "digits" else make_textures)(tmp, args.size, args.n)
         if args.weights:
             wpath = os.path.abspath(args.weights)
         else:

@@ -95,11 +95,20 @@ class _Worker:
 
     # -- the messages, each way under a deadline ----------------------------------------
     def _wait(self, fd: int, write: bool, deadline: float, what: str) -> None:
+        """Until ``fd`` can be read (or written), a hang-up included; _Overrun at
+        the deadline. poll(), where there is one: select() fails on descriptors
+        past 1023, which a notebook holding many files reaches."""
         left = deadline - time.monotonic()
         if left > 0:
-            r, w, _ = select.select([] if write else [fd], [fd] if write else [], [], left)
-            if r or w:
-                return
+            if hasattr(select, "poll"):
+                p = select.poll()
+                p.register(fd, select.POLLOUT if write else select.POLLIN)
+                if p.poll(left * 1000):
+                    return
+            else:
+                r, w, _ = select.select([] if write else [fd], [fd] if write else [], [], left)
+                if r or w:
+                    return
         raise _Overrun(what)
 
     def _send(self, header: dict, payload=b"", deadline: float = 0.0, what: str = ""):
@@ -203,10 +212,15 @@ def _drop_worker() -> None:
 def shutdown() -> None:
     """Stop the worker (at exit; a later read starts another)."""
     global _worker
-    with _lock:
+    # at exit, a thread may be stuck mid-request holding the lock: do not wait for it
+    if not _lock.acquire(timeout=5):
+        return
+    try:
         if _worker is not None and _worker.pid == os.getpid():
             _worker.close()
         _worker = None
+    finally:
+        _lock.release()
 
 
 import atexit  # noqa: E402  (registered once the functions exist)

@@ -448,6 +448,8 @@ def serve(fd_in: int, fd_out: int) -> None:
         except MemoryError:
             _write_all(fd_out, encode({"refused": "reading it needs more memory than the "
                                                   "file's size can justify (corrupt?)"}))
+        except Exception as e:  # the file gone meanwhile, ...: the worker carries on
+            _write_all(fd_out, encode({"refused": f"{type(e).__name__}: {e}"}))
 
 
 def main() -> None:
