@@ -214,3 +214,36 @@ def test_an_interrupted_request_leaves_no_worker_behind(mini, monkeypatch, fresh
     w = W.load_weights(path, cache=False)
     assert _h5_sandbox._worker is not old
     assert all(np.array_equal(w[n][0], ref[n][0]) for n in ref)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_worker_and_lock(mini):
+    """fork() while another thread is inside a load (holding the worker's lock): the
+    child loads with a worker of its own instead of waiting for ever on a lock no
+    thread of its will release, and the parent's worker carries on."""
+    path, _ = mini
+    code = textwrap.dedent(f"""
+        import os, sys, threading
+        sys.path.insert(0, {os.path.join(REPO, 'fuzz')!r})
+        import seeds
+        seeds.use_mini_vgg16()
+        from vggtl import weights as W
+        from vggtl.weights import _h5_sandbox as S
+        W.load_weights({path!r}, cache=False)
+        parent_worker = S._worker
+        S._lock.acquire()  # as a thread in the middle of a load holds it
+        pid = os.fork()
+        if pid == 0:
+            w = W.load_weights({path!r}, cache=False)
+            ok = len(w) == 13 and S._worker is not parent_worker
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        S._lock.release()
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        assert parent_worker.proc.poll() is None and S._worker is parent_worker
+        assert len(W.load_weights({path!r}, cache=False)) == 13
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.stdout, r.stderr[-2000:])

@@ -14,6 +14,7 @@ watch what h5py is asked to read); so does a platform without POSIX pipes.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -193,6 +194,26 @@ _lock = threading.Lock()
 _worker: Optional[_Worker] = None
 
 
+def _after_fork_in_child() -> None:
+    """A forked child neither shares the parent's worker nor inherits its lock (held,
+    perhaps, by a thread that does not exist in the child): its own of each. Its
+    copies of the pipes are closed, so that the parent's worker still sees its
+    input end when the parent closes it."""
+    global _lock, _worker
+    _lock = threading.Lock()
+    if _worker is not None:
+        for f in (_worker.proc.stdin, _worker.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        _worker = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _get_worker() -> _Worker:
     global _worker
     if _worker is not None and _worker.pid != os.getpid():
@@ -223,7 +244,6 @@ def shutdown() -> None:
         _lock.release()
 
 
-import atexit  # noqa: E402  (registered once the functions exist)
 atexit.register(shutdown)
 
 
