@@ -149,33 +149,35 @@ class _Worker:
             raise _Garbled("an answer that is not a JSON object")
         return msg
 
-    def ask(self, header: dict, payload=b"", nbytes: int = 0, what: str = "") -> dict:
-        deadline = time.monotonic() + _budget(max(nbytes, len(payload)))
-        self._send(dict(header, payload=len(payload)), payload, deadline, what)
-        msg = self._receive(deadline, what)
-        if "refused" in msg:
-            raise _Refused(str(msg["refused"]))
-        return msg
-
-    def read_array(self, i: int, j: int, shape: tuple, what: str) -> np.ndarray:
-        """Dataset (i, j) as float32 of ``shape`` (checked against the listing
-        before it was asked for)."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+    def exchange(self, header: dict, payload=b"", what: str = "", shape=None):
+        """(reply, array): send a request, wait for its reply; with ``shape``, the
+        float32 array of that shape (listed and checked before it was asked for)
+        that follows the reply, else None."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * 4 if shape is not None else len(payload)
         deadline = time.monotonic() + _budget(nbytes)
-        self._send({"op": "read", "i": i, "j": j, "payload": 0}, b"", deadline, what)
-        msg = self._receive(deadline, what)
-        if "refused" in msg:
-            raise _Refused(str(msg["refused"]))
-        if msg.get("shape") != list(shape) or msg.get("payload") != nbytes:
-            raise _Garbled(f"an array of shape {msg.get('shape')} for one of {list(shape)}")
+        self._send(dict(header, payload=len(payload)), payload, deadline, what)
+        reply = self._receive(deadline, what)
+        if shape is None or "refused" in reply:
+            return reply, None
+        if reply.get("shape") != list(shape) or reply.get("payload") != nbytes:
+            raise _Garbled(f"an array of shape {reply.get('shape')} for one of {list(shape)}")
         out = np.empty(shape, np.float32)
         if nbytes:
             self._read_into(memoryview(out.reshape(-1)).cast("B"), deadline, what)
-        return out
+        return reply, out
 
 
-class _Refused(Exception):
-    """The worker's own refusal: a WeightsError with its message."""
+class _InProcess:
+    """The same requests answered by a session in this process (ISOLATE = False)."""
+
+    def __init__(self):
+        self.session = _h5_worker.Session()
+
+    def exchange(self, header: dict, payload=b"", what: str = "", shape=None):
+        reply, a = _h5_worker.answer(self.session, header, payload)
+        if shape is not None and a is not None and a.shape != tuple(shape):
+            raise _Garbled(f"an array of shape {list(a.shape)} for one of {list(shape)}")
+        return reply, a
 
 
 class _Overrun(Exception):
@@ -270,7 +272,7 @@ class H5File:
         self.path = path
         self.source = path if source is None else source
         isolate = ISOLATE and sys.executable and os.name == "posix"  # select() on pipes
-        self._local = None if isolate else _h5_worker.Session()
+        self._local = None if isolate else _InProcess()
 
     def __enter__(self):
         if self._local is None:
@@ -279,30 +281,23 @@ class H5File:
 
     def __exit__(self, *exc):
         try:
-            if self._local is not None:
-                self._local.close()
-            elif _worker is not None:
-                self._call(lambda w: w.ask({"op": "close"}, what="closing it"))
+            if self._local is not None or _worker is not None:
+                self._exchange({"op": "close"}, what="closing it")
         except WeightsError:
             pass  # the worker was stopped already; the file was read or refused
         finally:
             if self._local is None:
                 _lock.release()
 
-    def _call(self, fn, refused=("", "")):
-        """fn(worker or local session); a refusal's message goes between the two
-        strings of ``refused``."""
-        if self._local is not None:
-            try:
-                return fn(self._local)
-            except _h5_worker.Refused as e:
-                raise WeightsError(f"{self.path}: " + refused[0] + str(e) + refused[1]) from None
+    def _exchange(self, header: dict, payload=b"", what: str = "", shape=None,
+                  refused=("", "")):
+        """The reply to one request (and the array of ``shape`` it brings); a
+        refusal's message goes between the two strings of ``refused``, any failure
+        of the worker stops it. Both as a WeightsError naming the file."""
         w = None
         try:
-            w = _get_worker()
-            return fn(w)
-        except _Refused as e:
-            raise WeightsError(f"{self.path}: " + refused[0] + str(e) + refused[1]) from None
+            w = self._local or _get_worker()
+            reply, a = w.exchange(header, payload, what, shape)
         except _Overrun as e:
             _drop_worker()
             raise WeightsError(
@@ -315,30 +310,29 @@ class H5File:
                    -code in signal.valid_signals() else "stopped")
             raise WeightsError(f"{self.path}: libhdf5 {how} while {e} (corrupt file?)") from None
         except _Garbled as e:
-            _drop_worker()
+            if self._local is None:
+                _drop_worker()
             raise WeightsError(f"{self.path}: the HDF5 reader process sent {e}") from None
         except BaseException:  # Ctrl-C mid-request: the answer would be read as the next's
-            _drop_worker()
+            if self._local is None:
+                _drop_worker()
             raise
+        if "refused" in reply:
+            raise WeightsError(f"{self.path}: {refused[0]}{reply['refused']}{refused[1]}")
+        return reply, a
 
     def kind(self) -> str:
-        if self._local is not None:
-            return self._call(lambda s: s.kind(self.source))
-        return str(self._call(lambda w: w.ask({"op": "kind", "path": self.source},
-                                              what="reading its layout")).get("kind"))
+        reply, _ = self._exchange({"op": "kind", "path": self.source}, what="reading its layout")
+        return str(reply.get("kind"))
 
     def layers(self, kind: str) -> list:
         """[(layer name, [Remote datasets])], in the file's order."""
-        if self._local is not None:
-            listing = self._call(lambda s: s.open(self.source, kind))
+        if isinstance(self.source, str):
+            req, payload = {"op": "open", "path": self.source, "kind": kind}, b""
         else:
-            if isinstance(self.source, str):
-                req, payload, n = {"op": "open", "path": self.source, "kind": kind}, b"", 0
-            else:
-                req, payload, n = {"op": "open", "kind": kind}, self.source, len(self.source)
-            listing = self._call(lambda w: w.ask(req, payload, n, what="listing its layers")
-                                 ).get("layers")
-        return self._check_listing(listing)
+            req, payload = {"op": "open", "kind": kind}, self.source
+        reply, _ = self._exchange(req, payload, what="listing its layers")
+        return self._check_listing(reply.get("layers"))
 
     def _check_listing(self, listing) -> list:
         bad = WeightsError(f"{self.path}: the HDF5 reader process sent a malformed listing")
@@ -361,10 +355,6 @@ class H5File:
 
     def _read(self, ij, shape, what: str) -> np.ndarray:
         i, j = ij
-        refused = (what + " cannot be read (", ")")
-        if self._local is not None:
-            a = self._call(lambda s: s.read(i, j), refused)
-            if a.shape != shape:
-                raise WeightsError(f"{self.path}: {what} has shape {a.shape}, listed as {shape}")
-            return a
-        return self._call(lambda w: w.read_array(i, j, shape, what=f"reading {what}"), refused)
+        _, a = self._exchange({"op": "read", "i": i, "j": j}, what=f"reading {what}",
+                              shape=shape, refused=(what + " cannot be read (", ")"))
+        return a

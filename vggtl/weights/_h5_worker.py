@@ -413,6 +413,31 @@ def _limit_memory(extra: int) -> None:
         pass
 
 
+def answer(session: Session, req: dict, payload: bytes):
+    """(reply, array or None) for one request; a refusal is ``{"refused": message}``.
+    What the worker sends, and what the in-process session of the caller gets."""
+    op = req.get("op")
+    try:
+        if op == "kind":
+            return {"kind": session.kind(req["path"])}, None
+        if op == "open":
+            return {"layers": session.open(req.get("path", payload), req["kind"])}, None
+        if op == "read":
+            a = session.read(int(req["i"]), int(req["j"]))
+            return {"shape": list(a.shape), "payload": a.nbytes}, a
+        if op == "close":
+            session.close()
+            return {"closed": True}, None
+        raise Refused(f"unknown request {op!r}")
+    except Refused as e:
+        return {"refused": str(e)}, None
+    except MemoryError:
+        return {"refused": "reading it needs more memory than the file's size can justify "
+                           "(corrupt?)"}, None
+    except Exception as e:  # the file gone meanwhile, ...: the worker carries on
+        return {"refused": f"{type(e).__name__}: {e}"}, None
+
+
 def serve(fd_in: int, fd_out: int) -> None:
     """Answer the parent's requests until it closes the pipe."""
     session = Session()
@@ -424,32 +449,16 @@ def serve(fd_in: int, fd_out: int) -> None:
             payload = _read_exact(fd_in, int(req.get("payload", 0)))
         except EOFError:
             return
-        op = req.get("op")
-        try:
-            if op == "kind":
-                _limit_memory((1 << 30) + 2 * os.path.getsize(req["path"]))
-                _write_all(fd_out, encode({"kind": session.kind(req["path"])}))
-            elif op == "open":
-                source = req["path"] if "path" in req else payload
-                size = os.path.getsize(source) if isinstance(source, str) else len(source)
+        if req.get("op") in ("kind", "open"):  # a new file: the memory it may justify
+            try:
+                size = os.path.getsize(req["path"]) if "path" in req else len(payload)
                 _limit_memory((1 << 30) + 3 * size)
-                _write_all(fd_out, encode({"layers": session.open(source, req["kind"])}))
-            elif op == "read":
-                a = session.read(int(req["i"]), int(req["j"]))
-                _write_all(fd_out, encode({"shape": list(a.shape), "payload": a.nbytes}))
-                _write_all(fd_out, a)
-            elif op == "close":
-                session.close()
-                _write_all(fd_out, encode({"closed": True}))
-            else:
-                raise Refused(f"unknown request {op!r}")
-        except Refused as e:
-            _write_all(fd_out, encode({"refused": str(e)}))
-        except MemoryError:
-            _write_all(fd_out, encode({"refused": "reading it needs more memory than the "
-                                                  "file's size can justify (corrupt?)"}))
-        except Exception as e:  # the file gone meanwhile, ...: the worker carries on
-            _write_all(fd_out, encode({"refused": f"{type(e).__name__}: {e}"}))
+            except OSError:
+                pass  # the file is gone: answer() says so
+        reply, a = answer(session, req, payload)
+        _write_all(fd_out, encode(reply))
+        if a is not None:
+            _write_all(fd_out, a)
 
 
 def main() -> None:
