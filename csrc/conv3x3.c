@@ -56,7 +56,8 @@ size_t vgg_conv3x3_prepared_floats(int algo, size_t cin, size_t cout) {
     case VGG_CONV_IM2COL: return packed_kernel_floats(cin, cout);
     case VGG_CONV_WINOGRAD: return vgg_winograd_prepared_floats(4, cin, cout);
     case VGG_CONV_WINOGRAD6: return vgg_winograd_prepared_floats(6, cin, cout);
-    case VGG_CONV_WINOGRAD_BF16: return vgg_winograd_bf16_prepared_floats(cin, cout);
+    case VGG_CONV_WINOGRAD_BF16:
+    case VGG_CONV_WINOGRAD_BF16_AMX: return vgg_winograd_bf16_prepared_floats(cin, cout);
     default: return 0;
     }
 }
@@ -76,6 +77,7 @@ int vgg_conv3x3_prepare(float *prepared, size_t prepared_floats, int algo, const
     case VGG_CONV_WINOGRAD6:
         return vgg_winograd_prepare(6, prepared, prepared_floats, kernel, cin, cout);
     case VGG_CONV_WINOGRAD_BF16:
+    case VGG_CONV_WINOGRAD_BF16_AMX:
         return vgg_winograd_bf16_prepare(prepared, prepared_floats, kernel, cin, cout);
     default:
         return VGG_ERR_ARG;
@@ -124,7 +126,9 @@ int vgg_conv3x3_algo_at(size_t h, size_t w, size_t cin, size_t cout, int precisi
     const int algo = vgg_conv3x3_algo(h, w, cin, cout);
     if (precision != VGG_PRECISION_BF16 || vgg_get_conv_algo() == VGG_CONV_IM2COL) return algo;
     const double padded = 4.0 * (double)((h + 1) / 2) * (double)((w + 1) / 2);
-    if (cin >= WINO_MIN_CIN && padded <= 2.0 * (double)h * (double)w) return VGG_CONV_WINOGRAD_BF16;
+    if (cin >= WINO_MIN_CIN && padded <= 2.0 * (double)h * (double)w)
+        return vgg_winograd_bf16_amx_fits(cin, cout) ? VGG_CONV_WINOGRAD_BF16_AMX
+                                                     : VGG_CONV_WINOGRAD_BF16;
     return algo;
 }
 
@@ -226,7 +230,7 @@ static int im2col_forward(float *out, const float *x, const float *kernel,
 
 static int is_winograd(int algo) {
     return algo == VGG_CONV_WINOGRAD || algo == VGG_CONV_WINOGRAD6 ||
-           algo == VGG_CONV_WINOGRAD_BF16;
+           algo == VGG_CONV_WINOGRAD_BF16 || algo == VGG_CONV_WINOGRAD_BF16_AMX;
 }
 
 int vgg_conv3x3_run(int algo, const float *prepared, int relu, int pool, float *out,
@@ -238,8 +242,9 @@ int vgg_conv3x3_run(int algo, const float *prepared, int relu, int pool, float *
      * rows anyway, so only the Winograd paths fuse it (their output transform
      * holds whole tiles of even side) */
     VGG_CHECK(!pool || (is_winograd(algo) && h >= 2 && w >= 2), VGG_ERR_ARG);
-    if (algo == VGG_CONV_WINOGRAD_BF16)
-        st = vgg_winograd_bf16_conv3x3_forward(out, x, kernel, prepared, bias, relu, pool, n, h,
+    if (algo == VGG_CONV_WINOGRAD_BF16 || algo == VGG_CONV_WINOGRAD_BF16_AMX)
+        st = vgg_winograd_bf16_conv3x3_forward(algo == VGG_CONV_WINOGRAD_BF16_AMX, out, x, kernel,
+                                               prepared, bias, relu, pool, n, h,
                                                w, cin, cout, workspace, workspace_floats,
                                                abort_cb, abort_ctx);
     else if (algo == VGG_CONV_WINOGRAD || algo == VGG_CONV_WINOGRAD6)

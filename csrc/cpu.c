@@ -6,18 +6,48 @@
  * baseline, with GCC/Clang function attributes, and the best one the CPU has is
  * chosen once, when the module loads (vgg_cpu_init). vgg_set_isa forces another
  * (tests run every path the machine can; $VGGTL_ISA does it from Python). The
- * AVX512_BF16 level adds the VDPBF16PS kernel of the bf16 path. The
+ * AVX512_BF16 level adds the VDPBF16PS kernel of the bf16 path, AMX_BF16 the
+ * tile kernel (the process asks Linux for the tile state once). The
  * sgemm inside the convolutions is OpenBLAS's, which dispatches on its own
  * (vggtl/__init__.py maps $VGGTL_ISA to $OPENBLAS_CORETYPE before it loads).
  */
+#define _DEFAULT_SOURCE /* syscall(), for arch_prctl, under -std=c11 */
 #include "vgg_internal.h"
 
 #if VGG_X86_DISPATCH
 #include <cpuid.h>
 #endif
+#if VGG_HAVE_AMX
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 static int g_isa = -1;       /* -1: not chosen yet */
 static int g_conv_algo = VGG_CONV_AUTO;
+
+#if VGG_HAVE_AMX
+/* AMX-TILE and AMX-BF16 (CPUID.(7,0):EDX bits 24 and 22), the tile state
+ * enabled by the OS (XCR0 bits 17 and 18), and Linux's permission for this
+ * process to use it (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA, granted to
+ * every thread, asked for once: a kernel without it refuses, and then the CPU
+ * is treated as having no AMX). */
+static int amx_usable(void) {
+    static int state = -1; /* -1 unknown, 0 no, 1 yes */
+    int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
+    if (s >= 0) return s;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    s = 0;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1u) && (d >> 22 & 1u)) {
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        (void)hi;
+        if ((lo >> 17 & 3u) == 3u) s = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                                              18 /* XFEATURE_XTILEDATA */) == 0;
+    }
+    __atomic_store_n(&state, s, __ATOMIC_RELAXED);
+    return s;
+}
+#endif
 
 int vgg_isa_supported(int isa) {
     switch (isa) {
@@ -40,12 +70,17 @@ int vgg_isa_supported(int isa) {
         return __builtin_cpu_supports("avx512bw") && (a >> 5 & 1u);
     }
 #endif
+#if VGG_HAVE_AMX
+    case VGG_ISA_AMX_BF16:
+        return vgg_isa_supported(VGG_ISA_AVX512_BF16) && amx_usable();
+#endif
 #endif
     default: return 0;
     }
 }
 
 static int best_isa(void) {
+    if (vgg_isa_supported(VGG_ISA_AMX_BF16)) return VGG_ISA_AMX_BF16;
     if (vgg_isa_supported(VGG_ISA_AVX512_BF16)) return VGG_ISA_AVX512_BF16;
     if (vgg_isa_supported(VGG_ISA_AVX512)) return VGG_ISA_AVX512;
     if (vgg_isa_supported(VGG_ISA_AVX2)) return VGG_ISA_AVX2;
@@ -74,6 +109,7 @@ const char *vgg_isa_name(int isa) {
     case VGG_ISA_AVX2: return "avx2";
     case VGG_ISA_AVX512: return "avx512";
     case VGG_ISA_AVX512_BF16: return "avx512_bf16";
+    case VGG_ISA_AMX_BF16: return "amx_bf16";
     default: return NULL;
     }
 }
@@ -95,6 +131,7 @@ const char *vgg_conv_algo_name(int algo) {
     case VGG_CONV_WINOGRAD: return "winograd";
     case VGG_CONV_WINOGRAD_BF16: return "winograd_bf16";
     case VGG_CONV_WINOGRAD6: return "winograd6";
+    case VGG_CONV_WINOGRAD_BF16_AMX: return "winograd_bf16_amx";
     default: return NULL;
     }
 }

@@ -165,7 +165,7 @@ AVX512_ATTR static void kernel_avx512(size_t mr, const float *a, size_t lda, con
 /* (kernel, rows per call) for an instruction set */
 static kernel_fn kernel_for(int isa, size_t *mr) {
 #if VGG_X86_DISPATCH
-    if (isa == VGG_ISA_AVX512 || isa == VGG_ISA_AVX512_BF16) {
+    if (isa >= VGG_ISA_AVX512) {
         *mr = MAX_MR;
         return kernel_avx512;
     }

@@ -90,31 +90,39 @@ const char *vgg_blas_corename(void); /* the kernels OpenBLAS chose (its core typ
  * the CPU supports is used unless vgg_set_isa says otherwise. AVX512_BF16 is
  * AVX-512 plus VDPBF16PS: float32 work runs as under AVX512, and the bf16
  * products (precision VGG_PRECISION_BF16) use the instruction; every other
- * level computes the same bf16 sums in plain C (winograd_bf16.c). */
+ * level computes the same bf16 sums in plain C (winograd_bf16.c).
+ * AMX_BF16 adds Intel's tile unit (TDPBF16PS): the bf16 layers it can take
+ * (VGG_CONV_WINOGRAD_BF16_AMX) run there, with sums of their own bits (the
+ * unit's internal rounding is not the pairwise one VDPBF16PS documents);
+ * everything else runs as under AVX512_BF16. Each level includes the ones
+ * before it (a higher value has every lower level's instructions). */
 enum vgg_isa {
     VGG_ISA_BEST = -1,
     VGG_ISA_PORTABLE = 0,
     VGG_ISA_AVX2 = 1,
     VGG_ISA_AVX512 = 2,
-    VGG_ISA_AVX512_BF16 = 3
+    VGG_ISA_AVX512_BF16 = 3,
+    VGG_ISA_AMX_BF16 = 4
 };
 int vgg_isa_supported(int isa);     /* non-zero if this CPU (and build) can run it */
 int vgg_set_isa(int isa);           /* VGG_ERR_ARG if not supported */
 int vgg_get_isa(void);
-/* "portable", "avx2", "avx512", "avx512_bf16"; NULL otherwise */
+/* "portable", "avx2", "avx512", "avx512_bf16", "amx_bf16"; NULL otherwise */
 const char *vgg_isa_name(int isa);
-/* non-zero when bf16 products run on VDPBF16PS (else in plain C, same bits) */
+/* non-zero when bf16 products run on VDPBF16PS or AMX (else in plain C, the
+ * VDPBF16PS bits) */
 int vgg_bf16_native(void);
 
 /* 3x3 convolution algorithm: AUTO chooses per layer shape (vgg_conv3x3_algo);
  * IM2COL and WINOGRAD force one everywhere (tests, benchmarks). WINOGRAD_BF16
- * is never set: it is what a layer runs at precision VGG_PRECISION_BF16. */
+ * (and _AMX) are never set: they are what a layer runs at VGG_PRECISION_BF16. */
 enum vgg_conv_algo {
     VGG_CONV_AUTO = 0,
     VGG_CONV_IM2COL = 1,
     VGG_CONV_WINOGRAD = 2,       /* F(4x4, 3x3) */
     VGG_CONV_WINOGRAD_BF16 = 3,  /* F(2x2, 3x3), bf16 operands */
-    VGG_CONV_WINOGRAD6 = 4       /* F(6x6, 3x3) */
+    VGG_CONV_WINOGRAD6 = 4,      /* F(6x6, 3x3) */
+    VGG_CONV_WINOGRAD_BF16_AMX = 5 /* WINOGRAD_BF16's products on the AMX tiles */
 };
 /* VGG_ERR_ARG unless AUTO, IM2COL, WINOGRAD or WINOGRAD6 */
 int vgg_set_conv_algo(int algo);
@@ -125,7 +133,9 @@ const char *vgg_conv_algo_name(int algo);
  * BF16: every layer with at least 16 input channels whose 2x2 tiles at most
  * double the pixels runs F(2x2,3x3) with bfloat16 operands and float32 sums
  * (winograd_bf16.c), including maps F(4x4) declines; the first layer, 1x1 maps
- * and a forced IM2COL stay float32 (vgg_conv3x3_algo_at). Features then differ
+ * and a forced IM2COL stay float32 (vgg_conv3x3_algo_at). At VGG_ISA_AMX_BF16
+ * the layers with Cin and Cout multiples of 32 run their products on the AMX
+ * tiles (VGG_CONV_WINOGRAD_BF16_AMX). Features then differ
  * from float32 ones by the rounding of bf16 operands. Training always runs
  * float32. */
 enum vgg_precision { VGG_PRECISION_FP32 = 0, VGG_PRECISION_BF16 = 1 };

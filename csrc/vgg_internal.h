@@ -83,6 +83,15 @@
 #else
 #define VGG_HAVE_AVX512BF16 0
 #endif
+/* The AMX kernel (winograd_bf16.c) needs the amx-tile/amx-bf16 targets (GCC 11,
+ * Clang 12) and Linux's arch_prctl to be granted the tile state. */
+#if VGG_HAVE_AVX512BF16 && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || \
+     (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define VGG_HAVE_AMX 1
+#else
+#define VGG_HAVE_AMX 0
+#endif
 
 /* This thread's index in the enclosing OpenMP team (0 without OpenMP): which of
  * the per-thread buffers of a workspace is its own. */
@@ -217,12 +226,15 @@ int vgg_winograd_conv3x3_forward(int tile, float *out, const float *x, const flo
                                  vgg_abort_fn abort_cb, void *abort_ctx);
 
 /* winograd_bf16.c: the bf16 F(2x2,3x3) path, the same contract (its workspace
- * holds a block buffer per thread: `threads` of them, fewer run on fewer). */
+ * holds a block buffer per thread: `threads` of them, fewer run on fewer).
+ * `amx`: the products on the AMX tiles (vgg_winograd_bf16_amx_fits: Cin and
+ * Cout multiples of 32, and the ISA AMX_BF16); the same U either way. */
+int vgg_winograd_bf16_amx_fits(size_t cin, size_t cout);
 size_t vgg_winograd_bf16_prepared_floats(size_t cin, size_t cout);
 int vgg_winograd_bf16_prepare(float *u, size_t u_floats, const float *kernel, size_t cin,
                               size_t cout);
 size_t vgg_winograd_bf16_workspace_floats(size_t cin, size_t cout, size_t threads, int prepared);
-int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *kernel,
+int vgg_winograd_bf16_conv3x3_forward(int amx, float *out, const float *x, const float *kernel,
                                       const float *u_prepared, const float *bias, int relu,
                                       int pool, size_t n, size_t h, size_t w, size_t cin,
                                       size_t cout, float *workspace, size_t workspace_floats,

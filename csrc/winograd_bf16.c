@@ -69,11 +69,24 @@
 #endif
 #define MIN_TB (2 * MR)
 #define MAX_TB (64 * MR)
+/* The AMX kernel takes tiles 32 at a time (two 16-row tiles of the unit), and
+ * longer blocks: at its speed, streaming U (Cin x Cout x 16 bf16, 8 MiB for
+ * 512 channels) once per block is what a short block waits on. */
+#define AMX_ROWS 32
+#ifndef VGG_AMX_BLOCK_BYTES
+#define AMX_BLOCK_BYTES ((size_t)4 << 20)
+#else
+#define AMX_BLOCK_BYTES ((size_t)VGG_AMX_BLOCK_BYTES)
+#endif
 
 typedef uint16_t bf16;
 
-static size_t tiles_per_block(size_t cin, size_t cout) {
+static size_t tiles_per_block(size_t cin, size_t cout, int amx) {
     const size_t per_tile = NXI * (2 * (cin + 1) + 4 * (cout + VW)); /* bytes of V and M */
+    if (amx) {
+        const size_t tb = AMX_BLOCK_BYTES / per_tile / AMX_ROWS * AMX_ROWS;
+        return tb < AMX_ROWS ? AMX_ROWS : tb > MAX_TB ? MAX_TB / AMX_ROWS * AMX_ROWS : tb;
+    }
     size_t tb = BLOCK_BYTES / per_tile / MR * MR;
     return tb < MIN_TB ? MIN_TB : tb > MAX_TB ? MAX_TB : tb;
 }
@@ -93,9 +106,16 @@ static size_t m_stride(size_t cout) { return NXI * cout_pad(cout) + PAD_F32; }
 static size_t bf16_as_floats(size_t n) { return (n + 31) / 32 * 16; }
 
 static size_t u_floats(size_t cin, size_t cout) { return bf16_as_floats(NXI * u_stride(cin, cout)); }
-static size_t thread_floats(size_t cin, size_t cout) {
-    const size_t tb = tiles_per_block(cin, cout);
+static size_t thread_floats_for(size_t cin, size_t cout, int amx) {
+    const size_t tb = tiles_per_block(cin, cout, amx);
     return bf16_as_floats(tb * v_stride(cin)) + tb * m_stride(cout);
+}
+
+/* a thread's block buffer, for either kernel (the workspace is sized before
+ * the kernel is known) */
+static size_t thread_floats(size_t cin, size_t cout) {
+    const size_t a = thread_floats_for(cin, cout, 0), b = thread_floats_for(cin, cout, 1);
+    return a > b ? a : b;
 }
 
 size_t vgg_winograd_bf16_prepared_floats(size_t cin, size_t cout) { return u_floats(cin, cout); }
@@ -389,6 +409,74 @@ BF16_TARGET static void gemm_native(float *m, size_t ms, const bf16 *v, size_t v
 }
 #endif
 
+#if VGG_HAVE_AMX
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16")))
+
+/* The tile configuration (palette 1): tiles 0-3 the float32 sums of 2 x 2
+ * blocks of 16 tiles x 16 channels, 4-5 two blocks of V (16 rows of 16 channel
+ * pairs), 6-7 two of U (16 pairs of rows x 16 channels, pairs interleaved, as
+ * U is packed); every tile 16 rows of 64 bytes. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+/* The same product as gemm_native on the AMX tiles: rows a multiple of 32, kp
+ * of 16 and np of 32 (vgg_winograd_bf16_amx_fits). Each row of M is summed on
+ * its own in a fixed order (pairs in blocks of 16, in turn), so a tile's result
+ * does not depend on its block; the unit's own rounding inside TDPBF16PS makes
+ * the bits differ from VDPBF16PS's. */
+AMX_TARGET static void gemm_amx(float *m, size_t ms, const bf16 *v, size_t vs, const bf16 *u,
+                                size_t np, size_t kp, size_t rows) {
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    _tile_loadconfig(&cfg);
+    const size_t v_bytes = vs * sizeof *v, u_bytes = np * 2 * sizeof *u, m_bytes = ms * sizeof *m;
+    for (size_t n0 = 0; n0 < np; n0 += 32) {
+        for (size_t r0 = 0; r0 < rows; r0 += 32) {
+            const bf16 *v0 = v + r0 * vs, *v1 = v0 + 16 * vs;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (size_t p = 0; p < kp; p += 16) {
+                const bf16 *up = u + (p * np + n0) * 2;
+                _tile_loadd(4, v0 + 2 * p, v_bytes);
+                _tile_loadd(6, up, u_bytes);
+                _tile_loadd(7, up + 32, u_bytes);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_loadd(5, v1 + 2 * p, v_bytes);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            float *mr = m + r0 * ms + n0;
+            _tile_stored(0, mr, m_bytes);
+            _tile_stored(1, mr + 16, m_bytes);
+            _tile_stored(2, mr + 16 * ms, m_bytes);
+            _tile_stored(3, mr + 16 * ms + 16, m_bytes);
+        }
+    }
+    _tile_release();
+}
+#endif
+
+int vgg_winograd_bf16_amx_fits(size_t cin, size_t cout) {
+#if VGG_HAVE_AMX
+    return vgg_get_isa() == VGG_ISA_AMX_BF16 && cin % 32 == 0 && cout % 32 == 0;
+#else
+    (void)cin;
+    (void)cout;
+    return 0;
+#endif
+}
+
 typedef struct {
     void (*kernel)(bf16 *, const float *, const wino_shape *, size_t);
     void (*input)(bf16 *, const float *, const wino_shape *, size_t, size_t);
@@ -397,14 +485,21 @@ typedef struct {
     void (*gemm)(float *, size_t, const bf16 *, size_t, const bf16 *, size_t, size_t, size_t);
 } kernels;
 
-static kernels kernels_for(int isa) {
+/* The kernels of `isa`; `amx` (vgg_winograd_bf16_amx_fits) the AMX product. */
+static kernels kernels_for(int isa, int amx) {
 #if VGG_X86_DISPATCH
+#if VGG_HAVE_AMX
+    if (amx)
+        return (kernels){kernel_transform_avx512, input_transform_avx512, output_transform_avx512,
+                         gemm_amx};
+#endif
+    (void)amx;
 #if VGG_HAVE_AVX512BF16
-    if (isa == VGG_ISA_AVX512_BF16)
+    if (isa >= VGG_ISA_AVX512_BF16)
         return (kernels){kernel_transform_avx512, input_transform_avx512, output_transform_avx512,
                          gemm_native};
 #endif
-    if (isa == VGG_ISA_AVX512 || isa == VGG_ISA_AVX512_BF16)
+    if (isa >= VGG_ISA_AVX512)
         return (kernels){kernel_transform_avx512, input_transform_avx512, output_transform_avx512,
                          gemm_emulated_avx512};
     if (isa == VGG_ISA_AVX2)
@@ -412,13 +507,14 @@ static kernels kernels_for(int isa) {
                          gemm_emulated_avx2};
 #endif
     (void)isa;
+    (void)amx;
     return (kernels){kernel_transform_portable, input_transform_portable,
                      output_transform_portable, gemm_emulated_portable};
 }
 
 int vgg_bf16_native(void) {
 #if VGG_X86_DISPATCH && VGG_HAVE_AVX512BF16
-    return vgg_get_isa() == VGG_ISA_AVX512_BF16;
+    return vgg_get_isa() >= VGG_ISA_AVX512_BF16;
 #else
     return 0;
 #endif
@@ -432,7 +528,7 @@ typedef struct {
     const float *x, *bias;
     const bf16 *u;
     int relu, pool;
-    size_t tiles, tb;
+    size_t tiles, tb, row_step; /* rows padded to a multiple of row_step */
 } block_job;
 
 /* V (tb, 16, Cin) bf16 <- input transform of block bi's tiles, padded with zero
@@ -447,7 +543,7 @@ static void run_block(void *ctx, size_t bi, float *mine) {
     float *mbuf = mine + bf16_as_floats(j->tb * v_stride(cin));
     const size_t t0 = bi * j->tb, t1 = t0 + j->tb < j->tiles ? t0 + j->tb : j->tiles,
                  nt = t1 - t0;
-    const size_t rows = (nt + MR - 1) / MR * MR;
+    const size_t rows = (nt + j->row_step - 1) / j->row_step * j->row_step;
     j->fn.input(vbuf, j->x, j->s, t0, t1);
     if (rows > nt) memset(vbuf + nt * v_stride(cin), 0, (rows - nt) * v_stride(cin) * sizeof *vbuf);
     for (size_t xi = 0; xi < NXI; xi++)
@@ -477,12 +573,12 @@ int vgg_winograd_bf16_prepare(float *u, size_t u_floats_given, const float *kern
     VGG_CHECK(sizes_ok(cin, cout), VGG_ERR_SHAPE);
     VGG_CHECK(u_floats_given >= u_floats(cin, cout), VGG_ERR_SHAPE);
     const wino_shape s = {0, 0, 0, cin, cout, 0, 0};
-    const kernels fn = kernels_for(vgg_get_isa());
+    const kernels fn = kernels_for(vgg_get_isa(), 0);
     prepare((bf16 *)u, kernel, &s, &fn, vgg_get_num_threads());
     return VGG_OK;
 }
 
-int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *kernel,
+int vgg_winograd_bf16_conv3x3_forward(int amx, float *out, const float *x, const float *kernel,
                                       const float *u_prepared, const float *bias, int relu,
                                       int pool, size_t n, size_t h, size_t w, size_t cin,
                                       size_t cout, float *workspace, size_t workspace_floats,
@@ -497,7 +593,8 @@ int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *k
     const size_t nth = vgg_threads_for_buffers(workspace_floats - u_n, per_thread);
     const wino_shape s = {n, h, w, cin, cout, (h + TILE - 1) / TILE, (w + TILE - 1) / TILE};
     VGG_CHECK(vgg_mul_ok(s.th * s.tw, n, &tiles), VGG_ERR_SHAPE);
-    const kernels fn = kernels_for(vgg_get_isa());
+    VGG_CHECK(!amx || vgg_winograd_bf16_amx_fits(cin, cout), VGG_ERR_ARG);
+    const kernels fn = kernels_for(vgg_get_isa(), amx);
     const bf16 *u = (const bf16 *)u_prepared;
     if (!u) {
         prepare((bf16 *)workspace, kernel, &s, &fn, (int)nth);
@@ -505,8 +602,8 @@ int vgg_winograd_bf16_conv3x3_forward(float *out, const float *x, const float *k
     }
 
     /* blocks of tiles */
-    const size_t tb = tiles_per_block(cin, cout);
-    block_job job = {fn, &s, out, x, bias, u, relu, pool, tiles, tb};
+    const size_t tb = tiles_per_block(cin, cout, amx);
+    block_job job = {fn, &s, out, x, bias, u, relu, pool, tiles, tb, amx ? AMX_ROWS : MR};
     return vgg_run_blocks((tiles + tb - 1) / tb, nth, workspace + u_n, per_thread, run_block,
                           &job, abort_cb, abort_ctx);
 }

@@ -157,7 +157,7 @@ typedef struct {
 
 static WF(transforms) WF(transforms_for)(int isa) {
 #if VGG_X86_DISPATCH
-    if (isa == VGG_ISA_AVX512 || isa == VGG_ISA_AVX512_BF16)
+    if (isa >= VGG_ISA_AVX512)
         return (WF(transforms)){WF(kernel_transform_avx512), WF(input_transform_avx512),
                             WF(output_transform_avx512)};
     if (isa == VGG_ISA_AVX2)

@@ -127,7 +127,7 @@ def info(input_shape=(224, 224), precision: str = "fp32") -> dict:
     """Version, threads, the build (OpenMP, the BLAS and its configuration) and
     the kernels in use: the instruction set of vggtl's own kernels (``isa``; the
     ones this CPU can run in ``isas``), OpenBLAS's core type, how bf16 products
-    run (``bf16_kernel``: 'vdpbf16ps' or 'emulated'), the convolution setting
+    run (``bf16_kernel``: 'amx', 'vdpbf16ps' or 'emulated'), the convolution setting
     and the algorithm each convolution takes at ``input_shape`` and
     ``precision`` (``conv_plan``). See :mod:`vggtl.dispatch`."""
     b = _core.build_info()

@@ -12,7 +12,10 @@ imported, force a path (for tests, and for comparing paths on one machine):
 ``VGGTL_ISA``
     ``best`` (the default), ``portable``, ``avx2``, ``avx512`` or
     ``avx512_bf16`` (AVX-512 plus VDPBF16PS, which only the bf16 path uses;
-    every other level computes the same bf16 sums in plain C). Asking for one
+    every other level computes the same bf16 sums in plain C) or ``amx_bf16``
+    (the bf16 path's products on Intel's AMX tiles where a layer's channels are
+    multiples of 32: its own bf16 bits, since the tile unit rounds inside a
+    dot product differently; float32 work as under ``avx512``). Asking for one
     this CPU cannot run is an error at import.
 ``VGGTL_CONV``
     ``auto`` (the default: by layer shape), ``im2col``, ``winograd`` (F(4x4, 3x3))
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-ISAS = ("portable", "avx2", "avx512", "avx512_bf16")
+ISAS = ("portable", "avx2", "avx512", "avx512_bf16", "amx_bf16")
 CONV_ALGOS = ("auto", "im2col", "winograd", "winograd6")
 
 def _env_choice(var: str, allowed) -> str | None:
@@ -64,7 +67,7 @@ def supported_isas() -> list:
 
 def set_isa(name: str) -> None:
     """Use ``name``'s kernels ('best', 'portable', 'avx2', 'avx512',
-    'avx512_bf16'); ValueError when this CPU cannot run it."""
+    'avx512_bf16', 'amx_bf16'); ValueError when this CPU cannot run it."""
     from . import _core
     if not isinstance(name, str):
         raise TypeError(f"isa: expected a str, got {type(name).__name__}")
@@ -98,10 +101,13 @@ def get_conv_algo() -> str:
 
 
 def bf16_kernel() -> str:
-    """How bf16 products run now: 'vdpbf16ps' (the instruction) or 'emulated'
-    (the same sums, bit for bit, in plain C: CPUs without AVX512_BF16, or
+    """How bf16 products run now: 'amx' (the tile unit, where a layer's
+    channels allow, else VDPBF16PS), 'vdpbf16ps' (the instruction) or 'emulated'
+    (VDPBF16PS's sums, bit for bit, in plain C: CPUs without AVX512_BF16, or
     another ISA forced)."""
     from . import _core
+    if get_isa() == "amx_bf16":
+        return "amx"
     return "vdpbf16ps" if _core.bf16_native() else "emulated"
 
 
@@ -109,7 +115,8 @@ def conv_plan(input_shape=(224, 224), precision: str = "fp32") -> dict:
     """The algorithm each of VGG16's convolutions takes for an input of
     ``input_shape`` (h, w[, c]) at ``precision`` ('fp32' or 'bf16', see
     :class:`vggtl.VGG16`) under the current setting: {layer name: algo}, algo
-    one of 'im2col', 'winograd', 'winograd6', 'winograd_bf16'."""
+    one of 'im2col', 'winograd', 'winograd6', 'winograd_bf16',
+    'winograd_bf16_amx'."""
     from . import _core
     h, w = _hw(input_shape)
     plan = {}

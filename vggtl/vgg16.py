@@ -586,7 +586,8 @@ class VGG16:
                 + f"params={self.count_params():,})")
 
 
-_ALGO_LETTERS = {"im2col": "i", "winograd": "w", "winograd6": "6", "winograd_bf16": "b"}
+_ALGO_LETTERS = {"im2col": "i", "winograd": "w", "winograd6": "6", "winograd_bf16": "b",
+                 "winograd_bf16_amx": "a"}
 
 
 def _hash_weights(model: "VGG16", stop: int) -> str:
@@ -613,7 +614,8 @@ def _hash_weights(model: "VGG16", stop: int) -> str:
 
 def _conv_algos(input_size, stop: int, precision: str) -> str:
     """The algorithm of each convolution up to layer ``stop``, one letter each
-    ('i' im2col, 'w' Winograd F(4x4), '6' Winograd F(6x6), 'b' bf16 Winograd)."""
+    ('i' im2col, 'w' Winograd F(4x4), '6' Winograd F(6x6), 'b' bf16 Winograd,
+    'a' bf16 Winograd on AMX)."""
     plan = conv_plan(tuple(input_size), precision=precision)
     return "".join(_ALGO_LETTERS[plan[n]] for n in LAYER_NAMES[:stop + 1] if n in plan)
 

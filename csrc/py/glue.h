@@ -106,8 +106,8 @@ int name_index(const char *arg, const char *name, const char *const *names, int 
 /* The names the core's enums take in Python, indexed by the enum value:
  * ISA_NAMES by enum vgg_isa (from VGG_ISA_PORTABLE), ALGO_NAMES by enum
  * vgg_conv_algo, PRECISION_NAMES by enum vgg_precision. */
-#define VGG_NUM_ISAS 4
-#define VGG_NUM_CONV_ALGOS 5
+#define VGG_NUM_ISAS 5
+#define VGG_NUM_CONV_ALGOS 6
 #define VGG_NUM_PRECISIONS 2
 extern const char *const ISA_NAMES[VGG_NUM_ISAS];
 extern const char *const ALGO_NAMES[VGG_NUM_CONV_ALGOS];

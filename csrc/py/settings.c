@@ -34,7 +34,8 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
                          "blas", vgg_blas_info(), "blas_coretype", vgg_blas_corename());
 }
 
-const char *const ISA_NAMES[VGG_NUM_ISAS] = {"portable", "avx2", "avx512", "avx512_bf16"};
+const char *const ISA_NAMES[VGG_NUM_ISAS] = {"portable", "avx2", "avx512", "avx512_bf16",
+                                            "amx_bf16"};
 
 static PyObject *py_isa_supported(PyObject *self, PyObject *arg) {
     (void)self;

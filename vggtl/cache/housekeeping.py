@@ -188,8 +188,8 @@ def describe_entry(folder: str) -> Optional[dict]:
 def info(path=None) -> dict:
     """What the cache holds: ``{"path", "entries": [...], "bytes", "limit"}``, each
     entry a dict of its id, folder, layer, pooling, n, shape, dtype, view, conv
-    (each convolution's algorithm, one letter: 'i' im2col, 'w' Winograd, 'b' bf16
-    Winograd), bytes, complete, chunks done / total and last use (seconds since
+    (each convolution's algorithm, one letter: 'i' im2col, 'w' Winograd, '6'
+    Winograd F(6x6), 'b' bf16 Winograd, 'a' bf16 Winograd on AMX), bytes, complete, chunks done / total and last use (seconds since
     the epoch), least recently used first. Only folders carrying vggtl's marker
     are entries; anything else in the folder is not listed (nor ever removed)."""
     root = resolve_root(path, "path")
