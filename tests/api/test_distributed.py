@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import vggtl
+from support.isas import bf16_letter
 
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
@@ -290,7 +291,7 @@ def test_workers_compute_at_the_bases_precision(client, base, tmp_path):
     assert same_features(F, ref)
     assert np.abs(ref - reference(base, X)).max() > 1e-4 * np.abs(ref).max()
     (entry,) = vggtl.cache.info(tmp_path)["entries"]
-    assert entry["conv"] == "i" + "b" * 12
+    assert entry["conv"] == "i" + bf16_letter() * 12
 
 
 def test_arguments(client, base, tmp_path):

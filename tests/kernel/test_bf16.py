@@ -4,7 +4,10 @@ Each instruction set this CPU runs computes the same sums: VDPBF16PS on
 avx512_bf16, plain C in VDPBF16PS's order elsewhere. Checked against the NumPy
 reference of the same arithmetic (reference.conv3x3_winograd_bf16), bit for
 bit across instruction sets, threads and batches, against float32 for the
-issue's accuracy bound, and through the API (cache key, saved model, errors)."""
+issue's accuracy bound, and through the API (cache key, saved model, errors).
+amx_bf16 runs the same operands on Intel's tile unit, which rounds inside its
+dot products in its own way: it is held to the same reference within float32
+summation error, to batch and thread independence, and to the bound."""
 import json
 import os
 import subprocess
@@ -18,7 +21,7 @@ from vggtl import _core, dispatch, reference
 from vggtl import _kernels  # the single kernels, for tests
 
 from support import REPO
-from support.isas import ISAS  # each instruction set, skipped where this CPU lacks it
+from support.isas import ISAS, VDPBF16PS_BITS, bf16_algo, bf16_letter
 
 
 # against the reference of the same bf16 arithmetic: only the order of the
@@ -32,7 +35,10 @@ BOUND = 2e-2
 # maps with partial 2 x 2 tiles, 2 x 2 and 5 x 5 maps; tile counts that are not
 # a multiple of the 6-row register block, and more than one 96-tile block
 SHAPES = [(1, 5, 7, 16, 16), (2, 9, 6, 33, 20), (3, 2, 2, 17, 48), (1, 5, 5, 64, 70),
-          (2, 14, 14, 64, 64), (1, 4, 4, 512, 512), (1, 27, 20, 24, 130)]
+          (2, 14, 14, 64, 64), (1, 4, 4, 512, 512), (1, 27, 20, 24, 130),
+          # and for the AMX kernel (channels multiples of 32): tile counts that are
+          # not a multiple of its 32 rows, several blocks, three 32-channel blocks
+          (3, 31, 23, 32, 96), (2, 9, 9, 256, 64)]
 
 
 def _data(rng, n, h, w, cin, cout):
@@ -62,7 +68,7 @@ def test_bf16_round_is_round_to_nearest_even():
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_every_isa_matches_the_reference_arithmetic(rng, kernels, isa, shape):
     vggtl.set_isa(isa)
-    assert _core.conv3x3_algo(*shape[1:], precision="bf16") == "winograd_bf16"
+    assert _core.conv3x3_algo(*shape[1:], precision="bf16") == bf16_algo(*shape[3:])
     x, k, b = _data(rng, *shape)
     for relu in (True, False):
         got = _kernels.conv3x3_forward(x, k, b, relu=relu, precision="bf16")
@@ -74,7 +80,7 @@ def test_every_isa_matches_the_reference_arithmetic(rng, kernels, isa, shape):
         assert 5e-4 < err < 1e-2, err
 
 
-@pytest.mark.parametrize("isa", ISAS[1:])  # each against the portable C
+@pytest.mark.parametrize("isa", VDPBF16PS_BITS[1:])  # each against the portable C
 def test_instruction_sets_give_the_same_bits(rng, kernels, isa):
     # VDPBF16PS adds a pair's odd product, then its even one, each rounded to
     # float32; the products of bf16 values are exact, so plain C in that order
@@ -87,7 +93,7 @@ def test_instruction_sets_give_the_same_bits(rng, kernels, isa):
         np.testing.assert_array_equal(_kernels.conv3x3_forward(x, k, b, precision="bf16"), ref)
 
 
-@pytest.mark.parametrize("isa", ISAS[1:])
+@pytest.mark.parametrize("isa", VDPBF16PS_BITS[1:])
 def test_sums_below_flt_min_are_flushed_as_the_instruction_does(kernels, isa):
     # VDPBF16PS flushes a sum below FLT_MIN (1.2e-38) to zero; the emulation does
     # too, so even features of tiny inputs are the same bits everywhere (each
@@ -110,9 +116,33 @@ def test_vdpbf16ps_is_used_where_the_cpu_has_it(kernels):
         assert dispatch.bf16_kernel() == "emulated"
         pytest.skip("this CPU has no AVX512_BF16: the emulated path is the one tested")
     vggtl.set_isa("best")
+    if dispatch.isa_supported("amx_bf16"):
+        assert vggtl.get_isa() == "amx_bf16" and vggtl.info()["bf16_kernel"] == "amx"
+        vggtl.set_isa("avx512_bf16")
     assert vggtl.get_isa() == "avx512_bf16" and vggtl.info()["bf16_kernel"] == "vdpbf16ps"
     vggtl.set_isa("avx512")
     assert vggtl.info()["bf16_kernel"] == "emulated"
+
+
+@pytest.mark.skipif(not dispatch.isa_supported("amx_bf16"), reason="this CPU has no usable AMX")
+def test_amx_takes_the_layers_whose_channels_allow_it(kernels):
+    vggtl.set_isa("amx_bf16")
+    assert _core.conv3x3_algo(14, 14, 64, 64, precision="bf16") == "winograd_bf16_amx"
+    assert _core.conv3x3_algo(3, 3, 512, 96, precision="bf16") == "winograd_bf16_amx"
+    # channels the tiles do not divide: VDPBF16PS, the same bits as avx512_bf16
+    for cin, cout in ((33, 64), (64, 48), (16, 16)):
+        assert _core.conv3x3_algo(14, 14, cin, cout, precision="bf16") == "winograd_bf16"
+    assert _core.conv3x3_algo(14, 14, 64, 64) == "winograd"  # float32 untouched
+    assert vggtl.info()["bf16_kernel"] == "amx"
+    # the products really run on the tiles: not VDPBF16PS's bits, yet as close to
+    # them as two float32 summation orders
+    rng = np.random.default_rng(11)
+    x, k, b = _data(rng, 2, 12, 12, 128, 64)
+    amx = _kernels.conv3x3_forward(x, k, b, precision="bf16")
+    vggtl.set_isa("avx512_bf16")
+    vdp = _kernels.conv3x3_forward(x, k, b, precision="bf16")
+    assert not np.array_equal(amx, vdp)
+    assert _rel(amx, vdp) < TOL_SAME_ARITHMETIC
 
 
 def test_thread_count_and_batch_do_not_change_a_bit(rng, kernels, restore_threads):
@@ -145,10 +175,10 @@ def test_plan_uses_bf16_where_winograd_would_run(kernels):
     vggtl.set_conv_algo("auto")
     plan = dispatch.conv_plan((224, 224), precision="bf16")
     assert plan["block1_conv1"] == "im2col"  # 3 input channels: float32 im2col
-    assert all(plan[n] == "winograd_bf16" for n in reference.CONV_LAYERS[1:])
+    assert all(plan[n] == bf16_algo(64, 64) for n in reference.CONV_LAYERS[1:])
     # 2 x 2 tiles waste little on 2 x 2 and 5 x 5 maps; a 1 x 1 map stays im2col
-    assert _core.conv3x3_algo(2, 2, 512, 512, precision="bf16") == "winograd_bf16"
-    assert _core.conv3x3_algo(5, 5, 512, 512, precision="bf16") == "winograd_bf16"
+    assert _core.conv3x3_algo(2, 2, 512, 512, precision="bf16") == bf16_algo(512, 512)
+    assert _core.conv3x3_algo(5, 5, 512, 512, precision="bf16") == bf16_algo(512, 512)
     assert _core.conv3x3_algo(1, 1, 512, 512, precision="bf16") == "im2col"
     assert _core.conv3x3_algo(14, 14, 8, 64, precision="bf16") == "im2col"
     # float32 plans are untouched; forcing im2col forces it at bf16 too
@@ -170,7 +200,7 @@ def _bf16_layers_of_the_core(h, w):
     out = []
     for name, kind, cin, cout, _ in _core.VGG16_LAYERS:
         if kind == "conv" and _core.conv3x3_algo(h, w, cin, cout,
-                                                 precision="bf16") == "winograd_bf16":
+                                                 precision="bf16") == bf16_algo(cin, cout):
             out.append(name)
         elif kind == "pool":
             h, w = h // 2, w // 2
@@ -181,8 +211,8 @@ def _bf16_layers_of_the_core(h, w):
 def test_bf16_runs_on_every_layer_but_the_first(size):
     assert _bf16_layers_of_the_core(*size) == ALL_BUT_THE_FIRST
     # and not where 2x2 tiles would more than double a map's pixels, nor on 3 channels
-    assert _core.conv3x3_algo(1, 7, 512, 512, precision="bf16") != "winograd_bf16"
-    assert _core.conv3x3_algo(32, 32, 3, 64, precision="bf16") != "winograd_bf16"
+    for shape in ((1, 7, 512, 512), (32, 32, 3, 64)):
+        assert _core.conv3x3_algo(*shape, precision="bf16") == "im2col"
 
 
 def _layer_by_layer_error(base, X, weights):
@@ -279,7 +309,7 @@ def test_cache_keeps_precisions_apart_and_matches_predict(rng, tmp_path, conv_we
     b16 = vggtl.VGG16(weights=conv_weights, precision="bf16")
     b32 = vggtl.VGG16(weights=conv_weights)
     k16, k32 = vggtl.cache.make_key(b16, X=X), vggtl.cache.make_key(b32, X=X)
-    assert k16["conv"] == "i" + "b" * 12 and k32["conv"] != k16["conv"]
+    assert k16["conv"] == "i" + bf16_letter() * 12 and k32["conv"] != k16["conv"]
     assert vggtl.cache.key_id(k16) != vggtl.cache.key_id(k32)
     F16 = b16.extract(X, cache=tmp_path, progress=False)
     F32 = b32.extract(X, cache=tmp_path, progress=False)
@@ -334,7 +364,9 @@ def test_environment_forces_each_path_and_all_give_the_same_features():
     # $VGGTL_ISA in a fresh interpreter, for every level this CPU runs: the
     # kernel matches the reference arithmetic, and the whole base's bf16
     # features are the same bits on every level (the float32 first layer too:
-    # vggtl's own products, csrc/gemm.c)
+    # vggtl's own products, csrc/gemm.c), but amx_bf16's: its tile unit's own
+    # rounding, held to the bf16 error against the others
+    kernel_of = {"avx512_bf16": "vdpbf16ps", "amx_bf16": "amx"}
     runs = {}
     for isa in dispatch.supported_isas():
         env = dict(os.environ, VGGTL_ISA=isa)
@@ -344,11 +376,14 @@ def test_environment_forces_each_path_and_all_give_the_same_features():
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["isa"] == isa
-        assert out["kernel"] == ("vdpbf16ps" if isa == "avx512_bf16" else "emulated")
+        assert out["kernel"] == kernel_of.get(isa, "emulated")
         assert out["err"] < TOL_SAME_ARITHMETIC, out
         runs[isa] = np.array(out["features"], np.float32)
     for isa, f in runs.items():
-        np.testing.assert_array_equal(f, runs["portable"], err_msg=f"{isa} vs portable")
+        if isa == "amx_bf16":
+            assert 0 < _rel(f, runs["portable"]) < BOUND
+        else:
+            np.testing.assert_array_equal(f, runs["portable"], err_msg=f"{isa} vs portable")
 
 
 def test_emulated_bf16_warns_that_it_is_slow(kernels):

@@ -86,7 +86,23 @@ def test_instruction_sets_change_nothing(images, precision):
     finally:
         vggtl.set_isa(isa)
     for name, F in got.items():
+        if name == "amx_bf16" and precision == "bf16":
+            # the tile unit's own rounding: its own bits (test_bf16.py bounds them),
+            # but the same whatever the batch
+            np.testing.assert_array_equal(
+                np.concatenate([_with_isa(name, base.predict, X[i:i + 1]) for i in range(3)]),
+                F, err_msg="amx_bf16 by batch")
+            continue
         np.testing.assert_array_equal(F, got["portable"], err_msg=f"{name} vs portable")
+
+
+def _with_isa(name, fn, *args):
+    isa = vggtl.get_isa()
+    vggtl.set_isa(name)
+    try:
+        return fn(*args)
+    finally:
+        vggtl.set_isa(isa)
 
 
 def _trained_head(F, labels):
