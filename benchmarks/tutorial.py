@@ -5,6 +5,7 @@ same pickles and the same VGG16 weights file, wall time and test accuracy.
                                   [--seeds 0,1,2,3,4] [--threads 2]
                                   [--rows aug,flow,exact,plain,finetune] [--skip-tf]
                                   [--weights FILE] [--data digits|textures]
+                                  [--precision fp32|bf16]
 
 The data: scikit-learn's handwritten digits, two classes (0-4 and 5-9),
 upscaled to --size, grey, written as the tutorial's X.pickle / y.pickle; or
@@ -206,7 +207,7 @@ def run_tf(xp, yp, wpath, size, epochs, seed, threads, row):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_vggtl(xp, yp, wpath, size, epochs, seed, row, cache=False):
+def run_vggtl(xp, yp, wpath, size, epochs, seed, row, cache=False, precision="fp32"):
     import vggtl
     t0 = time.perf_counter()
     X, y = vggtl.load_pickles(xp, yp)
@@ -214,7 +215,7 @@ def run_vggtl(xp, yp, wpath, size, epochs, seed, row, cache=False):
     trainX, testX, trainY, testY = vggtl.train_test_split(X, labels, test_size=0.25,
                                                           stratify=labels, random_state=42)
     base = vggtl.VGG16(weights=wpath, include_top=False, input_shape=(size, size, 3),
-                       preprocess="scale")
+                       preprocess="scale", precision=precision)
     model = vggtl.TransferModel(base, head=[vggtl.Flatten(), vggtl.Dense(512, activation="relu"),
                                             vggtl.Dropout(0.5), vggtl.Dense(2, activation="softmax")],
                                 seed=seed, cache=False)
@@ -276,6 +277,8 @@ def main():
     ap.add_argument("--data", choices=("digits", "textures"), default="digits")
     ap.add_argument("--weights", default=None,
                     help="a Keras .h5 of VGG16 without its top (benchmarks/pretrain.py)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="vggtl's frozen base (TensorFlow's stays float32)")
     args = ap.parse_args()
     import vggtl
     vggtl.set_num_threads(args.threads)
@@ -286,7 +289,8 @@ def main():
             "textures (smoothing sigma in [4, 12] px: above 7 / below)")
     print(f"{args.n} {what}, {args.size}x{args.size} grey, {args.epochs} epochs, "
           f"batch 32, seeds {seeds}, {args.threads} threads; vggtl {vggtl.__version__} "
-          f"({vggtl.info()['isa']}); weights {args.weights or 'random (He)'}", flush=True)
+          f"({vggtl.info()['isa']}, {args.precision} base); weights "
+          f"{args.weights or 'random (He)'}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         xp, yp = (make_data if args.data == "digits" else make_textures)(tmp, args.size, args.n)
@@ -304,7 +308,7 @@ def main():
                         results.setdefault(("tf", "aug"), []).append(r["warmup"])
                     report("tf", row, seed, r)
                 r = run_vggtl(xp, yp, wpath, args.size, args.epochs, seed, row,
-                              cache=os.path.join(tmp, "cache"))
+                              cache=os.path.join(tmp, "cache"), precision=args.precision)
                 results.setdefault(("vggtl", row), []).append(r)
                 if "warmup" in r and "aug" not in rows:
                     results.setdefault(("vggtl", "aug"), []).append(r["warmup"])
