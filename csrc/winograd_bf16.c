@@ -23,6 +23,8 @@
  *   - avx512_bf16: VDPBF16PS, 6 tiles x 64 output channels of float32 sums in
  *     24 zmm registers; U is packed as (Cin/2, Cout, 2) so one load gives 16
  *     channels' pairs, and a tile's pair of inputs is one broadcast dword.
+ *   - amx_bf16, where Cin and Cout are multiples of 32: the same operands on
+ *     the AMX tiles (gemm_amx), whose own rounding gives bits of its own.
  *   - any other instruction set: the same sums in plain C, in the order the
  *     instruction does them. VDPBF16PS adds a pair's odd product and then its
  *     even one, each rounded to float32; a product of two bf16 values is exact

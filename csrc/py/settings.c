@@ -113,7 +113,7 @@ static PyObject *py_conv3x3_prepare(PyObject *self, PyObject *args, PyObject *kw
     if (algo < 0) return NULL;
     if (algo == VGG_CONV_AUTO) {
         PyErr_SetString(PyExc_ValueError, "algo: expected 'im2col', 'winograd', "
-                        "'winograd6' or 'winograd_bf16', got 'auto'");
+                        "'winograd6', 'winograd_bf16' or 'winograd_bf16_amx', got 'auto'");
         return NULL;
     }
     PyArrayObject *k = check_array(ko, "kernel", F32_ONLY, 4, 0);
@@ -145,10 +145,10 @@ PyMethodDef vggtl_settings_methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
     {"build_info", py_build_info, METH_NOARGS, "build_info() -> dict(openmp, blas, blas_coretype)"},
     {"isa_supported", py_isa_supported, METH_O,
-     "isa_supported(name) -> bool\n\nname: 'portable', 'avx2', 'avx512' or 'avx512_bf16'."},
+     "isa_supported(name) -> bool\n\nname: 'portable', 'avx2', 'avx512', 'avx512_bf16' or 'amx_bf16'."},
     {"set_isa", py_set_isa, METH_O,
      "set_isa(name)\n\nThe instruction set of vggtl's own kernels: 'best', 'portable', 'avx2', "
-     "'avx512', 'avx512_bf16'; ValueError if this CPU lacks it."},
+     "'avx512', 'avx512_bf16', 'amx_bf16'; ValueError if this CPU lacks it."},
     {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> the instruction set in use"},
     {"set_conv_algo", py_set_conv_algo, METH_O,
      "set_conv_algo(name)\n\n3x3 convolutions: 'auto' (by shape), 'im2col', 'winograd' "
@@ -156,12 +156,14 @@ PyMethodDef vggtl_settings_methods[] = {
     {"get_conv_algo", py_get_conv_algo, METH_NOARGS, "get_conv_algo() -> the setting"},
     {"conv3x3_prepare", KW py_conv3x3_prepare, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_prepare(kernel, algo) -> float32 array: the kernel (3, 3, Cin, Cout) in the form "
-     "algo ('im2col', 'winograd', 'winograd6', 'winograd_bf16') computes with, for "
+     "algo ('im2col', 'winograd', 'winograd6', 'winograd_bf16', 'winograd_bf16_amx') computes "
+     "with, for "
      "vgg16_forward's prepared="},
     {"conv3x3_algo", KW py_conv3x3_algo, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_algo(h, w, cin, cout, *, precision='fp32') -> 'im2col', 'winograd', "
-     "'winograd6' or 'winograd_bf16': what a layer of this shape runs"},
+     "'winograd6', 'winograd_bf16' or 'winograd_bf16_amx': what a layer of this shape runs"},
     {"bf16_native", py_bf16_native, METH_NOARGS,
-     "bf16_native() -> bool: bf16 products run on VDPBF16PS (else in plain C, same bits)"},
+     "bf16_native() -> bool: bf16 products run on VDPBF16PS or AMX (else in plain C, "
+     "VDPBF16PS's bits)"},
     {NULL, NULL, 0, NULL},
 };
