@@ -304,7 +304,13 @@ class H5File:
                 f"{self.path}: libhdf5 did not finish {e} in time; a damaged HDF5 file can "
                 f"make it loop for ever, so vggtl stopped it (corrupt file?)") from None
         except _Died as e:
-            code = w.proc.poll() if w is not None else None
+            code = None
+            if getattr(w, "proc", None) is not None:
+                # its pipes close before the kernel reports how it ended: wait a moment
+                try:
+                    code = w.proc.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    pass
             _drop_worker()
             how = (f"was killed by {signal.Signals(-code).name}" if code and code < 0 and
                    -code in signal.valid_signals() else "stopped")
