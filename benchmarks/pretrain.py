@@ -60,7 +60,7 @@ def main():
               validation_data=(X[4600:], y[4600:]), verbose=2)
     print(f"trained in {time.perf_counter() - t0:.0f} s")
     tmp = out + ".tmp"
-    base.save_weights(tmp)
+    base.save_weights(tmp, save_format="h5")  # the suffix would pick TF's checkpoint format
     # tf_keras writes the name lists as variable-length strings, which vggtl
     # does not read; Keras's ImageNet files have fixed-length ones, as here
     import h5py
