@@ -19,7 +19,7 @@ except ImportError as e:  # a source checkout whose extension was never built
                       "`pip install -e .` (or `pip install .` and run outside the source tree)") from None
 _dispatch._apply_env()  # $VGGTL_ISA, $VGGTL_CONV
 from .dispatch import set_isa, get_isa, set_conv_algo, get_conv_algo  # noqa: E402
-from .vgg16 import VGG16, LAYER_NAMES, preprocess_input
+from .vgg16 import VGG16, LAYER_NAMES, PrecisionNotice, preprocess_input
 from .weights import load_weights, save_weights, WeightsError
 from . import data
 from . import cache
@@ -43,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "VGG16",
     "LAYER_NAMES",
+    "PrecisionNotice",
     "preprocess_input",
     "load_weights",
     "save_weights",
@@ -123,16 +124,18 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
-def info(input_shape=(224, 224), precision: str = "fp32") -> dict:
+def info(input_shape=(224, 224), precision: str = "auto") -> dict:
     """Version, threads, the build (OpenMP, the BLAS and its configuration) and
     the kernels in use: the instruction set of vggtl's own kernels (``isa``; the
     ones this CPU can run in ``isas``), OpenBLAS's core type, how bf16 products
-    run (``bf16_kernel``: 'amx', 'vdpbf16ps' or 'emulated'), the convolution setting
+    run (``bf16_kernel``: 'amx', 'vdpbf16ps' or 'emulated'), what
+    ``precision="auto"`` runs (``auto_precision``), the convolution setting
     and the algorithm each convolution takes at ``input_shape`` and
     ``precision`` (``conv_plan``). See :mod:`vggtl.dispatch`."""
     b = _core.build_info()
     return {"version": __version__, "threads": get_num_threads(), "openmp": b["openmp"],
             "blas": b["blas"], "blas_coretype": b.get("blas_coretype"),
             "isa": get_isa(), "isas": _dispatch.supported_isas(),
-            "bf16_kernel": _dispatch.bf16_kernel(), "conv_algo": get_conv_algo(),
+            "bf16_kernel": _dispatch.bf16_kernel(),
+            "auto_precision": _dispatch.auto_precision(), "conv_algo": get_conv_algo(),
             "conv_plan": _dispatch.conv_plan(input_shape, precision)}

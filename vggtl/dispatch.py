@@ -111,13 +111,23 @@ def bf16_kernel() -> str:
     return "vdpbf16ps" if _core.bf16_native() else "emulated"
 
 
+def auto_precision() -> str:
+    """What ``precision="auto"`` (the default of :class:`vggtl.VGG16`) runs now:
+    'bf16' where the AMX tile unit runs the bf16 products (instruction set
+    'amx_bf16'), about twice as fast as float32 there; 'fp32' elsewhere, where
+    bf16 (VDPBF16PS or emulated) is no faster than vggtl's float32 Winograd."""
+    return "bf16" if bf16_kernel() == "amx" else "fp32"
+
+
 def conv_plan(input_shape=(224, 224), precision: str = "fp32") -> dict:
     """The algorithm each of VGG16's convolutions takes for an input of
-    ``input_shape`` (h, w[, c]) at ``precision`` ('fp32' or 'bf16', see
+    ``input_shape`` (h, w[, c]) at ``precision`` ('fp32', 'bf16' or 'auto', see
     :class:`vggtl.VGG16`) under the current setting: {layer name: algo}, algo
     one of 'im2col', 'winograd', 'winograd6', 'winograd_bf16',
     'winograd_bf16_amx'."""
     from . import _core
+    if precision == "auto":
+        precision = auto_precision()
     h, w = _hw(input_shape)
     plan = {}
     for name, kind, cin, units, _ in _core.VGG16_LAYERS:

@@ -24,10 +24,12 @@ from .vgg16 import VGG16
 if TYPE_CHECKING:
     from .model import TransferModel
 
-# 2: the base may have precision "bf16". A model is written with the lowest
-# version that holds it (fp32 models stay 1), so that an older vggtl refuses a
-# bf16 model instead of running it in float32, and still reads the others.
-FORMAT_VERSION = 2
+# 2: the base may have precision "bf16"; 3: or "auto" (resolved where the model
+# is loaded). A model is written with the lowest version that holds it (fp32
+# models stay 1), so that an older vggtl refuses a model it would compute
+# otherwise, and still reads the others.
+FORMAT_VERSION = 3
+_PRECISION_VERSION = {"fp32": 1, "bf16": 2, "auto": 3}
 
 
 class ModelIO:
@@ -39,11 +41,11 @@ class ModelIO:
         b = self.base
         return {
             "format": "vggtl.TransferModel",
-            "format_version": 1 if b.precision == "fp32" else FORMAT_VERSION,
+            "format_version": _PRECISION_VERSION[b.precision_asked],
             "name": self.name, "seed": self.seed,
             "base": {"input_shape": list(b.input_shape) if b.input_shape else None,
                      "pooling": b.pooling, "preprocess": b.preprocess,
-                     "precision": b.precision},
+                     "precision": b.precision_asked},
             "head": [layer.get_config() for layer in self.layers],
             "compile": None if self.optimizer is None else {
                 "optimizer": self.optimizer.get_config(), "loss": self.loss,
@@ -83,8 +85,10 @@ class ModelIO:
         input "images" is NHWC (N, H, W, C) at the base's input_shape, uint8 or,
         with ``input_dtype="float32"``, float pixels in 0..255; its output
         "probabilities" is :meth:`predict`'s (within float32 rounding). The class
-        names go into the file's metadata ("class_names", JSON). A bf16 base is
-        written in float32. Returns the path."""
+        names go into the file's metadata ("class_names", JSON). The graph is
+        float32 whatever the base's precision: a base that computes bf16 (asked,
+        or "auto" on a CPU with AMX) predicts within bf16's error of it.
+        Returns the path."""
         from .onnx_export import export
         return export(self, path, input_dtype)
 
@@ -348,9 +352,10 @@ def check_config(config, tensors: Mapping, format_version: int) -> None:
     _choice("base.input_shape[2]", shape[2], (1, 3))
     pooling = _choice("base.pooling", b["pooling"], (None, "avg", "max"))
     _choice("base.preprocess", b["preprocess"], _vgg16.PREPROCESS_MODES)
-    precision = _choice("base.precision", b.get("precision", "fp32"), _vgg16.PRECISIONS)
-    if precision != "fp32" and version < 2:
-        _fail("base.precision", "'fp32' in a format_version 1 file", precision)
+    precision = _choice("base.precision", b.get("precision", "fp32"), tuple(_PRECISION_VERSION))
+    if version < _PRECISION_VERSION[precision]:
+        allowed = " or ".join(repr(p) for p, v in _PRECISION_VERSION.items() if v <= version)
+        _fail("base.precision", f"{allowed} in a format_version {version} file", precision)
     stop = _vgg16.LAYER_NAMES.index(_vgg16.BASE_OUTPUT)
     fh, fw, fc = _core.vgg16_output_shape(stop, _vgg16._pool_code(pooling), 1000, h, w)
 

@@ -24,6 +24,7 @@ from . import _core
 from . import cache as _cache
 from . import weights as _weights
 from ._arrays import as_images, batch_for_core, check_finite_batch
+from . import dispatch as _dispatch
 from .dispatch import conv_plan
 
 # the core's layer table: ((name, kind, inputs, units, param), ...) in Keras's order
@@ -84,9 +85,34 @@ def _pass_plan(stop, pool, h, w, n, start=0):
 PRECISIONS = _core.PRECISION_NAMES  # ("fp32", "bf16"), indexed by the core's enum
 
 
+class PrecisionNotice(UserWarning):
+    """Said once per process when ``precision="auto"`` runs a base in bf16."""
+
+
+_told_auto_bf16 = False  # PrecisionNotice given
+
+
 def _check_precision(precision) -> str:
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ValueError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
+    if not isinstance(precision, str) or precision not in PRECISIONS + ("auto",):
+        raise ValueError(f"precision: expected 'auto', 'fp32' or 'bf16', got {precision!r}")
+    return precision
+
+
+def _resolve_precision(asked: str) -> str:
+    """'fp32' or 'bf16': what a base asked for ``asked`` computes now (the
+    instruction set can change between calls, see vggtl.set_isa)."""
+    global _told_auto_bf16
+    if asked != "auto":
+        return asked
+    precision = _dispatch.auto_precision()
+    if precision == "bf16" and not _told_auto_bf16:
+        _told_auto_bf16 = True
+        warnings.warn(
+            "precision='auto' runs the frozen base's convolutions in bfloat16 on this CPU's "
+            "AMX tiles: about twice as fast as float32, features within about 1e-2 of the "
+            "largest float32 one, the same test accuracy in vggtl's benchmarks (README, "
+            "'bfloat16'). precision='fp32' keeps float32 (this is said once)",
+            PrecisionNotice, stacklevel=3)
     return precision
 
 
@@ -170,22 +196,27 @@ class VGG16:
         torchvision's, "scale" divides by 255 (the tutorial's ``X/255.0``).
     seed : int or None
         Seed of the initialisation when ``weights=None``.
-    precision : "fp32" or "bf16"
+    precision : "auto", "fp32" or "bf16"
         Arithmetic of the convolutions in :meth:`predict`, :meth:`extract` and
-        :meth:`forward_from`. "fp32" (the default): float32 throughout. "bf16":
-        layers with at least 16 input channels run Winograd F(2x2, 3x3) with
-        bfloat16 operands and float32 sums (VDPBF16PS on CPUs with AVX512_BF16;
-        elsewhere the same bits in plain C, slower than "fp32", with a
-        RuntimeWarning). Features differ from float32 ones by a few 1e-3 of
-        their largest value per layer, about 1e-2 for the whole base (README,
-        "bfloat16"). Training (fine-tuning) always runs float32.
+        :meth:`forward_from`. "fp32": float32 throughout. "bf16": layers with
+        at least 16 input channels run Winograd F(2x2, 3x3) with bfloat16
+        operands and float32 sums (on Intel's AMX tiles or with VDPBF16PS where
+        the CPU has them; elsewhere VDPBF16PS's bits in plain C, slower than
+        "fp32", with a RuntimeWarning). Features differ from float32 ones by a
+        few 1e-3 of their largest value per layer, about 1e-2 for the whole base
+        (README, "bfloat16"). "auto" (the default): "bf16" where the AMX tiles
+        run it (about twice as fast; a :class:`PrecisionNotice` says so once per
+        process), "fp32" elsewhere; see :func:`vggtl.dispatch.auto_precision`.
+        The attribute ``precision`` is what the base computes now ("fp32" or
+        "bf16"), ``precision_asked`` what was given. Training (fine-tuning)
+        always runs float32.
     """
 
     def __init__(self, weights="imagenet", include_top: bool = False,
                  input_shape: Optional[Tuple[int, int, int]] = None,
                  pooling: Optional[str] = None, classes: int = 1000,
                  preprocess: Optional[str] = "auto", seed: Optional[int] = 0,
-                 precision: str = "fp32"):
+                 precision: str = "auto"):
         if pooling not in (None, "avg", "max"):
             raise ValueError(f"pooling: expected None, 'avg' or 'max', got {pooling!r}")
         if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
@@ -194,8 +225,8 @@ class VGG16:
         self.pooling = pooling if not self.include_top else None
         self.classes = int(classes)
         self.input_shape = self._check_input_shape(input_shape)
-        self.precision = _check_precision(precision)
-        if self.precision == "bf16" and not _core.bf16_native():
+        self.precision_asked = _check_precision(precision)
+        if self.precision_asked == "bf16" and not _core.bf16_native():
             warnings.warn("precision='bf16': the bf16 products run emulated here (no "
                           "AVX512_BF16 on this CPU, or $VGGTL_ISA / vggtl.set_isa chose another "
                           "level): the same features as with VDPBF16PS, but slower than "
@@ -579,10 +610,21 @@ class VGG16:
             self._workspace = np.empty(floats, dtype=np.float32)
         return self._workspace
 
+    @property
+    def precision(self) -> str:
+        """'fp32' or 'bf16': the arithmetic of the convolutions now (``precision``
+        given to the constructor, "auto" resolved for the current instruction set)."""
+        return _resolve_precision(self.precision_asked)
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self.precision_asked = _check_precision(value)
+
     def __repr__(self):
         return (f"VGG16(include_top={self.include_top}, input_shape={self.input_shape}, "
                 f"pooling={self.pooling!r}, preprocess={self.preprocess!r}, "
-                + (f"precision={self.precision!r}, " if self.precision != "fp32" else "")
+                + (f"precision={self.precision_asked!r}, " if self.precision_asked != "auto"
+                   else "")
                 + f"params={self.count_params():,})")
 
 
@@ -687,6 +729,16 @@ class LayerView:
     def get_weights(self):
         w = self._model._weights.get(self.name)
         return [] if w is None else [w[0].copy(), w[1].copy()]
+
+    @property
+    def precision(self) -> str:
+        """'fp32' or 'bf16': the arithmetic of the convolutions now (``precision``
+        given to the constructor, "auto" resolved for the current instruction set)."""
+        return _resolve_precision(self.precision_asked)
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self.precision_asked = _check_precision(value)
 
     def __repr__(self):
         return f"<VGG16 layer {self.name} trainable={self.trainable}>"

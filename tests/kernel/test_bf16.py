@@ -241,7 +241,7 @@ def test_network_runs_each_layer_as_the_reference(rng, kernels, conv_weights):
     # the whole network: within the bf16 error of the reference's and of float32
     ref = reference.vgg16_forward(X, conv_weights, preprocess="caffe",
                                   bf16_layers=ALL_BUT_THE_FIRST)
-    f32 = vggtl.VGG16(weights=conv_weights, preprocess="caffe").predict(X)
+    f32 = vggtl.VGG16(weights=conv_weights, preprocess="caffe", precision="fp32").predict(X)
     assert _rel(got, ref) < BOUND
     assert 1e-3 < _rel(got, f32) < BOUND
     # forward_from (a cached cut) runs the same precision
@@ -253,7 +253,7 @@ def test_features_224_within_the_bound(rng, conv_weights):
     # the bound at full size: bf16 features within 2e-2 of float32 ones
     # (Glorot-uniform weights; the README gives 1.1e-2 at 224 and 1.2e-2 at 50)
     X = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    f32 = vggtl.VGG16(weights=conv_weights).predict(X)
+    f32 = vggtl.VGG16(weights=conv_weights, precision="fp32").predict(X)
     f16 = vggtl.VGG16(weights=conv_weights, precision="bf16").predict(X)
     err = _rel(f16, f32)
     assert 1e-3 < err < BOUND, err
@@ -289,9 +289,10 @@ def test_tutorial_head_accuracy_barely_moves():
 
 
 def test_precision_is_checked_and_reported():
-    with pytest.raises(ValueError, match=r"precision: expected 'fp32' or 'bf16', got 'fp16'"):
+    with pytest.raises(ValueError,
+                       match=r"precision: expected 'auto', 'fp32' or 'bf16', got 'fp16'"):
         vggtl.VGG16(weights=None, precision="fp16")
-    with pytest.raises(ValueError, match=r"precision: expected 'fp32' or 'bf16', got None"):
+    with pytest.raises(ValueError, match=r"precision: expected 'auto', 'fp32' or 'bf16', got None"):
         vggtl.VGG16(weights=None, precision=None)
     x = np.zeros((1, 4, 4, 16), np.float32)
     with pytest.raises(ValueError, match=r"precision: expected one of 'fp32', 'bf16', got 'int8'"):
@@ -301,13 +302,14 @@ def test_precision_is_checked_and_reported():
         vggtl.set_conv_algo("winograd_bf16")  # a precision, not a setting
     base = vggtl.VGG16(weights=None, precision="bf16")
     assert base.precision == "bf16" and "precision='bf16'" in repr(base)
-    assert "precision" not in repr(vggtl.VGG16(weights=None))
+    assert "precision='fp32'" in repr(vggtl.VGG16(weights=None, precision="fp32"))
+    assert "precision" not in repr(vggtl.VGG16(weights=None))  # "auto", the default
 
 
 def test_cache_keeps_precisions_apart_and_matches_predict(rng, tmp_path, conv_weights):
     X = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
     b16 = vggtl.VGG16(weights=conv_weights, precision="bf16")
-    b32 = vggtl.VGG16(weights=conv_weights)
+    b32 = vggtl.VGG16(weights=conv_weights, precision="fp32")
     k16, k32 = vggtl.cache.make_key(b16, X=X), vggtl.cache.make_key(b32, X=X)
     assert k16["conv"] == "i" + bf16_letter() * 12 and k32["conv"] != k16["conv"]
     assert vggtl.cache.key_id(k16) != vggtl.cache.key_id(k32)
