@@ -61,7 +61,7 @@ def conv_weights():
 
 @pytest.fixture(scope="session")
 def base_model(conv_weights):
-    return vggtl.VGG16(weights=conv_weights, precision="fp32")  # the float32 oracles' base
+    return vggtl.VGG16(weights=conv_weights)
 
 
 TOP_CLASSES = 10
@@ -72,7 +72,7 @@ def top_model(conv_weights):
     """VGG16 with the top (fc1 is 25088 x 4096: 400 MB), built once per session.
 
     The predictions kernel is scaled up so the softmax is far from uniform."""
-    m = vggtl.VGG16(weights=None, include_top=True, classes=TOP_CLASSES, seed=11, precision="fp32")
+    m = vggtl.VGG16(weights=None, include_top=True, classes=TOP_CLASSES, seed=11)
     w = m.get_weights()
     w.update(conv_weights)
     r = np.random.default_rng(11)

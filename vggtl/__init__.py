@@ -124,7 +124,7 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
-def info(input_shape=(224, 224), precision: str = "auto") -> dict:
+def info(input_shape=(224, 224), precision: str = "fp32") -> dict:
     """Version, threads, the build (OpenMP, the BLAS and its configuration) and
     the kernels in use: the instruction set of vggtl's own kernels (``isa``; the
     ones this CPU can run in ``isas``), OpenBLAS's core type, how bf16 products

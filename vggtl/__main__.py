@@ -809,10 +809,10 @@ def _training_options(epochs: int, epochs_help: str) -> argparse.ArgumentParser:
                           help="split and model seed, a whole number >= 0 (default 42)")
     training.add_argument("--no-cache", action="store_true",
                           help="do not keep the base's features in the feature cache")
-    training.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                          help="the frozen base's convolutions: auto (default: bf16 where "
-                               "Intel's AMX tiles run it, about 2x faster, features within "
-                               "about 1e-2 of float32; fp32 elsewhere), fp32 or bf16")
+    training.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                          help="the frozen base's convolutions: fp32 (default), bf16 "
+                               "(features within about 1e-2 of float32) or auto (bf16 where "
+                               "Intel's AMX tiles make it about 2x faster, fp32 elsewhere)")
     return training
 
 

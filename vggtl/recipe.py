@@ -85,7 +85,7 @@ def head(n_classes: int, pooling: str = "flatten", hidden_units: int = HIDDEN_UN
 
 
 def build(weights, input_shape: Tuple[int, int, int], n_classes: int, *, seed: Optional[int],
-          precision: str = "auto", preprocess: Optional[str] = "auto", cache=True,
+          precision: str = "fp32", preprocess: Optional[str] = "auto", cache=True,
           pooling: str = "flatten", hidden_units: int = HIDDEN_UNITS,
           dropout: float = DROPOUT) -> TransferModel:
     """The frozen VGG16 base and the head, not compiled yet."""

@@ -135,7 +135,7 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
     random_state : int, None or a ``np.random.RandomState``: the random base
         weights, the head's initialisation, the shuffling and dropout.
     verbose : 0 (silent) or 1 (progress bars and a line per epoch).
-    precision : "auto" (default), "fp32" or "bf16": the frozen base's
+    precision : "fp32" (default), "bf16" or "auto": the frozen base's
         convolutions, as :class:`vggtl.VGG16` ("auto": bf16 where Intel's AMX
         tiles run it, about twice as fast, features within about 1e-2 of
         float32 ones; float32 elsewhere).
@@ -171,7 +171,7 @@ class VGG16Classifier(ClassifierMixin, BaseEstimator):
                  loss: str = "auto", augment: Any = None, augment_views: Optional[int] = None,
                  fine_tune_epochs: int = 0, unfreeze_from: str = "block5_conv1",
                  preprocess: Optional[str] = "auto", cache: Any = True,
-                 random_state: Any = 0, verbose: int = 0, precision: str = "auto"):
+                 random_state: Any = 0, verbose: int = 0, precision: str = "fp32"):
         self.weights = weights
         self.input_size = input_size
         self.image_shape = image_shape

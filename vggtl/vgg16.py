@@ -110,8 +110,8 @@ def _resolve_precision(asked: str) -> str:
         warnings.warn(
             "precision='auto' runs the frozen base's convolutions in bfloat16 on this CPU's "
             "AMX tiles: about twice as fast as float32, features within about 1e-2 of the "
-            "largest float32 one, the same test accuracy in vggtl's benchmarks (README, "
-            "'bfloat16'). precision='fp32' keeps float32 (this is said once)",
+            "largest float32 one (README, 'bfloat16', for what that did to accuracy). "
+            "precision='fp32' keeps float32 (this is said once)",
             PrecisionNotice, stacklevel=3)
     return precision
 
@@ -196,17 +196,19 @@ class VGG16:
         torchvision's, "scale" divides by 255 (the tutorial's ``X/255.0``).
     seed : int or None
         Seed of the initialisation when ``weights=None``.
-    precision : "auto", "fp32" or "bf16"
+    precision : "fp32", "bf16" or "auto"
         Arithmetic of the convolutions in :meth:`predict`, :meth:`extract` and
-        :meth:`forward_from`. "fp32": float32 throughout. "bf16": layers with
+        :meth:`forward_from`. "fp32" (the default): float32 throughout. "bf16": layers with
         at least 16 input channels run Winograd F(2x2, 3x3) with bfloat16
         operands and float32 sums (on Intel's AMX tiles or with VDPBF16PS where
         the CPU has them; elsewhere VDPBF16PS's bits in plain C, slower than
         "fp32", with a RuntimeWarning). Features differ from float32 ones by a
         few 1e-3 of their largest value per layer, about 1e-2 for the whole base
-        (README, "bfloat16"). "auto" (the default): "bf16" where the AMX tiles
-        run it (about twice as fast; a :class:`PrecisionNotice` says so once per
-        process), "fp32" elsewhere; see :func:`vggtl.dispatch.auto_precision`.
+        (README, "bfloat16"), which cost about 2 points of test accuracy in
+        the augmented tutorial on real digits, none without augmentation.
+        "auto": "bf16" where the AMX tiles run it (about twice as fast; a
+        :class:`PrecisionNotice` says so once per process), "fp32" elsewhere;
+        see :func:`vggtl.dispatch.auto_precision`.
         The attribute ``precision`` is what the base computes now ("fp32" or
         "bf16"), ``precision_asked`` what was given. Training (fine-tuning)
         always runs float32.
@@ -216,7 +218,7 @@ class VGG16:
                  input_shape: Optional[Tuple[int, int, int]] = None,
                  pooling: Optional[str] = None, classes: int = 1000,
                  preprocess: Optional[str] = "auto", seed: Optional[int] = 0,
-                 precision: str = "auto"):
+                 precision: str = "fp32"):
         if pooling not in (None, "avg", "max"):
             raise ValueError(f"pooling: expected None, 'avg' or 'max', got {pooling!r}")
         if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
@@ -623,7 +625,7 @@ class VGG16:
     def __repr__(self):
         return (f"VGG16(include_top={self.include_top}, input_shape={self.input_shape}, "
                 f"pooling={self.pooling!r}, preprocess={self.preprocess!r}, "
-                + (f"precision={self.precision_asked!r}, " if self.precision_asked != "auto"
+                + (f"precision={self.precision_asked!r}, " if self.precision_asked != "fp32"
                    else "")
                 + f"params={self.count_params():,})")
 

@@ -515,7 +515,6 @@ RO_CHILD = textwrap.dedent("""
     base = vggtl.VGG16(weights=None, seed=2)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vggtl.PrecisionNotice)  # said once, by design
         c0 = _kernels.vgg16_forward_images()
         F = base.extract(X, progress=False)
         G = base.extract(X, progress=False)
@@ -990,7 +989,6 @@ def test_planted_symlinks_never_redirect_a_write(home, base, X, tmp_path, monkey
         os.symlink(outside, folder)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vggtl.PrecisionNotice)  # said once, by design
         F, n = count(lambda: base.extract(X, batch_size=4, progress=False))
     assert n == N and not isinstance(F, np.memmap)
     same_features(F, base.predict(X))
@@ -1007,7 +1005,6 @@ FIFO_CHILD = textwrap.dedent("""
     out = {{}}
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vggtl.PrecisionNotice)  # said once, by design
         c0 = _kernels.vgg16_forward_images()
         F = base.extract(X, cache={root!r}, batch_size=4, progress=False)
         out["computed"] = _kernels.vgg16_forward_images() - c0
@@ -1086,7 +1083,6 @@ WAITER = textwrap.dedent("""
     out = {{"took": [], "memmap": [], "computed": []}}
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vggtl.PrecisionNotice)  # said once, by design
         for _ in range({calls}):
             t, c0 = time.monotonic(), _kernels.vgg16_forward_images()
             F = base.extract(X, cache={root!r}, batch_size=4, progress=False)

@@ -371,7 +371,7 @@ def test_history_json_records_what_reproduces_the_run(pickles, tmp_path, capsys)
     assert h["vggtl_version"] == vggtl.__version__
     assert p["split_seed"] == 7 and p["model_seed"] == 7 and p["test_size"] == 0.3
     assert p["augment_views"] == 2 and p["augment_config"]["rotation_range"] == 30
-    assert p["precision"] == "auto" and p["precision_computed"] == vggtl.dispatch.auto_precision()
+    assert p["precision"] == "fp32" and p["precision_computed"] == "fp32"
     assert p["fine_tune_epochs"] == 1 and p["fine_tune_lr"] == 1e-4
     assert p["fine_tune_optimizer"] == "SGD(momentum=0.9)"
     assert p["lr"] == 3e-3 and p["lr_decay"] == pytest.approx(3e-3 / 2)
@@ -533,9 +533,7 @@ def test_export_command_writes_what_onnxruntime_runs(pickles, tmp_path, capsys):
     assert "wrote " + str(out / "model.onnx") in capsys.readouterr().out
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"images": X[:8]})[0]
-    model = vggtl.load_model(out / "model.vggtl")
-    model.base.precision = "fp32"  # the graph's arithmetic, whatever "auto" chose here
-    want = model.predict(X[:8])
+    want = vggtl.load_model(out / "model.vggtl").predict(X[:8])
     assert np.abs(got - want).max() <= 1e-4
     assert main(["export", "--model", str(tmp_path / "nothing"), "--quiet"]) == 1
     assert "no model there" in capsys.readouterr().err

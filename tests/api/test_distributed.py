@@ -42,8 +42,7 @@ def client():
 
 @pytest.fixture(scope="module")
 def base():
-    return vggtl.VGG16(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3), seed=3,
-                       precision="fp32")
+    return vggtl.VGG16(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3), seed=3)
 
 
 def images(seed, n=N, shape=(SIZE, SIZE, 3)):
@@ -294,8 +293,8 @@ def test_workers_compute_at_the_bases_precision(client, base, tmp_path):
     assert np.abs(ref - reference(base, X)).max() > 1e-4 * np.abs(ref).max()
     (entry,) = vggtl.cache.info(tmp_path)["entries"]
     assert entry["conv"] == "i" + bf16_letter() * 12
-    # a base left at "auto" sends what it resolved to here: the workers agree with it
-    auto = vggtl.VGG16(weights=base.get_weights(), input_shape=(SIZE, SIZE, 3))
+    # a base asked for "auto" sends what it resolved to here: the workers agree with it
+    auto = vggtl.VGG16(weights=base.get_weights(), input_shape=(SIZE, SIZE, 3), precision="auto")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vggtl.PrecisionNotice)
         F = vggtl.distributed.extract(X, auto, client=client, chunk=10,

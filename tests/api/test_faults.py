@@ -539,7 +539,6 @@ def test_full_disk_during_cache_write_warns_once_and_resumes(tmp_path, monkeypat
     _enospc_from(monkeypatch, "000001.bin")  # full from the second chunk on
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vggtl.PrecisionNotice)  # said once, by design
         F1 = base.extract(X, cache=root, batch_size=2, progress=False)
         F2 = base.extract(X, cache=root, batch_size=2, progress=False)
     monkeypatch.setattr(os, "fsync", _REAL_FSYNC)  # space again
@@ -575,7 +574,6 @@ FSIZE_CHILD = """
         out["save"] = [e.errno, str(e)]
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vggtl.PrecisionNotice)  # said once, by design
         F = base.extract(X, cache={root!r}, batch_size=2, progress=False)
     out["warnings"] = [str(x.message) for x in w]
     out["memmap"] = isinstance(F, np.memmap)
@@ -646,7 +644,6 @@ TMPFS_CHILD = """
     base = vggtl.VGG16(weights=None, seed=2)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vggtl.PrecisionNotice)  # said once, by design
         F = base.extract(X, cache=os.path.join(d, "features"), batch_size=2, progress=False)
         G = base.extract(X, cache=os.path.join(d, "features"), batch_size=2, progress=False)
     out["warnings"] = [str(x.message) for x in w]
@@ -705,7 +702,6 @@ RO_CHILD = """
     y = np.arange(12) % 2
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        warnings.simplefilter("ignore", vggtl.PrecisionNotice)  # said once, by design
         base = vggtl.VGG16(weights={pth!r}, input_shape=(32, 32, 3))      # converts, twice
         base = vggtl.VGG16(weights={pth!r}, input_shape=(32, 32, 3))
         m = vggtl.TransferModel(base, head=[vggtl.Flatten(), vggtl.Dense(8, activation="relu"),

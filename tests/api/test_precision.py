@@ -1,6 +1,6 @@
-"""precision="auto", the default: bf16 where the AMX tiles run it, float32
-elsewhere; what it resolves to, the notice said once, and that it is kept
-as asked by saved models, the estimator and the CLI."""
+"""precision="auto": bf16 where the AMX tiles run it, float32 elsewhere; what it
+resolves to, the notice said once, and that it is kept as asked by saved
+models, the estimator and the CLI. The default stays "fp32"."""
 import json
 import pickle
 import warnings
@@ -30,8 +30,9 @@ def test_auto_is_bf16_exactly_where_the_tiles_run_it(isa, kernels, fresh_notice)
     want = "bf16" if isa == "amx_bf16" else "fp32"
     assert dispatch.auto_precision() == want
     assert vggtl.info((48, 48))["auto_precision"] == want
-    base = vggtl.VGG16(weights=None, input_shape=(32, 32, 3))
+    base = vggtl.VGG16(weights=None, input_shape=(32, 32, 3), precision="auto")
     assert base.precision_asked == "auto"
+    assert vggtl.VGG16(weights=None).precision == "fp32"  # the default, on every level
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", vggtl.PrecisionNotice)
         assert base.precision == want
@@ -43,8 +44,8 @@ def test_auto_follows_the_instruction_set_set_later(kernels, fresh_notice, rng):
     """A base asked for "auto" computes what the current level resolves it to,
     bit for bit the features of a base asked for that precision."""
     X = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    auto = vggtl.VGG16(weights=None, input_shape=(32, 32, 3), seed=3)
-    fp32 = vggtl.VGG16(weights=None, input_shape=(32, 32, 3), seed=3, precision="fp32")
+    auto = vggtl.VGG16(weights=None, input_shape=(32, 32, 3), seed=3, precision="auto")
+    fp32 = vggtl.VGG16(weights=None, input_shape=(32, 32, 3), seed=3)
     vggtl.set_isa("portable")
     np.testing.assert_array_equal(auto.predict(X), fp32.predict(X))
     if not dispatch.isa_supported("amx_bf16"):
@@ -66,10 +67,10 @@ def test_the_notice_is_said_once_per_process(monkeypatch, fresh_notice, rng):
     X = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        a = vggtl.VGG16(weights=None, input_shape=(32, 32, 3))
+        a = vggtl.VGG16(weights=None, input_shape=(32, 32, 3), precision="auto")
         assert not _notices(caught)  # building says nothing: computing does
         a.predict(X)
-        b = vggtl.VGG16(weights=None, input_shape=(32, 32, 3))
+        b = vggtl.VGG16(weights=None, input_shape=(32, 32, 3), precision="auto")
         b.predict(X)
         a.predict(X)
     said = _notices(caught)
@@ -82,7 +83,7 @@ def test_no_notice_where_auto_stays_float32(monkeypatch, fresh_notice, rng):
     X = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        vggtl.VGG16(weights=None, input_shape=(32, 32, 3)).predict(X)
+        vggtl.VGG16(weights=None, input_shape=(32, 32, 3), precision="auto").predict(X)
     assert not _notices(caught)
 
 
@@ -91,6 +92,7 @@ def test_explicit_precisions_say_nothing(monkeypatch, fresh_notice, rng):
     X = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        vggtl.VGG16(weights=None, input_shape=(32, 32, 3)).predict(X)
         for p in ("fp32", "bf16"):
             vggtl.VGG16(weights=None, input_shape=(32, 32, 3), precision=p).predict(X)
     assert not _notices(caught)
@@ -146,14 +148,20 @@ def test_auto_in_an_older_format_is_refused(tmp_path):
         vggtl.load_model(path)
 
 
-def test_the_estimator_asks_auto_by_default():
-    clf = vggtl.VGG16Classifier(weights=None)
+def test_the_estimator_takes_auto(rng, fresh_notice):
+    assert vggtl.VGG16Classifier(weights=None).get_params()["precision"] == "fp32"
+    X = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    clf = vggtl.VGG16Classifier(weights=None, epochs=1, cache=False, precision="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", vggtl.PrecisionNotice)
+        clf.fit(X, [0, 1] * 4)
     assert clf.get_params()["precision"] == "auto"
+    assert clf.model_.base.precision == dispatch.auto_precision()
 
 
 def test_the_cli_records_what_auto_computed(tmp_path, monkeypatch, fresh_notice):
-    """`train` defaults to --precision auto and writes both what was asked and
-    what the base computed."""
+    """`train --precision auto` writes both what was asked and what the base
+    computed."""
     from vggtl.__main__ import main
     r = np.random.default_rng(0)
     X = r.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
@@ -165,7 +173,7 @@ def test_the_cli_records_what_auto_computed(tmp_path, monkeypatch, fresh_notice)
         warnings.simplefilter("ignore", vggtl.PrecisionNotice)
         assert main(["train", "--x", str(tmp_path / "X.pickle"), "--y", str(tmp_path / "y.pickle"),
                      "--weights", "random", "--epochs", "1", "--out", str(out), "--quiet",
-                     "--no-cache"]) in (0, None)
+                     "--no-cache", "--precision", "auto"]) in (0, None)
     params = json.loads((out / "history.json").read_text())["params"]
     assert params["precision"] == "auto"
     assert params["precision_computed"] == dispatch.auto_precision()

@@ -46,7 +46,7 @@ def test_layer_cuts_chain(rng, base_model):
 
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_global_pooling_of_the_output(rng, close, conv_weights, pooling):
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights, pooling=pooling)
+    model = vggtl.VGG16(weights=conv_weights, pooling=pooling)
     X = _images(rng, 3, 70, 66)  # block5_pool is 2 x 2: pooling is not a reshape
     got = model.predict(X)
     assert got.shape == (3, 512) and model.output_shape(None, (70, 66, 3)) == (512,)
@@ -57,7 +57,7 @@ def test_global_pooling_of_the_output(rng, close, conv_weights, pooling):
 
 
 def test_pooling_applies_to_the_model_output_only(rng, close, conv_weights):
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights, pooling="avg")
+    model = vggtl.VGG16(weights=conv_weights, pooling="avg")
     X = _images(rng, 2, 32, 40)
     got = model.predict(X, layer="block4_pool")
     assert got.shape == (2, 2, 2, 512)
@@ -66,12 +66,12 @@ def test_pooling_applies_to_the_model_output_only(rng, close, conv_weights):
 
 @pytest.mark.parametrize("mode", ["caffe", "torch", "scale"])
 def test_preprocess_inside_the_model(rng, close, conv_weights, mode):
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights, preprocess=mode)
+    model = vggtl.VGG16(weights=conv_weights, preprocess=mode)
     X = _images(rng, 2, 32, 36)
     got = model.predict(X, layer="block3_conv3")
     close(got, reference.vgg16_forward(X, conv_weights, layer="block3_conv3", preprocess=mode))
     # the same as preprocessing outside and running the model without it
-    plain = vggtl.VGG16(precision="fp32", weights=conv_weights)
+    plain = vggtl.VGG16(weights=conv_weights)
     close(got, plain.predict(vggtl.preprocess_input(X, mode), layer="block3_conv3"), rtol=1e-6)
 
 
@@ -86,7 +86,7 @@ def test_grey_images(rng, close, base_model, conv_weights):
 
 
 def test_input_shape_fixes_the_size(rng, close, conv_weights):
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights, input_shape=(48, 40, 1))
+    model = vggtl.VGG16(weights=conv_weights, input_shape=(48, 40, 1))
     X = _images(rng, 2, 48, 40, c=1)
     assert model.output_shape() == (1, 1, 512)
     close(model.predict(X), reference.vgg16_forward(X, conv_weights))
@@ -123,8 +123,7 @@ def test_empty_batch(rng, close, base_model, conv_weights, top_model):
     for model, x, shape, kw in [
             (base_model, X[:0], (0, 1, 1, 512), {}),
             (base_model, X[:0], (0, 20, 20, 64), {"layer": "block1_pool"}),
-            (vggtl.VGG16(precision="fp32", weights=conv_weights, pooling="max"), X[:0], (0, 512),
-             {}),
+            (vggtl.VGG16(weights=conv_weights, pooling="max"), X[:0], (0, 512), {}),
             (base_model, X[:0, :, :, 0], (0, 1, 1, 512), {}),
             (top_model, np.zeros((0, 224, 224, 3), np.uint8), (0, top_model.classes), {}),
             (top_model, np.zeros((0, 224, 224, 3), np.uint8), (0, 4096), {"layer": "fc2"})]:
@@ -208,7 +207,7 @@ def test_float_inputs_outside_uint8_range(rng, close, base_model, conv_weights):
 # --- weights --------------------------------------------------------------------------
 
 def test_weights_round_trip(rng, conv_weights, base_model):
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights)
+    model = vggtl.VGG16(weights=conv_weights)
     got = model.get_weights()
     assert set(got) == set(conv_weights) == set(reference.CONV_LAYERS)
     for name, (k, b) in conv_weights.items():
@@ -217,14 +216,14 @@ def test_weights_round_trip(rng, conv_weights, base_model):
         assert got[name][0].dtype == np.float32 and got[name][1].dtype == np.float32
     X = _images(rng, 2, 32, 32)
     np.testing.assert_array_equal(model.predict(X), base_model.predict(X))
-    other = vggtl.VGG16(precision="fp32", weights=None, seed=123)
+    other = vggtl.VGG16(weights=None, seed=123)
     assert not np.array_equal(other.predict(X), model.predict(X))
     other.set_weights(got)
     np.testing.assert_array_equal(other.predict(X), model.predict(X))
 
 
 def test_get_weights_returns_copies(rng, conv_weights):
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights)
+    model = vggtl.VGG16(weights=conv_weights)
     X = _images(rng, 1, 32, 32)
     before = model.predict(X)
     w = model.get_weights()
@@ -238,7 +237,7 @@ def test_get_weights_returns_copies(rng, conv_weights):
 
 def test_set_weights_copies_its_input(rng, conv_weights):
     w = {k: (a.copy(), b.copy()) for k, (a, b) in conv_weights.items()}
-    model = vggtl.VGG16(precision="fp32", weights=w)
+    model = vggtl.VGG16(weights=w)
     X = _images(rng, 1, 32, 32)
     before = model.predict(X)
     w["block1_conv1"][0][...] = 0
@@ -247,17 +246,17 @@ def test_set_weights_copies_its_input(rng, conv_weights):
 
 def test_set_weights_accepts_float64_and_converts(rng, close, conv_weights, base_model):
     w64 = {k: (a.astype(np.float64), b.astype(np.float64)) for k, (a, b) in conv_weights.items()}
-    model = vggtl.VGG16(precision="fp32", weights=w64)
+    model = vggtl.VGG16(weights=w64)
     assert model.get_weights()["block3_conv1"][0].dtype == np.float32
     X = _images(rng, 1, 32, 32)
     np.testing.assert_array_equal(model.predict(X), base_model.predict(X))
 
 
 def test_failed_set_weights_changes_nothing(rng, conv_weights):
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights)
+    model = vggtl.VGG16(weights=conv_weights)
     X = _images(rng, 1, 32, 32)
     before = model.predict(X)
-    bad = vggtl.VGG16(precision="fp32", weights=None, seed=5).get_weights()
+    bad = vggtl.VGG16(weights=None, seed=5).get_weights()
     k, b = bad["block5_conv3"]
     bad["block5_conv3"] = (k[:, :, :, :10], b)
     with pytest.raises(ValueError, match="block5_conv3"):
@@ -268,7 +267,7 @@ def test_failed_set_weights_changes_nothing(rng, conv_weights):
 
 
 def test_default_initialisation():
-    a, b, c = (vggtl.VGG16(precision="fp32", weights=None, seed=s) for s in (3, 3, 4))
+    a, b, c = (vggtl.VGG16(weights=None, seed=s) for s in (3, 3, 4))
     wa, wb, wc = a.get_weights(), b.get_weights(), c.get_weights()
     assert list(wa) == list(reference.CONV_LAYERS)
     for name, (k, bias) in wa.items():
@@ -283,7 +282,7 @@ def test_default_initialisation():
 
 
 def test_layer_names():
-    base = vggtl.VGG16(precision="fp32", weights=None, seed=0)
+    base = vggtl.VGG16(weights=None, seed=0)
     assert base.layer_names == BASE_LAYERS
     assert BASE_LAYERS[:3] == ("block1_conv1", "block1_conv2", "block1_pool")
     assert vggtl.LAYER_NAMES[-4:] == ("flatten", "fc1", "fc2", "predictions")

@@ -151,7 +151,7 @@ def test_keras_legacy_notop_matches_keras(notop, keras, close):
     ref = keras_run(keras.applications.VGG16(weights=path, include_top=False,
                                              input_shape=(64, 64, 3)),
                     keras.applications.vgg16.preprocess_input(X.astype(np.float32)))
-    base = vggtl.VGG16(precision="fp32", weights=path, input_shape=(64, 64, 3))
+    base = vggtl.VGG16(weights=path, input_shape=(64, 64, 3))
     assert base.preprocess == "caffe"  # "auto": Keras's files were trained on Caffe input
     got = base.predict(X)
     assert got.shape == ref.shape == (2, 2, 2, 512)
@@ -181,8 +181,7 @@ def test_tf_keras_save_weights_files_load(notop, tmp_path, rng, top):
     got = vggtl.load_weights(p, include_top=top)
     assert got.format == "keras-h5"
     same(got, w)
-    base = vggtl.VGG16(precision="fp32", weights=p, include_top=top,
-                       input_shape=(224, 224, 3) if top else None)
+    base = vggtl.VGG16(weights=p, include_top=top, input_shape=(224, 224, 3) if top else None)
     for name, (k, b) in w.items():
         np.testing.assert_array_equal(base.get_weights()[name][0], k)
         np.testing.assert_array_equal(base.get_weights()[name][1], b)
@@ -211,7 +210,7 @@ def test_keras_legacy_top_matches_keras(top, keras, close):
     sub = keras.Model(m.inputs, [m.get_layer("fc2").output, m.outputs[0]])
     ref_fc2, ref = keras_run(sub, keras.applications.vgg16.preprocess_input(X.astype(np.float32)))
     del m, sub
-    base = vggtl.VGG16(precision="fp32", weights=path, include_top=True)
+    base = vggtl.VGG16(weights=path, include_top=True)
     assert base.preprocess == "caffe" and base.classes == 1000
     fc2 = base.predict(X, layer="fc2")
     close(fc2, ref_fc2)
@@ -245,7 +244,7 @@ def test_keras3_file_matches_keras(keras3_model, keras, tmp_path, close, suffix)
         keras3_model.save_weights(p)
     X = images(12, 2, 32)
     ref = keras_run(keras3_model, keras.applications.vgg16.preprocess_input(X.astype(np.float32)))
-    base = vggtl.VGG16(precision="fp32", weights=p)
+    base = vggtl.VGG16(weights=p)
     assert base.preprocess == "caffe"
     assert vggtl.load_weights(p).format == ("keras3-h5" if suffix == ".weights.h5" else "keras-zip")
     close(base.predict(X), ref)
@@ -258,7 +257,7 @@ def test_torch_notop_matches_torch(torch_notop, close, fmt):
     X = images(13, 2, 64)
     with torch.no_grad():
         ref = torch_nhwc(wf.torch_vgg16(sd).features(torch_input(X)))
-    base = vggtl.VGG16(precision="fp32", weights=paths[fmt], input_shape=(64, 64, 3))
+    base = vggtl.VGG16(weights=paths[fmt], input_shape=(64, 64, 3))
     assert base.preprocess == "torch"  # "auto": torchvision's normalisation
     assert vggtl.load_weights(paths[fmt]).format == f"torch-{fmt}"
     got = base.predict(X)
@@ -289,7 +288,7 @@ def test_torch_top_matches_torch(top, files, close):
         ref = torch.softmax(net.classifier(x), dim=1).numpy()
     del net, sd
     loaded = vggtl.load_weights(p, include_top=True, cache=False)  # (a 553 MB cache entry)
-    base = vggtl.VGG16(precision="fp32", weights=loaded, include_top=True)
+    base = vggtl.VGG16(weights=loaded, include_top=True)
     assert base.preprocess == "torch"
     fc2 = base.predict(X, layer="fc2")
     close(fc2, ref_fc2)
@@ -367,7 +366,7 @@ def test_malicious_pth_is_refused(tmp_path, how, named, fmt):
     p = str(tmp_path / "evil.pth")
     sd = {"features.0.weight": _Payload(how, str(marker)), "features.0.bias": torch.zeros(64)}
     torch.save(sd, p, _use_new_zipfile_serialization=(fmt == "zip"))
-    for call in (lambda: vggtl.load_weights(p), lambda: vggtl.VGG16(precision="fp32", weights=p)):
+    for call in (lambda: vggtl.load_weights(p), lambda: vggtl.VGG16(weights=p)):
         with pytest.raises(W.UnsafePickleError, match=named) as e:
             call()
         assert "refused, nothing was run" in str(e.value)
@@ -419,15 +418,15 @@ def test_pickled_module_is_refused(tmp_path):
 # -- safetensors (vggtl's own format) ----------------------------------------------------------
 def test_save_and_load_safetensors(notop, tmp_path):
     w, _ = notop
-    base = vggtl.VGG16(precision="fp32", weights=w, preprocess="caffe")
+    base = vggtl.VGG16(weights=w, preprocess="caffe")
     (tmp_path / "out").mkdir()
     p = str(tmp_path / "out" / "mine.safetensors")
     base.save_weights(p)
     assert os.listdir(tmp_path / "out") == ["mine.safetensors"]  # no temporary file left
-    again = vggtl.VGG16(precision="fp32", weights=p)
+    again = vggtl.VGG16(weights=p)
     assert again.preprocess == "caffe"  # recorded in the file's metadata
     same(again.get_weights(), w)
-    assert vggtl.VGG16(precision="fp32", weights=p, preprocess="scale").preprocess == "scale"
+    assert vggtl.VGG16(weights=p, preprocess="scale").preprocess == "scale"
 
 
 def test_safetensors_without_metadata_and_torch_keys(notop, torch_notop, tmp_path):
@@ -436,7 +435,7 @@ def test_safetensors_without_metadata_and_torch_keys(notop, torch_notop, tmp_pat
     p = str(tmp_path / "plain.safetensors")
     save_file({f"{k}/{n}": a for k, pair in w.items() for n, a in zip(("kernel", "bias"), pair)}, p)
     got = vggtl.load_weights(p)
-    assert got.preprocess is None and vggtl.VGG16(precision="fp32", weights=p).preprocess is None
+    assert got.preprocess is None and vggtl.VGG16(weights=p).preprocess is None
     same(got, w)
     sd, paths = torch_notop
     save_file({k: v.numpy() for k, v in sd.items()}, p)  # torchvision's keys
@@ -445,15 +444,15 @@ def test_safetensors_without_metadata_and_torch_keys(notop, torch_notop, tmp_pat
 
 def test_preprocess_follows_the_weights(notop):
     w, path = notop
-    assert vggtl.VGG16(precision="fp32", weights=None).preprocess is None
-    assert vggtl.VGG16(precision="fp32", weights=w).preprocess is None  # a plain dict says nothing
+    assert vggtl.VGG16(weights=None).preprocess is None
+    assert vggtl.VGG16(weights=w).preprocess is None  # a plain dict says nothing
     loaded = vggtl.load_weights(path)
-    assert vggtl.VGG16(precision="fp32", weights=loaded).preprocess == "caffe"  # a WeightsDict does
-    assert vggtl.VGG16(precision="fp32", weights=path, preprocess=None).preprocess is None
+    assert vggtl.VGG16(weights=loaded).preprocess == "caffe"  # a WeightsDict does
+    assert vggtl.VGG16(weights=path, preprocess=None).preprocess is None
     with pytest.raises(ValueError, match="preprocess"):
-        vggtl.VGG16(precision="fp32", weights=path, preprocess="bgr")
+        vggtl.VGG16(weights=path, preprocess="bgr")
     with pytest.raises(TypeError, match="weights"):
-        vggtl.VGG16(precision="fp32", weights=3)
+        vggtl.VGG16(weights=3)
 
 
 # -- weights="imagenet": search, download, offline -----------------------------------------------
@@ -500,7 +499,7 @@ def test_imagenet_found_in_keras_cache(notop, isolated):
     d = isolated["KERAS_HOME"] / "models"
     d.mkdir(parents=True)
     os.symlink(path, d / W.KERAS_NOTOP)
-    base = vggtl.VGG16(precision="fp32")  # weights="imagenet" is the default, as in Keras
+    base = vggtl.VGG16()  # weights="imagenet" is the default, as in Keras
     assert base.preprocess == "caffe"
     same(base.get_weights(), w)
 
@@ -526,14 +525,14 @@ def test_imagenet_download(notop, isolated, monkeypatch, capsys):
     monkeypatch.setitem(W.DOWNLOADS, W.KERAS_NOTOP, (url, hashlib.md5(data).hexdigest()))
     seen = []
     _serve(monkeypatch, data, seen)
-    base = vggtl.VGG16(precision="fp32", weights="imagenet")
+    base = vggtl.VGG16(weights="imagenet")
     assert seen == [url] and base.preprocess == "caffe"
     same(base.get_weights(), w)
     own = isolated["XDG_CACHE_HOME"] / "vggtl"
     assert os.listdir(own) == [W.KERAS_NOTOP]  # written whole, under its own name
     assert W.KERAS_NOTOP in capsys.readouterr().err  # the progress bar
     seen.clear()
-    vggtl.VGG16(precision="fp32", weights="imagenet")  # now found in vggtl's cache
+    vggtl.VGG16(weights="imagenet")  # now found in vggtl's cache
     assert seen == []
 
 
@@ -542,7 +541,7 @@ def test_imagenet_download_hash_mismatch(notop, isolated, monkeypatch):
     seen = []
     _serve(monkeypatch, open(path, "rb").read()[:1 << 20], seen)  # a cut download
     with pytest.raises(vggtl.WeightsError, match="md5") as e:
-        vggtl.VGG16(precision="fp32", weights="imagenet")
+        vggtl.VGG16(weights="imagenet")
     assert W.DOWNLOADS[W.KERAS_NOTOP][1] in str(e.value)
     assert seen and os.listdir(isolated["XDG_CACHE_HOME"] / "vggtl") == []  # nothing kept
 
@@ -553,7 +552,7 @@ def test_imagenet_offline(isolated, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", unreachable)
     with pytest.raises(W.WeightsNotFoundError) as e:
-        vggtl.VGG16(precision="fp32", weights="imagenet")
+        vggtl.VGG16(weights="imagenet")
     msg = str(e.value)
     url, md5 = W.DOWNLOADS[W.KERAS_NOTOP]
     for part in (W.KERAS_NOTOP, W.TORCH_FILE, url, md5, "VGGTL_WEIGHTS", "name resolution",
@@ -566,7 +565,7 @@ def test_imagenet_offline(isolated, monkeypatch):
     assert "urllib" not in tb.replace(url, "")
     assert isinstance(e.value, FileNotFoundError)
     with pytest.raises(W.WeightsNotFoundError, match=W.KERAS_TOP):
-        vggtl.VGG16(precision="fp32", weights="imagenet", include_top=True)
+        vggtl.VGG16(weights="imagenet", include_top=True)
     assert os.listdir(isolated["XDG_CACHE_HOME"] / "vggtl") == []
 
 
@@ -575,7 +574,7 @@ def test_missing_file(tmp_path):
     p = tmp_path / "nope.h5"
     for weights in (str(p), p):
         with pytest.raises(FileNotFoundError, match="nope.h5"):
-            vggtl.VGG16(precision="fp32", weights=weights)
+            vggtl.VGG16(weights=weights)
     with pytest.raises(IsADirectoryError):
         vggtl.load_weights(tmp_path)
 
@@ -681,7 +680,7 @@ def test_missing_layer(notop, torch_notop, tmp_path):
     p = wf.write_keras_legacy_h5(str(tmp_path / "w.h5"),
                                  {k: v for k, v in w.items() if k != "block3_conv2"})
     with pytest.raises(vggtl.WeightsError, match=r"layer 'block3_conv2' is missing"):
-        vggtl.VGG16(precision="fp32", weights=p)
+        vggtl.VGG16(weights=p)
     sd = collections.OrderedDict((k, v) for k, v in torch_notop[0].items() if "features.12." not in k)
     p = str(tmp_path / "w.pth")
     torch.save(sd, p)
@@ -722,7 +721,7 @@ def test_non_finite_weights(notop, tmp_path):
 def test_include_top_with_a_notop_file(every_format):
     for fmt, p in every_format.items():
         with pytest.raises(vggtl.WeightsError, match="include_top=True") as e:
-            vggtl.VGG16(precision="fp32", weights=p, include_top=True)
+            vggtl.VGG16(weights=p, include_top=True)
         assert p in str(e.value), fmt
 
 

@@ -302,8 +302,8 @@ def test_precision_is_checked_and_reported():
         vggtl.set_conv_algo("winograd_bf16")  # a precision, not a setting
     base = vggtl.VGG16(weights=None, precision="bf16")
     assert base.precision == "bf16" and "precision='bf16'" in repr(base)
-    assert "precision='fp32'" in repr(vggtl.VGG16(weights=None, precision="fp32"))
-    assert "precision" not in repr(vggtl.VGG16(weights=None))  # "auto", the default
+    assert "precision='auto'" in repr(vggtl.VGG16(weights=None, precision="auto"))
+    assert "precision" not in repr(vggtl.VGG16(weights=None))  # "fp32", the default
 
 
 def test_cache_keeps_precisions_apart_and_matches_predict(rng, tmp_path, conv_weights):

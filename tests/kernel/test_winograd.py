@@ -107,7 +107,7 @@ def test_nan_and_inf_are_never_lost(rng, kernels, algo):
 
 def test_auto_picks_winograd_where_it_pays(kernels):
     vggtl.set_conv_algo("auto")
-    plan = vggtl.info(precision="fp32")["conv_plan"]  # 224 x 224
+    plan = vggtl.info()["conv_plan"]  # 224 x 224
     assert plan["block1_conv1"] == "im2col"  # 3 input channels: a thin product
     # 6x6 tiles cover 224 and 112 with 18% fewer multiplies than 4x4 ones, 56 and
     # 28 with 9% fewer, 14 with as many
@@ -131,7 +131,7 @@ def test_features_224_within_1e4_of_float64_torch(rng, kernels, conv_weights):
     from support.torch_vgg import torch_features
     net = torch_features(conv_weights).double()
     X = rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
-    base = vggtl.VGG16(precision="fp32", weights=conv_weights)
+    base = vggtl.VGG16(weights=conv_weights)
     x = np.ascontiguousarray(reference._preprocess(X, base.preprocess), np.float64)
     with torch.no_grad():
         ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2)).double()).numpy().transpose(0, 2, 3, 1)
@@ -163,9 +163,9 @@ for (n, h, w, cin, cout) in [(2, 13, 9, 32, 24), (1, 4, 4, 512, 64)]:
     errs.append(float(np.abs(got - ref).max() / np.abs(ref).max()))
     algo = _core.conv3x3_algo(h, w, cin, cout)
 # the whole network at 32 x 32 against the reference
-weights = vggtl.VGG16(precision="fp32", weights=None, seed=3).get_weights()
+weights = vggtl.VGG16(weights=None, seed=3).get_weights()
 X = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-got = vggtl.VGG16(precision="fp32", weights=weights, preprocess="caffe").predict(X)
+got = vggtl.VGG16(weights=weights, preprocess="caffe").predict(X)
 ref = reference.vgg16_forward(X, weights, preprocess="caffe")
 errs.append(float(np.abs(got - ref).max() / np.abs(ref).max()))
 info = vggtl.info()
@@ -232,7 +232,7 @@ def test_info_reports_the_paths():
 def test_feature_cache_keeps_the_algorithms_apart(rng, kernels, conv_weights):
     # features of the algorithms differ in the last bits: one never stands in
     # for another in the cache
-    base = vggtl.VGG16(precision="fp32", weights=conv_weights)
+    base = vggtl.VGG16(weights=conv_weights)
     X = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
     keys = {}
     for algo in ("im2col", "winograd", "winograd6", "auto"):

@@ -68,7 +68,7 @@ def _torch_grad_cam(model, X, layer, class_index=None):
 
 
 def _model(shape, head, pooling=None, preprocess="caffe", seed=1):
-    base = vggtl.VGG16(precision="fp32", weights=None, input_shape=shape, pooling=pooling,
+    base = vggtl.VGG16(weights=None, input_shape=shape, pooling=pooling,
                        preprocess=preprocess, seed=seed)
     return vggtl.TransferModel(base, head=head, seed=seed)
 

@@ -12,8 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 
 
 def _model(shape, preprocess, head, seed=0):
-    base = vggtl.VGG16(precision="fp32", weights=None, input_shape=shape, preprocess=preprocess,
-                       seed=seed)
+    base = vggtl.VGG16(weights=None, input_shape=shape, preprocess=preprocess, seed=seed)
     return vggtl.TransferModel(base, head=head, seed=seed)
 
 
@@ -61,8 +60,7 @@ def test_export_equals_predict(tmp_path, rng, shape, preprocess, head, dtype):
 
 
 def test_export_pooled_base(tmp_path, rng):
-    base = vggtl.VGG16(precision="fp32", weights=None, input_shape=(32, 32, 3), pooling="avg",
-                       preprocess="caffe")
+    base = vggtl.VGG16(weights=None, input_shape=(32, 32, 3), pooling="avg", preprocess="caffe")
     model = vggtl.TransferModel(base, head=[vggtl.Dense(2, activation="softmax")])
     X = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     _spread(model, X)

@@ -27,7 +27,7 @@ def test_features_224(rng, close, base_model, conv_weights):
 
 def test_features_50_grey_scaled(rng, close, conv_weights):
     # the tutorial's case: 50 x 50 grey uint8 images, X / 255
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights, preprocess="scale")
+    model = vggtl.VGG16(weights=conv_weights, preprocess="scale")
     G = rng.integers(0, 256, (4, 50, 50), dtype=np.uint8)
     got = model.predict(G)
     x = np.repeat(G[..., None], 3, axis=3).astype(np.float32) / np.float32(255.0)
@@ -37,7 +37,7 @@ def test_features_50_grey_scaled(rng, close, conv_weights):
 
 
 def test_block4_pool_50_caffe(rng, close, conv_weights):
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights, preprocess="caffe")
+    model = vggtl.VGG16(weights=conv_weights, preprocess="caffe")
     X = rng.integers(0, 256, (4, 50, 50, 3), dtype=np.uint8)
     got = model.predict(X, layer="block4_pool")
     x = X[..., ::-1].astype(np.float32) - np.array([103.939, 116.779, 123.68], np.float32)

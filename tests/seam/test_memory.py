@@ -36,7 +36,7 @@ def test_predict_rss_is_flat(rng, close, conv_weights, restore_threads):
     # one thread: a thousand tiny calls are all overhead, and a second OpenMP
     # thread only adds barrier waits (leaks do not depend on the thread count)
     vggtl.set_num_threads(1)
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights, preprocess="caffe")
+    model = vggtl.VGG16(weights=conv_weights, preprocess="caffe")
     X = rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
     first = model.predict(X)
     # 1000 calls through block1 (a 64 KiB output each: a leaked output would show
@@ -85,7 +85,7 @@ def test_error_paths_rss_is_flat(rng, conv_weights, restore_threads):
     xf = rng.standard_normal((1, 64, 64, 3), dtype=np.float32)
     kf = rng.standard_normal((3, 3, 3, 64), dtype=np.float32)
     bad_out = np.empty((1, 64, 64, 63), np.float32)
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights)
+    model = vggtl.VGG16(weights=conv_weights)
     Xnan = np.zeros((1, 32, 32, 3), np.float32)
     Xnan[0, 0, 0, 0] = np.nan
 
@@ -103,7 +103,7 @@ def test_error_paths_rss_is_flat(rng, conv_weights, restore_threads):
 
 
 def test_inputs_are_unchanged(rng, conv_weights):
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights, preprocess="caffe", pooling="max")
+    model = vggtl.VGG16(weights=conv_weights, preprocess="caffe", pooling="max")
     w_copy = {k: (a.copy(), b.copy()) for k, (a, b) in conv_weights.items()}
     for dtype in (np.uint8, np.float32, np.float64, np.int16):
         for shape in ((3, 33, 35), (3, 33, 35, 1), (3, 33, 35, 3)):
@@ -138,7 +138,7 @@ _PEAK_SCRIPT = textwrap.dedent("""
     ws8 = 4 * vggtl._core.vgg16_workspace_floats(vggtl.LAYER_NAMES.index("block5_pool"), 0, 8,
                                                  224, 224, prepared=True)
     vggtl.vgg16._WORKSPACE_BYTES = ws8
-    model = vggtl.VGG16(precision="fp32", weights=None, seed=0)
+    model = vggtl.VGG16(weights=None, seed=0)
     X = np.random.default_rng(0).integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
     try:  # reset the high-water mark to the current RSS (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:
@@ -226,13 +226,13 @@ def test_workspace_stays_in_the_budget_whatever_the_thread_count(rng, close, tol
     budget = 4 * _core.vgg16_workspace_floats(stop, _core.POOL_NONE, 1, 32, 32, prepared=True)
     X = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     vggtl.set_num_threads(1)
-    one = vggtl.VGG16(precision="fp32", weights=conv_weights).predict(X)
-    F4 = vggtl.VGG16(precision="fp32", weights=conv_weights).predict(X, layer="block4_pool")
+    one = vggtl.VGG16(weights=conv_weights).predict(X)
+    F4 = vggtl.VGG16(weights=conv_weights).predict(X, layer="block4_pool")
     monkeypatch.setattr(vggtl.vgg16, "_WORKSPACE_BYTES", budget)
     vggtl.set_num_threads(32)
     assert 4 * _core.vgg16_workspace_floats(stop, _core.POOL_NONE, 1, 32, 32,
                                             prepared=True) > budget
-    model = vggtl.VGG16(precision="fp32", weights=conv_weights)
+    model = vggtl.VGG16(weights=conv_weights)
     close(model.predict(X), one, rtol=tol.threads)
     assert model._workspace.nbytes <= budget
     close(model.forward_from(F4, "block4_pool"), one, rtol=tol.threads)
