@@ -278,8 +278,9 @@ def run_training(args, X, y, out: str, allow_download: bool, names=None,
                          precision=args.precision, cache=False if args.no_cache else True)
     loss = recipe.loss_for(n_classes)
     model.compile(optimizer=recipe.adam(lr, args.epochs), loss=loss, metrics=["accuracy"])
-    _say(args, f"model: VGG16 base (frozen, {_precision_words(model.base)}) + Flatten, Dense(512, relu), Dropout(0.5), "
-               f"Dense({n_classes}, softmax); Adam(lr={lr:g}, decay=lr/{args.epochs}), {loss}")
+    _say(args, f"model: VGG16 base (frozen, {_precision_words(model.base)}) + Flatten, "
+               f"Dense(512, relu), Dropout(0.5), Dense({n_classes}, softmax); "
+               f"Adam(lr={lr:g}, decay=lr/{args.epochs}), {loss}")
     verbose = 0 if args.quiet else 1
     augment = views = None
     if args.augment_views is not None and args.augment_views < 0:

@@ -198,9 +198,9 @@ class VGG16:
         Seed of the initialisation when ``weights=None``.
     precision : "fp32", "bf16" or "auto"
         Arithmetic of the convolutions in :meth:`predict`, :meth:`extract` and
-        :meth:`forward_from`. "fp32" (the default): float32 throughout. "bf16": layers with
-        at least 16 input channels run Winograd F(2x2, 3x3) with bfloat16
-        operands and float32 sums (on Intel's AMX tiles or with VDPBF16PS where
+        :meth:`forward_from`. "fp32" (the default): float32 throughout. "bf16":
+        layers with at least 16 input channels run Winograd F(2x2, 3x3) with
+        bfloat16 operands and float32 sums (on Intel's AMX tiles or with VDPBF16PS where
         the CPU has them; elsewhere VDPBF16PS's bits in plain C, slower than
         "fp32", with a RuntimeWarning). Features differ from float32 ones by a
         few 1e-3 of their largest value per layer, about 1e-2 for the whole base
