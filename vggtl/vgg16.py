@@ -732,16 +732,6 @@ class LayerView:
         w = self._model._weights.get(self.name)
         return [] if w is None else [w[0].copy(), w[1].copy()]
 
-    @property
-    def precision(self) -> str:
-        """'fp32' or 'bf16': the arithmetic of the convolutions now (``precision``
-        given to the constructor, "auto" resolved for the current instruction set)."""
-        return _resolve_precision(self.precision_asked)
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        self.precision_asked = _check_precision(value)
-
     def __repr__(self):
         return f"<VGG16 layer {self.name} trainable={self.trainable}>"
 
