@@ -7,7 +7,8 @@
  * at bf16 precision, Winograd F(2x2,3x3) with bf16 operands (winograd_bf16.c)
  * for every layer with at least 16 input channels whose 2x2 tiles at most
  * double the pixels (maps F(4x4) declines included), the others as in float32,
- * and none when im2col is forced. vgg_conv3x3_backward and the training
+ * and none when im2col is forced (VGG16 runs its block 1 in float32 even so:
+ * vgg16_conv_precision). vgg_conv3x3_backward and the training
  * forward passes (finetune.c, gradcam.c) always run float32 im2col.
  *
  * Forward as im2col + sgemm (darknet, ggml), done a chunk of output pixels at a

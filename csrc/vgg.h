@@ -132,8 +132,9 @@ const char *vgg_conv_algo_name(int algo);
 /* Precision of the frozen network's convolutions (vgg16_config.precision).
  * BF16: every layer with at least 16 input channels whose 2x2 tiles at most
  * double the pixels runs F(2x2,3x3) with bfloat16 operands and float32 sums
- * (winograd_bf16.c), including maps F(4x4) declines; the first layer, 1x1 maps
- * and a forced IM2COL stay float32 (vgg_conv3x3_algo_at). At VGG_ISA_AMX_BF16
+ * (winograd_bf16.c), including maps F(4x4) declines; 1x1 maps and a forced
+ * IM2COL stay float32 (vgg_conv3x3_algo_at), and so do VGG16's block 1
+ * (vgg16_conv_precision). At VGG_ISA_AMX_BF16
  * the layers with Cin and Cout multiples of 32 run their products on the AMX
  * tiles (VGG_CONV_WINOGRAD_BF16_AMX). Features then differ
  * from float32 ones by the rounding of bf16 operands. Training always runs
@@ -384,6 +385,13 @@ size_t vgg16_layer_units(int layer);
  * layer (fc1: the 7 x 7 x 512 of block5_pool at 224 x 224), block5_pool's
  * channels for flatten; 0 out of range. */
 size_t vgg16_layer_inputs(int layer);
+/* The precision conv layer `layer` runs at in a network run at `precision`:
+ * block 1's two convolutions, at the input's full resolution, stay float32 at
+ * VGG_PRECISION_BF16. Measured on trained weights (benchmarks/tutorial.py), a
+ * bf16 block 1 cost a head trained on augmented features accuracy that a
+ * float32 block 1 kept, while bf16 from block 2 on did not measurably; its
+ * per-layer error is no larger than the other layers', so why is not known. */
+int vgg16_conv_precision(int layer, int precision);
 /* The layer's parameters: a conv's position among the 13 (vgg16_weights.conv_*),
  * a dense layer's among the 3 (dense_*); -1 for a pool, flatten, out of range. */
 int vgg16_layer_param(int layer);

@@ -59,6 +59,10 @@ int vgg16_layer_param(int layer) {
     return (layer >= 0 && layer < VGG16_NUM_LAYERS) ? LAYERS[layer].param : -1;
 }
 
+int vgg16_conv_precision(int layer, int precision) {
+    return layer < VGG16_BLOCK1_POOL ? VGG_PRECISION_FP32 : precision;
+}
+
 int vgg16_conv_layer(int conv) {
     for (int l = 0; l < VGG16_NUM_LAYERS; l++)
         if (LAYERS[l].kind == VGG16_KIND_CONV && LAYERS[l].param == conv) return l;
@@ -244,7 +248,8 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
         const layer_def *L = &LAYERS[l];
         switch (L->kind) {
         case VGG16_KIND_CONV: {
-            const int algo = vgg_conv3x3_algo_at(h, w, ch, L->units, cfg->precision);
+            const int algo = vgg_conv3x3_algo_at(h, w, ch, L->units,
+                                                 vgg16_conv_precision(l, cfg->precision));
             const float *prep = wt->conv_prepared_algo[L->param] == algo
                                     ? wt->conv_prepared[L->param] : NULL;
             /* a workspace sized for prepared kernels has no room to prepare one */

@@ -130,9 +130,10 @@ def conv_plan(input_shape=(224, 224), precision: str = "fp32") -> dict:
         precision = auto_precision()
     h, w = _hw(input_shape)
     plan = {}
-    for name, kind, cin, units, _ in _core.VGG16_LAYERS:
+    for i, (name, kind, cin, units, _) in enumerate(_core.VGG16_LAYERS):
         if kind == "conv":
-            plan[name] = _core.conv3x3_algo(h, w, cin, units, precision=precision)
+            plan[name] = _core.conv3x3_algo(
+                h, w, cin, units, precision=_core.vgg16_conv_precision(i, precision=precision))
         elif kind == "pool":
             h, w = h // 2, w // 2
             if h < 1 or w < 1:

@@ -563,7 +563,9 @@ class VGG16:
         entries = [None] * len(CONV_LAYERS)
         for i, (name, kind, cin, units, _) in enumerate(_LAYERS[start:stop + 1], start):
             if kind == "conv":
-                algo = _core.conv3x3_algo(h, w, cin, units, precision=self.precision)
+                algo = _core.conv3x3_algo(
+                    h, w, cin, units,
+                    precision=_core.vgg16_conv_precision(i, precision=self.precision))
                 got = self._prepared.get(name)
                 if got is None or got[0] != algo:
                     got = (algo, _core.conv3x3_prepare(self._weights[name][0], algo))

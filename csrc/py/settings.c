@@ -101,6 +101,22 @@ static PyObject *py_conv3x3_algo(PyObject *self, PyObject *args, PyObject *kw) {
         vgg_conv3x3_algo_at((size_t)h, (size_t)w, (size_t)cin, (size_t)cout, precision)));
 }
 
+static PyObject *py_vgg16_conv_precision(PyObject *self, PyObject *args, PyObject *kw) {
+    (void)self;
+    static char *kwlist[] = {"layer", "precision", NULL};
+    int layer;
+    const char *pname = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|$z", kwlist, &layer, &pname)) return NULL;
+    const int precision = parse_precision(pname);
+    if (precision < 0) return NULL;
+    if (vgg16_layer_kind(layer) != VGG16_KIND_CONV) {
+        PyErr_Format(PyExc_ValueError, "layer: expected the index of a conv layer in "
+                     "VGG16_LAYERS, got %d", layer);
+        return NULL;
+    }
+    return PyUnicode_FromString(PRECISION_NAMES[vgg16_conv_precision(layer, precision)]);
+}
+
 /* conv3x3_prepare(kernel, algo) -> the kernel (3, 3, Cin, Cout) float32 in the
  * form `algo` computes with, a flat float32 array for vgg16_forward's prepared= */
 static PyObject *py_conv3x3_prepare(PyObject *self, PyObject *args, PyObject *kw) {
@@ -162,6 +178,10 @@ PyMethodDef vggtl_settings_methods[] = {
     {"conv3x3_algo", KW py_conv3x3_algo, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_algo(h, w, cin, cout, *, precision='fp32') -> 'im2col', 'winograd', "
      "'winograd6', 'winograd_bf16' or 'winograd_bf16_amx': what a layer of this shape runs"},
+    {"vgg16_conv_precision", KW py_vgg16_conv_precision, METH_VARARGS | METH_KEYWORDS,
+     "vgg16_conv_precision(layer, *, precision='fp32') -> 'fp32' or 'bf16': what conv layer "
+     "`layer` (its index in VGG16_LAYERS) of a network at `precision` runs (block 1 stays "
+     "float32)"},
     {"bf16_native", py_bf16_native, METH_NOARGS,
      "bf16_native() -> bool: bf16 products run on VDPBF16PS or AMX (else in plain C, "
      "VDPBF16PS's bits)"},

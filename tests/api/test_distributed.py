@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import vggtl
-from support.isas import bf16_letter
+from support.isas import bf16_conv_key
 
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
@@ -292,7 +292,7 @@ def test_workers_compute_at_the_bases_precision(client, base, tmp_path):
     assert same_features(F, ref)
     assert np.abs(ref - reference(base, X)).max() > 1e-4 * np.abs(ref).max()
     (entry,) = vggtl.cache.info(tmp_path)["entries"]
-    assert entry["conv"] == "i" + bf16_letter() * 12
+    assert entry["conv"] == bf16_conv_key(SIZE, SIZE)
     # a base asked for "auto" sends what it resolved to here: the workers agree with it
     auto = vggtl.VGG16(weights=base.get_weights(), input_shape=(SIZE, SIZE, 3), precision="auto")
     with warnings.catch_warnings():

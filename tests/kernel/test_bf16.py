@@ -21,7 +21,7 @@ from vggtl import _core, dispatch, reference
 from vggtl import _kernels  # the single kernels, for tests
 
 from support import REPO
-from support.isas import ISAS, VDPBF16PS_BITS, bf16_algo, bf16_letter
+from support.isas import ISAS, VDPBF16PS_BITS, bf16_algo, bf16_conv_key
 
 
 # against the reference of the same bf16 arithmetic: only the order of the
@@ -175,7 +175,11 @@ def test_plan_uses_bf16_where_winograd_would_run(kernels):
     vggtl.set_conv_algo("auto")
     plan = dispatch.conv_plan((224, 224), precision="bf16")
     assert plan["block1_conv1"] == "im2col"  # 3 input channels: float32 im2col
-    assert all(plan[n] == bf16_algo(64, 64) for n in reference.CONV_LAYERS[1:])
+    # block 1 stays float32 (its algorithm is float32's), the others run bf16
+    assert plan["block1_conv2"] == dispatch.conv_plan((224, 224))["block1_conv2"] == "winograd6"
+    assert all(plan[n] == bf16_algo(64, 64) for n in reference.CONV_LAYERS[2:])
+    # a single layer of block 1's shape, outside the network, runs the precision asked
+    assert _core.conv3x3_algo(224, 224, 64, 64, precision="bf16") == bf16_algo(64, 64)
     # 2 x 2 tiles waste little on 2 x 2 and 5 x 5 maps; a 1 x 1 map stays im2col
     assert _core.conv3x3_algo(2, 2, 512, 512, precision="bf16") == bf16_algo(512, 512)
     assert _core.conv3x3_algo(5, 5, 512, 512, precision="bf16") == bf16_algo(512, 512)
@@ -188,19 +192,19 @@ def test_plan_uses_bf16_where_winograd_would_run(kernels):
     assert vggtl.info((64, 64), precision="bf16")["conv_plan"]["block2_conv1"] == "im2col"
 
 
-# where precision="bf16" runs bf16 (the README): every conv with at least 16 input
-# channels, i.e. all but block1_conv1, at every size the network takes (a map of
-# one row or column, where 2x2 tiles would more than double the pixels, cannot
-# occur: block5's maps are at least 2x2)
-ALL_BUT_THE_FIRST = tuple(n for n in reference.CONV_LAYERS if n != "block1_conv1")
+# where precision="bf16" runs bf16 (the README): every conv after block 1, at
+# every size the network takes (a map of one row or column, where 2x2 tiles
+# would more than double the pixels, cannot occur: block5's maps are at least 2x2)
+BF16_LAYERS = tuple(n for n in reference.CONV_LAYERS if not n.startswith("block1_"))
 
 
 def _bf16_layers_of_the_core(h, w):
     """The convs the core runs in bf16 on an h x w input, asked layer by layer."""
     out = []
-    for name, kind, cin, cout, _ in _core.VGG16_LAYERS:
+    for i, (name, kind, cin, cout, _) in enumerate(_core.VGG16_LAYERS):
+        precision = _core.vgg16_conv_precision(i, precision="bf16") if kind == "conv" else None
         if kind == "conv" and _core.conv3x3_algo(h, w, cin, cout,
-                                                 precision="bf16") == bf16_algo(cin, cout):
+                                                 precision=precision) == bf16_algo(cin, cout):
             out.append(name)
         elif kind == "pool":
             h, w = h // 2, w // 2
@@ -208,11 +212,31 @@ def _bf16_layers_of_the_core(h, w):
 
 
 @pytest.mark.parametrize("size", [(32, 32), (40, 36), (48, 48), (33, 65), (224, 224)])
-def test_bf16_runs_on_every_layer_but_the_first(size):
-    assert _bf16_layers_of_the_core(*size) == ALL_BUT_THE_FIRST
+def test_bf16_runs_on_every_layer_after_block1(size):
+    assert _bf16_layers_of_the_core(*size) == BF16_LAYERS
     # and not where 2x2 tiles would more than double a map's pixels, nor on 3 channels
     for shape in ((1, 7, 512, 512), (32, 32, 3, 64)):
         assert _core.conv3x3_algo(*shape, precision="bf16") == "im2col"
+
+
+def test_block1_stays_float32_in_a_bf16_network(rng, conv_weights):
+    names = [n for n, *_ in _core.VGG16_LAYERS]
+    got = {n: _core.vgg16_conv_precision(i, precision="bf16")
+           for i, n in enumerate(names) if n in reference.CONV_LAYERS}
+    assert got == {n: "fp32" if n.startswith("block1_") else "bf16" for n in reference.CONV_LAYERS}
+    assert all(_core.vgg16_conv_precision(i) == "fp32"
+               for i, n in enumerate(names) if n in reference.CONV_LAYERS)
+    for bad in (names.index("block1_pool"), -1, len(names)):
+        with pytest.raises(ValueError, match="layer: expected the index of a conv layer"):
+            _core.vgg16_conv_precision(bad, precision="bf16")
+    # block1_pool of a bf16 base is float32's, bit for bit; the layers after it are not
+    X = rng.integers(0, 256, (2, 36, 40, 3), dtype=np.uint8)
+    b16 = vggtl.VGG16(weights=conv_weights, precision="bf16")
+    f32 = vggtl.VGG16(weights=conv_weights, precision="fp32")
+    np.testing.assert_array_equal(b16.predict(X, layer="block1_pool"),
+                                  f32.predict(X, layer="block1_pool"))
+    assert not np.array_equal(b16.predict(X, layer="block2_conv1"),
+                              f32.predict(X, layer="block2_conv1"))
 
 
 def _layer_by_layer_error(base, X, weights):
@@ -221,26 +245,29 @@ def _layer_by_layer_error(base, X, weights):
     because a float32 input that differs in its last bit can round to another
     bf16 value, so whole networks agree only to the bf16 error itself."""
     names = [n for n, _ in reference.LAYERS[:18]]
-    worst = 0.0
+    worst = {"bf16": 0.0, "fp32": 0.0}
     for prev, name in zip(names, names[1:]):
         if not name.endswith(("conv1", "conv2", "conv3")):
             continue
         cut = base.predict(X, layer=prev)
         got = base.forward_from(cut, after=prev, layer=name)
-        bf16 = base.precision == "bf16" and name in ALL_BUT_THE_FIRST
+        bf16 = base.precision == "bf16" and name in BF16_LAYERS
         ref = (reference.conv3x3_winograd_bf16 if bf16 else reference.conv3x3)(cut, *weights[name])
-        worst = max(worst, _rel(got, ref))
+        kind = "bf16" if bf16 else "fp32"
+        worst[kind] = max(worst[kind], _rel(got, ref))
     return worst
 
 
 def test_network_runs_each_layer_as_the_reference(rng, kernels, conv_weights):
     X = rng.integers(0, 256, (2, 40, 36, 3), dtype=np.uint8)
     b16 = vggtl.VGG16(weights=conv_weights, preprocess="caffe", precision="bf16")
-    assert _layer_by_layer_error(b16, X, conv_weights) < TOL_SAME_ARITHMETIC
+    err = _layer_by_layer_error(b16, X, conv_weights)
+    # bf16 layers: the reference's arithmetic; block 1: float32 (Winograd F(6x6)'s error)
+    assert err["bf16"] < TOL_SAME_ARITHMETIC and err["fp32"] < 6e-5, err
     got = b16.predict(X)
     # the whole network: within the bf16 error of the reference's and of float32
     ref = reference.vgg16_forward(X, conv_weights, preprocess="caffe",
-                                  bf16_layers=ALL_BUT_THE_FIRST)
+                                  bf16_layers=BF16_LAYERS)
     f32 = vggtl.VGG16(weights=conv_weights, preprocess="caffe", precision="fp32").predict(X)
     assert _rel(got, ref) < BOUND
     assert 1e-3 < _rel(got, f32) < BOUND
@@ -311,7 +338,7 @@ def test_cache_keeps_precisions_apart_and_matches_predict(rng, tmp_path, conv_we
     b16 = vggtl.VGG16(weights=conv_weights, precision="bf16")
     b32 = vggtl.VGG16(weights=conv_weights, precision="fp32")
     k16, k32 = vggtl.cache.make_key(b16, X=X), vggtl.cache.make_key(b32, X=X)
-    assert k16["conv"] == "i" + bf16_letter() * 12 and k32["conv"] != k16["conv"]
+    assert k16["conv"] == bf16_conv_key(40, 40) and k32["conv"] != k16["conv"]
     assert vggtl.cache.key_id(k16) != vggtl.cache.key_id(k32)
     F16 = b16.extract(X, cache=tmp_path, progress=False)
     F32 = b32.extract(X, cache=tmp_path, progress=False)

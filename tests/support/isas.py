@@ -23,3 +23,11 @@ def bf16_letter() -> str:
     """The cache key's letter of VGG16's bf16 layers (all of them have channels
     that are multiples of 32) at the current instruction set."""
     return "a" if vggtl.get_isa() == "amx_bf16" else "b"
+
+
+def bf16_conv_key(h: int, w: int) -> str:
+    """The cache key's "conv" letters of a bf16 VGG16 on h x w images: block 1
+    in float32 (im2col for 3 channels, then the float32 plan's algorithm), the
+    other eleven convolutions bf16."""
+    from vggtl.vgg16 import _ALGO_LETTERS
+    return "i" + _ALGO_LETTERS[dispatch.conv_plan((h, w))["block1_conv2"]] + bf16_letter() * 11
