@@ -19,7 +19,8 @@
  * Loops: k in blocks of KC (a block of a panel, 16 KiB, stays in L1 while every
  * row of A passes over it; continuing a chain from the stored partial sum is
  * exact, so the blocking never shows in the bits), then panels, then MR rows.
- * The micro-kernel holds MR x 16 (AVX2: 6 x 16, 12 ymm) sums in registers.
+ * The micro-kernel holds MR x 16 (AVX2: 6 x 16, 12 ymm) sums in registers;
+ * under AVX-512, two whole panels run together, 12 x 32 sums in 24 zmm.
  */
 #include "vgg_internal.h"
 
@@ -142,6 +143,36 @@ AVX512_KERNEL(8)
 AVX512_KERNEL(4)
 AVX512_KERNEL(1)
 
+/* Two whole panels at once (AVX-512 only: AVX2 has too few registers): PAIR_MR
+ * rows x 32 columns of sums in 24 zmm, each broadcast of A feeding two FMAs.
+ * The one-panel kernel issues a load per FMA (a broadcast of A, B's vector,
+ * the row pointers it spills), so loads, not FMAs, bound it. The second panel
+ * is ps floats after the first; every sum is the same chain as in the one-panel
+ * kernel, so the pairing never shows in the bits. Rows: exactly PAIR_MR. */
+#define PAIR_MR 12
+AVX512_ATTR static void kernel_avx512_pair(const float *a, size_t lda, const float *b, size_t bs,
+                                           size_t ps, float *c, size_t ldc, size_t kc, int more) {
+    __m512 acc[PAIR_MR][2];
+    for (int i = 0; i < PAIR_MR; i++) {
+        acc[i][0] = more ? _mm512_loadu_ps(c + (size_t)i * ldc) : _mm512_setzero_ps();
+        acc[i][1] = more ? _mm512_loadu_ps(c + (size_t)i * ldc + NR) : _mm512_setzero_ps();
+    }
+    const float *b1 = b + ps;
+    for (size_t p = 0; p < kc; p++) {
+        const __m512 x0 = _mm512_loadu_ps(b + p * bs), x1 = _mm512_loadu_ps(b1 + p * bs);
+        const float *ap = a + p;
+        for (int i = 0; i < PAIR_MR; i++) {
+            const __m512 ai = _mm512_set1_ps(ap[(size_t)i * lda]);
+            acc[i][0] = _mm512_fmadd_ps(ai, x0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(ai, x1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < PAIR_MR; i++) {
+        _mm512_storeu_ps(c + (size_t)i * ldc, acc[i][0]);
+        _mm512_storeu_ps(c + (size_t)i * ldc + NR, acc[i][1]);
+    }
+}
+
 /* kernel for `mr` rows (at most the widest's MR) */
 AVX2_ATTR static void kernel_avx2(size_t mr, const float *a, size_t lda, const float *b,
                                   size_t bs, float *c, size_t ldc, size_t kc, int more,
@@ -161,6 +192,17 @@ AVX512_ATTR static void kernel_avx512(size_t mr, const float *a, size_t lda, con
     else kernel_avx512_1(mr, a, lda, b, bs, c, ldc, kc, more, cols);
 }
 #endif
+
+/* The two-panel kernel of an instruction set, NULL where it has none. */
+typedef void (*pair_fn)(const float *a, size_t lda, const float *b, size_t bs, size_t ps,
+                        float *c, size_t ldc, size_t kc, int more);
+static pair_fn pair_for(int isa) {
+#if VGG_X86_DISPATCH
+    if (isa >= VGG_ISA_AVX512) return kernel_avx512_pair;
+#endif
+    (void)isa;
+    return NULL;
+}
 
 /* (kernel, rows per call) for an instruction set */
 static kernel_fn kernel_for(int isa, size_t *mr) {
@@ -195,10 +237,28 @@ static inline void sweep_rows(kernel_fn kern, size_t mr, float *c, size_t ldc, c
     }
 }
 
+/* Two whole panels of C, columns [0, 32) at c (the second panel of B ps floats
+ * after the first): the pair kernel down the rows in blocks of PAIR_MR, the
+ * one-panel kernel on each panel for the rows left over. */
+static inline void sweep_pair(pair_fn pair, kernel_fn kern, size_t mr, float *c, size_t ldc,
+                              const float *a, size_t lda, const float *b, size_t bs, size_t ps,
+                              size_t m, size_t k0, size_t kc) {
+    size_t i0 = 0;
+    for (; i0 + PAIR_MR <= m; i0 += PAIR_MR)
+        pair(a + i0 * lda + k0, lda, b, bs, ps, c + i0 * ldc, ldc, kc, k0 > 0);
+    if (i0 < m) {
+        sweep_rows(kern, mr, c + i0 * ldc, ldc, a + i0 * lda, lda, b, bs, m - i0, k0, kc, NR);
+        sweep_rows(kern, mr, c + i0 * ldc + NR, ldc, a + i0 * lda, lda, b + ps, bs, m - i0, k0,
+                   kc, NR);
+    }
+}
+
 void vgg_gemm(float *c, size_t ldc, const float *a, size_t lda, const float *bp, size_t m,
               size_t n, size_t k) {
     size_t mr;
-    const kernel_fn kern = kernel_for(vgg_get_isa(), &mr);
+    const int isa = vgg_get_isa();
+    const kernel_fn kern = kernel_for(isa, &mr);
+    const pair_fn pair = pair_for(isa);
     const size_t np = (n + NR - 1) / NR;
     if (k == 0) {
         zero_rows(c, ldc, m, n);
@@ -206,10 +266,17 @@ void vgg_gemm(float *c, size_t ldc, const float *a, size_t lda, const float *bp,
     }
     for (size_t k0 = 0; k0 < k; k0 += KC) {
         const size_t kc = k - k0 < KC ? k - k0 : KC;
-        for (size_t p = 0; p < np; p++) {
+        for (size_t p = 0; p < np;) {
+            if (pair && n - p * NR >= 2 * NR) { /* two whole panels */
+                sweep_pair(pair, kern, mr, c + p * NR, ldc, a, lda, bp + (p * k + k0) * NR, NR,
+                           k * NR, m, k0, kc);
+                p += 2;
+                continue;
+            }
             const size_t cols = n - p * NR < NR ? n - p * NR : NR;
             sweep_rows(kern, mr, c + p * NR, ldc, a, lda, bp + (p * k + k0) * NR, NR, m, k0, kc,
                        cols);
+            p++;
         }
     }
 }
@@ -232,7 +299,9 @@ static const float *panel_of(const float *b, size_t ldb, size_t n, size_t k0, si
 void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
                 size_t m, size_t n, size_t k) {
     size_t mr;
-    const kernel_fn kern = kernel_for(vgg_get_isa(), &mr);
+    const int isa = vgg_get_isa();
+    const kernel_fn kern = kernel_for(isa, &mr);
+    const pair_fn pair = pair_for(isa);
     const size_t np = (n + NR - 1) / NR;
     float edge[KC * NR]; /* a short last panel, zero-padded: B's rows end before 16 columns */
     if (k == 0) {
@@ -241,11 +310,18 @@ void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b
     }
     for (size_t k0 = 0; k0 < k; k0 += KC) {
         const size_t kc = k - k0 < KC ? k - k0 : KC;
-        for (size_t p = 0; p < np; p++) {
+        for (size_t p = 0; p < np;) {
+            if (pair && n - p * NR >= 2 * NR) { /* two whole panels, read in place */
+                sweep_pair(pair, kern, mr, c + p * NR, ldc, a, lda, b + k0 * ldb + p * NR, ldb,
+                           NR, m, k0, kc);
+                p += 2;
+                continue;
+            }
             const size_t cols = n - p * NR < NR ? n - p * NR : NR;
             size_t bs;
             const float *bb = panel_of(b, ldb, n, k0, kc, p, edge, &bs);
             sweep_rows(kern, mr, c + p * NR, ldc, a, lda, bb, bs, m, k0, kc, cols);
+            p++;
         }
     }
 }

@@ -2,7 +2,10 @@
 import numpy as np
 import pytest
 
+import vggtl
 from vggtl import _kernels, reference
+
+from support.isas import ISAS
 
 ACTIVATIONS = ["linear", "relu", "softmax", "sigmoid"]
 
@@ -139,3 +142,26 @@ def test_dense_backward_matches_float64(rng, shape):
     # depend on the other rows (the same x column alone gives the same column of dW)
     _, dw1, _ = _kernels.dense_backward(dz, np.ascontiguousarray(x[:, :1]), k[:1], need_dx=False)
     np.testing.assert_array_equal(dw1[0], dw[0])
+
+
+# Rows around the AVX-512 kernels' blocks (12 rows over two panels, 14 over one),
+# columns of whole panel pairs, a lone panel and a ragged one, depths below and
+# above one k block (256): every product of vggtl's own GEMM (gemm.c) is one
+# chain of fused multiply-adds in a fixed order, so each instruction set gives
+# the portable path's bits (fmaf), whatever the kernel that ran it.
+GEMM_SHAPES = [(1, 7, 32), (11, 300, 64), (12, 300, 48), (13, 40, 33), (25, 513, 80),
+               (37, 260, 16), (24, 9, 96)]
+
+
+@pytest.mark.parametrize("isa", ISAS[1:])
+def test_products_give_the_portable_bits_on_every_instruction_set(rng, kernels, isa):
+    for n, i, o in GEMM_SHAPES:
+        x, k, b = _data(rng, n, i, o)
+        dz = rng.standard_normal((n, o), dtype=np.float32)
+        vggtl.set_isa("portable")
+        want = _kernels.dense_forward(x, k, b, "linear"), _kernels.dense_backward(dz, x, k)
+        vggtl.set_isa(isa)
+        got = _kernels.dense_forward(x, k, b, "linear"), _kernels.dense_backward(dz, x, k)
+        np.testing.assert_array_equal(got[0], want[0], err_msg=f"forward {n}x{i}x{o}")
+        for g, w, what in zip(got[1], want[1], ("dx", "dw", "db")):
+            np.testing.assert_array_equal(g, w, err_msg=f"{what} {n}x{i}x{o}")
