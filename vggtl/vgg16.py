@@ -199,13 +199,14 @@ class VGG16:
     precision : "fp32", "bf16" or "auto"
         Arithmetic of the convolutions in :meth:`predict`, :meth:`extract` and
         :meth:`forward_from`. "fp32" (the default): float32 throughout. "bf16":
-        layers with at least 16 input channels run Winograd F(2x2, 3x3) with
-        bfloat16 operands and float32 sums (on Intel's AMX tiles or with VDPBF16PS where
+        the convolutions after block 1 run Winograd F(2x2, 3x3) with bfloat16
+        operands and float32 sums (on Intel's AMX tiles or with VDPBF16PS where
         the CPU has them; elsewhere VDPBF16PS's bits in plain C, slower than
-        "fp32", with a RuntimeWarning). Features differ from float32 ones by a
-        few 1e-3 of their largest value per layer, about 1e-2 for the whole base
-        (README, "bfloat16"), which cost about 2 points of test accuracy in
-        the augmented tutorial on real digits, none without augmentation.
+        "fp32", with a RuntimeWarning); block 1, at full resolution, stays
+        float32, since in bf16 it cost the augmented tutorial about 2 points
+        of accuracy on real digits. Features differ from float32 ones by a few
+        1e-3 of their largest value per layer, under 1e-2 for the whole base
+        (README, "bfloat16").
         "auto": "bf16" where the AMX tiles run it (about twice as fast; a
         :class:`PrecisionNotice` says so once per process), "fp32" elsewhere;
         see :func:`vggtl.dispatch.auto_precision`.
