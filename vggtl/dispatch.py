@@ -114,7 +114,7 @@ def bf16_kernel() -> str:
 def auto_precision() -> str:
     """What ``precision="auto"`` (see :class:`vggtl.VGG16`) runs now:
     'bf16' where the AMX tile unit runs the bf16 products (instruction set
-    'amx_bf16'), about twice as fast as float32 there; 'fp32' elsewhere, where
+    'amx_bf16'), 1.3 to 1.6 times as fast as float32 there; 'fp32' elsewhere, where
     bf16 (VDPBF16PS or emulated) is no faster than vggtl's float32 Winograd."""
     return "bf16" if bf16_kernel() == "amx" else "fp32"
 

@@ -109,7 +109,7 @@ def _resolve_precision(asked: str) -> str:
         _told_auto_bf16 = True
         warnings.warn(
             "precision='auto' runs the frozen base's convolutions in bfloat16 on this CPU's "
-            "AMX tiles: about twice as fast as float32, features within about 1e-2 of the "
+            "AMX tiles: 1.3 to 1.6 times as fast as float32, features within about 1e-2 of the "
             "largest float32 one (README, 'bfloat16', for what that did to accuracy). "
             "precision='fp32' keeps float32 (this is said once)",
             PrecisionNotice, stacklevel=3)
@@ -207,7 +207,7 @@ class VGG16:
         of accuracy on real digits. Features differ from float32 ones by a few
         1e-3 of their largest value per layer, under 1e-2 for the whole base
         (README, "bfloat16").
-        "auto": "bf16" where the AMX tiles run it (about twice as fast; a
+        "auto": "bf16" where the AMX tiles run it (1.3 to 1.6 times as fast; a
         :class:`PrecisionNotice` says so once per process), "fp32" elsewhere;
         see :func:`vggtl.dispatch.auto_precision`.
         The attribute ``precision`` is what the base computes now ("fp32" or

@@ -240,10 +240,11 @@ def test_block1_stays_float32_in_a_bf16_network(rng, conv_weights):
 
 
 def _layer_by_layer_error(base, X, weights):
-    """Largest error of any conv layer of ``base`` against the reference run on
-    that layer's own input (the network's previous output): layer by layer,
-    because a float32 input that differs in its last bit can round to another
-    bf16 value, so whole networks agree only to the bf16 error itself."""
+    """Largest error of ``base``'s bf16 conv layers and of its float32 ones
+    ({"bf16": e, "fp32": e}) against the reference run on each layer's own
+    input (the network's previous output): layer by layer, because a float32
+    input that differs in its last bit can round to another bf16 value, so
+    whole networks agree only to the bf16 error itself."""
     names = [n for n, _ in reference.LAYERS[:18]]
     worst = {"bf16": 0.0, "fp32": 0.0}
     for prev, name in zip(names, names[1:]):
