@@ -44,6 +44,9 @@ N, CHUNK = 12, 4  # images (32 x 32) and images per cache chunk in the cache tes
 # -- the child's kill switch ----------------------------------------------------------
 KILL_HOOK = textwrap.dedent("""
     import os, signal, sys
+    # Python's Ctrl-C handler, even when the tests were started in the background
+    # (`&`, nohup), which leaves SIGINT ignored in every child
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     _EVENTS = ("os.rename", "os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree",
                "os.truncate", "os.utime")
