@@ -9,7 +9,10 @@ import time
 from support import REPO
 
 CHILD = textwrap.dedent("""
-    import sys, time, numpy as np, vggtl
+    import signal, sys, time, numpy as np, vggtl
+    # Python's Ctrl-C handler, even when the tests were started in the background
+    # (`&`, nohup), which leaves SIGINT ignored in every child
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     base = vggtl.VGG16(weights=None)
     X = np.zeros((64, 224, 224, 3), dtype=np.uint8)   # ~15 s of work on 2 cores
     print("started", flush=True)
