@@ -11,13 +11,14 @@
  * vgg16_conv_precision). vgg_conv3x3_backward and the training
  * forward passes (finetune.c, gradcam.c) always run float32 im2col.
  *
- * Forward as im2col + sgemm (darknet, ggml), done a chunk of output pixels at a
- * time so the column buffer stays small (a whole-layer im2col would be 9x the
- * input: 110 MiB per image for block1_conv2) and sits in cache when sgemm packs it:
+ * Forward as im2col + a matrix product (darknet, ggml; gemm.c), done a chunk of
+ * output pixels at a time so the column buffer stays small (a whole-layer
+ * im2col would be 9x the input: 110 MiB per image for block1_conv2) and in cache:
  *   col (rows, 9*Cin)      <- the 3x3 neighbourhoods of `rows` output pixels
- *   out (rows, Cout)       <- col @ kernel (9*Cin, Cout)      [one sgemm]
+ *   out (rows, Cout)       <- col @ kernel (9*Cin, Cout)      [vgg_gemm_b]
  *   out                    <- relu(out + bias)                [while hot]
- * The HWIO kernel is that (9*Cin, Cout) matrix as it is stored, so no repacking.
+ * The HWIO kernel is that (9*Cin, Cout) matrix as it is stored, read in place
+ * (a kernel prepared once for frozen weights is read packed instead).
  * Memory: the caller owns out, x, kernel, bias and the workspace (the column
  * buffers, one per thread: vgg_conv3x3_workspace_floats(cin, cout) floats).
  */
@@ -27,8 +28,8 @@
 
 /* Rows per chunk: each thread packs its own chunk of output pixels into its own
  * column buffer (kept near L2 size: 1 MiB per core on the target machines) and
- * runs a single-threaded sgemm on it, so the phases of a chunk never wait on
- * the other thread and the buffer is still in cache when sgemm packs it. */
+ * runs a single-threaded product on it, so the phases of a chunk never wait on
+ * the other thread and the buffer is still in cache when the product reads it. */
 #define COL_TARGET_FLOATS ((size_t)1 << 18) /* 512 KiB per thread */
 #define MIN_CHUNK_ROWS 256
 
@@ -208,10 +209,6 @@ static int im2col_forward(float *out, const float *x, const float *kernel,
     const size_t per_poll = nth * CHUNKS_PER_POLL;
 
     const float *kp = kp_prepared;
-    if (!kp) {
-        pack_kernel(workspace, kernel, cin, cout, (int)nth);
-        kp = workspace;
-    }
     for (size_t c0 = 0; c0 < nchunks; c0 += per_poll) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
         const size_t c1 = c0 + per_poll < nchunks ? c0 + per_poll : nchunks;
@@ -222,7 +219,8 @@ static int im2col_forward(float *out, const float *x, const float *kernel,
             /* chunks of balanced sizes: none has a single row unless total does */
             const size_t r0 = ci * total / nchunks, r1 = (ci + 1) * total / nchunks;
             im2col_rows(col, x, r0, r1, h, w, cin);
-            vgg_gemm(out + r0 * cout, cout, col, k, kp, r1 - r0, cout, k);
+            if (kp) vgg_gemm(out + r0 * cout, cout, col, k, kp, r1 - r0, cout, k);
+            else vgg_gemm_b(out + r0 * cout, cout, col, k, kernel, cout, r1 - r0, cout, k);
             bias_act_rows(out + r0 * cout, bias, relu, r1 - r0, cout);
         }
     }
@@ -281,18 +279,55 @@ int vgg_conv3x3_pool_forward_by(int *status, int algo, float *out, const float *
 }
 
 /* ---- backward -------------------------------------------------------------
- * dW (9*Cin, Cout) = sum over chunks of col^T @ dout_chunk   (im2col of x)
+ * dW (9*Cin, Cout) = col^T @ dout (col: im2col of x), over chunks of pixels, each
+ *                    continuing the same chains (vgg_gemm_at), so its bits do not
+ *                    depend on the chunks, the threads or the instruction set
  * db (Cout)        = column sums of dout
  * dx               = a 'same' 3x3 convolution of dout with the kernel flipped
  *                    in space and transposed in channels:
  *                    Wt[dy][dx][co][ci] = W[2-dy][2-dx][ci][co]
  * (stride 1 and padding 1 make the transposed convolution a plain one), so the
- * forward kernel computes it. Workspace: [ col | Wt | forward's workspace ]. */
+ * forward kernel computes it, Wt packed straight from W (pack_flipped).
+ * Workspace: [ col | packed Wt | forward's workspace ]. */
 
-static size_t bwd_rows(size_t cin) { return chunk_rows(cin); }
+/* dW's pixels per chunk: each chunk adds to every element of dW (9 Cin x Cout, 9 MiB in
+ * block 5), so chunks are long (a 16 MiB column buffer) to pass over it few times. */
+#define DW_COL_TARGET_FLOATS ((size_t)1 << 22)
+static size_t bwd_rows(size_t cin) {
+    const size_t rows = DW_COL_TARGET_FLOATS / (9 * cin);
+    return rows < MIN_CHUNK_ROWS ? MIN_CHUNK_ROWS : rows;
+}
+
+/* dx's kernel: the flipped, transposed kernel packed for gemm.c (a (9 Cout, Cin) B) */
+static size_t flipped_floats(size_t cin, size_t cout) {
+    return vgg_gemm_packed_floats(9 * cout, cin);
+}
+
+/* bp <- Wt packed in panels of 16 input channels, a panel per task: row t * cout + co of
+ * panel p holds W[8 - t][16p + j][co] for j < 16. Read and written in 16 x 16 tiles, so
+ * both sides move whole cache lines. */
+static void pack_flipped(float *bp, const float *kernel, size_t cin, size_t cout) {
+    const size_t NRF = VGG_GEMM_NR, kf = 9 * cout, np = (cin + NRF - 1) / NRF;
+    VGG_OMP_FOR_IF(kf * cin)
+    for (size_t p = 0; p < np; p++) {
+        const size_t ci0 = p * NRF, len = cin - ci0 < NRF ? cin - ci0 : NRF;
+        float *dst = bp + p * kf * NRF;
+        for (size_t t = 0; t < 9; t++) {
+            const float *wsrc = kernel + (8 - t) * cin * cout + ci0 * cout;
+            for (size_t co0 = 0; co0 < cout; co0 += NRF) {
+                const size_t cn = cout - co0 < NRF ? cout - co0 : NRF;
+                float *d = dst + (t * cout + co0) * NRF;
+                for (size_t c = 0; c < cn; c++)
+                    for (size_t j = 0; j < NRF; j++)
+                        d[c * NRF + j] = j < len ? wsrc[j * cout + co0 + c] : 0.0f;
+            }
+        }
+    }
+}
 
 size_t vgg_conv3x3_backward_workspace_floats(size_t cin, size_t cout) {
-    return bwd_rows(cin) * 9 * cin + 9 * cin * cout + vgg_conv3x3_workspace_floats(cout, cin);
+    return bwd_rows(cin) * 9 * cin + flipped_floats(cin, cout) +
+           vgg_conv3x3_workspace_floats(cout, cin);
 }
 
 int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, const float *x,
@@ -309,7 +344,7 @@ int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, con
     VGG_CHECK(vgg_mul_ok(h, w, &hw) && vgg_mul_ok(hw, n, &total), VGG_ERR_SHAPE);
     float *col = workspace;
     float *wt = col + bwd_rows(cin) * k;
-    float *fwd = wt + k * cout;
+    float *fwd = wt + flipped_floats(cin, cout);
     if (n == 0) {
         memset(dw, 0, k * cout * sizeof(float));
         memset(db, 0, cout * sizeof(float));
@@ -330,20 +365,13 @@ int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, con
         const size_t m = r1 - r0;
         VGG_OMP_FOR_IF(m * k)
         for (size_t r = r0; r < r1; r++) im2col_rows(col + (r - r0) * k, x, r, r + 1, h, w, cin);
-        vgg_sgemm_parallel(1, 0, k, cout, m, 1.0f, col, k, dout + r0 * cout, cout,
-                           r0 == 0 ? 0.0f : 1.0f, dw, cout);
+        vgg_gemm_at_parallel(dw, cout, col, k, dout + r0 * cout, cout, k, cout, m, r0 > 0);
     }
     if (!dx) return VGG_OK;
     /* dx: the flipped, transposed kernel through the forward convolution */
-    VGG_OMP_FOR_IF(k * cout)
-    for (size_t t = 0; t < 9; t++) {
-        const size_t dy = t / 3, dxx = t % 3, src_t = (2 - dy) * 3 + (2 - dxx);
-        for (size_t ci = 0; ci < cin; ci++)
-            for (size_t co = 0; co < cout; co++)
-                wt[(t * cout + co) * cin + ci] = kernel[(src_t * cin + ci) * cout + co];
-    }
+    pack_flipped(wt, kernel, cin, cout);
     /* a zero bias of cin floats: the column buffer is free again and large enough */
     memset(col, 0, cin * sizeof(float));
-    return im2col_forward(dx, dout, wt, NULL, col, 0, n, h, w, cout, cin, fwd, fwd_ws, abort_cb,
+    return im2col_forward(dx, dout, NULL, wt, col, 0, n, h, w, cout, cin, fwd, fwd_ws, abort_cb,
                           abort_ctx);
 }

@@ -7,9 +7,9 @@
  * chosen once, when the module loads (vgg_cpu_init). vgg_set_isa forces another
  * (tests run every path the machine can; $VGGTL_ISA does it from Python). The
  * AVX512_BF16 level adds the VDPBF16PS kernel of the bf16 path, AMX_BF16 the
- * tile kernel (the process asks Linux for the tile state once). The
- * sgemm inside the convolutions is OpenBLAS's, which dispatches on its own
- * (vggtl/__init__.py maps $VGGTL_ISA to $OPENBLAS_CORETYPE before it loads).
+ * tile kernel (the process asks Linux for the tile state once). No path
+ * calls OpenBLAS's kernels (vggtl/__init__.py still maps $VGGTL_ISA to
+ * $OPENBLAS_CORETYPE before it loads, for the library it links).
  */
 #define _DEFAULT_SOURCE /* syscall(), for arch_prctl, under -std=c11 */
 #include "vgg_internal.h"

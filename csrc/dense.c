@@ -32,7 +32,7 @@ int vgg_dense_backward(float *dx, float *dw, float *db, const float *dz, const f
               VGG_ERR_SHAPE);
     /* dW (in, out) = x^T (in, n) @ dz (n, out); none when dw is NULL (a caller
      * that fuses it with the update, or needs dL/dx only) */
-    if (dw) vgg_gemm_at_parallel(dw, outdim, x, in, dz, outdim, in, outdim, n);
+    if (dw) vgg_gemm_at_parallel(dw, outdim, x, in, dz, outdim, in, outdim, n, 0);
     /* db = column sums of dz; each thread owns a slice of columns */
     VGG_OMP_FOR_IF(n * outdim)
     for (size_t j = 0; j < outdim; j++) {

@@ -30,6 +30,7 @@
 #define NR VGG_GEMM_NR
 #define KC 256
 #define MAX_MR 14 /* the widest kernel's rows (AVX-512) */
+#define PAIR_MR 12 /* the two-panel kernel's rows (AVX-512) */
 
 size_t vgg_gemm_packed_floats(size_t k, size_t n) { return (n + NR - 1) / NR * NR * k; }
 
@@ -149,7 +150,6 @@ AVX512_KERNEL(1)
  * the row pointers it spills), so loads, not FMAs, bound it. The second panel
  * is ps floats after the first; every sum is the same chain as in the one-panel
  * kernel, so the pairing never shows in the bits. Rows: exactly PAIR_MR. */
-#define PAIR_MR 12
 AVX512_ATTR static void kernel_avx512_pair(const float *a, size_t lda, const float *b, size_t bs,
                                            size_t ps, float *c, size_t ldc, size_t kc, int more) {
     __m512 acc[PAIR_MR][2];
@@ -363,50 +363,65 @@ void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const
     }
 }
 
-/* C (m, n) = A^T @ B with A stored (k, m), row-major, leading dimension lda:
- * the weight gradient x^T dz of a dense layer. Blocks of A^T (MR rows, KC deep)
- * are copied on the stack, so the kernels and their chains are vgg_gemm_b's. */
+/* C (m, n) (+)= A^T @ B with A stored (k, m), row-major, leading dimension lda:
+ * a weight gradient x^T dz. Blocks of A^T (PAIR_MR or MR rows, KC deep) are
+ * copied on the stack, so the kernels and their chains are vgg_gemm_b's; `acc`
+ * continues the chains from C's values (a later block of k, exactly). */
 void vgg_gemm_at(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
-                 size_t m, size_t n, size_t k) {
+                 size_t m, size_t n, size_t k, int acc) {
     size_t mr;
-    const kernel_fn kern = kernel_for(vgg_get_isa(), &mr);
+    const int isa = vgg_get_isa();
+    const kernel_fn kern = kernel_for(isa, &mr);
+    const pair_fn pair = pair_for(isa);
+    const size_t rb = pair ? PAIR_MR : mr; /* rows of A^T copied at a time */
     const size_t np = (n + NR - 1) / NR;
     float at[MAX_MR * KC];
     float edge[KC * NR];
     if (k == 0) {
-        zero_rows(c, ldc, m, n);
+        if (!acc) zero_rows(c, ldc, m, n);
         return;
     }
     for (size_t k0 = 0; k0 < k; k0 += KC) {
         const size_t kc = k - k0 < KC ? k - k0 : KC;
+        const int more = acc || k0 > 0;
         size_t last_bs; /* the last panel, copied once per block when it is short */
         const float *last = panel_of(b, ldb, n, k0, kc, np - 1, edge, &last_bs);
-        for (size_t i0 = 0; i0 < m; i0 += mr) {
-            const size_t rows = m - i0 < mr ? m - i0 : mr;
+        for (size_t i0 = 0; i0 < m; i0 += rb) {
+            const size_t rows = m - i0 < rb ? m - i0 : rb;
             for (size_t p = 0; p < kc; p++)
                 for (size_t i = 0; i < rows; i++) at[i * KC + p] = a[(k0 + p) * lda + i0 + i];
-            for (size_t q = 0; q < np; q++) {
+            for (size_t q = 0; q < np;) {
+                if (pair && rows == PAIR_MR && n - q * NR >= 2 * NR) { /* two whole panels */
+                    pair(at, KC, b + k0 * ldb + q * NR, ldb, NR, c + i0 * ldc + q * NR, ldc, kc,
+                         more);
+                    q += 2;
+                    continue;
+                }
                 const size_t cols = n - q * NR < NR ? n - q * NR : NR;
                 const float *bb = q + 1 < np ? b + k0 * ldb + q * NR : last;
                 kern(rows, at, KC, bb, q + 1 < np ? ldb : last_bs, c + i0 * ldc + q * NR, ldc,
-                     kc, k0 > 0, cols);
+                     kc, more, cols);
+                q++;
             }
         }
     }
 }
 
 void vgg_gemm_at_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
-                          size_t ldb, size_t m, size_t n, size_t k) {
+                          size_t ldb, size_t m, size_t n, size_t k, int acc) {
     size_t nth = team_for(m, n, k);
     if (nth > m / MIN_ROWS_PER_THREAD) nth = m / MIN_ROWS_PER_THREAD;
     if (nth <= 1) {
-        vgg_gemm_at(c, ldc, a, lda, b, ldb, m, n, k);
+        vgg_gemm_at(c, ldc, a, lda, b, ldb, m, n, k, acc);
         return;
     }
     VGG_OMP_FOR_N((int)nth)
     for (size_t t = 0; t < nth; t++) {
-        const size_t r0 = t * m / nth, r1 = (t + 1) * m / nth;
-        vgg_gemm_at(c + r0 * ldc, ldc, a + r0, lda, b, ldb, r1 - r0, n, k);
+        /* blocks of whole PAIR_MR rows, so that only the last has a short block */
+        const size_t blocks = (m + PAIR_MR - 1) / PAIR_MR;
+        const size_t r0 = t * blocks / nth * PAIR_MR;
+        const size_t r1 = (t + 1) * blocks / nth * PAIR_MR < m ? (t + 1) * blocks / nth * PAIR_MR : m;
+        vgg_gemm_at(c + r0 * ldc, ldc, a + r0, lda, b, ldb, r1 - r0, n, k, acc);
     }
 }
 

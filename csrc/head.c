@@ -348,7 +348,7 @@ static int fused_update(vgg_head_layer *L, const float *x, size_t in_w, const fl
         const size_t r_end = (t + 1) * in_w / nth;
         for (size_t r0 = t * in_w / nth; r0 < r_end; r0 += rows) {
             const size_t nr = r_end - r0 < rows ? r_end - r0 : rows, count = nr * units;
-            vgg_gemm_at(g, units, x + r0, in_w, dz, units, nr, units, m);
+            vgg_gemm_at(g, units, x + r0, in_w, dz, units, nr, units, m, 0);
             float *w = L->kernel + r0 * units;
             for (size_t i = 0; i < count; i++) {
                 uint32_t bits;
@@ -439,7 +439,7 @@ static int train_step(vgg_fit_stats *stats, vgg_head *head, head_plan *pp, size_
         if (!vgg_grad_ok(p.db[l], L->units, &moved)) return VGG_ERR_NONFINITE;
         fused[l] = fusable(in, in_w, p.dz[l], L->units, m);
         if (fused[l]) continue;
-        vgg_gemm_at_parallel(p.dw[l], L->units, in, in_w, p.dz[l], L->units, in_w, L->units, m);
+        vgg_gemm_at_parallel(p.dw[l], L->units, in, in_w, p.dz[l], L->units, in_w, L->units, m, 0);
         if (!vgg_grad_ok(p.dw[l], in_w * L->units, &moved)) return VGG_ERR_NONFINITE;
     }
     /* one update of every parameter, after all gradients are known to be finite */

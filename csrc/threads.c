@@ -3,10 +3,9 @@
  *
  * OpenMP owns the threads: every parallel region uses vgg_get_num_threads()
  * through a num_threads() clause (so the count holds whichever Python thread
- * calls in), and BLAS is kept single-threaded and called inside those regions on
- * disjoint blocks (vgg_sgemm_parallel, conv3x3.c). A pthreads OpenBLAS and
- * OpenMP taking turns would leave one pool spinning while the other works; one
- * owner avoids that.
+ * calls in), and the products (gemm.c) are serial code run inside those regions
+ * on disjoint blocks. OpenBLAS, still linked, is kept at one thread: a pthreads
+ * OpenBLAS pool spinning beside OpenMP's would take a core from it.
  *
  * Two ways libgomp can take the process down are headed off here:
  * - fork: a child inherits libgomp's record of the parent's threads but not the

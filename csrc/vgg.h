@@ -17,8 +17,8 @@
  *     `workspace` argument whose size (in floats) a *_workspace_floats() query
  *     returns. Outputs are overwritten, never accumulated into.
  *   - Threads: OpenMP is the one owner. Kernels run OpenMP regions with
- *     vgg_get_num_threads() threads; BLAS is single-threaded and each thread
- *     calls it on its own block.
+ *     vgg_get_num_threads() threads; the products (gemm.c) are serial code
+ *     each thread runs on its own block.
  *   - Process-wide state, all of it: the thread count and whether a team has
  *     started or the process was forked after one (threads.c), the instruction
  *     set and the convolution algorithm (cpu.c), and the count of images

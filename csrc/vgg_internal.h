@@ -139,21 +139,10 @@ static inline float vgg_max_nan(float a, float b) { return (a > b || a != a) ? a
 /* Polls the abort callback (NULL: never abort). */
 static inline int vgg_should_abort(vgg_abort_fn cb, void *ctx) { return cb != NULL && cb(ctx) != 0; }
 
-/* blas.c: row-major C (m,n) = alpha * A (m,k) @ B (k,n) + beta * C, with leading
- * dimensions lda/ldb/ldc; trans_a / trans_b read A / B transposed (A then is
- * stored (k,m), B (n,k)). Single-threaded: safe inside OpenMP regions. Sizes
- * must fit a BLAS int; callers split larger products. */
+/* The largest side of a product the kernels accept (an int's range, as a BLAS's). */
 #define VGG_BLAS_MAX_DIM 2147483647u
-void vgg_sgemm(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
-               const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
-               size_t ldc);
+/* blas.c: OpenBLAS's own thread pool, kept at one thread. */
 void vgg_blas_set_num_threads(int n);
-/* The same product split across the core's threads: by rows of C when m is the
- * larger side, else by columns; each block is one single-threaded sgemm.
- * Call from serial code. */
-void vgg_sgemm_parallel(int trans_a, int trans_b, size_t m, size_t n, size_t k, float alpha,
-                        const float *a, size_t lda, const float *b, size_t ldb, float beta,
-                        float *c, size_t ldc);
 
 /* gemm.c: vggtl's own single-threaded sgemm, C (m, n) = A (m, k) @ B (k, n)
  * (row-major, leading dimensions ldc and lda) with B packed by vgg_gemm_pack_b
@@ -183,11 +172,13 @@ void vgg_gemm_b(float *c, size_t ldc, const float *a, size_t lda, const float *b
 void vgg_gemm_b_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
                          size_t ldb, size_t m, size_t n, size_t k);
 /* C (m, n) = A^T @ B, A stored (k, m) with leading dimension lda: the same
- * chains over k (a dense layer's weight gradient x^T dz). */
+ * chains over k (a weight gradient x^T dz). acc: C += A^T @ B, the chains
+ * continued from C's values, so a product split along k into calls gives the
+ * bits of one call (a convolution's dW over chunks of pixels). */
 void vgg_gemm_at(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
-                 size_t m, size_t n, size_t k);
+                 size_t m, size_t n, size_t k, int acc);
 void vgg_gemm_at_parallel(float *c, size_t ldc, const float *a, size_t lda, const float *b,
-                          size_t ldb, size_t m, size_t n, size_t k);
+                          size_t ldb, size_t m, size_t n, size_t k, int acc);
 
 /* optim.c: one optimizer step split in two, for an update fused with the
  * computation of its gradient (head.c): the step's scalars, computed once

@@ -45,9 +45,11 @@
 
 _Static_assert(VW == VGG_GEMM_NR, "the kernel transform writes whole panels of U");
 
-/* Block buffers of about this many bytes (winograd_body.h, tiles_per_block) */
-#define BLOCK_BYTES ((size_t)12 << 20)
-#define MIN_TB 24
+/* Block buffers of about this many bytes, so that the few-channel layers' V and M
+ * stay in L2; and at least MIN_TB tiles, so that the wide layers reuse each slice
+ * of U (1 MiB a position at 512 channels) on enough rows (winograd_body.h) */
+#define BLOCK_BYTES ((size_t)1 << 20)
+#define MIN_TB 48
 /* strides padded by a cache line (winograd_body.h) */
 #define PAD 16
 /* Tiles per transform task: a few, so a block splits evenly over the threads. */

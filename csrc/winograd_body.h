@@ -9,9 +9,9 @@
  */
 
 /* The block buffers: V (NXI, tb, Cin) and M (NXI, tb, Cout), position-major so
- * that each of the NXI products reads and writes whole matrices, sized so both
- * stay in the shared L3 while U streams past them (a longer block reuses each
- * slice of U on more rows). A tile's result does not depend on the block it is
+ * that each of the NXI products reads and writes whole matrices, sized to stay
+ * in L2 where the channels are few, and longer where U is large (a longer block
+ * reuses each slice of U on more rows). A tile's result does not depend on the block it is
  * in (gemm.c), so the block size is free to follow the layer. */
 
 static size_t WF(tiles_per_block)(size_t cin, size_t cout) {

@@ -5,8 +5,9 @@ Winograd transforms and the matrix products of every convolution and of the
 dense layers' forward pass, csrc/gemm.c) are compiled for AVX-512, AVX2+FMA and
 the baseline, and the best the CPU has is used. They give the same bits on
 every level: each output is one chain of fused multiply-adds in a fixed order.
-OpenBLAS, with whatever kernels it picks (``OPENBLAS_CORETYPE``), computes only
-training gradients. Two environment variables, read once when vggtl is
+Training's products (the convolutions' dx and dW included) are the same
+kernels, so ``OPENBLAS_CORETYPE`` changes neither a bit nor the speed;
+OpenBLAS is still linked but computes nothing. Two environment variables, read once when vggtl is
 imported, force a path (for tests, and for comparing paths on one machine):
 
 ``VGGTL_ISA``

@@ -155,8 +155,8 @@ def test_fine_tune_ten_sgd_steps_match_torch_losses_and_weights():
     forward, convs, dense = _torch_tail_and_head(model)
     params = [p for m in convs + dense for p in m.parameters()]
     # a learning rate at which the loss falls smoothly: at 1e-2 the second step
-    # overshoots and kills the ReLUs, and the float32 rounding of OpenBLAS's
-    # kernels then decides which ones (the weights differed by 3e-4 on AVX-512)
+    # overshoots and kills the ReLUs, and float32 rounding then decides which
+    # ones (the weights differed by 3e-4 on AVX-512)
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)  # equal to Keras's for a constant lr
     yt = torch.nn.functional.one_hot(torch.tensor(y), 2).double()
     f4 = torch.tensor(F4.transpose(0, 3, 1, 2), dtype=torch.float64)

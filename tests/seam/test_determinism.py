@@ -188,6 +188,17 @@ model.compile(optimizer=vggtl.Adam(1e-3), loss="categorical_crossentropy")
 model.fit_features(F, rng.integers(0, 3, 80), batch_size=32, epochs=2, verbose=0)
 out["trained head"] = hashlib.sha256(b"".join(a.tobytes() for kb in model.get_weights().values()
                                               for a in kb)).hexdigest()
+# fine-tuning: block 5's convolutions forward and backward (dx and dW), from block4_pool
+X = rng.integers(0, 256, (12, 48, 48, 3), dtype=np.uint8)
+model = vggtl.TransferModel(vggtl.VGG16(weights=None, seed=2, input_shape=(48, 48, 3)),
+                            head=[vggtl.Flatten(), vggtl.Dense(16, activation="relu"),
+                                  vggtl.Dense(2, activation="softmax")], seed=4, cache=False)
+model.compile(optimizer=vggtl.Adam(1e-3), loss="categorical_crossentropy")
+model.fine_tune(X, rng.integers(0, 2, 12), unfreeze_from="block5_conv1", batch_size=8, epochs=2,
+                verbose=0)
+out["fine-tuned block 5"] = hashlib.sha256(b"".join(
+    a.tobytes() for name in ("block5_conv1", "block5_conv2", "block5_conv3")
+    for a in model.base.get_layer(name).get_weights())).hexdigest()
 print(json.dumps(out))
 """
 
@@ -207,12 +218,12 @@ def _features_under(coretype):
 
 
 def test_openblas_kernels_change_nothing():
-    # features, head probabilities and head training never go through BLAS, so every kernel set
-    # OpenBLAS can be told to use gives the same bits, even one this CPU cannot
-    # run (SkylakeX without AVX-512: BLAS is never called on this path)
+    # features, head probabilities, head training and fine-tuning never go through BLAS, so
+    # every kernel set OpenBLAS can be told to use gives the same bits, even one this CPU
+    # cannot run (SkylakeX without AVX-512: BLAS is never called on these paths)
     runs = {c: _features_under(c) for c in CORETYPES}
     ref = {k: v for k, v in runs[None].items() if k != "blas"}
-    assert len(ref) == 7
+    assert len(ref) == 8
     for c, got in runs.items():
         assert {k: v for k, v in got.items() if k != "blas"} == ref, (c, got["blas"])
     assert len({got["blas"] for got in runs.values()}) >= 3  # really different kernels
