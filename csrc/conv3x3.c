@@ -87,8 +87,7 @@ int vgg_conv3x3_prepare(float *prepared, size_t prepared_floats, int algo, const
 }
 
 size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads, int prepared) {
-    const size_t a = (prepared ? 0 : packed_kernel_floats(cin, cout)) +
-                     chunk_rows(cin) * 9 * cin * threads,
+    const size_t a = chunk_rows(cin) * 9 * cin * threads, /* im2col reads B in place */
                  b4 = vgg_winograd_workspace_floats(4, cin, cout, prepared),
                  b6 = vgg_winograd_workspace_floats(6, cin, cout, prepared), b = b4 > b6 ? b4 : b6,
                  c = vgg_winograd_bf16_workspace_floats(cin, cout, threads, prepared);
@@ -178,8 +177,9 @@ static void bias_act_rows(float *out, const float *bias, int relu, size_t rows, 
  * the barrier is negligible, little enough that Ctrl-C answers fast. */
 #define CHUNKS_PER_POLL 8
 
-/* kp_prepared: the kernel already packed (vgg_conv3x3_prepare), or NULL to pack
- * it into the start of the workspace. */
+/* kp_prepared: the kernel already packed (vgg_conv3x3_prepare), or NULL to read
+ * `kernel` in place (a kernel that changes every step: packing it would cost a
+ * pass over it for each call). The workspace holds the column buffers only. */
 static int im2col_forward(float *out, const float *x, const float *kernel,
                           const float *kp_prepared, const float *bias, int relu, size_t n,
                           size_t h, size_t w, size_t cin, size_t cout, float *workspace,
@@ -192,10 +192,8 @@ static int im2col_forward(float *out, const float *x, const float *kernel,
     VGG_CHECK(vgg_mul_ok(h, w, &hw) && vgg_mul_ok(hw, n, &total), VGG_ERR_SHAPE);
 
     const size_t k = 9 * cin;
-    const size_t packed = kp_prepared ? 0 : packed_kernel_floats(cin, cout);
-    VGG_CHECK(workspace_floats > packed, VGG_ERR_NOMEM);
-    float *cols = workspace + packed;
-    const size_t col_floats = workspace_floats - packed;
+    float *cols = workspace;
+    const size_t col_floats = workspace_floats;
     /* as many threads as the workspace has full column buffers for (the knob can
      * have grown since it was sized); less than one full buffer gets shorter
      * chunks on one thread. A pixel's result never depends on its chunk (gemm.c). */
