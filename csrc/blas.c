@@ -12,7 +12,6 @@
  */
 #include "vgg_internal.h"
 
-
 #define VGG_CAT_(a, b) a##b
 #define VGG_CAT(a, b) VGG_CAT_(a, b)
 #ifdef BLAS_SYMBOL_PREFIX
