@@ -178,8 +178,8 @@ static void bias_act_rows(float *out, const float *bias, int relu, size_t rows, 
 #define CHUNKS_PER_POLL 8
 
 /* kp_prepared: the kernel already packed (vgg_conv3x3_prepare), or NULL to read
- * `kernel` in place (a kernel that changes every step: packing it would cost a
- * pass over it for each call). The workspace holds the column buffers only. */
+ * `kernel` in place (a kernel that changes every step: as fast as packing it for
+ * each call, without the packed copy). The workspace holds the column buffers only. */
 static int im2col_forward(float *out, const float *x, const float *kernel,
                           const float *kp_prepared, const float *bias, int relu, size_t n,
                           size_t h, size_t w, size_t cin, size_t cout, float *workspace,
@@ -301,26 +301,12 @@ static size_t flipped_floats(size_t cin, size_t cout) {
     return vgg_gemm_packed_floats(9 * cout, cin);
 }
 
-/* bp <- Wt packed in panels of 16 input channels, a panel per task: row t * cout + co of
- * panel p holds W[8 - t][16p + j][co] for j < 16. Read and written in 16 x 16 tiles, so
- * both sides move whole cache lines. */
+/* bp <- Wt packed for gemm.c, a tap at a time: rows t * cout .. of every panel
+ * hold W[8 - t] transposed, (cout, cin). */
 static void pack_flipped(float *bp, const float *kernel, size_t cin, size_t cout) {
-    const size_t NRF = VGG_GEMM_NR, kf = 9 * cout, np = (cin + NRF - 1) / NRF;
-    VGG_OMP_FOR_IF(kf * cin)
-    for (size_t p = 0; p < np; p++) {
-        const size_t ci0 = p * NRF, len = cin - ci0 < NRF ? cin - ci0 : NRF;
-        float *dst = bp + p * kf * NRF;
-        for (size_t t = 0; t < 9; t++) {
-            const float *wsrc = kernel + (8 - t) * cin * cout + ci0 * cout;
-            for (size_t co0 = 0; co0 < cout; co0 += NRF) {
-                const size_t cn = cout - co0 < NRF ? cout - co0 : NRF;
-                float *d = dst + (t * cout + co0) * NRF;
-                for (size_t c = 0; c < cn; c++)
-                    for (size_t j = 0; j < NRF; j++)
-                        d[c * NRF + j] = j < len ? wsrc[j * cout + co0 + c] : 0.0f;
-            }
-        }
-    }
+    for (size_t t = 0; t < 9; t++)
+        vgg_gemm_pack_bt(bp + t * cout * VGG_GEMM_NR, 9 * cout * VGG_GEMM_NR,
+                         kernel + (8 - t) * cin * cout, cout, cout, cin);
 }
 
 size_t vgg_conv3x3_backward_workspace_floats(size_t cin, size_t cout) {

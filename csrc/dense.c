@@ -42,7 +42,7 @@ int vgg_dense_backward(float *dx, float *dw, float *db, const float *dz, const f
     }
     /* dx (n, in) = dz (n, out) @ W^T (out, in), W^T packed into the scratch */
     if (dx) {
-        vgg_gemm_pack_bt(scratch, kernel, outdim, outdim, in);
+        vgg_gemm_pack_bt(scratch, outdim * VGG_GEMM_NR, kernel, outdim, outdim, in);
         vgg_gemm_parallel(dx, in, dz, outdim, scratch, n, in, outdim);
     }
     return VGG_OK;

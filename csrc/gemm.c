@@ -425,12 +425,12 @@ void vgg_gemm_at_parallel(float *c, size_t ldc, const float *a, size_t lda, cons
     }
 }
 
-void vgg_gemm_pack_bt(float *bp, const float *bt, size_t ldbt, size_t k, size_t n) {
+void vgg_gemm_pack_bt(float *bp, size_t ps, const float *bt, size_t ldbt, size_t k, size_t n) {
     const size_t np = (n + NR - 1) / NR;
     VGG_OMP_FOR_IF(n * k)
     for (size_t p = 0; p < np; p++) {
         const size_t j0 = p * NR, len = n - j0 < NR ? n - j0 : NR;
-        float *dst = bp + p * k * NR;
+        float *dst = bp + p * ps;
         for (size_t kk = 0; kk < k; kk++)
             for (size_t j = 0; j < NR; j++) dst[kk * NR + j] = j < len ? bt[(j0 + j) * ldbt + kk] : 0.0f;
     }

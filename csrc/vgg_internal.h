@@ -156,8 +156,10 @@ void vgg_blas_set_num_threads(int n);
 size_t vgg_gemm_packed_floats(size_t k, size_t n);
 void vgg_gemm_pack_b(float *bp, const float *b, size_t ldb, size_t k, size_t n);
 /* The same panels from B's transpose, bt (n, k) with leading dimension ldbt:
- * for products with a dense kernel's transpose (dL/dx = dz W^T). */
-void vgg_gemm_pack_bt(float *bp, const float *bt, size_t ldbt, size_t k, size_t n);
+ * for products with a kernel's transpose (dL/dx = dz W^T). Panel p starts at
+ * bp + p * ps: ps = k * VGG_GEMM_NR packs B whole; a larger ps packs k rows
+ * of a taller B (a convolution's flipped kernel, a tap at a time). */
+void vgg_gemm_pack_bt(float *bp, size_t ps, const float *bt, size_t ldbt, size_t k, size_t n);
 void vgg_gemm(float *c, size_t ldc, const float *a, size_t lda, const float *bp, size_t m,
               size_t n, size_t k);
 /* vgg_gemm split by panels of columns across the core's threads (from serial code). */
