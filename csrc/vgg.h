@@ -464,9 +464,11 @@ int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size
                   float *workspace, size_t workspace_floats,
                   vgg_abort_fn abort_cb, void *abort_ctx);
 
-/* Images vgg16_forward has run through the network since the library was
- * loaded, over all threads and calls (a pass counts once it completes): how a
- * test proves that a cached extraction computed nothing. Thread-safe. */
+/* Images vgg16_forward has run through the network from its input since the
+ * library was loaded, over all threads and calls (a pass counts once it
+ * completes; a run from a cut, start_layer > 0, continues images already
+ * counted): how a test proves that a cached extraction computed nothing.
+ * Thread-safe. */
 uint64_t vgg16_forward_images(void);
 
 /* ------------------------------------------------------------------------ */

@@ -316,7 +316,8 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
     return VGG_OK;
 }
 
-/* Images completed by vgg16_forward since load (see vgg16_forward_images). */
+/* Images completed by vgg16_forward from the input layer since load (see
+ * vgg16_forward_images); a run from a cut continues images counted already. */
 static uint64_t forward_images;
 
 int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size_t w,
@@ -376,7 +377,8 @@ int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size
         if (st != VGG_OK) return st;
         /* relaxed atomic: calls from several Python threads (GIL released) may
          * finish passes at once; the count only has to be exact, not ordered */
-        __atomic_fetch_add(&forward_images, (uint64_t)m, __ATOMIC_RELAXED);
+        if (cfg->start_layer == 0)
+            __atomic_fetch_add(&forward_images, (uint64_t)m, __ATOMIC_RELAXED);
     }
     return VGG_OK;
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import time
 import warnings
@@ -18,6 +19,7 @@ import numpy as np
 from . import _core
 from . import optim as _optim
 from .augment import Augment as _Augment
+from .cache.memo import CutMemo
 from .callbacks import Callback, History
 from .vgg16 import CONV_LAYERS, LAYER_NAMES
 
@@ -40,6 +42,21 @@ def _locked(method):
 # image, so the base runs fewer passes than there are epochs (benchmarks/tutorial.py
 # compares the accuracy with a fresh pass every epoch, rows exact and views:K).
 AUTO_VIEWS = 3
+
+# The cut fine_tune starts from by the recipe (block5_conv1 unfrozen): fit keeps
+# its output of the images it runs through the base, at most this many bytes (or
+# an eighth of the RAM), so that a fine_tune of the same images that follows
+# does not run blocks 1-4 again.
+CUT_KEPT = "block4_pool"
+CUT_MEMORY = 1 << 30
+
+
+def _default_cut_memory() -> int:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return CUT_MEMORY
+    return min(CUT_MEMORY, ram // 8)
 
 
 def auto_views(epochs: int) -> int:
@@ -73,6 +90,27 @@ def _check_finite(F: np.ndarray, name: str) -> None:
 
 class Training:
     """``fit``, ``fit_features`` and ``fine_tune`` of :class:`TransferModel`."""
+
+    @property
+    def cut_memory(self) -> int:
+        """Bytes of block4_pool outputs ``fit`` may keep in memory for a
+        ``fine_tune`` that follows on the same images (then dropped); 0 keeps
+        none. Default: 1 GiB or an eighth of the RAM, the smaller."""
+        return self._cut_memo().budget
+
+    @cut_memory.setter
+    def cut_memory(self, value) -> None:
+        value = _check_int("cut_memory", value, 0)
+        memo = self._cut_memo()
+        memo.budget = value
+        if memo.nbytes > value:
+            memo.clear()
+
+    def _cut_memo(self) -> CutMemo:
+        memo = self.__dict__.get("_cut_memo_store")
+        if memo is None:
+            memo = self.__dict__["_cut_memo_store"] = CutMemo(CUT_KEPT, _default_cut_memory())
+        return memo
 
     # -- training -----------------------------------------------------------------
     @_locked
@@ -135,6 +173,8 @@ class Training:
                                                            validation_split, sample_weight)
         per_epoch = self._samples_per_epoch(len(x), batch_size, steps_per_epoch)
         cache = self.cache if cache is None else cache
+        memo = self._cut_memo()
+        memo.clear()  # what this fit passes through replaces what an earlier one kept
         F, epoch_features = self._training_features(x, augment, augment_views, batch_size,
                                                     cache, verbose, epochs - initial_epoch)
         val = None
@@ -143,8 +183,8 @@ class Training:
             vx, vy, vsw = self._validation_steps(vx, vy, vsw, validation_steps,
                                                  validation_batch_size or (32 if flow else
                                                                            batch_size))
-            val = (self.features(vx, batch_size=max(batch_size, 32), cache=cache,
-                                 progress=bool(verbose)), vy, vsw)
+            val = (self.base.extract(vx, batch_size=max(batch_size, 32), cache=cache,
+                                     progress=bool(verbose), memo=memo), vy, vsw)
         return self.fit_features(F, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                                  validation_data=val, shuffle=shuffle, class_weight=class_weight,
                                  callbacks=callbacks, initial_epoch=initial_epoch,
@@ -157,9 +197,6 @@ class Training:
         x (at ``layer``, the cut, for fine_tune) computed once, or with
         augmentation (F, epoch -> that epoch's features), F the current epoch's."""
         if augment is None and augment_views is None:
-            if layer is None:
-                return self.features(x, batch_size=max(batch_size, 32), cache=cache,
-                                     progress=bool(verbose)), None
             return self._cut_features(x, layer, batch_size, cache, verbose), None
         epoch_features = self._augmented_features(x, augment, augment_views,
                                                   max(batch_size, 32), cache, bool(verbose),
@@ -212,7 +249,9 @@ class Training:
                 return augment.random_transform(xb, epoch=view, index=index)
             return self.base.extract(x, layer=layer, cache=cache_to, batch_size=batch_size,
                                      progress=progress, view=(digest, view), transform=transform,
-                                     x_digest=x_digest)
+                                     x_digest=x_digest, memo=memo)
+
+        memo = None if isinstance(views, str) and views == "epoch" else self._cut_memo()
 
         if views is None or (isinstance(views, str) and views == "auto"):
             views = auto_views(epochs)
@@ -231,7 +270,7 @@ class Training:
             raise ValueError(f"augment_views: expected an int >= 1, \"auto\" or \"epoch\", got "
                              f"{views!r}")
         views = _check_int("augment_views", views, 1)
-        x_digest = array_digest(x) if cache is not False else None
+        x_digest = array_digest(x) if cache is not False or memo.budget else None
         stored = [extract(k, cache, x_digest) for k in range(views)]
         n = len(stored[0])
         out = np.empty(stored[0].shape, dtype=stored[0].dtype)  # reused every epoch
@@ -512,6 +551,7 @@ class Training:
             vt = self._targets(vy, len(vx), name="validation_data y")
             val = (self._cut_features(vx, cut, batch_size, cache, verbose), vt,
                    self._weights_of(vt, None, vsw, "validation_data sample_weight"))
+        self._cut_memo().clear()  # kept for this fine_tune; what it did not use goes too
         # a fresh optimizer and state, as a re-compile in Keras gives
         self.compile(optimizer=optimizer if optimizer is not None else
                      _optim.SGD(learning_rate=1e-4, momentum=0.9),
@@ -555,11 +595,13 @@ class Training:
         return self._run_epochs(run_epoch, validate if val is not None else None, n, batch_size,
                                 epochs, initial_epoch, verbose, callbacks)
 
-    def _cut_features(self, x, cut: str, batch_size: int, cache, verbose) -> np.ndarray:
-        if cache is False:
-            return self.base.predict(x, batch_size=max(batch_size, 32), layer=cut)
+    def _cut_features(self, x, cut: Optional[str], batch_size: int, cache,
+                      verbose) -> np.ndarray:
+        """The base's output of x at ``cut`` (None: the head's input), through the
+        feature cache unless ``cache`` is False, and through the memo of the cut
+        fit keeps."""
         return self.base.extract(x, layer=cut, cache=cache, batch_size=max(batch_size, 32),
-                                 progress=bool(verbose))
+                                 progress=bool(verbose), memo=self._cut_memo())
 
     def _unfreeze(self, unfreeze_from) -> int:
         """Mark the base's layers from ``unfreeze_from`` (or as marked) trainable

@@ -525,7 +525,8 @@ class VGG16:
         got = memo.get((stop, version))
         if got is None:
             got = _hash_weights(self, stop)
-            memo.clear()  # only the current version's digests are of use
+            for key in [k for k in memo if k[1] != version]:
+                del memo[key]  # only the current version's digests are of use
             memo[(stop, version)] = got
         return got
 
@@ -687,6 +688,17 @@ class VGG16Features:
 
     def predict(self, X, batch_size: int) -> np.ndarray:
         return self.model.predict(X, batch_size=batch_size, layer=self.layer)
+
+    def passes_through(self, cut: str) -> bool:
+        """Whether :meth:`predict_through` can give ``cut``'s output on the way:
+        ``cut`` comes before this layer and nothing pools the output globally."""
+        return self.pooling is None and cut in _INDEX and _INDEX[cut] < self.stop
+
+    def predict_through(self, X, batch_size: int, cut: str):
+        """(``cut``'s output, this layer's output) of X: the same features as
+        :meth:`predict`, in two parts (the layers do not depend on the split)."""
+        g = self.model.predict(X, batch_size=batch_size, layer=cut)
+        return g, self.model.forward_from(g, cut, layer=self.layer, batch_size=batch_size)
 
     def weights_digest(self) -> str:
         """SHA-256 of every weight of the layers up to this cut."""

@@ -467,7 +467,7 @@ static PyMethodDef methods[] = {
     {"maxpool2x2_backward", KW py_maxpool2x2_backward, METH_VARARGS | METH_KEYWORDS,
      "maxpool2x2_backward(dout (N,H//2,W//2,C), x (N,H,W,C)) -> dx"},
     {"vgg16_forward_images", py_vgg16_forward_images, METH_NOARGS,
-     "vgg16_forward_images() -> int: images run through vgg16_forward since load"},
+     "vgg16_forward_images() -> int: images run through vgg16_forward from the input since load"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -284,3 +284,93 @@ def test_fine_tune_never_keeps_nan_weights():
     for k in expect:
         np.testing.assert_array_equal(w[k][0], expect[k][0], err_msg=k)
         np.testing.assert_array_equal(w[k][1], expect[k][1], err_msg=k)
+
+
+# --- fit keeps block4_pool for the fine_tune that follows ------------------------------
+
+def _fit_then_tune(memory, cache=False, seed=7, change=None, tune_x=None, views=2):
+    """fit then fine_tune (augmented, with validation) on one model; returns the
+    images the base ran from its input during fine_tune, the memo's bytes after
+    fit, and the trained weights."""
+    model, X, y = _setup(seed=seed, n=10, size=32)
+    Xv = np.ascontiguousarray(X[::-1][:4])
+    yv = y[:4]
+    if memory is not None:
+        model.cut_memory = memory
+    aug = vggtl.Augment(rotation_range=20, zoom_range=0.1, horizontal_flip=True, seed=seed)
+    model.fit(X, y, batch_size=4, epochs=2, verbose=0, validation_data=(Xv, yv), augment=aug,
+              augment_views=views, cache=cache)
+    kept = model._cut_memo().nbytes
+    if change is not None:
+        change(model)
+    before = _kernels.vgg16_forward_images()
+    model.fine_tune(X if tune_x is None else tune_x, y, unfreeze_from="block5_conv1",
+                    batch_size=4, epochs=2, verbose=0, validation_data=(Xv, yv), augment=aug,
+                    augment_views=views, cache=cache,
+                    optimizer=vggtl.SGD(learning_rate=0.05, momentum=0.9))
+    ran = _kernels.vgg16_forward_images() - before
+    assert model._cut_memo().nbytes == 0  # dropped once fine_tune has what it needs
+    return ran, kept, model.get_weights()
+
+
+def _same_weights(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k][0], b[k][0], err_msg=k)
+        np.testing.assert_array_equal(a[k][1], b[k][1], err_msg=k)
+
+
+def test_fine_tune_after_fit_takes_the_cut_fit_computed_and_trains_the_same_bits():
+    cut = 2 * 2 * 512 * 4  # block4_pool of a 32 x 32 image, float32
+    ran, kept, tuned = _fit_then_tune(memory=None)
+    assert kept == (2 * 10 + 4) * cut  # two views of the 10 images, and the 4 validation ones
+    assert ran == 0  # fine_tune ran no image from the input
+    ran0, kept0, tuned0 = _fit_then_tune(memory=0)
+    assert kept0 == 0 and ran0 == 2 * 10 + 4  # the same work, done again
+    _same_weights(tuned, tuned0)
+    # a budget that holds the first view only: the second and the validation cut are computed
+    ran1, kept1, tuned1 = _fit_then_tune(memory=10 * cut)
+    assert kept1 == 10 * cut and ran1 == 10 + 4
+    _same_weights(tuned1, tuned0)
+
+
+def test_fine_tune_does_not_take_a_cut_of_other_weights_or_other_images():
+    def new_block4(model):
+        w = model.base.get_weights()
+        k, b = w["block4_conv3"]
+        model.base.set_weights({**w, "block4_conv3": (k * 0.5, b)})
+
+    ran, kept, tuned = _fit_then_tune(memory=None, change=new_block4)
+    assert kept > 0 and ran == 2 * 10 + 4  # every cut computed again with the new weights
+    # block 5 only changed: the cut is still fit's
+    ran5, _, _ = _fit_then_tune(memory=None, change=lambda m: m.base.set_weights(
+        {**m.base.get_weights(),
+         "block5_conv1": tuple(a * 0.5 for a in m.base.get_weights()["block5_conv1"])}))
+    assert ran5 == 0
+    _, X, _ = _setup(seed=7, n=10, size=32)
+    ran, _, _ = _fit_then_tune(memory=None, tune_x=X[::-1].copy())
+    assert ran == 2 * 10  # other training images; the validation images are fit's
+
+
+def test_fine_tune_writes_the_kept_cut_to_the_feature_cache(tmp_path):
+    ran, kept, tuned = _fit_then_tune(memory=None, cache=str(tmp_path))
+    assert kept > 0 and ran == 0
+    ran0, _, tuned0 = _fit_then_tune(memory=0, cache=str(tmp_path / "other"))
+    assert ran0 == 2 * 10 + 4
+    _same_weights(tuned, tuned0)
+    # the entries written from memory are the ones a computation writes: the
+    # second cache folder (computed) and the first (from the memo) hold the same bits
+    model, X, y = _setup(seed=7, n=10, size=32)
+    for folder in (tmp_path, tmp_path / "other"):
+        before = _kernels.vgg16_forward_images()
+        got = model.base.extract(np.ascontiguousarray(X[::-1][:4]), layer="block4_pool",
+                                 cache=str(folder), progress=False)
+        assert _kernels.vgg16_forward_images() == before
+        np.testing.assert_array_equal(got, model.base.predict(X[::-1][:4], layer="block4_pool"))
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1GB", True, None])
+def test_cut_memory_bad_values(bad):
+    model, _, _ = _setup(seed=8, n=2, size=32)
+    with pytest.raises(ValueError, match="cut_memory: expected an int >= 0"):
+        model.cut_memory = bad

@@ -101,6 +101,8 @@ Modules, lowest first (none of them imports the network):
     plan.py          the protocols: FeatureSource (what the network gives) and
                      ChunkSource (what fills an entry), and LocalPlan
     run.py           extract and read_or_build (read a hit, else build the entry)
+    memo.py          CutMemo: a cut's outputs kept in memory on the way past it
+                     (fit keeps block4_pool for the fine_tune that follows)
 
 vggtl.distributed implements ChunkSource with Dask and uses only the names this
 module exports.

@@ -89,16 +89,21 @@ def progress_label(features: FeatureSource, view=None) -> str:
 class LocalPlan:
     """A :class:`ChunkSource` computing in this process: the features of X from
     ``features`` (a :class:`FeatureSource`), each batch through ``transform``
-    first when given, stored as ``dtype``."""
+    first when given, stored as ``dtype``. ``known``: the features, already
+    computed (rows are copied from it). ``keep``: a
+    :class:`vggtl.cache.memo.Recorder` that gets the output of its layer, on
+    the way, of every batch computed."""
 
     def __init__(self, features: FeatureSource, X, dtype, batch_size: int, item_shape,
-                 input_size, transform=None, progress: bool = False, view=None):
+                 input_size, transform=None, progress: bool = False, view=None,
+                 known: Optional[np.ndarray] = None, keep=None):
         self.features, self.X, self.dtype = features, X, np.dtype(dtype)
         self.batch_size, self.transform = batch_size, transform
         self.item_shape, self.input_size, self.progress = tuple(item_shape), input_size, progress
         self.n = len(X)
         self.view = view
         self.desc = progress_label(features, view)
+        self.known, self.keep = known, keep
 
     def chunk_rows(self) -> int:
         return default_chunk_rows(self.n, self.item_shape, self.dtype, self.input_size,
@@ -116,6 +121,11 @@ class LocalPlan:
                 update: Optional[Callable[[int], None]] = None) -> np.ndarray:
         """Features of images [start, stop) in batches of ``batch_size``, as stored."""
         out = np.empty((stop - start, *self.item_shape), dtype=self.dtype)
+        if self.known is not None:
+            out[...] = self.known[start:stop]
+            if update is not None:
+                update(stop - start)
+            return out
         # as many images at a time as one pass of the network holds, not the
         # training batch size: small batches leave the convolutions' threads idle
         step = max(batch_size, self.features.images_per_pass(self.input_size))
@@ -124,7 +134,11 @@ class LocalPlan:
             xb = self.X[i:j]
             if self.transform is not None:
                 xb = self.transform(xb, np.arange(i, j, dtype=np.int64))
-            f = self.features.predict(xb, step)
+            if self.keep is not None:
+                g, f = self.features.predict_through(xb, step, self.keep.layer)
+                self.keep.record(i, g)
+            else:
+                f = self.features.predict(xb, step)
             release_pages(self.X, i, j)
             if f.shape[1:] != self.item_shape:
                 raise ValueError(f"transform: images {i}..{j - 1} give features of shape "

@@ -11,7 +11,7 @@ import numpy as np
 from .._arrays import as_images
 from .files import Damaged, Unwritable
 from .housekeeping import enforce_limit, resolve_root
-from .keys import array_digest, check_dtype, check_view, features_of, make_key
+from .keys import array_digest, check_dtype, check_view, features_of, key_id, make_key
 from .plan import ChunkSource, LocalPlan
 from .progress import Progress
 from .store import Changed, Entry, Stalled
@@ -32,7 +32,7 @@ def warn_once(what: str, message: str) -> None:
 
 def extract(base, X, layer: Optional[str] = None, cache=True, batch_size: int = 32,
             progress: bool = True, dtype="float32", view=None, transform=None,
-            x_digest: Optional[str] = None) -> np.ndarray:
+            x_digest: Optional[str] = None, memo=None) -> np.ndarray:
     """Features of images X at ``layer`` from the cache, computing only what is missing.
 
     Parameters
@@ -57,6 +57,10 @@ def extract(base, X, layer: Optional[str] = None, cache=True, batch_size: int = 
         deterministic in (view, indices); its output size must not vary.
     x_digest : ``array_digest(X)`` when the caller already has it (saves hashing X
         again, e.g. for several views of one X).
+    memo : None or a :class:`vggtl.cache.memo.CutMemo`. Float32 features at the
+        memo's layer are taken from it when it holds them (and written to the
+        cache from there); an extraction past its layer records that layer's
+        output into it, within its budget.
 
     Returns
     -------
@@ -86,24 +90,42 @@ def extract(base, X, layer: Optional[str] = None, cache=True, batch_size: int = 
         input_size, c = probe.shape[1:3], probe.shape[3]
     features.check_input(*input_size, c)
     item_shape = features.item_shape(input_size)
+    known = keep = None
+    if memo is not None and memo.budget and n and dt == np.float32:
+        if x_digest is None:
+            x_digest = array_digest(X)
+        memo_key = key_id(make_key(base, memo.layer, dt.name, view, input_size,
+                                   x_digest=x_digest))
+        if features.name == memo.layer and getattr(features, "pooling", None) is None:
+            known = memo.take(memo_key)
+            if known is not None and cache is False:
+                return known
+        elif callable(getattr(features, "passes_through", None)) and \
+                features.passes_through(memo.layer):
+            cut_shape = features_of(base, memo.layer).item_shape(input_size)
+            keep = memo.recorder(memo_key, (n, *cut_shape))
     plan = LocalPlan(features, X, dt, batch_size, item_shape, input_size, transform,
-                     bool(progress), view)
-    if cache is False or n == 0:
-        return in_memory(plan)
-    key = make_key(base, layer, dt.name, view, input_size,
-                   x_digest=x_digest if x_digest is not None else array_digest(X))
-    entry = Entry(root, key)
+                     bool(progress), view, known=known, keep=keep)
     try:
-        return read_or_build(entry, plan)
-    except Unwritable as e:
-        warn_once(root, f"vggtl: the feature cache in {root} cannot be written ({e})")
-    except Damaged as e:
-        warn_once(entry.dir, f"vggtl: the feature cache entry {entry.dir} is damaged or not "
-                             f"vggtl's ({e}); it is neither read nor written (vggtl.cache.clear "
-                             f"removes a damaged entry of vggtl's)")
-    except Stalled as e:
-        warn_once(e.lock, f"vggtl: {e}")
-    return in_memory(plan)
+        if cache is False or n == 0:
+            return in_memory(plan)
+        key = make_key(base, layer, dt.name, view, input_size,
+                       x_digest=x_digest if x_digest is not None else array_digest(X))
+        entry = Entry(root, key)
+        try:
+            return read_or_build(entry, plan)
+        except Unwritable as e:
+            warn_once(root, f"vggtl: the feature cache in {root} cannot be written ({e})")
+        except Damaged as e:
+            warn_once(entry.dir, f"vggtl: the feature cache entry {entry.dir} is damaged or "
+                                 f"not vggtl's ({e}); it is neither read nor written "
+                                 f"(vggtl.cache.clear removes a damaged entry of vggtl's)")
+        except Stalled as e:
+            warn_once(e.lock, f"vggtl: {e}")
+        return in_memory(plan)
+    finally:
+        if keep is not None:
+            keep.finish()
 
 
 def in_memory(plan: LocalPlan) -> np.ndarray:
