@@ -258,7 +258,7 @@ ALWAYS_INLINE void output_transform_body(float *out, const float *mbuf, const fl
             const float *src = mbuf + (t_ - t0) * m_stride(cout) + k0;
             for (int xi = 0; xi < NXI; xi++) /* M rows are whole vectors (Cout padded) */
                 memcpy(&m[xi / ALPHA][xi % ALPHA][0], src + (size_t)xi * np, sizeof(float) * VW);
-            for (size_t v = 0; v < VW; v++) b[v] = v < len ? bias[k0 + v] : 0.0f;
+            vgg_tile_bias(b, bias, k0, len);
             for (int j = 0; j < ALPHA; j++) at4(&t[0][j][0], ALPHA * VW, &m[0][j][0], ALPHA * VW);
             for (int i = 0; i < TILE; i++) at4(&y[i][0][0], VW, &t[i][0][0], VW);
             vgg_tile_store(out, &y[0][0][0], TILE, b, relu, pool, s->h, s->w, cout, img, y0, x0,

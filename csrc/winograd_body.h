@@ -113,7 +113,7 @@ ALWAYS_INLINE void WF(output_transform_body)(float *out, const float *mbuf, size
                     for (size_t v = 0; v < VW; v++) dst[v] = v < len ? p[v] : 0.0f;
                 }
             }
-            for (size_t v = 0; v < VW; v++) b[v] = v < len ? bias[k0 + v] : 0.0f;
+            vgg_tile_bias(b, bias, k0, len);
             /* t = A^T m (over rows), y = t A (over columns) */
             for (int j = 0; j < ALPHA; j++) WB_AT(&t[0][j][0], ALPHA * VW, &m[0][j][0], ALPHA * VW);
             for (int i = 0; i < TILE; i++) WB_AT(&y[i][0][0], VW, &t[i][0][0], VW);
@@ -168,15 +168,34 @@ static WF(transforms) WF(transforms_for)(int isa) {
                         WF(output_transform_portable)};
 }
 
-/* One block of nt tiles from tile t0, all threads together: the input
- * transform (tasks of tiles), the NXI products (tasks of one position and a
- * group of panels), the output transform (tasks of tiles); each phase waits for
- * the one before. Who computes what never changes a value. */
+/* One block of nt tiles from tile t0, all threads together. Where U is small,
+ * each thread runs its own share of the tiles through the three phases. Else
+ * phase by phase: the input transform (tasks of tiles), the NXI products (tasks
+ * of one position and a group of panels, so each thread reads part of U), the
+ * output transform (tasks of tiles); each phase waits for the one before. Who
+ * computes what never changes a value. */
 static void WF(run_block)(const WF(transforms) *fn, const wino_shape *s, float *out, const float *x,
                       const float *u, const float *bias, int relu, int pool, float *vbuf,
                       float *mbuf, size_t tb, size_t t0, size_t nt, int nth) {
     const size_t cin = s->cin, cout = s->cout;
     const size_t vs = WF(v_stride)(tb, cin), ms = WF(m_stride)(tb, cout), us = WF(u_stride)(cin, cout);
+    if ((size_t)NXI * cin * cout * sizeof(float) <= LOCAL_U_BYTES) {
+        /* few channels: each thread takes a share of the block's tiles through all
+         * three phases, so the rows of V and M it writes are the ones it reads
+         * (nothing moves between the cores' caches, no barrier inside the block);
+         * every thread then reads all of U, which is small here */
+        const size_t parts = (size_t)nth < nt ? (size_t)nth : nt;
+        VGG_OMP_FOR_N(nth)
+        for (size_t p = 0; p < parts; p++) {
+            const size_t a = nt * p / parts, b = nt * (p + 1) / parts;
+            fn->input(vbuf, vs, x, s, t0 + a, t0 + b, a);
+            for (size_t xi = 0; xi < NXI; xi++)
+                vgg_gemm(mbuf + xi * ms + a * cout, cout, vbuf + xi * vs + a * cin, cin,
+                         u + xi * us, b - a, cout, cin);
+            fn->output(out, mbuf, ms, bias, relu, pool, s, t0 + a, t0 + b, a);
+        }
+        return;
+    }
     const size_t ntasks = (nt + TILES_PER_TASK - 1) / TILES_PER_TASK;
     /* panel groups per position: enough tasks for every thread to get several */
     const size_t np = (cout + VGG_GEMM_NR - 1) / VGG_GEMM_NR;

@@ -70,6 +70,40 @@ VGG_TILE_INLINE void vgg_tile_gather(float *d, int side, const float *x_img, lon
     }
 }
 
+/* b[0..VW) <- bias[k0..k0+len), zeros past len. A whole vector by a fixed-length
+ * copy: per-lane conditions left b in 16 scalar registers, and the tile store
+ * built every output vector lane by lane. */
+VGG_TILE_INLINE void vgg_tile_bias(float *b, const float *bias, size_t k0, size_t len) {
+    if (len == VW) {
+        memcpy(b, bias + k0, VW * sizeof(float));
+    } else {
+        for (size_t v = 0; v < VW; v++) b[v] = v < len ? bias[k0 + v] : 0.0f;
+    }
+}
+
+/* o <- t + b, then ReLU when asked, written so that NaN propagates (as in
+ * torch: NaN < 0 is false, so NaN is kept). On whole vectors (GCC's vector
+ * extension): written lane by lane, the select was compiled into 16 scalar
+ * compares and blends. */
+typedef float vgg_tile_vf __attribute__((vector_size(VW * sizeof(float))));
+typedef int vgg_tile_vi __attribute__((vector_size(VW * sizeof(int))));
+_Static_assert(sizeof(float) == sizeof(int), "the ReLU masks float lanes with int lanes");
+
+VGG_TILE_INLINE void vgg_bias_relu(float *o, const float *t, const float *b, int relu) {
+    vgg_tile_vf a, c;
+    memcpy(&a, t, sizeof a);
+    memcpy(&c, b, sizeof c);
+    a = a + c;
+    if (relu) {
+        const vgg_tile_vf zero = {0.0f};
+        vgg_tile_vi bits;
+        memcpy(&bits, &a, sizeof bits);
+        bits &= ~(a < zero); /* all ones where negative */
+        memcpy(&a, &bits, sizeof a);
+    }
+    memcpy(o, &a, sizeof a);
+}
+
 /* dst[0..len) <- val: a fixed-length copy for whole vectors (a variable-length
  * one is a library call per pixel) */
 VGG_TILE_INLINE void vgg_tile_copy(float *dst, const float *val, size_t len) {
@@ -93,10 +127,13 @@ vgg_tile_store(float *out, const float *y, size_t side, const float *b, int relu
         for (size_t i = 0; i < ny; i++) {
             for (size_t j = 0; j < nx; j++) {
                 const float *t = y + (i * side + j) * VW;
-                for (int v = 0; v < VW; v++) val[v] = t[v] + b[v];
-                if (relu) /* written so that NaN propagates, as in torch */
-                    for (int v = 0; v < VW; v++) val[v] = val[v] < 0.0f ? 0.0f : val[v];
-                vgg_tile_copy(out_img + ((y0 + i) * w + x0 + j) * cout + k0, val, len);
+                float *dst = out_img + ((y0 + i) * w + x0 + j) * cout + k0;
+                if (len == VW) { /* straight to the output: no copy through val */
+                    vgg_bias_relu(dst, t, b, relu);
+                } else {
+                    vgg_bias_relu(val, t, b, relu);
+                    memcpy(dst, val, len * sizeof(float));
+                }
             }
         }
         return;
@@ -108,9 +145,7 @@ vgg_tile_store(float *out, const float *y, size_t side, const float *b, int relu
             float q[4][VW];
             for (int k = 0; k < 4; k++) { /* (0,0), (0,1), (1,0), (1,1): maxpool2x2's order */
                 const float *t = y + ((2 * a + (size_t)(k >> 1)) * side + 2 * c + (size_t)(k & 1)) * VW;
-                for (int v = 0; v < VW; v++) q[k][v] = t[v] + b[v];
-                if (relu)
-                    for (int v = 0; v < VW; v++) q[k][v] = q[k][v] < 0.0f ? 0.0f : q[k][v];
+                vgg_bias_relu(q[k], t, b, relu);
             }
             for (int v = 0; v < VW; v++) {
                 float m = vgg_max_nan(q[0][v], q[1][v]);

@@ -612,9 +612,12 @@ class VGG16:
                              f"{h} x {w}{hint}")
 
     def _get_workspace(self, floats: int) -> np.ndarray:
-        if self._workspace.size < floats or self._workspace.size > 2 * floats:
+        # grows to the largest pass asked for (at most the budget) and is kept: a
+        # pass up to a cut and the pass from it, one after the other, would
+        # otherwise each map a new one and pay its page faults
+        if self._workspace.size < floats:
             self._workspace = np.empty(floats, dtype=np.float32)
-        return self._workspace
+        return self._workspace[:floats]
 
     @property
     def precision(self) -> str:
