@@ -92,16 +92,20 @@ def extract(base, X, layer: Optional[str] = None, cache=True, batch_size: int = 
     item_shape = features.item_shape(input_size)
     known = keep = None
     if memo is not None and memo.budget and n and dt == np.float32:
-        if x_digest is None:
-            x_digest = array_digest(X)
-        memo_key = key_id(make_key(base, memo.layer, dt.name, view, input_size,
-                                   x_digest=x_digest))
-        if features.name == memo.layer and getattr(features, "pooling", None) is None:
+        # what the memo can do here, decided before X is hashed for its key
+        takes = features.name == memo.layer and getattr(features, "pooling", None) is None
+        records = not takes and callable(getattr(features, "passes_through", None)) and \
+            features.passes_through(memo.layer)
+        if takes or records:
+            if x_digest is None:
+                x_digest = array_digest(X)
+            memo_key = key_id(make_key(base, memo.layer, dt.name, view, input_size,
+                                       x_digest=x_digest))
+        if takes:
             known = memo.take(memo_key)
             if known is not None and cache is False:
                 return known
-        elif callable(getattr(features, "passes_through", None)) and \
-                features.passes_through(memo.layer):
+        elif records:
             cut_shape = features_of(base, memo.layer).item_shape(input_size)
             keep = memo.recorder(memo_key, (n, *cut_shape))
     plan = LocalPlan(features, X, dt, batch_size, item_shape, input_size, transform,
