@@ -81,27 +81,46 @@ VGG_TILE_INLINE void vgg_tile_bias(float *b, const float *bias, size_t k0, size_
     }
 }
 
-/* o <- t + b, then ReLU when asked, written so that NaN propagates (as in
- * torch: NaN < 0 is false, so NaN is kept). On whole vectors (GCC's vector
- * extension): written lane by lane, the select was compiled into 16 scalar
- * compares and blends. */
-typedef float vgg_tile_vf __attribute__((vector_size(VW * sizeof(float))));
-typedef int vgg_tile_vi __attribute__((vector_size(VW * sizeof(int))));
+/* Whole vectors by GCC's vector extension, 8 floats (32 bytes) at a time: a
+ * lane-by-lane select was compiled into scalar compares and blends, and so is a
+ * comparison of a vector wider than the target's (16 floats under AVX2). */
+typedef float vgg_tile_vf __attribute__((vector_size(8 * sizeof(float))));
+typedef int vgg_tile_vi __attribute__((vector_size(8 * sizeof(int))));
 _Static_assert(sizeof(float) == sizeof(int), "the ReLU masks float lanes with int lanes");
+_Static_assert(VW % 8 == 0, "the tile's vectors are whole chunks of 8 floats");
 
+/* o <- t + b, then ReLU when asked, written so that NaN propagates (as in
+ * torch: NaN < 0 is false, so NaN is kept). */
 VGG_TILE_INLINE void vgg_bias_relu(float *o, const float *t, const float *b, int relu) {
-    vgg_tile_vf a, c;
-    memcpy(&a, t, sizeof a);
-    memcpy(&c, b, sizeof c);
-    a = a + c;
-    if (relu) {
-        const vgg_tile_vf zero = {0.0f};
-        vgg_tile_vi bits;
-        memcpy(&bits, &a, sizeof bits);
-        bits &= ~(a < zero); /* all ones where negative */
-        memcpy(&a, &bits, sizeof a);
+    for (int k = 0; k < VW; k += 8) {
+        vgg_tile_vf a, c;
+        memcpy(&a, t + k, sizeof a);
+        memcpy(&c, b + k, sizeof c);
+        a = a + c;
+        if (relu) {
+            const vgg_tile_vf zero = {0.0f};
+            vgg_tile_vi bits;
+            memcpy(&bits, &a, sizeof bits);
+            bits &= ~(a < zero); /* all ones where negative */
+            memcpy(&a, &bits, sizeof a);
+        }
+        memcpy(o + k, &a, sizeof a);
     }
-    memcpy(o, &a, sizeof a);
+}
+
+/* o <- vgg_max_nan(a, b) in each lane: a where a > b or a is NaN, else b. */
+VGG_TILE_INLINE void vgg_max_nan_vec(float *o, const float *a, const float *b) {
+    for (int k = 0; k < VW; k += 8) {
+        vgg_tile_vf x, y;
+        vgg_tile_vi xi, yi;
+        memcpy(&x, a + k, sizeof x);
+        memcpy(&y, b + k, sizeof y);
+        const vgg_tile_vi keep = (x > y) | (x != x);
+        memcpy(&xi, &x, sizeof xi);
+        memcpy(&yi, &y, sizeof yi);
+        xi = (xi & keep) | (yi & ~keep);
+        memcpy(o + k, &xi, sizeof xi);
+    }
 }
 
 /* dst[0..len) <- val: a fixed-length copy for whole vectors (a variable-length
@@ -147,11 +166,9 @@ vgg_tile_store(float *out, const float *y, size_t side, const float *b, int relu
                 const float *t = y + ((2 * a + (size_t)(k >> 1)) * side + 2 * c + (size_t)(k & 1)) * VW;
                 vgg_bias_relu(q[k], t, b, relu);
             }
-            for (int v = 0; v < VW; v++) {
-                float m = vgg_max_nan(q[0][v], q[1][v]);
-                m = vgg_max_nan(m, q[2][v]);
-                val[v] = vgg_max_nan(m, q[3][v]);
-            }
+            vgg_max_nan_vec(val, q[0], q[1]);
+            vgg_max_nan_vec(val, val, q[2]);
+            vgg_max_nan_vec(val, val, q[3]);
             vgg_tile_copy(out_img + ((y0 / 2 + a) * pw + x0 / 2 + c) * cout + k0, val, len);
         }
     }
