@@ -145,11 +145,12 @@ int vgg_augment_draw(double *params, const vgg_augment_ranges *r, const int64_t 
     VGG_CHECK(params && r, VGG_ERR_ARG);
     VGG_CHECK(ranges_ok(r), VGG_ERR_ARG);
     const int zoom = !(r->zoom_lo == 1.0 && r->zoom_hi == 1.0);
+    const uint64_t key = vgg_rng_key(seed, stream);
     for (size_t i = 0; i < n; i++) {
         const uint64_t id = index ? (uint64_t)index[i] : (uint64_t)i;
         const uint64_t base = id * DRAWS_PER_IMAGE;
         float u[10];
-        for (int k = 0; k < 10; k++) u[k] = vgg_rng_uniform(seed, stream, base + (uint64_t)k);
+        for (int k = 0; k < 10; k++) u[k] = vgg_rng_uniform_keyed(key, base + (uint64_t)k);
         double *p = params + i * VGG_AUG_NPARAMS;
         p[VGG_AUG_THETA] = symmetric(r->rotation_range, u[0]);
         p[VGG_AUG_TX] = draw_shift(r, 0, u[1], u[2]);

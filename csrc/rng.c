@@ -3,21 +3,10 @@
  * (seed, stream, index), so dropout masks and shuffles are the same whatever
  * the number of threads, and a mask is recomputed in backward instead of kept.
  * The mixer is splitmix64 (Steele, Lea & Flood, "Fast splittable pseudorandom
- * number generators", OOPSLA 2014), as used to seed xoshiro.
+ * number generators", OOPSLA 2014), as used to seed xoshiro; it and the
+ * uniform draws are inline, in vgg_internal.h.
  */
 #include "vgg_internal.h"
-
-uint64_t vgg_rng_mix(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-float vgg_rng_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
-    const uint64_t r = vgg_rng_mix(vgg_rng_mix(seed ^ vgg_rng_mix(stream)) + index);
-    return (float)(r >> 40) * (1.0f / 16777216.0f); /* 24 bits: [0, 1) exactly in float */
-}
 
 void vgg_rng_permutation(int64_t *order, size_t n, uint64_t seed, uint64_t stream) {
     for (size_t i = 0; i < n; i++) order[i] = (int64_t)i;
