@@ -412,6 +412,36 @@ def test_dropout_mask_scaling_and_streams(rng):
     np.testing.assert_array_equal(_kernels.dropout_forward(x2, 0.0, 1, 2), x2)
 
 
+def _splitmix_keep(n, rate, seed, stream):
+    """The documented mask (rng.c): unit i is kept when draw i of (seed, stream),
+    the top 24 bits of splitmix64(key + i) with key = splitmix64(seed ^
+    splitmix64(stream)), is >= rate. On 1-element arrays: uint64 wraps silently."""
+    u64 = np.uint64
+
+    def mix(z):
+        z = z + u64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> u64(30))) * u64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> u64(27))) * u64(0x94D049BB133111EB)
+        return z ^ (z >> u64(31))
+    key = mix(np.array([seed], u64) ^ mix(np.array([stream], u64)))
+    draws = (mix(key + np.arange(n, dtype=u64)) >> u64(40)).astype(np.float32)
+    return draws * np.float32(1.0 / 16777216.0) >= np.float32(rate)
+
+
+def test_dropout_mask_is_the_counter_based_draw(rng):
+    # the exact mask, against a NumPy splitmix64: a saved run retrains to the
+    # same weights with a later build; dropped units are +0.0 whatever x was
+    # (NaN and -0.0 included)
+    x = rng.standard_normal(50_000, dtype=np.float32)
+    x[:4] = [np.nan, -0.0, -np.inf, -1.0]
+    for rate, seed, stream in ((0.5, 42, 7), (0.1, 0, 0), (0.8, 2**63 + 5, 123456789)):
+        keep = _splitmix_keep(len(x), rate, seed, stream)
+        y = _kernels.dropout_forward(x, rate, seed, stream)
+        scale = np.float32(1.0) / (np.float32(1.0) - np.float32(rate))
+        np.testing.assert_array_equal(y, np.where(keep, x * scale, np.float32(0)))
+        assert not np.signbit(y[~keep]).any()
+
+
 def test_dropout_gradient_is_the_masked_scaled_upstream(rng):
     # dropout is linear in x: d/dx sum(R * dropout(x)) by finite differences
     x = rng.standard_normal(40, dtype=np.float32)
