@@ -46,6 +46,17 @@ def _budget(nbytes: int) -> float:
     return BASE_SECONDS + nbytes / BYTES_PER_SECOND
 
 
+def _widen_pipe(fd: int) -> None:
+    """Let the answers' pipe hold 1 MiB (Linux; the default 64 KiB made a 58 MB
+    weights file a thousand wake-ups of both processes). Best effort: a
+    system that refuses keeps its size."""
+    try:
+        import fcntl
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 class _Worker:
     """One child process and the pipes to it."""
 
@@ -60,6 +71,7 @@ class _Worker:
             stdout=subprocess.PIPE, env=env, close_fds=True)
         self.rfd = self.proc.stdout.fileno()
         self.wfd = self.proc.stdin.fileno()
+        _widen_pipe(self.rfd)
         os.set_blocking(self.wfd, False)
         try:
             hello = self._receive(time.monotonic() + START_SECONDS, "starting")
