@@ -234,8 +234,9 @@ int vgg_winograd_bf16_conv3x3_forward(int amx, float *out, const float *x, const
                                       vgg_abort_fn abort_cb, void *abort_ctx);
 
 /* rng.c: counter-based random numbers (pure functions of their arguments).
- * The mixer and the draws are inline: a call per element of a dropout mask
- * cost more than the layer's matrix product. */
+ * Draw i of (seed, stream) is vgg_rng_uniform_keyed(vgg_rng_key(seed, stream), i).
+ * Inline: a call per unit of a dropout mask cost as much as the layer's matrix
+ * product. */
 static inline uint64_t vgg_rng_mix(uint64_t z) {
     z += 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -249,9 +250,6 @@ static inline uint64_t vgg_rng_key(uint64_t seed, uint64_t stream) {
 /* Draw `index` of the stream keyed `key`, in [0, 1): 24 bits, exact in float. */
 static inline float vgg_rng_uniform_keyed(uint64_t key, uint64_t index) {
     return (float)(vgg_rng_mix(key + index) >> 40) * (1.0f / 16777216.0f);
-}
-static inline float vgg_rng_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
-    return vgg_rng_uniform_keyed(vgg_rng_key(seed, stream), index);
 }
 void vgg_rng_permutation(int64_t *order, size_t n, uint64_t seed, uint64_t stream);
 
