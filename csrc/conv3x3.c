@@ -8,8 +8,9 @@
  * for every layer with at least 16 input channels whose 2x2 tiles at most
  * double the pixels (maps F(4x4) declines included), the others as in float32,
  * and none when im2col is forced (VGG16 runs its block 1 in float32 even so:
- * vgg16_conv_precision). vgg_conv3x3_backward and the training
- * forward passes (finetune.c, gradcam.c) always run float32 im2col.
+ * vgg16_conv_precision). Training runs float32: fine-tuning (finetune.c) by
+ * the layer's float32 algorithm, forward and backward (vgg_conv3x3_backward),
+ * Grad-CAM (gradcam.c) by im2col.
  *
  * Forward as im2col + a matrix product (darknet, ggml; gemm.c), done a chunk of
  * output pixels at a time so the column buffer stays small (a whole-layer
@@ -286,7 +287,8 @@ int vgg_conv3x3_pool_forward_by(int *status, int algo, float *out, const float *
  *                    Wt[dy][dx][co][ci] = W[2-dy][2-dx][ci][co]
  * (stride 1 and padding 1 make the transposed convolution a plain one), so the
  * forward kernel computes it, Wt packed straight from W (pack_flipped).
- * Workspace: [ col | packed Wt | forward's workspace ]. */
+ * Workspace: [ col | packed Wt | forward's workspace ].
+ * With a Winograd algo the same three, by its tiles (below). */
 
 /* dW's pixels per chunk: each chunk adds to every element of dW (9 Cin x Cout, 9 MiB in
  * block 5), so chunks are long (a 16 MiB column buffer) to pass over it few times. */
@@ -309,26 +311,60 @@ static void pack_flipped(float *bp, const float *kernel, size_t cin, size_t cout
                          kernel + (8 - t) * cin * cout, cout, cout, cin);
 }
 
-size_t vgg_conv3x3_backward_workspace_floats(size_t cin, size_t cout) {
+static size_t im2col_backward_floats(size_t cin, size_t cout) {
     return bwd_rows(cin) * 9 * cin + flipped_floats(cin, cout) +
            vgg_conv3x3_workspace_floats(cout, cin);
 }
 
-int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, const float *x,
-                         const float *kernel, size_t n, size_t h, size_t w, size_t cin,
-                         size_t cout, float *workspace, size_t workspace_floats,
+/* Winograd's backward: dW by the tiles' adjoint (winograd.c), then dx as im2col's,
+ * through the forward with the flipped kernel (in HWIO, Cout -> Cin) and a zero
+ * bias: [ Wt | zero bias | the forward's workspace ], or dW's workspace. */
+static int wino_tile(int algo) {
+    return algo == VGG_CONV_WINOGRAD6 ? 6 : algo == VGG_CONV_WINOGRAD ? 4 : 0;
+}
+
+static size_t winograd_backward_floats(int tile, size_t cin, size_t cout) {
+    const size_t dwn = vgg_winograd_weight_grad_floats(tile, cin, cout);
+    const size_t dxn = 9 * cin * cout + cin + vgg_winograd_workspace_floats(tile, cout, cin, 0);
+    return dwn > dxn ? dwn : dxn;
+}
+
+size_t vgg_conv3x3_backward_workspace_floats(int algo, size_t cin, size_t cout) {
+    const int tile = wino_tile(algo);
+    return tile ? winograd_backward_floats(tile, cin, cout) : im2col_backward_floats(cin, cout);
+}
+
+/* wt (3, 3, cout, cin) <- W flipped in space and transposed in channels, in
+ * squares of 16 x 16 so that both sides are read and written by cache lines */
+static void flip_kernel(float *wt, const float *kernel, size_t cin, size_t cout) {
+    const size_t bs = 16, nb = (cout + bs - 1) / bs;
+    VGG_OMP_FOR_IF(9 * cin * cout)
+    for (size_t tb = 0; tb < 9 * nb; tb++) {
+        const size_t t = tb / nb, o0 = (tb % nb) * bs, o1 = o0 + bs < cout ? o0 + bs : cout;
+        const float *src = kernel + (8 - t) * cin * cout;
+        float *dst = wt + t * cout * cin;
+        for (size_t i0 = 0; i0 < cin; i0 += bs) {
+            const size_t i1 = i0 + bs < cin ? i0 + bs : cin;
+            for (size_t o = o0; o < o1; o++)
+                for (size_t i = i0; i < i1; i++) dst[o * cin + i] = src[i * cout + o];
+        }
+    }
+}
+
+int vgg_conv3x3_backward(int algo, float *dx, float *dw, float *db, const float *dout,
+                         const float *x, const float *kernel, size_t n, size_t h, size_t w,
+                         size_t cin, size_t cout, float *workspace, size_t workspace_floats,
                          vgg_abort_fn abort_cb, void *abort_ctx) {
     VGG_CHECK(dw && db && dout && x && kernel && workspace, VGG_ERR_ARG);
     VGG_CHECK(h >= 1 && w >= 1 && cin >= 1 && cout >= 1, VGG_ERR_SHAPE);
     VGG_CHECK(9 * cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM, VGG_ERR_SHAPE);
-    const size_t k = 9 * cin;
-    const size_t fwd_ws = vgg_conv3x3_workspace_floats(cout, cin);
-    VGG_CHECK(workspace_floats >= vgg_conv3x3_backward_workspace_floats(cin, cout), VGG_ERR_NOMEM);
+    const int tile = wino_tile(algo);
+    /* too small a workspace for Winograd runs im2col, as the forward does */
+    const int wino = tile && workspace_floats >= winograd_backward_floats(tile, cin, cout);
+    VGG_CHECK(wino || workspace_floats >= im2col_backward_floats(cin, cout), VGG_ERR_NOMEM);
     size_t hw, total;
     VGG_CHECK(vgg_mul_ok(h, w, &hw) && vgg_mul_ok(hw, n, &total), VGG_ERR_SHAPE);
-    float *col = workspace;
-    float *wt = col + bwd_rows(cin) * k;
-    float *fwd = wt + flipped_floats(cin, cout);
+    const size_t k = 9 * cin;
     if (n == 0) {
         memset(dw, 0, k * cout * sizeof(float));
         memset(db, 0, cout * sizeof(float));
@@ -341,6 +377,22 @@ int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, con
         for (size_t r = 0; r < total; r++) s += dout[r * cout + c];
         db[c] = (float)s;
     }
+    if (wino) {
+        int st = vgg_winograd_conv3x3_weight_grad(tile, dw, dout, x, n, h, w, cin, cout,
+                                                  workspace, workspace_floats, abort_cb,
+                                                  abort_ctx);
+        if (st != VGG_OK || !dx) return st;
+        float *wt = workspace, *zero = wt + k * cout, *fwd = zero + cin;
+        flip_kernel(wt, kernel, cin, cout);
+        memset(zero, 0, cin * sizeof(float));
+        return vgg_winograd_conv3x3_forward(tile, dx, dout, wt, NULL, zero, 0, 0, n, h, w, cout,
+                                            cin, fwd, workspace_floats - (k * cout + cin),
+                                            abort_cb, abort_ctx);
+    }
+    const size_t fwd_ws = vgg_conv3x3_workspace_floats(cout, cin);
+    float *col = workspace;
+    float *wt = col + bwd_rows(cin) * k;
+    float *fwd = wt + flipped_floats(cin, cout);
     /* dW: chunks of rows, each product split across threads by rows of dW */
     const size_t rows = bwd_rows(cin);
     for (size_t r0 = 0; r0 < total; r0 += rows) {

@@ -26,6 +26,13 @@ typedef struct {
 
 static size_t conv_cin(int l, const tail_plan *p) { return p->s.c[l - p->s.first]; }
 
+/* A conv layer trains by the algorithm its shape runs forward (Winograd on the
+ * maps of block 5, for the forward pass, dx and dW alike; im2col when set). */
+static int train_algo(const tail_plan *p, int l) {
+    const int i = l - p->s.first;
+    return vgg_conv3x3_algo(p->s.h[i], p->s.w[i], p->s.c[i], vgg16_layer_units(l));
+}
+
 /* Shapes and workspace offsets; returns floats needed (0: invalid). ws may be NULL. */
 static size_t plan_tail(tail_plan *p, const vgg16_tail *t, const vgg_head *head, size_t batch,
                         size_t h, size_t w, float *ws) {
@@ -34,7 +41,7 @@ static size_t plan_tail(tail_plan *p, const vgg16_tail *t, const vgg_head *head,
     if (t->start_layer < 1 || t->start_layer > VGG16_BLOCK5_POOL) return 0;
     if (vgg16_layer_kind(t->start_layer) != VGG16_KIND_CONV) return 0;
     vgg16_run_shapes *s = &p->s;
-    if (!vgg16_shapes_to_block5(s, t->start_layer, h, w, vgg16_layer_inputs(t->start_layer)))
+    if (!vgg16_shapes_to_block5(s, t->start_layer, h, w, vgg16_layer_inputs(t->start_layer), 1))
         return 0;
     const int end = s->last - s->first + 1;
     /* the head reads the tail's output */
@@ -123,8 +130,7 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
             const int i = l - p.s.first;
             if (vgg16_layer_kind(l) == VGG16_KIND_CONV) {
                 const int k = vgg16_layer_param(l);
-                /* training runs the direct convolution (see vgg_conv3x3_forward_by) */
-                st = vgg_conv3x3_forward_by(VGG_CONV_IM2COL, p.act[l], cur, tail->kernel[k],
+                st = vgg_conv3x3_forward_by(train_algo(&p, l), p.act[l], cur, tail->kernel[k],
                                             tail->bias[k], 1, m, p.s.h[i], p.s.w[i], p.s.c[i],
                                             vgg16_layer_units(l), p.scratch, p.scratch_n,
                                             abort_cb, abort_ctx);
@@ -153,7 +159,8 @@ int vgg16_finetune_fit_epoch(vgg_fit_stats *stats, vgg16_tail *tail, vgg_head *h
                 st = vgg_activation_backward(g, g, p.act[l], VGG_ACT_RELU,
                                              m * p.s.h[i] * p.s.w[i], cout);
                 if (st == VGG_OK)
-                    st = vgg_conv3x3_backward(l == p.s.first ? NULL : g_next, p.dw[l], p.db[l], g,
+                    st = vgg_conv3x3_backward(train_algo(&p, l), l == p.s.first ? NULL : g_next,
+                                              p.dw[l], p.db[l], g,
                                               in, tail->kernel[k], m, p.s.h[i], p.s.w[i], p.s.c[i],
                                               cout, p.scratch, p.scratch_n, abort_cb, abort_ctx);
             }

@@ -32,7 +32,7 @@ static size_t plan(cam_plan *p, int layer, const vgg_head *head, size_t batch, s
     const int kind = vgg16_layer_kind(layer);
     if (kind != VGG16_KIND_CONV && kind != VGG16_KIND_POOL) return 0;
     vgg16_run_shapes *s = &p->s;
-    if (!vgg16_shapes_to_block5(s, layer + 1, h, w, vgg16_layer_units(layer))) return 0;
+    if (!vgg16_shapes_to_block5(s, layer + 1, h, w, vgg16_layer_units(layer), 0)) return 0;
     const int end = s->last - s->first + 1;
     /* the head reads block5_pool */
     if (head->h != s->h[end] || head->w != s->w[end] || head->c != s->c[end]) return 0;
@@ -125,7 +125,7 @@ int vgg16_grad_cam(float *cam, int32_t *class_index, const float *maps, size_t n
                 st = vgg_activation_backward(g, g, p.act[l], VGG_ACT_RELU, m * p.s.h[i] * p.s.w[i],
                                              cout);
                 if (st == VGG_OK)
-                    st = vgg_conv3x3_backward(g_next, p.dw, p.db, g, in, weights->conv_kernel[k],
+                    st = vgg_conv3x3_backward(VGG_CONV_IM2COL, g_next, p.dw, p.db, g, in, weights->conv_kernel[k],
                                               m, p.s.h[i], p.s.w[i], p.s.c[i], cout, p.scratch,
                                               p.scratch_n, abort_cb, abort_ctx);
             }

@@ -177,10 +177,9 @@ size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout);
 
 /* The layer by a given algorithm (VGG_CONV_IM2COL, VGG_CONV_WINOGRAD,
  * VGG_CONV_WINOGRAD6 or VGG_CONV_WINOGRAD_BF16; Winograd falls back to im2col
- * when the workspace is too small for it). Training (finetune.c, gradcam.c, the
- * dx of vgg_conv3x3_backward) always runs im2col: Winograd's rounding flips
- * ReLU and max-pool decisions, which training compounds step after step; and
- * block5, the layers trained, is where Winograd gains least (14x14 maps). */
+ * when the workspace is too small for it). Fine-tuning (finetune.c) trains each
+ * layer by its float32 algorithm, forward and backward; Grad-CAM (gradcam.c)
+ * runs im2col, its maps then as exact as float32 sums make them. */
 int vgg_conv3x3_forward_by(int algo, float *out, const float *x, const float *kernel,
                            const float *bias, int relu, size_t n, size_t h, size_t w, size_t cin,
                            size_t cout, float *workspace, size_t workspace_floats,
@@ -226,12 +225,15 @@ int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout);
 
 /* conv3x3.c, backward: given dout = dL/d(conv output before the activation)
  * (N,H,W,Cout) and the forward input x, overwrites dw (3,3,Cin,Cout), db (Cout)
- * and, when not NULL, dx (N,H,W,Cin). Workspace:
- * vgg_conv3x3_backward_workspace_floats(cin, cout) at the current thread count. */
-size_t vgg_conv3x3_backward_workspace_floats(size_t cin, size_t cout);
-int vgg_conv3x3_backward(float *dx, float *dw, float *db, const float *dout, const float *x,
-                         const float *kernel, size_t n, size_t h, size_t w, size_t cin,
-                         size_t cout, float *workspace, size_t workspace_floats,
+ * and, when not NULL, dx (N,H,W,Cin), by `algo`: VGG_CONV_WINOGRAD or _WINOGRAD6
+ * compute dW by the tiles' adjoint and dx through the Winograd forward; any
+ * other algo runs im2col (as does a workspace too small for Winograd).
+ * Workspace: vgg_conv3x3_backward_workspace_floats(algo, cin, cout) at the
+ * current thread count. The results do not depend on the thread count. */
+size_t vgg_conv3x3_backward_workspace_floats(int algo, size_t cin, size_t cout);
+int vgg_conv3x3_backward(int algo, float *dx, float *dw, float *db, const float *dout,
+                         const float *x, const float *kernel, size_t n, size_t h, size_t w,
+                         size_t cin, size_t cout, float *workspace, size_t workspace_floats,
                          vgg_abort_fn abort_cb, void *abort_ctx);
 
 /* maxpool2x2.c: out (N,H/2,W/2,C) = max over 2x2 windows of x (N,H,W,C), stride 2,

@@ -69,7 +69,8 @@ int vgg16_conv_layer(int conv) {
     return -1;
 }
 
-int vgg16_shapes_to_block5(vgg16_run_shapes *s, int first, size_t h, size_t w, size_t c) {
+int vgg16_shapes_to_block5(vgg16_run_shapes *s, int first, size_t h, size_t w, size_t c,
+                           int by_shape) {
     memset(s, 0, sizeof *s);
     s->first = first;
     s->last = VGG16_BLOCK5_POOL;
@@ -81,7 +82,8 @@ int vgg16_shapes_to_block5(vgg16_run_shapes *s, int first, size_t h, size_t w, s
         s->c[i] = c;
         if (LAYERS[l].kind == VGG16_KIND_CONV) {
             const size_t cout = LAYERS[l].units;
-            size_t f = vgg_conv3x3_backward_workspace_floats(c, cout);
+            const int algo = by_shape ? vgg_conv3x3_algo(h, w, c, cout) : VGG_CONV_IM2COL;
+            size_t f = vgg_conv3x3_backward_workspace_floats(algo, c, cout);
             const size_t fw = vgg_conv3x3_workspace_floats(c, cout);
             if (fw > f) f = fw;
             if (f > s->scratch) s->scratch = f;

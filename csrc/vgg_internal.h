@@ -217,6 +217,16 @@ int vgg_winograd_conv3x3_forward(int tile, float *out, const float *x, const flo
                                  size_t n, size_t h, size_t w, size_t cin, size_t cout,
                                  float *workspace, size_t workspace_floats,
                                  vgg_abort_fn abort_cb, void *abort_ctx);
+/* The weight gradient of that convolution by the same tiles: dw (3, 3, cin, cout)
+ * <- dL/d(kernel) for dout = dL/d(output) (N, H, W, Cout) and the input x
+ * (N, H, W, Cin), overwritten. Every element is one chain of sums in a fixed
+ * order (gemm.c), whatever the threads. Workspace:
+ * vgg_winograd_weight_grad_floats(tile, cin, cout) floats (VGG_ERR_NOMEM below). */
+size_t vgg_winograd_weight_grad_floats(int tile, size_t cin, size_t cout);
+int vgg_winograd_conv3x3_weight_grad(int tile, float *dw, const float *dout, const float *x,
+                                     size_t n, size_t h, size_t w, size_t cin, size_t cout,
+                                     float *workspace, size_t workspace_floats,
+                                     vgg_abort_fn abort_cb, void *abort_ctx);
 
 /* winograd_bf16.c: the bf16 F(2x2,3x3) path, the same contract (its workspace
  * holds a block buffer per thread: `threads` of them, fewer run on fewer).
@@ -313,13 +323,15 @@ int vgg_head_check_targets(const vgg_targets *t, size_t n, size_t out);
  * h x w x c. h/w/c[i] is the input of layer first + i, [last - first + 1] the
  * output of block5_pool. max_act: the largest map; scratch: the largest conv
  * workspace forward or backward (vgg_conv3x3_(backward_)workspace_floats at the
- * current thread count); dw_max / db_max: the largest conv kernel and bias
+ * current thread count; backward by each layer's vgg_conv3x3_algo when by_shape,
+ * else by im2col); dw_max / db_max: the largest conv kernel and bias
  * (0 when no conv runs). Returns 0 when a pool meets a map under 2 x 2. */
 typedef struct {
     int first, last;
     size_t h[VGG16_NUM_LAYERS + 1], w[VGG16_NUM_LAYERS + 1], c[VGG16_NUM_LAYERS + 1];
     size_t max_act, scratch, dw_max, db_max;
 } vgg16_run_shapes;
-int vgg16_shapes_to_block5(vgg16_run_shapes *s, int first, size_t h, size_t w, size_t c);
+int vgg16_shapes_to_block5(vgg16_run_shapes *s, int first, size_t h, size_t w, size_t c,
+                           int by_shape);
 
 #endif /* VGG_INTERNAL_H */

@@ -61,6 +61,8 @@ _Static_assert(VW == VGG_GEMM_NR, "the kernel transform writes whole panels of U
 #define PAD 16
 /* Tiles per transform task: a few, so a block splits evenly over the threads. */
 #define TILES_PER_TASK 4
+/* Tiles per block of the weight gradient (winograd_body.h). */
+#define GRAD_TB 256
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -110,12 +112,41 @@ ALWAYS_INLINE void g3(float *o, size_t os, const float *g, size_t gs) {
 }
 
 
+/* The adjoints, for the weight gradient (winograd_body.h): o[r*os] = (A y)[r],
+ * r = 0..5, for y[i*ys], i = 0..3 (at6 transposed). */
+ALWAYS_INLINE void a6(float *o, size_t os, const float *y, size_t ys) {
+    for (int v = 0; v < VW; v++) {
+        const float y0 = y[v], y1 = y[ys + v], y2 = y[2 * ys + v], y3 = y[3 * ys + v];
+        const float e1 = y0 + y2, o1 = y1 + y3, e2 = y0 + 4.0f * y2, o2 = 2.0f * y1 + 8.0f * y3;
+        o[v] = y0;
+        o[os + v] = e1 + o1;
+        o[2 * os + v] = e1 - o1;
+        o[3 * os + v] = e2 + o2;
+        o[4 * os + v] = e2 - o2;
+        o[5 * os + v] = y3;
+    }
+}
+
+/* o[j*os] = (G^T u)[j], j = 0..2, for u[i*us], i = 0..5 (g3 transposed). */
+ALWAYS_INLINE void gt3(float *o, size_t os, const float *u, size_t us) {
+    for (int v = 0; v < VW; v++) {
+        const float u0 = u[v], u1 = u[us + v], u2 = u[2 * us + v], u3 = u[3 * us + v],
+                    u4 = u[4 * us + v], u5 = u[5 * us + v];
+        const float s12 = u1 + u2, d12 = u1 - u2, s34 = u3 + u4, d34 = u3 - u4;
+        o[v] = 0.25f * u0 - s12 * (1.0f / 6.0f) + s34 * (1.0f / 24.0f);
+        o[os + v] = d34 * (1.0f / 12.0f) - d12 * (1.0f / 6.0f);
+        o[2 * os + v] = (s34 - s12) * (1.0f / 6.0f) + u5;
+    }
+}
+
 #define TILE 4
 #define ALPHA 6
 #define NXI 36
 #define WB_BT bt6
 #define WB_AT at6
 #define WB_G g3
+#define WB_A a6
+#define WB_GT gt3
 #define WF(name) name##_f4
 #include "winograd_body.h" /* undefines the parameters above */
 
@@ -175,12 +206,49 @@ ALWAYS_INLINE void g8(float *o, size_t os, const float *g, size_t gs) {
     }
 }
 
+/* o[r*os] = (A y)[r], r = 0..7, for y[i*ys], i = 0..5 (at8 transposed). */
+ALWAYS_INLINE void a8(float *o, size_t os, const float *y, size_t ys) {
+    for (int v = 0; v < VW; v++) {
+        const float y0 = y[v], y1 = y[ys + v], y2 = y[2 * ys + v], y3 = y[3 * ys + v],
+                    y4 = y[4 * ys + v], y5 = y[5 * ys + v];
+        const float e1 = y0 + y2 + y4, o1 = y1 + y3 + y5;
+        const float e2 = y0 + 4.0f * y2 + 16.0f * y4, o2 = 2.0f * y1 + 8.0f * y3 + 32.0f * y5;
+        const float e3 = y0 + 0.25f * y2 + 0.0625f * y4,
+                    o3 = 0.5f * y1 + 0.125f * y3 + 0.03125f * y5;
+        o[v] = y0;
+        o[os + v] = e1 + o1;
+        o[2 * os + v] = e1 - o1;
+        o[3 * os + v] = e2 + o2;
+        o[4 * os + v] = e2 - o2;
+        o[5 * os + v] = e3 + o3;
+        o[6 * os + v] = e3 - o3;
+        o[7 * os + v] = y5;
+    }
+}
+
+/* o[j*os] = (G^T u)[j], j = 0..2, for u[i*us], i = 0..7 (g8 transposed). */
+ALWAYS_INLINE void gt8(float *o, size_t os, const float *u, size_t us) {
+    for (int v = 0; v < VW; v++) {
+        const float u0 = u[v], u1 = u[us + v], u2 = u[2 * us + v], u3 = u[3 * us + v],
+                    u4 = u[4 * us + v], u5 = u[5 * us + v], u6 = u[6 * us + v],
+                    u7 = u[7 * us + v];
+        const float s12 = u1 + u2, d12 = u1 - u2, s34 = u3 + u4, d34 = u3 - u4, s56 = u5 + u6,
+                    d56 = u5 - u6;
+        o[v] = 0.25f * u0 + s12 * (1.0f / 18.0f) + s34 * (1.0f / 360.0f) + s56 * (16.0f / 45.0f);
+        o[os + v] = d12 * (1.0f / 18.0f) + d34 * (1.0f / 180.0f) + d56 * (8.0f / 45.0f);
+        o[2 * os + v] = s12 * (1.0f / 18.0f) + s34 * (1.0f / 90.0f) + s56 * (4.0f / 45.0f) +
+                        0.25f * u7;
+    }
+}
+
 #define TILE 6
 #define ALPHA 8
 #define NXI 64
 #define WB_BT bt8
 #define WB_AT at8
 #define WB_G g8
+#define WB_A a8
+#define WB_GT gt8
 #define WF(name) name##_f6
 #include "winograd_body.h" /* undefines the parameters above */
 
@@ -211,4 +279,18 @@ int vgg_winograd_conv3x3_forward(int tile, float *out, const float *x, const flo
     return (tile == 6 ? forward_f6 : forward_f4)(out, x, kernel, u_prepared, bias, relu, pool, n,
                                                  h, w, cin, cout, workspace, workspace_floats,
                                                  abort_cb, abort_ctx);
+}
+
+size_t vgg_winograd_weight_grad_floats(int tile, size_t cin, size_t cout) {
+    return tile == 6 ? grad_workspace_floats_f6(cin, cout) : grad_workspace_floats_f4(cin, cout);
+}
+
+int vgg_winograd_conv3x3_weight_grad(int tile, float *dw, const float *dout, const float *x,
+                                     size_t n, size_t h, size_t w, size_t cin, size_t cout,
+                                     float *workspace, size_t workspace_floats,
+                                     vgg_abort_fn abort_cb, void *abort_ctx) {
+    VGG_CHECK(tile == 4 || tile == 6, VGG_ERR_ARG);
+    return (tile == 6 ? weight_grad_f6 : weight_grad_f4)(dw, dout, x, n, h, w, cin, cout,
+                                                         workspace, workspace_floats, abort_cb,
+                                                         abort_ctx);
 }

@@ -2,8 +2,8 @@
  * winograd_body.h - one Winograd F(TILE x TILE, 3 x 3) convolution in float32,
  * included by winograd.c once per tile size (F(4x4) and F(6x6)). Before each
  * inclusion winograd.c defines TILE, ALPHA (TILE + 2), NXI (ALPHA^2), the 1-D
- * transforms WB_BT (B^T d), WB_AT (A^T m) and WB_G (G g) for VW lanes, and
- * WF(name), which gives every function here the tile size's suffix; the end
+ * transforms WB_BT (B^T d), WB_AT (A^T m) and WB_G (G g) for VW lanes, their
+ * adjoints WB_A (A y) and WB_GT (G^T u) for the weight gradient, and WF(name), which gives every function here the tile size's suffix; the end
  * of this file undefines them all for the next inclusion.
  * Everything below is static; winograd.c's public functions choose a size.
  */
@@ -123,6 +123,63 @@ ALWAYS_INLINE void WF(output_transform_body)(float *out, const float *mbuf, size
     }
 }
 
+/* The weight gradient. The forward pass is linear in each tile's U = G g G^T, so
+ * for Y = A^T [U (.) V] A summed over tiles and input channels:
+ *   dU_xi (Cin, Cout) = V_xi^T (Cin, tiles) @ D_xi (tiles, Cout),  D = A dY A^T
+ *   dg = G^T dU G
+ * where dY is dL/d(output) on the tile, zero past the image. */
+
+/* D (NXI, tb, cout) rows tt..tt+(t1-t0) <- A dY A^T of tiles t0..t1-1 of dout. */
+ALWAYS_INLINE void WF(grad_transform_body)(float *dbuf, size_t ds, const float *dout,
+                                           const wino_shape *s, size_t t0, size_t t1,
+                                           size_t tt) {
+    const size_t h = s->h, w = s->w, cout = s->cout;
+    const size_t per_img = s->th * s->tw;
+    float y[TILE][TILE][VW], t[ALPHA][TILE][VW], r[ALPHA][ALPHA][VW];
+    for (size_t t_ = t0; t_ < t1; t_++) {
+        const size_t img = t_ / per_img, rem = t_ % per_img;
+        const long y0 = (long)(rem / s->tw) * TILE, x0 = (long)(rem % s->tw) * TILE;
+        const float *g_img = dout + img * h * w * cout;
+        for (size_t k0 = 0; k0 < cout; k0 += VW) {
+            const size_t len = cout - k0 < VW ? cout - k0 : VW;
+            vgg_tile_gather(&y[0][0][0], TILE, g_img, y0, x0, h, w, cout, k0, len);
+            /* t = A y (over rows), r = t A^T (over columns) */
+            for (int j = 0; j < TILE; j++) WB_A(&t[0][j][0], TILE * VW, &y[0][j][0], TILE * VW);
+            for (int i = 0; i < ALPHA; i++) WB_A(&r[i][0][0], VW, &t[i][0][0], VW);
+            float *dst = dbuf + (tt + t_ - t0) * cout + k0;
+            for (int xi = 0; xi < NXI; xi++)
+                vgg_tile_copy(dst + (size_t)xi * ds, &r[xi / ALPHA][xi % ALPHA][0], len);
+        }
+    }
+}
+
+/* dw (3, 3, cin, cout) rows of input channels [c0, c1) <- G^T dU G, dU_xi a
+ * (cin, cout) matrix at du + xi * dus. */
+ALWAYS_INLINE void WF(kernel_grad_body)(float *dw, const float *du, size_t dus,
+                                        const wino_shape *s, size_t c0, size_t c1) {
+    const size_t cin = s->cin, cout = s->cout;
+    float u[ALPHA][ALPHA][VW], t[3][ALPHA][VW], r[3][3][VW];
+    for (size_t c = c0; c < c1; c++) {
+        for (size_t k0 = 0; k0 < cout; k0 += VW) {
+            const size_t len = cout - k0 < VW ? cout - k0 : VW;
+            for (int xi = 0; xi < NXI; xi++) {
+                const float *p = du + (size_t)xi * dus + c * cout + k0;
+                float *dst = &u[xi / ALPHA][xi % ALPHA][0];
+                if (len == VW) {
+                    memcpy(dst, p, sizeof(float) * VW);
+                } else {
+                    for (size_t v = 0; v < VW; v++) dst[v] = v < len ? p[v] : 0.0f;
+                }
+            }
+            /* t (3 x ALPHA) = G^T u, then r (3 x 3) = t G */
+            for (int j = 0; j < ALPHA; j++) WB_GT(&t[0][j][0], ALPHA * VW, &u[0][j][0], ALPHA * VW);
+            for (int i = 0; i < 3; i++) WB_GT(&r[i][0][0], VW, &t[i][0][0], VW);
+            for (int q = 0; q < 9; q++)
+                vgg_tile_copy(dw + ((size_t)q * cin + c) * cout + k0, &r[q / 3][q % 3][0], len);
+        }
+    }
+}
+
 /* ---- one function per instruction set ------------------------------------ */
 
 #define WF_TRANSFORMS(suffix, attr)                                                  \
@@ -140,6 +197,15 @@ ALWAYS_INLINE void WF(output_transform_body)(float *out, const float *mbuf, size
                                                const wino_shape *s, size_t t0, size_t t1, \
                                                size_t tt) {                              \
         WF(output_transform_body)(o, m, ms, b, relu, pool, s, t0, t1, tt);                   \
+    } \
+    attr static void WF(grad_transform_##suffix)(float *d, size_t ds, const float *g,         \
+                                             const wino_shape *s, size_t t0, size_t t1,  \
+                                             size_t tt) {                                \
+        WF(grad_transform_body)(d, ds, g, s, t0, t1, tt);                                    \
+    }                                                                                    \
+    attr static void WF(kernel_grad_##suffix)(float *dw, const float *du, size_t dus,         \
+                                          const wino_shape *s, size_t c0, size_t c1) {   \
+        WF(kernel_grad_body)(dw, du, dus, s, c0, c1);                                        \
     }
 
 WF_TRANSFORMS(portable, )
@@ -153,19 +219,25 @@ typedef struct {
     void (*input)(float *, size_t, const float *, const wino_shape *, size_t, size_t, size_t);
     void (*output)(float *, const float *, size_t, const float *, int, int, const wino_shape *,
                    size_t, size_t, size_t);
+    void (*grad)(float *, size_t, const float *, const wino_shape *, size_t, size_t, size_t);
+    void (*kernel_grad)(float *, const float *, size_t, const wino_shape *, size_t, size_t);
 } WF(transforms);
 
 static WF(transforms) WF(transforms_for)(int isa) {
 #if VGG_X86_DISPATCH
     if (isa >= VGG_ISA_AVX512)
         return (WF(transforms)){WF(kernel_transform_avx512), WF(input_transform_avx512),
-                            WF(output_transform_avx512)};
+                                WF(output_transform_avx512), WF(grad_transform_avx512),
+                                WF(kernel_grad_avx512)};
     if (isa == VGG_ISA_AVX2)
-        return (WF(transforms)){WF(kernel_transform_avx2), WF(input_transform_avx2), WF(output_transform_avx2)};
+        return (WF(transforms)){WF(kernel_transform_avx2), WF(input_transform_avx2),
+                                WF(output_transform_avx2), WF(grad_transform_avx2),
+                                WF(kernel_grad_avx2)};
 #endif
     (void)isa;
     return (WF(transforms)){WF(kernel_transform_portable), WF(input_transform_portable),
-                        WF(output_transform_portable)};
+                            WF(output_transform_portable), WF(grad_transform_portable),
+                            WF(kernel_grad_portable)};
 }
 
 /* One block of nt tiles from tile t0, all threads together. Where U is small,
@@ -284,6 +356,64 @@ static int WF(forward)(float *out, const float *x, const float *kernel,
     return VGG_OK;
 }
 
+/* ---- the weight gradient ------------------------------------------------- */
+
+/* dU's slices, padded as U's (a multiple of 4 KiB apart otherwise), and blocks of
+ * up to GRAD_TB tiles: each block's products read and write all of dU (a KC-deep
+ * pass of gemm.c at a time), so blocks as long as that depth. */
+static size_t WF(du_stride)(size_t cin, size_t cout) { return cin * cout + PAD; }
+
+static size_t WF(grad_workspace_floats)(size_t cin, size_t cout) {
+    return NXI * WF(du_stride)(cin, cout) + WF(block_floats)(GRAD_TB, cin, cout);
+}
+
+static int WF(weight_grad)(float *dw, const float *dout, const float *x, size_t n, size_t h,
+                           size_t w, size_t cin, size_t cout, float *workspace,
+                           size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx) {
+    VGG_CHECK(dw && dout && x && workspace, VGG_ERR_ARG);
+    VGG_CHECK(h >= 1 && w >= 1 && cin >= 1 && cout >= 1, VGG_ERR_SHAPE);
+    VGG_CHECK(cin <= VGG_BLAS_MAX_DIM && cout <= VGG_BLAS_MAX_DIM, VGG_ERR_SHAPE);
+    size_t tiles, check;
+    VGG_CHECK(vgg_mul_ok(cin + PAD, cout + PAD, &check) && vgg_mul_ok(NXI, check, &check),
+              VGG_ERR_SHAPE);
+    VGG_CHECK(workspace_floats >= WF(grad_workspace_floats)(cin, cout), VGG_ERR_NOMEM);
+    const wino_shape s = {n, h, w, cin, cout, (h + TILE - 1) / TILE, (w + TILE - 1) / TILE};
+    VGG_CHECK(vgg_mul_ok(s.th * s.tw, n, &tiles), VGG_ERR_SHAPE);
+    const size_t tb = GRAD_TB, dus = WF(du_stride)(cin, cout);
+    const size_t vs = WF(v_stride)(tb, cin), gs = WF(m_stride)(tb, cout);
+    float *du = workspace, *vbuf = du + NXI * dus, *gbuf = vbuf + NXI * vs;
+    const WF(transforms) fn = WF(transforms_for)(vgg_get_isa());
+    const int nth = vgg_get_num_threads();
+    for (size_t t0 = 0; t0 < tiles; t0 += tb) {
+        if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
+        const size_t nt = tiles - t0 < tb ? tiles - t0 : tb;
+        const size_t ntasks = (nt + TILES_PER_TASK - 1) / TILES_PER_TASK;
+        const int more = t0 > 0; /* later blocks continue each sum's chain */
+        VGG_OMP_PARALLEL_N(nth)
+        {
+            VGG_OMP_FOR_NOWAIT_STATIC
+            for (size_t i = 0; i < ntasks; i++) {
+                const size_t a = i * TILES_PER_TASK, b = a + TILES_PER_TASK < nt ? a + TILES_PER_TASK : nt;
+                fn.input(vbuf, vs, x, &s, t0 + a, t0 + b, a);
+                fn.grad(gbuf, gs, dout, &s, t0 + a, t0 + b, a);
+            }
+            VGG_OMP_BARRIER
+            /* a position per task: each sum is one chain, whoever computes it */
+            VGG_OMP_FOR_NOWAIT_DYNAMIC
+            for (size_t xi = 0; xi < NXI; xi++)
+                vgg_gemm_at(du + xi * dus, cout, vbuf + xi * vs, cin, gbuf + xi * gs, cout, cin,
+                            cout, nt, more);
+        }
+    }
+    if (tiles == 0) {
+        memset(dw, 0, 9 * cin * cout * sizeof(float));
+        return VGG_OK;
+    }
+    VGG_OMP_FOR_N(nth)
+    for (size_t c = 0; c < cin; c++) fn.kernel_grad(dw, du, dus, &s, c, c + 1);
+    return VGG_OK;
+}
+
 #undef WF_TRANSFORMS
 #undef TILE
 #undef ALPHA
@@ -291,4 +421,6 @@ static int WF(forward)(float *out, const float *x, const float *kernel,
 #undef WB_BT
 #undef WB_AT
 #undef WB_G
+#undef WB_A
+#undef WB_GT
 #undef WF

@@ -81,6 +81,26 @@ def conv3x3(x, kernel, bias, relu=True):
     return out.astype(np.float32)
 
 
+def conv3x3_backward(dout, x, kernel):
+    """The gradients of conv3x3 (before its activation) in float64: dout
+    (N,H,W,Cout) is dL/d(output), x the input -> (dx, dkernel, dbias).
+
+    Each tap's output reads xpad shifted by (dy, dx), so its kernel gets that
+    slice's x^T @ dout and the slice gets dout @ kernel[dy, dx]^T."""
+    dout, x, kernel = _f64(dout), _f64(x), _f64(kernel)
+    n, h, w, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dxp = np.zeros_like(xp)
+    dk = np.zeros_like(kernel)
+    for dy in range(3):
+        for dx in range(3):
+            dk[dy, dx] = np.tensordot(xp[:, dy:dy + h, dx:dx + w, :], dout,
+                                      axes=([0, 1, 2], [0, 1, 2]))
+            dxp[:, dy:dy + h, dx:dx + w, :] += np.tensordot(dout, kernel[dy, dx],
+                                                            axes=([3], [1]))
+    return dxp[:, 1:h + 1, 1:w + 1, :], dk, dout.sum(axis=(0, 1, 2))
+
+
 def bf16_round(a):
     """float32 -> bfloat16 (round to nearest even) -> float32, as vggtl stores the
     bf16 operands: NaN stays NaN, values below FLT_MIN become a signed zero."""

@@ -382,7 +382,9 @@ static PyObject *py_conv3x3_backward(PyObject *self, PyObject *args, PyObject *k
     PyArrayObject *dx = need_dx ? new_f32(4, PyArray_DIMS(x)) : NULL;
     PyArrayObject *dw = new_f32(4, PyArray_DIMS(k));
     PyArrayObject *db = new_f32(1, sdb);
-    const size_t wsn = vgg_conv3x3_backward_workspace_floats(cin, cout);
+    /* the algorithm fine-tuning trains this shape by */
+    const int algo = vgg_conv3x3_algo_at(h, w, cin, cout, VGG_PRECISION_FP32);
+    const size_t wsn = vgg_conv3x3_backward_workspace_floats(algo, cin, cout);
     float *ws = PyMem_RawMalloc(wsn * sizeof(float));
     PyObject *result = NULL;
     if ((need_dx && !dx) || !dw || !db || !ws) {
@@ -390,7 +392,7 @@ static PyObject *py_conv3x3_backward(PyObject *self, PyObject *args, PyObject *k
         goto done;
     }
     RELEASE_GIL(s);
-    int st = vgg_conv3x3_backward(dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw), PyArray_DATA(db),
+    int st = vgg_conv3x3_backward(algo, dx ? PyArray_DATA(dx) : NULL, PyArray_DATA(dw), PyArray_DATA(db),
                                   PyArray_DATA(g), PyArray_DATA(x), PyArray_DATA(k), n, h, w, cin,
                                   cout, ws, wsn, py_abort_cb, &s);
     ACQUIRE_GIL(s);

@@ -105,6 +105,61 @@ def test_nan_and_inf_are_never_lost(rng, kernels, algo):
     assert np.isfinite(got[0, :, :][~np.isnan(ref[0])]).mean() > 0.5  # not all poisoned
 
 
+# The backward pass, which fine-tuning runs by the layer's forward algorithm:
+# dW by the tiles' adjoint, dx through the forward with the flipped kernel.
+# (the last: 720 4x4 tiles, 336 6x6 ones, so dW sums across blocks of 256 tiles)
+BACKWARD_SHAPES = [(1, 1, 1, 16, 8), (2, 5, 7, 16, 33), (3, 13, 9, 24, 16), (2, 4, 4, 64, 48),
+                   (1, 14, 14, 128, 96), (1, 9, 6, 3, 7), (6, 45, 40, 16, 24)]
+
+
+def _backward(x, k, g):
+    dx, dw, db = _kernels.conv3x3_backward(g, x, k)
+    _, dw_only, _ = _kernels.conv3x3_backward(g, x, k, need_dx=False)
+    np.testing.assert_array_equal(dw_only, dw)  # dx or not, the same dW
+    return dx, dw, db
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", BACKWARD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_backward_every_path_matches_reference(rng, close, kernels, isa, algo, shape):
+    vggtl.set_isa(isa)
+    vggtl.set_conv_algo(algo)
+    x, k, _ = _data(rng, *shape)
+    g = rng.standard_normal(shape[:3] + (shape[4],), dtype=np.float32)
+    got = _backward(x, k, g)
+    for a, r, name in zip(got, reference.conv3x3_backward(g, x, k), ("dx", "dw", "db")):
+        assert a.shape == r.shape, name
+        close(a, r, rtol=TOL[algo])
+
+
+@pytest.mark.parametrize("isa", ISAS[1:])
+def test_backward_instruction_sets_give_the_same_bits(rng, kernels, isa):
+    for algo in ALGOS:
+        vggtl.set_conv_algo(algo)
+        x, k, _ = _data(rng, 2, 13, 10, 32, 48)
+        g = rng.standard_normal((2, 13, 10, 48), dtype=np.float32)
+        vggtl.set_isa("portable")
+        base = _backward(x, k, g)
+        vggtl.set_isa(isa)
+        for a, b in zip(_backward(x, k, g), base):
+            np.testing.assert_array_equal(a, b, err_msg=algo)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_backward_thread_count_does_not_change_a_bit(rng, kernels, algo, restore_threads):
+    # dW's sums over tiles are one chain each, whichever thread runs a position,
+    # across blocks of tiles (600 4x4 tiles here, 280 6x6 ones)
+    vggtl.set_conv_algo(algo)
+    x, k, _ = _data(rng, 5, 48, 40, 32, 40)
+    g = rng.standard_normal((5, 48, 40, 40), dtype=np.float32)
+    vggtl.set_num_threads(1)
+    one = _backward(x, k, g)
+    vggtl.set_num_threads(2)
+    for a, b in zip(_backward(x, k, g), one):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_auto_picks_winograd_where_it_pays(kernels):
     vggtl.set_conv_algo("auto")
     plan = vggtl.info()["conv_plan"]  # 224 x 224
