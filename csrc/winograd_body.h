@@ -3,8 +3,9 @@
  * included by winograd.c once per tile size (F(4x4) and F(6x6)). Before each
  * inclusion winograd.c defines TILE, ALPHA (TILE + 2), NXI (ALPHA^2), the 1-D
  * transforms WB_BT (B^T d), WB_AT (A^T m) and WB_G (G g) for VW lanes, their
- * adjoints WB_A (A y) and WB_GT (G^T u) for the weight gradient, and WF(name), which gives every function here the tile size's suffix; the end
- * of this file undefines them all for the next inclusion.
+ * adjoints WB_A (A y) and WB_GT (G^T u) for the weight gradient, and WF(name),
+ * which gives every function here the tile size's suffix; the end of this file
+ * undefines them all for the next inclusion.
  * Everything below is static; winograd.c's public functions choose a size.
  */
 
