@@ -59,6 +59,7 @@ size_t vgg_conv3x3_prepared_floats(int algo, size_t cin, size_t cout) {
     case VGG_CONV_IM2COL: return packed_kernel_floats(cin, cout);
     case VGG_CONV_WINOGRAD: return vgg_winograd_prepared_floats(4, cin, cout);
     case VGG_CONV_WINOGRAD6: return vgg_winograd_prepared_floats(6, cin, cout);
+    case VGG_CONV_WINOGRAD3: return vgg_winograd_prepared_floats(3, cin, cout);
     case VGG_CONV_WINOGRAD_BF16:
     case VGG_CONV_WINOGRAD_BF16_AMX: return vgg_winograd_bf16_prepared_floats(cin, cout);
     default: return 0;
@@ -79,6 +80,8 @@ int vgg_conv3x3_prepare(float *prepared, size_t prepared_floats, int algo, const
         return vgg_winograd_prepare(4, prepared, prepared_floats, kernel, cin, cout);
     case VGG_CONV_WINOGRAD6:
         return vgg_winograd_prepare(6, prepared, prepared_floats, kernel, cin, cout);
+    case VGG_CONV_WINOGRAD3:
+        return vgg_winograd_prepare(3, prepared, prepared_floats, kernel, cin, cout);
     case VGG_CONV_WINOGRAD_BF16:
     case VGG_CONV_WINOGRAD_BF16_AMX:
         return vgg_winograd_bf16_prepare(prepared, prepared_floats, kernel, cin, cout);
@@ -90,7 +93,9 @@ int vgg_conv3x3_prepare(float *prepared, size_t prepared_floats, int algo, const
 size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads, int prepared) {
     const size_t a = chunk_rows(cin) * 9 * cin * threads, /* im2col reads B in place */
                  b4 = vgg_winograd_workspace_floats(4, cin, cout, prepared),
-                 b6 = vgg_winograd_workspace_floats(6, cin, cout, prepared), b = b4 > b6 ? b4 : b6,
+                 b6 = vgg_winograd_workspace_floats(6, cin, cout, prepared),
+                 b3 = vgg_winograd_workspace_floats(3, cin, cout, prepared),
+                 b = b4 > b6 ? (b4 > b3 ? b4 : b3) : (b6 > b3 ? b6 : b3),
                  c = vgg_winograd_bf16_workspace_floats(cin, cout, threads, prepared);
     const size_t ab = a > b ? a : b;
     return ab > c ? ab : c;
@@ -103,9 +108,12 @@ size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout) {
 /* Winograd computes whole tiles: a map whose 4x4 tiles would more than double
  * the pixels computed (1x1, 2x2, 5x5, ...) gains too little over im2col; so does
  * a layer with few input channels (the first, 3), where the product is thin.
- * Where Winograd runs, F(6x6) when its tiles need at least WINO6_GAIN fewer
- * multiplies than F(4x4)'s (maps of 6, 12, 24, 48 or 224 pixels; not 3, 14,
- * 16 or 32, which 4x4 tiles cover as well or better). */
+ * Where Winograd runs, a map of 3 x 3 (block 5 of 48x48 images) is one F(3x3)
+ * tile: 25 multiplies where F(4x4) does 36 for the same 9 outputs (on larger
+ * maps 3x3 tiles need more multiplies than 4x4 or 6x6 ones, or split the pool's
+ * windows). Elsewhere F(6x6) when its tiles need at least WINO6_GAIN fewer
+ * multiplies than F(4x4)'s (maps of 6, 12, 24, 48 or 224 pixels; not 14, 16
+ * or 32, which 4x4 tiles cover as well or better). */
 #define WINO_MIN_CIN 16
 #define WINO6_GAIN 0.05
 
@@ -116,6 +124,7 @@ int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout) {
     const double t4 = (double)((h + 3) / 4) * (double)((w + 3) / 4),
                  t6 = (double)((h + 5) / 6) * (double)((w + 5) / 6);
     if (cin < WINO_MIN_CIN || 16.0 * t4 > 2.0 * (double)h * (double)w) return VGG_CONV_IM2COL;
+    if (h <= 3 && w <= 3) return VGG_CONV_WINOGRAD3;
     return 64.0 * t6 <= (1.0 - WINO6_GAIN) * 36.0 * t4 ? VGG_CONV_WINOGRAD6 : VGG_CONV_WINOGRAD;
 }
 
@@ -226,9 +235,23 @@ static int im2col_forward(float *out, const float *x, const float *kernel,
     return VGG_OK;
 }
 
-static int is_winograd(int algo) {
-    return algo == VGG_CONV_WINOGRAD || algo == VGG_CONV_WINOGRAD6 ||
-           algo == VGG_CONV_WINOGRAD_BF16 || algo == VGG_CONV_WINOGRAD_BF16_AMX;
+/* The float32 Winograd algorithms' tile sizes, 0 for the others. */
+static int wino_tile(int algo) {
+    switch (algo) {
+    case VGG_CONV_WINOGRAD: return 4;
+    case VGG_CONV_WINOGRAD6: return 6;
+    case VGG_CONV_WINOGRAD3: return 3;
+    default: return 0;
+    }
+}
+
+static int is_bf16_winograd(int algo) {
+    return algo == VGG_CONV_WINOGRAD_BF16 || algo == VGG_CONV_WINOGRAD_BF16_AMX;
+}
+
+int vgg_conv3x3_fuses_pool(int algo, size_t h, size_t w) {
+    if (is_bf16_winograd(algo)) return h >= 2 && w >= 2;
+    return wino_tile(algo) && vgg_winograd_fuses_pool(wino_tile(algo), h, w);
 }
 
 int vgg_conv3x3_run(int algo, const float *prepared, int relu, int pool, float *out,
@@ -238,15 +261,15 @@ int vgg_conv3x3_run(int algo, const float *prepared, int relu, int pool, float *
     int st = VGG_ERR_NOMEM;
     /* im2col writes rows of output pixels: a pool there would need the full-size
      * rows anyway, so only the Winograd paths fuse it (their output transform
-     * holds whole tiles of even side) */
-    VGG_CHECK(!pool || (is_winograd(algo) && h >= 2 && w >= 2), VGG_ERR_ARG);
-    if (algo == VGG_CONV_WINOGRAD_BF16 || algo == VGG_CONV_WINOGRAD_BF16_AMX)
+     * holds whole tiles, of even side or covering the map) */
+    VGG_CHECK(!pool || vgg_conv3x3_fuses_pool(algo, h, w), VGG_ERR_ARG);
+    if (is_bf16_winograd(algo))
         st = vgg_winograd_bf16_conv3x3_forward(algo == VGG_CONV_WINOGRAD_BF16_AMX, out, x, kernel,
                                                prepared, bias, relu, pool, n, h,
                                                w, cin, cout, workspace, workspace_floats,
                                                abort_cb, abort_ctx);
-    else if (algo == VGG_CONV_WINOGRAD || algo == VGG_CONV_WINOGRAD6)
-        st = vgg_winograd_conv3x3_forward(algo == VGG_CONV_WINOGRAD6 ? 6 : 4, out, x, kernel,
+    else if (wino_tile(algo))
+        st = vgg_winograd_conv3x3_forward(wino_tile(algo), out, x, kernel,
                                           prepared, bias, relu, pool, n, h, w,
                                           cin, cout, workspace, workspace_floats, abort_cb,
                                           abort_ctx);
@@ -269,7 +292,7 @@ int vgg_conv3x3_pool_forward_by(int *status, int algo, float *out, const float *
                                 const float *kernel, const float *bias, size_t n, size_t h,
                                 size_t w, size_t cin, size_t cout, float *workspace,
                                 size_t workspace_floats, vgg_abort_fn abort_cb, void *abort_ctx) {
-    if (!is_winograd(algo) || h < 2 || w < 2) return 0;
+    if (!vgg_conv3x3_fuses_pool(algo, h, w)) return 0;
     const int st = vgg_conv3x3_run(algo, NULL, 1, 1, out, x, kernel, bias, n, h, w, cin, cout,
                                    workspace, workspace_floats, abort_cb, abort_ctx);
     if (st == VGG_ERR_NOMEM) return 0;
@@ -319,10 +342,6 @@ static size_t im2col_backward_floats(size_t cin, size_t cout) {
 /* Winograd's backward: dW by the tiles' adjoint (winograd.c), then dx as im2col's,
  * through the forward with the flipped kernel (in HWIO, Cout -> Cin) and a zero
  * bias: [ Wt | zero bias | the forward's workspace ], or dW's workspace. */
-static int wino_tile(int algo) {
-    return algo == VGG_CONV_WINOGRAD6 ? 6 : algo == VGG_CONV_WINOGRAD ? 4 : 0;
-}
-
 static size_t winograd_backward_floats(int tile, size_t cin, size_t cout) {
     const size_t dwn = vgg_winograd_weight_grad_floats(tile, cin, cout);
     const size_t dxn = 9 * cin * cout + cin + vgg_winograd_workspace_floats(tile, cout, cin, 0);

@@ -116,7 +116,7 @@ const char *vgg_isa_name(int isa) {
 
 int vgg_set_conv_algo(int algo) {
     VGG_CHECK(algo == VGG_CONV_AUTO || algo == VGG_CONV_IM2COL || algo == VGG_CONV_WINOGRAD ||
-                  algo == VGG_CONV_WINOGRAD6,
+                  algo == VGG_CONV_WINOGRAD6 || algo == VGG_CONV_WINOGRAD3,
               VGG_ERR_ARG);
     __atomic_store_n(&g_conv_algo, algo, __ATOMIC_RELAXED);
     return VGG_OK;
@@ -132,6 +132,7 @@ const char *vgg_conv_algo_name(int algo) {
     case VGG_CONV_WINOGRAD_BF16: return "winograd_bf16";
     case VGG_CONV_WINOGRAD6: return "winograd6";
     case VGG_CONV_WINOGRAD_BF16_AMX: return "winograd_bf16_amx";
+    case VGG_CONV_WINOGRAD3: return "winograd3";
     default: return NULL;
     }
 }

@@ -122,9 +122,10 @@ enum vgg_conv_algo {
     VGG_CONV_WINOGRAD = 2,       /* F(4x4, 3x3) */
     VGG_CONV_WINOGRAD_BF16 = 3,  /* F(2x2, 3x3), bf16 operands */
     VGG_CONV_WINOGRAD6 = 4,      /* F(6x6, 3x3) */
-    VGG_CONV_WINOGRAD_BF16_AMX = 5 /* WINOGRAD_BF16's products on the AMX tiles */
+    VGG_CONV_WINOGRAD_BF16_AMX = 5, /* WINOGRAD_BF16's products on the AMX tiles */
+    VGG_CONV_WINOGRAD3 = 6       /* F(3x3, 3x3) */
 };
-/* VGG_ERR_ARG unless AUTO, IM2COL, WINOGRAD or WINOGRAD6 */
+/* VGG_ERR_ARG unless AUTO, IM2COL, WINOGRAD, WINOGRAD6 or WINOGRAD3 */
 int vgg_set_conv_algo(int algo);
 int vgg_get_conv_algo(void);
 const char *vgg_conv_algo_name(int algo);
@@ -176,7 +177,7 @@ int vgg_input_convert(float *out, const void *x, int dtype, size_t n, size_t h, 
 size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout);
 
 /* The layer by a given algorithm (VGG_CONV_IM2COL, VGG_CONV_WINOGRAD,
- * VGG_CONV_WINOGRAD6 or VGG_CONV_WINOGRAD_BF16; Winograd falls back to im2col
+ * _WINOGRAD6, _WINOGRAD3 or _WINOGRAD_BF16; Winograd falls back to im2col
  * when the workspace is too small for it). Fine-tuning (finetune.c) trains each
  * layer by its float32 algorithm, forward and backward; Grad-CAM (gradcam.c)
  * runs im2col, its maps then as exact as float32 sums make them. */
@@ -217,16 +218,22 @@ int vgg_conv3x3_run(int algo, const float *prepared, int relu, int pool, float *
                     size_t w, size_t cin, size_t cout, float *workspace, size_t workspace_floats,
                     vgg_abort_fn abort_cb, void *abort_ctx);
 
+/* Whether vgg_conv3x3_run(algo, ..., pool = 1, ...) can fuse the pool for an
+ * h x w layer: Winograd algos whose tiles hold whole pool windows (even tiles,
+ * or an odd one covering the map), h and w at least 2. */
+int vgg_conv3x3_fuses_pool(int algo, size_t h, size_t w);
+
 /* The algorithm a layer of this shape runs at `precision` under the current
  * setting (vgg16_forward runs the layer by it). */
 int vgg_conv3x3_algo_at(size_t h, size_t w, size_t cin, size_t cout, int precision);
-/* The same at VGG_PRECISION_FP32: VGG_CONV_IM2COL, _WINOGRAD or _WINOGRAD6. */
+/* The same at VGG_PRECISION_FP32: VGG_CONV_IM2COL, _WINOGRAD, _WINOGRAD6 or
+ * _WINOGRAD3. */
 int vgg_conv3x3_algo(size_t h, size_t w, size_t cin, size_t cout);
 
 /* conv3x3.c, backward: given dout = dL/d(conv output before the activation)
  * (N,H,W,Cout) and the forward input x, overwrites dw (3,3,Cin,Cout), db (Cout)
- * and, when not NULL, dx (N,H,W,Cin), by `algo`: VGG_CONV_WINOGRAD or _WINOGRAD6
- * compute dW by the tiles' adjoint and dx through the Winograd forward; any
+ * and, when not NULL, dx (N,H,W,Cin), by `algo`: VGG_CONV_WINOGRAD, _WINOGRAD6 or
+ * _WINOGRAD3 compute dW by the tiles' adjoint and dx through the Winograd forward; any
  * other algo runs im2col (as does a workspace too small for Winograd).
  * Workspace: vgg_conv3x3_backward_workspace_floats(algo, cin, cout) at the
  * current thread count. The results do not depend on the thread count. */

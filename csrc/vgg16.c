@@ -260,8 +260,7 @@ static int forward_pass(float *out, const void *x, int dtype, size_t m, size_t h
              * (Winograd: the pool happens in the output transform); the pool's
              * output then goes where the pool layer would have written it */
             if (!last && LAYERS[l + 1].kind == VGG16_KIND_POOL &&
-                algo != VGG_CONV_IM2COL && h >= 2 &&
-                w >= 2) {
+                vgg_conv3x3_fuses_pool(algo, h, w)) {
                 float *pdst = (l + 1 == stop && cfg->pooling == VGG_POOL_NONE) ? out : other;
                 st = vgg_conv3x3_run(algo, prep, 1, 1, pdst, cur, wt->conv_kernel[L->param],
                                      wt->conv_bias[L->param], m, h, w, ch, L->units, col, col_n,

@@ -201,13 +201,15 @@ void vgg_optimizer_apply(const vgg_opt_step *s, float *param, const float *grad,
 size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads, int prepared);
 
 /* winograd.c: the Winograd F(tile x tile, 3x3) paths of vgg_conv3x3_forward_by
- * (tile 4 or 6; same contract), with the kernel's transform U either prepared
+ * (tile 3, 4 or 6; same contract), with the kernel's transform U either prepared
  * beforehand by vgg_winograd_prepare (u_prepared, vgg_winograd_prepared_floats
  * floats; kernel may then be NULL) or, when u_prepared is NULL, made from
  * `kernel` into the start of the workspace. The workspace:
  * vgg_winograd_workspace_floats(tile, cin, cout, prepared) floats (less runs
  * shorter blocks, as long as a block of one tile fits). With `pool`, out is the
- * 2x2 max-pool of the layer's output, (N, H/2, W/2, Cout). */
+ * 2x2 max-pool of the layer's output, (N, H/2, W/2, Cout), where
+ * vgg_winograd_fuses_pool(tile, h, w) (VGG_ERR_ARG elsewhere). */
+int vgg_winograd_fuses_pool(int tile, size_t h, size_t w);
 size_t vgg_winograd_prepared_floats(int tile, size_t cin, size_t cout);
 int vgg_winograd_prepare(int tile, float *u, size_t u_floats, const float *kernel, size_t cin,
                          size_t cout);

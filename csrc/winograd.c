@@ -252,22 +252,104 @@ ALWAYS_INLINE void gt8(float *o, size_t os, const float *u, size_t us) {
 #define WF(name) name##_f6
 #include "winograd_body.h" /* undefines the parameters above */
 
-/* ---- the public functions: tile 4 or 6 ----------------------------------- */
+/* ---- F(3x3, 3x3) ----------------------------------------------------------
+ * Points 0, 1, -1, 2, inf: 25 multiplies per 9 outputs. Its one tile covers a
+ * 3x3 map whole (block 5 of 48x48 and 50x50 images), where F(4x4) computes 16
+ * outputs for the 9 there are. */
+
+/* o[i*os] = (B^T d)[i], i = 0..4, for d[r*ds], r = 0..4. */
+ALWAYS_INLINE void bt5(float *o, size_t os, const float *d, size_t ds) {
+    for (int v = 0; v < VW; v++) {
+        const float d0 = d[v], d1 = d[ds + v], d2 = d[2 * ds + v], d3 = d[3 * ds + v],
+                    d4 = d[4 * ds + v];
+        o[v] = 2.0f * (d0 - d2) - d1 + d3;
+        o[os + v] = d3 - 2.0f * d1 - d2;
+        o[2 * os + v] = 2.0f * d1 - 3.0f * d2 + d3;
+        o[3 * os + v] = d3 - d1;
+        o[4 * os + v] = 2.0f * (d1 - d3) - d2 + d4;
+    }
+}
+
+/* o[i*os] = (A^T m)[i], i = 0..2, for m[r*ms], r = 0..4. */
+ALWAYS_INLINE void at5(float *o, size_t os, const float *m, size_t ms) {
+    for (int v = 0; v < VW; v++) {
+        const float m0 = m[v], m1 = m[ms + v], m2 = m[2 * ms + v], m3 = m[3 * ms + v],
+                    m4 = m[4 * ms + v];
+        o[v] = m0 + m1 + m2 + m3;
+        o[os + v] = m1 - m2 + 2.0f * m3;
+        o[2 * os + v] = m1 + m2 + 4.0f * m3 + m4;
+    }
+}
+
+/* o[i*os] = (G g)[i], i = 0..4, for g[r*gs], r = 0..2. */
+ALWAYS_INLINE void g5(float *o, size_t os, const float *g, size_t gs) {
+    for (int v = 0; v < VW; v++) {
+        const float g0 = g[v], g1 = g[gs + v], g2 = g[2 * gs + v];
+        o[v] = 0.5f * g0;
+        o[os + v] = (g0 + g1 + g2) * -0.5f;
+        o[2 * os + v] = (g1 - g0 - g2) * (1.0f / 6.0f);
+        o[3 * os + v] = (g0 + 2.0f * g1 + 4.0f * g2) * (1.0f / 6.0f);
+        o[4 * os + v] = g2;
+    }
+}
+
+/* o[r*os] = (A y)[r], r = 0..4, for y[i*ys], i = 0..2 (at5 transposed). */
+ALWAYS_INLINE void a5(float *o, size_t os, const float *y, size_t ys) {
+    for (int v = 0; v < VW; v++) {
+        const float y0 = y[v], y1 = y[ys + v], y2 = y[2 * ys + v];
+        const float e = y0 + y2;
+        o[v] = y0;
+        o[os + v] = e + y1;
+        o[2 * os + v] = e - y1;
+        o[3 * os + v] = y0 + 2.0f * y1 + 4.0f * y2;
+        o[4 * os + v] = y2;
+    }
+}
+
+/* o[j*os] = (G^T u)[j], j = 0..2, for u[i*us], i = 0..4 (g5 transposed). */
+ALWAYS_INLINE void gt5(float *o, size_t os, const float *u, size_t us) {
+    for (int v = 0; v < VW; v++) {
+        const float u0 = u[v], u1 = u[us + v], u2 = u[2 * us + v], u3 = u[3 * us + v],
+                    u4 = u[4 * us + v];
+        o[v] = 0.5f * (u0 - u1) + (u3 - u2) * (1.0f / 6.0f);
+        o[os + v] = -0.5f * u1 + (u2 + 2.0f * u3) * (1.0f / 6.0f);
+        o[2 * os + v] = (4.0f * u3 - u2) * (1.0f / 6.0f) - 0.5f * u1 + u4;
+    }
+}
+
+#define TILE 3
+#define ALPHA 5
+#define NXI 25
+#define WB_BT bt5
+#define WB_AT at5
+#define WB_G g5
+#define WB_A a5
+#define WB_GT gt5
+#define WF(name) name##_f3
+#include "winograd_body.h" /* undefines the parameters above */
+
+/* ---- the public functions: tile 3, 4 or 6 -------------------------------- */
+
+#define TILE_FN(tile, name) ((tile) == 6 ? name##_f6 : (tile) == 3 ? name##_f3 : name##_f4)
+
 
 size_t vgg_winograd_prepared_floats(int tile, size_t cin, size_t cout) {
-    return tile == 6 ? prepared_floats_f6(cin, cout) : prepared_floats_f4(cin, cout);
+    return TILE_FN(tile, prepared_floats)(cin, cout);
 }
 
 size_t vgg_winograd_workspace_floats(int tile, size_t cin, size_t cout, int prepared) {
-    return tile == 6 ? workspace_floats_f6(cin, cout, prepared)
-                     : workspace_floats_f4(cin, cout, prepared);
+    return TILE_FN(tile, workspace_floats)(cin, cout, prepared);
 }
 
 int vgg_winograd_prepare(int tile, float *u, size_t u_floats, const float *kernel, size_t cin,
                          size_t cout) {
-    VGG_CHECK(tile == 4 || tile == 6, VGG_ERR_ARG);
-    return tile == 6 ? prepare_kernel_f6(u, u_floats, kernel, cin, cout)
-                     : prepare_kernel_f4(u, u_floats, kernel, cin, cout);
+    VGG_CHECK(tile == 3 || tile == 4 || tile == 6, VGG_ERR_ARG);
+    return TILE_FN(tile, prepare_kernel)(u, u_floats, kernel, cin, cout);
+}
+
+int vgg_winograd_fuses_pool(int tile, size_t h, size_t w) {
+    /* a pool window must not straddle tiles: even tiles, or one odd tile the map */
+    return h >= 2 && w >= 2 && (tile % 2 == 0 || (h <= (size_t)tile && w <= (size_t)tile));
 }
 
 int vgg_winograd_conv3x3_forward(int tile, float *out, const float *x, const float *kernel,
@@ -275,22 +357,21 @@ int vgg_winograd_conv3x3_forward(int tile, float *out, const float *x, const flo
                                  size_t n, size_t h, size_t w, size_t cin, size_t cout,
                                  float *workspace, size_t workspace_floats,
                                  vgg_abort_fn abort_cb, void *abort_ctx) {
-    VGG_CHECK(tile == 4 || tile == 6, VGG_ERR_ARG);
-    return (tile == 6 ? forward_f6 : forward_f4)(out, x, kernel, u_prepared, bias, relu, pool, n,
-                                                 h, w, cin, cout, workspace, workspace_floats,
-                                                 abort_cb, abort_ctx);
+    VGG_CHECK(tile == 3 || tile == 4 || tile == 6, VGG_ERR_ARG);
+    VGG_CHECK(!pool || vgg_winograd_fuses_pool(tile, h, w), VGG_ERR_ARG);
+    return TILE_FN(tile, forward)(out, x, kernel, u_prepared, bias, relu, pool, n, h, w, cin,
+                                  cout, workspace, workspace_floats, abort_cb, abort_ctx);
 }
 
 size_t vgg_winograd_weight_grad_floats(int tile, size_t cin, size_t cout) {
-    return tile == 6 ? grad_workspace_floats_f6(cin, cout) : grad_workspace_floats_f4(cin, cout);
+    return TILE_FN(tile, grad_workspace_floats)(cin, cout);
 }
 
 int vgg_winograd_conv3x3_weight_grad(int tile, float *dw, const float *dout, const float *x,
                                      size_t n, size_t h, size_t w, size_t cin, size_t cout,
                                      float *workspace, size_t workspace_floats,
                                      vgg_abort_fn abort_cb, void *abort_ctx) {
-    VGG_CHECK(tile == 4 || tile == 6, VGG_ERR_ARG);
-    return (tile == 6 ? weight_grad_f6 : weight_grad_f4)(dw, dout, x, n, h, w, cin, cout,
-                                                         workspace, workspace_floats, abort_cb,
-                                                         abort_ctx);
+    VGG_CHECK(tile == 3 || tile == 4 || tile == 6, VGG_ERR_ARG);
+    return TILE_FN(tile, weight_grad)(dw, dout, x, n, h, w, cin, cout, workspace,
+                                      workspace_floats, abort_cb, abort_ctx);
 }

@@ -19,8 +19,8 @@ imported, force a path (for tests, and for comparing paths on one machine):
     dot product differently; float32 work as under ``avx512``). Asking for one
     this CPU cannot run is an error at import.
 ``VGGTL_CONV``
-    ``auto`` (the default: by layer shape), ``im2col``, ``winograd`` (F(4x4, 3x3))
-    or ``winograd6`` (F(6x6, 3x3)).
+    ``auto`` (the default: by layer shape), ``im2col``, ``winograd`` (F(4x4, 3x3)),
+    ``winograd6`` (F(6x6, 3x3)) or ``winograd3`` (F(3x3, 3x3)).
 
 :func:`set_isa` and :func:`set_conv_algo` change both at run time.
 :func:`conv_plan` says which algorithm each convolution of VGG16 takes for an
@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 
 ISAS = ("portable", "avx2", "avx512", "avx512_bf16", "amx_bf16")
-CONV_ALGOS = ("auto", "im2col", "winograd", "winograd6")
+CONV_ALGOS = ("auto", "im2col", "winograd", "winograd6", "winograd3")
 
 def _env_choice(var: str, allowed) -> str | None:
     v = os.environ.get(var, "").strip().lower()
@@ -82,8 +82,8 @@ def get_isa() -> str:
 
 
 def set_conv_algo(name: str) -> None:
-    """3x3 convolutions by 'auto' (per layer shape), 'im2col', 'winograd' (F(4x4))
-    or 'winograd6' (F(6x6)).
+    """3x3 convolutions by 'auto' (per layer shape), 'im2col', 'winograd' (F(4x4)),
+    'winograd6' (F(6x6)) or 'winograd3' (F(3x3)).
 
     Winograd F(4x4, 3x3) does 4x fewer multiplications; its features differ from
     the direct convolution's by a few 1e-6 of their largest value (float32
@@ -96,7 +96,7 @@ def set_conv_algo(name: str) -> None:
 
 
 def get_conv_algo() -> str:
-    """The setting: 'auto', 'im2col', 'winograd' or 'winograd6'."""
+    """The setting: 'auto', 'im2col', 'winograd', 'winograd6' or 'winograd3'."""
     from . import _core
     return _core.get_conv_algo()
 
@@ -124,7 +124,7 @@ def conv_plan(input_shape=(224, 224), precision: str = "fp32") -> dict:
     """The algorithm each of VGG16's convolutions takes for an input of
     ``input_shape`` (h, w[, c]) at ``precision`` ('fp32', 'bf16' or 'auto', see
     :class:`vggtl.VGG16`) under the current setting: {layer name: algo}, algo
-    one of 'im2col', 'winograd', 'winograd6', 'winograd_bf16',
+    one of 'im2col', 'winograd', 'winograd6', 'winograd3', 'winograd_bf16',
     'winograd_bf16_amx'."""
     from . import _core
     if precision == "auto":

@@ -637,8 +637,8 @@ class VGG16:
                 + f"params={self.count_params():,})")
 
 
-_ALGO_LETTERS = {"im2col": "i", "winograd": "w", "winograd6": "6", "winograd_bf16": "b",
-                 "winograd_bf16_amx": "a"}
+_ALGO_LETTERS = {"im2col": "i", "winograd": "w", "winograd6": "6", "winograd3": "3",
+                 "winograd_bf16": "b", "winograd_bf16_amx": "a"}
 
 
 def _hash_weights(model: "VGG16", stop: int) -> str:

@@ -18,7 +18,7 @@
 #define VGG_CORE_API(X)                                                                   \
     X(vgg_status_str) X(vgg_threads_forked) X(vgg_threads_start) X(vgg_get_num_threads)     \
     X(vgg_conv3x3_algo_at) X(vgg_conv_algo_name) X(vgg_conv3x3_workspace_floats)            \
-    X(vgg_conv3x3_forward_by) X(vgg_conv3x3_pool_forward_by)                               \
+    X(vgg_conv3x3_forward_by) X(vgg_conv3x3_pool_forward_by) X(vgg_conv3x3_fuses_pool)     \
     X(vgg_conv3x3_backward_workspace_floats) X(vgg_conv3x3_backward)                       \
     X(vgg_maxpool2x2_forward) X(vgg_maxpool2x2_backward) X(vgg_global_pool_forward)         \
     X(vgg_activation_forward) X(vgg_activation_backward) X(vgg_dense_forward)              \
@@ -46,6 +46,7 @@ extern const vgg_core_api *vgg_core; /* set by PyInit__kernels */
 #define vgg_conv3x3_workspace_floats (vgg_core->vgg_conv3x3_workspace_floats)
 #define vgg_conv3x3_forward_by (vgg_core->vgg_conv3x3_forward_by)
 #define vgg_conv3x3_pool_forward_by (vgg_core->vgg_conv3x3_pool_forward_by)
+#define vgg_conv3x3_fuses_pool (vgg_core->vgg_conv3x3_fuses_pool)
 #define vgg_conv3x3_backward_workspace_floats (vgg_core->vgg_conv3x3_backward_workspace_floats)
 #define vgg_conv3x3_backward (vgg_core->vgg_conv3x3_backward)
 #define vgg_maxpool2x2_forward (vgg_core->vgg_maxpool2x2_forward)

@@ -202,7 +202,7 @@ int name_index(const char *arg, const char *name, const char *const *names, int 
 
 const char *const ALGO_NAMES[VGG_NUM_CONV_ALGOS] = {"auto", "im2col", "winograd",
                                                     "winograd_bf16", "winograd6",
-                                                    "winograd_bf16_amx"};
+                                                    "winograd_bf16_amx", "winograd3"};
 const char *const PRECISION_NAMES[VGG_NUM_PRECISIONS] = {"fp32", "bf16"};
 
 int parse_precision(const char *name) {

@@ -107,7 +107,7 @@ int name_index(const char *arg, const char *name, const char *const *names, int 
  * ISA_NAMES by enum vgg_isa (from VGG_ISA_PORTABLE), ALGO_NAMES by enum
  * vgg_conv_algo, PRECISION_NAMES by enum vgg_precision. */
 #define VGG_NUM_ISAS 5
-#define VGG_NUM_CONV_ALGOS 6
+#define VGG_NUM_CONV_ALGOS 7
 #define VGG_NUM_PRECISIONS 2
 extern const char *const ISA_NAMES[VGG_NUM_ISAS];
 extern const char *const ALGO_NAMES[VGG_NUM_CONV_ALGOS];

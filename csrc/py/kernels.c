@@ -37,9 +37,10 @@ static PyObject *py_conv3x3_forward(PyObject *self, PyObject *args, PyObject *kw
         return NULL;
     }
     const int algo = vgg_conv3x3_algo_at(h, w, cin, cout, precision);
-    if (pool && (!relu || h < 2 || w < 2 || algo == VGG_CONV_IM2COL)) {
-        PyErr_Format(PyExc_ValueError, "pool: the fused 2x2 max-pool needs relu=True, H and W "
-                     ">= 2 and a Winograd layer; this one runs %s on %zu x %zu (relu=%s)",
+    if (pool && (!relu || !vgg_conv3x3_fuses_pool(algo, h, w))) {
+        PyErr_Format(PyExc_ValueError, "pool: the fused 2x2 max-pool needs relu=True and a "
+                     "Winograd layer whose tiles hold the pool's windows (H and W >= 2, and at "
+                     "most 3 for F(3x3)); this one runs %s on %zu x %zu (relu=%s)",
                      vgg_conv_algo_name(algo), h, w, relu ? "True" : "False");
         return NULL;
     }

@@ -70,10 +70,13 @@ static PyObject *py_set_conv_algo(PyObject *self, PyObject *arg) {
     const char *name = PyUnicode_AsUTF8(arg);
     if (!name) return NULL;
     /* the settings; winograd_bf16 is what a layer runs at precision='bf16', not one */
-    static const char *const SETTABLE[] = {"auto", "im2col", "winograd", "winograd6"};
-    const int i = name_index("conv_algo", name, SETTABLE, 4);
+    static const char *const SETTABLE[] = {"auto", "im2col", "winograd", "winograd6",
+                                           "winograd3"};
+    static const int ALGOS[] = {VGG_CONV_AUTO, VGG_CONV_IM2COL, VGG_CONV_WINOGRAD,
+                                VGG_CONV_WINOGRAD6, VGG_CONV_WINOGRAD3};
+    const int i = name_index("conv_algo", name, SETTABLE, 5);
     if (i < 0) return NULL;
-    const int algo = i == 3 ? VGG_CONV_WINOGRAD6 : i;
+    const int algo = ALGOS[i];
     if (vgg_set_conv_algo(algo) != VGG_OK) return raise_status(VGG_ERR_INTERNAL, "set_conv_algo");
     Py_RETURN_NONE;
 }
@@ -128,8 +131,8 @@ static PyObject *py_conv3x3_prepare(PyObject *self, PyObject *args, PyObject *kw
     const int algo = name_index("algo", aname, ALGO_NAMES, VGG_NUM_CONV_ALGOS);
     if (algo < 0) return NULL;
     if (algo == VGG_CONV_AUTO) {
-        PyErr_SetString(PyExc_ValueError, "algo: expected 'im2col', 'winograd', "
-                        "'winograd6', 'winograd_bf16' or 'winograd_bf16_amx', got 'auto'");
+        PyErr_SetString(PyExc_ValueError, "algo: expected 'im2col', 'winograd', 'winograd6', "
+                        "'winograd3', 'winograd_bf16' or 'winograd_bf16_amx', got 'auto'");
         return NULL;
     }
     PyArrayObject *k = check_array(ko, "kernel", F32_ONLY, 4, 0);
@@ -168,16 +171,16 @@ PyMethodDef vggtl_settings_methods[] = {
     {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> the instruction set in use"},
     {"set_conv_algo", py_set_conv_algo, METH_O,
      "set_conv_algo(name)\n\n3x3 convolutions: 'auto' (by shape), 'im2col', 'winograd' "
-     "(F(4x4)) or 'winograd6' (F(6x6))."},
+     "(F(4x4)), 'winograd6' (F(6x6)) or 'winograd3' (F(3x3))."},
     {"get_conv_algo", py_get_conv_algo, METH_NOARGS, "get_conv_algo() -> the setting"},
     {"conv3x3_prepare", KW py_conv3x3_prepare, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_prepare(kernel, algo) -> float32 array: the kernel (3, 3, Cin, Cout) in the form "
-     "algo ('im2col', 'winograd', 'winograd6', 'winograd_bf16', 'winograd_bf16_amx') computes "
-     "with, for "
-     "vgg16_forward's prepared="},
+     "algo ('im2col', 'winograd', 'winograd6', 'winograd3', 'winograd_bf16', "
+     "'winograd_bf16_amx') computes with, for vgg16_forward's prepared="},
     {"conv3x3_algo", KW py_conv3x3_algo, METH_VARARGS | METH_KEYWORDS,
      "conv3x3_algo(h, w, cin, cout, *, precision='fp32') -> 'im2col', 'winograd', "
-     "'winograd6', 'winograd_bf16' or 'winograd_bf16_amx': what a layer of this shape runs"},
+     "'winograd6', 'winograd3', 'winograd_bf16' or 'winograd_bf16_amx': what a layer of this "
+     "shape runs"},
     {"vgg16_conv_precision", KW py_vgg16_conv_precision, METH_VARARGS | METH_KEYWORDS,
      "vgg16_conv_precision(layer, *, precision='fp32') -> 'fp32' or 'bf16': what conv layer "
      "`layer` (its index in VGG16_LAYERS) of a network at `precision` runs (block 1 stays "

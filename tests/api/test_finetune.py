@@ -15,9 +15,9 @@ def rel(a, b):
 # --- kernels -----------------------------------------------------------------------
 
 # the backward runs the algorithm the forward would for the shape; each forced here
-ALGOS = ["im2col", "winograd", "winograd6"]
+ALGOS = ["im2col", "winograd", "winograd6", "winograd3"]
 # against float64: the forward's bounds (tests/kernel/test_winograd.py)
-TOL = {"im2col": 1e-5, "winograd": 3e-5, "winograd6": 6e-5}
+TOL = {"im2col": 1e-5, "winograd": 3e-5, "winograd6": 6e-5, "winograd3": 3e-5}
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -159,7 +159,7 @@ def test_fine_tune_gradients_of_every_block5_kernel_match_torch():
         assert rel(g, grads[name]) < 1e-4, name
 
 
-@pytest.mark.parametrize("algo", ["im2col", "winograd"])
+@pytest.mark.parametrize("algo", ["im2col", "winograd", "winograd3"])
 def test_fine_tune_ten_sgd_steps_match_torch_losses_and_weights(kernels, algo):
     # block 5 trains by the algorithm its maps run forward; forced here for the
     # whole base, so the cut torch starts from is the one fine_tune computes.

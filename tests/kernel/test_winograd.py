@@ -15,12 +15,12 @@ from vggtl import _core, dispatch, reference
 from vggtl import _kernels  # the single kernels, for tests
 
 from support.isas import ISAS  # each instruction set, skipped where this CPU lacks it
-ALGOS = ["im2col", "winograd", "winograd6"]
+ALGOS = ["im2col", "winograd", "winograd6", "winograd3"]
 
 # max|got - ref| / max|ref| against the float64 reference: im2col is a plain
 # float32 sum; Winograd adds the rounding of its transforms, F(6x6) about twice
-# F(4x4)'s
-TOL = {"im2col": 1e-5, "winograd": 3e-5, "winograd6": 6e-5}
+# F(4x4)'s, F(3x3) no more than F(4x4)
+TOL = {"im2col": 1e-5, "winograd": 3e-5, "winograd6": 6e-5, "winograd3": 3e-5}
 
 # odd sizes (partial 4x4 tiles on both sides), 1-pixel maps, thin and deep
 # channels, several images whose tiles share blocks, Cin 16 (the least Winograd
@@ -168,9 +168,13 @@ def test_auto_picks_winograd_where_it_pays(kernels):
     # 28 with 9% fewer, 14 with as many
     assert [plan[n] for n in reference.CONV_LAYERS[1:]] == \
         ["winograd6"] * 9 + ["winograd"] * 3
-    assert set(dispatch.conv_plan((48, 48)).values()) == {"im2col", "winograd6", "winograd"}
+    assert set(dispatch.conv_plan((48, 48)).values()) == {"im2col", "winograd6", "winograd3"}
     assert dispatch.conv_plan((48, 48))["block4_conv3"] == "winograd6"  # 6 x 6: one tile
-    assert dispatch.conv_plan((48, 48))["block5_conv3"] == "winograd"  # 3 x 3
+    # 3 x 3: one 3x3 tile, 25 multiplies where F(4x4) does 36
+    assert dispatch.conv_plan((48, 48))["block5_conv3"] == "winograd3"
+    assert _core.conv3x3_algo(3, 3, 512, 512) == "winograd3"
+    assert _core.conv3x3_algo(3, 2, 512, 512) == "im2col"  # 4x4 tiles would waste 16 of 6
+    assert _core.conv3x3_algo(6, 6, 512, 512) == "winograd6"
     assert set(list(dispatch.conv_plan((32, 32)).values())[1:10]) == {"winograd"}
     # a 1 x 1 map would be computed as a whole 4 x 4 tile: 16x the work
     assert _core.conv3x3_algo(1, 1, 512, 512) == "im2col"
@@ -197,7 +201,7 @@ def test_features_224_within_1e4_of_float64_torch(rng, kernels, conv_weights):
         errs[algo] = float(np.abs(got - ref).max() / np.abs(ref).max())
     # what runs by default (F(6x6) on most layers at 224) keeps the 1e-4 bound
     assert errs["auto"] < 1e-4 and errs["im2col"] < 1e-4, errs
-    assert errs["winograd"] < 1e-4 and errs["winograd6"] < 1e-4, errs
+    assert all(errs[a] < 1e-4 for a in ALGOS), errs
 
 
 # --- forced from the environment, in a fresh interpreter ---------------------------
@@ -290,12 +294,15 @@ def test_feature_cache_keeps_the_algorithms_apart(rng, kernels, conv_weights):
     base = vggtl.VGG16(weights=conv_weights)
     X = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
     keys = {}
-    for algo in ("im2col", "winograd", "winograd6", "auto"):
+    for algo in ("im2col", "winograd", "winograd6", "winograd3", "auto"):
         vggtl.set_conv_algo(algo)
         keys[algo] = vggtl.cache.make_key(base, X=X)["conv"]
     # 40 x 40: 6x6 tiles pay at 40 and 10, not at 20; 5 x 5 and 2 x 2 maps: im2col
     assert keys == {"im2col": "i" * 13, "winograd": "w" * 13, "winograd6": "6" * 13,
-                    "auto": "i6ww666iiiiii"}
+                    "winograd3": "3" * 13, "auto": "i6ww666iiiiii"}
+    vggtl.set_conv_algo("auto")  # 48 x 48: block 5's 3 x 3 maps by F(3x3)
+    assert vggtl.cache.make_key(base, X=rng.integers(0, 256, (1, 48, 48, 3), np.uint8))[
+        "conv"] == "i666666666333"
     vggtl.set_conv_algo("im2col")
     assert vggtl.cache.make_key(base, "block2_pool", X=X)["conv"] == "iiii"
 
@@ -330,9 +337,10 @@ def test_fused_pool_kernel_on_odd_shapes(rng, kernels, isa, precision):
     # odd H and W (the last row / column dropped), tiles cut by the image edge,
     # Cout not a multiple of 16, NaN in the input
     vggtl.set_isa(isa)
-    for shape in ((2, 9, 11, 16, 20), (1, 14, 14, 64, 64), (3, 7, 6, 33, 70)):
+    # (2, 3, 3, ...): one F(3x3) tile, its pool window the top-left 2 x 2
+    for shape in ((2, 9, 11, 16, 20), (1, 14, 14, 64, 64), (3, 7, 6, 33, 70), (2, 3, 3, 32, 20)):
         x, k, b = _data(rng, *shape)
-        x[-1, 2, 3, 0] = np.nan
+        x[-1, 1, 1, 0] = np.nan
         full = _kernels.conv3x3_forward(x, k, b, precision=precision)
         got = _kernels.conv3x3_forward(x, k, b, precision=precision, pool=True)
         np.testing.assert_array_equal(got, _kernels.maxpool2x2_forward(full))
@@ -341,3 +349,7 @@ def test_fused_pool_kernel_on_odd_shapes(rng, kernels, isa, precision):
         _kernels.conv3x3_forward(*_data(rng, 1, 9, 9, 3, 8), pool=True)
     with pytest.raises(ValueError, match=r"pool: .*relu=False"):
         _kernels.conv3x3_forward(*_data(rng, 1, 9, 9, 16, 8), relu=False, pool=True)
+    if precision == "fp32":  # 3x3 tiles on a 6 x 6 map would split the windows at 3
+        vggtl.set_conv_algo("winograd3")
+        with pytest.raises(ValueError, match=r"pool: .* runs winograd3 on 6 x 6"):
+            _kernels.conv3x3_forward(*_data(rng, 1, 6, 6, 16, 8), pool=True)
