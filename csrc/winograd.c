@@ -1,6 +1,6 @@
 /*
  * winograd.c - 3x3 convolution (stride 1, 'same' zero padding, NHWC) by
- * Winograd's minimal filtering F(m x m, 3x3) in float32, m = 4 or 6 (Lavin &
+ * Winograd's minimal filtering F(m x m, 3x3) in float32, m = 3, 4 or 6 (Lavin &
  * Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
  *
  * Each m x m tile of output pixels comes from the a x a input patch around it
@@ -11,9 +11,10 @@
  *   M_xi (tiles, Cout) = V_xi (tiles, Cin) @ U_xi (Cin, Cout)
  * F(4x4): 36 multiplies per 16 outputs where direct convolution does 144 (4x
  * fewer); F(6x6): 64 per 36 (5.1x fewer), and on maps of 6, 12 or 24 pixels it
- * wastes less than F(4x4)'s tiles (conv3x3.c chooses per layer). The larger
- * tile's transforms have larger coefficients and lose about twice the bits
- * (tests/kernel/test_winograd.py bounds both against float64). The transforms are
+ * wastes less than F(4x4)'s tiles; F(3x3): 25 per 9, one tile a 3x3 map
+ * (conv3x3.c chooses per layer). The larger tile's transforms have larger
+ * coefficients and lose about twice the bits (tests/kernel/test_winograd.py
+ * bounds each against float64). The transforms are
  * additions and multiplications by constants, memory-bound.
  *
  * Steps, for a call (a pass of N images):
@@ -35,8 +36,8 @@
  * The transforms are vectorised over 16 channels at a time; they are compiled
  * for AVX-512, AVX2+FMA and the baseline (cpu.c picks one at run time).
  *
- * Accuracy: the points are 0, +-1, +-2, inf (F(4x4)) and 0, +-1, +-2, +-1/2, inf
- * (F(6x6)); the error grows with the tile (Barabasz et al., arXiv 1803.10986).
+ * Accuracy: the points are 0, 1, -1, 2, inf (F(3x3)), 0, +-1, +-2, inf (F(4x4))
+ * and 0, +-1, +-2, +-1/2, inf (F(6x6)); the error grows with the tile (Barabasz et al., arXiv 1803.10986).
  */
 #include "vgg_internal.h"
 

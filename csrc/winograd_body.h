@@ -1,6 +1,6 @@
 /*
  * winograd_body.h - one Winograd F(TILE x TILE, 3 x 3) convolution in float32,
- * included by winograd.c once per tile size (F(4x4) and F(6x6)). Before each
+ * included by winograd.c once per tile size (F(3x3), F(4x4), F(6x6)). Before each
  * inclusion winograd.c defines TILE, ALPHA (TILE + 2), NXI (ALPHA^2), the 1-D
  * transforms WB_BT (B^T d), WB_AT (A^T m) and WB_G (G g) for VW lanes, their
  * adjoints WB_A (A y) and WB_GT (G^T u) for the weight gradient, and WF(name),

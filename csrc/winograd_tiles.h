@@ -131,8 +131,8 @@ VGG_TILE_INLINE void vgg_tile_copy(float *dst, const float *val, size_t len) {
 }
 
 /* out <- act(y + bias) for a side x side tile at (y0, x0) of image `img`, or its
- * 2x2 max-pool (out then is (N, h/2, w/2, cout); y0, x0 and side are even, so
- * pool windows never straddle tiles; windows past the image, whose second row or
+ * 2x2 max-pool (out then is (N, h/2, w/2, cout); y0, x0 and side are even, or
+ * the one tile covers the map, so pool windows never straddle tiles; windows past the image, whose second row or
  * column is missing, are dropped, as maxpool2x2 floors). y is [side][side][VW];
  * len of the VW channels from k0 are written. */
 VGG_TILE_INLINE void
