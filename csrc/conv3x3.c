@@ -90,15 +90,14 @@ int vgg_conv3x3_prepare(float *prepared, size_t prepared_floats, int algo, const
     }
 }
 
+static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+
 size_t vgg_conv3x3_workspace_floats_for(size_t cin, size_t cout, size_t threads, int prepared) {
-    const size_t a = chunk_rows(cin) * 9 * cin * threads, /* im2col reads B in place */
-                 b4 = vgg_winograd_workspace_floats(4, cin, cout, prepared),
-                 b6 = vgg_winograd_workspace_floats(6, cin, cout, prepared),
-                 b3 = vgg_winograd_workspace_floats(3, cin, cout, prepared),
-                 b = b4 > b6 ? (b4 > b3 ? b4 : b3) : (b6 > b3 ? b6 : b3),
-                 c = vgg_winograd_bf16_workspace_floats(cin, cout, threads, prepared);
-    const size_t ab = a > b ? a : b;
-    return ab > c ? ab : c;
+    static const int TILES[] = {3, 4, 6}; /* the float32 Winograd paths */
+    size_t n = chunk_rows(cin) * 9 * cin * threads; /* im2col reads B in place */
+    for (size_t i = 0; i < sizeof TILES / sizeof TILES[0]; i++)
+        n = max_size(n, vgg_winograd_workspace_floats(TILES[i], cin, cout, prepared));
+    return max_size(n, vgg_winograd_bf16_workspace_floats(cin, cout, threads, prepared));
 }
 
 size_t vgg_conv3x3_workspace_floats(size_t cin, size_t cout) {

@@ -7,6 +7,8 @@ import torch
 import vggtl
 from vggtl import _kernels, reference
 
+from support.tolerance import CONV_ALGOS as ALGOS, CONV_RTOL as TOL
+
 
 def rel(a, b):
     return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
@@ -14,10 +16,8 @@ def rel(a, b):
 
 # --- kernels -----------------------------------------------------------------------
 
-# the backward runs the algorithm the forward would for the shape; each forced here
-ALGOS = ["im2col", "winograd", "winograd6", "winograd3"]
-# against float64: the forward's bounds (tests/kernel/test_winograd.py)
-TOL = {"im2col": 1e-5, "winograd": 3e-5, "winograd6": 6e-5, "winograd3": 3e-5}
+# the backward runs the algorithm the forward would for the shape; each forced
+# here, against float64 with the forward's bounds (ALGOS, TOL)
 
 
 @pytest.mark.parametrize("algo", ALGOS)

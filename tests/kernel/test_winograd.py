@@ -15,12 +15,8 @@ from vggtl import _core, dispatch, reference
 from vggtl import _kernels  # the single kernels, for tests
 
 from support.isas import ISAS  # each instruction set, skipped where this CPU lacks it
-ALGOS = ["im2col", "winograd", "winograd6", "winograd3"]
-
-# max|got - ref| / max|ref| against the float64 reference: im2col is a plain
-# float32 sum; Winograd adds the rounding of its transforms, F(6x6) about twice
-# F(4x4)'s, F(3x3) no more than F(4x4)
-TOL = {"im2col": 1e-5, "winograd": 3e-5, "winograd6": 6e-5, "winograd3": 3e-5}
+# max|got - ref| / max|ref| against the float64 reference, per algorithm
+from support.tolerance import CONV_ALGOS as ALGOS, CONV_RTOL as TOL
 
 # odd sizes (partial 4x4 tiles on both sides), 1-pixel maps, thin and deep
 # channels, several images whose tiles share blocks, Cin 16 (the least Winograd

@@ -11,6 +11,12 @@ import numpy as np
 RTOL = 1e-4          # vggtl vs the reference / torch
 THREADS_RTOL = 1e-5  # vggtl at 1 thread vs 2 threads
 
+# One 3x3 convolution layer, forward or backward, by each float32 algorithm
+# against float64: im2col is a plain float32 sum; Winograd adds the rounding of
+# its transforms, F(6x6) about twice F(4x4)'s; F(3x3) stays within F(4x4)'s bound
+CONV_ALGOS = ["im2col", "winograd", "winograd6", "winograd3"]
+CONV_RTOL = {"im2col": 1e-5, "winograd": 3e-5, "winograd6": 6e-5, "winograd3": 3e-5}
+
 
 def rel_err(got, ref):
     """max|got - ref| / max|ref| (0 when both are all zero)."""
