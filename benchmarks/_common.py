@@ -1,10 +1,23 @@
 """Helpers shared by the benchmark scripts (run as `python benchmarks/<name>.py`)."""
+import hashlib
 import statistics
 import time
+
+import numpy as np
 
 import vggtl
 
 POOLED_AFTER = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")
+
+
+def weights_sha256(weights):
+    """SHA-256 (first 16 hex digits) of {layer: (kernel, bias)}, float32, layers
+    by name: names the same weights whatever file or session holds them."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        for a in weights[name]:
+            h.update(np.ascontiguousarray(a, np.float32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def median_time(fn, repeats):

@@ -5,7 +5,7 @@ same pickles and the same VGG16 weights file, wall time and test accuracy.
                                   [--seeds 0,1,2,3,4] [--threads 2]
                                   [--rows aug,flow,exact,plain,finetune] [--skip-tf]
                                   [--weights FILE] [--data digits|textures]
-                                  [--precision fp32|bf16]
+                                  [--precision fp32|bf16] [--results FILE]
 
 The data: scikit-learn's handwritten digits, two classes (0-4 and 5-9),
 upscaled to --size, grey, written as the tutorial's X.pickle / y.pickle; or
@@ -50,6 +50,12 @@ feature cache):
 Each cell: median wall time and mean test accuracy over the seeds; for vggtl's
 rows, the difference from TensorFlow's mean with its standard error.
 
+--results FILE keeps every run as a line of JSON, with the settings and the
+SHA-256 of the weights' arrays: a run already in the file for the same settings
+and weights is not run again but read, so the seeds of a long benchmark (an hour
+a seed for TensorFlow at 224x224 on 2 cores) can be run in several sittings,
+e.g. --seeds 0 then --seeds 1, and the table of --seeds 0,1 shows both.
+
 Needs the bench extra: pip install -e ".[bench]".
 """
 import argparse
@@ -64,6 +70,8 @@ import textwrap
 import time
 
 import numpy as np
+
+from _common import weights_sha256
 
 AUG = dict(rotation_range=30, zoom_range=0.15, width_shift_range=0.2, height_shift_range=0.2,
            shear_range=0.15, horizontal_flip=True, fill_mode="nearest")
@@ -279,6 +287,8 @@ def main():
                     help="a Keras .h5 of VGG16 without its top (benchmarks/pretrain.py)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="vggtl's frozen base (TensorFlow's stays float32)")
+    ap.add_argument("--results", default=None,
+                    help="a JSON-lines file of runs: read for runs already made, appended to")
     args = ap.parse_args()
     import vggtl
     vggtl.set_num_threads(args.threads)
@@ -299,16 +309,29 @@ def main():
         else:
             wpath = os.path.join(tmp, "vgg16_notop.h5")
             make_weights(wpath, args.threads)
+        settings = {"size": args.size, "n": args.n, "epochs": args.epochs, "data": args.data,
+                    "threads": args.threads, "precision": args.precision,
+                    "weights": weights_sha256(vggtl.load_weights(wpath))}
+        log = RunLog(args.results, settings)
+
+        def run_tf_logged(seed, row):
+            return log.run("tf", row, seed, lambda: run_tf(xp, yp, wpath, args.size, args.epochs,
+                                                           seed, args.threads, row))
+
+        def run_vggtl_logged(seed, row):
+            return log.run("vggtl", row, seed, lambda: run_vggtl(
+                xp, yp, wpath, args.size, args.epochs, seed, row,
+                cache=os.path.join(tmp, "cache"), precision=args.precision))
+
         for row in rows:
             for seed in seeds:
                 if row in tf_rows and not args.skip_tf:
-                    r = run_tf(xp, yp, wpath, args.size, args.epochs, seed, args.threads, row)
+                    r = run_tf_logged(seed, row)
                     results.setdefault(("tf", row), []).append(r)
                     if "warmup" in r and "aug" not in rows:  # the seed's augmented fit
                         results.setdefault(("tf", "aug"), []).append(r["warmup"])
                     report("tf", row, seed, r)
-                r = run_vggtl(xp, yp, wpath, args.size, args.epochs, seed, row,
-                              cache=os.path.join(tmp, "cache"), precision=args.precision)
+                r = run_vggtl_logged(seed, row)
                 results.setdefault(("vggtl", row), []).append(r)
                 if "warmup" in r and "aug" not in rows:
                     results.setdefault(("vggtl", "aug"), []).append(r["warmup"])
@@ -333,6 +356,49 @@ def main():
             diff = (f"{a - tf_a:+.3f} ± {(se ** 2 + tf_se ** 2) ** 0.5:.3f}"
                     if tf and who == "vggtl" and len(rs) > 1 and len(tf) > 1 else "")
             print(f"| {who} {row} | {t:.1f} s | {a:.3f} ± {sd:.3f} | {ratio} | {diff} |")
+
+
+class RunLog:
+    """The runs of --results FILE: one JSON object a line, the settings, the
+    library, the row and the seed with the run's figures. A run whose settings,
+    library, row and seed are in the file is read from it instead of made."""
+
+    def __init__(self, path, settings):
+        self.path, self.settings, self.done = path, settings, {}
+        if path and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for i, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                        key = (rec["who"], rec["row"], rec["seed"])
+                        same = all(rec.get(k) == v for k, v in settings.items())
+                    except (ValueError, KeyError, TypeError) as e:
+                        sys.exit(f"--results: line {i} of {path} is not a run of this "
+                                 f"benchmark ({e})")
+                    if same:
+                        self.done[key] = rec["result"]
+
+    def run(self, who, row, seed, fn):
+        r = self.done.get((who, row, seed))
+        if r is not None:
+            print(f"  ({who} {row} seed {seed}: from {self.path})", flush=True)
+            return r
+        r = fn()
+        if self.path:
+            rec = dict(self.settings, who=who, row=row, seed=seed, result=r,
+                       date=time.strftime("%Y-%m-%d %H:%M"), isa=vggtl_isa())
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return r
+
+
+def vggtl_isa():
+    import vggtl
+    return vggtl.info()["isa"]
 
 
 def accuracy_stats(rs):
