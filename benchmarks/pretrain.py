@@ -96,6 +96,7 @@ def train_tf(train, held_out, args):
 def train_vggtl(train, held_out, args):
     """vggtl's fine_tune trains block1_conv2 and up; returns {layer: (kernel, bias)}."""
     import vggtl
+    vggtl.set_num_threads(args.threads)
     shape = (args.size, args.size, 3)
     if args.init:
         base = vggtl.VGG16(weights=args.init, include_top=False, input_shape=shape,
