@@ -388,7 +388,7 @@ class RunLog:
         r = fn()
         if self.path:
             rec = dict(self.settings, who=who, row=row, seed=seed, result=r,
-                       date=time.strftime("%Y-%m-%d %H:%M"), isa=vggtl_isa())
+                       date=time.strftime("%Y-%m-%d %H:%M"), isa=vggtl_isa(), cpu=host_cpu())
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
@@ -399,6 +399,21 @@ class RunLog:
 def vggtl_isa():
     import vggtl
     return vggtl.info()["isa"]
+
+
+def host_cpu():
+    """The CPU's name, family and model (Linux), for the times of a run."""
+    import platform
+    fields = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor()
+    return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')})")
 
 
 def accuracy_stats(rs):
