@@ -155,6 +155,8 @@ def main():
     ap.add_argument("--init", default=None,
                     help="start from this Keras .h5 of VGG16 without its top (as written here)")
     args = ap.parse_args()
+    if not 1 <= args.n <= 4600:  # the last 400 are held out
+        ap.error(f"--n: expected 1 to 4600 training images, got {args.n}")
     os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before tensorflow is imported
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     out = args.out or f"vgg16_mnist{args.size}.h5"
