@@ -173,35 +173,22 @@ def make_textures(folder, size, n, seed=0):
 
 
 def make_weights(path, threads):
-    """tf_keras's VGG16 Glorot weights (no top) as a Keras .h5, made in a subprocess."""
+    """tf_keras's VGG16 Glorot weights (no top) scaled to He's variance, as a
+    Keras .h5, made in a subprocess (pretrain.py's he_scale and write_h5).
+    Glorot's kernels shrink the signal about 1.4x a layer: after 13 layers the
+    random features of images in [0, 1] are too faint for the head, and every
+    run, TensorFlow's too, stays at chance; scaled, they keep their size."""
     code = textwrap.dedent(f"""
-        import os
+        import os, sys
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
         import tensorflow as tf
+        from pretrain import he_scale, write_h5
         tf.keras.utils.set_random_seed(1234)
         m = tf.keras.applications.VGG16(weights=None, include_top=False)
-        # Glorot's kernels shrink the signal about 1.4x a layer: after 13 layers the
-        # random features of images in [0, 1] are too faint for the head, and every
-        # run, TensorFlow's too, stays at chance. Scaled to He's variance (2 / fan_in)
-        # they keep their size and the head learns.
-        for layer in m.layers:
-            if layer.weights:
-                k, b = layer.get_weights()
-                fin, fout = (k.shape[0] * k.shape[1] * k.shape[2],
-                             k.shape[0] * k.shape[1] * k.shape[3])
-                layer.set_weights([k * ((fin + fout) / fin) ** 0.5, b])
-        m.save_weights({path!r})
-        # tf_keras 2.21 writes the name lists as variable-length strings, which
-        # vggtl does not read (libhdf5 reads their heap unchecked); Keras's
-        # ImageNet files have fixed-length ones, as here
-        import h5py, numpy as np
-        with h5py.File({path!r}, "r+") as f:
-            for g in [f] + [f[k] for k in f]:
-                for k in list(g.attrs):
-                    v = g.attrs[k]
-                    if getattr(v, "dtype", None) == object:
-                        g.attrs[k] = np.array([s.encode() for s in v], dtype="S")
+        weights = {{layer.name: layer.get_weights() for layer in m.layers if layer.weights}}
+        write_h5({{name: (he_scale(k), b) for name, (k, b) in weights.items()}}, 224, {path!r})
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
 
