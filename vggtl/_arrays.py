@@ -43,13 +43,21 @@ def as_images(X, name: str = "X") -> np.ndarray:
     return X
 
 
+def for_core(a, dtype=None) -> np.ndarray:
+    """``a`` as the C core reads it: C-contiguous and aligned, of ``dtype`` if
+    given; no copy when it already is. (np.ascontiguousarray keeps an unaligned
+    array as it is: a buffer read at an odd offset, a memmap with one.)"""
+    return np.require(np.asarray(a), dtype, ("C", "A"))
+
+
 def batch_for_core(xb: np.ndarray) -> np.ndarray:
-    """One batch as the core reads it: C-contiguous, native order, u8/f32/f64."""
+    """One batch as the core reads it: C-contiguous, aligned, native order,
+    u8/f32/f64."""
     if xb.dtype not in CORE_DTYPES:
         xb = xb.astype(np.float32)
     elif not xb.dtype.isnative:
         xb = xb.astype(xb.dtype.newbyteorder("="))
-    return np.ascontiguousarray(xb)
+    return for_core(xb)
 
 
 # The largest pixel magnitude vggtl takes: 16-bit images' white. Images are

@@ -13,14 +13,23 @@ they share is here:
 - ``find_class`` as the only way a pickle reaches a callable (GLOBAL,
   STACK_GLOBAL, INST, OBJ and EXT all go through it): a name outside the
   allow-list is refused before it is imported, let alone called;
-- no persistent ids unless a reader asks for them.
+- no persistent ids unless a reader asks for them;
+- what the allowed callables build charged to a budget of a few times the
+  file's size (:func:`charging`): a pickle can call ``bytearray`` on one
+  memoised megabyte a million times in a few megabytes of its own.
 """
 from __future__ import annotations
 
 import pickle
-from typing import Mapping, Tuple
+import sys
+from typing import Mapping, Optional, Tuple
 
-__all__ = ["UnsafePickleError", "BoundedReader", "BoundedUnpickler"]
+__all__ = ["UnsafePickleError", "BoundedReader", "BoundedUnpickler", "charging"]
+
+# what the objects a pickle builds may take: pickles of arrays build about their
+# own size (protocol 2's latin-1 strings and their bytes, three times it)
+BUILD_RATIO = 16
+BUILD_FLOOR = 64 << 20
 
 
 class UnsafePickleError(pickle.UnpicklingError, ValueError):
@@ -62,19 +71,64 @@ class BoundedReader:
         return b
 
 
+def charging(load):
+    """An opcode's handler that charges what it left on the stack (what an
+    allowed callable made, or the object BUILD set the state of) to the
+    unpickler's budget, once it is made: a single object costs at most what a
+    copy of one already charged costs."""
+    def charged(self):
+        load(self)
+        self.charge(self.stack[-1])
+    charged.charged = True
+    return charged
+
+
+# every opcode that calls something the allow-list gave: REDUCE (f(*args)),
+# NEWOBJ and NEWOBJ_EX (cls.__new__), OBJ and INST (cls(*args)), and BUILD
+# (__setstate__, which may copy the state)
+CALLING_OPCODES = (pickle.REDUCE, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.OBJ, pickle.INST,
+                   pickle.BUILD)
+
+
 class BoundedUnpickler(pickle._Unpickler):
     """Reads at most ``size`` bytes of ``file``; a global is what :attr:`allowed`
     maps ``(module, name)`` to, passed through :meth:`resolve`, and any other is
     refused with the exception :meth:`refused` makes.
 
+    What the allowed callables return and what BUILD makes is charged to a
+    budget of :data:`BUILD_RATIO` times ``size`` (or :data:`BUILD_FLOOR`); a
+    pickle that builds more is refused.
+
     Subclasses set ``allowed`` and ``refused``; they may amend their own copy of
-    ``dispatch`` (``dispatch = dict(BoundedUnpickler.dispatch)``)."""
+    ``dispatch`` (``dispatch = dict(BoundedUnpickler.dispatch)``), with a handler
+    of :data:`CALLING_OPCODES` wrapped in :func:`charging`."""
 
     dispatch = dict(pickle._Unpickler.dispatch)
+    for _op in CALLING_OPCODES:
+        dispatch[_op[0]] = charging(dispatch[_op[0]])
+    del _op
     allowed: Mapping[Tuple[str, str], object] = {}
 
-    def __init__(self, file, size: int, **kw):
+    def __init__(self, file, size: int, budget_size: Optional[int] = None, **kw):
+        """``budget_size``: the size the budget is a multiple of, if not ``size``
+        (a pickle inside a zip: the archive's, which is what the user has)."""
         super().__init__(BoundedReader(file, size), **kw)
+        self._size = size if budget_size is None else budget_size
+        self._budget = max(BUILD_FLOOR, BUILD_RATIO * self._size)
+
+    def charge(self, obj) -> None:
+        """Take what ``obj`` holds (its own memory, not the objects it refers to,
+        which were charged or read when made) from the budget."""
+        self._budget -= sys.getsizeof(obj)
+        if self._budget < 0:
+            raise self.over_budget(
+                f"the pickle builds more than {max(BUILD_FLOOR, BUILD_RATIO * self._size)} "
+                f"bytes of objects from a file of {self._size} bytes (a pickle of arrays "
+                f"builds about its own size); refused")
+
+    def over_budget(self, message: str) -> Exception:
+        """The exception for a pickle that builds more than its budget."""
+        return UnsafePickleError(message)
 
     def find_class(self, module, name):
         obj = self.allowed.get((module, name))

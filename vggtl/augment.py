@@ -51,6 +51,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from . import _core
+from ._arrays import for_core
 
 __all__ = ["Augment", "AugmentIterator", "FILL_MODES", "PARAM_KEYS"]
 
@@ -145,7 +146,7 @@ def _for_core(x: np.ndarray) -> np.ndarray:
         x = x.astype(np.float32)
     elif not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))
-    return np.ascontiguousarray(x)
+    return for_core(x)
 
 
 def _core_ready(x: np.ndarray) -> bool:
@@ -423,7 +424,7 @@ def _check_index(index, n: int) -> np.ndarray:
                          f"{ids.shape}")
     if n and ids.min() < 0:
         raise ValueError("index: positions must be >= 0")
-    return np.ascontiguousarray(ids, dtype=np.int64)
+    return for_core(ids, np.int64)
 
 
 def _params_array(params, n: int, batch: bool) -> np.ndarray:

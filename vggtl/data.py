@@ -32,8 +32,10 @@ import warnings
 import numpy as np
 
 from . import _core
+from ._arrays import for_core
 from ._atomic import atomic_open
-from ._safe_pickle import BoundedUnpickler, UnsafePickleError
+from ._files import open_regular, special_file_kind
+from ._safe_pickle import BoundedUnpickler, UnsafePickleError, charging
 
 try:  # NumPy 2
     from numpy._core import multiarray as _multiarray
@@ -335,7 +337,7 @@ class _SafeUnpickler(BoundedUnpickler):
                     "does not allow")
         inst.__setstate__(state)
 
-    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.BUILD[0]] = charging(_load_build)
 
     def _load_bytearray8(self):
         """Protocol 5's in-band array data, read into the bytearray in 4 MiB
@@ -520,7 +522,10 @@ def load_pickle(path):
         raise FileNotFoundError(f"{path}: no such file")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path}: is a directory, expected a pickle file")
-    with open(path, "rb") as f:
+    special = special_file_kind(path)
+    if special:
+        raise ValueError(f"{path}: is {special}, expected a pickle file")
+    with open_regular(path) as f:  # never blocks, should a FIFO replace it meanwhile
         head = f.read(len(_NPY_MAGIC))
         if not head:
             raise ValueError(f"{path}: empty file (0 bytes), expected a pickle")
@@ -1076,9 +1081,11 @@ def train_test_split(*arrays, test_size=None, train_size=None, random_state=42, 
     ``stratify`` (an array of labels or one-hot rows; None or False: not stratified).
 
     Two defaults differ from scikit-learn's, for the tutorial: ``stratify=True``
-    stratifies on the second array (y; with one array there is nothing to
-    stratify on) and ``random_state=42``; pass ``stratify=None, random_state=None``
-    for scikit-learn's defaults.
+    stratifies a shuffled split on the second array (y; with one array there is
+    nothing to stratify on) and ``random_state=42``; pass ``stratify=None,
+    random_state=None`` for scikit-learn's defaults. ``shuffle=False`` with the
+    default splits as scikit-learn's does; with an array for ``stratify`` it is
+    refused, as there.
 
     Nothing is copied that need not be: ``return_indices=True`` returns only
     ``(train_idx, test_idx)`` and never reads the arrays (a memory-mapped X stays
@@ -1111,7 +1118,7 @@ def train_test_split(*arrays, test_size=None, train_size=None, random_state=42, 
         if len(strat) != n:
             raise ValueError(f"stratify has {len(strat)} labels for {n} samples")
     if not shuffle:
-        if strat is not None:
+        if strat is not None and stratify is not True:
             raise ValueError("shuffle=False: a stratified split needs shuffling; pass "
                              "stratify=None")
         train_idx, test_idx = np.arange(n_train), np.arange(n_train, n_train + n_test)
@@ -1184,7 +1191,7 @@ def resize(X, size, *, out=None, batch_bytes=1 << 25):
             xb = xb[..., None]
         if xb.dtype != np.uint8:
             xb = xb.astype(np.float32)
-        r = _core.resize(np.ascontiguousarray(xb), oh, ow)
+        r = _core.resize(for_core(xb), oh, ow)
         out[s:s + per] = r[..., 0] if gray else r
     return out
 

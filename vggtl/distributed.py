@@ -63,7 +63,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _core, dispatch
-from ._arrays import as_images
+from ._arrays import as_images, for_core
+from ._files import open_regular, special_file_kind
 from .cache import (DTYPES, Damaged, Entry, LocalPlan, Stalled, Unwritable, array_digest,
                     block_digest, check_dtype, combine_digests, default_chunk_rows, digest_rows,
                     make_key, progress_label, read_or_build, resolve_root)
@@ -115,7 +116,7 @@ class _ArraySource:
         return array_digest(self.X)
 
     def task_input(self, start: int, stop: int):
-        return np.ascontiguousarray(self.X[start:stop])
+        return for_core(self.X[start:stop])
 
 
 class _FileSource:
@@ -209,7 +210,10 @@ def _open_part(kind: str, path: str, extra):
 def _shard_meta(path: str):
     """(kind, shape, dtype str) of one shard, read on a worker (a pickle's shape
     is known only by loading it; the worker keeps it for its chunks)."""
-    with open(path, "rb") as f:
+    special = special_file_kind(path)
+    if special:
+        raise ValueError(f"X: {path} is {special}, expected a pickle or .npy file")
+    with open_regular(path) as f:
         kind = "npy" if f.read(6) == b"\x93NUMPY" else "pickle"
     a = _open_part(kind, path, None)
     return kind, tuple(a.shape), a.dtype.str

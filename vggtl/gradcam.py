@@ -67,7 +67,8 @@ def grad_cam(model, X, layer: str = "block5_conv3", class_index=None,
         if arr.size and (arr.min() < 0 or arr.max() >= units):
             raise ValueError(f"class_index: expected classes in 0..{units - 1} (the output has "
                              f"{units} units), got {class_index!r}")
-        ci = np.ascontiguousarray(np.broadcast_to(arr, (n,)), dtype=np.int32)
+        # a copy always: the core writes the classes it chose back into it
+        ci = np.array(np.broadcast_to(arr, (n,)), dtype=np.int32)
     h, w = X.shape[1:3]
     if n == 0:
         return np.zeros((0, h, w), np.float32)

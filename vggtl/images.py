@@ -19,7 +19,6 @@ truncated, not images) are left out with one warning listing them.
 from __future__ import annotations
 
 import os
-import stat
 import tempfile
 import threading
 import warnings
@@ -28,8 +27,15 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._files import open_regular
+
 # Keras's image_dataset_from_directory formats, plus WebP and TIFF
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp", ".tif", ".tiff")
+# the formats Pillow may decode, whatever a file's name says: with none given,
+# Pillow tries every plugin it has, and its EPS plugin runs Ghostscript on the
+# file. MPO, the JPEG of cameras that store a second picture, opens through
+# the JPEG plugin (Pillow registers no opener of its own for it).
+IMAGE_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "WEBP", "TIFF")
 # The largest image decoded (width x height): 8192 x 8192 and below. Pillow's own
 # default limit (about 89 million pixels, an error only from twice that) is a
 # process-wide setting that a user may have lifted; this one is checked here.
@@ -152,34 +158,13 @@ def _scan_folder(directory: str, class_names, follow_links: bool):
     return files, labels, class_names, refused
 
 
-def _open_regular(path: str, nofollow: bool = False):
-    """A binary file object for path, if it is a regular file: a FIFO, a socket
-    or a device is refused without blocking (O_NONBLOCK for the open itself).
-    nofollow: a link put in the file's place since the folder was listed is
-    refused (O_NOFOLLOW)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    if nofollow:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError("not a regular file")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def _decode(path: str, size: Tuple[int, int], gray: bool, max_pixels: int,
             nofollow: bool = False) -> np.ndarray:
     """One image as (h, w, c) uint8, or an exception saying why not."""
     Image, ImageOps = _pil()
     h, w = size
-    with _open_regular(path, nofollow) as f:
-        img = Image.open(f)
+    with open_regular(path, nofollow) as f:
+        img = Image.open(f, formats=IMAGE_FORMATS)
         iw, ih = img.size
         if iw * ih > max_pixels:
             raise ValueError(f"{iw} x {ih} pixels, more than max_pixels={max_pixels}")

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core
+from ._arrays import for_core
 from . import optim as _optim
 from . import metrics as _metrics
 from .callbacks import History
@@ -275,8 +276,8 @@ class TransferModel(Training, ModelIO):
             if not np.isfinite(y).all():
                 raise ValueError(f"{name}: contains NaN or infinite values")
             if self.loss == "sparse_categorical_crossentropy":
-                return np.ascontiguousarray(y.argmax(1), dtype=np.int32)
-            return np.ascontiguousarray(y, dtype=np.float32)
+                return for_core(y.argmax(1), np.int32)
+            return for_core(y, np.float32)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
@@ -286,7 +287,7 @@ class TransferModel(Training, ModelIO):
             if not np.isin(y, (0, 1)).all():
                 raise ValueError(f"{name}: a 1-unit output needs 0/1 labels, got values "
                                  f"{np.unique(y)[:5].tolist()}")
-            return np.ascontiguousarray(y.reshape(n, 1), dtype=np.float32)
+            return for_core(y.reshape(n, 1), np.float32)
         if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
             raise ValueError(f"{name}: expected integer class labels, got fractional values")
         labels = y.astype(np.int64)
@@ -353,7 +354,7 @@ class TransferModel(Training, ModelIO):
         F = np.asarray(F) if not isinstance(F, np.ndarray) else F
         if F.dtype not in (np.float32, np.float16):
             F = F.astype(np.float32)
-        return np.ascontiguousarray(F)
+        return for_core(F)
 
     def _weights_of(self, targets, class_weight, sample_weight, name="sample_weight"):
         """Per-sample weights: class_weight's times sample_weight (as Keras), or None."""

@@ -17,6 +17,7 @@ from . import _core
 from . import metrics as _metrics
 from . import optim as _optim
 from ._atomic import atomic_write_bytes
+from ._files import open_regular, special_file_kind
 from .layers import from_config
 from .training import _locked
 from .vgg16 import VGG16
@@ -115,8 +116,11 @@ def load_model(path, compile: bool = True) -> TransferModel:
     from safetensors.numpy import load
     from .model import TransferModel
     path = os.fspath(path)
+    special = special_file_kind(path)
+    if special:
+        raise ValueError(f"path: {path!r} is {special}, expected a model file")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"path: no model file at {path!r}") from None

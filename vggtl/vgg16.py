@@ -23,7 +23,7 @@ import numpy as np
 from . import _core
 from . import cache as _cache
 from . import weights as _weights
-from ._arrays import as_images, batch_for_core, check_finite_batch
+from ._arrays import as_images, batch_for_core, check_finite_batch, for_core
 from . import dispatch as _dispatch
 from .dispatch import conv_plan
 
@@ -473,7 +473,7 @@ class VGG16:
         stop, _ = self._resolve_layer(layer)
         if stop < start:
             raise ValueError(f"layer: '{LAYER_NAMES[stop]}' comes before '{after}'")
-        F = np.ascontiguousarray(F, dtype=np.float32)
+        F = for_core(F, np.float32)
         if F.ndim != 4:
             raise ValueError(f"F: expected (N, h, w, c) activations of '{after}', got shape {F.shape}")
         n, h, w, c = F.shape

@@ -662,6 +662,8 @@ def test_size_limit_from_environment(home, monkeypatch):
     assert vc.get_size_limit() == 20 * 10 ** 9
     with pytest.raises(ValueError, match="limit"):
         vc.set_size_limit("lots")
+    with pytest.raises(ValueError, match="limit"):  # a float of inf: was an OverflowError
+        vc.set_size_limit("9" * 400 + "GB")
 
 
 # ---- users of the cache ----------------------------------------------------------------------

@@ -534,6 +534,10 @@ def test_split_contiguous_parts_are_views():
     assert np.shares_memory(Xtr, X) and np.shares_memory(Xte, X)
     np.testing.assert_array_equal(Xte, X[15:])
     np.testing.assert_array_equal(yte, y[15:])
+    # the default stratify=True stratifies shuffled splits only: as scikit-learn's call
+    for got, want in zip(vggtl.train_test_split(X, y, test_size=5, shuffle=False),
+                         (X[:15], X[15:], y[:15], y[15:])):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_split_errors():
@@ -549,7 +553,7 @@ def test_split_errors():
     with pytest.raises(ValueError, match="test_size"):
         vggtl.train_test_split(X, [0, 1] * 5, test_size=10)
     with pytest.raises(ValueError, match="shuffle=False"):
-        vggtl.train_test_split(X, [0, 1] * 5, shuffle=False)
+        vggtl.train_test_split(X, [0, 1] * 5, shuffle=False, stratify=[0, 1] * 5)
     with pytest.raises(ValueError, match="mixed types"):
         vggtl.train_test_split(X, [0, "a"] * 5)
     tr, te = vggtl.train_test_split(X, [1] * 10, stratify=False, return_indices=True)
@@ -835,6 +839,48 @@ def test_memo_references_cannot_expand_a_small_pickle(tmp_path):
         tracemalloc.stop()
     assert str(e.value).startswith(path + ": ") and "24000000 values" in str(e.value)
     assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB for a {os.path.getsize(path)}-byte file"
+
+
+def _copies_of_one_memoised_bytes(module, name, copies, mib=1):
+    """A protocol-2 pickle of a list of ``copies`` calls module.name(b) on one
+    memoised ``mib`` MiB bytes object: each call copies it."""
+    b = b"\x01" * (mib << 20)
+    body = (b"\x80\x02c" + module + b"\n" + name + b"\nq\x00B" + struct.pack("<I", len(b)) + b
+            + b"q\x01]q\x02(" + b"h\x00h\x01\x85R" * copies + b"e.")
+    return body
+
+
+@pytest.mark.parametrize("module, name", [(b"builtins", b"bytearray"),
+                                          (b"__builtin__", b"bytearray")])
+def test_allowed_calls_cannot_multiply_a_small_pickle(tmp_path, module, name):
+    """bytearray(b) on one memoised megabyte, 300 times: a 1 MB pickle asked for
+    300 MB before anything could check it. What allowed calls build is charged as
+    they build it; the pickle is refused at 16 times its size (or 64 MiB)."""
+    path = dump_bytes(tmp_path / "X.pickle", _copies_of_one_memoised_bytes(module, name, 300))
+    assert os.path.getsize(path) < (1 << 20) + 4096
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafePickleError, match=r"builds more than 67108864 bytes") as e:
+            data.load_pickle(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(e.value).startswith(path + ": ")
+    assert peak < 100 << 20, f"{peak / 2 ** 20:.0f} MiB for a {os.path.getsize(path)}-byte file"
+    # the same calls within the budget load: charging is not refusing
+    ok = dump_bytes(tmp_path / "ok.pickle", _copies_of_one_memoised_bytes(module, name, 3))
+    got = data.load_pickle(ok)
+    assert len(got) == 3 and all(type(g) is bytearray and len(g) == 1 << 20 for g in got)
+
+
+def test_every_calling_opcode_is_charged():
+    """Both unpicklers charge every opcode that calls what the allow-list gave,
+    also where a reader replaced a handler (data's checked BUILD)."""
+    from vggtl._safe_pickle import CALLING_OPCODES
+    from vggtl.weights import torch_pth
+    for cls in (data._SafeUnpickler, torch_pth._RestrictedUnpickler):
+        for op in CALLING_OPCODES:
+            assert getattr(cls.dispatch[op[0]], "charged", False), (cls.__name__, op)
 
 
 def test_padded_strings_cannot_expand_a_small_pickle(tmp_path):

@@ -813,6 +813,39 @@ def test_a_truncated_or_foreign_model_file_is_a_clear_error(tmp_path):
     assert _which(path, "model.save", {1: m}) == 1
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("reader", ["load_pickle", "load_pickles", "load_weights",
+                                    "load_model", "dask_shard"])
+def test_a_fifo_given_as_a_file_is_refused_without_blocking(tmp_path, reader):
+    """open() of a FIFO with no writer blocks for ever: each reader refuses one by
+    what it is, naming it, without opening it."""
+    import threading
+    from vggtl import distributed as vdist
+    fifo = str(tmp_path / "data.pickle")
+    os.mkfifo(fifo)
+    call = {"load_pickle": lambda: vggtl.load_pickle(fifo),
+            "load_pickles": lambda: vggtl.load_pickles(fifo, fifo),
+            "load_weights": lambda: vggtl.load_weights(fifo, cache=False),
+            "load_model": lambda: vggtl.load_model(fifo),
+            # what each Dask worker runs first on a shard named in X
+            "dask_shard": lambda: vdist._shard_meta(fifo)}[reader]
+    got = {}
+
+    def run():
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001  checked below
+            got["e"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(30)
+    if t.is_alive():  # unblock the thread: open the FIFO for writing, then close it
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail(f"{reader} blocked on a FIFO")
+    assert isinstance(got.get("e"), ValueError), got
+    assert fifo in str(got["e"]) and "a FIFO" in str(got["e"]), got["e"]
+
+
 def test_a_young_unlocked_leftover_is_kept_and_saves_work_without_flock(tmp_path, monkeypatch):
     """Not killed: a temporary file nobody holds but written a minute ago (where flock
     is local to each machine, its writer may be on another one), then a file system

@@ -155,6 +155,33 @@ def test_pixel_limit_refuses_bombs(tmp_path):
             vggtl.load_images(tmp_path / "e", max_pixels=100, progress=False)
 
 
+def test_only_image_formats_are_decoded(folder, monkeypatch):
+    """A PostScript file named .jpg never reaches Pillow's EPS plugin, which would
+    run Ghostscript on it; an MPO (a JPEG with a second picture) still decodes."""
+    from PIL import EpsImagePlugin
+    asked = []
+
+    def spy(self):
+        asked.append(self.fp)
+        raise SyntaxError("not for vggtl")
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", spy)
+    (folder / "a" / "doc.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+                                           b"{} loop\n")
+    with pytest.warns(RuntimeWarning, match="skipped 1 file.*doc.jpg"):
+        X, _, _ = vggtl.load_images(folder, image_size=SIZE, progress=False)
+    assert X.shape[0] == 8 and asked == []
+    Image.init()
+    if "MPO" not in Image.SAVE:  # Pillow writes MPO from 9.3
+        return
+    mpo = folder / "b" / "5.jpg"
+    a = Image.new("RGB", (30, 20), (200, 10, 10))
+    a.save(mpo, format="MPO", save_all=True, append_images=[Image.new("RGB", (30, 20))])
+    assert Image.open(mpo).format == "MPO"
+    with pytest.warns(RuntimeWarning, match="doc.jpg"):
+        X, _, _ = vggtl.load_images(folder, image_size=SIZE, progress=False)
+    assert X.shape[0] == 9 and asked == []
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 def test_fifo_does_not_hang(folder):
     os.mkfifo(folder / "a" / "pipe.png")

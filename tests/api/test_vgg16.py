@@ -163,6 +163,39 @@ def test_non_contiguous_and_read_only_inputs(rng, base_model):
     np.testing.assert_array_equal(base_model.predict(list(X)), base_model.predict(X))
 
 
+def _unaligned(a):
+    """A copy of a at an odd address: what np.frombuffer at an odd offset gives."""
+    buf = bytearray(a.nbytes + 1)
+    out = np.frombuffer(buf, a.dtype, count=a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    assert out.flags.c_contiguous and not out.flags.aligned
+    return out
+
+
+def test_unaligned_inputs(rng, conv_weights):
+    """Contiguous but unaligned arrays (np.frombuffer at an odd offset, a memmap
+    with one) were refused with "x: expected a C-contiguous, aligned array"."""
+    base = vggtl.VGG16(weights=conv_weights, input_shape=(36, 34, 3))
+    X = _images(rng, 3, 36, 34).astype(np.float32)
+    np.testing.assert_array_equal(base.predict(_unaligned(X)), base.predict(X))
+    F = base.predict(X)
+    m = vggtl.TransferModel(base, head=[vggtl.Flatten(), vggtl.Dense(2, "softmax")],
+                            seed=0)
+    m.compile(optimizer="sgd", loss="categorical_crossentropy")
+    y = np.eye(2, dtype=np.float32)[[0, 1, 1]]
+    w0 = m.get_weights()
+    a = m.fit_features(_unaligned(F), _unaligned(y), epochs=2, verbose=0, shuffle=False)
+    w1 = m.get_weights()
+    m.set_weights(w0)
+    b = m.fit_features(F, y, epochs=2, verbose=0, shuffle=False)
+    assert a.history["loss"] == b.history["loss"]
+    w2 = m.get_weights()
+    assert w1.keys() == w2.keys() and any((w1[k][0] != w0[k][0]).any() for k in w1)
+    for k in w1:
+        np.testing.assert_array_equal(w1[k][0], w2[k][0])
+        np.testing.assert_array_equal(w1[k][1], w2[k][1])
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 7])
 def test_batch_size_not_dividing_n(rng, close, base_model, batch_size):
     X = _images(rng, 5, 33, 35)

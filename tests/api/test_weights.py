@@ -310,6 +310,25 @@ def test_torch_2017_legacy_file(torch_notop, tmp_path):
     same(got, vggtl.load_weights(paths["zip"], cache=False))
 
 
+def test_torch_legacy_storage_described_two_ways(torch_notop, tmp_path):
+    """A storage view is checked against its root as first made: a later reference
+    to the same root claiming 2**40 elements, with a view at its end, asked for a
+    4 TiB read (MemoryError) or read past the root's bytes."""
+    sd, _ = torch_notop
+    arrays = {k: v.numpy() for k, v in sd.items()}
+    views = [k for k in arrays if k.endswith(".bias")]
+    n = arrays[views[1]].size
+    for claim, match in (((2 ** 40, ("viewX", 2 ** 40 - n, n)), "described two ways"),
+                         ((None, ("viewX", 0, -5)), "view outside its storage"),
+                         ((None, "viewX"), r"not \(key, offset, size\)")):
+        total = sum(arrays[k].size for k in views)
+        numel = total if claim[0] is None else claim[0]
+        p = wf.write_torch_2017(str(tmp_path / "bad.pth"), arrays, views=views,
+                                claims={views[1]: (numel, claim[1])})
+        with pytest.raises(vggtl.WeightsError, match=match):
+            vggtl.load_weights(p, cache=False)
+
+
 def test_torch_wrapped_state_dicts(torch_notop, tmp_path):
     # {"state_dict": ...} checkpoints, DataParallel's "module." prefix, Parameters,
     # half precision: all plain tensor data
@@ -374,6 +393,26 @@ def test_malicious_pth_is_refused(tmp_path, how, named, fmt):
     # the payload is live: torch's full unpickler does run it
     torch.load(p, weights_only=False)
     assert marker.exists()
+
+
+def test_pth_pickle_that_multiplies_one_list_is_refused(tmp_path):
+    """A data.pkl that calls OrderedDict on one memoised list of 100,000 pairs, 60
+    times: about 1 MB of pickle building hundreds of MB. What the allowed calls
+    build is charged; the load is refused as an UnsafePickleError (a WeightsError)
+    naming the file, before the state dict is looked at."""
+    import struct
+    import zlib
+    body = bytearray(b"\x80\x02ccollections\nOrderedDict\nq\x00(")
+    for i in range(100_000):
+        body += b"J" + struct.pack("<i", i) + b"J" + struct.pack("<i", i) + b"\x86"
+    body += b"lq\x010(" + b"h\x00h\x01\x85R" * 60 + b"l."
+    pkl = bytes(body)
+    p = wf.raw_zip(str(tmp_path / "many.pth"),
+                   [("archive/data.pkl", zipfile.ZIP_STORED, pkl, zlib.crc32(pkl), len(pkl))])
+    err, peak = _peak(lambda: W.load_weights(p, cache=False))
+    assert isinstance(err, W.UnsafePickleError) and isinstance(err, vggtl.WeightsError), err
+    assert str(err).startswith(p + ": ") and "builds more than 67108864 bytes" in str(err), err
+    assert peak < 200 << 20, f"{peak / 2 ** 20:.0f} MiB"
 
 
 class _Restride:
@@ -1025,6 +1064,60 @@ def test_deflated_member_claiming_more_than_deflate_can_give_is_refused(mini, tm
     assert isinstance(err, vggtl.WeightsError), err
     assert "more than deflate can produce" in str(err) and str(err).startswith(p), err
     assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB"
+
+
+def _deflated_zeros(n: int, level: int):
+    """(raw deflate stream, CRC-32) of n zero bytes, made a MiB at a time."""
+    import zlib
+    c, crc, mib = zlib.compressobj(level, zlib.DEFLATED, -15), 0, bytes(1 << 20)
+    parts = []
+    for _ in range(n >> 20):
+        parts.append(c.compress(mib))
+        crc = zlib.crc32(mib, crc)
+    parts.append(c.flush())
+    return b"".join(parts), crc
+
+
+def test_keras_member_is_decompressed_by_the_worker(mini, tmp_path, monkeypatch):
+    """A .keras file's model.weights.h5 is decompressed by the HDF5 worker, never in
+    this process (which read the whole member first: a 4 MB file declaring 4 GiB,
+    within deflate's ratio, took 8 GiB here and in the worker). The worker's memory
+    limit, set from the zip's size (1 GiB plus three times it), refuses a member far
+    larger than its archive."""
+    import zlib
+    from vggtl.weights import _h5_sandbox
+    stream, crc = _deflated_zeros(64 << 20, 1)  # not HDF5: the worker says so
+    p = wf.raw_zip(str(tmp_path / "zeros.keras"),
+                   [("metadata.json", 0, b"{}", zlib.crc32(b"{}"), 2),
+                    ("model.weights.h5", zipfile.ZIP_DEFLATED, stream, crc, 64 << 20)])
+    err, peak = _peak(lambda: W.load_weights(p, cache=False))
+    assert isinstance(err, vggtl.WeightsError), err
+    assert str(err).startswith(p) and "cannot read model.weights.h5" in str(err), err
+    assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB"
+    if sys.platform.startswith("linux"):  # RLIMIT_AS
+        stream, crc = _deflated_zeros(1536 << 20, 1)  # 7 MB: 230 to 1
+        p = wf.raw_zip(str(tmp_path / "bomb.keras"),
+                       [("metadata.json", 0, b"{}", zlib.crc32(b"{}"), 2),
+                        ("model.weights.h5", zipfile.ZIP_DEFLATED, stream, crc, 1536 << 20)])
+        assert os.path.getsize(p) < 8 << 20
+        err, peak = _peak(lambda: W.load_weights(p, cache=False))
+        assert isinstance(err, vggtl.WeightsError), err
+        assert "needs more memory than the file's size can justify" in str(err), err
+        assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB"
+    # without a worker (Windows; ISOLATE off) the same bound, checked before reading
+    with monkeypatch.context() as m:
+        m.setattr(_h5_sandbox, "ISOLATE", False)
+        p = wf.raw_zip(str(tmp_path / "claim.keras"),
+                       [("metadata.json", 0, b"{}", zlib.crc32(b"{}"), 2),
+                        ("model.weights.h5", zipfile.ZIP_DEFLATED, bytes(1 << 20), 0,
+                         1032 << 20)])  # never inflated: refused from its sizes
+        err, peak = _peak(lambda: W.load_weights(p, cache=False))
+        assert isinstance(err, vggtl.WeightsError), err
+        assert "needs more memory than the file's size can justify" in str(err), err
+        assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB"
+    h5 = wf.write_keras3_h5(str(tmp_path / "w.weights.h5"), mini)  # and a real one loads
+    same(W.load_weights(wf.write_keras_zip(str(tmp_path / "ok.keras"), open(h5, "rb").read(),
+                                           zipfile.ZIP_DEFLATED), cache=False), mini)
 
 
 def test_keras_members_compressed_as_keras_and_zip_tools_do_load(mini, tmp_path):

@@ -104,6 +104,11 @@ def test_grad_cam_class_matters_and_errors(rng):
     pred = model.predict(X).argmax(1)
     np.testing.assert_array_equal(vggtl.grad_cam(model, X), vggtl.grad_cam(model, X,
                                                                             class_index=pred))
+    # int32 (n,) went to the core as a read-only view of itself: "expected a writeable array"
+    pred32 = pred.astype(np.int32)
+    np.testing.assert_array_equal(vggtl.grad_cam(model, X, class_index=pred32),
+                                  vggtl.grad_cam(model, X))
+    assert (pred32 == pred).all()  # and the user's array is left as it was
     other = (pred + 1) % 3
     assert not np.allclose(vggtl.grad_cam(model, X, class_index=other),
                            vggtl.grad_cam(model, X, class_index=pred))

@@ -178,12 +178,14 @@ def torch_vgg16(sd, include_top=False):
     return m.eval()
 
 
-def write_torch_2017(path, arrays, views=()):
+def write_torch_2017(path, arrays, views=(), claims=None):
     """The legacy stream format as PyTorch 0.1.x/0.2 wrote it (vgg16-397923af.pth,
     2017): tensors reduce to ``torch._utils._rebuild_tensor(storage, offset, size,
     stride)`` (4 arguments) and persistent ids carry view_metadata. ``arrays`` is
     {key: float32 array}; keys in ``views`` are stored as views into one shared
-    root storage (the old storage-view mechanism), the others each in their own."""
+    root storage (the old storage-view mechanism), the others each in their own.
+    ``claims`` {key in views: (root numel, (view key, offset, size))}: what that
+    tensor's persistent id says instead of the truth (a damaged file)."""
     import pickle
     import struct
     import sys
@@ -211,7 +213,10 @@ def write_torch_2017(path, arrays, views=()):
         off = 0
         for k in shared:
             n = arrays[k].size
-            objs[k] = Tensor(Storage("root", data.size, (f"view{k}", off, n)), 0, arrays[k].shape)
+            st = Storage("root", data.size, (f"view{k}", off, n))
+            if claims and k in claims:
+                st.numel, st.view = claims[k]
+            objs[k] = Tensor(st, 0, arrays[k].shape)
             off += n
     for i, (k, a) in enumerate(arrays.items()):
         if k not in views:

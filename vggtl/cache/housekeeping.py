@@ -5,6 +5,7 @@ marker are entries; nothing else under the root is listed, evicted or cleared.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 import time
@@ -59,7 +60,9 @@ def parse_size(v, what: str) -> Optional[int]:
     if isinstance(v, str):
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", v)
         if m and m.group(2).lower() in _UNITS:
-            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+            x = float(m.group(1)) * _UNITS[m.group(2).lower()]
+            if math.isfinite(x):  # 400 nines are a float of inf, not a size
+                return int(x)
     raise ValueError(f"{what}: expected a size in bytes (int) or a string like '20GB', "
                      f"'500MiB', got {v!r}")
 

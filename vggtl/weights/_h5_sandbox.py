@@ -124,17 +124,16 @@ class _Worker:
                     return
         raise _Overrun(what)
 
-    def _send(self, header: dict, payload=b"", deadline: float = 0.0, what: str = ""):
-        for data in (_h5_worker.encode(header), payload):
-            view = memoryview(data).cast("B")
-            while view:
-                self._wait(self.wfd, True, deadline, what)
-                try:
-                    view = view[os.write(self.wfd, view):]
-                except BlockingIOError:
-                    continue
-                except BrokenPipeError:
-                    raise _Died(what) from None
+    def _send(self, header: dict, deadline: float = 0.0, what: str = ""):
+        view = memoryview(_h5_worker.encode(header)).cast("B")
+        while view:
+            self._wait(self.wfd, True, deadline, what)
+            try:
+                view = view[os.write(self.wfd, view):]
+            except BlockingIOError:
+                continue
+            except BrokenPipeError:
+                raise _Died(what) from None
 
     def _read_into(self, view: memoryview, deadline: float, what: str) -> None:
         got = 0
@@ -161,13 +160,13 @@ class _Worker:
             raise _Garbled("an answer that is not a JSON object")
         return msg
 
-    def exchange(self, header: dict, payload=b"", what: str = "", shape=None):
+    def exchange(self, header: dict, what: str = "", shape=None, work: int = 0):
         """(reply, array): send a request, wait for its reply; with ``shape``, the
         float32 array of that shape (listed and checked before it was asked for)
-        that follows the reply, else None."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * 4 if shape is not None else len(payload)
-        deadline = time.monotonic() + _budget(nbytes)
-        self._send(dict(header, payload=len(payload)), payload, deadline, what)
+        that follows the reply, else None. ``work``: bytes the worker decompresses."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * 4 if shape is not None else 0
+        deadline = time.monotonic() + _budget(nbytes + work)
+        self._send(header, deadline, what)
         reply = self._receive(deadline, what)
         if shape is None or "refused" in reply:
             return reply, None
@@ -185,8 +184,8 @@ class _InProcess:
     def __init__(self):
         self.session = _h5_worker.Session()
 
-    def exchange(self, header: dict, payload=b"", what: str = "", shape=None):
-        reply, a = _h5_worker.answer(self.session, header, payload)
+    def exchange(self, header: dict, what: str = "", shape=None, work: int = 0):
+        reply, a = _h5_worker.answer(self.session, header)
         if shape is not None and a is not None and a.shape != tuple(shape):
             raise _Garbled(f"an array of shape {list(a.shape)} for one of {list(shape)}")
         return reply, a
@@ -274,15 +273,17 @@ class Remote:
 
 
 class H5File:
-    """``with H5File(path, source) as f: f.kind() / f.layers(kind)``: the worker's
+    """``with H5File(path[, member, member_size]) as f: f.kind() / f.layers(kind)``: the worker's
     session for one file, its failures as :class:`WeightsError` naming ``path``.
 
-    ``source`` is ``path`` itself or the bytes of an HDF5 file inside it (a
-    ``.keras`` zip's member)."""
+    ``member``: the HDF5 file is this member of the zip ``path`` (a ``.keras``
+    file's model.weights.h5) of at most ``member_size`` bytes, decompressed by the
+    worker within its memory limit; without a worker (``ISOLATE = False``, no
+    POSIX pipes) here, after the same bound is checked."""
 
-    def __init__(self, path: str, source=None):
+    def __init__(self, path: str, member: Optional[str] = None, member_size: int = 0):
         self.path = path
-        self.source = path if source is None else source
+        self.member, self.member_size = member, member_size
         isolate = ISOLATE and sys.executable and os.name == "posix"  # select() on pipes
         self._local = None if isolate else _InProcess()
 
@@ -301,15 +302,16 @@ class H5File:
             if self._local is None:
                 _lock.release()
 
-    def _exchange(self, header: dict, payload=b"", what: str = "", shape=None,
-                  refused=("", "")):
+    def _exchange(self, header: dict, what: str = "", shape=None, refused=("", ""),
+                  work: int = 0):
         """The reply to one request (and the array of ``shape`` it brings); a
         refusal's message goes between the two strings of ``refused``, any failure
-        of the worker stops it. Both as a WeightsError naming the file."""
+        of the worker stops it. Both as a WeightsError naming the file. ``work``:
+        the bytes the request makes the worker decompress (its deadline grows)."""
         w = None
         try:
             w = self._local or _get_worker()
-            reply, a = w.exchange(header, payload, what, shape)
+            reply, a = w.exchange(header, what, shape, work)
         except _Overrun as e:
             _drop_worker()
             raise WeightsError(
@@ -340,16 +342,19 @@ class H5File:
         return reply, a
 
     def kind(self) -> str:
-        reply, _ = self._exchange({"op": "kind", "path": self.source}, what="reading its layout")
+        reply, _ = self._exchange({"op": "kind", "path": self.path}, what="reading its layout")
         return str(reply.get("kind"))
 
     def layers(self, kind: str) -> list:
         """[(layer name, [Remote datasets])], in the file's order."""
-        if isinstance(self.source, str):
-            req, payload = {"op": "open", "path": self.source, "kind": kind}, b""
-        else:
-            req, payload = {"op": "open", "kind": kind}, self.source
-        reply, _ = self._exchange(req, payload, what="listing its layers")
+        req = {"op": "open", "path": self.path, "kind": kind}
+        if self.member is not None:
+            req["member"] = self.member
+            if self._local is not None and self.member_size > \
+                    _h5_worker.memory_allowance(os.path.getsize(self.path)):
+                raise WeightsError(f"{self.path}: reading {self.member} needs more memory "
+                                   f"than the file's size can justify (corrupt?)")
+        reply, _ = self._exchange(req, what="listing its layers", work=self.member_size)
         return self._check_listing(reply.get("layers"))
 
     def _check_listing(self, listing) -> list:

@@ -26,13 +26,15 @@ import os
 import re
 import struct
 import sys
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 # -- the messages -----------------------------------------------------------------------
-# Each way, a message is an 8-byte little-endian length, that many bytes of JSON,
-# then the raw payload the JSON announces ("payload": its length in bytes).
+# Each way, a message is an 8-byte little-endian length and that many bytes of
+# JSON; an answer may be followed by the raw payload its JSON announces
+# ("payload": its length in bytes). Requests carry none: the worker opens files
+# by path, a .keras file's member included.
 _LEN = struct.Struct("<Q")
 HEADER_MAX = 1 << 24  # a listing of a few thousand layers stays far below this
 
@@ -315,11 +317,12 @@ def _keras3_layers(f) -> List[Tuple[str, list]]:
 class Session:
     """One file at a time: what the parent asks for, answered with plain values.
 
-    ``kind(path)``: the file's Keras layout. ``open(source, kind)``: its layers as
-    ``[[name, [[shape, dtype kind], ...]], ...]``, their datasets kept for
-    ``read(i, j)`` (float32, C order) until ``close()``. ``source`` is a path or
-    the bytes of a file (a ``.keras`` zip's member). Every failure is a
-    :class:`Refused` with the message the caller shows."""
+    ``kind(path)``: the file's Keras layout. ``open(path, kind, member)``: its
+    layers as ``[[name, [[shape, dtype kind], ...]], ...]``, their datasets kept
+    for ``read(i, j)`` (float32, C order) until ``close()``. ``member``: the HDF5
+    file is that member of the zip ``path`` (a ``.keras`` file's
+    model.weights.h5). Every failure is a :class:`Refused` with the message the
+    caller shows."""
 
     def __init__(self):
         self.file = None
@@ -337,12 +340,12 @@ class Session:
             raise Refused(f"an HDF5 file that cannot be read (truncated or corrupt?): "
                           f"{type(e).__name__}: {e}") from None
 
-    def open(self, source, kind: str) -> list:
+    def open(self, path: str, kind: str, member: Optional[str] = None) -> list:
         h5py = _import_h5py()
         self.close()
-        what = "the HDF5 file" if isinstance(source, str) else "model.weights.h5"
+        what = "the HDF5 file" if member is None else member
         try:
-            self.file = h5py.File(source if isinstance(source, str) else io.BytesIO(source), "r")
+            self.file = h5py.File(path if member is None else _zip_member(path, member), "r")
             layers = (_keras_legacy_layers(self.file) if kind == "keras-h5"
                       else _keras3_layers(self.file))
             listing = []
@@ -350,7 +353,7 @@ class Session:
                 self.datasets.append(ds)
                 listing.append([name, [[list(d.shape), d.dtype.kind] for d in ds]])
             return listing
-        except Refused:
+        except (Refused, MemoryError):  # answer() says what a MemoryError means
             self.close()
             raise
         except Exception as e:  # h5py raises OSError, RuntimeError, KeyError, ValueError, ...
@@ -377,6 +380,27 @@ class Session:
             except Exception:  # a damaged file may fail to close; it is dropped anyway
                 pass
             self.file = None
+
+
+def _zip_member(path: str, name: str) -> io.BytesIO:
+    """A zip member's bytes, decompressed a chunk at a time into memory: this
+    process's memory limit, set from the zip's size, stops a member that
+    decompresses to far more than its archive (the parent checked the member's
+    declared size and method before asking)."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(name)
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise Refused(f"{name} is compressed with method {info.compress_type}; refused")
+        buf = io.BytesIO()
+        with z.open(info) as m:
+            while True:
+                chunk = m.read(1 << 22)  # zipfile stops at the declared size
+                if not chunk:
+                    break
+                buf.write(chunk)
+    buf.seek(0)
+    return buf
 
 
 # -- the child's loop ---------------------------------------------------------------------
@@ -413,7 +437,13 @@ def _limit_memory(extra: int) -> None:
         pass
 
 
-def answer(session: Session, req: dict, payload: bytes):
+def memory_allowance(file_size: int) -> int:
+    """What a file of ``file_size`` bytes may make this process allocate: the
+    float32 copies a read makes, a ``.keras`` member held whole, and libhdf5's own."""
+    return (1 << 30) + 3 * file_size
+
+
+def answer(session: Session, req: dict):
     """(reply, array or None) for one request; a refusal is ``{"refused": message}``.
     What the worker sends, and what the in-process session of the caller gets."""
     op = req.get("op")
@@ -421,7 +451,7 @@ def answer(session: Session, req: dict, payload: bytes):
         if op == "kind":
             return {"kind": session.kind(req["path"])}, None
         if op == "open":
-            return {"layers": session.open(req.get("path", payload), req["kind"])}, None
+            return {"layers": session.open(req["path"], req["kind"], req.get("member"))}, None
         if op == "read":
             a = session.read(int(req["i"]), int(req["j"]))
             return {"shape": list(a.shape), "payload": a.nbytes}, a
@@ -446,16 +476,14 @@ def serve(fd_in: int, fd_out: int) -> None:
         try:
             n = _LEN.unpack(_read_exact(fd_in, _LEN.size))[0]
             req = json.loads(_read_exact(fd_in, n))
-            payload = _read_exact(fd_in, int(req.get("payload", 0)))
         except EOFError:
             return
         if req.get("op") in ("kind", "open"):  # a new file: the memory it may justify
             try:
-                size = os.path.getsize(req["path"]) if "path" in req else len(payload)
-                _limit_memory((1 << 30) + 3 * size)
-            except OSError:
-                pass  # the file is gone: answer() says so
-        reply, a = answer(session, req, payload)
+                _limit_memory(memory_allowance(os.path.getsize(req["path"])))
+            except (OSError, KeyError, TypeError):
+                pass  # the file is gone, or no path: answer() says so
+        reply, a = answer(session, req)
         _write_all(fd_out, encode(reply))
         if a is not None:
             _write_all(fd_out, a)

@@ -118,23 +118,21 @@ def _read_keras_h5(path: str, include_top: bool, kind: str) -> dict:
 # a .keras file's model.weights.h5: VGG16 with its top, a head and Adam's two
 # moments per weight stay under 3 GB
 _KERAS_WEIGHTS_MAX = 4 << 30
+_KERAS_WEIGHTS = "model.weights.h5"
 
 
 def _read_keras_zip(path: str, include_top: bool) -> dict:
     _require_h5py()
     try:
         with zipfile.ZipFile(path) as z:
-            info = z.getinfo("model.weights.h5")
-            _zip_check(info, path, "model.weights.h5", os.path.getsize(path),
-                       _KERAS_WEIGHTS_MAX)
-            with z.open(info) as m:
-                data = m.read(info.file_size)  # decompresses at most the declared size
-        if len(data) != info.file_size:
-            raise WeightsError(f"{path}: model.weights.h5 is cut short (truncated file)")
+            info = z.getinfo(_KERAS_WEIGHTS)
+            _zip_check(info, path, _KERAS_WEIGHTS, os.path.getsize(path), _KERAS_WEIGHTS_MAX)
     except WeightsError:
         raise
     except Exception as e:  # zipfile's many errors on damaged data
         raise WeightsError(f"{path}: cannot read the .keras file (truncated or corrupt?): "
                            f"{type(e).__name__}: {e}") from None
-    with H5File(path, data) as f:
+    # the worker decompresses it, within a memory limit set from the zip's size: a
+    # few megabytes of deflate may claim gigabytes this process would hold
+    with H5File(path, member=_KERAS_WEIGHTS, member_size=info.file_size) as f:
         return _from_keras_layers(f.layers("keras3-h5"), path, include_top)

@@ -13,6 +13,7 @@ from typing import Mapping, Optional, Tuple
 import numpy as np
 
 from . import imagenet, torch_pth
+from .._files import open_regular, special_file_kind
 from ._common import WeightsDict, WeightsError
 from .imagenet import find_imagenet_weights, vggtl_cache_dir
 from .keras_h5 import _h5_kind, _read_keras_h5, _read_keras_zip
@@ -39,7 +40,7 @@ def detect_format(path) -> str:
     Raises FileNotFoundError or :class:`WeightsError`.
     """
     path = _check_file(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         head = f.read(1 << 12)
         size = os.fstat(f.fileno()).st_size
     if not head:
@@ -155,6 +156,9 @@ def _check_file(path) -> str:
         raise FileNotFoundError(f"weights: no such file: {path}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"weights: {path} is a folder, expected a weights file")
+    special = special_file_kind(path)
+    if special:
+        raise WeightsError(f"weights: {path} is {special}, expected a weights file")
     return path
 
 

@@ -166,10 +166,13 @@ class _RestrictedUnpickler(BoundedUnpickler):
 
     allowed = _ALLOWED
 
-    def __init__(self, file, size, path, make_storage=None):
-        super().__init__(file, size)
+    def __init__(self, file, size, path, make_storage=None, budget_size=None):
+        super().__init__(file, size, budget_size)
         self._path = path
         self._make_storage = make_storage
+
+    def over_budget(self, message):
+        return UnsafePickleError(f"{self._path}: {message}")
 
     def refused(self, module, name):
         return UnsafePickleError(
@@ -212,6 +215,22 @@ def _state_dict_from_pickle(obj, path) -> Dict[str, _Tensor]:
     return sd
 
 
+def _one_storage(storages: Dict[str, _Storage], key, stype, numel, read, path,
+                 root=None, offset=0) -> _Storage:
+    """The storage ``key``, made on its first reference; every later reference
+    must describe it as the first did (torch.save writes one description per
+    storage), or a tensor could be checked against a size the storage does not
+    have."""
+    st = storages.get(key)
+    if st is None:
+        st = storages[key] = _Storage(key, stype, numel, read, root=root, offset=offset)
+    elif (st.stype.name, st.numel, st.root, st.offset) != (stype.name, numel, root, offset):
+        raise WeightsError(f"{path}: storage {key!r} is described two ways ({st.numel} "
+                           f"{st.stype.name} elements, then {numel} {stype.name}) "
+                           f"(corrupt file)")
+    return st
+
+
 def _read_torch_zip(path: str):
     """(state dict of lazy tensors, the open zip they read from)."""
     z = zipfile.ZipFile(path)
@@ -252,15 +271,14 @@ def _read_torch_zip(path: str):
 
         def make(pid):
             _, stype, key, _loc, numel = pid[:5]
-            if key not in storages:
-                storages[key] = _Storage(key, stype, numel, read)
-            return storages[key]
+            return _one_storage(storages, key, stype, numel, read, path)
 
         _zip_check(infos[pkl], path, pkl, archive_size, _PICKLE_MEMBER_MAX)
         with z.open(pkl) as f:
             # bounded: a length field in the pickle never allocates past the member
-            obj = _RestrictedUnpickler(f, infos[pkl].file_size, path,
-                                       make).load()
+            obj = _RestrictedUnpickler(f, infos[pkl].file_size, path, make,
+                                       budget_size=min(infos[pkl].file_size,
+                                                       archive_size)).load()
         sd = _state_dict_from_pickle(obj, path)
     except WeightsError:
         z.close()
@@ -306,17 +324,18 @@ def _read_torch_legacy(path: str):
         def make(pid):
             _, stype, key, _loc, numel = pid[:5]
             view = pid[5] if len(pid) == 6 else None
-            if key not in storages:
-                storages[key] = _Storage(key, stype, numel, read)
-            root = storages[key]
+            root = _one_storage(storages, key, stype, numel, read, path)
             if view is None:
                 return root
+            if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)):
+                raise WeightsError(f"{path}: a storage view that is not (key, offset, size) "
+                                   f"(corrupt file)")
             vkey, voff, vsize = view
-            if type(voff) is not int or type(vsize) is not int or voff < 0 or voff + vsize > numel:
+            # the root as first made: a later reference may claim a larger one
+            if type(voff) is not int or type(vsize) is not int or voff < 0 or vsize < 0 \
+                    or voff + vsize > root.numel:
                 raise WeightsError(f"{path}: a storage view outside its storage (corrupt file)")
-            if vkey not in storages:
-                storages[vkey] = _Storage(vkey, stype, vsize, read, root=root, offset=voff)
-            return storages[vkey]
+            return _one_storage(storages, vkey, stype, vsize, read, path, root, voff)
 
         obj = load(make)
         keys = load()
