@@ -114,7 +114,7 @@ class BoundedUnpickler(pickle._Unpickler):
         (a pickle inside a zip: the archive's, which is what the user has)."""
         super().__init__(BoundedReader(file, size), **kw)
         self._size = size if budget_size is None else budget_size
-        self._budget = max(BUILD_FLOOR, BUILD_RATIO * self._size)
+        self._limit = self._budget = max(BUILD_FLOOR, BUILD_RATIO * self._size)
 
     def charge(self, obj) -> None:
         """Take what ``obj`` holds (its own memory, not the objects it refers to,
@@ -122,7 +122,7 @@ class BoundedUnpickler(pickle._Unpickler):
         self._budget -= sys.getsizeof(obj)
         if self._budget < 0:
             raise self.over_budget(
-                f"the pickle builds more than {max(BUILD_FLOOR, BUILD_RATIO * self._size)} "
+                f"the pickle builds more than {self._limit} "
                 f"bytes of objects from a file of {self._size} bytes (a pickle of arrays "
                 f"builds about its own size); refused")
 

@@ -51,7 +51,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from . import _core
-from ._arrays import for_core
+from ._arrays import CORE_DTYPES, batch_for_core, for_core
 
 __all__ = ["Augment", "AugmentIterator", "FILL_MODES", "PARAM_KEYS"]
 
@@ -65,7 +65,6 @@ _DEFAULTS = (0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
 _UNSUPPORTED_KEYS = ("channel_shift_intensity", "brightness")
 # part of the cache key of augmented views: bump when the draws or the warp change
 DRAW_VERSION = 1
-_IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
 _PIECE = 256  # images per core call: about 0.3 s at 224 x 224 on one thread
 
 
@@ -139,18 +138,8 @@ def _check_images(x, name: str, ndim: int) -> np.ndarray:
     return x
 
 
-def _for_core(x: np.ndarray) -> np.ndarray:
-    """x as the core reads it: uint8 / float32 / float64, native order, C-contiguous
-    (other real dtypes become float32). No copy when it already is."""
-    if x.dtype not in _IMAGE_DTYPES:
-        x = x.astype(np.float32)
-    elif not x.dtype.isnative:
-        x = x.astype(x.dtype.newbyteorder("="))
-    return for_core(x)
-
-
 def _core_ready(x: np.ndarray) -> bool:
-    return x.dtype in _IMAGE_DTYPES and x.dtype.isnative and x.flags.c_contiguous \
+    return x.dtype in CORE_DTYPES and x.dtype.isnative and x.flags.c_contiguous \
         and x.flags.aligned
 
 
@@ -271,7 +260,7 @@ class Augment:
         single = isinstance(x, np.ndarray) and x.ndim == 3
         X = _check_images(x[None] if single else x, "x", 4)
         P = _params_array(params, len(X), batch=not single)
-        return self._apply(_for_core(X), P)[0 if single else slice(None)]
+        return self._apply(batch_for_core(X), P)[0 if single else slice(None)]
 
     def _apply(self, X: np.ndarray, P: np.ndarray, rows=None) -> np.ndarray:
         """out[i] = image rows[i] (i without rows) of X warped by P[i]; in pieces of
@@ -296,7 +285,7 @@ class Augment:
         epoch = _check_count("epoch", epoch)
         ids = _check_index(index, len(X))
         P = self._draw(ids, X.shape[1], X.shape[2], epoch)
-        out = self._apply(_for_core(X), P)
+        out = self._apply(batch_for_core(X), P)
         return out[0] if single else out
 
     def flow(self, x, y=None, batch_size: int = 32, shuffle: bool = True) -> "AugmentIterator":
@@ -374,7 +363,7 @@ class AugmentIterator:
         if self._direct:
             xb = self.augment._apply(self.x, P, rows=idx)
         else:
-            xb = self.augment._apply(_for_core(self.x[idx]), P)
+            xb = self.augment._apply(batch_for_core(self.x[idx]), P)
         return xb if self.y is None else (xb, self.y[idx])
 
     def __getitem__(self, i: int):

@@ -331,9 +331,8 @@ def _read_torch_legacy(path: str):
                 raise WeightsError(f"{path}: a storage view that is not (key, offset, size) "
                                    f"(corrupt file)")
             vkey, voff, vsize = view
-            # the root as first made: a later reference may claim a larger one
             if type(voff) is not int or type(vsize) is not int or voff < 0 or vsize < 0 \
-                    or voff + vsize > root.numel:
+                    or voff + vsize > numel:
                 raise WeightsError(f"{path}: a storage view outside its storage (corrupt file)")
             return _one_storage(storages, vkey, stype, vsize, read, path, root, voff)
 
