@@ -225,6 +225,10 @@ static int im2col_forward(float *out, const float *x, const float *kernel,
             float *col = cols + vgg_thread_index() * rows * k;
             /* chunks of balanced sizes: none has a single row unless total does */
             const size_t r0 = ci * total / nchunks, r1 = (ci + 1) * total / nchunks;
+            /* the chunk's output lines, read while its columns are built, so
+             * that the product's stores do not wait on memory */
+            for (size_t i = r0 * cout; i < r1 * cout; i += 64 / sizeof(float))
+                __builtin_prefetch(out + i, 0, 1);
             im2col_rows(col, x, r0, r1, h, w, cin);
             if (kp) vgg_gemm(out + r0 * cout, cout, col, k, kp, r1 - r0, cout, k);
             else vgg_gemm_b(out + r0 * cout, cout, col, k, kernel, cout, r1 - r0, cout, k);

@@ -71,8 +71,10 @@ ALWAYS_INLINE void WF(input_transform_body)(float *vbuf, size_t vs, const float 
         const size_t img = t_ / per_img, rem = t_ % per_img;
         const long y0 = (long)(rem / s->tw) * TILE - 1, x0 = (long)(rem % s->tw) * TILE - 1;
         const float *x_img = x + img * h * w * cin;
+        const int next_in_row = rem % s->tw + 1 < s->tw;
         for (size_t c0 = 0; c0 < cin; c0 += VW) {
             const size_t len = cin - c0 < VW ? cin - c0 : VW;
+            if (next_in_row) vgg_tile_prefetch_next(x_img, ALPHA, TILE, y0, x0, h, w, cin, c0);
             vgg_tile_gather(&d[0][0][0], ALPHA, x_img, y0, x0, h, w, cin, c0, len);
             /* t = B^T d (over rows), r = t B (over columns) */
             for (int j = 0; j < ALPHA; j++) WB_BT(&t[0][j][0], ALPHA * VW, &d[0][j][0], ALPHA * VW);
@@ -102,9 +104,12 @@ ALWAYS_INLINE void WF(output_transform_body)(float *out, const float *mbuf, size
     for (size_t t_ = t0; t_ < t1; t_++) {
         const size_t img = t_ / per_img, rem = t_ % per_img;
         const size_t y0 = (rem / s->tw) * TILE, x0 = (rem % s->tw) * TILE;
+        const int next_in_row = rem % s->tw + 1 < s->tw;
         for (size_t k0 = 0; k0 < cout; k0 += VW) {
             const size_t len = cout - k0 < VW ? cout - k0 : VW;
             const float *src = mbuf + (tt + t_ - t0) * cout + k0;
+            if (next_in_row)
+                vgg_tile_prefetch_store(out, TILE, pool, s->h, s->w, cout, img, y0, x0 + TILE, k0);
             for (int xi = 0; xi < NXI; xi++) {
                 const float *p = src + (size_t)xi * ms;
                 float *dst = &m[xi / ALPHA][xi % ALPHA][0];

@@ -70,6 +70,38 @@ VGG_TILE_INLINE void vgg_tile_gather(float *d, int side, const float *x_img, lon
     }
 }
 
+/* Prefetches into L2 what the next tile to the right will gather of channels
+ * c0..c0+VW: the `step` columns past this side x side patch (top-left (y0, x0))
+ * that it does not share with it. The activations are far larger than the
+ * caches and a patch spans `side` rows of the map, a pattern the hardware
+ * prefetchers do not follow: without this the gather waits on memory for most
+ * of the input transform's time. */
+VGG_TILE_INLINE void vgg_tile_prefetch_next(const float *x_img, int side, int step, long y0,
+                                            long x0, size_t h, size_t w, size_t cin, size_t c0) {
+    for (long yy = y0 < 0 ? 0 : y0; yy < y0 + side && yy < (long)h; yy++)
+        for (long xx = x0 + side; xx < x0 + side + step && xx < (long)w; xx++)
+            __builtin_prefetch(x_img + ((size_t)yy * w + (size_t)xx) * cin + c0, 0, 1);
+}
+
+/* Prefetches into L2 the output lines (channels k0..k0+VW) that vgg_tile_store
+ * will write for the side x side tile at (y0, x0) of image `img`: lines read
+ * before they are written, so the store need not wait for them. */
+VGG_TILE_INLINE void vgg_tile_prefetch_store(const float *out, size_t side, int pool, size_t h,
+                                             size_t w, size_t cout, size_t img, size_t y0,
+                                             size_t x0, size_t k0) {
+    if (pool) { /* the pooled map: half the rows, columns and tile */
+        h /= 2;
+        w /= 2;
+        y0 /= 2;
+        x0 /= 2;
+        side /= 2;
+    }
+    const float *out_img = out + img * h * w * cout;
+    for (size_t yy = y0; yy < y0 + side && yy < h; yy++)
+        for (size_t xx = x0; xx < x0 + side && xx < w; xx++)
+            __builtin_prefetch(out_img + (yy * w + xx) * cout + k0, 0, 1);
+}
+
 /* b[0..VW) <- bias[k0..k0+len), zeros past len. A whole vector by a fixed-length
  * copy: per-lane conditions left b in 16 scalar registers, and the tile store
  * built every output vector lane by lane. */
