@@ -50,14 +50,20 @@
 _Static_assert(VW == VGG_GEMM_NR, "the kernel transform writes whole panels of U");
 
 /* Block buffers of about this many bytes, so that the few-channel layers' V and M
- * stay in L2; and at least MIN_TB tiles, so that the wide layers reuse each slice
- * of U (1 MiB a position at 512 channels) on enough rows (winograd_body.h) */
+ * stay in L2; and at least MIN_TB tiles, so that each slice of U is reused on
+ * enough rows (winograd_body.h). */
 #define BLOCK_BYTES ((size_t)1 << 20)
 #define MIN_TB 48
 /* Layers whose U is at most this size (F(6x6) up to 128 x 128 channels) run each
  * block's tiles split between the threads rather than phase by phase: measured
  * 5-13% faster on the first layers, slower from 256 channels on. */
 #define LOCAL_U_BYTES ((size_t)4 << 20)
+/* Larger U (16 to 64 MiB from 256 channels on) is streamed from memory whole by
+ * every block: blocks of at least this many tiles read it less often. Measured
+ * as fast as MIN_TB when the memory bus is quiet and 10-20% faster on the wide
+ * layers when another tenant loads it; V and M then outgrow the caches, which
+ * costs less than the repeated U. */
+#define MIN_TB_WIDE 288
 /* strides padded by a cache line (winograd_body.h) */
 #define PAD 16
 /* Tiles per transform task: a few, so a block splits evenly over the threads. */

@@ -15,9 +15,16 @@
  * reuses each slice of U on more rows). A tile's result does not depend on the block it is
  * in (gemm.c), so the block size is free to follow the layer. */
 
+/* Whether U is small enough for each thread to run its own tiles through all
+ * three phases (run_block). */
+static int WF(u_is_small)(size_t cin, size_t cout) {
+    return (size_t)NXI * cin * cout * sizeof(float) <= LOCAL_U_BYTES;
+}
+
 static size_t WF(tiles_per_block)(size_t cin, size_t cout) {
     const size_t tb = BLOCK_BYTES / (sizeof(float) * NXI * (cin + cout));
-    return tb < MIN_TB ? MIN_TB : tb;
+    const size_t min_tb = WF(u_is_small)(cin, cout) ? MIN_TB : MIN_TB_WIDE;
+    return tb < min_tb ? min_tb : tb;
 }
 
 /* Strides of the NXI slices of U, V and M, one cache line more than packed:
@@ -257,7 +264,7 @@ static void WF(run_block)(const WF(transforms) *fn, const wino_shape *s, float *
                       float *mbuf, size_t tb, size_t t0, size_t nt, int nth) {
     const size_t cin = s->cin, cout = s->cout;
     const size_t vs = WF(v_stride)(tb, cin), ms = WF(m_stride)(tb, cout), us = WF(u_stride)(cin, cout);
-    if ((size_t)NXI * cin * cout * sizeof(float) <= LOCAL_U_BYTES) {
+    if (WF(u_is_small)(cin, cout)) {
         /* few channels: each thread takes a share of the block's tiles through all
          * three phases, so the rows of V and M it writes are the ones it reads
          * (nothing moves between the cores' caches, no barrier inside the block);
