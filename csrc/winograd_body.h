@@ -74,6 +74,7 @@ ALWAYS_INLINE void WF(input_transform_body)(float *vbuf, size_t vs, const float 
     const size_t h = s->h, w = s->w, cin = s->cin;
     const size_t per_img = s->th * s->tw;
     float d[ALPHA][ALPHA][VW], t[ALPHA][ALPHA][VW], r[ALPHA][ALPHA][VW];
+    const int wide = !WF(u_is_small)(cin, s->cout); /* long blocks (MIN_TB_WIDE) */
     for (size_t t_ = t0; t_ < t1; t_++) {
         const size_t img = t_ / per_img, rem = t_ % per_img;
         const long y0 = (long)(rem / s->tw) * TILE - 1, x0 = (long)(rem % s->tw) * TILE - 1;
@@ -82,6 +83,8 @@ ALWAYS_INLINE void WF(input_transform_body)(float *vbuf, size_t vs, const float 
         for (size_t c0 = 0; c0 < cin; c0 += VW) {
             const size_t len = cin - c0 < VW ? cin - c0 : VW;
             if (next_in_row) vgg_tile_prefetch_next(x_img, ALPHA, TILE, y0, x0, h, w, cin, c0);
+            if (wide && t_ + 1 < t1) /* the next tile's rows of V: beyond the caches here */
+                vgg_prefetch_strided(vbuf + (tt + t_ + 1 - t0) * cin + c0, vs, NXI);
             vgg_tile_gather(&d[0][0][0], ALPHA, x_img, y0, x0, h, w, cin, c0, len);
             /* t = B^T d (over rows), r = t B (over columns) */
             for (int j = 0; j < ALPHA; j++) WB_BT(&t[0][j][0], ALPHA * VW, &d[0][j][0], ALPHA * VW);
@@ -108,6 +111,7 @@ ALWAYS_INLINE void WF(output_transform_body)(float *out, const float *mbuf, size
     const size_t cout = s->cout;
     const size_t per_img = s->th * s->tw;
     float m[ALPHA][ALPHA][VW], t[TILE][ALPHA][VW], y[TILE][TILE][VW], b[VW];
+    const int wide = !WF(u_is_small)(s->cin, cout); /* long blocks (MIN_TB_WIDE) */
     for (size_t t_ = t0; t_ < t1; t_++) {
         const size_t img = t_ / per_img, rem = t_ % per_img;
         const size_t y0 = (rem / s->tw) * TILE, x0 = (rem % s->tw) * TILE;
@@ -115,6 +119,8 @@ ALWAYS_INLINE void WF(output_transform_body)(float *out, const float *mbuf, size
         for (size_t k0 = 0; k0 < cout; k0 += VW) {
             const size_t len = cout - k0 < VW ? cout - k0 : VW;
             const float *src = mbuf + (tt + t_ - t0) * cout + k0;
+            if (wide && t_ + 1 < t1) /* the next tile's rows of M */
+                vgg_prefetch_strided(src + cout, ms, NXI);
             if (next_in_row)
                 vgg_tile_prefetch_store(out, TILE, pool, s->h, s->w, cout, img, y0, x0 + TILE, k0);
             for (int xi = 0; xi < NXI; xi++) {

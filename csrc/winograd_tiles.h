@@ -102,6 +102,11 @@ VGG_TILE_INLINE void vgg_tile_prefetch_store(const float *out, size_t side, int 
             __builtin_prefetch(out_img + (yy * w + xx) * cout + k0, 0, 1);
 }
 
+/* Prefetches into L2 one line at each of p, p + stride, ... (count of them). */
+VGG_TILE_INLINE void vgg_prefetch_strided(const float *p, size_t stride, int count) {
+    for (int i = 0; i < count; i++) __builtin_prefetch(p + (size_t)i * stride, 0, 1);
+}
+
 /* b[0..VW) <- bias[k0..k0+len), zeros past len. A whole vector by a fixed-length
  * copy: per-lane conditions left b in 16 scalar registers, and the tile store
  * built every output vector lane by lane. */
