@@ -1,8 +1,9 @@
 /*
- * winograd_tiles.h - what both Winograd paths (winograd.c F(4x4) in float32,
+ * winograd_tiles.h - what both Winograd paths (winograd.c F(3x3), F(4x4) and F(6x6) in float32,
  * winograd_bf16.c F(2x2) in bf16) do alike around their transforms, VW
  * channels at a time: read a kernel's 9 taps, gather an input patch with the
- * 'same' zero padding, and write an output tile.
+ * 'same' zero padding, and write an output tile; and prefetch the next tile's
+ * patch and output lines (winograd.c).
  *
  * The tile write adds the bias, then ReLU, and writes the layer's output or,
  * with `pool`, its 2x2 max-pool (the next layer of VGG16 is a pool after every
