@@ -79,10 +79,18 @@ ALWAYS_INLINE void WF(input_transform_body)(float *vbuf, size_t vs, const float 
         const size_t img = t_ / per_img, rem = t_ % per_img;
         const long y0 = (long)(rem / s->tw) * TILE - 1, x0 = (long)(rem % s->tw) * TILE - 1;
         const float *x_img = x + img * h * w * cin;
-        const int next_in_row = rem % s->tw + 1 < s->tw;
+        /* what the next tile of the image gathers that this one does not: the
+         * columns to the right of this patch, or the first patch of the next row */
+        long ya = y0, yb = y0 + ALPHA, xa = x0 + ALPHA, xb = x0 + ALPHA + TILE;
+        if (rem % s->tw + 1 == s->tw) {
+            ya = y0 + TILE;
+            yb = rem + 1 < per_img ? ya + ALPHA : ya;
+            xa = -1;
+            xb = ALPHA - 1;
+        }
         for (size_t c0 = 0; c0 < cin; c0 += VW) {
             const size_t len = cin - c0 < VW ? cin - c0 : VW;
-            if (next_in_row) vgg_tile_prefetch_next(x_img, ALPHA, TILE, y0, x0, h, w, cin, c0);
+            vgg_tile_prefetch_rect(x_img, ya, yb, xa, xb, h, w, cin, c0);
             if (wide && t_ + 1 < t1) /* the next tile's rows of V: beyond the caches here */
                 vgg_prefetch_strided(vbuf + (tt + t_ + 1 - t0) * cin + c0, vs, NXI);
             vgg_tile_gather(&d[0][0][0], ALPHA, x_img, y0, x0, h, w, cin, c0, len);
@@ -115,14 +123,15 @@ ALWAYS_INLINE void WF(output_transform_body)(float *out, const float *mbuf, size
     for (size_t t_ = t0; t_ < t1; t_++) {
         const size_t img = t_ / per_img, rem = t_ % per_img;
         const size_t y0 = (rem / s->tw) * TILE, x0 = (rem % s->tw) * TILE;
+        /* the next tile of the image: to the right, or the first of the next row */
         const int next_in_row = rem % s->tw + 1 < s->tw;
+        const size_t ny0 = next_in_row ? y0 : y0 + TILE, nx0 = next_in_row ? x0 + TILE : 0;
         for (size_t k0 = 0; k0 < cout; k0 += VW) {
             const size_t len = cout - k0 < VW ? cout - k0 : VW;
             const float *src = mbuf + (tt + t_ - t0) * cout + k0;
             if (wide && t_ + 1 < t1) /* the next tile's rows of M */
                 vgg_prefetch_strided(src + cout, ms, NXI);
-            if (next_in_row)
-                vgg_tile_prefetch_store(out, TILE, pool, s->h, s->w, cout, img, y0, x0 + TILE, k0);
+            vgg_tile_prefetch_store(out, TILE, pool, s->h, s->w, cout, img, ny0, nx0, k0);
             for (int xi = 0; xi < NXI; xi++) {
                 const float *p = src + (size_t)xi * ms;
                 float *dst = &m[xi / ALPHA][xi % ALPHA][0];

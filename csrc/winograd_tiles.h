@@ -71,16 +71,16 @@ VGG_TILE_INLINE void vgg_tile_gather(float *d, int side, const float *x_img, lon
     }
 }
 
-/* Prefetches into L2 what the next tile to the right will gather of channels
- * c0..c0+VW: the `step` columns past this side x side patch (top-left (y0, x0))
- * that it does not share with it. The activations are far larger than the
- * caches and a patch spans `side` rows of the map, a pattern the hardware
- * prefetchers do not follow: without this the gather waits on memory for most
- * of the input transform's time. */
-VGG_TILE_INLINE void vgg_tile_prefetch_next(const float *x_img, int side, int step, long y0,
-                                            long x0, size_t h, size_t w, size_t cin, size_t c0) {
-    for (long yy = y0 < 0 ? 0 : y0; yy < y0 + side && yy < (long)h; yy++)
-        for (long xx = x0 + side; xx < x0 + side + step && xx < (long)w; xx++)
+/* Prefetches into L2 channels c0..c0+VW of the pixels in rows [ya, yb) and
+ * columns [xa, xb) of image x_img (h, w, cin), clipped to the image: what the
+ * next tile will gather that this one did not. The activations are far larger
+ * than the caches and a patch spans several rows of the map, a pattern the
+ * hardware prefetchers do not follow: without this the gather waits on memory
+ * for most of the input transform's time. */
+VGG_TILE_INLINE void vgg_tile_prefetch_rect(const float *x_img, long ya, long yb, long xa, long xb,
+                                            size_t h, size_t w, size_t cin, size_t c0) {
+    for (long yy = ya < 0 ? 0 : ya; yy < yb && yy < (long)h; yy++)
+        for (long xx = xa < 0 ? 0 : xa; xx < xb && xx < (long)w; xx++)
             __builtin_prefetch(x_img + ((size_t)yy * w + (size_t)xx) * cin + c0, 0, 1);
 }
 
