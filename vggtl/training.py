@@ -477,8 +477,8 @@ class Training:
     def _training_state(self, into=None):
         """A copy of what an epoch changes: weights, optimizer slots, step count.
         ``into``: the previous epoch's copy, whose arrays are written over (a new
-        copy every epoch would map and fault in the head's weights three times
-        over, 150 MB an epoch for the tutorial's head at 224 x 224)."""
+        copy every epoch would map and fault in three times the head's weights
+        every epoch: the kernel and Adam's two slots)."""
         weights, slots = self._live_state()
         old_weights, old_slots = (into[0], into[1]) if into is not None else ({}, {})
 
