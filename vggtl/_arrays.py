@@ -87,6 +87,16 @@ def check_finite_batch(xb: np.ndarray, name: str, start: int) -> None:
                      f"meaningless; scale the images first")
 
 
+def even_batches(start: int, stop: int, step: int):
+    """[start, stop) in as few batches of at most ``step`` as it takes, of sizes
+    that differ by one at most: a pass of the network over a few images reads the
+    wide layers' weights for as few tiles, nearly as slowly as over a full one
+    (225 images by 17 are 14 passes of 16 or 17, not 13 of 17 and one of 4)."""
+    parts = max(1, -(-(stop - start) // max(1, step)))
+    bounds = [start + k * (stop - start) // parts for k in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def release_pages(X, start: int, stop: int) -> None:
     """Drop rows [start, stop) of a memory-mapped X from this process's resident
     memory once they have been read. The page cache keeps them (a later read maps

@@ -23,7 +23,7 @@ import numpy as np
 from . import _core
 from . import cache as _cache
 from . import weights as _weights
-from ._arrays import as_images, batch_for_core, check_finite_batch, for_core
+from ._arrays import as_images, batch_for_core, check_finite_batch, even_batches, for_core
 from . import dispatch as _dispatch
 from .dispatch import conv_plan
 
@@ -452,13 +452,13 @@ class VGG16:
         with self._lock:
             ws = self._get_workspace(floats)
             prepared = self._prepared_for(0, stop, h, w)
-            for i in range(0, n, step):
-                xb = batch_for_core(X[i:i + step])
+            for i, j in even_batches(0, n, step):
+                xb = batch_for_core(X[i:j])
                 check_finite_batch(xb, "X", i)
                 if i == 0:
                     self._warn_if_unit_range(xb)
                 _core.vgg16_forward(xb, params, stop, pool, scale, shift, rev, ws,
-                                    out=out[i:i + step], precision=self.precision,
+                                    out=out[i:j], precision=self.precision,
                                     prepared=prepared)
         return out
 
@@ -489,9 +489,9 @@ class VGG16:
         with self._lock:
             ws = self._get_workspace(floats)
             prepared = self._prepared_for(start, stop, h, w)
-            for i in range(0, n, step):
-                _core.vgg16_forward(F[i:i + step], params, stop, _core.POOL_NONE,
-                                    (1.0,) * 3, (0.0,) * 3, False, ws, out=out[i:i + step],
+            for i, j in even_batches(0, n, step):
+                _core.vgg16_forward(F[i:j], params, stop, _core.POOL_NONE,
+                                    (1.0,) * 3, (0.0,) * 3, False, ws, out=out[i:j],
                                     start_layer=start, precision=self.precision,
                                     prepared=prepared)
         return out

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from .._arrays import release_pages
+from .._arrays import even_batches, release_pages
 
 # A chunk is at most CHUNK_BYTES of features and CHUNK_PIXELS of input pixels (the
 # latter bounds the compute lost to a Ctrl-C: 32 images at 224 x 224).
@@ -129,8 +129,7 @@ class LocalPlan:
         # as many images at a time as one pass of the network holds, not the
         # training batch size: small batches leave the convolutions' threads idle
         step = max(batch_size, self.features.images_per_pass(self.input_size))
-        for i in range(start, stop, step):
-            j = min(stop, i + step)
+        for i, j in even_batches(start, stop, step):
             xb = self.X[i:j]
             if self.transform is not None:
                 xb = self.transform(xb, np.arange(i, j, dtype=np.int64))
