@@ -92,7 +92,9 @@ def even_batches(start: int, stop: int, step: int):
     that differ by one at most: a pass of the network over a few images reads the
     wide layers' weights for as few tiles, nearly as slowly as over a full one
     (225 images by 17 are 14 passes of 16 or 17, not 13 of 17 and one of 4)."""
-    parts = max(1, -(-(stop - start) // max(1, step)))
+    if stop <= start:
+        return []
+    parts = -(-(stop - start) // max(1, step))
     bounds = [start + k * (stop - start) // parts for k in range(parts + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
