@@ -149,22 +149,35 @@ AVX512_KERNEL(1)
  * The one-panel kernel issues a load per FMA (a broadcast of A, B's vector,
  * the row pointers it spills), so loads, not FMAs, bound it. The second panel
  * is ps floats after the first; every sum is the same chain as in the one-panel
- * kernel, so the pairing never shows in the bits. Rows: exactly PAIR_MR. */
+ * kernel, so the pairing never shows in the bits. Rows: exactly PAIR_MR.
+ * It prefetches the next block's first next_rows rows of A (an, at the same
+ * depth) and of C (cn) as it goes: rows lda apart are a dozen short streams,
+ * which the hardware prefetchers do not follow (10-18% slower products when A
+ * and C come from memory). Prefetches never change a value. */
 AVX512_ATTR static void kernel_avx512_pair(const float *a, size_t lda, const float *b, size_t bs,
-                                           size_t ps, float *c, size_t ldc, size_t kc, int more) {
+                                           size_t ps, float *c, size_t ldc, size_t kc, int more,
+                                           const float *an, float *cn, size_t next_rows) {
     __m512 acc[PAIR_MR][2];
     for (int i = 0; i < PAIR_MR; i++) {
         acc[i][0] = more ? _mm512_loadu_ps(c + (size_t)i * ldc) : _mm512_setzero_ps();
         acc[i][1] = more ? _mm512_loadu_ps(c + (size_t)i * ldc + NR) : _mm512_setzero_ps();
     }
+    for (size_t i = 0; i < next_rows; i++) {
+        __builtin_prefetch(cn + i * ldc, 1, 3);
+        __builtin_prefetch(cn + i * ldc + NR, 1, 3);
+    }
     const float *b1 = b + ps;
-    for (size_t p = 0; p < kc; p++) {
-        const __m512 x0 = _mm512_loadu_ps(b + p * bs), x1 = _mm512_loadu_ps(b1 + p * bs);
-        const float *ap = a + p;
-        for (int i = 0; i < PAIR_MR; i++) {
-            const __m512 ai = _mm512_set1_ps(ap[(size_t)i * lda]);
-            acc[i][0] = _mm512_fmadd_ps(ai, x0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(ai, x1, acc[i][1]);
+    for (size_t p0 = 0; p0 < kc; p0 += 16) {
+        for (size_t i = 0; i < next_rows; i++) __builtin_prefetch(an + i * lda + p0, 0, 3);
+        const size_t p1 = p0 + 16 < kc ? p0 + 16 : kc;
+        for (size_t p = p0; p < p1; p++) {
+            const __m512 x0 = _mm512_loadu_ps(b + p * bs), x1 = _mm512_loadu_ps(b1 + p * bs);
+            const float *ap = a + p;
+            for (int i = 0; i < PAIR_MR; i++) {
+                const __m512 ai = _mm512_set1_ps(ap[(size_t)i * lda]);
+                acc[i][0] = _mm512_fmadd_ps(ai, x0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(ai, x1, acc[i][1]);
+            }
         }
     }
     for (int i = 0; i < PAIR_MR; i++) {
@@ -195,7 +208,8 @@ AVX512_ATTR static void kernel_avx512(size_t mr, const float *a, size_t lda, con
 
 /* The two-panel kernel of an instruction set, NULL where it has none. */
 typedef void (*pair_fn)(const float *a, size_t lda, const float *b, size_t bs, size_t ps,
-                        float *c, size_t ldc, size_t kc, int more);
+                        float *c, size_t ldc, size_t kc, int more, const float *an,
+                        float *cn, size_t next_rows);
 static pair_fn pair_for(int isa) {
 #if VGG_X86_DISPATCH
     if (isa >= VGG_ISA_AVX512) return kernel_avx512_pair;
@@ -244,8 +258,13 @@ static inline void sweep_pair(pair_fn pair, kernel_fn kern, size_t mr, float *c,
                               const float *a, size_t lda, const float *b, size_t bs, size_t ps,
                               size_t m, size_t k0, size_t kc) {
     size_t i0 = 0;
-    for (; i0 + PAIR_MR <= m; i0 += PAIR_MR)
-        pair(a + i0 * lda + k0, lda, b, bs, ps, c + i0 * ldc, ldc, kc, k0 > 0);
+    for (; i0 + PAIR_MR <= m; i0 += PAIR_MR) {
+        /* the kernel prefetches the next block's rows of A and C as it goes */
+        const size_t next = i0 + PAIR_MR, left = m - next;
+        pair(a + i0 * lda + k0, lda, b, bs, ps, c + i0 * ldc, ldc, kc, k0 > 0,
+             a + (left ? next : i0) * lda + k0, c + (left ? next : i0) * ldc,
+             left < PAIR_MR ? left : PAIR_MR);
+    }
     if (i0 < m) {
         sweep_rows(kern, mr, c + i0 * ldc, ldc, a + i0 * lda, lda, b, bs, m - i0, k0, kc, NR);
         sweep_rows(kern, mr, c + i0 * ldc + NR, ldc, a + i0 * lda, lda, b + ps, bs, m - i0, k0,
@@ -393,7 +412,7 @@ void vgg_gemm_at(float *c, size_t ldc, const float *a, size_t lda, const float *
             for (size_t q = 0; q < np;) {
                 if (pair && rows == PAIR_MR && n - q * NR >= 2 * NR) { /* two whole panels */
                     pair(at, KC, b + k0 * ldb + q * NR, ldb, NR, c + i0 * ldc + q * NR, ldc, kc,
-                         more);
+                         more, at, c, 0);
                     q += 2;
                     continue;
                 }

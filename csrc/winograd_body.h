@@ -376,9 +376,12 @@ static int WF(forward)(float *out, const float *x, const float *kernel,
         WF(prepare)(workspace, kernel, &s, &fn);
         u = workspace;
     }
-    for (size_t t0 = 0; t0 < tiles; t0 += tb) {
+    /* blocks of even lengths (differing by one at most): a short last block
+     * would read all of U for a few tiles */
+    const size_t blocks = (tiles + tb - 1) / tb;
+    for (size_t b = 0; b < blocks; b++) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
-        const size_t nt = tiles - t0 < tb ? tiles - t0 : tb;
+        const size_t t0 = tiles * b / blocks, nt = tiles * (b + 1) / blocks - t0;
         WF(run_block)(&fn, &s, out, x, u, bias, relu, pool, vbuf, mbuf, tb, t0, nt, nth);
     }
     return VGG_OK;

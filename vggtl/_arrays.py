@@ -87,6 +87,15 @@ def check_finite_batch(xb: np.ndarray, name: str, start: int) -> None:
                      f"meaningless; scale the images first")
 
 
+def read_step(batch_size: int, per_pass: int) -> int:
+    """Images read from X at a time for a core whose pass holds ``per_pass``:
+    at least ``batch_size``, and a whole number of passes, so that the core's
+    even passes are full (32 images by passes of 17 are read 34 at a time, two
+    passes of 17, not 32 as two of 16)."""
+    per_pass = max(1, int(per_pass))
+    return per_pass * max(1, -(-int(batch_size) // per_pass))
+
+
 def even_batches(start: int, stop: int, step: int):
     """[start, stop) in as few batches of at most ``step`` as it takes, of sizes
     that differ by one at most: a pass of the network over a few images reads the

@@ -23,7 +23,8 @@ import numpy as np
 from . import _core
 from . import cache as _cache
 from . import weights as _weights
-from ._arrays import as_images, batch_for_core, check_finite_batch, even_batches, for_core
+from ._arrays import (as_images, batch_for_core, check_finite_batch, even_batches, for_core,
+                      read_step)
 from . import dispatch as _dispatch
 from .dispatch import conv_plan
 
@@ -444,7 +445,7 @@ class VGG16:
         if n == 0:
             return out
         fit, floats = _pass_plan(stop, pool, h, w, n)
-        step = max(batch_size, fit)  # X is read (and converted) this many images at a time
+        step = read_step(batch_size, fit)  # X is read (and converted) this many images at a time
         params = self._params(stop >= _INDEX["fc1"])
         scale, shift, rev = _preprocess_params(self.preprocess)
         # the workspace is reused across calls; the lock keeps two threads
@@ -484,7 +485,7 @@ class VGG16:
         if n == 0:
             return out
         fit, floats = _pass_plan(stop, _core.POOL_NONE, h, w, n, start)
-        step = max(batch_size, fit)
+        step = read_step(batch_size, fit)
         params = self._params(stop >= _INDEX["fc1"])
         with self._lock:
             ws = self._get_workspace(floats)

@@ -6,7 +6,7 @@ import pytest
 
 import vggtl
 from vggtl import vgg16 as V
-from vggtl._arrays import even_batches
+from vggtl._arrays import even_batches, read_step
 
 
 @pytest.mark.parametrize("start, stop, step", [(0, 225, 17), (0, 18, 17), (3, 10, 100),
@@ -18,6 +18,12 @@ def test_even_batches_cover_the_range_in_the_fewest_even_parts(start, stop, step
     assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
     assert len(parts) == -(-(stop - start) // step)
     assert max(sizes) <= step and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("batch_size, per_pass, step", [(32, 17, 34), (32, 16, 32), (32, 100, 100),
+                                                       (5, 1, 5), (1, 7, 7), (35, 17, 51)])
+def test_read_step_is_whole_passes_of_at_least_the_batch(batch_size, per_pass, step):
+    assert read_step(batch_size, per_pass) == step
 
 
 def test_even_batches_of_nothing_are_none():
@@ -51,3 +57,15 @@ def test_predict_and_forward_from_run_even_batches_with_the_same_features(monkey
     spy.sizes.clear()
     np.testing.assert_array_equal(base.forward_from(cut, "block4_pool", batch_size=6), whole)
     assert spy.sizes == [5, 5]
+
+
+def test_predict_reads_whole_passes(monkeypatch, rng):
+    base = vggtl.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    X = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    whole = base.predict(X, batch_size=10)
+    plan = V._pass_plan
+    monkeypatch.setattr(V, "_pass_plan", lambda *a, **k: (3, plan(*a, **k)[1]))
+    spy = _Spy(V._core)
+    monkeypatch.setattr(V, "_core", spy)
+    np.testing.assert_array_equal(base.predict(X, batch_size=4), whole)
+    assert spy.sizes == [5, 5]  # read 6 at a time (two passes of 3), evenly: not 4, 3, 3

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Protocol, Tuple
 
 import numpy as np
 
-from .._arrays import even_batches, release_pages
+from .._arrays import even_batches, read_step, release_pages
 
 # A chunk is at most CHUNK_BYTES of features and CHUNK_PIXELS of input pixels (the
 # latter bounds the compute lost to a Ctrl-C: 32 images at 224 x 224).
@@ -128,7 +128,7 @@ class LocalPlan:
             return out
         # as many images at a time as one pass of the network holds, not the
         # training batch size: small batches leave the convolutions' threads idle
-        step = max(batch_size, self.features.images_per_pass(self.input_size))
+        step = read_step(batch_size, self.features.images_per_pass(self.input_size))
         for i, j in even_batches(start, stop, step):
             xb = self.X[i:j]
             if self.transform is not None:
