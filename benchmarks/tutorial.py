@@ -204,6 +204,12 @@ def run_tf(xp, yp, wpath, size, epochs, seed, threads, row):
 
 def run_vggtl(xp, yp, wpath, size, epochs, seed, row, cache=False, precision="fp32"):
     import vggtl
+    try:  # vggtl splits and encodes with scikit-learn where it is installed; the
+        # seed's script imports it before its clock starts, so this one does too
+        import sklearn.model_selection  # noqa: F401
+        import sklearn.preprocessing  # noqa: F401
+    except ImportError:
+        pass
     t0 = time.perf_counter()
     X, y = vggtl.load_pickles(xp, yp)
     labels = vggtl.to_categorical(vggtl.LabelBinarizer().fit_transform(y))
@@ -348,7 +354,8 @@ def main():
 class RunLog:
     """The runs of --results FILE: one JSON object a line, the settings, the
     library, the row and the seed with the run's figures. A run whose settings,
-    library, row and seed are in the file is read from it instead of made."""
+    library, row and seed are in the file is read from it instead of made (its
+    last line, where a run was made again and appended)."""
 
     def __init__(self, path, settings):
         self.path, self.settings, self.done = path, settings, {}
