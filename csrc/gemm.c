@@ -152,8 +152,8 @@ AVX512_KERNEL(1)
  * kernel, so the pairing never shows in the bits. Rows: exactly PAIR_MR.
  * It prefetches the next block's first next_rows rows of A (an, at the same
  * depth) and of C (cn) as it goes: rows lda apart are a dozen short streams,
- * which the hardware prefetchers do not follow (10-18% slower products when A
- * and C come from memory). Prefetches never change a value. */
+ * which the hardware prefetchers do not follow when A and C come from memory.
+ * Prefetches never change a value. */
 AVX512_ATTR static void kernel_avx512_pair(const float *a, size_t lda, const float *b, size_t bs,
                                            size_t ps, float *c, size_t ldc, size_t kc, int more,
                                            const float *an, float *cn, size_t next_rows) {

@@ -411,8 +411,8 @@ class VGG16:
     def images_per_pass(self, input_shape=None, layer: Optional[str] = None) -> int:
         """How many images of ``input_shape`` one pass of the core runs up to
         ``layer``: as many as the workspace budget holds. ``predict`` and the
-        feature cache read X this many images at a time (or ``batch_size``, if
-        larger); the features are the same however images are grouped."""
+        feature cache read X a whole number of passes at a time, at least
+        ``batch_size``; the features are the same however images are grouped."""
         stop, pooling = self._resolve_layer(layer)
         h, w = (input_shape or self.input_shape or (None, None))[:2]
         if h is None:
