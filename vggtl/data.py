@@ -26,7 +26,6 @@ import math
 import os
 import pickle
 import struct
-import sys
 import warnings
 
 import numpy as np
@@ -300,7 +299,6 @@ class _SafeUnpickler(BoundedUnpickler):
 
     def __init__(self, file, file_size: int, **kw):
         super().__init__(file, file_size, **kw)
-        self._file_size = file_size
         self._unbuilt = {}  # id -> dtype made by this pickle, not yet given its state
 
     def refused(self, module, name):
@@ -339,27 +337,6 @@ class _SafeUnpickler(BoundedUnpickler):
 
     dispatch[pickle.BUILD[0]] = charging(_load_build)
 
-    def _load_bytearray8(self):
-        """Protocol 5's in-band array data, read into the bytearray in 4 MiB
-        chunks: the pure-Python unpickler reads it whole as bytes and copies it
-        (3x X at peak)."""
-        (n,) = struct.unpack("<Q", self.read(8))
-        if n > sys.maxsize:
-            raise pickle.UnpicklingError("BYTEARRAY8 exceeds the maximum size")
-        if n > self._file_size:  # never allocate (and zero) more than the file holds
-            raise EOFError
-        b = bytearray(n)
-        view = memoryview(b)
-        pos = 0
-        while pos < n:
-            chunk = self.read(min(n - pos, 1 << 22))
-            if not chunk:
-                raise EOFError
-            view[pos:pos + len(chunk)] = chunk
-            pos += len(chunk)
-        self.append(b)
-
-    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
 
 
 _NPY_MAGIC = b"\x93NUMPY"

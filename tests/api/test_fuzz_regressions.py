@@ -207,11 +207,16 @@ def test_pickle_memo_index_allocates_nothing(tmp_path, index):
     assert peak < 16 << 20, f"{peak / 2 ** 20:.0f} MiB"
 
 
-def test_huge_length_field_in_a_pth_pickle_allocates_nothing(tmp_path):
-    """A BINBYTES8 of 2**40 bytes in a 40-byte file: the pickle is read through a
-    bounded reader, so it fails as truncated before any allocation."""
+@pytest.mark.parametrize("opcode, length", [(b"\x8e", 1 << 40), (b"\x96", 1 << 40),
+                                            (b"\x96", 3 << 30)],
+                         ids=["BINBYTES8", "BYTEARRAY8", "BYTEARRAY8-3GB"])
+def test_huge_length_field_in_a_pth_pickle_allocates_nothing(tmp_path, opcode, length):
+    """A BINBYTES8 or BYTEARRAY8 of 2**40 bytes in a 40-byte file: the pickle is
+    read through a bounded reader, so it fails as truncated before any
+    allocation. The pure-Python unpickler makes BYTEARRAY8's bytearray before it
+    reads: 3 GB, which the allocator grants, took 3 GB (fuzz_pth_legacy)."""
     p = str(tmp_path / "len.pth")
-    _legacy_file(p, b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc")
+    _legacy_file(p, b"\x80\x05" + opcode + struct.pack("<Q", length) + b"abc")
     tracemalloc.start()
     try:
         with pytest.raises(vggtl.WeightsError, match="truncated or corrupt") as e:
