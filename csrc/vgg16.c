@@ -372,10 +372,9 @@ int vgg16_forward(float *out, const void *x, int dtype, size_t n, size_t h, size
     const size_t out_per_image = p.oh * p.ow * p.oc;
     /* passes of even sizes (n = 18 by 17: 9 and 9, not 17 and 1): a pass of a
      * few images reads the wide layers' weights for as few tiles */
-    const size_t passes = (n + per_pass - 1) / per_pass, q = n / passes, r = n % passes;
+    const size_t passes = (n + per_pass - 1) / per_pass;
     for (size_t k = 0; k < passes; k++) {
-        /* k * n / passes without the product of two counts (k * r < passes^2) */
-        const size_t i0 = k * q + k * r / passes, m = q + (k + 1) * r / passes - k * r / passes;
+        const size_t i0 = vgg_even_start(n, passes, k), m = vgg_even_start(n, passes, k + 1) - i0;
         st = forward_pass(out + i0 * out_per_image, (const char *)x + i0 * in_per_image, dtype,
                           m, h, w, cin, weights, cfg, act_a, act_b, col, col_n, abort_cb,
                           abort_ctx);

@@ -132,6 +132,14 @@ static inline int vgg_mul_ok(size_t a, size_t b, size_t *r) {
     return 1;
 }
 
+/* n items in `parts` parts whose sizes differ by one at most (the larger ones
+ * last, as vggtl._arrays.even_batches): the first item of part k, which holds
+ * vgg_even_start(n, parts, k + 1) minus that. k * n / parts without the product
+ * of two counts (k * (n % parts) < parts^2). */
+static inline size_t vgg_even_start(size_t n, size_t parts, size_t k) {
+    return k * (n / parts) + k * (n % parts) / parts;
+}
+
 /* The larger of a and b, NaN if a is NaN (2x2 max-pool: maxpool2x2.c and the
  * fused pool of the Winograd output transforms, winograd_tiles.h). */
 static inline float vgg_max_nan(float a, float b) { return (a > b || a != a) ? a : b; }

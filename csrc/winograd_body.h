@@ -378,10 +378,11 @@ static int WF(forward)(float *out, const float *x, const float *kernel,
     }
     /* blocks of even lengths (differing by one at most): a short last block
      * would read all of U for a few tiles */
-    const size_t blocks = (tiles + tb - 1) / tb, q = tiles / blocks, r = tiles % blocks;
+    const size_t blocks = (tiles + tb - 1) / tb;
     for (size_t b = 0; b < blocks; b++) {
         if (vgg_should_abort(abort_cb, abort_ctx)) return VGG_ERR_CANCELLED;
-        const size_t t0 = b * q + b * r / blocks, nt = q + (b + 1) * r / blocks - b * r / blocks;
+        const size_t t0 = vgg_even_start(tiles, blocks, b);
+        const size_t nt = vgg_even_start(tiles, blocks, b + 1) - t0;
         WF(run_block)(&fn, &s, out, x, u, bias, relu, pool, vbuf, mbuf, tb, t0, nt, nth);
     }
     return VGG_OK;

@@ -338,7 +338,6 @@ class _SafeUnpickler(BoundedUnpickler):
     dispatch[pickle.BUILD[0]] = charging(_load_build)
 
 
-
 _NPY_MAGIC = b"\x93NUMPY"
 
 # What a pickle may expand to, as one array (np.asarray / np.stack of what it
